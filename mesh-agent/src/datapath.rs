@@ -1,0 +1,557 @@
+//! The kernel side as the agent drives it: load the programs, attach them at
+//! the node's cgroup root, pin everything under `<bpffs>/mesh/<node>`, and
+//! adopt what a previous agent pinned. Pins are what keep enrolled pods
+//! failing closed while no agent runs: the programs stay attached, and with
+//! nobody listening a redirected connect is refused and an inbound SYN dropped.
+use std::{
+    fs::{self, File},
+    io,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, SockHash},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SkLookup, SkMsg, SockOps,
+        links::{FdLink, LinkError, PinnedLink},
+    },
+};
+use mesh_common::{
+    DatapathConfig, EnrolledNetns, ListenerKey, OrigDst, PodAddrKey, SockKey, counter, names,
+};
+
+use crate::config::AgentConfig;
+
+/// The programs, built by `cargo xtask build-ebpf` (or mesh-agent's build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf.o"));
+
+const CGROUP_PROGRAMS: [&str; 3] = [
+    names::PROG_CONNECT4,
+    names::PROG_CONNECT6,
+    names::PROG_SOCKOPS,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("pin directory {path}: {source}")]
+    PinDir { path: PathBuf, source: io::Error },
+    #[error("cgroupRoot {path}: {source}")]
+    Cgroup { path: PathBuf, source: io::Error },
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinned link {path}: {reason}")]
+    Link { path: PathBuf, reason: String },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)")]
+    MapMissing(&'static str),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
+    move |source| DatapathError::Program { name, source }
+}
+
+struct Maps {
+    counters: PerCpuArray<MapData, u64>,
+    enrolled: HashMap<MapData, u64, EnrolledNetns>,
+    pod_addrs: HashMap<MapData, PodAddrKey, u8>,
+    listeners: SockHash<MapData, ListenerKey>,
+}
+
+/// What the datapath holds for one enrolled pod.
+#[derive(Debug, Clone)]
+pub struct PodDatapath {
+    pub key: String,
+    pub netns_cookie: u64,
+    pub ips: Vec<IpAddr>,
+}
+
+/// A summary of the attached state, for logs and the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DatapathState {
+    pub pin_dir: PathBuf,
+    pub adopted: bool,
+    pub cgroup_links: Vec<String>,
+    pub enrolled_netns: usize,
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+pub struct Datapath {
+    pin_dir: PathBuf,
+    adopted: bool,
+    ebpf: Mutex<Ebpf>,
+    maps: Mutex<Maps>,
+    orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    flow_events: Mutex<Option<RingBuf<MapData>>>,
+    logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    _cgroup_links: Vec<PinnedLink>,
+}
+
+impl Datapath {
+    /// Loads the programs and attaches them at the cgroup root, or adopts the
+    /// links a previous agent pinned. No link is pinned unless all of them
+    /// attached, so a failed start leaves no half-attached datapath (maps
+    /// may stay pinned; without programs they do nothing).
+    pub fn open(agent: &AgentConfig, pin_dir: &Path) -> Result<Self, DatapathError> {
+        let links_dir = pin_dir.join("links");
+        for dir in [pin_dir, &links_dir, &pin_dir.join("pods")] {
+            fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let log_level: u8 = if agent.datapath.bpf_log { 5 } else { 0 };
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .load(EBPF_OBJECT)?;
+
+        let logger = if agent.datapath.bpf_log {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kernel program logging unavailable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let cgroup = File::open(&agent.cgroup_root).map_err(|source| DatapathError::Cgroup {
+            path: agent.cgroup_root.clone(),
+            source,
+        })?;
+
+        for name in [names::PROG_CONNECT4, names::PROG_CONNECT6] {
+            program_mut::<CgroupSockAddr>(&mut ebpf, name)?
+                .load()
+                .map_err(prog_err(name))?;
+        }
+        program_mut::<SockOps>(&mut ebpf, names::PROG_SOCKOPS)?
+            .load()
+            .map_err(prog_err(names::PROG_SOCKOPS))?;
+        program_mut::<SkMsg>(&mut ebpf, names::PROG_SPLICE)?
+            .load()
+            .map_err(prog_err(names::PROG_SPLICE))?;
+        program_mut::<SkLookup>(&mut ebpf, names::PROG_INBOUND)?
+            .load()
+            .map_err(prog_err(names::PROG_INBOUND))?;
+
+        let mut config: Array<MapData, DatapathConfig> = take_map(&mut ebpf, names::CONFIG)?;
+        // Splicing needs the sk_msg program on the sockhash before any socket
+        // enters it. The attachment lives with the pinned map, so it outlasts
+        // this agent; a later agent's attach replaces it.
+        {
+            let splice: SockHash<MapData, SockKey> = take_map(&mut ebpf, names::SPLICE)?;
+            let prog = program_mut::<SkMsg>(&mut ebpf, names::PROG_SPLICE)?;
+            let id = prog
+                .attach(splice.fd())
+                .map_err(prog_err(names::PROG_SPLICE))?;
+            let link = prog.take_link(id).map_err(prog_err(names::PROG_SPLICE))?;
+            std::mem::forget(link);
+        }
+
+        // Attach (or adopt) the cgroup programs. New links are pinned only
+        // after all three attached.
+        let mut adopted_links = Vec::new();
+        let mut new_links: Vec<(PathBuf, FdLink)> = Vec::new();
+        for name in CGROUP_PROGRAMS {
+            let path = links_dir.join(name);
+            if path.exists() {
+                let link = PinnedLink::from_pin(&path).map_err(|e| DatapathError::Link {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                adopted_links.push(link);
+                continue;
+            }
+            let fd_link = attach_cgroup(&mut ebpf, name, &cgroup)?;
+            new_links.push((path, fd_link));
+        }
+        let adopted = !adopted_links.is_empty();
+        let mut links = adopted_links;
+        for (path, fd_link) in new_links {
+            let pinned = fd_link.pin(&path).map_err(|e| DatapathError::Link {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            links.push(pinned);
+        }
+
+        config
+            .set(
+                0,
+                DatapathConfig {
+                    redirect: 1,
+                    splice: u32::from(agent.datapath.splice),
+                    flows: u32::from(agent.datapath.flows),
+                    agent_mark: mesh_common::AGENT_MARK,
+                },
+                0,
+            )
+            .map_err(map_err(names::CONFIG))?;
+
+        drop(config);
+        let maps = Maps {
+            counters: take_map(&mut ebpf, names::COUNTERS)?,
+            enrolled: take_map(&mut ebpf, names::ENROLLED)?,
+            pod_addrs: take_map(&mut ebpf, names::POD_ADDRS)?,
+            listeners: take_map(&mut ebpf, names::INBOUND_LISTENERS)?,
+        };
+        let orig = take_map(&mut ebpf, names::ORIG_DST_BY_TUPLE)?;
+        let flow_events = take_map(&mut ebpf, names::FLOW_EVENTS)?;
+        Ok(Self {
+            pin_dir: pin_dir.to_owned(),
+            adopted,
+            ebpf: Mutex::new(ebpf),
+            maps: Mutex::new(maps),
+            orig: Mutex::new(orig),
+            flow_events: Mutex::new(Some(flow_events)),
+            logger: Mutex::new(logger),
+            _cgroup_links: links,
+        })
+    }
+
+    /// Whether this agent found a previous agent's pinned links and kept them.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    fn pod_pin_dir(&self, key: &str) -> PathBuf {
+        self.pin_dir.join("pods").join(key.replace('/', "_"))
+    }
+
+    /// Puts a pod under the datapath: its netns into the enrolled map, its
+    /// addresses into the own-address map, and sk_lookup onto its netns
+    /// (adopting a pinned link when one exists). Idempotent.
+    pub fn enroll(
+        &self,
+        pod: &PodDatapath,
+        netns: &impl std::os::fd::AsFd,
+    ) -> Result<(), DatapathError> {
+        let dir = self.pod_pin_dir(&pod.key);
+        fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let link_path = dir.join("sk_lookup");
+        if !link_path.exists() {
+            let mut ebpf = self.ebpf.lock().unwrap();
+            let prog = program_mut::<SkLookup>(&mut ebpf, names::PROG_INBOUND)?;
+            let id = prog.attach(netns).map_err(prog_err(names::PROG_INBOUND))?;
+            let link = prog.take_link(id).map_err(prog_err(names::PROG_INBOUND))?;
+            let fd_link: FdLink = link.into();
+            fd_link.pin(&link_path).map_err(|e| DatapathError::Link {
+                path: link_path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let mut maps = self.maps.lock().unwrap();
+        for ip in &pod.ips {
+            let key = PodAddrKey {
+                netns: pod.netns_cookie,
+                ip: ip_bytes(*ip),
+            };
+            maps.pod_addrs
+                .insert(key, 1, 0)
+                .map_err(map_err(names::POD_ADDRS))?;
+        }
+        // The enrolled entry goes last: from here on the pod's connects are redirected.
+        maps.enrolled
+            .insert(pod.netns_cookie, EnrolledNetns::default(), 0)
+            .map_err(map_err(names::ENROLLED))?;
+        Ok(())
+    }
+
+    /// Makes `listener` the target of sk_lookup for inbound connections to `ip`.
+    pub fn register_inbound_listener<L: AsRawFd>(
+        &self,
+        ip: IpAddr,
+        listener: &L,
+    ) -> Result<(), DatapathError> {
+        let mut maps = self.maps.lock().unwrap();
+        maps.listeners
+            .insert(ListenerKey { ip: ip_bytes(ip) }, listener.as_raw_fd(), 0)
+            .map_err(map_err(names::INBOUND_LISTENERS))
+    }
+
+    /// Takes a pod out: its connects go direct again, sk_lookup is detached,
+    /// and no entry of it remains.
+    pub fn unenroll(&self, pod: &PodDatapath) -> Result<(), DatapathError> {
+        {
+            let mut maps = self.maps.lock().unwrap();
+            // First: stop redirecting, so nothing new is sent to listeners about to close.
+            remove_if_present(&mut maps.enrolled, &pod.netns_cookie, names::ENROLLED)?;
+            for ip in &pod.ips {
+                let key = PodAddrKey {
+                    netns: pod.netns_cookie,
+                    ip: ip_bytes(*ip),
+                };
+                remove_if_present(&mut maps.pod_addrs, &key, names::POD_ADDRS)?;
+                match maps.listeners.remove(&ListenerKey { ip: ip_bytes(*ip) }) {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(map_err(names::INBOUND_LISTENERS)(e)),
+                }
+            }
+        }
+        self.remove_pod_pins(&pod.key)
+    }
+
+    fn remove_pod_pins(&self, key: &str) -> Result<(), DatapathError> {
+        let dir = self.pod_pin_dir(key);
+        let link_path = dir.join("sk_lookup");
+        if link_path.exists() {
+            let link = PinnedLink::from_pin(&link_path).map_err(|e| DatapathError::Link {
+                path: link_path.clone(),
+                reason: e.to_string(),
+            })?;
+            // Unpinned and closed: the kernel detaches the link.
+            drop(link.unpin().map_err(|e| DatapathError::Link {
+                path: link_path.clone(),
+                reason: e.to_string(),
+            })?);
+        }
+        match fs::remove_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DatapathError::PinDir { path: dir, source }),
+        }
+    }
+
+    /// Removes whatever a previous agent left for pods that are no longer
+    /// wanted: enrolled and address entries of other netns cookies, and
+    /// pinned sk_lookup links of other pods. Returns what was removed.
+    pub fn sweep(&self, keep: &[PodDatapath]) -> Result<Vec<String>, DatapathError> {
+        let mut removed = Vec::new();
+        {
+            let mut maps = self.maps.lock().unwrap();
+            let stale: Vec<u64> = maps
+                .enrolled
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|c| !keep.iter().any(|p| p.netns_cookie == *c))
+                .collect();
+            for cookie in stale {
+                remove_if_present(&mut maps.enrolled, &cookie, names::ENROLLED)?;
+                removed.push(format!("netns cookie {cookie}"));
+            }
+            let stale: Vec<PodAddrKey> = maps
+                .pod_addrs
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !keep.iter().any(|p| p.netns_cookie == k.netns))
+                .collect();
+            for key in stale {
+                remove_if_present(&mut maps.pod_addrs, &key, names::POD_ADDRS)?;
+            }
+        }
+        let pods_dir = self.pin_dir.join("pods");
+        let entries = fs::read_dir(&pods_dir).map_err(|source| DatapathError::PinDir {
+            path: pods_dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.iter().any(|p| p.key.replace('/', "_") == name) {
+                self.remove_pod_pins(&name.replacen('_', "/", 1))?;
+                removed.push(format!("pod {name}"));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The original destination of a connection the outbound listener
+    /// accepted, found by the app socket's 4-tuple in the pod's netns. The
+    /// entry is consumed: each connection's destination is read once.
+    pub fn take_orig_dst(
+        &self,
+        netns_cookie: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let key = SockKey {
+            netns: netns_cookie,
+            local_ip: ip_bytes(peer.ip()),
+            remote_ip: ip_bytes(local.ip()),
+            local_port: u32::from(peer.port()),
+            remote_port: u32::from(local.port()),
+        };
+        let mut orig = self.orig.lock().unwrap();
+        let value = orig.get(&key, 0).ok()?;
+        let _ = orig.remove(&key);
+        Some(SocketAddr::new(
+            ip_from_bytes(value.ip, value.family),
+            value.port,
+        ))
+    }
+
+    /// The kernel programs' counters, summed over CPUs.
+    pub fn counters(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let maps = self.maps.lock().unwrap();
+        (0..counter::COUNT)
+            .map(|i| {
+                let sum = maps
+                    .counters
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (counter::NAMES[i as usize], sum)
+            })
+            .collect()
+    }
+
+    pub fn state(&self) -> DatapathState {
+        let enrolled = self.maps.lock().unwrap().enrolled.keys().count();
+        DatapathState {
+            pin_dir: self.pin_dir.clone(),
+            adopted: self.adopted,
+            cgroup_links: CGROUP_PROGRAMS.iter().map(|s| s.to_string()).collect(),
+            enrolled_netns: enrolled,
+            counters: self.counters(),
+        }
+    }
+
+    /// The closed-flow ring buffer; taken once, by the flow reader.
+    pub fn take_flow_events(&self) -> Option<RingBuf<MapData>> {
+        self.flow_events.lock().unwrap().take()
+    }
+
+    /// The kernel programs' log reader, when `bpfLog` is on; taken once.
+    pub fn take_logger(&self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.lock().unwrap().take()
+    }
+}
+
+fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn remove_if_present<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    match map.remove(key) {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+/// cgroup bpf_links coexist with other programs at the same cgroup by
+/// design; the link API refuses the legacy ALLOW_MULTI flag, hence `Single`.
+fn attach_cgroup(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+) -> Result<FdLink, DatapathError> {
+    let link: FdLink = if name == names::PROG_SOCKOPS {
+        let prog = program_mut::<SockOps>(ebpf, name)?;
+        let id = prog
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(prog_err(name))?;
+        prog.take_link(id)
+            .map_err(prog_err(name))?
+            .try_into()
+            .map_err(|e: LinkError| DatapathError::Link {
+                path: PathBuf::from(name),
+                reason: e.to_string(),
+            })?
+    } else {
+        let prog = program_mut::<CgroupSockAddr>(ebpf, name)?;
+        let id = prog
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(prog_err(name))?;
+        prog.take_link(id)
+            .map_err(prog_err(name))?
+            .try_into()
+            .map_err(|e: LinkError| DatapathError::Link {
+                path: PathBuf::from(name),
+                reason: e.to_string(),
+            })?
+    };
+    Ok(link)
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
+        name,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    prog.try_into().map_err(prog_err(name))
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, DatapathError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::MapMissing(name))?;
+    M::try_from(map).map_err(map_err(name))
+}
+
+/// Addresses as the kernel programs key them: 16 bytes, IPv4 v4-mapped.
+pub fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn ip_from_bytes(bytes: [u8; 16], family: u16) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(bytes);
+    match (family, v6.to_ipv4_mapped()) {
+        (4, Some(v4)) => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    }
+}
+
+/// Removes every pin of a node: detaches its programs and frees its maps.
+/// Enrolled pods then connect directly; this is uninstall, not a restart.
+pub fn uninstall(pin_dir: &Path) -> io::Result<bool> {
+    if !pin_dir.exists() {
+        return Ok(false);
+    }
+    fs::remove_dir_all(pin_dir)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_the_map_form() {
+        for ip in ["10.244.1.10", "fd00::10", "::ffff:10.0.0.1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let family = if ip.is_ipv4() { 4 } else { 6 };
+            assert_eq!(ip_from_bytes(ip_bytes(ip), family), ip);
+        }
+        let v4: IpAddr = "10.244.1.10".parse().unwrap();
+        assert_eq!(&ip_bytes(v4)[10..], &[0xff, 0xff, 10, 244, 1, 10]);
+    }
+}

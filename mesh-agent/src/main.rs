@@ -1,0 +1,108 @@
+//! `mesh-agent`: the node agent binary.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mesh_agent::{config::NodeConfig, datapath, node};
+
+#[derive(Parser)]
+#[command(name = "mesh-agent", version, about = "mesh node agent")]
+struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent.
+    Node {
+        /// Local-mode configuration file (YAML; see README "Local mode").
+        #[arg(long)]
+        config: PathBuf,
+        /// Validate the configuration and the node, change nothing, and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Remove this node's pinned datapath: programs detached, maps freed.
+    /// Enrolled pods then bypass the mesh; run it only when removing mesh.
+    Uninstall {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Node {
+            config,
+            check_config,
+        } => {
+            if check_config {
+                let cfg = NodeConfig::load(&config)?;
+                node::check(&cfg)?;
+                println!(
+                    "{}: ok (node {}, {} pods, {} enrolled)",
+                    config.display(),
+                    cfg.agent.node_name,
+                    cfg.pods.len(),
+                    cfg.enrolled_pods().count()
+                );
+                return Ok(());
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let node = node::Node::start(&config)?;
+                node.run().await
+            })
+        }
+        Command::Uninstall { config } => {
+            let cfg = NodeConfig::load(&config)?;
+            let dir = cfg.pin_dir();
+            if datapath::uninstall(&dir)? {
+                println!("removed {}", dir.display());
+            } else {
+                println!("nothing pinned at {}", dir.display());
+            }
+            Ok(())
+        }
+    }
+}

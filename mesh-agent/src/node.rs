@@ -1,0 +1,206 @@
+//! The node agent's life: check the node, open (or adopt) the datapath,
+//! enroll the pods the config names, keep following the config file, and on
+//! exit leave the datapath pinned so enrolled pods fail closed until an
+//! agent returns.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::NodeConfig, datapath::Datapath, flows, netns::Netns, pod::PodRuntime, preflight,
+    proxy::PlaintextConnector,
+};
+
+const CONFIG_POLL: Duration = Duration::from_millis(500);
+
+/// Netns cookie → pod key, for naming kernel records.
+#[derive(Debug, Default)]
+pub struct PodDirectory(RwLock<BTreeMap<u64, String>>);
+
+impl PodDirectory {
+    pub fn by_cookie(&self, cookie: u64) -> Option<String> {
+        self.0.read().unwrap().get(&cookie).cloned()
+    }
+    fn set(&self, pods: &BTreeMap<String, PodRuntime>) {
+        *self.0.write().unwrap() = pods
+            .values()
+            .map(|p| (p.context.netns_cookie, p.context.key.clone()))
+            .collect();
+    }
+}
+
+/// Everything `mesh-agent node` checks before it touches the kernel.
+pub fn check(config: &NodeConfig) -> anyhow::Result<()> {
+    preflight::check_privileges()?;
+    preflight::check_btf()?;
+    preflight::check_cgroup_root(&config.agent.cgroup_root)?;
+    preflight::check_bpffs(&config.agent.bpffs_root)?;
+    for pod in config.enrolled_pods() {
+        Netns::open(&pod.netns).with_context(|| format!("pod {}", pod.key()))?;
+    }
+    Ok(())
+}
+
+pub struct Node {
+    config_path: PathBuf,
+    config: NodeConfig,
+    datapath: Arc<Datapath>,
+    connector: Arc<PlaintextConnector>,
+    pods: BTreeMap<String, PodRuntime>,
+    directory: Arc<PodDirectory>,
+}
+
+impl Node {
+    pub fn start(config_path: &Path) -> anyhow::Result<Self> {
+        let config = NodeConfig::load(config_path)?;
+        check(&config)?;
+        let pin_dir = config.pin_dir();
+        let datapath = Arc::new(
+            Datapath::open(&config.agent, &pin_dir)
+                .with_context(|| format!("datapath for node {}", config.agent.node_name))?,
+        );
+        info!(
+            node = %config.agent.node_name,
+            pin_dir = %pin_dir.display(),
+            cgroup_root = %config.agent.cgroup_root.display(),
+            adopted = datapath.adopted(),
+            splice = config.agent.datapath.splice,
+            "datapath attached"
+        );
+        let mut node = Node {
+            config_path: config_path.to_owned(),
+            config: NodeConfig {
+                agent: config.agent.clone(),
+                pods: Vec::new(),
+            },
+            datapath,
+            connector: Arc::new(PlaintextConnector),
+            pods: BTreeMap::new(),
+            directory: Arc::default(),
+        };
+        node.apply(config)?;
+        let keep: Vec<_> = node.pods.values().map(PodRuntime::datapath_entry).collect();
+        for removed in node.datapath.sweep(&keep)? {
+            info!(node = %node.config.agent.node_name, %removed, "removed stale datapath state");
+        }
+        Ok(node)
+    }
+
+    /// Brings enrolled pods in line with `config`: new pods enrolled, gone or
+    /// changed ones unenrolled first. A pod that fails to enroll is logged
+    /// and retried on the next change; the others proceed.
+    fn apply(&mut self, config: NodeConfig) -> anyhow::Result<()> {
+        if config.agent != self.config.agent {
+            warn!("AgentConfig changed; node settings apply at the next agent start");
+        }
+        let wanted: BTreeMap<String, _> = config
+            .enrolled_pods()
+            .map(|p| (p.key(), p.clone()))
+            .collect();
+        let stale: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(k, rt)| wanted.get(*k) != Some(&rt.spec))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some(rt) = self.pods.remove(&key) {
+                self.datapath
+                    .unenroll(&rt.datapath_entry())
+                    .with_context(|| format!("unenrolling pod {key}"))?;
+                drop(rt);
+                info!(pod = %key, "pod unenrolled");
+            }
+        }
+        let mut first_error = None;
+        for (key, spec) in wanted {
+            if self.pods.contains_key(&key) {
+                continue;
+            }
+            match PodRuntime::enroll(&spec, &self.datapath, &self.connector) {
+                Ok(rt) => {
+                    info!(pod = %key, netns = %spec.netns.display(), netns_cookie = rt.context.netns_cookie, "pod enrolled");
+                    self.pods.insert(key, rt);
+                }
+                Err(e) => {
+                    error!(pod = %key, error = %e, "pod not enrolled");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.directory.set(&self.pods);
+        self.config = config;
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Serves until SIGTERM or SIGINT, following changes to the config file.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        if let Some(ring) = self.datapath.take_flow_events() {
+            tokio::spawn(flows::run(ring, self.directory.clone()));
+        }
+        if let Some(logger) = self.datapath.take_logger() {
+            tokio::spawn(async move {
+                // SAFETY: the AsyncFd owns the logger and with it the fd it registers.
+                let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(logger) } {
+                    Ok(fd) => fd,
+                    Err(_) => return,
+                };
+                while let Ok(mut guard) = fd.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut last_text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+        let mut tick = tokio::time::interval(CONFIG_POLL);
+        info!(
+            node = %self.config.agent.node_name,
+            enrolled = self.pods.len(),
+            "agent ready"
+        );
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = tick.tick() => {
+                    let Ok(text) = std::fs::read_to_string(&self.config_path) else { continue };
+                    if text == last_text {
+                        continue;
+                    }
+                    last_text = text.clone();
+                    match NodeConfig::parse(&self.config_path, &text) {
+                        Ok(cfg) => {
+                            if let Err(e) = self.apply(cfg) {
+                                error!(error = format!("{e:#}"), "config applied with errors");
+                            } else {
+                                info!(enrolled = self.pods.len(), "config reloaded");
+                            }
+                        }
+                        Err(e) => error!(error = %e, "config rejected; the last good config stays in force"),
+                    }
+                }
+            }
+        }
+        info!(
+            node = %self.config.agent.node_name,
+            "agent stopping; the datapath stays pinned and enrolled pods fail closed until an agent returns"
+        );
+        Ok(())
+    }
+
+    pub fn datapath(&self) -> &Arc<Datapath> {
+        &self.datapath
+    }
+}

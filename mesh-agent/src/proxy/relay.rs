@@ -1,0 +1,34 @@
+//! Copying between two streams until both directions are done. When one side
+//! stops writing, the other side's write half is shut down and the reverse
+//! direction keeps flowing (half-close), as TCP applications expect.
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional_with_sizes};
+
+/// Large buffers: bulk transfers move in fewer syscalls.
+const BUF: usize = 64 * 1024;
+
+/// Bytes moved in each direction.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Transferred {
+    pub downstream_to_upstream: u64,
+    pub upstream_to_downstream: u64,
+}
+
+pub async fn relay<A, B>(downstream: &mut A, upstream: &mut B) -> io::Result<Transferred>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (d2u, u2d) = copy_bidirectional_with_sizes(downstream, upstream, BUF, BUF).await?;
+    Ok(Transferred {
+        downstream_to_upstream: d2u,
+        upstream_to_downstream: u2d,
+    })
+}
+
+/// Closes a TCP stream with a reset, so the peer sees a failure rather than
+/// a clean end of stream.
+pub fn reset(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+}
