@@ -67,8 +67,11 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatapathSettings {
-    /// Splice local app<->agent hops with sockmap/sk_msg.
-    #[serde(default = "yes")]
+    /// Splice local app<->agent hops with sockmap/sk_msg. Off by default:
+    /// on Linux 6.18 a blocking read() on a spliced socket can return EAGAIN
+    /// when the peer's FIN arrives (tcp_bpf_recvmsg), which breaks apps that
+    /// use blocking sockets; poll/epoll-based apps are unaffected.
+    #[serde(default)]
     pub splice: bool,
     /// Record per-connection flow statistics in the kernel.
     #[serde(default = "yes")]
@@ -81,7 +84,7 @@ pub struct DatapathSettings {
 impl Default for DatapathSettings {
     fn default() -> Self {
         Self {
-            splice: true,
+            splice: false,
             flows: true,
             bpf_log: false,
         }
@@ -410,7 +413,7 @@ spec: {nodeName: node-2}
         let cfg = parse(GOOD).unwrap();
         assert_eq!(cfg.agent.node_name, "node-1");
         assert_eq!(cfg.agent.bpffs_root, PathBuf::from("/sys/fs/bpf"));
-        assert!(cfg.agent.datapath.splice);
+        assert!(!cfg.agent.datapath.splice, "splicing is opt-in");
         assert_eq!(cfg.pin_dir(), PathBuf::from("/sys/fs/bpf/mesh/node-1"));
         let names: Vec<_> = cfg.pods.iter().map(|p| (p.key(), p.enrolled)).collect();
         assert_eq!(

@@ -1,1 +1,18 @@
+//! The test bed: simulated nodes and pods in network namespaces, running
+//! real mesh agents.
+//!
+//! ```text
+//!   wire netns: bridge "wire0" ── 10.0.0.0/24 ──┬── node 0 (netns, eth0 10.0.0.1) ── cni0 10.244.0.1/24 ── pods 10.244.0.10+
+//!                                               └── node 1 (netns, eth0 10.0.0.2) ── cni0 10.244.1.1/24 ── pods 10.244.1.10+
+//! ```
+//! Each node runs its agent inside the node's netns and in a cgroup below
+//! the node's cgroup-v2 directory, where the agent attaches its programs;
+//! each pod's processes run in the pod's netns and in a per-pod cgroup below
+//! the node's. All names carry a per-cluster id, everything is removed on
+//! drop (and so on panic), and every wait is bounded.
+pub mod cluster;
+pub mod proc;
+pub mod sys;
 
+pub use cluster::{Cluster, ClusterSpec, Node, Pod};
+pub use proc::{Binaries, Proc};

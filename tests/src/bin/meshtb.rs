@@ -1,1 +1,332 @@
-fn main() {}
+//! `meshtb`: the test bed's TCP servers and clients, run inside pods.
+//! Everything it reports is one JSON object per line on stdout.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Mode {
+    /// Reply `{"server":NAME,"port":P,"peer":ADDR}` then echo what arrives.
+    Ident,
+    /// Echo everything until EOF, then close.
+    Echo,
+    /// Minimal HTTP/1.1 keep-alive server with a fixed body.
+    Http,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Listen on one or more ports (`8080` or `20000-20199`).
+    Serve {
+        #[arg(long)]
+        ports: String,
+        #[arg(long, value_enum)]
+        mode: Mode,
+        #[arg(long, default_value = "server")]
+        name: String,
+        /// Body size for `--mode http`.
+        #[arg(long, default_value_t = 1024)]
+        body: usize,
+    },
+    /// Connect once, send a message, print the server's ident line.
+    Ident {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
+    },
+    /// Send N bytes, shut down writing, read the echo until EOF; report
+    /// lengths and checksums of both directions.
+    Bulk {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+        /// Treat EAGAIN on the blocking socket as an error.
+        #[arg(long)]
+        strict_blocking: bool,
+    },
+    /// Open one connection to each port of a range at once, over threads;
+    /// report which port each reached.
+    Fanout {
+        #[arg(long)]
+        host: std::net::IpAddr,
+        #[arg(long)]
+        ports: String,
+        #[arg(long, default_value_t = 10)]
+        timeout_s: u64,
+    },
+}
+
+fn ports(spec: &str) -> Vec<u16> {
+    match spec.split_once('-') {
+        Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect(),
+        None => vec![spec.parse().expect("port")],
+    }
+}
+
+/// FNV-1a: cheap, deterministic, enough to tell corrupted or reordered bytes.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn update(&mut self, data: &[u8]) {
+        for b in data {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// Deterministic payload so both ends can check it without sharing it.
+fn pattern(offset: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let x = offset + i as u64;
+        *b = (x ^ (x >> 8) ^ (x >> 16)) as u8;
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve {
+            ports: spec,
+            mode,
+            name,
+            body,
+        } => serve(&ports(&spec), mode, &name, body),
+        Cmd::Ident { to, timeout_s } => {
+            let out = ident(to, Duration::from_secs(timeout_s));
+            println!("{out}");
+        }
+        Cmd::Bulk {
+            to,
+            bytes,
+            timeout_s,
+            strict_blocking,
+        } => println!(
+            "{}",
+            bulk(to, bytes, Duration::from_secs(timeout_s), strict_blocking)
+        ),
+        Cmd::Fanout {
+            host,
+            ports: spec,
+            timeout_s,
+        } => {
+            let t = Duration::from_secs(timeout_s);
+            let handles: Vec<_> = ports(&spec)
+                .into_iter()
+                .map(|p| thread::spawn(move || (p, ident(SocketAddr::new(host, p), t))))
+                .collect();
+            let mut reached = Vec::new();
+            let mut failed = Vec::new();
+            for h in handles {
+                let (p, v) = h.join().unwrap();
+                match v.get("port").and_then(|x| x.as_u64()) {
+                    Some(got) => reached.push(json!({"asked": p, "reached": got})),
+                    None => failed.push(json!({"asked": p, "error": v})),
+                }
+            }
+            println!("{}", json!({"reached": reached, "failed": failed}));
+        }
+    }
+}
+
+fn serve(ports: &[u16], mode: Mode, name: &str, body: usize) {
+    let mut listeners = Vec::new();
+    for p in ports {
+        let l = TcpListener::bind(("0.0.0.0", *p)).unwrap_or_else(|e| panic!("bind {p}: {e}"));
+        listeners.push(l);
+    }
+    println!("{}", json!({"listening": ports.len(), "name": name}));
+    std::io::stdout().flush().unwrap();
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            let name = name.to_owned();
+            thread::spawn(move || {
+                for stream in l.incoming().flatten() {
+                    let name = name.clone();
+                    thread::spawn(move || handle(stream, mode, &name, body));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+fn handle(mut s: TcpStream, mode: Mode, name: &str, body: usize) {
+    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let local = s.local_addr().map(|a| a.port()).unwrap_or(0);
+    if mode != Mode::Http {
+        println!("{}", json!({"accepted": peer, "port": local}));
+        let _ = std::io::stdout().flush();
+    }
+    match mode {
+        Mode::Ident => {
+            let line = json!({"server": name, "port": local, "peer": peer}).to_string() + "\n";
+            let _ = s.write_all(line.as_bytes());
+            echo(s);
+        }
+        Mode::Echo => echo(s),
+        Mode::Http => http(s, body),
+    }
+}
+
+fn echo(mut s: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+fn http(s: TcpStream, body: usize) {
+    let _ = s.set_nodelay(true);
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let payload = vec![b'x'; body];
+    let head =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\nContent-Type: text/plain\r\n\r\n");
+    let mut line = String::new();
+    loop {
+        let mut close = false;
+        // Request line and headers; bodies are not expected.
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line.to_ascii_lowercase().starts_with("connection: close") {
+                close = true;
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+        }
+        let mut resp = head.clone().into_bytes();
+        resp.extend_from_slice(&payload);
+        if w.write_all(&resp).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn ident(to: SocketAddr, timeout: Duration) -> serde_json::Value {
+    let mut s = match TcpStream::connect_timeout(&to, timeout) {
+        Ok(s) => s,
+        Err(e) => return json!({"error": e.to_string(), "kind": format!("{:?}", e.kind())}),
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut line = String::new();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    match r.read_line(&mut line) {
+        Ok(n) if n > 0 => {}
+        Ok(_) => return json!({"error": "closed before the ident line", "kind": "UnexpectedEof"}),
+        Err(e) => return json!({"error": e.to_string(), "kind": format!("{:?}", e.kind())}),
+    }
+    let mut v: serde_json::Value = serde_json::from_str(&line).unwrap_or(json!({"error": line}));
+    let msg = b"marker-through-mesh";
+    let mut back = vec![0u8; msg.len()];
+    let echoed = s.write_all(msg).is_ok() && r.read_exact(&mut back).is_ok() && back == msg;
+    v["echoed"] = json!(echoed);
+    v["local"] = json!(s.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    v
+}
+
+fn bulk(to: SocketAddr, bytes: u64, timeout: Duration, strict_blocking: bool) -> serde_json::Value {
+    let started = Instant::now();
+    let s = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => return json!({"error": e.to_string()}),
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut sum = Fnv::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = (bytes - sent).min(buf.len() as u64) as usize;
+            pattern(sent, &mut buf[..n]);
+            sum.update(&buf[..n]);
+            if w.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            sent += n as u64;
+        }
+        // Half-close: the server keeps sending its echo after this.
+        let _ = w.shutdown(Shutdown::Write);
+        (sent, sum.0)
+    });
+    let mut r = s;
+    let mut sum = Fnv::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0u64;
+    let mut error = None;
+    let mut spurious_eagain = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                sum.update(&buf[..n]);
+                received += n as u64;
+            }
+            // A blocking read on a sockmap-spliced socket can return EAGAIN
+            // when the peer's FIN wakes it (Linux tcp_bpf_recvmsg). Readers
+            // built on poll/epoll, as most servers and runtimes are, wait
+            // for readiness and read again; `--strict-blocking` reports it.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && !strict_blocking
+                    && started.elapsed() < timeout =>
+            {
+                spurious_eagain += 1;
+                let mut pfd = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&r),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                unsafe { libc::poll(&mut pfd, 1, 1000) };
+            }
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let (sent, sent_sum) = writer.join().unwrap();
+    json!({
+        "sent": sent, "sent_fnv": format!("{sent_sum:016x}"),
+        "received": received, "received_fnv": format!("{:016x}", sum.0),
+        "error": error, "secs": started.elapsed().as_secs_f64(),
+        "spurious_eagain": spurious_eagain,
+    })
+}

@@ -1,0 +1,556 @@
+//! Nodes, pods, the wire between them, and their agents.
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    proc::{Binaries, Place, Proc},
+    sys::{self, ip},
+};
+
+const AGENT_READY: Duration = Duration::from_secs(30);
+
+/// One pod to create.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: String,
+    pub enrolled: bool,
+}
+
+/// What to build: pods per node, by name.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub nodes: Vec<Vec<PodSpec>>,
+    /// sk_msg splicing of the local app<->agent hops.
+    pub splice: bool,
+    /// Start the agents (false: a mesh-free baseline on the same topology).
+    pub agents: bool,
+}
+
+impl ClusterSpec {
+    /// `layout[n]` names node n's pods, all enrolled.
+    pub fn new(layout: &[&[&str]]) -> Self {
+        Self {
+            nodes: layout
+                .iter()
+                .map(|pods| {
+                    pods.iter()
+                        .map(|p| PodSpec {
+                            name: p.to_string(),
+                            enrolled: true,
+                        })
+                        .collect()
+                })
+                .collect(),
+            splice: false,
+            agents: true,
+        }
+    }
+
+    pub fn unenrolled(mut self, pod: &str) -> Self {
+        for p in self.nodes.iter_mut().flatten() {
+            if p.name == pod {
+                p.enrolled = false;
+            }
+        }
+        self
+    }
+
+    pub fn splice(mut self, on: bool) -> Self {
+        self.splice = on;
+        self
+    }
+
+    pub fn without_agents(mut self) -> Self {
+        self.agents = false;
+        self
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pod {
+    pub name: String,
+    pub node: usize,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    pub enrolled: bool,
+}
+
+impl Pod {
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+    fn place(&self) -> Place {
+        Place {
+            netns: self.netns_path(),
+            cgroup: self.cgroup.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+impl Node {
+    fn agent_place(&self) -> Place {
+        Place {
+            netns: PathBuf::from("/run/netns").join(&self.netns),
+            cgroup: self.cgroup.join("agent"),
+        }
+    }
+}
+
+/// Everything a cluster made, so it can be removed by whoever holds it,
+/// including `cargo xtask demo --down` from a saved copy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub netns: Vec<String>,
+    pub cgroup_base: Option<PathBuf>,
+    pub pin_dirs: Vec<PathBuf>,
+    pub agent_pids: Vec<u32>,
+    pub dir: Option<PathBuf>,
+}
+
+impl Resources {
+    /// Kills the agents, then removes cgroups (and whatever runs in them),
+    /// pins, namespaces and files. Safe to call twice.
+    pub fn teardown(&self) {
+        for pid in &self.agent_pids {
+            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+        }
+        if let Some(base) = &self.cgroup_base {
+            sys::remove_cgroup_tree(base);
+        }
+        for pins in &self.pin_dirs {
+            let _ = std::fs::remove_dir_all(pins);
+        }
+        for ns in self.netns.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Cluster {
+    pub id: String,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub bins: Binaries,
+    pub dir: PathBuf,
+    splice: bool,
+    agents: Vec<Option<Proc>>,
+    res: Resources,
+    keep: bool,
+}
+
+impl Cluster {
+    /// Builds the topology and, unless told otherwise, starts one agent per
+    /// node and waits until each reports ready.
+    pub fn start(spec: ClusterSpec) -> anyhow::Result<Self> {
+        sys::require_root()?;
+        let bins = Binaries::locate()?;
+        sys::ensure_bpffs()?;
+        let cg_root = sys::cgroup2_root()?;
+        let id = format!(
+            "{:x}{:x}",
+            std::process::id() % 0x10000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("mesh-testbed-{id}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut c = Cluster {
+            id: id.clone(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            bins,
+            dir: dir.clone(),
+            splice: spec.splice,
+            agents: Vec::new(),
+            res: Resources {
+                cgroup_base: Some(cg_root.join(format!("mesh-tb-{id}"))),
+                dir: Some(dir),
+                ..Resources::default()
+            },
+            keep: false,
+        };
+        c.build(&spec).context("building the test bed")?;
+        if spec.agents {
+            for n in 0..c.nodes.len() {
+                c.start_agent(n)?;
+            }
+        }
+        Ok(c)
+    }
+
+    fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
+        ip(&["netns", "add", name])?;
+        self.res.netns.push(name.to_owned());
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    fn build(&mut self, spec: &ClusterSpec) -> anyhow::Result<()> {
+        let id = self.id.clone();
+        let wire = format!("mt{id}-wire");
+        self.add_netns(&wire)?;
+        ip(&["-n", &wire, "link", "add", "wire0", "type", "bridge"])?;
+        ip(&["-n", &wire, "link", "set", "wire0", "up"])?;
+        let base = self.res.cgroup_base.clone().unwrap();
+        std::fs::create_dir_all(&base)?;
+        let bpffs = sys::ensure_bpffs()?;
+        for (n, pods) in spec.nodes.iter().enumerate() {
+            let name = format!("mt{id}-n{n}");
+            let node_ip = Ipv4Addr::new(10, 0, 0, n as u8 + 1);
+            self.add_netns(&name)?;
+            let port = format!("vn{n}");
+            ip(&[
+                "-n", &wire, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &name,
+            ])?;
+            ip(&["-n", &wire, "link", "set", &port, "master", "wire0", "up"])?;
+            ip(&[
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{node_ip}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &name, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &name, "link", "add", "cni0", "type", "bridge"])?;
+            ip(&[
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("10.244.{n}.1/24"),
+                "dev",
+                "cni0",
+            ])?;
+            ip(&["-n", &name, "link", "set", "cni0", "up"])?;
+            sys::run(std::process::Command::new("ip").args([
+                "netns",
+                "exec",
+                &name,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ]))?;
+            for m in 0..spec.nodes.len() {
+                if m != n {
+                    ip(&[
+                        "-n",
+                        &name,
+                        "route",
+                        "add",
+                        &format!("10.244.{m}.0/24"),
+                        "via",
+                        &format!("10.0.0.{}", m + 1),
+                    ])?;
+                }
+            }
+            let cgroup = base.join(&name);
+            std::fs::create_dir_all(cgroup.join("agent"))?;
+            let pin_dir = bpffs.join("mesh").join(&name);
+            self.res.pin_dirs.push(pin_dir.clone());
+            self.nodes.push(Node {
+                name: name.clone(),
+                ip: node_ip,
+                netns: name.clone(),
+                cgroup: cgroup.clone(),
+                config: self.dir.join(format!("{name}.yaml")),
+                log: self.dir.join(format!("{name}.log")),
+                pin_dir,
+            });
+            for (k, p) in pods.iter().enumerate() {
+                let pod_ns = format!("mt{id}-{}", p.name);
+                let pod_ip = Ipv4Addr::new(10, 244, n as u8, 10 + k as u8);
+                self.add_netns(&pod_ns)?;
+                let veth = format!("vp{k}");
+                ip(&[
+                    "-n", &name, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+                    "netns", &pod_ns,
+                ])?;
+                ip(&["-n", &name, "link", "set", &veth, "master", "cni0", "up"])?;
+                ip(&[
+                    "-n",
+                    &pod_ns,
+                    "addr",
+                    "add",
+                    &format!("{pod_ip}/24"),
+                    "dev",
+                    "eth0",
+                ])?;
+                ip(&["-n", &pod_ns, "link", "set", "eth0", "up"])?;
+                ip(&[
+                    "-n",
+                    &pod_ns,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("10.244.{n}.1"),
+                ])?;
+                let pod_cg = cgroup.join(format!("pod-{}", p.name));
+                std::fs::create_dir_all(&pod_cg)?;
+                self.pods.push(Pod {
+                    name: p.name.clone(),
+                    node: n,
+                    ip: pod_ip,
+                    netns: pod_ns,
+                    cgroup: pod_cg,
+                    enrolled: p.enrolled,
+                });
+            }
+        }
+        for n in 0..self.nodes.len() {
+            self.write_config(n)?;
+        }
+        Ok(())
+    }
+
+    /// The node's local-mode config: its AgentConfig and every pod of the
+    /// cluster (the agent keeps those scheduled on its node).
+    pub fn config_text(&self, n: usize) -> String {
+        let node = &self.nodes[n];
+        let mut s = format!(
+            "apiVersion: mesh.io/v1alpha1\nkind: AgentConfig\nnodeName: {}\ncgroupRoot: {}\nbpffsRoot: /sys/fs/bpf\ndatapath:\n  splice: {}\n",
+            node.name,
+            node.cgroup.display(),
+            self.splice
+        );
+        for p in &self.pods {
+            let mode = if p.enrolled { "enabled" } else { "none" };
+            let _ = write!(
+                s,
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\n  labels:\n    app: {}\n    mesh.io/dataplane-mode: {mode}\n  annotations:\n    mesh.io/netns: {}\nspec:\n  nodeName: {}\n  serviceAccountName: {}\nstatus:\n  podIPs:\n  - ip: {}\n",
+                p.name,
+                p.name,
+                p.netns_path().display(),
+                self.nodes[p.node].name,
+                p.name,
+                p.ip
+            );
+        }
+        s
+    }
+
+    fn write_config(&self, n: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[n];
+        // Write then rename, so a polling agent never reads half a file.
+        let tmp = node.config.with_extension("yaml.tmp");
+        std::fs::write(&tmp, self.config_text(n))?;
+        std::fs::rename(&tmp, &node.config)?;
+        Ok(())
+    }
+
+    /// Starts node n's agent (again) and waits for its "agent ready" line.
+    pub fn start_agent(&mut self, n: usize) -> anyhow::Result<()> {
+        let node = self.nodes[n].clone();
+        let mut cmd = node.agent_place().command(&self.bins.agent)?;
+        cmd.args(["node", "--config"]).arg(&node.config);
+        cmd.env(
+            "MESH_LOG",
+            std::env::var("MESH_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        // Keep earlier runs' lines: tests read the whole history of a node.
+        let log = node
+            .log
+            .with_extension(format!("{}.log", self.agents.len()));
+        let mut proc = Proc::spawn(&format!("agent {}", node.name), cmd, Some(&log))?;
+        self.res.agent_pids.push(proc.pid());
+        proc.wait_json("agent ready", AGENT_READY, |v| {
+            v["message"] == "agent ready"
+        })?;
+        while self.agents.len() <= n {
+            self.agents.push(None);
+        }
+        self.agents[n] = Some(proc);
+        Ok(())
+    }
+
+    /// SIGKILLs node n's agent: no chance to clean anything up.
+    pub fn kill_agent(&mut self, n: usize) {
+        if let Some(mut p) = self.agents.get_mut(n).and_then(Option::take) {
+            p.kill();
+        }
+    }
+
+    /// The agent's log lines (JSON) since it started.
+    pub fn agent_log(&self, n: usize) -> Vec<serde_json::Value> {
+        self.agents
+            .get(n)
+            .and_then(Option::as_ref)
+            .map(Proc::json_lines)
+            .unwrap_or_default()
+    }
+
+    /// Waits for a line in node n's agent log.
+    pub fn wait_agent_log(
+        &mut self,
+        n: usize,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let p = self
+            .agents
+            .get_mut(n)
+            .and_then(Option::as_mut)
+            .context("agent not running")?;
+        p.wait_json(what, Duration::from_secs(15), pred)
+    }
+
+    /// Changes a pod's enrollment label and rewrites every node's config.
+    pub fn set_enrolled(&mut self, pod: &str, enrolled: bool) -> anyhow::Result<()> {
+        let p = self
+            .pods
+            .iter_mut()
+            .find(|p| p.name == pod)
+            .context("no such pod")?;
+        p.enrolled = enrolled;
+        for n in 0..self.nodes.len() {
+            self.write_config(n)?;
+        }
+        Ok(())
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// A command that runs inside the pod (its netns and cgroup).
+    pub fn pod_command(
+        &self,
+        pod: &str,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> anyhow::Result<std::process::Command> {
+        self.pod(pod).place().command(program)
+    }
+
+    /// A command that runs in node n's netns (outside any pod).
+    pub fn node_command(
+        &self,
+        n: usize,
+        program: impl AsRef<std::ffi::OsStr>,
+    ) -> anyhow::Result<std::process::Command> {
+        let node = &self.nodes[n];
+        let cg = node.cgroup.join("host");
+        std::fs::create_dir_all(&cg)?;
+        Place {
+            netns: PathBuf::from("/run/netns").join(&node.netns),
+            cgroup: cg,
+        }
+        .command(program)
+    }
+
+    /// Starts `meshtb serve` in a pod and waits until it listens.
+    pub fn serve(&self, pod: &str, ports: &str, mode: &str) -> anyhow::Result<Proc> {
+        let mut cmd = self.pod_command(pod, &self.bins.meshtb)?;
+        cmd.args(["serve", "--ports", ports, "--mode", mode, "--name", pod]);
+        let mut p = Proc::spawn(&format!("server in {pod}"), cmd, None)?;
+        p.wait_json("listening", Duration::from_secs(10), |v| {
+            v.get("listening").is_some()
+        })?;
+        Ok(p)
+    }
+
+    /// Runs a meshtb client subcommand in a pod to completion; returns its
+    /// last JSON line.
+    pub fn client(
+        &self,
+        pod: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut cmd = self.pod_command(pod, &self.bins.meshtb)?;
+        cmd.args(args);
+        let mut p = Proc::spawn(&format!("client in {pod}"), cmd, None)?;
+        let status = p.wait_exit(timeout)?;
+        let out = p.json_lines();
+        match out.last() {
+            Some(v) if status.success() => Ok(v.clone()),
+            _ => bail!(
+                "client in {pod} {args:?} failed ({status}): {}",
+                p.output().join("\n")
+            ),
+        }
+    }
+
+    /// Node n's kernel counters, by name, read from the pinned map.
+    pub fn counters(&self, n: usize) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let values = sys::pinned_counters(&self.nodes[n].pin_dir)?;
+        Ok(mesh_common::counter::NAMES
+            .iter()
+            .zip(values)
+            .map(|(k, v)| (k.to_string(), v))
+            .collect())
+    }
+
+    /// Leaves everything running (for `demo --keep`) and returns what to
+    /// remove later.
+    pub fn keep(mut self) -> Resources {
+        self.keep = true;
+        for a in self.agents.iter_mut().flatten() {
+            // Forget the handle; the process keeps running.
+            a.detach();
+        }
+        self.res.clone()
+    }
+
+    pub fn resources(&self) -> &Resources {
+        &self.res
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if std::thread::panicking() {
+            // Keep the agents' logs of a failed test, and say where they are.
+            let logs = self
+                .dir
+                .join("..")
+                .join(format!("mesh-testbed-{}-logs", self.id));
+            let _ = std::fs::rename(&self.dir, &logs);
+            eprintln!(
+                "test bed {}: agent logs kept in {}",
+                self.id,
+                logs.display()
+            );
+        }
+        for a in self.agents.iter_mut().flatten() {
+            a.kill();
+        }
+        self.res.teardown();
+    }
+}

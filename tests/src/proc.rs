@@ -1,0 +1,217 @@
+//! Processes inside a netns and a cgroup, with bounded waits on their output.
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+
+use crate::sys::wait_for;
+
+/// The programs the test bed runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub meshtb: PathBuf,
+}
+
+impl Binaries {
+    /// `MESH_AGENT_BIN` / `MESHTB_BIN`, else next to the running executable
+    /// (target/<profile>/ for xtask, its deps/ parent for test binaries).
+    pub fn locate() -> anyhow::Result<Self> {
+        let find = |env: &str, name: &str| -> anyhow::Result<PathBuf> {
+            if let Some(p) = std::env::var_os(env) {
+                return Ok(PathBuf::from(p));
+            }
+            let exe = std::env::current_exe()?;
+            let dir = exe.parent().context("executable has no directory")?;
+            for d in [dir, dir.parent().unwrap_or(dir)] {
+                let candidate = d.join(name);
+                if candidate.is_file() {
+                    return Ok(candidate);
+                }
+            }
+            bail!(
+                "{name} not found next to {}; build it with `cargo build --workspace` or set {env}",
+                exe.display()
+            )
+        };
+        Ok(Self {
+            agent: find("MESH_AGENT_BIN", "mesh-agent")?,
+            meshtb: find("MESHTB_BIN", "meshtb")?,
+        })
+    }
+}
+
+/// Where a process runs.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub netns: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+impl Place {
+    /// A command that, between fork and exec, joins the cgroup and then the
+    /// netns: the process is captured (or not) from its first instruction.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        let netns =
+            File::open(&self.netns).with_context(|| format!("netns {}", self.netns.display()))?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.cgroup.join("cgroup.procs"))
+            .with_context(|| format!("cgroup {}", self.cgroup.display()))?;
+        let mut cmd = Command::new(program);
+        unsafe {
+            cmd.pre_exec(move || {
+                // "0" moves the writing process itself.
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+}
+
+/// A running process whose stdout (and optionally stderr) lines are kept.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    log_file: Option<PathBuf>,
+    detached: bool,
+}
+
+impl Proc {
+    /// Spawns with stdout captured line by line; stderr goes to `log_file`
+    /// when given (an agent's log), else is captured too.
+    pub fn spawn(name: &str, mut cmd: Command, log_file: Option<&Path>) -> anyhow::Result<Self> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        match log_file {
+            Some(p) => cmd.stderr(File::create(p)?),
+            None => cmd.stderr(Stdio::piped()),
+        };
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut streams: Vec<Box<dyn std::io::Read + Send>> =
+            vec![Box::new(child.stdout.take().unwrap())];
+        if let Some(e) = child.stderr.take() {
+            streams.push(Box::new(e));
+        }
+        for s in streams {
+            let lines = lines.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(s).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            lines,
+            log_file: log_file.map(Path::to_owned),
+            detached: false,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Output so far: stdout lines, then the log file's lines if any.
+    pub fn output(&self) -> Vec<String> {
+        let mut out = self.lines.lock().unwrap().clone();
+        if let Some(p) = &self.log_file {
+            if let Ok(text) = std::fs::read_to_string(p) {
+                out.extend(text.lines().map(str::to_owned));
+            }
+        }
+        out
+    }
+
+    /// Output lines that parse as JSON.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.output()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until a JSON output line satisfies `pred`, or the process exits.
+    pub fn wait_json(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let name = self.name.clone();
+        let mut exited = None;
+        let found = wait_for(&format!("{name}: {what}"), timeout, || {
+            if let Some(v) = self.json_lines().into_iter().find(|v| pred(v)) {
+                return Some(Some(v));
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                exited = Some(status);
+                return Some(None);
+            }
+            None
+        });
+        match found {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => bail!(
+                "{name} exited ({}) before {what}; output:\n{}",
+                exited.unwrap(),
+                self.output().join("\n")
+            ),
+            Err(e) => bail!("{e}; output:\n{}", self.output().join("\n")),
+        }
+    }
+
+    /// Waits for exit (bounded) and returns the status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let name = self.name.clone();
+        let status = wait_for(&format!("{name} to exit"), timeout, || {
+            self.child.try_wait().ok().flatten()
+        })?;
+        // Let the reader threads drain the pipes.
+        thread::sleep(Duration::from_millis(50));
+        Ok(status)
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Lets the process outlive this handle.
+    pub fn detach(&mut self) {
+        self.detached = true;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.kill();
+        }
+    }
+}
