@@ -1,1 +1,86 @@
-fn main() {}
+//! Developer tasks: `cargo xtask <setup|build-ebpf|test|demo|bench>`.
+mod bench;
+mod demo;
+mod ebpf_build;
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks: nightly rust-src, bpf-linker, the
+    /// apt packages the tests and benchmarks use; mount bpffs. Idempotent.
+    Setup,
+    /// Build the kernel programs and print where the object is.
+    BuildEbpf,
+    /// Setup, lint, then every test: unit, kernel and end-to-end.
+    Test,
+    /// A simulated 2-node x 2-pod cluster with traffic through the agents.
+    Demo(demo::Args),
+    /// Direct vs through-the-mesh benchmarks on the test bed.
+    Bench(bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::BuildEbpf => build_ebpf().map(|p| println!("eBPF object: {}", p.display())),
+        Cmd::Test => test::run(),
+        Cmd::Demo(args) => demo::run(args),
+        Cmd::Bench(args) => bench::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn build_ebpf() -> anyhow::Result<PathBuf> {
+    let ws = workspace();
+    let status = ebpf_build::command(&ws)
+        .status()
+        .with_context(|| format!("running rustup; {}", ebpf_build::FIX_HINT))?;
+    if !status.success() {
+        bail!("eBPF build failed ({status}); {}", ebpf_build::FIX_HINT);
+    }
+    Ok(ebpf_build::object_path(&ws))
+}
+
+/// Runs a command in the workspace, echoing it, failing on failure.
+pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.current_dir(workspace()).status().with_context(|| format!("{cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `cargo build` of the user-space crates (agent, test bed helper).
+pub fn build_userspace(release: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    sh(&mut cmd)
+}
