@@ -41,7 +41,7 @@ pub enum PodError {
     #[error("pod {pod}: {source}")]
     Datapath {
         pod: String,
-        source: crate::datapath::DatapathError,
+        source: Box<crate::datapath::DatapathError>,
     },
 }
 
@@ -107,7 +107,7 @@ impl PodRuntime {
         let entry = runtime.datapath_entry();
         let dp_err = |source| PodError::Datapath {
             pod: key.clone(),
-            source,
+            source: Box::new(source),
         };
         for ip in &spec.ips {
             let listener = inbound.iter().find(|l| {
@@ -115,11 +115,9 @@ impl PodRuntime {
                     .map(|a| a.is_ipv4() == ip.is_ipv4())
                     .unwrap_or(false)
             });
-            if let Some(l) = listener {
-                if let Err(e) = datapath.register_inbound_listener(*ip, l) {
-                    let _ = datapath.unenroll(&entry);
-                    return Err(dp_err(e));
-                }
+            if let Some(Err(e)) = listener.map(|l| datapath.register_inbound_listener(*ip, l)) {
+                let _ = datapath.unenroll(&entry);
+                return Err(dp_err(e));
             }
         }
         if let Err(e) = datapath.enroll(&entry, &netns) {

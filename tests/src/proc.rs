@@ -134,10 +134,12 @@ impl Proc {
     /// Output so far: stdout lines, then the log file's lines if any.
     pub fn output(&self) -> Vec<String> {
         let mut out = self.lines.lock().unwrap().clone();
-        if let Some(p) = &self.log_file {
-            if let Ok(text) = std::fs::read_to_string(p) {
-                out.extend(text.lines().map(str::to_owned));
-            }
+        if let Some(text) = self
+            .log_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            out.extend(text.lines().map(str::to_owned));
         }
         out
     }

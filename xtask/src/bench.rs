@@ -1,1 +1,371 @@
-pub fn run(_a: Args) -> anyhow::Result<()> { anyhow::bail!("x") } #[derive(clap::Args)] pub struct Args {}
+//! `cargo xtask bench`: pod→pod across nodes on the test bed, direct (no
+//! agents) and through the agents, in one run, with standard tools so the
+//! figures compare with other meshes. A benchmark, not a test: it reports.
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use anyhow::{Context, bail};
+use mesh_testbed::{Cluster, ClusterSpec, Proc};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    secs: u32,
+    /// Where to write the markdown table (also printed).
+    #[arg(long, default_value = "target/bench/datapath.md")]
+    out: std::path::PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Direct,
+    Mesh,
+    MeshSplice,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Mesh => "mesh (plaintext)",
+            Mode::MeshSplice => "mesh + sk_msg splice",
+        }
+    }
+}
+
+/// Metric name → (value, higher is better).
+type Results = BTreeMap<&'static str, (f64, bool)>;
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::setup::run()?;
+    crate::build_userspace(true)?;
+    let release = crate::workspace().join("target/release");
+    // The test bed finds binaries next to its executable; point it at release builds.
+    unsafe {
+        std::env::set_var("MESH_AGENT_BIN", release.join("mesh-agent"));
+        std::env::set_var("MESHTB_BIN", release.join("meshtb"));
+    }
+    let modes = [Mode::Direct, Mode::Mesh, Mode::MeshSplice];
+    let mut all = Vec::new();
+    for mode in modes {
+        eprintln!("bench: {}", mode.label());
+        all.push(measure(mode, args.secs).with_context(|| mode.label())?);
+    }
+    let table = render(&modes, &all, args.secs);
+    println!("{table}");
+    let out = crate::workspace().join(&args.out);
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::write(&out, &table)?;
+    eprintln!("bench: table written to {}", out.display());
+    Ok(())
+}
+
+fn spec(mode: Mode) -> ClusterSpec {
+    let s = ClusterSpec::new(&[&["client"], &["server"]]);
+    match mode {
+        Mode::Direct => s.without_agents(),
+        Mode::Mesh => s.splice(false),
+        Mode::MeshSplice => s.splice(true),
+    }
+}
+
+/// CPU ticks (user+system) and RSS of a process.
+fn proc_usage(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((ticks, rss_kb))
+}
+
+struct AgentMeter {
+    pids: Vec<u32>,
+    start: Vec<u64>,
+    at: std::time::Instant,
+}
+
+impl AgentMeter {
+    fn start(pids: &[u32]) -> Self {
+        Self {
+            pids: pids.to_vec(),
+            start: pids
+                .iter()
+                .map(|p| proc_usage(*p).map(|u| u.0).unwrap_or(0))
+                .collect(),
+            at: std::time::Instant::now(),
+        }
+    }
+    /// Highest per-agent CPU % over the interval, and highest RSS (MiB) now.
+    fn stop(&self) -> (f64, f64) {
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let secs = self.at.elapsed().as_secs_f64();
+        let mut cpu: f64 = 0.0;
+        let mut rss: f64 = 0.0;
+        for (pid, t0) in self.pids.iter().zip(&self.start) {
+            if let Some((t1, kb)) = proc_usage(*pid) {
+                cpu = cpu.max((t1 - t0) as f64 / hz / secs * 100.0);
+                rss = rss.max(kb as f64 / 1024.0);
+            }
+        }
+        (cpu, rss)
+    }
+}
+
+fn run_in(c: &Cluster, pod: &str, program: &str, args: &[String]) -> anyhow::Result<String> {
+    let mut cmd: Command = c.pod_command(pod, program)?;
+    cmd.args(args);
+    let out = cmd
+        .output()
+        .with_context(|| format!("{program} in {pod}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn background(c: &Cluster, pod: &str, program: &str, args: &[&str]) -> anyhow::Result<Proc> {
+    let mut cmd = c.pod_command(pod, program)?;
+    cmd.args(args);
+    let p = Proc::spawn(&format!("{program} in {pod}"), cmd, None)?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(p)
+}
+
+fn s(x: impl ToString) -> String {
+    x.to_string()
+}
+
+fn measure(mode: Mode, secs: u32) -> anyhow::Result<Results> {
+    let c = Cluster::start(spec(mode))?;
+    let server = c.pod("server").ip.to_string();
+    let agents = c.resources().agent_pids.clone();
+    let mut r = Results::new();
+    let idle = AgentMeter::start(&agents);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, idle_rss) = idle.stop();
+    if !agents.is_empty() {
+        r.insert("agent RSS idle (MiB)", (idle_rss, false));
+    }
+
+    let _iperf = background(&c, "server", "iperf3", &["-s", "-p", "5201"])?;
+    let _sockperf = background(&c, "server", "sockperf", &["sr", "--tcp", "-p", "11111"])?;
+    let _http = c.serve("server", "8080", "http")?;
+    let t = s(secs);
+
+    for (streams, name) in [
+        (1, "iperf3 bulk 1 stream (Gbit/s)"),
+        (4, "iperf3 bulk 4 streams (Gbit/s)"),
+    ] {
+        let meter = AgentMeter::start(&agents);
+        let out = run_in(
+            &c,
+            "client",
+            "iperf3",
+            &[
+                s("-c"),
+                server.clone(),
+                s("-p"),
+                s(5201),
+                s("-t"),
+                t.clone(),
+                s("-P"),
+                s(streams),
+                s("-J"),
+            ],
+        )?;
+        let (cpu, rss) = meter.stop();
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("iperf3 JSON")?;
+        r.insert(name, (bps / 1e9, true));
+        if streams == 1 && !agents.is_empty() {
+            r.insert("agent CPU % under bulk (max of 2)", (cpu, false));
+            r.insert("agent RSS under bulk (MiB)", (rss, false));
+        }
+    }
+
+    let out = run_in(
+        &c,
+        "client",
+        "sockperf",
+        &[
+            s("pp"),
+            s("--tcp"),
+            s("-i"),
+            server.clone(),
+            s("-p"),
+            s(11111),
+            s("-m"),
+            s(64),
+            s("-t"),
+            t.clone(),
+            s("--full-rtt"),
+        ],
+    )?;
+    for (pct, name) in [
+        ("50.000", "sockperf 64 B RTT p50 (us)"),
+        ("99.000", "sockperf 64 B RTT p99 (us)"),
+    ] {
+        let v = out
+            .lines()
+            .find(|l| l.contains(&format!("percentile {pct}")))
+            .and_then(|l| l.split('=').nth(1))
+            .and_then(|x| x.trim().parse::<f64>().ok())
+            .with_context(|| format!("sockperf output: {out}"))?;
+        r.insert(name, (v, false));
+    }
+
+    let url = format!("http://{server}:8080/");
+    for (conns, threads, label) in [(1, 1, "1 conn"), (64, 2, "64 conns")] {
+        let out = run_in(
+            &c,
+            "client",
+            "wrk",
+            &[
+                format!("-t{threads}"),
+                format!("-c{conns}"),
+                format!("-d{secs}s"),
+                s("--latency"),
+                url.clone(),
+            ],
+        )?;
+        let rps = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|x| x.trim().parse::<f64>().ok())
+            .with_context(|| format!("wrk output: {out}"))?;
+        r.insert(
+            leak(format!("wrk 1 KiB keep-alive {label} (req/s)")),
+            (rps, true),
+        );
+        for pct in ["50%", "99%"] {
+            let lat = out
+                .lines()
+                .map(str::trim)
+                .find_map(|l| l.strip_prefix(pct))
+                .and_then(|x| parse_duration_us(x.trim()))
+                .with_context(|| format!("wrk latency {pct}: {out}"))?;
+            r.insert(
+                leak(format!("wrk {label} latency p{} (us)", &pct[..2])),
+                (lat, false),
+            );
+        }
+    }
+
+    let meter = AgentMeter::start(&agents);
+    let out = run_in(
+        &c,
+        "client",
+        "hey",
+        &[
+            s("-z"),
+            format!("{secs}s"),
+            s("-c"),
+            s(8),
+            s("-disable-keepalive"),
+            url.clone(),
+        ],
+    )?;
+    let (cpu, _) = meter.stop();
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|x| x.trim().parse::<f64>().ok())
+        .with_context(|| format!("hey output: {out}"))?;
+    r.insert(
+        "hey new connection per request, 8 concurrent (req/s)",
+        (rps, true),
+    );
+    if !agents.is_empty() {
+        r.insert(
+            "agent CPU % under new-connection load (max of 2)",
+            (cpu, false),
+        );
+    }
+    Ok(r)
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// wrk prints latencies like `123.00us`, `1.23ms`, `1.00s`.
+fn parse_duration_us(s: &str) -> Option<f64> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|v| v * mult)
+}
+
+fn render(modes: &[Mode], results: &[Results], secs: u32) -> String {
+    let mut out = format!(
+        "pod→pod across nodes on the test bed, {secs} s per measurement; ratio = mode / direct (higher is better for throughput, lower for latency)\n\n| metric |"
+    );
+    for m in modes {
+        out += &format!(" {} |", m.label());
+        if *m != Mode::Direct {
+            out += " ratio |";
+        }
+    }
+    out += "\n|---|";
+    for m in modes {
+        out += if *m == Mode::Direct {
+            "---|"
+        } else {
+            "---|---|"
+        };
+    }
+    out += "\n";
+    let mut names: Vec<&str> = results.iter().flat_map(|r| r.keys().copied()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        out += &format!("| {name} |");
+        let base = results[0].get(name).map(|v| v.0);
+        for (m, r) in modes.iter().zip(results) {
+            match r.get(name) {
+                Some((v, _)) => out += &format!(" {v:.2} |"),
+                None => out += " – |",
+            }
+            if *m != Mode::Direct {
+                match (base, r.get(name)) {
+                    (Some(b), Some((v, _))) if b > 0.0 => out += &format!(" {:.2}× |", v / b),
+                    _ => out += " – |",
+                }
+            }
+        }
+        out += "\n";
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_durations_parse_to_microseconds() {
+        assert_eq!(parse_duration_us("123.00us"), Some(123.0));
+        assert_eq!(parse_duration_us("1.50ms"), Some(1500.0));
+        assert_eq!(parse_duration_us("2.00s"), Some(2_000_000.0));
+        assert_eq!(parse_duration_us("fast"), None);
+    }
+}

@@ -25,14 +25,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return down();
     }
     if PathBuf::from(STATE).exists() {
-        anyhow::bail!("a demo cluster is still up ({STATE}); remove it with `cargo xtask demo --down`");
+        anyhow::bail!(
+            "a demo cluster is still up ({STATE}); remove it with `cargo xtask demo --down`"
+        );
     }
     crate::build_userspace(false)?;
     mesh_testbed::sys::ensure_bpffs()?;
     println!("\n== starting 2 nodes x 2 pods, one mesh agent per node");
-    let c = Cluster::start(ClusterSpec::new(&[&["web", "api"], &["db", "cache"]]).splice(args.splice))?;
+    let c =
+        Cluster::start(ClusterSpec::new(&[&["web", "api"], &["db", "cache"]]).splice(args.splice))?;
     for n in &c.nodes {
-        println!("node {:<14} ip {:<10} agent log {}", n.name, n.ip, n.log.with_extension("0.log").display());
+        println!(
+            "node {:<14} ip {:<10} agent log {}",
+            n.name,
+            n.ip,
+            n.log.with_extension("0.log").display()
+        );
     }
     let names: Vec<String> = c.pods.iter().map(|p| p.name.clone()).collect();
     let servers: Vec<_> = names
@@ -41,7 +49,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
 
     println!("\n== every pod connects to every other pod on :8080");
-    println!("{:<7} {:<7} {:<18} {:<22} {}", "from", "to", "destination", "server saw source", "result");
+    println!(
+        "{:<7} {:<7} {:<18} {:<22} result",
+        "from", "to", "destination", "server saw source"
+    );
     for from in &names {
         for to in names.iter().filter(|t| *t != from) {
             let dst = format!("{}:8080", c.pod(to).ip);
@@ -62,9 +73,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("\n== what the agents saw");
     for (i, n) in c.nodes.iter().enumerate() {
         let log = c.agent_log(i);
-        let conns: Vec<_> = log.iter().filter(|l| l["message"] == "connection closed").collect();
-        let flows: Vec<_> = log.iter().filter(|l| l["message"] == "flow closed").collect();
-        println!("node {} — {} proxied connections, {} kernel flow records", n.name, conns.len(), flows.len());
+        let conns: Vec<_> = log
+            .iter()
+            .filter(|l| l["message"] == "connection closed")
+            .collect();
+        let flows: Vec<_> = log
+            .iter()
+            .filter(|l| l["message"] == "flow closed")
+            .collect();
+        println!(
+            "node {} — {} proxied connections, {} kernel flow records",
+            n.name,
+            conns.len(),
+            flows.len()
+        );
         for l in conns.iter().take(6) {
             println!(
                 "  {:<8} pod {:<12} {} -> {}  bytes out/in {}/{}",
@@ -88,7 +110,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         let counters = c.counters(i)?;
-        let shown: Vec<String> = counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        let shown: Vec<String> = counters
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         println!("  kernel counters: {}", shown.join(" "));
     }
     drop(servers);
@@ -100,10 +126,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("\n== the cluster stays up (remove it with `cargo xtask demo --down`)");
         println!("{:<7} {:<12} {:<22} netns", "pod", "ip", "cgroup");
         for p in &pods {
-            println!("{:<7} {:<12} {:<22} /run/netns/{}", p.name, p.ip, p.cgroup.file_name().unwrap().to_string_lossy(), p.netns);
+            println!(
+                "{:<7} {:<12} {:<22} /run/netns/{}",
+                p.name,
+                p.ip,
+                p.cgroup.file_name().unwrap().to_string_lossy(),
+                p.netns
+            );
         }
         let p = &pods[0];
-        println!("\nRun a program inside pod {} (its netns and cgroup, so the mesh captures it):", p.name);
+        println!(
+            "\nRun a program inside pod {} (its netns and cgroup, so the mesh captures it):",
+            p.name
+        );
         println!(
             "  sh -c 'echo $$ > {}/cgroup.procs && exec nsenter --net=/run/netns/{} -- curl -s http://{}:8080/'",
             p.cgroup.display(),

@@ -51,7 +51,10 @@ fn main() {
 }
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn build_ebpf() -> anyhow::Result<PathBuf> {
@@ -68,7 +71,10 @@ pub fn build_ebpf() -> anyhow::Result<PathBuf> {
 /// Runs a command in the workspace, echoing it, failing on failure.
 pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {cmd:?}");
-    let status = cmd.current_dir(workspace()).status().with_context(|| format!("{cmd:?}"))?;
+    let status = cmd
+        .current_dir(workspace())
+        .status()
+        .with_context(|| format!("{cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
