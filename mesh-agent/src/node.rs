@@ -85,7 +85,11 @@ impl Node {
             pods: BTreeMap::new(),
             directory: Arc::default(),
         };
-        node.apply(config)?;
+        // A pod that cannot be enrolled is logged and retried on the next
+        // config change; the node's other pods are served meanwhile.
+        if let Err(e) = node.apply(config) {
+            error!(error = format!("{e:#}"), "some pods are not enrolled");
+        }
         let keep: Vec<_> = node.pods.values().map(PodRuntime::datapath_entry).collect();
         for removed in node.datapath.sweep(&keep)? {
             info!(node = %node.config.agent.node_name, %removed, "removed stale datapath state");

@@ -64,10 +64,13 @@ pub fn check_privileges() -> Result<(), PreflightError> {
 }
 
 pub fn check_btf() -> Result<(), PreflightError> {
-    Path::new(BTF_PATH)
-        .exists()
+    check_btf_at(Path::new(BTF_PATH))
+}
+
+fn check_btf_at(path: &Path) -> Result<(), PreflightError> {
+    path.exists()
         .then_some(())
-        .ok_or(PreflightError::NoBtf)
+        .ok_or_else(|| PreflightError::NoBtf(path.to_owned()))
 }
 
 pub fn check_cgroup_root(path: &Path) -> Result<(), PreflightError> {
@@ -98,6 +101,15 @@ mod tests {
         );
         let err = check_bpffs(dir.path()).unwrap_err().to_string();
         assert!(err.contains("mount -t bpf bpf"), "{err}");
+    }
+
+    #[test]
+    fn missing_btf_names_the_kernel_option() {
+        let err = check_btf_at(Path::new("/nonexistent/vmlinux"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CONFIG_DEBUG_INFO_BTF=y"), "{err}");
+        assert_eq!(check_btf(), Ok(()), "this kernel has BTF");
     }
 
     #[test]

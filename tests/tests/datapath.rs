@@ -297,3 +297,35 @@ fn unenrolled_pod_goes_direct_and_leaves_nothing_behind() {
     ident_ok(&c, "a", "b", 8080);
     assert!(c.counters(0).unwrap()["connect_redirected"] > after);
 }
+
+#[test]
+fn uninstall_removes_the_pinned_datapath() {
+    let mut c = Cluster::start(ClusterSpec::new(&[&["a", "b"]])).unwrap();
+    let _srv = c.serve("b", "8080", "ident").unwrap();
+    let v = ident_ok(&c, "a", "b", 8080);
+    assert!(
+        v["peer"].as_str().unwrap().starts_with("127.0.0.6:"),
+        "captured: {v}"
+    );
+    c.kill_agent(0);
+    let out = std::process::Command::new(&c.bins.agent)
+        .args(["uninstall", "--config"])
+        .arg(&c.nodes[0].config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!c.nodes[0].pin_dir.exists());
+    // Nothing captures any more: a reaches b directly, from its own address.
+    let v = ident_ok(&c, "a", "b", 8080);
+    assert!(
+        v["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", c.pod("a").ip)),
+        "{v}"
+    );
+}
