@@ -17,9 +17,9 @@ pub enum PreflightError {
     )]
     Privileges { missing: String },
     #[error(
-        "no kernel BTF at {BTF_PATH}: mesh needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.15 or newer)"
+        "no kernel BTF at {0}: mesh needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.15 or newer)"
     )]
-    NoBtf,
+    NoBtf(PathBuf),
     #[error(
         "cgroupRoot {0}: does not exist; set cgroupRoot to a cgroup-v2 directory (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts)"
     )]
