@@ -36,6 +36,12 @@ impl Mode {
 /// Metric name → (value, higher is better).
 type Results = BTreeMap<&'static str, (f64, bool)>;
 
+/// What failed in a mode, shown under the table.
+type Failures = Vec<String>;
+
+/// One tool's measurements, adding to the results.
+type Stage<'a> = (&'a str, &'a dyn Fn(&mut Results) -> anyhow::Result<()>);
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::setup::run()?;
     crate::build_userspace(true)?;
@@ -47,11 +53,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let modes = [Mode::Direct, Mode::Mesh, Mode::MeshSplice];
     let mut all = Vec::new();
+    let mut notes = Vec::new();
     for mode in modes {
         eprintln!("bench: {}", mode.label());
-        all.push(measure(mode, args.secs).with_context(|| mode.label())?);
+        let mut failures = Failures::new();
+        all.push(measure(mode, args.secs, &mut failures).with_context(|| mode.label())?);
+        notes.extend(
+            failures
+                .into_iter()
+                .map(|f| format!("- {}: {f}", mode.label())),
+        );
     }
-    let table = render(&modes, &all, args.secs);
+    let mut table = render(&modes, &all, args.secs);
+    if !notes.is_empty() {
+        table += "\nFailed measurements:\n";
+        table += &notes.join("\n");
+        table += "\n";
+    }
     println!("{table}");
     let out = crate::workspace().join(&args.out);
     std::fs::create_dir_all(out.parent().unwrap())?;
@@ -146,7 +164,7 @@ fn s(x: impl ToString) -> String {
     x.to_string()
 }
 
-fn measure(mode: Mode, secs: u32) -> anyhow::Result<Results> {
+fn measure(mode: Mode, secs: u32, failures: &mut Failures) -> anyhow::Result<Results> {
     let c = Cluster::start(spec(mode))?;
     let server = c.pod("server").ip.to_string();
     let agents = c.resources().agent_pids.clone();
@@ -157,63 +175,79 @@ fn measure(mode: Mode, secs: u32) -> anyhow::Result<Results> {
     if !agents.is_empty() {
         r.insert("agent RSS idle (MiB)", (idle_rss, false));
     }
-
     let _iperf = background(&c, "server", "iperf3", &["-s", "-p", "5201"])?;
     let _sockperf = background(&c, "server", "sockperf", &["sr", "--tcp", "-p", "11111"])?;
     let _http = c.serve("server", "8080", "http")?;
-    let t = s(secs);
+    let url = format!("http://{server}:8080/");
+    // Each stage on its own: a tool failing in one mode is reported, and the
+    // other stages still run.
+    let stages: [Stage; 4] = [
+        ("iperf3", &|r| iperf(&c, &server, secs, &agents, r)),
+        ("sockperf", &|r| sockperf(&c, &server, secs, r)),
+        ("wrk", &|r| wrk(&c, &url, secs, r)),
+        ("hey", &|r| hey(&c, &url, secs, &agents, r)),
+    ];
+    for (name, stage) in stages {
+        if let Err(e) = stage(&mut r) {
+            failures.push(format!("{name}: {e:#}"));
+        }
+    }
+    Ok(r)
+}
 
+fn iperf(
+    c: &Cluster,
+    server: &str,
+    secs: u32,
+    agents: &[u32],
+    r: &mut Results,
+) -> anyhow::Result<()> {
     for (streams, name) in [
         (1, "iperf3 bulk 1 stream (Gbit/s)"),
         (4, "iperf3 bulk 4 streams (Gbit/s)"),
     ] {
-        let meter = AgentMeter::start(&agents);
-        let out = run_in(
-            &c,
-            "client",
-            "iperf3",
-            &[
-                s("-c"),
-                server.clone(),
-                s("-p"),
-                s(5201),
-                s("-t"),
-                t.clone(),
-                s("-P"),
-                s(streams),
-                s("-J"),
-            ],
-        )?;
+        let meter = AgentMeter::start(agents);
+        let args = [
+            s("-c"),
+            s(server),
+            s("-p"),
+            s(5201),
+            s("-t"),
+            s(secs),
+            s("-P"),
+            s(streams),
+            s("-J"),
+        ];
+        let out = run_in(c, "client", "iperf3", &args)?;
         let (cpu, rss) = meter.stop();
         let v: serde_json::Value = serde_json::from_str(&out)?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
-            .context("iperf3 JSON")?;
+            .with_context(|| format!("{name}: iperf3 reported {}", v["error"]))?;
         r.insert(name, (bps / 1e9, true));
         if streams == 1 && !agents.is_empty() {
             r.insert("agent CPU % under bulk (max of 2)", (cpu, false));
             r.insert("agent RSS under bulk (MiB)", (rss, false));
         }
     }
+    Ok(())
+}
 
-    let out = run_in(
-        &c,
-        "client",
-        "sockperf",
-        &[
-            s("pp"),
-            s("--tcp"),
-            s("-i"),
-            server.clone(),
-            s("-p"),
-            s(11111),
-            s("-m"),
-            s(64),
-            s("-t"),
-            t.clone(),
-            s("--full-rtt"),
-        ],
-    )?;
+fn sockperf(c: &Cluster, server: &str, secs: u32, r: &mut Results) -> anyhow::Result<()> {
+    let args = [
+        s("pp"),
+        s("--tcp"),
+        s("-i"),
+        s(server),
+        s("-p"),
+        s(11111),
+        s("-m"),
+        s(64),
+        s("-t"),
+        s(secs),
+        s("--full-rtt"),
+    ];
+    let out = run_in(c, "client", "sockperf", &args)?;
     for (pct, name) in [
         ("50.000", "sockperf 64 B RTT p50 (us)"),
         ("99.000", "sockperf 64 B RTT p99 (us)"),
@@ -226,21 +260,19 @@ fn measure(mode: Mode, secs: u32) -> anyhow::Result<Results> {
             .with_context(|| format!("sockperf output: {out}"))?;
         r.insert(name, (v, false));
     }
+    Ok(())
+}
 
-    let url = format!("http://{server}:8080/");
+fn wrk(c: &Cluster, url: &str, secs: u32, r: &mut Results) -> anyhow::Result<()> {
     for (conns, threads, label) in [(1, 1, "1 conn"), (64, 2, "64 conns")] {
-        let out = run_in(
-            &c,
-            "client",
-            "wrk",
-            &[
-                format!("-t{threads}"),
-                format!("-c{conns}"),
-                format!("-d{secs}s"),
-                s("--latency"),
-                url.clone(),
-            ],
-        )?;
+        let args = [
+            format!("-t{threads}"),
+            format!("-c{conns}"),
+            format!("-d{secs}s"),
+            s("--latency"),
+            s(url),
+        ];
+        let out = run_in(c, "client", "wrk", &args)?;
         let rps = out
             .lines()
             .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -263,21 +295,20 @@ fn measure(mode: Mode, secs: u32) -> anyhow::Result<Results> {
             );
         }
     }
+    Ok(())
+}
 
-    let meter = AgentMeter::start(&agents);
-    let out = run_in(
-        &c,
-        "client",
-        "hey",
-        &[
-            s("-z"),
-            format!("{secs}s"),
-            s("-c"),
-            s(8),
-            s("-disable-keepalive"),
-            url.clone(),
-        ],
-    )?;
+fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> anyhow::Result<()> {
+    let meter = AgentMeter::start(agents);
+    let args = [
+        s("-z"),
+        format!("{secs}s"),
+        s("-c"),
+        s(8),
+        s("-disable-keepalive"),
+        s(url),
+    ];
+    let out = run_in(c, "client", "hey", &args)?;
     let (cpu, _) = meter.stop();
     let rps = out
         .lines()
@@ -294,7 +325,7 @@ fn measure(mode: Mode, secs: u32) -> anyhow::Result<Results> {
             (cpu, false),
         );
     }
-    Ok(r)
+    Ok(())
 }
 
 fn leak(s: String) -> &'static str {
