@@ -14,8 +14,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::{
-    config::NodeConfig, datapath::Datapath, flows, netns::Netns, pod::PodRuntime, preflight,
-    proxy::PlaintextConnector,
+    config::NodeConfig,
+    datapath::Datapath,
+    flows,
+    netns::Netns,
+    pod::PodRuntime,
+    preflight,
+    proxy::{PlaintextConnector, RelayMode},
 };
 
 const CONFIG_POLL: Duration = Duration::from_millis(500);
@@ -128,7 +133,8 @@ impl Node {
             if self.pods.contains_key(&key) {
                 continue;
             }
-            match PodRuntime::enroll(&spec, &self.datapath, &self.connector) {
+            let relay = RelayMode::for_sk_msg_splicing(self.config.agent.datapath.splice);
+            match PodRuntime::enroll(&spec, relay, &self.datapath, &self.connector) {
                 Ok(rt) => {
                     info!(pod = %key, netns = %spec.netns.display(), netns_cookie = rt.context.netns_cookie, "pod enrolled");
                     self.pods.insert(key, rt);

@@ -23,6 +23,8 @@ pub struct PodContext {
     pub ips: Vec<IpAddr>,
     pub netns_cookie: u64,
     pub sockets: SocketFactory,
+    /// How this pod's TCP-to-TCP relays move bytes.
+    pub relay: proxy::RelayMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,7 @@ impl PodRuntime {
     /// nothing of the pod stays registered.
     pub fn enroll<C: Connector>(
         spec: &LocalPod,
+        relay: proxy::RelayMode,
         datapath: &Arc<Datapath>,
         connector: &Arc<C>,
     ) -> Result<Self, PodError> {
@@ -84,6 +87,7 @@ impl PodRuntime {
             ips: spec.ips.clone(),
             netns_cookie: sockets.cookie(),
             sockets,
+            relay,
         });
         let want_v6 = spec.ips.iter().any(IpAddr::is_ipv6);
         let open = |port, local_only| {

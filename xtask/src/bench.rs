@@ -137,19 +137,26 @@ impl AgentMeter {
     }
 }
 
-fn run_in(c: &Cluster, pod: &str, program: &str, args: &[String]) -> anyhow::Result<String> {
+/// Runs a tool inside a pod, bounded: a tool still running after
+/// `limit` is killed and reported as failed.
+fn run_in(
+    c: &Cluster,
+    pod: &str,
+    program: &str,
+    args: &[String],
+    limit: Duration,
+) -> anyhow::Result<String> {
     let mut cmd: Command = c.pod_command(pod, program)?;
     cmd.args(args);
-    let out = cmd
-        .output()
-        .with_context(|| format!("{program} in {pod}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let mut p = Proc::spawn(&format!("{program} in {pod}"), cmd, None)?;
+    let status = p
+        .wait_exit(limit)
+        .with_context(|| format!("{program} {args:?} did not finish within {limit:?}"))?;
+    let out = p.output().join("\n");
+    if !status.success() {
+        bail!("{program} {args:?} failed ({status}): {out}");
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out)
 }
 
 fn background(c: &Cluster, pod: &str, program: &str, args: &[&str]) -> anyhow::Result<Proc> {
@@ -218,7 +225,7 @@ fn iperf(
             s(streams),
             s("-J"),
         ];
-        let out = run_in(c, "client", "iperf3", &args)?;
+        let out = run_in(c, "client", "iperf3", &args, limit(secs))?;
         let (cpu, rss) = meter.stop();
         let v: serde_json::Value = serde_json::from_str(&out)?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
@@ -247,7 +254,7 @@ fn sockperf(c: &Cluster, server: &str, secs: u32, r: &mut Results) -> anyhow::Re
         s(secs),
         s("--full-rtt"),
     ];
-    let out = run_in(c, "client", "sockperf", &args)?;
+    let out = run_in(c, "client", "sockperf", &args, limit(secs))?;
     for (pct, name) in [
         ("50.000", "sockperf 64 B RTT p50 (us)"),
         ("99.000", "sockperf 64 B RTT p99 (us)"),
@@ -272,7 +279,7 @@ fn wrk(c: &Cluster, url: &str, secs: u32, r: &mut Results) -> anyhow::Result<()>
             s("--latency"),
             s(url),
         ];
-        let out = run_in(c, "client", "wrk", &args)?;
+        let out = run_in(c, "client", "wrk", &args, limit(secs))?;
         let rps = out
             .lines()
             .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -308,7 +315,7 @@ fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> an
         s("-disable-keepalive"),
         s(url),
     ];
-    let out = run_in(c, "client", "hey", &args)?;
+    let out = run_in(c, "client", "hey", &args, limit(secs))?;
     let (cpu, _) = meter.stop();
     let rps = out
         .lines()
@@ -326,6 +333,10 @@ fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> an
         );
     }
     Ok(())
+}
+
+fn limit(secs: u32) -> Duration {
+    Duration::from_secs(u64::from(secs) + 20)
 }
 
 fn leak(s: String) -> &'static str {

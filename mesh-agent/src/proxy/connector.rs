@@ -7,6 +7,10 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
+use super::{
+    relay::{self, Transferred},
+    zero_copy,
+};
 use crate::pod::PodContext;
 
 /// Opens the upstream side of an outbound connection on behalf of a pod.
@@ -19,6 +23,16 @@ pub trait Connector: Send + Sync + 'static {
         from: &PodContext,
         to: SocketAddr,
     ) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+
+    /// Moves bytes both ways until both directions are done.
+    fn relay(
+        mode: RelayMode,
+        downstream: &mut TcpStream,
+        upstream: &mut Self::Stream,
+    ) -> impl Future<Output = io::Result<Transferred>> + Send {
+        let _ = mode;
+        relay::relay(downstream, upstream)
+    }
 }
 
 /// Plain TCP to the original destination, from a socket in the source pod's
@@ -26,11 +40,45 @@ pub trait Connector: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlaintextConnector;
 
+/// How a TCP-to-TCP relay moves bytes. Zero-copy splice(2) cannot read what
+/// sk_msg redirected into a socket (that sits in the psock's queue, not the
+/// socket's), so with sk_msg splicing on, the relay copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    ZeroCopy,
+    Copy,
+}
+
+impl RelayMode {
+    pub fn for_sk_msg_splicing(sk_msg_splice: bool) -> Self {
+        if sk_msg_splice {
+            RelayMode::Copy
+        } else {
+            RelayMode::ZeroCopy
+        }
+    }
+
+    pub async fn relay(self, a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Transferred> {
+        match self {
+            RelayMode::ZeroCopy => zero_copy::relay(a, b).await,
+            RelayMode::Copy => relay::relay(a, b).await,
+        }
+    }
+}
+
 impl Connector for PlaintextConnector {
     type Stream = TcpStream;
 
     async fn connect(&self, from: &PodContext, to: SocketAddr) -> io::Result<TcpStream> {
         agent_connect(from, None, to).await
+    }
+
+    async fn relay(
+        mode: RelayMode,
+        downstream: &mut TcpStream,
+        upstream: &mut TcpStream,
+    ) -> io::Result<Transferred> {
+        mode.relay(downstream, upstream).await
     }
 }
 

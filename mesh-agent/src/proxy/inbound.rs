@@ -56,7 +56,7 @@ async fn handle(
             return;
         }
     };
-    let result = relay::relay(&mut downstream, &mut upstream).await;
+    let result = pod.relay.relay(&mut downstream, &mut upstream).await;
     let t = result.as_ref().copied().unwrap_or_default();
     info!(
         direction = "inbound",

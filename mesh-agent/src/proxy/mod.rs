@@ -8,5 +8,6 @@ pub mod inbound;
 pub mod listeners;
 pub mod outbound;
 pub mod relay;
+pub mod zero_copy;
 
-pub use connector::{Connector, PlaintextConnector};
+pub use connector::{Connector, PlaintextConnector, RelayMode};

@@ -59,7 +59,7 @@ async fn handle<C: Connector>(
             return;
         }
     };
-    let result = relay::relay(&mut downstream, &mut upstream).await;
+    let result = C::relay(pod.relay, &mut downstream, &mut upstream).await;
     let t = result.as_ref().copied().unwrap_or_default();
     info!(
         direction = "outbound",
