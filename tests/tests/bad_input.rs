@@ -64,16 +64,12 @@ fn bad_input_is_refused_with_one_line_that_names_the_fix() {
     // The good file passes --check-config and changes nothing.
     let file = c.log_dir().join("good.yaml");
     std::fs::write(&file, &good).unwrap();
-    let out = Command::new(&c.bins.agent)
-        .args(["node", "--check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mesh_testbed::sys::run(
+        Command::new(&c.bins.agent)
+            .args(["node", "--check-config", "--config"])
+            .arg(&file),
+    )
+    .unwrap();
     nothing_attached(&pin_dir);
 
     let o = agent(

@@ -308,16 +308,12 @@ fn uninstall_removes_the_pinned_datapath() {
         "captured: {v}"
     );
     c.kill_agent(0);
-    let out = std::process::Command::new(&c.bins.agent)
-        .args(["uninstall", "--config"])
-        .arg(&c.nodes[0].config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mesh_testbed::sys::run(
+        std::process::Command::new(&c.bins.agent)
+            .args(["uninstall", "--config"])
+            .arg(&c.nodes[0].config),
+    )
+    .unwrap();
     assert!(!c.nodes[0].pin_dir.exists());
     // Nothing captures any more: a reaches b directly, from its own address.
     let v = ident_ok(&c, "a", "b", 8080);
