@@ -20,9 +20,7 @@ use aya::{
         links::{FdLink, LinkError, PinnedLink},
     },
 };
-use mesh_common::{
-    DatapathConfig, EnrolledNetns, ListenerKey, OrigDst, PodAddrKey, SockKey, counter, names,
-};
+use mesh_common::{DatapathConfig, ListenerKey, OrigDst, PodAddrKey, SockKey, counter, names};
 
 use crate::config::AgentConfig;
 
@@ -69,7 +67,7 @@ fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> D
 
 struct Maps {
     counters: PerCpuArray<MapData, u64>,
-    enrolled: HashMap<MapData, u64, EnrolledNetns>,
+    enrolled: HashMap<MapData, u64, u8>,
     pod_addrs: HashMap<MapData, PodAddrKey, u8>,
     listeners: SockHash<MapData, ListenerKey>,
 }
@@ -275,7 +273,7 @@ impl Datapath {
         }
         // The enrolled entry goes last: from here on the pod's connects are redirected.
         maps.enrolled
-            .insert(pod.netns_cookie, EnrolledNetns::default(), 0)
+            .insert(pod.netns_cookie, 1, 0)
             .map_err(map_err(names::ENROLLED))?;
         Ok(())
     }

@@ -52,16 +52,6 @@ pub mod limits {
     pub const FLOW_EVENTS_BYTES: u32 = 1 << 20;
 }
 
-/// Value of the enrolled map, keyed by network-namespace cookie.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EnrolledNetns {
-    /// Index of the pod in the agent's own table; lets a restarted agent tell
-    /// which pinned entries it still owns.
-    pub pod_id: u32,
-    pub _pad: u32,
-}
-
 /// A pod's own address within its netns; connections to it are not redirected.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -208,7 +198,6 @@ pub const fn v6_bytes(w: [u32; 4]) -> [u8; 16] {
 mod pod_impls {
     use super::*;
     // SAFETY: all of these are repr(C) with explicit padding and no pointers.
-    unsafe impl aya::Pod for EnrolledNetns {}
     unsafe impl aya::Pod for PodAddrKey {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for SockKey {}

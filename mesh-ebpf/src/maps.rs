@@ -4,8 +4,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use mesh_common::{
-    DatapathConfig, EnrolledNetns, FlowRecord, ListenerKey, OrigDst, PodAddrKey, SockKey, counter,
-    limits,
+    DatapathConfig, FlowRecord, ListenerKey, OrigDst, PodAddrKey, SockKey, counter, limits,
 };
 
 #[map(name = "MESH_CONFIG")]
@@ -14,8 +13,9 @@ pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 #[map(name = "MESH_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 
+/// Enrolled network namespaces, by netns cookie (the value is unused).
 #[map(name = "MESH_ENROLLED")]
-pub static ENROLLED: HashMap<u64, EnrolledNetns> = HashMap::pinned(limits::ENROLLED, 0);
+pub static ENROLLED: HashMap<u64, u8> = HashMap::pinned(limits::ENROLLED, 0);
 
 #[map(name = "MESH_POD_ADDRS")]
 pub static POD_ADDRS: HashMap<PodAddrKey, u8> = HashMap::pinned(limits::POD_ADDRS, 0);
