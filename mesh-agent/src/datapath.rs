@@ -61,6 +61,13 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathEr
     move |source| DatapathError::Map { name, source }
 }
 
+fn link_err<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> DatapathError + '_ {
+    move |e| DatapathError::Link {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
 fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
     move |source| DatapathError::Program { name, source }
 }
@@ -80,22 +87,13 @@ pub struct PodDatapath {
     pub ips: Vec<IpAddr>,
 }
 
-/// A summary of the attached state, for logs and the admin API.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DatapathState {
-    pub pin_dir: PathBuf,
-    pub adopted: bool,
-    pub cgroup_links: Vec<String>,
-    pub enrolled_netns: usize,
-    pub counters: std::collections::BTreeMap<&'static str, u64>,
-}
-
 pub struct Datapath {
     pin_dir: PathBuf,
     adopted: bool,
     ebpf: Mutex<Ebpf>,
     maps: Mutex<Maps>,
-    orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    /// Read-only from user space: one lookup per accepted connection, no lock.
+    orig: HashMap<MapData, SockKey, OrigDst>,
     flow_events: Mutex<Option<RingBuf<MapData>>>,
     logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     _cgroup_links: Vec<PinnedLink>,
@@ -173,10 +171,7 @@ impl Datapath {
         for name in CGROUP_PROGRAMS {
             let path = links_dir.join(name);
             if path.exists() {
-                let link = PinnedLink::from_pin(&path).map_err(|e| DatapathError::Link {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+                let link = PinnedLink::from_pin(&path).map_err(link_err(&path))?;
                 adopted_links.push(link);
                 continue;
             }
@@ -186,10 +181,7 @@ impl Datapath {
         let adopted = !adopted_links.is_empty();
         let mut links = adopted_links;
         for (path, fd_link) in new_links {
-            let pinned = fd_link.pin(&path).map_err(|e| DatapathError::Link {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            let pinned = fd_link.pin(&path).map_err(link_err(&path))?;
             links.push(pinned);
         }
 
@@ -220,7 +212,7 @@ impl Datapath {
             adopted,
             ebpf: Mutex::new(ebpf),
             maps: Mutex::new(maps),
-            orig: Mutex::new(orig),
+            orig,
             flow_events: Mutex::new(Some(flow_events)),
             logger: Mutex::new(logger),
             _cgroup_links: links,
@@ -256,10 +248,7 @@ impl Datapath {
             let id = prog.attach(netns).map_err(prog_err(names::PROG_INBOUND))?;
             let link = prog.take_link(id).map_err(prog_err(names::PROG_INBOUND))?;
             let fd_link: FdLink = link.into();
-            fd_link.pin(&link_path).map_err(|e| DatapathError::Link {
-                path: link_path.clone(),
-                reason: e.to_string(),
-            })?;
+            fd_link.pin(&link_path).map_err(link_err(&link_path))?;
         }
         let mut maps = self.maps.lock().unwrap();
         for ip in &pod.ips {
@@ -317,15 +306,9 @@ impl Datapath {
         let dir = self.pod_pin_dir(key);
         let link_path = dir.join("sk_lookup");
         if link_path.exists() {
-            let link = PinnedLink::from_pin(&link_path).map_err(|e| DatapathError::Link {
-                path: link_path.clone(),
-                reason: e.to_string(),
-            })?;
+            let link = PinnedLink::from_pin(&link_path).map_err(link_err(&link_path))?;
             // Unpinned and closed: the kernel detaches the link.
-            drop(link.unpin().map_err(|e| DatapathError::Link {
-                path: link_path.clone(),
-                reason: e.to_string(),
-            })?);
+            drop(link.unpin().map_err(link_err(&link_path))?);
         }
         match fs::remove_dir(&dir) {
             Ok(()) => Ok(()),
@@ -377,9 +360,11 @@ impl Datapath {
     }
 
     /// The original destination of a connection the outbound listener
-    /// accepted, found by the app socket's 4-tuple in the pod's netns. The
-    /// entry is consumed: each connection's destination is read once.
-    pub fn take_orig_dst(
+    /// accepted, found by the app socket's 4-tuple in the pod's netns.
+    /// Entries are not deleted here: the map is an LRU, a reused 4-tuple is
+    /// overwritten at ESTABLISHED before the agent can accept it, and
+    /// eviction takes the oldest entries, never the ones still unread.
+    pub fn orig_dst(
         &self,
         netns_cookie: u64,
         peer: SocketAddr,
@@ -392,9 +377,7 @@ impl Datapath {
             local_port: u32::from(peer.port()),
             remote_port: u32::from(local.port()),
         };
-        let mut orig = self.orig.lock().unwrap();
-        let value = orig.get(&key, 0).ok()?;
-        let _ = orig.remove(&key);
+        let value = self.orig.get(&key, 0).ok()?;
         Some(SocketAddr::new(
             ip_from_bytes(value.ip, value.family),
             value.port,
@@ -414,17 +397,6 @@ impl Datapath {
                 (counter::NAMES[i as usize], sum)
             })
             .collect()
-    }
-
-    pub fn state(&self) -> DatapathState {
-        let enrolled = self.maps.lock().unwrap().enrolled.keys().count();
-        DatapathState {
-            pin_dir: self.pin_dir.clone(),
-            adopted: self.adopted,
-            cgroup_links: CGROUP_PROGRAMS.iter().map(|s| s.to_string()).collect(),
-            enrolled_netns: enrolled,
-            counters: self.counters(),
-        }
     }
 
     /// The closed-flow ring buffer; taken once, by the flow reader.
@@ -465,32 +437,20 @@ fn attach_cgroup(
     name: &'static str,
     cgroup: &File,
 ) -> Result<FdLink, DatapathError> {
-    let link: FdLink = if name == names::PROG_SOCKOPS {
+    let link = if name == names::PROG_SOCKOPS {
         let prog = program_mut::<SockOps>(ebpf, name)?;
         let id = prog
             .attach(cgroup, CgroupAttachMode::Single)
             .map_err(prog_err(name))?;
-        prog.take_link(id)
-            .map_err(prog_err(name))?
-            .try_into()
-            .map_err(|e: LinkError| DatapathError::Link {
-                path: PathBuf::from(name),
-                reason: e.to_string(),
-            })?
+        FdLink::try_from(prog.take_link(id).map_err(prog_err(name))?)
     } else {
         let prog = program_mut::<CgroupSockAddr>(ebpf, name)?;
         let id = prog
             .attach(cgroup, CgroupAttachMode::Single)
             .map_err(prog_err(name))?;
-        prog.take_link(id)
-            .map_err(prog_err(name))?
-            .try_into()
-            .map_err(|e: LinkError| DatapathError::Link {
-                path: PathBuf::from(name),
-                reason: e.to_string(),
-            })?
+        FdLink::try_from(prog.take_link(id).map_err(prog_err(name))?)
     };
-    Ok(link)
+    link.map_err(link_err::<LinkError>(Path::new(name)))
 }
 
 fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>

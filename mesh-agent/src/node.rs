@@ -209,8 +209,4 @@ impl Node {
         );
         Ok(())
     }
-
-    pub fn datapath(&self) -> &Arc<Datapath> {
-        &self.datapath
-    }
 }

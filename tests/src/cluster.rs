@@ -149,6 +149,13 @@ impl Resources {
     }
 }
 
+/// Gives `dev` in netns `ns` the address `cidr` and brings it up.
+fn addr_up(ns: &str, cidr: &str, dev: &str) -> anyhow::Result<()> {
+    ip(&["-n", ns, "addr", "add", cidr, "dev", dev])?;
+    ip(&["-n", ns, "link", "set", dev, "up"])?;
+    Ok(())
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 pub struct Cluster {
@@ -228,27 +235,9 @@ impl Cluster {
                 &name,
             ])?;
             ip(&["-n", &wire, "link", "set", &port, "master", "wire0", "up"])?;
-            ip(&[
-                "-n",
-                &name,
-                "addr",
-                "add",
-                &format!("{node_ip}/24"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &name, "link", "set", "eth0", "up"])?;
+            addr_up(&name, &format!("{node_ip}/24"), "eth0")?;
             ip(&["-n", &name, "link", "add", "cni0", "type", "bridge"])?;
-            ip(&[
-                "-n",
-                &name,
-                "addr",
-                "add",
-                &format!("10.244.{n}.1/24"),
-                "dev",
-                "cni0",
-            ])?;
-            ip(&["-n", &name, "link", "set", "cni0", "up"])?;
+            addr_up(&name, &format!("10.244.{n}.1/24"), "cni0")?;
             sys::run(std::process::Command::new("ip").args([
                 "netns",
                 "exec",
@@ -293,16 +282,7 @@ impl Cluster {
                     "netns", &pod_ns,
                 ])?;
                 ip(&["-n", &name, "link", "set", &veth, "master", "cni0", "up"])?;
-                ip(&[
-                    "-n",
-                    &pod_ns,
-                    "addr",
-                    "add",
-                    &format!("{pod_ip}/24"),
-                    "dev",
-                    "eth0",
-                ])?;
-                ip(&["-n", &pod_ns, "link", "set", "eth0", "up"])?;
+                addr_up(&pod_ns, &format!("{pod_ip}/24"), "eth0")?;
                 ip(&[
                     "-n",
                     &pod_ns,

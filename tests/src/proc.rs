@@ -193,10 +193,6 @@ impl Proc {
         Ok(status)
     }
 
-    pub fn signal(&self, sig: libc::c_int) {
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-    }
-
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -9,9 +9,13 @@ use std::{
 };
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::{connector::agent_connect, relay};
+use super::{
+    access_log::{Connection, Direction},
+    connector::agent_connect,
+    relay,
+};
 use crate::pod::PodContext;
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
@@ -40,33 +44,22 @@ fn delivery_source(dst: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, 0)
 }
 
-async fn handle(
-    mut downstream: TcpStream,
-    peer: SocketAddr,
-    dst: SocketAddr,
-    pod: Arc<PodContext>,
-) {
-    let started = Instant::now();
+async fn handle(mut downstream: TcpStream, src: SocketAddr, dst: SocketAddr, pod: Arc<PodContext>) {
+    let conn = Connection {
+        direction: Direction::Inbound,
+        pod: &pod.key,
+        src,
+        dst,
+        started: Instant::now(),
+    };
     let _ = downstream.set_nodelay(true);
     let mut upstream = match agent_connect(&pod, Some(delivery_source(dst)), dst).await {
         Ok(s) => s,
         Err(e) => {
-            info!(direction = "inbound", pod = %pod.key, src = %peer, dst = %dst, result = "connect_failed", error = %e, "connection closed");
+            conn.connect_failed(&e);
             relay::reset(downstream);
             return;
         }
     };
-    let result = pod.relay.relay(&mut downstream, &mut upstream).await;
-    let t = result.as_ref().copied().unwrap_or_default();
-    info!(
-        direction = "inbound",
-        pod = %pod.key,
-        src = %peer,
-        dst = %dst,
-        bytes_received = t.downstream_to_upstream,
-        bytes_sent = t.upstream_to_downstream,
-        duration_ms = started.elapsed().as_millis() as u64,
-        result = if result.is_ok() { "ok" } else { "reset" },
-        "connection closed"
-    );
+    conn.closed(&pod.relay.relay(&mut downstream, &mut upstream).await);
 }

@@ -2,6 +2,7 @@
 //! kernel redirected to a pod's listeners; `Connector` is the one seam where
 //! bytes leave for the destination (plaintext now, HBONE mTLS later);
 //! `relay` splices the two streams with half-close semantics.
+pub mod access_log;
 pub mod connector;
 pub mod hbone;
 pub mod inbound;
