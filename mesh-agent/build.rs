@@ -1,5 +1,6 @@
-//! Builds the kernel programs with the same recipe as `cargo xtask build-ebpf`
-//! and hands the object to the agent to embed. Cargo reruns this whenever the
+//! Generates the CA's gRPC service code, and builds the kernel programs with
+//! the same recipe as `cargo xtask build-ebpf` and hands the object to the
+//! agent to embed. Cargo reruns this whenever the
 //! kernel sources change, so the embedded object is never stale; when the
 //! build cannot run, the error names the command that fixes it.
 use std::{env, fs, path::PathBuf};
@@ -8,6 +9,32 @@ use std::{env, fs, path::PathBuf};
 mod ebpf_build;
 
 fn main() {
+    istio_ca_service();
+    ebpf_object();
+}
+
+/// Istio's certificate service (istio.v1.auth.IstioCertificateService),
+/// generated from a description in Rust rather than a .proto file, so the
+/// build needs no protoc. The messages live in `src/ca/proto.rs`.
+fn istio_ca_service() {
+    let method = tonic_build::manual::Method::builder()
+        .name("create_certificate")
+        .route_name("CreateCertificate")
+        .input_type("crate::ca::proto::IstioCertificateRequest")
+        .output_type("crate::ca::proto::IstioCertificateResponse")
+        .codec_path("tonic_prost::ProstCodec")
+        .build();
+    let service = tonic_build::manual::Service::builder()
+        .name("IstioCertificateService")
+        .package("istio.v1.auth")
+        .method(method)
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_transport(false)
+        .compile(&[service]);
+}
+
+fn ebpf_object() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest.parent().unwrap().to_path_buf();
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("mesh-ebpf.o");

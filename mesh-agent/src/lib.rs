@@ -1,10 +1,16 @@
-//! mesh's node agent: drives the eBPF datapath and moves the traffic it
-//! captures. See ARCHITECTURE.md for the design.
+//! mesh's node agent and CA: drives the eBPF datapath, gives workloads
+//! identities, and carries their traffic over mutual TLS. See
+//! ARCHITECTURE.md for the design.
+pub mod ca;
 pub mod config;
 pub mod datapath;
 pub mod flows;
+pub mod hbone;
+pub mod identity;
 pub mod netns;
 pub mod node;
 pub mod pod;
+pub mod policy;
 pub mod preflight;
 pub mod proxy;
+pub mod tls;

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mesh_agent::{config::NodeConfig, datapath, node};
+use mesh_agent::{ca, config::NodeConfig, datapath, node};
 
 #[derive(Parser)]
 #[command(name = "mesh-agent", version, about = "mesh node agent")]
@@ -36,11 +36,37 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         worker_threads: usize,
     },
+    /// Run the mesh's certificate authority (Istio-compatible gRPC), or
+    /// create its root with `ca init`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Ca {
+        /// CA configuration file (YAML; see README "Certificate authority").
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<CaCommand>,
+    },
     /// Remove this node's pinned datapath: programs detached, maps freed.
     /// Enrolled pods then bypass the mesh; run it only when removing mesh.
     Uninstall {
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a new root certificate and key (refuses to overwrite either).
+    Init {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Root lifetime, e.g. 10y, 8760h.
+        #[arg(long, default_value = "10y")]
+        lifetime: humantime::Duration,
     },
 }
 
@@ -99,6 +125,36 @@ fn run(command: Command) -> anyhow::Result<()> {
                 let node = node::Node::start(&config)?;
                 node.run().await
             })
+        }
+        Command::Ca {
+            command: Some(CaCommand::Init {
+                cert,
+                key,
+                trust_domain,
+                lifetime,
+            }),
+            ..
+        } => {
+            ca::root::init(&cert, &key, &trust_domain, lifetime.into())?;
+            println!(
+                "created root {} (key {}, trust domain {trust_domain})",
+                cert.display(),
+                key.display()
+            );
+            Ok(())
+        }
+        Command::Ca {
+            config: Some(config),
+            command: None,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            runtime.block_on(ca::server::run(&config))
+        }
+        Command::Ca { .. } => {
+            anyhow::bail!("`mesh-agent ca` needs --config <file> (or `mesh-agent ca init`)")
         }
         Command::Uninstall { config } => {
             let cfg = NodeConfig::load(&config)?;

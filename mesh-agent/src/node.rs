@@ -14,16 +14,22 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::{
-    config::NodeConfig,
+    config::{CaSettings, NodeConfig},
     datapath::Datapath,
     flows,
+    identity::{client::CaClient, manager::CertManager},
     netns::Netns,
     pod::PodRuntime,
     preflight,
-    proxy::{PlaintextConnector, RelayMode},
+    proxy::{
+        RelayMode,
+        state::{MeshView, Mtls, ProxyState},
+    },
+    tls::TrustBundle,
 };
 
 const CONFIG_POLL: Duration = Duration::from_millis(500);
+const POOL_SWEEP: Duration = Duration::from_secs(5);
 
 /// Netns cookie → pod key, for naming kernel records.
 #[derive(Debug, Default)]
@@ -57,9 +63,31 @@ pub struct Node {
     config_path: PathBuf,
     config: NodeConfig,
     datapath: Arc<Datapath>,
-    connector: Arc<PlaintextConnector>,
+    state: Arc<ProxyState>,
     pods: BTreeMap<String, PodRuntime>,
     directory: Arc<PodDirectory>,
+}
+
+/// The CA client, the trust bundle and the certificate manager.
+fn mtls(settings: &CaSettings, trust_domain: &str) -> anyhow::Result<Mtls> {
+    let root_pem = std::fs::read_to_string(&settings.root_cert_file).with_context(|| {
+        format!(
+            "AgentConfig.ca.rootCertFile {}",
+            settings.root_cert_file.display()
+        )
+    })?;
+    let bundle = TrustBundle::from_pem(&root_pem, trust_domain).with_context(|| {
+        format!(
+            "AgentConfig.ca.rootCertFile {}",
+            settings.root_cert_file.display()
+        )
+    })?;
+    let client = CaClient::new(settings)?;
+    Ok(Mtls {
+        bundle,
+        certs: Arc::new(CertManager::new(Arc::new(client))),
+        pool: Default::default(),
+    })
 }
 
 impl Node {
@@ -79,14 +107,24 @@ impl Node {
             splice = config.agent.datapath.splice,
             "datapath attached"
         );
+        let mtls = match &config.agent.ca {
+            Some(ca) => Some(mtls(ca, &config.agent.trust_domain)?),
+            None => {
+                warn!("no CA configured (AgentConfig.ca): traffic between nodes is forwarded as plaintext");
+                None
+            }
+        };
+        let state = Arc::new(ProxyState::new(datapath.clone(), mtls));
         let mut node = Node {
             config_path: config_path.to_owned(),
             config: NodeConfig {
                 agent: config.agent.clone(),
                 pods: Vec::new(),
+                workloads: Vec::new(),
+                policies: Default::default(),
             },
             datapath,
-            connector: Arc::new(PlaintextConnector),
+            state,
             pods: BTreeMap::new(),
             directory: Arc::default(),
         };
@@ -109,6 +147,8 @@ impl Node {
         if config.agent != self.config.agent {
             warn!("AgentConfig changed; node settings apply at the next agent start");
         }
+        // New policies and workloads hold for connections from now on.
+        self.state.set_view(MeshView::new(&config));
         let wanted: BTreeMap<String, _> = config
             .enrolled_pods()
             .map(|p| (p.key(), p.clone()))
@@ -134,7 +174,7 @@ impl Node {
                 continue;
             }
             let relay = RelayMode::for_sk_msg_splicing(self.config.agent.datapath.splice);
-            match PodRuntime::enroll(&spec, relay, &self.datapath, &self.connector) {
+            match PodRuntime::enroll(&spec, &self.config.agent.trust_domain, relay, &self.state) {
                 Ok(rt) => {
                     info!(pod = %key, netns = %spec.netns.display(), netns_cookie = rt.context.netns_cookie, "pod enrolled");
                     self.pods.insert(key, rt);
@@ -146,6 +186,8 @@ impl Node {
             }
         }
         self.directory.set(&self.pods);
+        self.state
+            .set_local_pods(self.pods.values().map(|p| &p.context));
         self.config = config;
         match first_error {
             Some(e) => Err(e.into()),
@@ -175,6 +217,18 @@ impl Node {
         let mut int = signal(SignalKind::interrupt())?;
         let mut last_text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
         let mut tick = tokio::time::interval(CONFIG_POLL);
+        if self.state.mtls.is_some() {
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let mut sweep = tokio::time::interval(POOL_SWEEP);
+                loop {
+                    sweep.tick().await;
+                    if let Some(m) = &state.mtls {
+                        m.pool.sweep();
+                    }
+                }
+            });
+        }
         info!(
             node = %self.config.agent.node_name,
             enrolled = self.pods.len(),

@@ -1,30 +1,50 @@
-//! One enrolled pod as the agent runs it: a socket factory in its netns, the
-//! three listeners, and their accept tasks. Dropping it stops the tasks and
-//! closes the listeners; `Node` removes the datapath entries.
-use std::{net::IpAddr, sync::Arc};
+//! One enrolled pod as the agent runs it: a socket factory in its netns, its
+//! identity and certificate, the three listeners, and their accept tasks.
+//! Dropping it stops the tasks, closes the listeners and releases the
+//! certificate; `Node` removes the datapath entries.
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use mesh_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use tokio::task::JoinHandle;
 
 use crate::{
     config::LocalPod,
-    datapath::{Datapath, PodDatapath},
+    datapath::PodDatapath,
+    hbone,
+    identity::Identity,
     netns::{Netns, SocketFactory},
-    proxy::{self, Connector, listeners::listen_dual},
+    policy::Target,
+    proxy::{self, listeners::listen_dual, state::ProxyState},
+    tls::{self, CertWatch},
 };
 
 /// What connection handlers know about the pod they serve.
-#[derive(Debug)]
 pub struct PodContext {
     /// `<namespace>/<name>`.
     pub key: String,
+    pub name: String,
     pub namespace: String,
-    pub service_account: String,
+    pub identity: Identity,
+    pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
     pub netns_cookie: u64,
     pub sockets: SocketFactory,
     /// How this pod's TCP-to-TCP relays move bytes.
     pub relay: proxy::RelayMode,
+    /// The pod's certificate, when the agent has a CA.
+    pub cert: Option<CertWatch>,
+    /// TLS for the pod's HBONE listener, when the agent has a CA.
+    pub hbone_server: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl PodContext {
+    /// The pod as policies select it.
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            namespace: &self.namespace,
+            labels: &self.labels,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +60,13 @@ pub enum PodError {
         port: u16,
         source: std::io::Error,
     },
+    #[error("pod {pod}: identity: {source}")]
+    Identity {
+        pod: String,
+        source: crate::identity::spiffe::IdentityError,
+    },
+    #[error("pod {pod}: TLS: {source}")]
+    Tls { pod: String, source: rustls::Error },
     #[error("pod {pod}: {source}")]
     Datapath {
         pod: String,
@@ -50,6 +77,7 @@ pub enum PodError {
 pub struct PodRuntime {
     pub spec: LocalPod,
     pub context: Arc<PodContext>,
+    state: Arc<ProxyState>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -64,13 +92,19 @@ impl PodRuntime {
 
     /// Opens the pod's listeners, then puts it under the datapath. On error
     /// nothing of the pod stays registered.
-    pub fn enroll<C: Connector>(
+    pub fn enroll(
         spec: &LocalPod,
+        trust_domain: &str,
         relay: proxy::RelayMode,
-        datapath: &Arc<Datapath>,
-        connector: &Arc<C>,
+        state: &Arc<ProxyState>,
     ) -> Result<Self, PodError> {
         let key = spec.key();
+        let datapath = &state.datapath;
+        let identity = Identity::new(trust_domain, &spec.namespace, &spec.service_account)
+            .map_err(|source| PodError::Identity {
+                pod: key.clone(),
+                source,
+            })?;
         let netns = Netns::open(&spec.netns).map_err(|source| PodError::Netns {
             pod: key.clone(),
             source,
@@ -80,14 +114,32 @@ impl PodRuntime {
                 pod: key.clone(),
                 source,
             })?;
+        let (cert, hbone_server) = match &state.mtls {
+            Some(mtls) => {
+                let cert = mtls.certs.acquire(&identity);
+                let server = tls::server_config(&mtls.bundle, cert.clone()).map_err(|source| {
+                    mtls.certs.release(&identity);
+                    PodError::Tls {
+                        pod: key.clone(),
+                        source,
+                    }
+                })?;
+                (Some(cert), Some(Arc::new(server)))
+            }
+            None => (None, None),
+        };
         let context = Arc::new(PodContext {
             key: key.clone(),
+            name: spec.name.clone(),
             namespace: spec.namespace.clone(),
-            service_account: spec.service_account.clone(),
+            identity,
+            labels: spec.labels.clone(),
             ips: spec.ips.clone(),
             netns_cookie: sockets.cookie(),
             sockets,
             relay,
+            cert,
+            hbone_server,
         });
         let want_v6 = spec.ips.iter().any(IpAddr::is_ipv6);
         let open = |port, local_only| {
@@ -99,15 +151,16 @@ impl PodRuntime {
                 }
             })
         };
+        let runtime = PodRuntime {
+            spec: spec.clone(),
+            context: context.clone(),
+            state: state.clone(),
+            tasks: Vec::new(),
+        };
         let outbound = open(OUTBOUND_PORT, true)?;
         let inbound = open(INBOUND_PORT, false)?;
         let hbone = open(HBONE_PORT, false)?;
 
-        let runtime = PodRuntime {
-            spec: spec.clone(),
-            context: context.clone(),
-            tasks: Vec::new(),
-        };
         let entry = runtime.datapath_entry();
         let dp_err = |source| PodError::Datapath {
             pod: key.clone(),
@@ -134,19 +187,18 @@ impl PodRuntime {
             runtime.tasks.push(tokio::spawn(proxy::outbound::serve(
                 l,
                 context.clone(),
-                datapath.clone(),
-                connector.clone(),
+                state.clone(),
             )));
         }
         for l in inbound {
             runtime
                 .tasks
-                .push(tokio::spawn(proxy::inbound::serve(l, context.clone())));
+                .push(tokio::spawn(proxy::inbound::serve(l, context.clone(), state.clone())));
         }
         for l in hbone {
             runtime
                 .tasks
-                .push(tokio::spawn(proxy::hbone::serve(l, context.clone())));
+                .push(tokio::spawn(hbone::server::serve(l, context.clone(), state.clone())));
         }
         Ok(runtime)
     }
@@ -156,6 +208,9 @@ impl Drop for PodRuntime {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(mtls) = &self.state.mtls {
+            mtls.certs.release(&self.context.identity);
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The one "connection closed" line per proxied connection, in the same
-//! shape for both directions. Byte counts are from the pod's point of view.
+//! shape for every path (outbound, inbound plaintext, HBONE, same-node).
+//! Byte counts are from the pod's point of view.
 use std::{io, net::SocketAddr, time::Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::relay::Transferred;
+use crate::policy::Decision;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Direction {
@@ -23,6 +25,26 @@ impl Direction {
     }
 }
 
+/// How the connection crossed between workloads (Istio's
+/// connection_security_policy, plus the same-node path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    MutualTls,
+    /// Both ends on this node: handed over in-process, never on a wire.
+    Local,
+    None,
+}
+
+impl Security {
+    fn as_str(self) -> &'static str {
+        match self {
+            Security::MutualTls => "mutual_tls",
+            Security::Local => "local",
+            Security::None => "none",
+        }
+    }
+}
+
 /// A connection being proxied, as its log line will describe it.
 pub struct Connection<'a> {
     pub direction: Direction,
@@ -30,23 +52,14 @@ pub struct Connection<'a> {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub started: Instant,
+    pub security: Security,
+    pub source_identity: Option<String>,
+    pub destination_identity: Option<String>,
+    pub trace_id: Option<String>,
 }
 
 impl Connection<'_> {
-    pub fn connect_failed(&self, error: &io::Error) {
-        info!(
-            direction = self.direction.as_str(),
-            pod = self.pod,
-            src = %self.src,
-            dst = %self.dst,
-            result = "connect_failed",
-            error = %error,
-            "connection closed"
-        );
-    }
-
-    pub fn closed(&self, result: &io::Result<Transferred>) {
-        let t = result.as_ref().copied().unwrap_or_default();
+    fn finish(&self, result: &str, error: Option<String>, t: Transferred) {
         let (sent, received) = match self.direction {
             Direction::Outbound => (t.downstream_to_upstream, t.upstream_to_downstream),
             Direction::Inbound => (t.upstream_to_downstream, t.downstream_to_upstream),
@@ -56,11 +69,57 @@ impl Connection<'_> {
             pod = self.pod,
             src = %self.src,
             dst = %self.dst,
+            security = self.security.as_str(),
+            source_identity = self.source_identity.as_deref(),
+            destination_identity = self.destination_identity.as_deref(),
+            trace_id = self.trace_id.as_deref(),
             bytes_sent = sent,
             bytes_received = received,
             duration_ms = self.started.elapsed().as_millis() as u64,
-            result = if result.is_ok() { "ok" } else { "reset" },
+            result,
+            error,
             "connection closed"
         );
+    }
+
+    pub fn connect_failed(&self, error: &dyn std::fmt::Display) {
+        self.finish("connect_failed", Some(error.to_string()), Transferred::default());
+    }
+
+    /// Refused before reaching the app for a reason other than policy.
+    pub fn refused(&self, reason: &str) {
+        self.finish("refused", Some(reason.to_owned()), Transferred::default());
+    }
+
+    /// Logs what policy decided (and what dry-run policies would have);
+    /// true when the connection may proceed.
+    pub fn authorized(&self, decision: &Decision) -> bool {
+        if let Some(dry) = &decision.dry_run {
+            warn!(
+                pod = self.pod,
+                src = %self.src,
+                dst = %self.dst,
+                source_identity = self.source_identity.as_deref(),
+                enforced = %decision.enforced.reason(),
+                dry_run = %dry.reason(),
+                "dry-run policy would decide differently"
+            );
+        }
+        if decision.enforced.allowed() {
+            return true;
+        }
+        self.finish(
+            "denied",
+            Some(decision.enforced.reason()),
+            Transferred::default(),
+        );
+        false
+    }
+
+    pub fn closed(&self, result: &io::Result<Transferred>) {
+        match result {
+            Ok(t) => self.finish("ok", None, *t),
+            Err(e) => self.finish("reset", Some(e.to_string()), Transferred::default()),
+        }
     }
 }

@@ -1,44 +1,15 @@
-//! Opening the upstream side of a captured connection.
-use std::{future::Future, io, net::SocketAddr};
+//! Opening the upstream side of a captured connection from inside a pod's
+//! netns, and how TCP-to-TCP relays move bytes.
+use std::{io, net::SocketAddr};
 
 use socket2::Domain;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpSocket, TcpStream},
-};
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::{
     relay::{self, Transferred},
     zero_copy,
 };
 use crate::pod::PodContext;
-
-/// Opens the upstream side of an outbound connection on behalf of a pod.
-/// The mTLS tunnel (HBONE) is another implementation of this trait.
-pub trait Connector: Send + Sync + 'static {
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-
-    fn connect(
-        &self,
-        from: &PodContext,
-        to: SocketAddr,
-    ) -> impl Future<Output = io::Result<Self::Stream>> + Send;
-
-    /// Moves bytes both ways until both directions are done.
-    fn relay(
-        mode: RelayMode,
-        downstream: &mut TcpStream,
-        upstream: &mut Self::Stream,
-    ) -> impl Future<Output = io::Result<Transferred>> + Send {
-        let _ = mode;
-        relay::relay(downstream, upstream)
-    }
-}
-
-/// Plain TCP to the original destination, from a socket in the source pod's
-/// netns (so the source IP stays the pod's), marked so it is not recaptured.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PlaintextConnector;
 
 /// How a TCP-to-TCP relay moves bytes. Zero-copy splice(2) cannot read what
 /// sk_msg redirected into a socket (that sits in the psock's queue, not the
@@ -63,22 +34,6 @@ impl RelayMode {
             RelayMode::ZeroCopy => zero_copy::relay(a, b).await,
             RelayMode::Copy => relay::relay(a, b).await,
         }
-    }
-}
-
-impl Connector for PlaintextConnector {
-    type Stream = TcpStream;
-
-    async fn connect(&self, from: &PodContext, to: SocketAddr) -> io::Result<TcpStream> {
-        agent_connect(from, None, to).await
-    }
-
-    async fn relay(
-        mode: RelayMode,
-        downstream: &mut TcpStream,
-        upstream: &mut TcpStream,
-    ) -> io::Result<Transferred> {
-        mode.relay(downstream, upstream).await
     }
 }
 

@@ -1,7 +1,8 @@
 //! The inbound listener (15006): plaintext connections to a pod that
 //! sk_lookup handed to the agent. The accepted socket's local address is the
-//! original destination; the agent delivers to the app from 127.0.0.6 inside
-//! the pod's netns, which sk_lookup lets through.
+//! original destination. Under STRICT mTLS they are refused; otherwise
+//! authorized (with no peer identity) and delivered to the app from
+//! 127.0.0.6 inside the pod's netns, which sk_lookup lets through.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
@@ -12,13 +13,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use super::{
-    access_log::{Connection, Direction},
+    access_log::{Connection, Direction, Security},
     connector::agent_connect,
     relay,
+    state::ProxyState,
 };
-use crate::pod::PodContext;
+use crate::{pod::PodContext, policy::MtlsMode};
 
-pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
+pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -28,15 +30,17 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
             }
         };
         let pod = pod.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             if let Ok(dst) = stream.local_addr() {
-                handle(stream, peer, dst, pod).await;
+                handle(stream, peer, dst, pod, state).await;
             }
         });
     }
 }
 
-fn delivery_source(dst: SocketAddr) -> SocketAddr {
+/// The reserved source of deliveries to apps; sk_lookup passes it.
+pub fn delivery_source(dst: SocketAddr) -> SocketAddr {
     let ip = match dst.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(mesh_common::INBOUND_DELIVERY_IPV4)),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -44,14 +48,46 @@ fn delivery_source(dst: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, 0)
 }
 
-async fn handle(mut downstream: TcpStream, src: SocketAddr, dst: SocketAddr, pod: Arc<PodContext>) {
+async fn handle(
+    mut downstream: TcpStream,
+    src: SocketAddr,
+    dst: SocketAddr,
+    pod: Arc<PodContext>,
+    state: Arc<ProxyState>,
+) {
+    let src = SocketAddr::new(src.ip().to_canonical(), src.port());
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     let conn = Connection {
         direction: Direction::Inbound,
         pod: &pod.key,
         src,
         dst,
         started: Instant::now(),
+        security: Security::None,
+        source_identity: None,
+        destination_identity: Some(pod.identity.to_string()),
+        trace_id: None,
     };
+    let view = state.view();
+    if state.mtls.is_some() && view.policies.mtls_mode(pod.target(), dst.port()) == MtlsMode::Strict
+    {
+        conn.refused("plaintext refused: STRICT mTLS (PeerAuthentication)");
+        relay::reset(downstream);
+        return;
+    }
+    let decision = view.policies.authorize(
+        pod.target(),
+        &crate::policy::Connection {
+            source: None,
+            source_ip: src.ip(),
+            destination_ip: dst.ip(),
+            destination_port: dst.port(),
+        },
+    );
+    if !conn.authorized(&decision) {
+        relay::reset(downstream);
+        return;
+    }
     let _ = downstream.set_nodelay(true);
     let mut upstream = match agent_connect(&pod, Some(delivery_source(dst)), dst).await {
         Ok(s) => s,

@@ -1,14 +1,16 @@
 //! Moving captured connections. `outbound` and `inbound` accept what the
-//! kernel redirected to a pod's listeners; `Connector` is the one seam where
-//! bytes leave for the destination (plaintext now, HBONE mTLS later);
-//! `relay` splices the two streams with half-close semantics.
+//! kernel redirected to a pod's listeners; outbound traffic goes over HBONE
+//! to meshed pods on other nodes, in-process to meshed pods on this node,
+//! and as plaintext to everything else; `relay` splices two TCP streams
+//! with half-close semantics.
 pub mod access_log;
 pub mod connector;
-pub mod hbone;
 pub mod inbound;
 pub mod listeners;
+pub mod local;
 pub mod outbound;
 pub mod relay;
+pub mod state;
 pub mod zero_copy;
 
-pub use connector::{Connector, PlaintextConnector, RelayMode};
+pub use connector::RelayMode;

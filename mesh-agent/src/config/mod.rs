@@ -1,14 +1,21 @@
 //! Local-mode configuration: a multi-document YAML file. One `AgentConfig`
 //! document holds the node's own facts; the rest are Kubernetes objects in
-//! their usual shape (`Namespace`, `Pod`), so the same file grows into the
+//! their usual shape (`Namespace`, `Pod`, `AuthorizationPolicy`, `PeerAuthentication`), so the same file grows into the
 //! discovery source and a `kubectl get -o yaml` dump reads almost as is.
+pub mod objects;
+
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
+
+pub use objects::{ObjectMeta, Workload};
+
+use crate::policy::PolicySet;
 
 /// Pod annotation that tells a local-mode agent where the pod's netns is.
 pub const NETNS_ANNOTATION: &str = "mesh.io/netns";
@@ -22,23 +29,26 @@ pub enum ConfigError {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file}: document {doc}: {source}")]
+    #[error("{file}:{line}: {what}: {message}")]
     Yaml {
         file: PathBuf,
-        doc: usize,
-        source: serde_yaml::Error,
+        line: usize,
+        what: String,
+        message: String,
     },
     #[error(
-        "{file}: document {doc}: `kind: {kind}` is not supported here; use AgentConfig, Namespace or Pod"
+        "{file}:{line}: `kind: {kind}` is not supported here; use {own_kind}, Namespace, Pod, AuthorizationPolicy or PeerAuthentication"
     )]
     UnknownKind {
         file: PathBuf,
-        doc: usize,
+        line: usize,
         kind: String,
+        own_kind: String,
     },
-    #[error("{file}: {field}: {problem}")]
+    #[error("{file}:{line}: {field}: {problem}")]
     Invalid {
         file: PathBuf,
+        line: usize,
         field: String,
         problem: String,
     },
@@ -62,6 +72,60 @@ pub struct AgentConfig {
     pub bpffs_root: PathBuf,
     #[serde(default)]
     pub datapath: DatapathSettings,
+    /// The trust domain of workload identities (spiffe://<trustDomain>/...).
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// Policies here without a selector apply to the whole mesh (Istio's root namespace).
+    #[serde(default = "default_root_namespace")]
+    pub root_namespace: String,
+    /// Where workload certificates come from. Without it the agent forwards
+    /// plaintext (a datapath-only mode for benchmarks and bring-up).
+    #[serde(default)]
+    pub ca: Option<CaSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaSettings {
+    /// `host:port` of `mesh-agent ca`.
+    pub address: String,
+    /// The DNS name in the CA's serving certificate.
+    #[serde(default = "default_ca_server_name")]
+    pub server_name: String,
+    /// The mesh's root certificate (PEM): the CA and every workload chain to it.
+    pub root_cert_file: PathBuf,
+    /// This node's bootstrap credential, as the CA's `nodes[].tokenFile` holds it.
+    pub token_file: PathBuf,
+    /// Requested workload certificate lifetime (the CA may cap it), e.g. "24h", "30s".
+    #[serde(default = "default_cert_lifetime", with = "duration")]
+    pub cert_lifetime: Duration,
+}
+
+/// Durations written as "30s", "5m", "24h".
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("`{s}` is not a duration like 30s, 5m or 24h: {e}"))
+        })
+    }
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+fn default_root_namespace() -> String {
+    "istio-system".into()
+}
+fn default_ca_server_name() -> String {
+    "mesh-ca".into()
+}
+fn default_cert_lifetime() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -101,56 +165,6 @@ fn default_bpffs_root() -> PathBuf {
     PathBuf::from("/sys/fs/bpf")
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub uid: Option<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodDoc {
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: PodSpec,
-    #[serde(default)]
-    status: PodStatus,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodSpec {
-    #[serde(default)]
-    node_name: Option<String>,
-    #[serde(default)]
-    service_account_name: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodStatus {
-    #[serde(default, rename = "podIPs")]
-    pod_ips: Vec<PodIp>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct PodIp {
-    ip: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct NamespaceDoc {
-    metadata: ObjectMeta,
-}
-
 /// A pod this node's agent is responsible for, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalPod {
@@ -172,11 +186,14 @@ impl LocalPod {
 }
 
 /// Everything the node agent reads from the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
     pub agent: AgentConfig,
     /// Pods scheduled on this node, enrolled or not.
     pub pods: Vec<LocalPod>,
+    /// Every pod of the cluster, for identities and routing.
+    pub workloads: Vec<Workload>,
+    pub policies: PolicySet,
 }
 
 impl NodeConfig {
@@ -189,55 +206,16 @@ impl NodeConfig {
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let mut agent = None;
-        let mut pods = Vec::new();
-        let mut namespaces = BTreeMap::new();
-        for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let doc = i + 1;
-            let yaml_err = |source| ConfigError::Yaml {
-                file: file.to_owned(),
-                doc,
-                source,
-            };
-            let value = serde_yaml::Value::deserialize(document).map_err(yaml_err)?;
-            if value.is_null() {
-                continue;
-            }
-            let kind = value
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .unwrap_or("AgentConfig")
-                .to_owned();
-            match kind.as_str() {
-                "AgentConfig" => {
-                    if agent.is_some() {
-                        return Err(invalid(file, "AgentConfig", "appears twice; keep one"));
-                    }
-                    agent = Some(serde_yaml::from_value::<AgentConfig>(value).map_err(yaml_err)?);
-                }
-                "Pod" => pods.push(serde_yaml::from_value::<PodDoc>(value).map_err(yaml_err)?),
-                "Namespace" => {
-                    let ns = serde_yaml::from_value::<NamespaceDoc>(value).map_err(yaml_err)?;
-                    namespaces.insert(ns.metadata.name.clone(), ns.metadata.labels);
-                }
-                _ => {
-                    return Err(ConfigError::UnknownKind {
-                        file: file.to_owned(),
-                        doc,
-                        kind,
-                    });
-                }
-            }
-        }
-        let agent = agent.ok_or_else(|| {
-            invalid(
-                file,
-                "AgentConfig",
-                "missing; add a document with `kind: AgentConfig` and `nodeName`",
-            )
-        })?;
+        let (objects, own) = objects::parse(file, text, "AgentConfig")?;
+        let agent: AgentConfig = objects::own_document(file, "AgentConfig", own)?;
+        let invalid = |field: &str, problem: &str| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: 1,
+            field: field.to_owned(),
+            problem: problem.to_owned(),
+        };
         if agent.node_name.is_empty() {
-            return Err(invalid(file, "AgentConfig.nodeName", "must not be empty"));
+            return Err(invalid("AgentConfig.nodeName", "must not be empty"));
         }
         if !agent
             .node_name
@@ -245,13 +223,27 @@ impl NodeConfig {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         {
             return Err(invalid(
-                file,
                 "AgentConfig.nodeName",
                 "use letters, digits, '-' and '.' only (it names a bpffs directory)",
             ));
         }
-        let pods = local_pods(file, &agent, pods, &namespaces)?;
-        Ok(Self { agent, pods })
+        if crate::identity::Identity::new(&agent.trust_domain, "ns", "sa").is_err() {
+            return Err(invalid(
+                "AgentConfig.trustDomain",
+                "use letters, digits, '-', '_' and '.' only (e.g. cluster.local)",
+            ));
+        }
+        let pods = local_pods(file, &agent, &objects.workloads)?;
+        Ok(Self {
+            policies: PolicySet {
+                root_namespace: agent.root_namespace.clone(),
+                authorization: objects.authorization,
+                peer_authentication: objects.peer_authentication,
+            },
+            agent,
+            pods,
+            workloads: objects.workloads,
+        })
     }
 
     /// Where this node's programs and maps are pinned.
@@ -267,98 +259,46 @@ impl NodeConfig {
     }
 }
 
-fn invalid(file: &Path, field: &str, problem: &str) -> ConfigError {
-    ConfigError::Invalid {
-        file: file.to_owned(),
-        field: field.to_owned(),
-        problem: problem.to_owned(),
-    }
-}
-
 fn local_pods(
     file: &Path,
     agent: &AgentConfig,
-    docs: Vec<PodDoc>,
-    namespaces: &BTreeMap<String, BTreeMap<String, String>>,
+    workloads: &[Workload],
 ) -> Result<Vec<LocalPod>, ConfigError> {
-    let mut seen_names = HashSet::new();
-    let mut seen_ips = HashSet::new();
     let mut pods = Vec::new();
-    for doc in docs {
-        let namespace = doc
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = doc.metadata.name.clone();
-        let field = |f: &str| format!("Pod {namespace}/{name}: {f}");
-        if name.is_empty() {
-            return Err(invalid(file, "Pod metadata.name", "must not be empty"));
-        }
-        if doc.spec.node_name.as_deref() != Some(agent.node_name.as_str()) {
-            // Another node's pod: the discovery source will want it, the datapath does not.
+    for w in workloads {
+        if w.node.as_deref() != Some(agent.node_name.as_str()) {
             continue;
         }
-        if !seen_names.insert((namespace.clone(), name.clone())) {
-            return Err(invalid(file, &field("metadata.name"), "appears twice"));
-        }
-        let mut ips = Vec::new();
-        for (i, ip) in doc.status.pod_ips.iter().enumerate() {
-            let parsed: IpAddr = ip.ip.parse().map_err(|_| {
-                invalid(
-                    file,
-                    &field(&format!("status.podIPs[{i}].ip")),
-                    &format!("`{}` is not an IP address", ip.ip),
-                )
-            })?;
-            if !seen_ips.insert(parsed) {
-                return Err(invalid(
-                    file,
-                    &field(&format!("status.podIPs[{i}].ip")),
-                    &format!("{parsed} is already another pod's address"),
-                ));
-            }
-            ips.push(parsed);
-        }
-        if ips.is_empty() {
+        let invalid = |field: String, problem: &str| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: 1,
+            field: format!("Pod {}: {field}", w.key()),
+            problem: problem.to_owned(),
+        };
+        if w.ips.is_empty() {
             return Err(invalid(
-                file,
-                &field("status.podIPs"),
+                "status.podIPs".into(),
                 "a pod on this node needs at least one IP",
             ));
         }
-        let netns = doc
-            .metadata
+        let netns = w
             .annotations
             .get(NETNS_ANNOTATION)
             .map(PathBuf::from)
             .ok_or_else(|| {
                 invalid(
-                    file,
-                    &field(&format!("metadata.annotations[\"{NETNS_ANNOTATION}\"]")),
+                    format!("metadata.annotations[\"{NETNS_ANNOTATION}\"]"),
                     "missing; set it to the pod's netns path (e.g. /run/netns/<name>)",
                 )
             })?;
-        let ns_label = namespaces
-            .get(&namespace)
-            .and_then(|l| l.get(DATAPLANE_LABEL));
-        let pod_label = doc.metadata.labels.get(DATAPLANE_LABEL);
-        let enrolled = match pod_label.map(String::as_str) {
-            Some("none") => false,
-            Some("enabled") => true,
-            _ => ns_label.map(String::as_str) == Some("enabled"),
-        };
         pods.push(LocalPod {
-            name,
-            namespace,
-            service_account: doc
-                .spec
-                .service_account_name
-                .unwrap_or_else(|| "default".into()),
-            ips,
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            service_account: w.service_account.clone(),
+            ips: w.ips.clone(),
             netns,
-            labels: doc.metadata.labels,
-            enrolled,
+            labels: w.labels.clone(),
+            enrolled: w.enrolled,
         });
     }
     Ok(pods)
@@ -429,8 +369,19 @@ spec: {nodeName: node-2}
         let err = parse("kind: AgentConfig\nnodeName: [oops\n")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("mesh.yaml: document 1:"), "{err}");
-        assert!(err.contains("line"), "{err}");
+        assert!(err.starts_with("mesh.yaml:3: document:"), "{err}");
+        // Lines count from the top of the file, not of the document.
+        let text = GOOD.replace("spec: {nodeName: node-1, serviceAccountName: web}", "spec: {nodeName: [node-1}");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("mesh.yaml:18: "), "{err}");
+        let text = format!(
+            "{GOOD}---\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  rules:\n  - from:\n    - source: {{principal: [x]}}\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("mesh.yaml:41: AuthorizationPolicy shop/p:") && err.contains("principal"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -462,7 +413,10 @@ spec: {nodeName: node-2}
     fn duplicate_ip_is_refused() {
         let text = GOOD.replace("10.244.1.11", "10.244.1.10");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("already another pod's address"), "{err}");
+        assert!(
+            err.contains("10.244.1.10 is already the address of Pod shop/web"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,0 +1,112 @@
+//! Who is asking, and may they have this identity? A node agent proves its
+//! node with a credential, and may obtain only identities of workloads
+//! scheduled on that node (ztunnel's impersonation model).
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::config::CaFile;
+use crate::identity::Identity;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthzError {
+    #[error("no bearer token in the `authorization` metadata")]
+    NoToken,
+    #[error("the bearer token belongs to no known node")]
+    UnknownToken,
+    #[error("{identity} is not in trust domain {trust_domain}")]
+    TrustDomain {
+        identity: String,
+        trust_domain: String,
+    },
+    #[error("node {node} runs no pod with identity {identity}")]
+    NotOnNode { node: String, identity: String },
+}
+
+/// Everything the CA decides with, rebuilt when its file changes.
+#[derive(Debug, Default)]
+pub struct Authorizer {
+    trust_domain: String,
+    /// token -> node name.
+    tokens: BTreeMap<String, String>,
+    /// node name -> (namespace, service account) of its pods.
+    placement: BTreeMap<String, BTreeSet<(String, String)>>,
+}
+
+impl Authorizer {
+    /// Reads the node credentials; a missing token file is an error that
+    /// names it.
+    pub fn from_file(file: &CaFile) -> anyhow::Result<Self> {
+        let mut tokens = BTreeMap::new();
+        for node in &file.config.nodes {
+            let token = std::fs::read_to_string(&node.token_file).map_err(|e| {
+                anyhow::anyhow!(
+                    "CaConfig.nodes[{}].tokenFile {}: {e}",
+                    node.name,
+                    node.token_file.display()
+                )
+            })?;
+            let token = token.trim().to_owned();
+            if token.len() < 16 {
+                anyhow::bail!(
+                    "CaConfig.nodes[{}].tokenFile {}: token shorter than 16 characters; use a random one",
+                    node.name,
+                    node.token_file.display()
+                );
+            }
+            tokens.insert(token, node.name.clone());
+        }
+        let mut placement: BTreeMap<String, BTreeSet<_>> = BTreeMap::new();
+        for w in &file.workloads {
+            if let Some(node) = &w.node {
+                placement
+                    .entry(node.clone())
+                    .or_default()
+                    .insert((w.namespace.clone(), w.service_account.clone()));
+            }
+        }
+        Ok(Self {
+            trust_domain: file.config.trust_domain.clone(),
+            tokens,
+            placement,
+        })
+    }
+
+    /// The node whose agent holds this `authorization` header value.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<&str, AuthzError> {
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AuthzError::NoToken)?;
+        // Compare every entry, so timing does not reveal a prefix match.
+        let mut found = None;
+        for (known, node) in &self.tokens {
+            if constant_time_eq(known.as_bytes(), token.as_bytes()) {
+                found = Some(node.as_str());
+            }
+        }
+        found.ok_or(AuthzError::UnknownToken)
+    }
+
+    pub fn authorize(&self, node: &str, identity: &Identity) -> Result<(), AuthzError> {
+        if identity.trust_domain() != self.trust_domain {
+            return Err(AuthzError::TrustDomain {
+                identity: identity.to_string(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        let key = (
+            identity.namespace().to_owned(),
+            identity.service_account().to_owned(),
+        );
+        if self.placement.get(node).is_some_and(|ids| ids.contains(&key)) {
+            Ok(())
+        } else {
+            Err(AuthzError::NotOnNode {
+                node: node.to_owned(),
+                identity: identity.to_string(),
+            })
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

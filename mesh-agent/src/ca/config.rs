@@ -1,0 +1,101 @@
+//! The CA's local-mode file: one `CaConfig` document and the cluster's Pods
+//! (the CA needs to know which identities are scheduled on which node).
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Workload, duration, objects};
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CaConfig {
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    pub root_cert_file: PathBuf,
+    pub root_key_file: PathBuf,
+    /// Lifetime of a workload certificate when the request names none.
+    #[serde(default = "day", with = "duration")]
+    pub default_lifetime: Duration,
+    /// No certificate lives longer than this, whatever the request asks.
+    #[serde(default = "day", with = "duration")]
+    pub max_lifetime: Duration,
+    /// DNS names for the CA's own serving certificate.
+    #[serde(default = "default_server_names")]
+    pub server_names: Vec<String>,
+    /// Local mode's agent credentials: the bearer token each node's agent presents.
+    #[serde(default)]
+    pub nodes: Vec<NodeCredential>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeCredential {
+    pub name: String,
+    pub token_file: PathBuf,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15012))
+}
+fn day() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_server_names() -> Vec<String> {
+    vec!["mesh-ca".into()]
+}
+
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    pub config: CaConfig,
+    pub workloads: Vec<Workload>,
+}
+
+impl CaFile {
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::parse(file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let (objects, own) = objects::parse(file, text, "CaConfig")?;
+        let config: CaConfig = objects::own_document(file, "CaConfig", own)?;
+        let invalid = |field: &str, problem: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: 1,
+            field: format!("CaConfig.{field}"),
+            problem,
+        };
+        if config.default_lifetime > config.max_lifetime {
+            return Err(invalid(
+                "defaultLifetime",
+                "is longer than maxLifetime; shorten it or raise maxLifetime".into(),
+            ));
+        }
+        if config.max_lifetime < Duration::from_secs(10) {
+            return Err(invalid("maxLifetime", "must be at least 10s".into()));
+        }
+        if config.server_names.is_empty() {
+            return Err(invalid("serverNames", "name at least one DNS name".into()));
+        }
+        Ok(Self {
+            config,
+            workloads: objects.workloads,
+        })
+    }
+}

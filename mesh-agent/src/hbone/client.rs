@@ -1,0 +1,142 @@
+//! Opening a tunnel: reuse a pooled mTLS connection to the destination pod
+//! or make one (TCP from inside the source pod's netns, TLS 1.3 presenting
+//! the source workload's certificate and pinning the destination's
+//! identity, HTTP/2), then send CONNECT for the original destination.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use http::{Method, Request, StatusCode};
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, warn};
+
+use super::{
+    CERT_WAIT, CONNECTION_WINDOW, HboneError, MAX_FRAME, STREAM_WINDOW,
+    pool::{PoolKey, StreamLease},
+};
+use crate::{
+    identity::{Identity, WorkloadCert},
+    pod::PodContext,
+    proxy::{connector::agent_connect, state::Mtls},
+    tls,
+};
+
+/// An open CONNECT stream. The lease keeps its pooled connection counted.
+pub struct Tunnel {
+    pub send: SendStream<Bytes>,
+    pub recv: RecvStream,
+    pub trace_id: String,
+    _lease: StreamLease,
+}
+
+async fn current_cert(
+    pod: &PodContext,
+) -> Result<(tls::CertWatch, Arc<WorkloadCert>), HboneError> {
+    let missing = || HboneError::NoCertificate(pod.identity.to_string());
+    let mut watch = pod.cert.clone().ok_or_else(missing)?;
+    let cert = tokio::time::timeout(CERT_WAIT, watch.wait_for(|c| c.is_some()))
+        .await
+        .map_err(|_| missing())?
+        .map_err(|_| missing())?
+        .clone()
+        .ok_or_else(missing)?;
+    Ok((watch, cert))
+}
+
+async fn connect(
+    mtls: &Mtls,
+    pod: &PodContext,
+    source_cert: tls::CertWatch,
+    key: PoolKey,
+) -> Result<StreamLease, HboneError> {
+    let addr = key.address;
+    let tcp = agent_connect(pod, None, addr)
+        .await
+        .map_err(|source| HboneError::Connect { addr, source })?;
+    let config = tls::client_config(&mtls.bundle, source_cert, key.destination.clone())?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .map_err(|source| HboneError::Tls { addr, source })?;
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .handshake::<_, Bytes>(tls)
+        .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let flag = closed.clone();
+    let peer = key.destination.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!(%addr, peer, error = %e, "HBONE connection ended");
+        }
+        flag.store(true, std::sync::atomic::Ordering::Release);
+    });
+    debug!(%addr, destination = %key.destination, "HBONE connection opened");
+    Ok(mtls.pool.insert(key, sender, closed))
+}
+
+fn forwarded_for(src: SocketAddr) -> String {
+    match src {
+        SocketAddr::V4(a) => format!("for={}", a.ip()),
+        SocketAddr::V6(a) => format!("for=\"[{}]\"", a.ip()),
+    }
+}
+
+fn new_traceparent() -> (String, String) {
+    let trace: u128 = fastrand::u128(1..);
+    let span: u64 = fastrand::u64(1..);
+    let trace_id = format!("{trace:032x}");
+    (format!("00-{trace_id}-{span:016x}-01"), trace_id)
+}
+
+/// Opens a tunnel from `pod` (the app at `src`) to `dst`, whose workload must
+/// prove `expected`.
+pub async fn open(
+    mtls: &Mtls,
+    pod: &PodContext,
+    src: SocketAddr,
+    dst: SocketAddr,
+    expected: Identity,
+) -> Result<Tunnel, HboneError> {
+    let (watch, cert) = current_cert(pod).await?;
+    let key = PoolKey {
+        source_pod: pod.key.clone(),
+        source_generation: cert.generation,
+        destination: expected,
+        address: SocketAddr::new(dst.ip(), mesh_common::HBONE_PORT),
+    };
+    let lease = match mtls.pool.checkout(&key) {
+        Some(lease) => lease,
+        None => connect(mtls, pod, watch, key).await?,
+    };
+    let (traceparent, trace_id) = new_traceparent();
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(dst.to_string())
+        .header("forwarded", forwarded_for(src))
+        .header("traceparent", traceparent)
+        .header(
+            "baggage",
+            format!("k8s.namespace.name={},k8s.pod.name={}", pod.namespace, pod.name),
+        )
+        .body(())?;
+    let mut sender = lease.sender().ready().await?;
+    let (response, send) = sender.send_request(request, false)?;
+    let response = response.await?;
+    if response.status() != StatusCode::OK {
+        warn!(status = %response.status(), %dst, "HBONE CONNECT refused");
+        return Err(HboneError::Refused(response.status()));
+    }
+    Ok(Tunnel {
+        send,
+        recv: response.into_body(),
+        trace_id,
+        _lease: lease,
+    })
+}

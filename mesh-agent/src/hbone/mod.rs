@@ -1,0 +1,50 @@
+//! HBONE: TCP carried in HTTP/2 CONNECT streams over mutual TLS to port
+//! 15008 of the destination pod, as Istio ambient's ztunnel does, so the two
+//! interoperate. `client` opens tunnels from pooled connections, `server`
+//! terminates them in the destination pod, `stream` moves bytes between a
+//! TCP socket and an HTTP/2 stream.
+pub mod client;
+pub mod pool;
+pub mod server;
+pub mod stream;
+
+use std::time::Duration;
+
+pub use pool::Pool;
+
+/// HTTP/2 windows sized for bulk transfers over a LAN: a stream may have
+/// this much in flight before the receiver acknowledges it.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Fewer, larger DATA frames: less framing per byte.
+pub const MAX_FRAME: u32 = 256 * 1024;
+/// Streams one pooled connection carries before another is opened.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// A pooled connection with no streams for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a new tunnel waits for the source workload's first certificate.
+pub const CERT_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no certificate yet for {0}; is the CA reachable?")]
+    NoCertificate(String),
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    #[error("tunnel refused by the destination: HTTP {0}")]
+    Refused(http::StatusCode),
+    #[error("building the CONNECT request: {0}")]
+    Request(#[from] http::Error),
+}

@@ -1,0 +1,120 @@
+//! Pooled HBONE connections, keyed by source pod (so the tunnel leaves from
+//! the pod's own address), the source certificate's generation (renewal
+//! moves new streams to new connections), the destination identity and the
+//! destination address. Each connection carries a bounded number of
+//! streams; idle ones are closed.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+
+use super::{IDLE_TIMEOUT, MAX_STREAMS_PER_CONNECTION};
+use crate::identity::Identity;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub source_pod: String,
+    pub source_generation: u64,
+    pub destination: Identity,
+    pub address: SocketAddr,
+}
+
+pub struct Pooled {
+    sender: SendRequest<Bytes>,
+    active: AtomicUsize,
+    closed: Arc<AtomicBool>,
+    idle_since: Mutex<Instant>,
+}
+
+/// Holds one stream's place on a pooled connection.
+pub struct StreamLease {
+    conn: Arc<Pooled>,
+}
+
+impl StreamLease {
+    pub fn sender(&self) -> SendRequest<Bytes> {
+        self.conn.sender.clone()
+    }
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.conn.idle_since.lock().unwrap() = Instant::now();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Pool {
+    conns: Mutex<HashMap<PoolKey, Vec<Arc<Pooled>>>>,
+}
+
+impl Pool {
+    /// A lease on an open connection with room for another stream.
+    pub fn checkout(&self, key: &PoolKey) -> Option<StreamLease> {
+        let conns = self.conns.lock().unwrap();
+        let conn = conns.get(key)?.iter().find(|c| {
+            !c.closed.load(Ordering::Acquire)
+                && c.active.load(Ordering::Acquire) < MAX_STREAMS_PER_CONNECTION
+        })?;
+        conn.active.fetch_add(1, Ordering::AcqRel);
+        Some(StreamLease { conn: conn.clone() })
+    }
+
+    /// Adds a new connection and leases its first stream. `closed` is set by
+    /// the task that drives the connection when it ends.
+    pub fn insert(
+        &self,
+        key: PoolKey,
+        sender: SendRequest<Bytes>,
+        closed: Arc<AtomicBool>,
+    ) -> StreamLease {
+        let conn = Arc::new(Pooled {
+            sender,
+            active: AtomicUsize::new(1),
+            closed,
+            idle_since: Mutex::new(Instant::now()),
+        });
+        self.conns
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_default()
+            .push(conn.clone());
+        StreamLease { conn }
+    }
+
+    /// Forgets closed connections and closes idle ones (dropping the last
+    /// sender makes h2 end the connection with GOAWAY).
+    pub fn sweep(&self) -> usize {
+        let mut conns = self.conns.lock().unwrap();
+        let now = Instant::now();
+        conns.retain(|_, list| {
+            list.retain(|c| {
+                let idle = c.active.load(Ordering::Acquire) == 0
+                    && now.duration_since(*c.idle_since.lock().unwrap()) >= IDLE_TIMEOUT;
+                !c.closed.load(Ordering::Acquire) && !idle
+            });
+            !list.is_empty()
+        });
+        conns.values().map(Vec::len).sum()
+    }
+
+    /// Open pooled connections.
+    pub fn len(&self) -> usize {
+        self.conns.lock().unwrap().values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
