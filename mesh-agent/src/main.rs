@@ -127,12 +127,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Ca {
-            command: Some(CaCommand::Init {
-                cert,
-                key,
-                trust_domain,
-                lifetime,
-            }),
+            command:
+                Some(CaCommand::Init {
+                    cert,
+                    key,
+                    trust_domain,
+                    lifetime,
+                }),
             ..
         } => {
             ca::root::init(&cert, &key, &trust_domain, lifetime.into())?;

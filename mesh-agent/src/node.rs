@@ -110,7 +110,9 @@ impl Node {
         let mtls = match &config.agent.ca {
             Some(ca) => Some(mtls(ca, &config.agent.trust_domain)?),
             None => {
-                warn!("no CA configured (AgentConfig.ca): traffic between nodes is forwarded as plaintext");
+                warn!(
+                    "no CA configured (AgentConfig.ca): traffic between nodes is forwarded as plaintext"
+                );
                 None
             }
         };

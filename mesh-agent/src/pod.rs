@@ -191,14 +191,18 @@ impl PodRuntime {
             )));
         }
         for l in inbound {
-            runtime
-                .tasks
-                .push(tokio::spawn(proxy::inbound::serve(l, context.clone(), state.clone())));
+            runtime.tasks.push(tokio::spawn(proxy::inbound::serve(
+                l,
+                context.clone(),
+                state.clone(),
+            )));
         }
         for l in hbone {
-            runtime
-                .tasks
-                .push(tokio::spawn(hbone::server::serve(l, context.clone(), state.clone())));
+            runtime.tasks.push(tokio::spawn(hbone::server::serve(
+                l,
+                context.clone(),
+                state.clone(),
+            )));
         }
         Ok(runtime)
     }

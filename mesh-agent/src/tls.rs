@@ -5,8 +5,8 @@
 use std::{fmt, sync::Arc};
 
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError,
-    RootCertStore, ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore,
+    ServerConfig, SignatureScheme,
     client::{
         ResolvesClientCert,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -189,9 +189,10 @@ pub fn client_config(
 /// client certificate from the mesh's roots required.
 pub fn server_config(bundle: &TrustBundle, own: CertWatch) -> Result<ServerConfig, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(bundle.roots.clone(), provider.clone())
-        .build()
-        .map_err(|e| TlsError::General(e.to_string()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(bundle.roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| TlsError::General(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -218,4 +219,3 @@ pub fn peer_identity(
     }
     Ok(info.identity)
 }
-

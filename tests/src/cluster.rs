@@ -17,10 +17,11 @@ use crate::{
 
 const AGENT_READY: Duration = Duration::from_secs(30);
 
-/// One pod to create.
+/// One pod to create. Its service account is its name.
 #[derive(Debug, Clone)]
 pub struct PodSpec {
     pub name: String,
+    pub namespace: String,
     pub enrolled: bool,
 }
 
@@ -32,6 +33,13 @@ pub struct ClusterSpec {
     pub splice: bool,
     /// Start the agents (false: a mesh-free baseline on the same topology).
     pub agents: bool,
+    /// Run a CA and carry pod-to-pod traffic over HBONE mTLS (false: the
+    /// agents forward plaintext).
+    pub mtls: bool,
+    /// Workload certificate lifetime the agents ask for (and the CA's cap).
+    pub cert_lifetime: String,
+    /// Extra documents (policies) for every node's config.
+    pub extra_docs: String,
 }
 
 impl ClusterSpec {
@@ -44,6 +52,7 @@ impl ClusterSpec {
                     pods.iter()
                         .map(|p| PodSpec {
                             name: p.to_string(),
+                            namespace: "default".into(),
                             enrolled: true,
                         })
                         .collect()
@@ -51,7 +60,38 @@ impl ClusterSpec {
                 .collect(),
             splice: false,
             agents: true,
+            mtls: true,
+            cert_lifetime: "24h".into(),
+            extra_docs: String::new(),
         }
+    }
+
+    /// Puts `pod` in namespace `ns` instead of `default`.
+    pub fn in_namespace(mut self, pod: &str, ns: &str) -> Self {
+        for p in self.nodes.iter_mut().flatten() {
+            if p.name == pod {
+                p.namespace = ns.into();
+            }
+        }
+        self
+    }
+
+    /// No CA: the agents forward plaintext.
+    pub fn plaintext(mut self) -> Self {
+        self.mtls = false;
+        self
+    }
+
+    pub fn cert_lifetime(mut self, lifetime: &str) -> Self {
+        self.cert_lifetime = lifetime.into();
+        self
+    }
+
+    /// YAML documents (AuthorizationPolicy, PeerAuthentication) every
+    /// config carries.
+    pub fn with_docs(mut self, yaml: &str) -> Self {
+        self.extra_docs = yaml.into();
+        self
     }
 
     pub fn unenrolled(mut self, pod: &str) -> Self {
@@ -77,6 +117,7 @@ impl ClusterSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pod {
     pub name: String,
+    pub namespace: String,
     pub node: usize,
     pub ip: Ipv4Addr,
     pub netns: String,
@@ -158,6 +199,9 @@ fn addr_up(ns: &str, cidr: &str, dev: &str) -> anyhow::Result<()> {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The CA's place on the wire.
+pub const CA_ADDRESS: &str = "10.0.0.254:15012";
+
 pub struct Cluster {
     pub id: String,
     pub nodes: Vec<Node>,
@@ -165,6 +209,11 @@ pub struct Cluster {
     pub bins: Binaries,
     pub dir: PathBuf,
     splice: bool,
+    mtls: bool,
+    cert_lifetime: String,
+    extra_docs: String,
+    ca_netns: Option<String>,
+    ca: Option<Proc>,
     agents: Vec<Option<Proc>>,
     res: Resources,
     keep: bool,
@@ -192,6 +241,11 @@ impl Cluster {
             bins,
             dir: dir.clone(),
             splice: spec.splice,
+            mtls: spec.mtls,
+            cert_lifetime: spec.cert_lifetime.clone(),
+            extra_docs: spec.extra_docs.clone(),
+            ca_netns: None,
+            ca: None,
             agents: Vec::new(),
             res: Resources {
                 cgroup_base: Some(cg_root.join(format!("mesh-tb-{id}"))),
@@ -201,6 +255,9 @@ impl Cluster {
             keep: false,
         };
         c.build(&spec).context("building the test bed")?;
+        if spec.agents && spec.mtls {
+            c.start_ca()?;
+        }
         if spec.agents {
             for n in 0..c.nodes.len() {
                 c.start_agent(n)?;
@@ -225,6 +282,9 @@ impl Cluster {
         let base = self.res.cgroup_base.clone().unwrap();
         std::fs::create_dir_all(&base)?;
         let bpffs = sys::ensure_bpffs()?;
+        if spec.mtls {
+            self.build_ca(&wire)?;
+        }
         for (n, pods) in spec.nodes.iter().enumerate() {
             let name = format!("mt{id}-n{n}");
             let node_ip = Ipv4Addr::new(10, 0, 0, n as u8 + 1);
@@ -296,6 +356,7 @@ impl Cluster {
                 std::fs::create_dir_all(&pod_cg)?;
                 self.pods.push(Pod {
                     name: p.name.clone(),
+                    namespace: p.namespace.clone(),
                     node: n,
                     ip: pod_ip,
                     netns: pod_ns,
@@ -307,7 +368,120 @@ impl Cluster {
         for n in 0..self.nodes.len() {
             self.write_config(n)?;
         }
+        if spec.mtls {
+            self.write_ca_config()?;
+        }
         Ok(())
+    }
+
+    /// A netns on the wire for the CA, its root, and a token per node.
+    fn build_ca(&mut self, wire: &str) -> anyhow::Result<()> {
+        let ns = format!("mt{}-ca", self.id);
+        self.add_netns(&ns)?;
+        ip(&[
+            "-n", wire, "link", "add", "vca", "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        ip(&["-n", wire, "link", "set", "vca", "master", "wire0", "up"])?;
+        let ca_ip = CA_ADDRESS.split(':').next().unwrap();
+        addr_up(&ns, &format!("{ca_ip}/24"), "eth0")?;
+        self.ca_netns = Some(ns);
+        sys::run(
+            std::process::Command::new(&self.bins.agent)
+                .args(["ca", "init", "--cert"])
+                .arg(self.dir.join("root-cert.pem"))
+                .arg("--key")
+                .arg(self.dir.join("root-key.pem")),
+        )?;
+        Ok(())
+    }
+
+    fn token_file(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("token-{node}"))
+    }
+
+    fn write_ca_config(&self) -> anyhow::Result<()> {
+        let mut s = format!(
+            "kind: CaConfig\nlisten: 0.0.0.0:15012\nrootCertFile: {}\nrootKeyFile: {}\ndefaultLifetime: {lt}\nmaxLifetime: {lt}\nnodes:\n",
+            self.dir.join("root-cert.pem").display(),
+            self.dir.join("root-key.pem").display(),
+            lt = self.cert_lifetime,
+        );
+        for node in &self.nodes {
+            let token = self.token_file(&node.name);
+            if !token.exists() {
+                let secret: String = (0..32)
+                    .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap())
+                    .collect();
+                std::fs::write(&token, secret)?;
+            }
+            let _ = writeln!(s, "- name: {}\n  tokenFile: {}", node.name, token.display());
+        }
+        s.push_str(&self.pods_yaml());
+        let path = self.dir.join("ca.yaml");
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, s)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) the CA and waits for "CA ready".
+    pub fn start_ca(&mut self) -> anyhow::Result<()> {
+        let ns = self.ca_netns.clone().context("this cluster has no CA")?;
+        let cg = self.res.cgroup_base.clone().unwrap().join("ca");
+        std::fs::create_dir_all(&cg)?;
+        let place = Place {
+            netns: PathBuf::from("/run/netns").join(ns),
+            cgroup: cg,
+        };
+        let mut cmd = place.command(&self.bins.agent)?;
+        cmd.args(["ca", "--config"]).arg(self.dir.join("ca.yaml"));
+        let log = self
+            .dir
+            .join(format!("ca.{}.log", self.res.agent_pids.len()));
+        let mut proc = Proc::spawn("CA", cmd, Some(&log))?;
+        self.res.agent_pids.push(proc.pid());
+        proc.wait_json("CA ready", AGENT_READY, |v| v["message"] == "CA ready")?;
+        self.ca = Some(proc);
+        Ok(())
+    }
+
+    pub fn stop_ca(&mut self) {
+        if let Some(mut p) = self.ca.take() {
+            p.kill();
+        }
+    }
+
+    /// The CA's log lines (JSON).
+    pub fn ca_log(&self) -> Vec<serde_json::Value> {
+        self.ca.as_ref().map(Proc::json_lines).unwrap_or_default()
+    }
+
+    /// Replaces the extra documents in every node's config (agents reload).
+    pub fn set_docs(&mut self, yaml: &str) -> anyhow::Result<()> {
+        self.extra_docs = yaml.into();
+        for n in 0..self.nodes.len() {
+            self.write_config(n)?;
+        }
+        Ok(())
+    }
+
+    fn pods_yaml(&self) -> String {
+        let mut s = String::new();
+        for p in &self.pods {
+            let mode = if p.enrolled { "enabled" } else { "none" };
+            let _ = write!(
+                s,
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}\n    mesh.io/dataplane-mode: {mode}\n  annotations:\n    mesh.io/netns: {}\nspec:\n  nodeName: {}\n  serviceAccountName: {}\nstatus:\n  podIPs:\n  - ip: {}\n",
+                p.name,
+                p.namespace,
+                p.name,
+                p.netns_path().display(),
+                self.nodes[p.node].name,
+                p.name,
+                p.ip
+            );
+        }
+        s
     }
 
     /// The node's local-mode config: its AgentConfig and every pod of the
@@ -320,18 +494,19 @@ impl Cluster {
             node.cgroup.display(),
             self.splice
         );
-        for p in &self.pods {
-            let mode = if p.enrolled { "enabled" } else { "none" };
+        if self.mtls {
             let _ = write!(
                 s,
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: default\n  labels:\n    app: {}\n    mesh.io/dataplane-mode: {mode}\n  annotations:\n    mesh.io/netns: {}\nspec:\n  nodeName: {}\n  serviceAccountName: {}\nstatus:\n  podIPs:\n  - ip: {}\n",
-                p.name,
-                p.name,
-                p.netns_path().display(),
-                self.nodes[p.node].name,
-                p.name,
-                p.ip
+                "ca:\n  address: {CA_ADDRESS}\n  rootCertFile: {}\n  tokenFile: {}\n  certLifetime: {}\n",
+                self.dir.join("root-cert.pem").display(),
+                self.token_file(&node.name).display(),
+                self.cert_lifetime
             );
+        }
+        s.push_str(&self.pods_yaml());
+        if !self.extra_docs.is_empty() {
+            s.push_str("---\n");
+            s.push_str(&self.extra_docs);
         }
         s
     }
@@ -494,7 +669,12 @@ impl Cluster {
     /// remove later.
     pub fn keep(mut self) -> Resources {
         self.keep = true;
-        for a in self.agents.iter_mut().flatten() {
+        for a in self
+            .agents
+            .iter_mut()
+            .chain(std::iter::once(&mut self.ca))
+            .flatten()
+        {
             // Forget the handle; the process keeps running.
             a.detach();
         }
@@ -531,6 +711,7 @@ impl Drop for Cluster {
         for a in self.agents.iter_mut().flatten() {
             a.kill();
         }
+        self.stop_ca();
         self.res.teardown();
     }
 }

@@ -37,40 +37,56 @@ fn pod_to_pod_same_node_and_across_nodes_is_captured_and_delivered() {
     let _b = c.serve("b", "8080", "ident").unwrap();
     let _c = c.serve("c", "8080", "ident").unwrap();
 
-    for to in ["b", "c"] {
+    for (to, security) in [("b", "local"), ("c", "mutual_tls")] {
         let v = ident_ok(&c, "a", to, 8080);
-        // The upstream socket lives in a's netns: the server sees a's IP as
-        // source... unless the destination is enrolled, where its agent
-        // delivers from 127.0.0.6.
+        // The destination is enrolled: the app sees the agent's delivery
+        // from 127.0.0.6 inside its own netns.
         let peer = v["peer"].as_str().unwrap();
         assert!(
             peer.starts_with("127.0.0.6:"),
             "inbound delivery source: {peer}"
         );
         let dst = format!("{}:8080", c.pod(to).ip);
-        let to_node = c.pod(to).node;
-        c.wait_agent_log(0, "outbound log line", |l| {
-            l["message"] == "connection closed"
-                && l["direction"] == "outbound"
-                && l["dst"] == dst.as_str()
-        })
-        .unwrap();
-        let inbound = c
-            .wait_agent_log(to_node, "inbound log line", |l| {
+        let out = c
+            .wait_agent_log(0, "outbound log line", |l| {
                 l["message"] == "connection closed"
-                    && l["direction"] == "inbound"
+                    && l["direction"] == "outbound"
                     && l["dst"] == dst.as_str()
             })
             .unwrap();
-        // The destination agent saw the connection come from a's own address.
-        let src = inbound["src"].as_str().unwrap();
-        assert!(src.starts_with(&format!("{}:", c.pod("a").ip)), "{inbound}");
-        assert_eq!(inbound["bytes_received"], 19, "marker length: {inbound}");
+        assert_eq!(out["security"], security, "{out}");
+        assert_eq!(out["result"], "ok", "{out}");
+        assert_eq!(out["bytes_sent"], 19, "marker length: {out}");
+        assert!(
+            out["src"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}:", c.pod("a").ip)),
+            "{out}"
+        );
     }
+    // Across nodes the destination agent terminated the tunnel, and saw it
+    // come from a's own address with a's verified identity.
+    let dst = format!("{}:8080", c.pod("c").ip);
+    let inbound = c
+        .wait_agent_log(1, "inbound log line", |l| {
+            l["message"] == "connection closed"
+                && l["direction"] == "inbound"
+                && l["dst"] == dst.as_str()
+        })
+        .unwrap();
+    let src = inbound["src"].as_str().unwrap();
+    assert!(src.starts_with(&format!("{}:", c.pod("a").ip)), "{inbound}");
+    assert_eq!(inbound["security"], "mutual_tls", "{inbound}");
+    assert_eq!(
+        inbound["source_identity"], "spiffe://cluster.local/ns/default/sa/a",
+        "{inbound}"
+    );
+    assert_eq!(inbound["bytes_received"], 19, "marker length: {inbound}");
     let counters = c.counters(0).unwrap();
     assert!(counters["connect_redirected"] >= 2, "{counters:?}");
-    // a's agent connected out of a's netns twice; the mark kept both out of
-    // the redirect (no loop).
+    // a's agent connected out of a's netns (to b's app, to c's tunnel port);
+    // the mark kept both out of the redirect (no loop).
     assert!(counters["connect_skipped_mark"] >= 2, "{counters:?}");
 }
 
@@ -198,7 +214,9 @@ fn killed_agent_fails_closed_and_a_restarted_agent_adopts_the_pinned_datapath() 
         .client("a", &["ident", "--to", &c_dst, "--timeout-s", "3"], T)
         .unwrap();
     assert_eq!(v["kind"], "ConnectionRefused", "{v}");
-    // Inbound to an enrolled pod: nothing reaches the app.
+    // Inbound to an enrolled pod: nothing reaches the app, neither over
+    // HBONE from c's agent (no listener on 15008) nor as plaintext from a
+    // client outside the mesh (sk_lookup drops it).
     let a_dst = format!("{}:8080", c.pod("a").ip);
     let v = c
         .client("c", &["ident", "--to", &a_dst, "--timeout-s", "3"], T)
@@ -206,6 +224,14 @@ fn killed_agent_fails_closed_and_a_restarted_agent_adopts_the_pinned_datapath() 
     assert!(
         v.get("error").is_some(),
         "inbound reached a with its agent down: {v}"
+    );
+    let mut cmd = c.node_command(1, &c.bins.meshtb).unwrap();
+    cmd.args(["ident", "--to", &a_dst, "--timeout-s", "3"]);
+    let out = cmd.output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v.get("error").is_some(),
+        "plaintext inbound reached a with its agent down: {v}"
     );
     // Unenrolled-style direct delivery would show up in a's server as an accept.
     std::thread::sleep(Duration::from_millis(200));

@@ -96,7 +96,11 @@ impl Authorizer {
             identity.namespace().to_owned(),
             identity.service_account().to_owned(),
         );
-        if self.placement.get(node).is_some_and(|ids| ids.contains(&key)) {
+        if self
+            .placement
+            .get(node)
+            .is_some_and(|ids| ids.contains(&key))
+        {
             Ok(())
         } else {
             Err(AuthzError::NotOnNode {

@@ -84,7 +84,10 @@ async fn follow_file(path: std::path::PathBuf, authorizer: Arc<RwLock<Arc<Author
                 *authorizer.write().unwrap() = Arc::new(a);
                 info!("CA config reloaded");
             }
-            Err(e) => error!(error = format!("{e:#}"), "CA config rejected; the last good one stays in force"),
+            Err(e) => error!(
+                error = format!("{e:#}"),
+                "CA config rejected; the last good one stays in force"
+            ),
         }
     }
 }

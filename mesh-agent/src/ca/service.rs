@@ -37,7 +37,11 @@ fn requested_identity(req: &IstioCertificateRequest) -> Result<Identity, Status>
             rcgen::SanType::URI(uri) => Some(uri.as_str().to_owned()),
             _ => None,
         })
-        .ok_or_else(|| Status::invalid_argument("csr names no SPIFFE ID and no ImpersonatedIdentity metadata is set"))
+        .ok_or_else(|| {
+            Status::invalid_argument(
+                "csr names no SPIFFE ID and no ImpersonatedIdentity metadata is set",
+            )
+        })
         .and_then(|id| Identity::parse(&id).map_err(|e| Status::invalid_argument(e.to_string())))
 }
 

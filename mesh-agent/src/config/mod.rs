@@ -371,7 +371,10 @@ spec: {nodeName: node-2}
             .to_string();
         assert!(err.starts_with("mesh.yaml:3: document:"), "{err}");
         // Lines count from the top of the file, not of the document.
-        let text = GOOD.replace("spec: {nodeName: node-1, serviceAccountName: web}", "spec: {nodeName: [node-1}");
+        let text = GOOD.replace(
+            "spec: {nodeName: node-1, serviceAccountName: web}",
+            "spec: {nodeName: [node-1}",
+        );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.starts_with("mesh.yaml:18: "), "{err}");
         let text = format!(
@@ -379,7 +382,8 @@ spec: {nodeName: node-2}
         );
         let err = parse(&text).unwrap_err().to_string();
         assert!(
-            err.starts_with("mesh.yaml:41: AuthorizationPolicy shop/p:") && err.contains("principal"),
+            err.starts_with("mesh.yaml:41: AuthorizationPolicy shop/p:")
+                && err.contains("principal"),
             "{err}"
         );
     }

@@ -197,7 +197,12 @@ pub fn parse(
             .unwrap_or("default")
             .to_owned();
         let what = format!("{kind} {namespace}/{name}");
-        const KINDS: [&str; 4] = ["Namespace", "Pod", "AuthorizationPolicy", "PeerAuthentication"];
+        const KINDS: [&str; 4] = [
+            "Namespace",
+            "Pod",
+            "AuthorizationPolicy",
+            "PeerAuthentication",
+        ];
         if kind != own_kind && !KINDS.contains(&kind.as_str()) {
             return Err(ConfigError::UnknownKind {
                 file: file.to_owned(),
@@ -207,27 +212,49 @@ pub fn parse(
             });
         }
         if kind != own_kind && name.is_empty() {
-            return Err(invalid_at(file, doc.line, format!("{kind} metadata.name"), "must not be empty"));
+            return Err(invalid_at(
+                file,
+                doc.line,
+                format!("{kind} metadata.name"),
+                "must not be empty",
+            ));
         }
         match kind.as_str() {
             k if k == own_kind => own.push((doc.line, value)),
             "Namespace" => {
                 let ns: NamespaceDoc = doc.parse(file, &format!("Namespace {name}"))?;
-                objects.namespaces.insert(ns.metadata.name, ns.metadata.labels);
+                objects
+                    .namespaces
+                    .insert(ns.metadata.name, ns.metadata.labels);
             }
             "Pod" => {
                 let pod: PodDoc = doc.parse(file, &what)?;
                 if !seen_pods.insert((namespace.clone(), name.clone())) {
-                    return Err(invalid_at(file, doc.line, format!("{what}: metadata.name"), "appears twice"));
+                    return Err(invalid_at(
+                        file,
+                        doc.line,
+                        format!("{what}: metadata.name"),
+                        "appears twice",
+                    ));
                 }
                 let mut ips = Vec::new();
                 for (i, ip) in pod.status.pod_ips.iter().enumerate() {
                     let field = format!("{what}: status.podIPs[{i}].ip");
                     let parsed: IpAddr = ip.ip.parse().map_err(|_| {
-                        invalid_at(file, doc.line, field.clone(), format!("`{}` is not an IP address", ip.ip))
+                        invalid_at(
+                            file,
+                            doc.line,
+                            field.clone(),
+                            format!("`{}` is not an IP address", ip.ip),
+                        )
                     })?;
                     if let Some(owner) = seen_ips.insert(parsed, what.clone()) {
-                        return Err(invalid_at(file, doc.line, field, format!("{parsed} is already the address of {owner}")));
+                        return Err(invalid_at(
+                            file,
+                            doc.line,
+                            field,
+                            format!("{parsed} is already the address of {owner}"),
+                        ));
                     }
                     ips.push(parsed);
                 }
@@ -247,17 +274,26 @@ pub fn parse(
             }
             "AuthorizationPolicy" => {
                 let p: PolicyDoc<model::AuthorizationPolicySpec> = doc.parse(file, &what)?;
-                let compiled = AuthorizationPolicy::compile(&namespace, &name, &p.metadata.annotations, &p.spec)
-                    .map_err(|e| invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem))?;
+                let compiled = AuthorizationPolicy::compile(
+                    &namespace,
+                    &name,
+                    &p.metadata.annotations,
+                    &p.spec,
+                )
+                .map_err(|e| {
+                    invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
+                })?;
                 objects.authorization.extend(compiled);
             }
             "PeerAuthentication" => {
                 let p: PolicyDoc<model::PeerAuthenticationSpec> = doc.parse(file, &what)?;
-                objects.peer_authentication.push(policy::PeerAuthentication {
-                    name: format!("{namespace}/{name}"),
-                    namespace,
-                    spec: p.spec,
-                });
+                objects
+                    .peer_authentication
+                    .push(policy::PeerAuthentication {
+                        name: format!("{namespace}/{name}"),
+                        namespace,
+                        spec: p.spec,
+                    });
             }
             _ => {
                 return Err(ConfigError::UnknownKind {
@@ -291,10 +327,20 @@ pub fn own_document<T: DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     let mut own = own.into_iter();
     let (line, value) = own.next().ok_or_else(|| {
-        invalid_at(file, 1, own_kind.to_owned(), format!("missing; add a document with `kind: {own_kind}`"))
+        invalid_at(
+            file,
+            1,
+            own_kind.to_owned(),
+            format!("missing; add a document with `kind: {own_kind}`"),
+        )
     })?;
     if let Some((again, _)) = own.next() {
-        return Err(invalid_at(file, again, own_kind.to_owned(), "appears twice; keep one"));
+        return Err(invalid_at(
+            file,
+            again,
+            own_kind.to_owned(),
+            "appears twice; keep one",
+        ));
     }
     serde_yaml::from_value(value).map_err(|e| ConfigError::Yaml {
         file: file.to_owned(),

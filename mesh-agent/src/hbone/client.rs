@@ -33,9 +33,7 @@ pub struct Tunnel {
     _lease: StreamLease,
 }
 
-async fn current_cert(
-    pod: &PodContext,
-) -> Result<(tls::CertWatch, Arc<WorkloadCert>), HboneError> {
+async fn current_cert(pod: &PodContext) -> Result<(tls::CertWatch, Arc<WorkloadCert>), HboneError> {
     let missing = || HboneError::NoCertificate(pod.identity.to_string());
     let mut watch = pod.cert.clone().ok_or_else(missing)?;
     let cert = tokio::time::timeout(CERT_WAIT, watch.wait_for(|c| c.is_some()))
@@ -123,7 +121,10 @@ pub async fn open(
         .header("traceparent", traceparent)
         .header(
             "baggage",
-            format!("k8s.namespace.name={},k8s.pod.name={}", pod.namespace, pod.name),
+            format!(
+                "k8s.namespace.name={},k8s.pod.name={}",
+                pod.namespace, pod.name
+            ),
         )
         .body(())?;
     let mut sender = lease.sender().ready().await?;

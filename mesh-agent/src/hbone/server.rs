@@ -41,7 +41,12 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<Proxy
     }
 }
 
-async fn connection(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodContext>, state: Arc<ProxyState>) {
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    pod: Arc<PodContext>,
+    state: Arc<ProxyState>,
+) {
     let (Some(config), Some(mtls)) = (pod.hbone_server.clone(), state.mtls.as_ref()) else {
         warn!(pod = %pod.key, src = %peer, "HBONE connection refused: this agent has no CA configured");
         relay::reset(tcp);
@@ -55,7 +60,10 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, pod: Arc<PodContext>, stat
             return;
         }
     };
-    let source = match tls::peer_identity(tls.get_ref().1.peer_certificates(), &mtls.bundle.trust_domain) {
+    let source = match tls::peer_identity(
+        tls.get_ref().1.peer_certificates(),
+        &mtls.bundle.trust_domain,
+    ) {
         Ok(id) => id,
         Err(e) => {
             warn!(pod = %pod.key, src = %peer, error = %e, "HBONE peer refused");

@@ -45,7 +45,12 @@ async fn tcp_to_h2<R: AsyncReadExt + Unpin>(
             let granted = match poll_fn(|cx| to.poll_capacity(cx)).await {
                 Some(Ok(n)) => n,
                 Some(Err(e)) => return Err(h2_io(e)),
-                None => return Err(io::Error::new(io::ErrorKind::ConnectionReset, "stream closed")),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "stream closed",
+                    ));
+                }
             };
             if granted == 0 {
                 continue;

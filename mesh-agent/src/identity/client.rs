@@ -79,13 +79,14 @@ impl CaClient {
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
-        let authorization = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| ClientError::File {
-                field: "tokenFile",
-                path: settings.token_file.clone(),
-                source: std::io::Error::other("token is not printable ASCII"),
-            })?;
+        let authorization =
+            format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| ClientError::File {
+                    field: "tokenFile",
+                    path: settings.token_file.clone(),
+                    source: std::io::Error::other("token is not printable ASCII"),
+                })?;
         Ok(Self {
             client: IstioCertificateServiceClient::new(channel),
             authorization,
@@ -117,8 +118,8 @@ impl CaClient {
             .create_certificate(request)
             .await?
             .into_inner();
-        let roots = cert::parse_pem_certs(&self.root_pem)
-            .map_err(|e| FetchError::Answer(e.to_string()))?;
+        let roots =
+            cert::parse_pem_certs(&self.root_pem).map_err(|e| FetchError::Answer(e.to_string()))?;
         let mut chain = Vec::new();
         for pem in &answer.cert_chain {
             for der in cert::parse_pem_certs(pem).map_err(|e| FetchError::Answer(e.to_string()))? {

@@ -116,9 +116,9 @@ impl Clause {
             .unwrap_or_default();
         let namespace = c.source.map(|id| id.namespace()).unwrap_or_default();
         let hit = match &self.what {
-            Match::Principal(p) => p.iter().any(|p| {
-                string_match(p.strip_prefix("spiffe://").unwrap_or(p), &principal)
-            }),
+            Match::Principal(p) => p
+                .iter()
+                .any(|p| string_match(p.strip_prefix("spiffe://").unwrap_or(p), &principal)),
             Match::Namespace(n) => n.iter().any(|n| string_match(n, namespace)),
             Match::SourceIp(b) => b.iter().any(|b| b.contains(c.source_ip)),
             Match::DestinationIp(b) => b.iter().any(|b| b.contains(c.destination_ip)),
@@ -166,7 +166,10 @@ fn cidrs(field: &str, values: &[String]) -> Result<Vec<Cidr>, PolicyError> {
         .iter()
         .map(|v| {
             Cidr::parse(v).ok_or_else(|| {
-                err(field, format!("`{v}` is not an IP address or CIDR (e.g. 10.0.0.0/8)"))
+                err(
+                    field,
+                    format!("`{v}` is not an IP address or CIDR (e.g. 10.0.0.0/8)"),
+                )
             })
         })
         .collect()
@@ -207,10 +210,30 @@ fn compile_rule(at: &str, rule: &model::Rule, action: Action) -> Result<Compiled
         let s = &f.source;
         let field = |n: &str| format!("{at}.from[{i}].source.{n}");
         let mut c = Vec::new();
-        push(&mut c, false, Match::Principal(s.principals.clone()), s.principals.is_empty());
-        push(&mut c, true, Match::Principal(s.not_principals.clone()), s.not_principals.is_empty());
-        push(&mut c, false, Match::Namespace(s.namespaces.clone()), s.namespaces.is_empty());
-        push(&mut c, true, Match::Namespace(s.not_namespaces.clone()), s.not_namespaces.is_empty());
+        push(
+            &mut c,
+            false,
+            Match::Principal(s.principals.clone()),
+            s.principals.is_empty(),
+        );
+        push(
+            &mut c,
+            true,
+            Match::Principal(s.not_principals.clone()),
+            s.not_principals.is_empty(),
+        );
+        push(
+            &mut c,
+            false,
+            Match::Namespace(s.namespaces.clone()),
+            s.namespaces.is_empty(),
+        );
+        push(
+            &mut c,
+            true,
+            Match::Namespace(s.not_namespaces.clone()),
+            s.not_namespaces.is_empty(),
+        );
         // Without proxies in between, the remote address is the source address.
         for (neg, name, values) in [
             (false, "ipBlocks", &s.ip_blocks),
@@ -218,7 +241,12 @@ fn compile_rule(at: &str, rule: &model::Rule, action: Action) -> Result<Compiled
             (false, "remoteIpBlocks", &s.remote_ip_blocks),
             (true, "notRemoteIpBlocks", &s.not_remote_ip_blocks),
         ] {
-            push(&mut c, neg, Match::SourceIp(cidrs(&field(name), values)?), values.is_empty());
+            push(
+                &mut c,
+                neg,
+                Match::SourceIp(cidrs(&field(name), values)?),
+                values.is_empty(),
+            );
         }
         l7 |= !s.request_principals.is_empty() || !s.not_request_principals.is_empty();
         from.push(c);
@@ -228,11 +256,28 @@ fn compile_rule(at: &str, rule: &model::Rule, action: Action) -> Result<Compiled
         let o = &t.operation;
         let field = |n: &str| format!("{at}.to[{i}].operation.{n}");
         let mut c = Vec::new();
-        push(&mut c, false, Match::DestinationPort(ports(&field("ports"), &o.ports)?), o.ports.is_empty());
-        push(&mut c, true, Match::DestinationPort(ports(&field("notPorts"), &o.not_ports)?), o.not_ports.is_empty());
-        l7 |= [&o.hosts, &o.not_hosts, &o.methods, &o.not_methods, &o.paths, &o.not_paths]
-            .iter()
-            .any(|v| !v.is_empty());
+        push(
+            &mut c,
+            false,
+            Match::DestinationPort(ports(&field("ports"), &o.ports)?),
+            o.ports.is_empty(),
+        );
+        push(
+            &mut c,
+            true,
+            Match::DestinationPort(ports(&field("notPorts"), &o.not_ports)?),
+            o.not_ports.is_empty(),
+        );
+        l7 |= [
+            &o.hosts,
+            &o.not_hosts,
+            &o.methods,
+            &o.not_methods,
+            &o.paths,
+            &o.not_paths,
+        ]
+        .iter()
+        .any(|v| !v.is_empty());
         to.push(c);
     }
     let mut when = Vec::new();
@@ -240,11 +285,17 @@ fn compile_rule(at: &str, rule: &model::Rule, action: Action) -> Result<Compiled
         let field = format!("{at}.when[{i}]");
         if !L4_KEYS.contains(&cond.key.as_str()) {
             let key = cond.key.as_str();
-            if key.starts_with("request.") || key.starts_with("experimental.") || key == "connection.sni" {
+            if key.starts_with("request.")
+                || key.starts_with("experimental.")
+                || key == "connection.sni"
+            {
                 l7 = true;
                 continue;
             }
-            return Err(err(format!("{field}.key"), format!("`{}` is not an Istio condition key", cond.key)));
+            return Err(err(
+                format!("{field}.key"),
+                format!("`{}` is not an Istio condition key", cond.key),
+            ));
         }
         if cond.values.is_empty() && cond.not_values.is_empty() {
             return Err(err(field, "needs values or notValues"));
@@ -259,8 +310,18 @@ fn compile_rule(at: &str, rule: &model::Rule, action: Action) -> Result<Compiled
                 _ => Match::DestinationPort(ports(&f, values)?),
             })
         };
-        push(&mut when, false, make(&cond.values, "values")?, cond.values.is_empty());
-        push(&mut when, true, make(&cond.not_values, "notValues")?, cond.not_values.is_empty());
+        push(
+            &mut when,
+            false,
+            make(&cond.values, "values")?,
+            cond.values.is_empty(),
+        );
+        push(
+            &mut when,
+            true,
+            make(&cond.not_values, "notValues")?,
+            cond.not_values.is_empty(),
+        );
     }
     Ok(CompiledRule {
         from,

@@ -233,7 +233,8 @@ fn mtls_mode_resolution() {
     assert_eq!(s.mtls_mode(t, 80), MtlsMode::Permissive);
     s.peer_authentication = vec![pa("istio-system", "mtls: {mode: STRICT}")];
     assert_eq!(s.mtls_mode(t, 80), MtlsMode::Strict);
-    s.peer_authentication.push(pa("shop", "mtls: {mode: PERMISSIVE}"));
+    s.peer_authentication
+        .push(pa("shop", "mtls: {mode: PERMISSIVE}"));
     assert_eq!(s.mtls_mode(t, 80), MtlsMode::Permissive);
     s.peer_authentication.push(pa(
         "shop",

@@ -83,7 +83,11 @@ impl Connection<'_> {
     }
 
     pub fn connect_failed(&self, error: &dyn std::fmt::Display) {
-        self.finish("connect_failed", Some(error.to_string()), Transferred::default());
+        self.finish(
+            "connect_failed",
+            Some(error.to_string()),
+            Transferred::default(),
+        );
     }
 
     /// Refused before reaching the app for a reason other than policy.

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::{access_log::Connection, connector::agent_connect, inbound::delivery_source, relay, state::MeshView};
+use super::{
+    access_log::Connection, connector::agent_connect, inbound::delivery_source, relay,
+    state::MeshView,
+};
 use crate::pod::PodContext;
 
 pub async fn deliver(

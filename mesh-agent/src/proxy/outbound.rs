@@ -39,7 +39,9 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<Proxy
                 return;
             };
             let span = info_span!("outbound", pod = %pod.key, src = %peer, dst = %orig);
-            handle(stream, peer, orig, pod, state).instrument(span).await;
+            handle(stream, peer, orig, pod, state)
+                .instrument(span)
+                .await;
         });
     }
 }
