@@ -456,6 +456,59 @@ impl Cluster {
         self.ca.as_ref().map(Proc::json_lines).unwrap_or_default()
     }
 
+    /// Starts a meshtb client in a pod without waiting for it.
+    pub fn spawn_client(&self, pod: &str, args: &[&str]) -> anyhow::Result<Proc> {
+        let mut cmd = self.pod_command(pod, &self.bins.meshtb)?;
+        cmd.args(args);
+        Proc::spawn(&format!("client in {pod}"), cmd, None)
+    }
+
+    /// Captures TCP on node n's wire interface while `f` runs; returns the
+    /// raw capture (pcap) for the caller to search.
+    pub fn capture_wire<T>(&self, n: usize, f: impl FnOnce() -> T) -> anyhow::Result<(T, Vec<u8>)> {
+        let file = self
+            .dir
+            .join(format!("wire-{n}-{}.pcap", fastrand::u32(..)));
+        let mut cmd = self.node_command(n, "tcpdump")?;
+        cmd.args([
+            "--immediate-mode",
+            "-i",
+            "eth0",
+            "-U",
+            "-n",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(&file)
+        .arg("tcp");
+        let mut dump = Proc::spawn("tcpdump", cmd, None)?;
+        sys::wait_for("tcpdump to start", Duration::from_secs(10), || {
+            dump.output()
+                .iter()
+                .any(|l| l.contains("listening on"))
+                .then_some(())
+        })?;
+        let out = f();
+        std::thread::sleep(Duration::from_millis(300));
+        unsafe { libc::kill(dump.pid() as libc::pid_t, libc::SIGINT) };
+        let _ = dump.wait_exit(Duration::from_secs(10));
+        Ok((out, std::fs::read(&file)?))
+    }
+
+    /// Waits for a line in the CA's log.
+    pub fn wait_ca_log(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.ca
+            .as_mut()
+            .context("CA not running")?
+            .wait_json(what, timeout, pred)
+    }
+
     /// Replaces the extra documents in every node's config (agents reload).
     pub fn set_docs(&mut self, yaml: &str) -> anyhow::Result<()> {
         self.extra_docs = yaml.into();

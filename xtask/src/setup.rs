@@ -6,7 +6,8 @@ use anyhow::Context;
 use crate::sh;
 
 /// Debian packages the tests and benchmarks run.
-const APT_PACKAGES: [&str; 7] = [
+const APT_PACKAGES: [&str; 8] = [
+    "tcpdump",
     "iproute2",
     "bpftool",
     "iperf3",

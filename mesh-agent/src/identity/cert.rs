@@ -90,6 +90,9 @@ pub struct WorkloadCert {
     /// Distinguishes successive certificates of one identity, so pooled
     /// tunnels made with an old one are not reused once a new one exists.
     pub generation: u64,
+    /// When the agent received it; the CA backdates not_before for clock
+    /// skew, so lifetimes count from here.
+    pub received: SystemTime,
     certified: Arc<CertifiedKey>,
 }
 
@@ -119,6 +122,7 @@ impl WorkloadCert {
             info,
             chain,
             generation,
+            received: SystemTime::now(),
             certified,
         })
     }
@@ -135,15 +139,17 @@ impl WorkloadCert {
         now >= self.info.not_after
     }
 
-    /// When to ask for the next certificate: half the lifetime, less up to
-    /// a tenth of it at random so a node's renewals do not arrive together.
+    /// When to ask for the next certificate: half the remaining lifetime
+    /// from when it arrived, less up to a tenth of it at random so a node's
+    /// renewals do not arrive together.
     pub fn renew_at(&self) -> SystemTime {
+        let start = self.received.max(self.info.not_before);
         let life = self
             .info
             .not_after
-            .duration_since(self.info.not_before)
+            .duration_since(start)
             .unwrap_or_default();
         let jitter = life.mul_f64(fastrand::f64() * 0.1);
-        self.info.not_before + life / 2 - jitter
+        start + life / 2 - jitter
     }
 }

@@ -17,6 +17,7 @@ use crate::tls::CertWatch;
 
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(10);
+const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Entry {
     tx: watch::Sender<Option<Arc<WorkloadCert>>>,
@@ -124,7 +125,8 @@ async fn maintain(
                 );
                 tx.send_replace(Some(Arc::new(cert)));
                 retry = FIRST_RETRY;
-                tokio::time::sleep(until(renew_at)).await;
+                // Never spin, even if the CA hands out nearly expired certificates.
+                tokio::time::sleep(until(renew_at).max(MIN_RENEW_INTERVAL)).await;
             }
             Err(e) => {
                 let current = tx.borrow().as_ref().map(|c| c.info.not_after);

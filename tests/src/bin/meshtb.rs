@@ -28,7 +28,7 @@ enum Mode {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Listen on one or more ports (`8080` or `20000-20199`).
+    /// Listen on one or more ports (`8080`, `20000-20199`, `80,443`).
     Serve {
         #[arg(long)]
         ports: String,
@@ -60,6 +60,16 @@ enum Cmd {
         #[arg(long)]
         strict_blocking: bool,
     },
+    /// Keep one connection to an echo server open for a while, sending a
+    /// line every interval and checking it comes back; report the rounds.
+    Hold {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long, default_value_t = 250)]
+        interval_ms: u64,
+    },
     /// Open one connection to each port of a range at once, over threads;
     /// report which port each reached.
     Fanout {
@@ -72,11 +82,14 @@ enum Cmd {
     },
 }
 
+/// `8080`, `20000-20199`, or a comma-separated list of either.
 fn ports(spec: &str) -> Vec<u16> {
-    match spec.split_once('-') {
-        Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect(),
-        None => vec![spec.parse().expect("port")],
-    }
+    spec.split(',')
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<u16>>(),
+            None => vec![part.parse().expect("port")],
+        })
+        .collect()
 }
 
 /// FNV-1a: cheap, deterministic, enough to tell corrupted or reordered bytes.
@@ -123,6 +136,18 @@ fn main() {
         } => println!(
             "{}",
             bulk(to, bytes, Duration::from_secs(timeout_s), strict_blocking)
+        ),
+        Cmd::Hold {
+            to,
+            seconds,
+            interval_ms,
+        } => println!(
+            "{}",
+            hold(
+                to,
+                Duration::from_secs(seconds),
+                Duration::from_millis(interval_ms)
+            )
         ),
         Cmd::Fanout {
             host,
@@ -258,6 +283,34 @@ fn ident(to: SocketAddr, timeout: Duration) -> serde_json::Value {
     v["echoed"] = json!(echoed);
     v["local"] = json!(s.local_addr().map(|a| a.to_string()).unwrap_or_default());
     v
+}
+
+fn hold(to: SocketAddr, length: Duration, interval: Duration) -> serde_json::Value {
+    let s = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => return json!({"error": e.to_string(), "rounds": 0}),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let started = Instant::now();
+    let mut rounds = 0u64;
+    while started.elapsed() < length {
+        let msg = format!("round {rounds}\n");
+        let mut back = String::new();
+        if let Err(e) = w
+            .write_all(msg.as_bytes())
+            .and_then(|_| r.read_line(&mut back).map(|_| ()))
+        {
+            return json!({"error": e.to_string(), "rounds": rounds, "after_ms": started.elapsed().as_millis() as u64});
+        }
+        if back != msg {
+            return json!({"error": format!("echo mismatch: {back:?}"), "rounds": rounds});
+        }
+        rounds += 1;
+        thread::sleep(interval);
+    }
+    json!({"ok": true, "rounds": rounds})
 }
 
 fn bulk(to: SocketAddr, bytes: u64, timeout: Duration, strict_blocking: bool) -> serde_json::Value {
