@@ -19,6 +19,7 @@ use crate::sys::wait_for;
 pub struct Binaries {
     pub agent: PathBuf,
     pub meshtb: PathBuf,
+    pub probe: PathBuf,
 }
 
 impl Binaries {
@@ -45,6 +46,7 @@ impl Binaries {
         Ok(Self {
             agent: find("MESH_AGENT_BIN", "mesh-agent")?,
             meshtb: find("MESHTB_BIN", "meshtb")?,
+            probe: find("HBONEPROBE_BIN", "hboneprobe")?,
         })
     }
 }

@@ -296,3 +296,88 @@ fn echo_ok(c: &Cluster, from: &str, dst: &str) -> bool {
     .map(|v| v["ok"] == true)
     .unwrap_or(false)
 }
+
+#[test]
+fn hbone_port_refuses_bad_peers_and_bad_requests_with_a_log_line() {
+    let mut c = Cluster::start(ClusterSpec::new(&[&["a"], &["c"]])).unwrap();
+    let _srv = c.serve("c", "8080", "ident").unwrap();
+    let tunnel = format!("{}:15008", c.pod("c").ip);
+    let app = format!("{}:8080", c.pod("c").ip);
+    // The probe itself works: a mesh certificate and a CONNECT to c's app.
+    let ok = probe(&c, &tunnel, &["--authority", &app]);
+    assert_eq!(ok["status"], 200, "{ok}");
+
+    let warned = |c: &Cluster, message: &str| {
+        c.agent_log(1)
+            .iter()
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
+            .count()
+    };
+    for cert in ["other-ca", "expired", "none"] {
+        let before = warned(&c, "HBONE handshake refused");
+        let v = probe(&c, &tunnel, &["--cert", cert, "--authority", &app]);
+        assert_ne!(v["status"], 200, "--cert {cert}: {v}");
+        mesh_testbed::sys::wait_for(&format!("refusal of --cert {cert}"), T, || {
+            (warned(&c, "HBONE handshake refused") > before).then_some(())
+        })
+        .unwrap();
+    }
+    // Signed by the mesh root, but for another trust domain.
+    let v = probe(
+        &c,
+        &tunnel,
+        &[
+            "--identity",
+            "spiffe://elsewhere.example/ns/x/sa/y",
+            "--authority",
+            &app,
+        ],
+    );
+    assert_ne!(v["status"], 200, "{v}");
+    c.wait_agent_log(1, "foreign trust domain", |l| {
+        l["message"] == "HBONE peer refused"
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("outside trust domain"))
+    })
+    .unwrap();
+
+    let v = probe(&c, &tunnel, &["--method", "GET", "--authority", &app]);
+    assert_eq!(v["status"], 405, "{v}");
+    c.wait_agent_log(1, "non-CONNECT", |l| {
+        l["message"] == "HBONE request refused: only CONNECT is served"
+    })
+    .unwrap();
+
+    let elsewhere = "10.244.1.99:8080";
+    let v = probe(&c, &tunnel, &["--authority", elsewhere]);
+    assert_eq!(v["status"], 400, "{v}");
+    let line = last_closed(&mut c, 1, "inbound", elsewhere);
+    assert_eq!(line["result"], "refused", "{line}");
+
+    let v = probe(&c, &tunnel, &["--garbage"]);
+    assert_eq!(v["stage"], "garbage", "{v}");
+    // Still serving after all of that.
+    assert!(reached(&ident(&c, "a", "c", 8080), "c"));
+}
+
+/// Runs hboneprobe from node 0's netns (outside any pod) against `tunnel`.
+fn probe(c: &Cluster, tunnel: &str, args: &[&str]) -> Value {
+    let mut cmd = c.node_command(0, &c.bins.probe).unwrap();
+    cmd.args(["--to", tunnel, "--root-cert"])
+        .arg(c.dir.join("root-cert.pem"))
+        .arg("--root-key")
+        .arg(c.dir.join("root-key.pem"))
+        .args(args);
+    let out = cmd.output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "probe {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
