@@ -16,3 +16,6 @@ pub mod grpc {
         "/istio.v1.auth.IstioCertificateService.rs"
     ));
 }
+
+#[cfg(test)]
+mod tests;

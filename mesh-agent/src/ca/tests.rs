@@ -1,0 +1,188 @@
+//! The CA's decisions, called as tonic would call them.
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+use tonic::{Code, Request};
+
+use super::{
+    authz::Authorizer, config::CaFile,
+    grpc::istio_certificate_service_server::IstioCertificateService,
+    proto::IstioCertificateRequest, root, service::CertificateService, signer::Signer,
+};
+use crate::identity::cert;
+
+const TOKEN_N1: &str = "token-of-node-1-aaaaaaaa";
+
+struct Fixture {
+    service: CertificateService,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("root.pem"), dir.path().join("root.key"));
+    root::init(&c, &k, "cluster.local", Duration::from_secs(3600)).unwrap();
+    std::fs::write(dir.path().join("n1.token"), TOKEN_N1).unwrap();
+    std::fs::write(dir.path().join("n2.token"), "token-of-node-2-bbbbbbbb").unwrap();
+    let text = format!(
+        "kind: CaConfig\nrootCertFile: {}\nrootKeyFile: {}\nmaxLifetime: 1h\ndefaultLifetime: 30m\nnodes:\n- {{name: n1, tokenFile: {}}}\n- {{name: n2, tokenFile: {}}}\n---\nkind: Pod\nmetadata: {{name: web, namespace: shop}}\nspec: {{nodeName: n1, serviceAccountName: web}}\n---\nkind: Pod\nmetadata: {{name: db, namespace: shop}}\nspec: {{nodeName: n2, serviceAccountName: db}}\n",
+        c.display(),
+        k.display(),
+        dir.path().join("n1.token").display(),
+        dir.path().join("n2.token").display(),
+    );
+    let file = CaFile::parse(&dir.path().join("ca.yaml"), &text).unwrap();
+    let service = CertificateService {
+        signer: Signer {
+            root: root::load(&c, &k).unwrap(),
+            default_lifetime: file.config.default_lifetime,
+            max_lifetime: file.config.max_lifetime,
+        },
+        authorizer: Arc::new(RwLock::new(Arc::new(Authorizer::from_file(&file).unwrap()))),
+    };
+    Fixture { service, _dir: dir }
+}
+
+fn csr(san: &str) -> String {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.subject_alt_names = vec![SanType::URI(san.to_owned().try_into().unwrap())];
+    p.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+async fn ask(
+    f: &Fixture,
+    token: Option<&str>,
+    csr: String,
+    impersonate: Option<&str>,
+    validity: i64,
+) -> Result<Vec<String>, tonic::Status> {
+    let mut body = IstioCertificateRequest {
+        csr,
+        validity_duration: validity,
+        metadata: None,
+    };
+    if let Some(id) = impersonate {
+        body = body.with_impersonated_identity(id);
+    }
+    let mut req = Request::new(body);
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    f.service
+        .create_certificate(req)
+        .await
+        .map(|r| r.into_inner().cert_chain)
+}
+
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const DB: &str = "spiffe://cluster.local/ns/shop/sa/db";
+
+#[tokio::test]
+async fn issues_a_capped_spiffe_certificate_for_a_workload_on_the_callers_node() {
+    let f = fixture();
+    let chain = ask(&f, Some(TOKEN_N1), csr(WEB), Some(WEB), 48 * 3600)
+        .await
+        .unwrap();
+    assert_eq!(chain.len(), 2, "leaf and root");
+    let leaf = cert::parse_pem_certs(&chain[0]).unwrap().remove(0);
+    let info = cert::inspect(&leaf).unwrap();
+    assert_eq!(info.identity.to_string(), WEB);
+    let life = info
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        life <= Duration::from_secs(3600),
+        "capped at maxLifetime: {life:?}"
+    );
+    assert!(life > Duration::from_secs(3500), "{life:?}");
+    // Without validity_duration: the default lifetime.
+    let chain = ask(&f, Some(TOKEN_N1), csr(WEB), None, 0).await.unwrap();
+    let info = cert::inspect(&cert::parse_pem_certs(&chain[0]).unwrap()[0]).unwrap();
+    let life = info
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        life <= Duration::from_secs(1800) && life > Duration::from_secs(1700),
+        "{life:?}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_what_the_caller_may_not_have() {
+    let f = fixture();
+    // Another node's workload.
+    let e = ask(&f, Some(TOKEN_N1), csr(DB), Some(DB), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // An identity no pod has.
+    let ghost = "spiffe://cluster.local/ns/shop/sa/ghost";
+    let e = ask(&f, Some(TOKEN_N1), csr(ghost), Some(ghost), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // Another trust domain.
+    let foreign = "spiffe://evil.example/ns/shop/sa/web";
+    let e = ask(&f, Some(TOKEN_N1), csr(foreign), Some(foreign), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // A CSR asking for more than the impersonated identity.
+    let e = ask(&f, Some(TOKEN_N1), csr(DB), Some(WEB), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("authorized for"), "{e:?}");
+}
+
+#[tokio::test]
+async fn refuses_unauthenticated_and_malformed_requests() {
+    let f = fixture();
+    let e = ask(&f, None, csr(WEB), Some(WEB), 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = ask(&f, Some("not-a-known-token-xxxxxx"), csr(WEB), Some(WEB), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = ask(
+        &f,
+        Some(TOKEN_N1),
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into(),
+        Some(WEB),
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = ask(&f, Some(TOKEN_N1), "garbage".into(), None, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = ask(&f, Some(TOKEN_N1), csr(WEB), Some("not a spiffe id"), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+}
+
+#[test]
+fn init_never_overwrites_and_load_checks_the_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("root.pem"), dir.path().join("root.key"));
+    root::init(&c, &k, "cluster.local", Duration::from_secs(3600)).unwrap();
+    let e = root::init(&c, &k, "cluster.local", Duration::from_secs(3600)).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    let (c2, k2) = (dir.path().join("b.pem"), dir.path().join("b.key"));
+    root::init(&c2, &k2, "cluster.local", Duration::from_secs(3600)).unwrap();
+    let e = root::load(&c, &k2).unwrap_err();
+    assert!(e.to_string().contains("does not match"), "{e}");
+    let e = root::load(&dir.path().join("missing.pem"), &k).unwrap_err();
+    assert!(e.to_string().contains("mesh-agent ca init"), "{e}");
+}
