@@ -456,6 +456,11 @@ impl Cluster {
         self.ca.as_ref().map(Proc::json_lines).unwrap_or_default()
     }
 
+    /// PIDs of the running node agents (not the CA).
+    pub fn agent_pids(&self) -> Vec<u32> {
+        self.agents.iter().flatten().map(Proc::pid).collect()
+    }
+
     /// Starts a meshtb client in a pod without waiting for it.
     pub fn spawn_client(&self, pod: &str, args: &[&str]) -> anyhow::Result<Proc> {
         let mut cmd = self.pod_command(pod, &self.bins.meshtb)?;

@@ -109,7 +109,32 @@ fn bad_input_is_refused_with_one_line_that_names_the_fix() {
     let o = agent(&c, &good.replace(netns.to_str().unwrap(), &plain_dir), &[]);
     refused(&o, &["not a network namespace"]);
     let o = agent(&c, &format!("{good}\n  oops: [unclosed\n"), &[]);
-    refused(&o, &["document", "line"]);
+    // file:line: what: message
+    refused(&o, &[".yaml:", "did not find expected"]);
+    assert!(
+        o.stderr
+            .split(".yaml:")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with(|ch: char| ch.is_ascii_digit())),
+        "{}",
+        o.stderr
+    );
+    // A bad policy names the policy and the field.
+    let o = agent(
+        &c,
+        &format!(
+            "{good}---\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: default}}\nspec:\n  rules:\n  - to:\n    - operation: {{ports: [\"http\"]}}\n"
+        ),
+        &[],
+    );
+    refused(
+        &o,
+        &[
+            "AuthorizationPolicy default/p",
+            "spec.rules[0].to[0].operation.ports",
+            "`http`",
+        ],
+    );
     let o = agent(&c, &good.replace("nodeName: ", "nodeNmae: "), &[]);
     refused(&o, &["nodeNmae"]);
     // Without privileges (nobody, no capabilities).

@@ -21,14 +21,16 @@ enum Mode {
     Direct,
     Mesh,
     MeshSplice,
+    Mtls,
 }
 
 impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
-            Mode::Mesh => "mesh (plaintext)",
-            Mode::MeshSplice => "mesh + sk_msg splice",
+            Mode::Mesh => "mesh plaintext",
+            Mode::MeshSplice => "mesh plaintext + sk_msg splice",
+            Mode::Mtls => "mesh HBONE mTLS",
         }
     }
 }
@@ -50,8 +52,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     unsafe {
         std::env::set_var("MESH_AGENT_BIN", release.join("mesh-agent"));
         std::env::set_var("MESHTB_BIN", release.join("meshtb"));
+        std::env::set_var("HBONEPROBE_BIN", release.join("hboneprobe"));
     }
-    let modes = [Mode::Direct, Mode::Mesh, Mode::MeshSplice];
+    let modes = [Mode::Direct, Mode::Mesh, Mode::MeshSplice, Mode::Mtls];
     let mut all = Vec::new();
     let mut notes = Vec::new();
     for mode in modes {
@@ -82,8 +85,9 @@ fn spec(mode: Mode) -> ClusterSpec {
     let s = ClusterSpec::new(&[&["client"], &["server"]]);
     match mode {
         Mode::Direct => s.without_agents(),
-        Mode::Mesh => s.splice(false),
-        Mode::MeshSplice => s.splice(true),
+        Mode::Mesh => s.plaintext().splice(false),
+        Mode::MeshSplice => s.plaintext().splice(true),
+        Mode::Mtls => s,
     }
 }
 
@@ -174,7 +178,7 @@ fn s(x: impl ToString) -> String {
 fn measure(mode: Mode, secs: u32, failures: &mut Failures) -> anyhow::Result<Results> {
     let c = Cluster::start(spec(mode))?;
     let server = c.pod("server").ip.to_string();
-    let agents = c.resources().agent_pids.clone();
+    let agents = c.agent_pids();
     let mut r = Results::new();
     let idle = AgentMeter::start(&agents);
     std::thread::sleep(Duration::from_millis(500));
@@ -188,11 +192,14 @@ fn measure(mode: Mode, secs: u32, failures: &mut Failures) -> anyhow::Result<Res
     let url = format!("http://{server}:8080/");
     // Each stage on its own: a tool failing in one mode is reported, and the
     // other stages still run.
-    let stages: [Stage; 4] = [
+    let stages: [Stage; 5] = [
         ("iperf3", &|r| iperf(&c, &server, secs, &agents, r)),
         ("sockperf", &|r| sockperf(&c, &server, secs, r)),
         ("wrk", &|r| wrk(&c, &url, secs, r)),
         ("hey", &|r| hey(&c, &url, secs, &agents, r)),
+        ("hey fixed rate", &|r| {
+            fixed_rate(&c, &url, secs, &agents, r)
+        }),
     ];
     for (name, stage) in stages {
         if let Err(e) = stage(&mut r) {
@@ -332,6 +339,40 @@ fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> an
             (cpu, false),
         );
     }
+    Ok(())
+}
+
+/// Agent CPU at a fixed 2000 req/s (8 keep-alive workers × 250 req/s):
+/// the cost of the mesh at a steady, ordinary load.
+fn fixed_rate(
+    c: &Cluster,
+    url: &str,
+    secs: u32,
+    agents: &[u32],
+    r: &mut Results,
+) -> anyhow::Result<()> {
+    if agents.is_empty() {
+        return Ok(());
+    }
+    let meter = AgentMeter::start(agents);
+    let args = [
+        s("-z"),
+        format!("{secs}s"),
+        s("-c"),
+        s(8),
+        s("-q"),
+        s(250),
+        s(url),
+    ];
+    let out = run_in(c, "client", "hey", &args, limit(secs))?;
+    let (cpu, _) = meter.stop();
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|x| x.trim().parse::<f64>().ok())
+        .with_context(|| format!("hey output: {out}"))?;
+    r.insert("agent CPU % at fixed 2000 req/s (max of 2)", (cpu, false));
+    r.insert("achieved req/s at the fixed-rate stage", (rps, true));
     Ok(())
 }
 

@@ -435,4 +435,20 @@ spec: {nodeName: node-2}
             .to_string();
         assert!(err.contains("AgentConfig: missing"), "{err}");
     }
+
+    #[test]
+    fn the_examples_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("examples");
+        let node = NodeConfig::load(&root.join("node-local.yaml")).unwrap();
+        assert_eq!(node.enrolled_pods().count(), 1);
+        assert_eq!(node.workloads.len(), 3);
+        assert_eq!(node.policies.authorization.len(), 1);
+        assert_eq!(node.policies.peer_authentication.len(), 1);
+        assert!(node.agent.ca.is_some());
+        let ca = crate::ca::config::CaFile::load(&root.join("ca-local.yaml")).unwrap();
+        assert_eq!(ca.config.nodes.len(), 2);
+        assert_eq!(ca.workloads.len(), 2);
+    }
 }
