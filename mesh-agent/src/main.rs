@@ -81,6 +81,7 @@ fn init_logging(format: LogFormat) {
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .with_span_list(false)
             .init(),
         LogFormat::Text => builder.init(),
     }

@@ -86,11 +86,11 @@ fn forwarded_for(src: SocketAddr) -> String {
     }
 }
 
-fn new_traceparent() -> (String, String) {
+/// A new W3C trace context per connection, as ztunnel starts one.
+fn new_traceparent() -> String {
     let trace: u128 = fastrand::u128(1..);
     let span: u64 = fastrand::u64(1..);
-    let trace_id = format!("{trace:032x}");
-    (format!("00-{trace_id}-{span:016x}-01"), trace_id)
+    format!("00-{trace:032x}-{span:016x}-01")
 }
 
 /// Opens a tunnel from `pod` (the app at `src`) to `dst`, whose workload must
@@ -109,29 +109,49 @@ pub async fn open(
         destination: expected,
         address: SocketAddr::new(dst.ip(), mesh_common::HBONE_PORT),
     };
-    let lease = match mtls.pool.checkout(&key) {
-        Some(lease) => lease,
-        None => connect(mtls, pod, watch, key).await?,
+    let request = || -> Result<Request<()>, HboneError> {
+        Ok(Request::builder()
+            .method(Method::CONNECT)
+            .uri(dst.to_string())
+            .header("forwarded", forwarded_for(src))
+            .header("traceparent", new_traceparent())
+            .header(
+                "baggage",
+                format!(
+                    "k8s.namespace.name={},k8s.pod.name={}",
+                    pod.namespace, pod.name
+                ),
+            )
+            .body(())?)
     };
-    let (traceparent, trace_id) = new_traceparent();
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(dst.to_string())
-        .header("forwarded", forwarded_for(src))
-        .header("traceparent", traceparent)
-        .header(
-            "baggage",
-            format!(
-                "k8s.namespace.name={},k8s.pod.name={}",
-                pod.namespace, pod.name
-            ),
-        )
-        .body(())?;
+    // A pooled connection may have died since it was last used (peer
+    // restarted, idle close); then one fresh connection is tried.
+    if let Some(lease) = mtls.pool.checkout(&key) {
+        match connect_stream(lease, request()?).await {
+            Ok(t) => return Ok(t),
+            Err(HboneError::H2(e)) => {
+                debug!(%dst, error = %e, "pooled HBONE connection failed; opening a new one");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let lease = connect(mtls, pod, watch, key).await?;
+    connect_stream(lease, request()?).await
+}
+
+async fn connect_stream(lease: StreamLease, request: Request<()>) -> Result<Tunnel, HboneError> {
+    let trace_id = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.split('-').nth(1))
+        .unwrap_or_default()
+        .to_owned();
     let mut sender = lease.sender().ready().await?;
     let (response, send) = sender.send_request(request, false)?;
     let response = response.await?;
     if response.status() != StatusCode::OK {
-        warn!(status = %response.status(), %dst, "HBONE CONNECT refused");
+        warn!(status = %response.status(), "HBONE CONNECT refused");
         return Err(HboneError::Refused(response.status()));
     }
     Ok(Tunnel {
