@@ -19,6 +19,53 @@ pub enum AuthzError {
     },
     #[error("node {node} runs no pod with identity {identity}")]
     NotOnNode { node: String, identity: String },
+    #[error("credential refused: {0}")]
+    Rejected(String),
+    #[error("cannot check the caller now: {0}")]
+    Backend(String),
+}
+
+impl AuthzError {
+    pub fn status(&self) -> tonic::Status {
+        match self {
+            AuthzError::NoToken | AuthzError::UnknownToken | AuthzError::Rejected(_) => {
+                tonic::Status::unauthenticated(self.to_string())
+            }
+            AuthzError::TrustDomain { .. } | AuthzError::NotOnNode { .. } => {
+                tonic::Status::permission_denied(self.to_string())
+            }
+            AuthzError::Backend(_) => tonic::Status::unavailable(self.to_string()),
+        }
+    }
+}
+
+/// Who decides: the local file's tokens and pods, or the Kubernetes API.
+pub enum Authority {
+    /// Replaced when the CA's file changes (new pods, new nodes).
+    Local(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Authorizer>>>),
+    Kubernetes(super::kubernetes::KubeAuthority),
+}
+
+impl Authority {
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<String, AuthzError> {
+        match self {
+            Authority::Local(a) => {
+                let a = a.read().unwrap().clone();
+                a.authenticate(authorization).map(str::to_owned)
+            }
+            Authority::Kubernetes(k) => k.authenticate(authorization).await,
+        }
+    }
+
+    pub async fn authorize(&self, node: &str, identity: &Identity) -> Result<(), AuthzError> {
+        match self {
+            Authority::Local(a) => {
+                let a = a.read().unwrap().clone();
+                a.authorize(node, identity)
+            }
+            Authority::Kubernetes(k) => k.authorize(node, identity).await,
+        }
+    }
 }
 
 /// Everything the CA decides with, rebuilt when its file changes.

@@ -21,8 +21,15 @@ pub struct CaConfig {
     pub trust_domain: String,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    pub root_cert_file: PathBuf,
-    pub root_key_file: PathBuf,
+    /// Local mode: the root as files (from `mesh-agent ca init`).
+    #[serde(default)]
+    pub root_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub root_key_file: Option<PathBuf>,
+    /// Kubernetes mode: agents authenticate with service-account tokens and
+    /// the root lives in a Secret.
+    #[serde(default)]
+    pub kubernetes: Option<super::kubernetes::KubernetesSettings>,
     /// Lifetime of a workload certificate when the request names none.
     #[serde(default = "day", with = "duration")]
     pub default_lifetime: Duration,
@@ -89,6 +96,25 @@ impl CaFile {
         }
         if config.max_lifetime < Duration::from_secs(10) {
             return Err(invalid("maxLifetime", "must be at least 10s".into()));
+        }
+        match (
+            &config.root_cert_file,
+            &config.root_key_file,
+            &config.kubernetes,
+        ) {
+            (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+            _ => {
+                return Err(invalid(
+                    "rootCertFile",
+                    "set rootCertFile and rootKeyFile (local mode) or kubernetes (root in a Secret), not both or neither".into(),
+                ));
+            }
+        }
+        if config.kubernetes.is_some() && !config.nodes.is_empty() {
+            return Err(invalid(
+                "nodes",
+                "bootstrap tokens are for local mode; in Kubernetes agents use service-account tokens".into(),
+            ));
         }
         if config.server_names.is_empty() {
             return Err(invalid("serverNames", "name at least one DNS name".into()));

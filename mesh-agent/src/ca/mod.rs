@@ -3,6 +3,7 @@
 //! prove who they are and ask only for identities scheduled on their node.
 pub mod authz;
 pub mod config;
+pub mod kubernetes;
 pub mod proto;
 pub mod root;
 pub mod server;

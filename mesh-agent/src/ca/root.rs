@@ -22,8 +22,11 @@ pub enum RootError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {problem}")]
-    Invalid { path: PathBuf, problem: String },
+    #[error("{source_name}: {problem}")]
+    Invalid {
+        source_name: String,
+        problem: String,
+    },
     #[error("{path} already exists; refusing to replace a root (remove it first if you mean to)")]
     Exists { path: PathBuf },
     #[error("{path}: {source}")]
@@ -71,18 +74,8 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), RootError> {
         })
 }
 
-/// Creates a self-signed ECDSA P-256 root for `trust_domain`.
-pub fn init(
-    cert_path: &Path,
-    key_path: &Path,
-    trust_domain: &str,
-    lifetime: Duration,
-) -> Result<(), RootError> {
-    for p in [cert_path, key_path] {
-        if p.exists() {
-            return Err(RootError::Exists { path: p.to_owned() });
-        }
-    }
+/// A new self-signed ECDSA P-256 root for `trust_domain`: (cert, key) PEM.
+pub fn generate(trust_domain: &str, lifetime: Duration) -> Result<(String, String), RootError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -99,8 +92,24 @@ pub fn init(
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + lifetime;
     let cert = params.self_signed(&key)?;
-    write_new(key_path, &key.serialize_pem(), 0o600)?;
-    write_new(cert_path, &cert.pem(), 0o644)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Creates a root in two new files; refuses to replace either.
+pub fn init(
+    cert_path: &Path,
+    key_path: &Path,
+    trust_domain: &str,
+    lifetime: Duration,
+) -> Result<(), RootError> {
+    for p in [cert_path, key_path] {
+        if p.exists() {
+            return Err(RootError::Exists { path: p.to_owned() });
+        }
+    }
+    let (cert_pem, key_pem) = generate(trust_domain, lifetime)?;
+    write_new(key_path, &key_pem, 0o600)?;
+    write_new(cert_path, &cert_pem, 0o644)?;
     Ok(())
 }
 
@@ -111,44 +120,50 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Root, RootError> {
             source,
         })
     };
-    let cert_pem = read(cert_path)?;
-    let key_pem = read(key_path)?;
-    let key = KeyPair::from_pem(&key_pem).map_err(|e| RootError::Invalid {
-        path: key_path.to_owned(),
-        problem: format!("not a PEM private key: {e}"),
-    })?;
+    from_pem(
+        read(cert_path)?,
+        &read(key_path)?,
+        &cert_path.display().to_string(),
+        &key_path.display().to_string(),
+    )
+}
+
+/// A root from PEM text; `cert_name`/`key_name` say where it came from in errors.
+pub fn from_pem(
+    cert_pem: String,
+    key_pem: &str,
+    cert_name: &str,
+    key_name: &str,
+) -> Result<Root, RootError> {
+    let invalid = |name: &str, problem: String| RootError::Invalid {
+        source_name: name.to_owned(),
+        problem,
+    };
+    let key = KeyPair::from_pem(key_pem)
+        .map_err(|e| invalid(key_name, format!("not a PEM private key: {e}")))?;
     let der = crate::identity::cert::parse_pem_certs(&cert_pem)
-        .map_err(|e| RootError::Invalid {
-            path: cert_path.to_owned(),
-            problem: e.to_string(),
-        })?
+        .map_err(|e| invalid(cert_name, e.to_string()))?
         .remove(0);
     let not_after = {
         use x509_parser::prelude::FromDer;
-        let (_, c) = x509_parser::certificate::X509Certificate::from_der(&der).map_err(|e| {
-            RootError::Invalid {
-                path: cert_path.to_owned(),
-                problem: e.to_string(),
-            }
-        })?;
+        let (_, c) = x509_parser::certificate::X509Certificate::from_der(&der)
+            .map_err(|e| invalid(cert_name, e.to_string()))?;
         if !c.is_ca() {
-            return Err(RootError::Invalid {
-                path: cert_path.to_owned(),
-                problem: "not a CA certificate (basicConstraints CA:TRUE missing)".into(),
-            });
+            return Err(invalid(
+                cert_name,
+                "not a CA certificate (basicConstraints CA:TRUE missing)".into(),
+            ));
         }
         if c.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(RootError::Invalid {
-                path: cert_path.to_owned(),
-                problem: format!("its public key does not match {}", key_path.display()),
-            });
+            return Err(invalid(
+                cert_name,
+                format!("its public key does not match {key_name}"),
+            ));
         }
         c.validity().not_after.to_datetime()
     };
-    let issuer = Issuer::from_ca_cert_der(&der, key).map_err(|e| RootError::Invalid {
-        path: cert_path.to_owned(),
-        problem: format!("does not pair with {}: {e}", key_path.display()),
-    })?;
+    let issuer = Issuer::from_ca_cert_der(&der, key)
+        .map_err(|e| invalid(cert_name, format!("does not pair with {key_name}: {e}")))?;
     Ok(Root {
         cert_pem,
         not_after,

@@ -12,9 +12,12 @@ use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
 use tracing::{error, info};
 
 use super::{
-    authz::Authorizer, config::CaFile,
-    grpc::istio_certificate_service_server::IstioCertificateServiceServer, root,
-    service::CertificateService, signer::Signer,
+    authz::{Authority, Authorizer},
+    config::CaFile,
+    grpc::istio_certificate_service_server::IstioCertificateServiceServer,
+    kubernetes, root,
+    service::CertificateService,
+    signer::Signer,
 };
 
 const FILE_POLL: Duration = Duration::from_millis(500);
@@ -22,8 +25,30 @@ const FILE_POLL: Duration = Duration::from_millis(500);
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let file = CaFile::load(config_path)?;
     let cfg = &file.config;
-    let root = root::load(&cfg.root_cert_file, &cfg.root_key_file)?;
-    let authorizer = Arc::new(RwLock::new(Arc::new(Authorizer::from_file(&file)?)));
+    let (root, authority) = match (&cfg.kubernetes, &cfg.root_cert_file, &cfg.root_key_file) {
+        (Some(k8s), _, _) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("Kubernetes client (in-cluster config or KUBECONFIG)")?;
+            let root = kubernetes::root_from_secret(
+                client.clone(),
+                &k8s.root_secret,
+                k8s.create_root,
+                &cfg.trust_domain,
+            )
+            .await?;
+            (
+                root,
+                Authority::Kubernetes(kubernetes::KubeAuthority::new(client, k8s)?),
+            )
+        }
+        (None, Some(cert), Some(key)) => {
+            let authorizer = Arc::new(RwLock::new(Arc::new(Authorizer::from_file(&file)?)));
+            tokio::spawn(follow_file(config_path.to_owned(), authorizer.clone()));
+            (root::load(cert, key)?, Authority::Local(authorizer))
+        }
+        _ => anyhow::bail!("CaConfig: set rootCertFile and rootKeyFile, or kubernetes"),
+    };
     let signer = Signer {
         root,
         default_lifetime: cfg.default_lifetime,
@@ -34,7 +59,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .context("CA serving certificate")?;
     let service = CertificateService {
         signer,
-        authorizer: authorizer.clone(),
+        trust_domain: cfg.trust_domain.clone(),
+        authority,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -44,10 +70,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         listen = %cfg.listen,
         trust_domain = %cfg.trust_domain,
         nodes = cfg.nodes.len(),
+        kubernetes = cfg.kubernetes.is_some(),
         max_lifetime_s = cfg.max_lifetime.as_secs(),
         "CA ready"
     );
-    tokio::spawn(follow_file(config_path.to_owned(), authorizer));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     Server::builder()

@@ -1,15 +1,12 @@
 //! `IstioCertificateService/CreateCertificate`: authenticate the calling
 //! agent, check the identity it asks for is on its node, sign.
-use std::{
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::{
-    authz::Authorizer,
+    authz::{Authority, AuthzError},
     grpc::istio_certificate_service_server::IstioCertificateService,
     proto::{IstioCertificateRequest, IstioCertificateResponse},
     signer::Signer,
@@ -18,8 +15,8 @@ use crate::identity::Identity;
 
 pub struct CertificateService {
     pub signer: Signer,
-    /// Replaced when the CA's file changes (new pods, new nodes).
-    pub authorizer: Arc<RwLock<Arc<Authorizer>>>,
+    pub trust_domain: String,
+    pub authority: Authority,
 }
 
 /// Identity asked for: the impersonation metadata when present (ztunnel's
@@ -61,12 +58,11 @@ impl IstioCertificateService for CertificateService {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let req = request.into_inner();
-        let authorizer = self.authorizer.read().unwrap().clone();
-        let node = match authorizer.authenticate(authorization.as_deref()) {
-            Ok(node) => node.to_owned(),
+        let node = match self.authority.authenticate(authorization.as_deref()).await {
+            Ok(node) => node,
             Err(e) => {
                 warn!(%peer, error = %e, "certificate request refused: caller not authenticated");
-                return Err(Status::unauthenticated(e.to_string()));
+                return Err(e.status());
             }
         };
         let identity = match requested_identity(&req) {
@@ -76,9 +72,17 @@ impl IstioCertificateService for CertificateService {
                 return Err(status);
             }
         };
-        if let Err(e) = authorizer.authorize(&node, &identity) {
-            warn!(%peer, %node, %identity, error = %e, "certificate request refused: identity not on the caller's node");
-            return Err(Status::permission_denied(e.to_string()));
+        let allowed = if identity.trust_domain() != self.trust_domain {
+            Err(AuthzError::TrustDomain {
+                identity: identity.to_string(),
+                trust_domain: self.trust_domain.clone(),
+            })
+        } else {
+            self.authority.authorize(&node, &identity).await
+        };
+        if let Err(e) = allowed {
+            warn!(%peer, %node, %identity, error = %e, "certificate request refused: identity not allowed for the caller");
+            return Err(e.status());
         }
         let lifetime: Duration = self.signer.lifetime(req.validity_duration);
         match self.signer.sign(&req.csr, &identity, lifetime) {

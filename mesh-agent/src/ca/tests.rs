@@ -8,9 +8,13 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA25
 use tonic::{Code, Request};
 
 use super::{
-    authz::Authorizer, config::CaFile,
+    authz::{Authority, Authorizer},
+    config::CaFile,
     grpc::istio_certificate_service_server::IstioCertificateService,
-    proto::IstioCertificateRequest, root, service::CertificateService, signer::Signer,
+    proto::IstioCertificateRequest,
+    root,
+    service::CertificateService,
+    signer::Signer,
 };
 use crate::identity::cert;
 
@@ -41,7 +45,10 @@ fn fixture() -> Fixture {
             default_lifetime: file.config.default_lifetime,
             max_lifetime: file.config.max_lifetime,
         },
-        authorizer: Arc::new(RwLock::new(Arc::new(Authorizer::from_file(&file).unwrap()))),
+        trust_domain: "cluster.local".into(),
+        authority: Authority::Local(Arc::new(RwLock::new(Arc::new(
+            Authorizer::from_file(&file).unwrap(),
+        )))),
     };
     Fixture { service, _dir: dir }
 }

@@ -27,6 +27,8 @@ pub enum FetchError {
     Csr(#[from] rcgen::Error),
     #[error("CA answer unusable: {0}")]
     Answer(String),
+    #[error("AgentConfig.ca.tokenFile {0}")]
+    Token(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,8 @@ pub trait CertSource: Send + Sync + 'static {
 
 pub struct CaClient {
     client: IstioCertificateServiceClient<Channel>,
-    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    /// Read at every request: projected service-account tokens rotate.
+    token_file: std::path::PathBuf,
     lifetime: Duration,
     root_pem: String,
     generation: AtomicU64,
@@ -67,7 +70,8 @@ impl CaClient {
             })
         };
         let root_pem = read("rootCertFile", &settings.root_cert_file)?;
-        let token = read("tokenFile", &settings.token_file)?;
+        // Fail at start, not at the first certificate, when it is unreadable.
+        read("tokenFile", &settings.token_file)?;
         let bad_address = |e: String| ClientError::Address(settings.address.clone(), e);
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&root_pem))
@@ -79,17 +83,9 @@ impl CaClient {
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .connect_lazy();
-        let authorization =
-            format!("Bearer {}", token.trim())
-                .parse()
-                .map_err(|_| ClientError::File {
-                    field: "tokenFile",
-                    path: settings.token_file.clone(),
-                    source: std::io::Error::other("token is not printable ASCII"),
-                })?;
         Ok(Self {
             client: IstioCertificateServiceClient::new(channel),
-            authorization,
+            token_file: settings.token_file.clone(),
             lifetime: settings.cert_lifetime,
             root_pem,
             generation: AtomicU64::new(1),
@@ -108,10 +104,15 @@ impl CaClient {
             metadata: None,
         }
         .with_impersonated_identity(&id.to_string());
+        let token = std::fs::read_to_string(&self.token_file)
+            .map_err(|e| FetchError::Token(format!("{}: {e}", self.token_file.display())))?;
+        let authorization = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| FetchError::Token("token is not printable ASCII".into()))?;
         let mut request = tonic::Request::new(body);
         request
             .metadata_mut()
-            .insert("authorization", self.authorization.clone());
+            .insert("authorization", authorization);
         let answer = self
             .client
             .clone()

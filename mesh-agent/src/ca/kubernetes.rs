@@ -1,0 +1,242 @@
+//! The CA in a Kubernetes cluster: agents prove themselves with their
+//! projected service-account token (TokenReview, with a dedicated audience),
+//! the node comes from the token's bound pod, the identities a node may have
+//! from the pods scheduled on it, and the root from a Secret.
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        authentication::v1::{TokenReview, TokenReviewSpec},
+        core::v1::{Pod, Secret},
+    },
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, ObjectMeta, PostParams},
+};
+use serde::Deserialize;
+
+use super::{
+    authz::AuthzError,
+    root::{self, Root, RootError},
+};
+use crate::identity::Identity;
+
+/// The node a bound service-account token was issued for.
+const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+pub const CERT_KEY: &str = "ca-cert.pem";
+pub const KEY_KEY: &str = "ca-key.pem";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesSettings {
+    /// Where the root lives: a Secret with `ca-cert.pem` and `ca-key.pem`.
+    pub root_secret: SecretRef,
+    /// The audience agents' projected tokens are minted for.
+    #[serde(default = "default_audience")]
+    pub token_audience: String,
+    /// `<namespace>/<name>` of the node agents' service account; tokens of
+    /// any other account are refused.
+    pub agent_service_account: String,
+    /// The trust domain's key material is created in the Secret when absent.
+    #[serde(default)]
+    pub create_root: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+fn default_audience() -> String {
+    "mesh-ca".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("Secret {namespace}/{name}: {problem}")]
+    Secret {
+        namespace: String,
+        name: String,
+        problem: String,
+    },
+    #[error(transparent)]
+    Root(#[from] RootError),
+}
+
+pub struct KubeAuthority {
+    client: Client,
+    audience: String,
+    agent_username: String,
+}
+
+impl KubeAuthority {
+    pub fn new(client: Client, settings: &KubernetesSettings) -> anyhow::Result<Self> {
+        let (ns, name) = settings
+            .agent_service_account
+            .split_once('/')
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('/'))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "CaConfig.kubernetes.agentServiceAccount `{}`: use <namespace>/<name>",
+                    settings.agent_service_account
+                )
+            })?;
+        Ok(Self {
+            client,
+            audience: settings.token_audience.clone(),
+            agent_username: format!("system:serviceaccount:{ns}:{name}"),
+        })
+    }
+
+    /// The node whose agent presented this token.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<String, AuthzError> {
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AuthzError::NoToken)?;
+        let review = TokenReview {
+            metadata: ObjectMeta::default(),
+            spec: TokenReviewSpec {
+                token: token.to_owned(),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            status: None,
+        };
+        let answer = Api::<TokenReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| AuthzError::Backend(format!("TokenReview: {e}")))?;
+        let status = answer.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(AuthzError::Rejected(
+                status
+                    .error
+                    .unwrap_or_else(|| "token not authenticated".into()),
+            ));
+        }
+        if !status
+            .audiences
+            .as_ref()
+            .is_some_and(|a| a.contains(&self.audience))
+        {
+            return Err(AuthzError::Rejected(format!(
+                "token is not for audience {}",
+                self.audience
+            )));
+        }
+        let user = status.user.unwrap_or_default();
+        if user.username.as_deref() != Some(self.agent_username.as_str()) {
+            return Err(AuthzError::Rejected(format!(
+                "{} is not the node agents' service account ({})",
+                user.username.unwrap_or_default(),
+                self.agent_username
+            )));
+        }
+        user.extra
+            .as_ref()
+            .and_then(|e| e.get(NODE_NAME_EXTRA))
+            .and_then(|v| v.first())
+            .cloned()
+            .ok_or_else(|| {
+                AuthzError::Rejected(
+                    "token is not bound to a pod on a node (no node-name); use a projected service-account token".into(),
+                )
+            })
+    }
+
+    /// Whether a running pod on `node` has `identity`.
+    pub async fn authorize(&self, node: &str, identity: &Identity) -> Result<(), AuthzError> {
+        let pods = Api::<Pod>::namespaced(self.client.clone(), identity.namespace())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await
+            .map_err(|e| AuthzError::Backend(format!("listing pods: {e}")))?;
+        let found = pods.items.iter().any(|p| {
+            let sa = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.as_deref())
+                .unwrap_or("default");
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            sa == identity.service_account() && !matches!(phase, Some("Succeeded" | "Failed"))
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(AuthzError::NotOnNode {
+                node: node.to_owned(),
+                identity: identity.to_string(),
+            })
+        }
+    }
+}
+
+fn secret_error(r: &SecretRef, problem: impl Into<String>) -> KubeError {
+    KubeError::Secret {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        problem: problem.into(),
+    }
+}
+
+/// Loads the root from its Secret; with `create`, makes one first when the
+/// Secret does not exist (a concurrent replica's creation wins; its root is
+/// then loaded).
+pub async fn root_from_secret(
+    client: Client,
+    r: &SecretRef,
+    create: bool,
+    trust_domain: &str,
+) -> Result<Root, KubeError> {
+    let api = Api::<Secret>::namespaced(client, &r.namespace);
+    let secret = match api.get_opt(&r.name).await? {
+        Some(s) => s,
+        None if create => {
+            let (cert, key) = root::generate(trust_domain, Duration::from_secs(10 * 365 * 86400))?;
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(r.name.clone()),
+                    namespace: Some(r.namespace.clone()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([
+                    (CERT_KEY.to_owned(), ByteString(cert.into_bytes())),
+                    (KEY_KEY.to_owned(), ByteString(key.into_bytes())),
+                ])),
+                type_: Some("Opaque".into()),
+                ..Default::default()
+            };
+            match api.create(&PostParams::default(), &secret).await {
+                Ok(s) => s,
+                Err(kube::Error::Api(e)) if e.code == 409 => api.get(&r.name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => {
+            return Err(secret_error(
+                r,
+                "not found; create it (mesh-agent ca init, or set kubernetes.createRoot: true)",
+            ));
+        }
+    };
+    let data = secret.data.unwrap_or_default();
+    let field = |k: &str| {
+        data.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .ok_or_else(|| secret_error(r, format!("has no `{k}`")))
+    };
+    let name = format!("Secret {}/{}", r.namespace, r.name);
+    Ok(root::from_pem(
+        field(CERT_KEY)?,
+        &field(KEY_KEY)?,
+        &format!("{name} {CERT_KEY}"),
+        &format!("{name} {KEY_KEY}"),
+    )?)
+}
+
+#[cfg(test)]
+mod tests;

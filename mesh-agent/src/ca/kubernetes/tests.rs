@@ -1,0 +1,232 @@
+//! The Kubernetes side of the CA against kube's documented mock: a
+//! `tower_test` service behind `kube::Client`, answering as the API server
+//! would.
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::*;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// A client whose API server answers each request with `respond`, which
+/// sees the method, the path with query, and the JSON body.
+fn client(
+    respond: impl Fn(&str, &str, Value) -> (StatusCode, Value) + Send + 'static,
+) -> (Client, tokio::task::JoinHandle<Vec<String>>) {
+    let (service, mut handle): (_, Handle) = tower_test::mock::pair();
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let path = request.uri().to_string();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            seen.push(format!("{method} {path}"));
+            let (status, answer) = respond(&method, &path, body);
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+        seen
+    });
+    (Client::new(service, "default"), server)
+}
+
+fn settings() -> KubernetesSettings {
+    KubernetesSettings {
+        root_secret: SecretRef {
+            namespace: "mesh-system".into(),
+            name: "mesh-ca-root".into(),
+        },
+        token_audience: "mesh-ca".into(),
+        agent_service_account: "mesh-system/mesh-agent".into(),
+        create_root: true,
+    }
+}
+
+fn review(authenticated: bool, user: &str, node: Option<&str>) -> Value {
+    let mut extra = json!({});
+    if let Some(n) = node {
+        extra = json!({ NODE_NAME_EXTRA: [n] });
+    }
+    json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": "x"},
+        "status": {"authenticated": authenticated, "audiences": ["mesh-ca"],
+                   "user": {"username": user, "extra": extra}}
+    })
+}
+
+#[tokio::test]
+async fn token_review_names_the_node_of_the_agents_service_account() {
+    let (c, server) = client(|method, path, body| {
+        assert_eq!(method, "POST");
+        assert!(
+            path.starts_with("/apis/authentication.k8s.io/v1/tokenreviews"),
+            "{path}"
+        );
+        assert_eq!(body["spec"]["token"], "agent-token");
+        assert_eq!(body["spec"]["audiences"], json!(["mesh-ca"]));
+        (
+            StatusCode::CREATED,
+            review(
+                true,
+                "system:serviceaccount:mesh-system:mesh-agent",
+                Some("n1"),
+            ),
+        )
+    });
+    let authority = KubeAuthority::new(c, &settings()).unwrap();
+    let node = authority
+        .authenticate(Some("Bearer agent-token"))
+        .await
+        .unwrap();
+    assert_eq!(node, "n1");
+    assert_eq!(
+        authority.authenticate(None).await.unwrap_err(),
+        AuthzError::NoToken
+    );
+    drop(authority);
+    assert_eq!(server.await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn token_review_refusals() {
+    for (answer, want) in [
+        (review(false, "", None), "not authenticated"),
+        (
+            review(true, "system:serviceaccount:default:web", Some("n1")),
+            "not the node agents' service account",
+        ),
+        (
+            review(true, "system:serviceaccount:mesh-system:mesh-agent", None),
+            "node-name",
+        ),
+    ] {
+        let (c, _server) = client(move |_, _, _| (StatusCode::CREATED, answer.clone()));
+        let authority = KubeAuthority::new(c, &settings()).unwrap();
+        let e = authority.authenticate(Some("Bearer t")).await.unwrap_err();
+        assert!(matches!(e, AuthzError::Rejected(_)), "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+    }
+    // The API server failing is not the caller's fault: unavailable, retried by the agent.
+    let (c, _server) = client(|_, _, _| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd down", "reason": "InternalError", "code": 500}),
+        )
+    });
+    let e = KubeAuthority::new(c, &settings())
+        .unwrap()
+        .authenticate(Some("Bearer t"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, AuthzError::Backend(_)), "{e}");
+    assert_eq!(e.status().code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn identities_come_from_running_pods_on_the_node() {
+    let (c, server) = client(|method, path, _| {
+        assert_eq!(method, "GET");
+        assert!(path.starts_with("/api/v1/namespaces/shop/pods?"), "{path}");
+        assert!(path.contains("fieldSelector=spec.nodeName%3Dn1"), "{path}");
+        (
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+                {"metadata": {"name": "web-0", "namespace": "shop"},
+                 "spec": {"serviceAccountName": "web", "containers": []},
+                 "status": {"phase": "Running"}},
+                {"metadata": {"name": "job-0", "namespace": "shop"},
+                 "spec": {"serviceAccountName": "batch", "containers": []},
+                 "status": {"phase": "Succeeded"}}
+            ]}),
+        )
+    });
+    let authority = KubeAuthority::new(c, &settings()).unwrap();
+    let id = |sa| Identity::new("cluster.local", "shop", sa).unwrap();
+    authority.authorize("n1", &id("web")).await.unwrap();
+    let e = authority.authorize("n1", &id("batch")).await.unwrap_err();
+    assert!(
+        matches!(e, AuthzError::NotOnNode { .. }),
+        "finished pods hold no identity: {e}"
+    );
+    let e = authority.authorize("n1", &id("db")).await.unwrap_err();
+    assert!(matches!(e, AuthzError::NotOnNode { .. }), "{e}");
+    drop(authority);
+    assert_eq!(server.await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn root_secret_is_created_when_absent_then_loaded() {
+    let created = std::sync::Arc::new(std::sync::Mutex::new(None::<Value>));
+    let store = created.clone();
+    let (c, server) = client(move |method, path, body| {
+        assert!(
+            path.starts_with("/api/v1/namespaces/mesh-system/secrets"),
+            "{path}"
+        );
+        match method {
+            "GET" => (
+                StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            ),
+            "POST" => {
+                *store.lock().unwrap() = Some(body.clone());
+                (StatusCode::CREATED, body)
+            }
+            other => panic!("unexpected {other}"),
+        }
+    });
+    let root = root_from_secret(c, &settings().root_secret, true, "cluster.local")
+        .await
+        .unwrap();
+    assert!(root.cert_pem.contains("BEGIN CERTIFICATE"));
+    let body = created.lock().unwrap().clone().unwrap();
+    assert_eq!(body["metadata"]["name"], "mesh-ca-root");
+    assert!(
+        body["data"][KEY_KEY].is_string(),
+        "key stored base64 in data: {body}"
+    );
+    assert_eq!(
+        server.await.unwrap(),
+        [
+            "GET /api/v1/namespaces/mesh-system/secrets/mesh-ca-root",
+            "POST /api/v1/namespaces/mesh-system/secrets?"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_root_secret_or_field_is_named() {
+    let (c, _server) = client(|_, _, _| {
+        (
+            StatusCode::NOT_FOUND,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+        )
+    });
+    let e = root_from_secret(c, &settings().root_secret, false, "cluster.local")
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .contains("Secret mesh-system/mesh-ca-root: not found"),
+        "{e}"
+    );
+    let (c, _server) = client(|_, _, _| {
+        (
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mesh-ca-root", "namespace": "mesh-system"}, "data": {CERT_KEY: "eA=="}}),
+        )
+    });
+    let e = root_from_secret(c, &settings().root_secret, false, "cluster.local")
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("has no `ca-key.pem`"), "{e}");
+}
