@@ -108,7 +108,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             if check_config {
                 let cfg = NodeConfig::load(&config)?;
-                node::check(&cfg)?;
+                // The CA client it builds needs a runtime, as in the agent.
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(async { node::check(&cfg) })?;
                 println!(
                     "{}: ok (node {}, {} pods, {} enrolled)",
                     config.display(),

@@ -56,6 +56,10 @@ pub fn check(config: &NodeConfig) -> anyhow::Result<()> {
     for pod in config.enrolled_pods() {
         Netns::open(&pod.netns).with_context(|| format!("pod {}", pod.key()))?;
     }
+    if let Some(ca) = &config.agent.ca {
+        // Builds what the agent would: the trust bundle and the CA client.
+        mtls(ca, &config.agent.trust_domain)?;
+    }
     Ok(())
 }
 

@@ -119,6 +119,19 @@ fn bad_input_is_refused_with_one_line_that_names_the_fix() {
         "{}",
         o.stderr
     );
+    // An unreadable CA credential is named before anything is attached.
+    let token_line = good
+        .lines()
+        .find(|l| l.trim_start().starts_with("tokenFile:"))
+        .unwrap()
+        .to_owned();
+    let o = agent(
+        &c,
+        &good.replace(&token_line, "  tokenFile: /nonexistent/token"),
+        &[],
+    );
+    refused(&o, &["AgentConfig.ca.tokenFile", "/nonexistent/token"]);
+    nothing_attached(&pin_dir);
     // A bad policy names the policy and the field.
     let o = agent(
         &c,
