@@ -30,6 +30,7 @@ use crate::{
 
 const CONFIG_POLL: Duration = Duration::from_millis(500);
 const POOL_SWEEP: Duration = Duration::from_secs(5);
+const CERT_READY: Duration = Duration::from_secs(10);
 
 /// Netns cookie → pod key, for naming kernel records.
 #[derive(Debug, Default)]
@@ -201,6 +202,28 @@ impl Node {
         }
     }
 
+    /// Ready means able to carry mTLS: wait (bounded) for the enrolled
+    /// pods' first certificates. Traffic is served meanwhile; tunnels wait
+    /// for certificates on their own.
+    async fn wait_for_certificates(&self) {
+        let certs: Vec<_> = self
+            .pods
+            .values()
+            .filter_map(|p| p.context.cert.clone())
+            .collect();
+        let all = async {
+            for mut cert in certs {
+                let _ = cert.wait_for(|c| c.is_some()).await;
+            }
+        };
+        if tokio::time::timeout(CERT_READY, all).await.is_err() {
+            warn!(
+                timeout_s = CERT_READY.as_secs(),
+                "not every enrolled pod has a certificate yet; is the CA reachable? Serving anyway"
+            );
+        }
+    }
+
     /// Serves until SIGTERM or SIGINT, following changes to the config file.
     pub async fn run(mut self) -> anyhow::Result<()> {
         if let Some(ring) = self.datapath.take_flow_events() {
@@ -235,6 +258,7 @@ impl Node {
                 }
             });
         }
+        self.wait_for_certificates().await;
         info!(
             node = %self.config.agent.node_name,
             enrolled = self.pods.len(),

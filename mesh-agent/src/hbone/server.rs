@@ -53,6 +53,16 @@ async fn connection(
         return;
     };
     let _ = tcp.set_nodelay(true);
+    // Just after enrollment the pod's first certificate may still be on its
+    // way; a peer that arrives then waits for it rather than failing.
+    if let Some(mut cert) = pod.cert.clone() {
+        let ready = tokio::time::timeout(super::CERT_WAIT, cert.wait_for(|c| c.is_some())).await;
+        if !matches!(ready, Ok(Ok(_))) {
+            warn!(pod = %pod.key, src = %peer, "HBONE connection refused: the pod has no certificate yet; is the CA reachable?");
+            relay::reset(tcp);
+            return;
+        }
+    }
     let tls = match TlsAcceptor::from(config).accept(tcp).await {
         Ok(t) => t,
         Err(e) => {
