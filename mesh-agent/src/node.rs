@@ -75,19 +75,13 @@ pub struct Node {
 
 /// The CA client, the trust bundle and the certificate manager.
 fn mtls(settings: &CaSettings, trust_domain: &str) -> anyhow::Result<Mtls> {
-    let root_pem = std::fs::read_to_string(&settings.root_cert_file).with_context(|| {
-        format!(
-            "AgentConfig.ca.rootCertFile {}",
-            settings.root_cert_file.display()
-        )
-    })?;
-    let bundle = TrustBundle::from_pem(&root_pem, trust_domain).with_context(|| {
-        format!(
-            "AgentConfig.ca.rootCertFile {}",
-            settings.root_cert_file.display()
-        )
-    })?;
     let client = CaClient::new(settings)?;
+    let bundle = TrustBundle::from_pem(client.root_pem(), trust_domain).with_context(|| {
+        format!(
+            "AgentConfig.ca.rootCertFile {}",
+            settings.root_cert_file.display()
+        )
+    })?;
     Ok(Mtls {
         bundle,
         certs: Arc::new(CertManager::new(Arc::new(client))),

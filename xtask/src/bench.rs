@@ -324,11 +324,7 @@ fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> an
     ];
     let out = run_in(c, "client", "hey", &args, limit(secs))?;
     let (cpu, _) = meter.stop();
-    let rps = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|x| x.trim().parse::<f64>().ok())
-        .with_context(|| format!("hey output: {out}"))?;
+    let rps = hey_rps(&out)?;
     r.insert(
         "hey new connection per request, 8 concurrent (req/s)",
         (rps, true),
@@ -366,14 +362,17 @@ fn fixed_rate(
     ];
     let out = run_in(c, "client", "hey", &args, limit(secs))?;
     let (cpu, _) = meter.stop();
-    let rps = out
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|x| x.trim().parse::<f64>().ok())
-        .with_context(|| format!("hey output: {out}"))?;
+    let rps = hey_rps(&out)?;
     r.insert("agent CPU % at fixed 2000 req/s (max of 2)", (cpu, false));
     r.insert("achieved req/s at the fixed-rate stage", (rps, true));
     Ok(())
+}
+
+fn hey_rps(out: &str) -> anyhow::Result<f64> {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|x| x.trim().parse::<f64>().ok())
+        .with_context(|| format!("hey output: {out}"))
 }
 
 fn limit(secs: u32) -> Duration {

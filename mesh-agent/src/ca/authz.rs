@@ -71,7 +71,6 @@ impl Authority {
 /// Everything the CA decides with, rebuilt when its file changes.
 #[derive(Debug, Default)]
 pub struct Authorizer {
-    trust_domain: String,
     /// token -> node name.
     tokens: BTreeMap<String, String>,
     /// node name -> (namespace, service account) of its pods.
@@ -110,11 +109,7 @@ impl Authorizer {
                     .insert((w.namespace.clone(), w.service_account.clone()));
             }
         }
-        Ok(Self {
-            trust_domain: file.config.trust_domain.clone(),
-            tokens,
-            placement,
-        })
+        Ok(Self { tokens, placement })
     }
 
     /// The node whose agent holds this `authorization` header value.
@@ -132,13 +127,9 @@ impl Authorizer {
         found.ok_or(AuthzError::UnknownToken)
     }
 
+    /// Whether `node` runs a pod with `identity`'s namespace and service
+    /// account (the service has checked the trust domain).
     pub fn authorize(&self, node: &str, identity: &Identity) -> Result<(), AuthzError> {
-        if identity.trust_domain() != self.trust_domain {
-            return Err(AuthzError::TrustDomain {
-                identity: identity.to_string(),
-                trust_domain: self.trust_domain.clone(),
-            });
-        }
         let key = (
             identity.namespace().to_owned(),
             identity.service_account().to_owned(),

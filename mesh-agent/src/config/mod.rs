@@ -198,11 +198,7 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.to_owned(),
-            source,
-        })?;
-        Self::parse(file, &text)
+        Self::parse(file, &objects::read(file)?)
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {

@@ -100,6 +100,14 @@ pub struct Objects {
     pub peer_authentication: Vec<PeerAuthentication>,
 }
 
+/// A local-mode file's text.
+pub fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_owned(),
+        source,
+    })
+}
+
 /// One YAML document and the line of the file where it starts.
 struct Document<'a> {
     line: usize,

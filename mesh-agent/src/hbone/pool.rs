@@ -95,7 +95,7 @@ impl Pool {
 
     /// Forgets closed connections and closes idle ones (dropping the last
     /// sender makes h2 end the connection with GOAWAY).
-    pub fn sweep(&self) -> usize {
+    pub fn sweep(&self) {
         let mut conns = self.conns.lock().unwrap();
         let now = Instant::now();
         conns.retain(|_, list| {
@@ -106,15 +106,5 @@ impl Pool {
             });
             !list.is_empty()
         });
-        conns.values().map(Vec::len).sum()
-    }
-
-    /// Open pooled connections.
-    pub fn len(&self) -> usize {
-        self.conns.lock().unwrap().values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

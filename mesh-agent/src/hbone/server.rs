@@ -2,7 +2,7 @@
 //! certificate from the mesh's roots, HTTP/2, and per stream a CONNECT to
 //! an address of this pod, authorized against the verified peer identity,
 //! then delivered to the app from 127.0.0.6 inside the pod's netns.
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use h2::{RecvStream, server::SendResponse};
@@ -149,17 +149,10 @@ async fn stream_request(
         .and_then(|v| v.to_str().ok())
         .and_then(|t| t.split('-').nth(1))
         .map(str::to_owned);
-    let conn = Connection {
-        direction: Direction::Inbound,
-        pod: &pod.key,
-        src: peer,
-        dst,
-        started: Instant::now(),
-        security: Security::MutualTls,
-        source_identity: Some(source.to_string()),
-        destination_identity: Some(pod.identity.to_string()),
-        trace_id,
-    };
+    let mut conn = Connection::new(Direction::Inbound, &pod.key, peer, dst, Security::MutualTls);
+    conn.source_identity = Some(source.to_string());
+    conn.destination_identity = Some(pod.identity.to_string());
+    conn.trace_id = trace_id;
     if !pod.ips.contains(&dst.ip()) {
         conn.refused("authority is not an address of this pod");
         refuse(&mut respond, StatusCode::BAD_REQUEST);

@@ -57,6 +57,8 @@ pub struct CaClient {
     token_file: std::path::PathBuf,
     lifetime: Duration,
     root_pem: String,
+    /// The roots, to drop from chains the CA returns.
+    roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     generation: AtomicU64,
 }
 
@@ -70,6 +72,11 @@ impl CaClient {
             })
         };
         let root_pem = read("rootCertFile", &settings.root_cert_file)?;
+        let roots = cert::parse_pem_certs(&root_pem).map_err(|e| ClientError::File {
+            field: "rootCertFile",
+            path: settings.root_cert_file.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         // Fail at start, not at the first certificate, when it is unreadable.
         read("tokenFile", &settings.token_file)?;
         let bad_address = |e: String| ClientError::Address(settings.address.clone(), e);
@@ -88,6 +95,7 @@ impl CaClient {
             token_file: settings.token_file.clone(),
             lifetime: settings.cert_lifetime,
             root_pem,
+            roots,
             generation: AtomicU64::new(1),
         })
     }
@@ -119,12 +127,10 @@ impl CaClient {
             .create_certificate(request)
             .await?
             .into_inner();
-        let roots =
-            cert::parse_pem_certs(&self.root_pem).map_err(|e| FetchError::Answer(e.to_string()))?;
         let mut chain = Vec::new();
         for pem in &answer.cert_chain {
             for der in cert::parse_pem_certs(pem).map_err(|e| FetchError::Answer(e.to_string()))? {
-                if !roots.contains(&der) {
+                if !self.roots.contains(&der) {
                     chain.push(der);
                 }
             }
@@ -153,6 +159,13 @@ impl CaClient {
             )));
         }
         Ok(cert)
+    }
+}
+
+impl CaClient {
+    /// The mesh root the client trusts (PEM), for the agent's trust bundle.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
     }
 }
 

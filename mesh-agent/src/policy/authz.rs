@@ -110,15 +110,18 @@ pub struct Connection<'a> {
 
 impl Clause {
     fn matches(&self, c: &Connection<'_>) -> bool {
-        let principal = c
-            .source
-            .map(|id| id.to_string()["spiffe://".len()..].to_owned())
-            .unwrap_or_default();
         let namespace = c.source.map(|id| id.namespace()).unwrap_or_default();
         let hit = match &self.what {
-            Match::Principal(p) => p
-                .iter()
-                .any(|p| string_match(p.strip_prefix("spiffe://").unwrap_or(p), &principal)),
+            Match::Principal(p) => {
+                // Built only for principal clauses: Istio writes principals
+                // without the scheme, and plaintext has "".
+                let principal = c
+                    .source
+                    .map(|id| id.to_string()["spiffe://".len()..].to_owned())
+                    .unwrap_or_default();
+                p.iter()
+                    .any(|p| string_match(p.strip_prefix("spiffe://").unwrap_or(p), &principal))
+            }
             Match::Namespace(n) => n.iter().any(|n| string_match(n, namespace)),
             Match::SourceIp(b) => b.iter().any(|b| b.contains(c.source_ip)),
             Match::DestinationIp(b) => b.iter().any(|b| b.contains(c.destination_ip)),

@@ -58,7 +58,29 @@ pub struct Connection<'a> {
     pub trace_id: Option<String>,
 }
 
-impl Connection<'_> {
+impl<'a> Connection<'a> {
+    /// A connection starting now; identities and trace id are filled in as
+    /// they become known.
+    pub fn new(
+        direction: Direction,
+        pod: &'a str,
+        src: SocketAddr,
+        dst: SocketAddr,
+        security: Security,
+    ) -> Self {
+        Self {
+            direction,
+            pod,
+            src,
+            dst,
+            started: Instant::now(),
+            security,
+            source_identity: None,
+            destination_identity: None,
+            trace_id: None,
+        }
+    }
+
     fn finish(&self, result: &str, error: Option<String>, t: Transferred) {
         let (sent, received) = match self.direction {
             Direction::Outbound => (t.downstream_to_upstream, t.upstream_to_downstream),

@@ -6,19 +6,19 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
-    time::Instant,
 };
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use super::{
+    RelayMode,
     access_log::{Connection, Direction, Security},
     connector::agent_connect,
     relay,
-    state::ProxyState,
+    state::{MeshView, ProxyState},
 };
-use crate::{pod::PodContext, policy::MtlsMode};
+use crate::{identity::Identity, pod::PodContext, policy::MtlsMode};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
     loop {
@@ -49,7 +49,7 @@ pub fn delivery_source(dst: SocketAddr) -> SocketAddr {
 }
 
 async fn handle(
-    mut downstream: TcpStream,
+    downstream: TcpStream,
     src: SocketAddr,
     dst: SocketAddr,
     pod: Arc<PodContext>,
@@ -57,17 +57,8 @@ async fn handle(
 ) {
     let src = SocketAddr::new(src.ip().to_canonical(), src.port());
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
-    let conn = Connection {
-        direction: Direction::Inbound,
-        pod: &pod.key,
-        src,
-        dst,
-        started: Instant::now(),
-        security: Security::None,
-        source_identity: None,
-        destination_identity: Some(pod.identity.to_string()),
-        trace_id: None,
-    };
+    let mut conn = Connection::new(Direction::Inbound, &pod.key, src, dst, Security::None);
+    conn.destination_identity = Some(pod.identity.to_string());
     let view = state.view();
     if state.mtls.is_some() && view.policies.mtls_mode(pod.target(), dst.port()) == MtlsMode::Strict
     {
@@ -75,13 +66,27 @@ async fn handle(
         relay::reset(downstream);
         return;
     }
+    deliver(downstream, conn, None, &pod, &view, pod.relay).await;
+}
+
+/// Authorizes a connection to `target` from `source` (`None`: plaintext,
+/// no identity) and delivers it to the app from 127.0.0.6 in the target's
+/// netns. Plaintext inbound and the same-node hand-over both end here.
+pub async fn deliver(
+    mut downstream: TcpStream,
+    conn: Connection<'_>,
+    source: Option<&Identity>,
+    target: &PodContext,
+    view: &MeshView,
+    relay_mode: RelayMode,
+) {
     let decision = view.policies.authorize(
-        pod.target(),
+        target.target(),
         &crate::policy::Connection {
-            source: None,
-            source_ip: src.ip(),
-            destination_ip: dst.ip(),
-            destination_port: dst.port(),
+            source,
+            source_ip: conn.src.ip(),
+            destination_ip: conn.dst.ip(),
+            destination_port: conn.dst.port(),
         },
     );
     if !conn.authorized(&decision) {
@@ -89,7 +94,8 @@ async fn handle(
         return;
     }
     let _ = downstream.set_nodelay(true);
-    let mut upstream = match agent_connect(&pod, Some(delivery_source(dst)), dst).await {
+    let mut upstream = match agent_connect(target, Some(delivery_source(conn.dst)), conn.dst).await
+    {
         Ok(s) => s,
         Err(e) => {
             conn.connect_failed(&e);
@@ -97,5 +103,5 @@ async fn handle(
             return;
         }
     };
-    conn.closed(&pod.relay.relay(&mut downstream, &mut upstream).await);
+    conn.closed(&relay_mode.relay(&mut downstream, &mut upstream).await);
 }

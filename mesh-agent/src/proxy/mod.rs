@@ -7,7 +7,6 @@ pub mod access_log;
 pub mod connector;
 pub mod inbound;
 pub mod listeners;
-pub mod local;
 pub mod outbound;
 pub mod relay;
 pub mod state;

@@ -3,7 +3,7 @@
 //! looked up by the accepted connection's 4-tuple in the pod's netns. Then:
 //! a meshed pod on this node gets the in-process path, a meshed pod
 //! elsewhere an HBONE tunnel, anything else plaintext passthrough.
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, info_span, warn};
@@ -11,7 +11,7 @@ use tracing::{Instrument, info_span, warn};
 use super::{
     access_log::{Connection, Direction, Security},
     connector::agent_connect,
-    local, relay,
+    inbound, relay,
     state::ProxyState,
 };
 use crate::{hbone, pod::PodContext};
@@ -61,25 +61,25 @@ async fn handle(
         .iter()
         .find(|ip| ip.is_ipv4() == dst.is_ipv4())
         .map_or(src, |ip| SocketAddr::new(*ip, src.port()));
-    let mut conn = Connection {
-        direction: Direction::Outbound,
-        pod: &pod.key,
-        src,
-        dst,
-        started: Instant::now(),
-        security: Security::None,
-        source_identity: None,
-        destination_identity: None,
-        trace_id: None,
-    };
+    let mut conn = Connection::new(Direction::Outbound, &pod.key, src, dst, Security::None);
     let view = state.view();
     let expected = view.expected_identity(dst.ip());
     if let (Some(mtls), Some(expected)) = (state.mtls.as_ref(), expected) {
         conn.source_identity = Some(pod.identity.to_string());
         conn.destination_identity = Some(expected.to_string());
         if let Some(target) = state.local_pod(dst.ip()) {
+            // Both pods are here: hand over in-process — no TLS, no wire —
+            // after the check the destination would make for a tunnel.
             conn.security = Security::Local;
-            local::deliver(downstream, conn, &pod, &target, &view).await;
+            inbound::deliver(
+                downstream,
+                conn,
+                Some(&pod.identity),
+                &target,
+                &view,
+                pod.relay,
+            )
+            .await;
             return;
         }
         conn.security = Security::MutualTls;
