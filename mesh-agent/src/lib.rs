@@ -4,6 +4,7 @@
 pub mod ca;
 pub mod config;
 pub mod datapath;
+pub mod discovery;
 pub mod flows;
 pub mod hbone;
 pub mod identity;

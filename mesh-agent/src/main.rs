@@ -24,9 +24,12 @@ enum LogFormat {
 enum Command {
     /// Run the node agent.
     Node {
-        /// Local-mode configuration file (YAML; see README "Local mode").
+        /// Configuration file (YAML; see README "Local mode").
         #[arg(long)]
         config: PathBuf,
+        /// This node's name; overrides AgentConfig.nodeName.
+        #[arg(long)]
+        node_name: Option<String>,
         /// Validate the configuration and the node, change nothing, and exit.
         #[arg(long)]
         check_config: bool,
@@ -51,6 +54,9 @@ enum Command {
     Uninstall {
         #[arg(long)]
         config: PathBuf,
+        /// This node's name; overrides AgentConfig.nodeName.
+        #[arg(long)]
+        node_name: Option<String>,
     },
 }
 
@@ -103,22 +109,26 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Node {
             config,
+            node_name,
             check_config,
             worker_threads,
         } => {
             if check_config {
-                let cfg = NodeConfig::load(&config)?;
+                let cfg = NodeConfig::load(&config, node_name.as_deref())?;
                 // The CA client it builds needs a runtime, as in the agent.
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?
                     .block_on(async { node::check(&cfg) })?;
+                let view = cfg.view();
                 println!(
-                    "{}: ok (node {}, {} pods, {} enrolled)",
+                    "{}: ok (node {}, discovery {:?}, {} pods, {} services, {} enrolled here)",
                     config.display(),
                     cfg.agent.node_name,
-                    cfg.pods.len(),
-                    cfg.enrolled_pods().count()
+                    cfg.agent.discovery,
+                    view.sizes.pods,
+                    view.sizes.services,
+                    cfg.enrolled_pods().len()
                 );
                 return Ok(());
             }
@@ -127,7 +137,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let node = node::Node::start(&config)?;
+                let node = node::Node::start(&config, node_name.as_deref()).await?;
                 node.run().await
             })
         }
@@ -162,8 +172,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Ca { .. } => {
             anyhow::bail!("`mesh-agent ca` needs --config <file> (or `mesh-agent ca init`)")
         }
-        Command::Uninstall { config } => {
-            let cfg = NodeConfig::load(&config)?;
+        Command::Uninstall { config, node_name } => {
+            let cfg = NodeConfig::load(&config, node_name.as_deref())?;
             let dir = cfg.pin_dir();
             if datapath::uninstall(&dir)? {
                 println!("removed {}", dir.display());

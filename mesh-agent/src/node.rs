@@ -1,10 +1,10 @@
 //! The node agent's life: check the node, open (or adopt) the datapath,
-//! enroll the pods the config names, keep following the config file, and on
+//! enroll the pods discovery says are this node's, keep following it, and on
 //! exit leave the datapath pinned so enrolled pods fail closed until an
 //! agent returns.
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -13,9 +13,17 @@ use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
+use tokio::sync::watch;
+
 use crate::{
-    config::{CaSettings, NodeConfig},
+    config::{
+        AgentConfig, CaSettings, DiscoveryMode, LocalPod, NETNS_ANNOTATION, NodeConfig, objects,
+    },
     datapath::Datapath,
+    discovery::{
+        Published, Publisher, Source, kubernetes::KubernetesSource, local::LocalFile, netns_finder,
+        view::MeshView,
+    },
     flows,
     identity::{client::CaClient, manager::CertManager},
     netns::Netns,
@@ -23,12 +31,13 @@ use crate::{
     preflight,
     proxy::{
         RelayMode,
-        state::{MeshView, Mtls, ProxyState},
+        state::{Mtls, ProxyState},
     },
     tls::TrustBundle,
 };
 
-const CONFIG_POLL: Duration = Duration::from_millis(500);
+const SYNC_READY: Duration = Duration::from_secs(30);
+const RETRY_PENDING: Duration = Duration::from_secs(1);
 const POOL_SWEEP: Duration = Duration::from_secs(5);
 const CERT_READY: Duration = Duration::from_secs(10);
 
@@ -57,6 +66,20 @@ pub fn check(config: &NodeConfig) -> anyhow::Result<()> {
     for pod in config.enrolled_pods() {
         Netns::open(&pod.netns).with_context(|| format!("pod {}", pod.key()))?;
     }
+    if config.agent.discovery == DiscoveryMode::Kubernetes
+        && !config
+            .agent
+            .proc_root
+            .join("1")
+            .join("ns")
+            .join("net")
+            .exists()
+    {
+        anyhow::bail!(
+            "AgentConfig.procRoot {}: no /1/ns/net there; point it at the host's /proc (the DaemonSet needs hostPID)",
+            config.agent.proc_root.display()
+        );
+    }
     if let Some(ca) = &config.agent.ca {
         // Builds what the agent would: the trust bundle and the CA client.
         mtls(ca, &config.agent.trust_domain)?;
@@ -64,13 +87,24 @@ pub fn check(config: &NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the cluster's objects come from, ready to run.
+enum Discovery {
+    Local(LocalFile),
+    Kubernetes(KubernetesSource),
+}
+
 pub struct Node {
-    config_path: PathBuf,
-    config: NodeConfig,
+    agent: AgentConfig,
     datapath: Arc<Datapath>,
     state: Arc<ProxyState>,
+    /// Enrolled pods by uid.
     pods: BTreeMap<String, PodRuntime>,
     directory: Arc<PodDirectory>,
+    views: watch::Receiver<Published>,
+    discovery: Option<(Discovery, Publisher)>,
+    /// Pods that should be enrolled but are not yet (netns not found, or
+    /// enrolling failed): retried on a timer.
+    pending: usize,
 }
 
 /// The CA client, the trust bundle and the certificate manager.
@@ -90,9 +124,41 @@ fn mtls(settings: &CaSettings, trust_domain: &str) -> anyhow::Result<Mtls> {
 }
 
 impl Node {
-    pub fn start(config_path: &Path) -> anyhow::Result<Self> {
-        let config = NodeConfig::load(config_path)?;
+    pub async fn start(config_path: &Path, node_name: Option<&str>) -> anyhow::Result<Self> {
+        let text = objects::read(config_path)?;
+        let config = NodeConfig::parse(config_path, &text, node_name)?;
         check(&config)?;
+        let (discovery, publisher, views) = match config.agent.discovery {
+            DiscoveryMode::Local => {
+                let first = Published {
+                    view: Arc::new(config.view()),
+                    synced: true,
+                };
+                let (publisher, views) = Publisher::new(config.view_settings(), first);
+                let source = LocalFile::new(
+                    config_path.to_owned(),
+                    node_name.map(str::to_owned),
+                    config.agent.clone(),
+                    text,
+                );
+                (Discovery::Local(source), publisher, views)
+            }
+            DiscoveryMode::Kubernetes => {
+                let client = kube::Client::try_default().await.context(
+                    "AgentConfig.discovery is kubernetes but no cluster is reachable (in-cluster service account or KUBECONFIG)",
+                )?;
+                let first = Published {
+                    view: Arc::default(),
+                    synced: false,
+                };
+                let (publisher, views) = Publisher::new(config.view_settings(), first);
+                (
+                    Discovery::Kubernetes(KubernetesSource::new(client)),
+                    publisher,
+                    views,
+                )
+            }
+        };
         let pin_dir = config.pin_dir();
         let datapath = Arc::new(
             Datapath::open(&config.agent, &pin_dir)
@@ -104,6 +170,7 @@ impl Node {
             cgroup_root = %config.agent.cgroup_root.display(),
             adopted = datapath.adopted(),
             splice = config.agent.datapath.splice,
+            discovery = ?config.agent.discovery,
             "datapath attached"
         );
         let mtls = match &config.agent.ca {
@@ -117,83 +184,125 @@ impl Node {
         };
         let state = Arc::new(ProxyState::new(datapath.clone(), mtls));
         let mut node = Node {
-            config_path: config_path.to_owned(),
-            config: NodeConfig {
-                agent: config.agent.clone(),
-                pods: Vec::new(),
-                workloads: Vec::new(),
-                policies: Default::default(),
-            },
+            agent: config.agent,
             datapath,
             state,
             pods: BTreeMap::new(),
             directory: Arc::default(),
+            views,
+            discovery: Some((discovery, publisher)),
+            pending: 0,
         };
-        // A pod that cannot be enrolled is logged and retried on the next
-        // config change; the node's other pods are served meanwhile.
-        if let Err(e) = node.apply(config) {
-            error!(error = format!("{e:#}"), "some pods are not enrolled");
-        }
-        let keep: Vec<_> = node.pods.values().map(PodRuntime::datapath_entry).collect();
-        for removed in node.datapath.sweep(&keep)? {
-            info!(node = %node.config.agent.node_name, %removed, "removed stale datapath state");
+        node.reconcile();
+        if node.views.borrow().synced {
+            node.sweep_stale()?;
         }
         Ok(node)
     }
 
-    /// Brings enrolled pods in line with `config`: new pods enrolled, gone or
-    /// changed ones unenrolled first. A pod that fails to enroll is logged
-    /// and retried on the next change; the others proceed.
-    fn apply(&mut self, config: NodeConfig) -> anyhow::Result<()> {
-        if config.agent != self.config.agent {
-            warn!("AgentConfig changed; node settings apply at the next agent start");
+    /// Removes what a previous agent pinned for pods that are no longer
+    /// enrolled. Only against a synced view: before that, every pod would
+    /// look gone, and removing its entries would let it bypass the mesh.
+    fn sweep_stale(&self) -> anyhow::Result<()> {
+        let keep: Vec<_> = self.pods.values().map(PodRuntime::datapath_entry).collect();
+        for removed in self.datapath.sweep(&keep)? {
+            info!(node = %self.agent.node_name, %removed, "removed stale datapath state");
         }
+        Ok(())
+    }
+
+    /// The enrolled pods of this node that the current view asks for, with
+    /// their netns paths (from the file, or found under /proc by uid).
+    fn wanted(&self, view: &MeshView) -> (BTreeMap<String, LocalPod>, usize) {
+        let on_node: Vec<_> = view.enrolled_on(&self.agent.node_name).collect();
+        let mut wanted = BTreeMap::new();
+        let mut missing = 0;
+        match self.agent.discovery {
+            DiscoveryMode::Local => {
+                for w in on_node {
+                    if let Some(ns) = w.annotations.get(NETNS_ANNOTATION) {
+                        wanted.insert(w.uid.clone(), LocalPod::new(w, ns.into()));
+                    }
+                }
+            }
+            DiscoveryMode::Kubernetes => {
+                let uids: Vec<&str> = on_node
+                    .iter()
+                    .filter(|w| !self.pods.contains_key(&w.uid))
+                    .map(|w| w.uid.as_str())
+                    .collect();
+                let found = netns_finder::find(&self.agent.proc_root, &uids);
+                for w in on_node {
+                    let netns = match self.pods.get(&w.uid) {
+                        Some(rt) => Some(rt.spec.netns.clone()),
+                        None => found.get(&w.uid).cloned(),
+                    };
+                    match netns {
+                        Some(n) => {
+                            wanted.insert(w.uid.clone(), LocalPod::new(w, n));
+                        }
+                        None => missing += 1,
+                    }
+                }
+            }
+        }
+        (wanted, missing)
+    }
+
+    /// Brings enrolled pods in line with the current view: gone or changed
+    /// pods unenrolled first, then new ones enrolled. A pod that fails to
+    /// enroll is logged and retried; the others proceed.
+    fn reconcile(&mut self) {
+        let started = std::time::Instant::now();
+        let view = self.views.borrow_and_update().view.clone();
         // New policies and workloads hold for connections from now on.
-        self.state.set_view(MeshView::new(&config));
-        let wanted: BTreeMap<String, _> = config
-            .enrolled_pods()
-            .map(|p| (p.key(), p.clone()))
-            .collect();
+        self.state.set_view(view.clone());
+        let (wanted, mut pending) = self.wanted(&view);
         let stale: Vec<String> = self
             .pods
             .iter()
-            .filter(|(k, rt)| wanted.get(*k) != Some(&rt.spec))
-            .map(|(k, _)| k.clone())
+            .filter(|(uid, rt)| wanted.get(*uid) != Some(&rt.spec))
+            .map(|(uid, _)| uid.clone())
             .collect();
-        for key in stale {
-            if let Some(rt) = self.pods.remove(&key) {
-                self.datapath
-                    .unenroll(&rt.datapath_entry())
-                    .with_context(|| format!("unenrolling pod {key}"))?;
+        for uid in stale {
+            if let Some(rt) = self.pods.remove(&uid) {
+                let key = rt.spec.key();
+                if let Err(e) = self.datapath.unenroll(&rt.datapath_entry()) {
+                    error!(pod = %key, error = %e, "unenrolling failed");
+                }
                 drop(rt);
                 info!(pod = %key, "pod unenrolled");
             }
         }
-        let mut first_error = None;
-        for (key, spec) in wanted {
-            if self.pods.contains_key(&key) {
+        let relay = RelayMode::for_sk_msg_splicing(self.agent.datapath.splice);
+        for (uid, spec) in wanted {
+            if self.pods.contains_key(&uid) {
                 continue;
             }
-            let relay = RelayMode::for_sk_msg_splicing(self.config.agent.datapath.splice);
-            match PodRuntime::enroll(&spec, &self.config.agent.trust_domain, relay, &self.state) {
+            match PodRuntime::enroll(&spec, &self.agent.trust_domain, relay, &self.state) {
                 Ok(rt) => {
-                    info!(pod = %key, netns = %spec.netns.display(), netns_cookie = rt.context.netns_cookie, "pod enrolled");
-                    self.pods.insert(key, rt);
+                    info!(pod = %spec.key(), netns = %spec.netns.display(), netns_cookie = rt.context.netns_cookie, "pod enrolled");
+                    self.pods.insert(uid, rt);
                 }
                 Err(e) => {
-                    error!(pod = %key, error = %e, "pod not enrolled");
-                    first_error.get_or_insert(e);
+                    error!(pod = %spec.key(), error = %e, "pod not enrolled");
+                    pending += 1;
                 }
             }
         }
         self.directory.set(&self.pods);
         self.state
             .set_local_pods(self.pods.values().map(|p| &p.context));
-        self.config = config;
-        match first_error {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        self.pending = pending;
+        info!(
+            enrolled = self.pods.len(),
+            pending,
+            tasks = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            apply_us = started.elapsed().as_micros() as u64,
+            "view applied"
+        );
     }
 
     /// Ready means able to carry mTLS: wait (bounded) for the enrolled
@@ -218,7 +327,39 @@ impl Node {
         }
     }
 
-    /// Serves until SIGTERM or SIGINT, following changes to the config file.
+    /// Waits (bounded) until the source has seen the whole cluster once,
+    /// then drops stale pinned state.
+    async fn wait_for_sync(&mut self) {
+        if self.views.borrow().synced {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + SYNC_READY;
+        while !self.views.borrow().synced {
+            match tokio::time::timeout_at(deadline, self.views.changed()).await {
+                Ok(Ok(())) => {
+                    self.reconcile();
+                    if self.views.borrow().synced
+                        && let Err(e) = self.sweep_stale()
+                    {
+                        error!(
+                            error = format!("{e:#}"),
+                            "removing stale datapath state failed"
+                        );
+                    }
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    warn!(
+                        timeout_s = SYNC_READY.as_secs(),
+                        "discovery has not listed every kind yet; serving what is known"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serves until SIGTERM or SIGINT, following the discovery source.
     pub async fn run(mut self) -> anyhow::Result<()> {
         if let Some(ring) = self.datapath.take_flow_events() {
             tokio::spawn(flows::run(ring, self.directory.clone()));
@@ -236,10 +377,14 @@ impl Node {
                 }
             });
         }
+        if let Some((discovery, publisher)) = self.discovery.take() {
+            match discovery {
+                Discovery::Local(s) => tokio::spawn(s.run(publisher)),
+                Discovery::Kubernetes(s) => tokio::spawn(s.run(publisher)),
+            };
+        }
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let mut last_text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
-        let mut tick = tokio::time::interval(CONFIG_POLL);
         if self.state.mtls.is_some() {
             let state = self.state.clone();
             tokio::spawn(async move {
@@ -252,37 +397,30 @@ impl Node {
                 }
             });
         }
+        self.wait_for_sync().await;
         self.wait_for_certificates().await;
         info!(
-            node = %self.config.agent.node_name,
+            node = %self.agent.node_name,
             enrolled = self.pods.len(),
             "agent ready"
         );
+        let mut retry = tokio::time::interval(RETRY_PENDING);
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = tick.tick() => {
-                    let Ok(text) = std::fs::read_to_string(&self.config_path) else { continue };
-                    if text == last_text {
-                        continue;
+                changed = self.views.changed() => {
+                    if changed.is_err() {
+                        error!("discovery stopped; keeping the last view");
+                        std::future::pending::<()>().await;
                     }
-                    last_text = text.clone();
-                    match NodeConfig::parse(&self.config_path, &text) {
-                        Ok(cfg) => {
-                            if let Err(e) = self.apply(cfg) {
-                                error!(error = format!("{e:#}"), "config applied with errors");
-                            } else {
-                                info!(enrolled = self.pods.len(), "config reloaded");
-                            }
-                        }
-                        Err(e) => error!(error = %e, "config rejected; the last good config stays in force"),
-                    }
+                    self.reconcile();
                 }
+                _ = retry.tick(), if self.pending > 0 => self.reconcile(),
             }
         }
         info!(
-            node = %self.config.agent.node_name,
+            node = %self.agent.node_name,
             "agent stopping; the datapath stays pinned and enrolled pods fail closed until an agent returns"
         );
         Ok(())

@@ -101,7 +101,7 @@ impl Authorizer {
             tokens.insert(token, node.name.clone());
         }
         let mut placement: BTreeMap<String, BTreeSet<_>> = BTreeMap::new();
-        for w in &file.workloads {
+        for w in file.workloads.iter().filter(|w| !w.finished) {
             if let Some(node) = &w.node {
                 placement
                     .entry(node.clone())

@@ -117,7 +117,7 @@ impl CaFile {
         }
         Ok(Self {
             config,
-            workloads: objects.workloads,
+            workloads: objects.pods.values().map(|w| w.as_ref().clone()).collect(),
         })
     }
 }

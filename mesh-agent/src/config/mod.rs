@@ -1,7 +1,9 @@
-//! Local-mode configuration: a multi-document YAML file. One `AgentConfig`
-//! document holds the node's own facts; the rest are Kubernetes objects in
-//! their usual shape (`Namespace`, `Pod`, `AuthorizationPolicy`, `PeerAuthentication`), so the same file grows into the
-//! discovery source and a `kubectl get -o yaml` dump reads almost as is.
+//! The agent's configuration file: a multi-document YAML. One `AgentConfig`
+//! document holds the node's own facts. In local mode the rest are
+//! Kubernetes objects in their usual shape (Namespace, Pod, Service,
+//! EndpointSlice, AuthorizationPolicy, PeerAuthentication), so a
+//! `kubectl get -o yaml` dump reads almost as is; in Kubernetes mode the
+//! objects come from the API server instead.
 pub mod objects;
 
 use std::{
@@ -15,12 +17,14 @@ use serde::Deserialize;
 
 pub use objects::{ObjectMeta, Workload};
 
-use crate::policy::PolicySet;
+pub use crate::discovery::model::DATAPLANE_LABEL;
+use crate::discovery::{
+    store::Store,
+    view::{MeshView, ViewSettings},
+};
 
 /// Pod annotation that tells a local-mode agent where the pod's netns is.
 pub const NETNS_ANNOTATION: &str = "mesh.io/netns";
-/// Label (on a Namespace or a Pod) that enrolls pods into the mesh.
-pub const DATAPLANE_LABEL: &str = "mesh.io/dataplane-mode";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,7 +41,7 @@ pub enum ConfigError {
         message: String,
     },
     #[error(
-        "{file}:{line}: `kind: {kind}` is not supported here; use {own_kind}, Namespace, Pod, AuthorizationPolicy or PeerAuthentication"
+        "{file}:{line}: `kind: {kind}` is not supported here; use {own_kind}, Namespace, Pod, Service, EndpointSlice, AuthorizationPolicy or PeerAuthentication"
     )]
     UnknownKind {
         file: PathBuf,
@@ -62,7 +66,19 @@ pub struct AgentConfig {
     #[serde(default)]
     pub kind: Option<String>,
     /// This node's name; pods with another `spec.nodeName` are not ours.
+    /// `mesh-agent node --node-name` overrides it (a DaemonSet passes the
+    /// node's name from the downward API).
+    #[serde(default)]
     pub node_name: String,
+    /// Where the cluster's objects come from: `local` (this file, watched
+    /// for changes) or `kubernetes` (the API server, via in-cluster config
+    /// or the kubeconfig).
+    #[serde(default)]
+    pub discovery: DiscoveryMode,
+    /// The host's /proc, where a Kubernetes-mode agent finds each pod's
+    /// netns from its uid (the DaemonSet runs with hostPID).
+    #[serde(default = "default_proc_root")]
+    pub proc_root: PathBuf,
     /// The cgroup-v2 directory whose subtree holds this node's pods and the
     /// agent (/sys/fs/cgroup on most nodes, /sys/fs/cgroup/unified on hybrid hosts).
     #[serde(default = "default_cgroup_root")]
@@ -115,6 +131,17 @@ pub mod duration {
     }
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryMode {
+    #[default]
+    Local,
+    Kubernetes,
+}
+
+fn default_proc_root() -> PathBuf {
+    PathBuf::from("/proc")
+}
 fn default_trust_domain() -> String {
     "cluster.local".into()
 }
@@ -165,20 +192,31 @@ fn default_bpffs_root() -> PathBuf {
     PathBuf::from("/sys/fs/bpf")
 }
 
-/// A pod this node's agent is responsible for, validated.
+/// An enrolled pod of this node, with where its netns is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalPod {
+    pub uid: String,
     pub name: String,
     pub namespace: String,
     pub service_account: String,
     pub ips: Vec<IpAddr>,
     pub netns: PathBuf,
     pub labels: BTreeMap<String, String>,
-    /// Whether the pod or its namespace asks to be in the mesh.
-    pub enrolled: bool,
 }
 
 impl LocalPod {
+    pub fn new(w: &Workload, netns: PathBuf) -> Self {
+        Self {
+            uid: w.uid.clone(),
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            service_account: w.service_account.clone(),
+            ips: w.ips.clone(),
+            netns,
+            labels: w.labels.clone(),
+        }
+    }
+
     /// `<namespace>/<name>`, the pod's name for logs and pins.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -186,24 +224,24 @@ impl LocalPod {
 }
 
 /// Everything the node agent reads from the file.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub agent: AgentConfig,
-    /// Pods scheduled on this node, enrolled or not.
-    pub pods: Vec<LocalPod>,
-    /// Every pod of the cluster, for identities and routing.
-    pub workloads: Vec<Workload>,
-    pub policies: PolicySet,
+    /// The file's objects (local mode; empty in Kubernetes mode).
+    pub store: Store,
 }
 
 impl NodeConfig {
-    pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        Self::parse(file, &objects::read(file)?)
+    pub fn load(file: &Path, node_name: Option<&str>) -> Result<Self, ConfigError> {
+        Self::parse(file, &objects::read(file)?, node_name)
     }
 
-    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let (objects, own) = objects::parse(file, text, "AgentConfig")?;
-        let agent: AgentConfig = objects::own_document(file, "AgentConfig", own)?;
+    pub fn parse(file: &Path, text: &str, node_name: Option<&str>) -> Result<Self, ConfigError> {
+        let (store, own) = objects::parse(file, text, "AgentConfig")?;
+        let mut agent: AgentConfig = objects::own_document(file, "AgentConfig", own)?;
+        if let Some(n) = node_name {
+            agent.node_name = n.to_owned();
+        }
         let invalid = |field: &str, problem: &str| ConfigError::Invalid {
             file: file.to_owned(),
             line: 1,
@@ -211,7 +249,10 @@ impl NodeConfig {
             problem: problem.to_owned(),
         };
         if agent.node_name.is_empty() {
-            return Err(invalid("AgentConfig.nodeName", "must not be empty"));
+            return Err(invalid(
+                "AgentConfig.nodeName",
+                "must not be empty; set it or pass --node-name",
+            ));
         }
         if !agent
             .node_name
@@ -229,17 +270,26 @@ impl NodeConfig {
                 "use letters, digits, '-', '_' and '.' only (e.g. cluster.local)",
             ));
         }
-        let pods = local_pods(file, &agent, &objects.workloads)?;
-        Ok(Self {
-            policies: PolicySet {
-                root_namespace: agent.root_namespace.clone(),
-                authorization: objects.authorization,
-                peer_authentication: objects.peer_authentication,
-            },
-            agent,
-            pods,
-            workloads: objects.workloads,
-        })
+        if agent.discovery == DiscoveryMode::Kubernetes && !store.pods.is_empty() {
+            return Err(invalid(
+                "AgentConfig.discovery",
+                "is kubernetes, so objects come from the API server; remove the Pod documents from this file or use `discovery: local`",
+            ));
+        }
+        let config = Self { agent, store };
+        config.check_local_pods(file)?;
+        Ok(config)
+    }
+
+    pub fn view_settings(&self) -> ViewSettings {
+        ViewSettings {
+            trust_domain: self.agent.trust_domain.clone(),
+            root_namespace: self.agent.root_namespace.clone(),
+        }
+    }
+
+    pub fn view(&self) -> MeshView {
+        MeshView::build(&self.store, &self.view_settings())
     }
 
     /// Where this node's programs and maps are pinned.
@@ -250,54 +300,44 @@ impl NodeConfig {
             .join(&self.agent.node_name)
     }
 
-    pub fn enrolled_pods(&self) -> impl Iterator<Item = &LocalPod> {
-        self.pods.iter().filter(|p| p.enrolled)
+    /// The file's enrolled pods on this node, with their netns paths.
+    pub fn enrolled_pods(&self) -> Vec<LocalPod> {
+        let view = self.view();
+        view.enrolled_on(&self.agent.node_name)
+            .filter_map(|w| {
+                let netns = w.annotations.get(NETNS_ANNOTATION)?;
+                Some(LocalPod::new(w, PathBuf::from(netns)))
+            })
+            .collect()
     }
-}
 
-fn local_pods(
-    file: &Path,
-    agent: &AgentConfig,
-    workloads: &[Workload],
-) -> Result<Vec<LocalPod>, ConfigError> {
-    let mut pods = Vec::new();
-    for w in workloads {
-        if w.node.as_deref() != Some(agent.node_name.as_str()) {
-            continue;
-        }
-        let invalid = |field: String, problem: &str| ConfigError::Invalid {
-            file: file.to_owned(),
-            line: 1,
-            field: format!("Pod {}: {field}", w.key()),
-            problem: problem.to_owned(),
-        };
-        if w.ips.is_empty() {
-            return Err(invalid(
-                "status.podIPs".into(),
-                "a pod on this node needs at least one IP",
-            ));
-        }
-        let netns = w
-            .annotations
-            .get(NETNS_ANNOTATION)
-            .map(PathBuf::from)
-            .ok_or_else(|| {
-                invalid(
+    /// Local-mode pods on this node need their netns named.
+    fn check_local_pods(&self, file: &Path) -> Result<(), ConfigError> {
+        for w in self.store.pods.values() {
+            if w.node.as_deref() != Some(self.agent.node_name.as_str()) || w.host_network {
+                continue;
+            }
+            let invalid = |field: String, problem: &str| ConfigError::Invalid {
+                file: file.to_owned(),
+                line: 1,
+                field: format!("Pod {}: {field}", w.key()),
+                problem: problem.to_owned(),
+            };
+            if w.ips.is_empty() && !w.finished {
+                return Err(invalid(
+                    "status.podIPs".into(),
+                    "a pod on this node needs at least one IP",
+                ));
+            }
+            if !w.annotations.contains_key(NETNS_ANNOTATION) {
+                return Err(invalid(
                     format!("metadata.annotations[\"{NETNS_ANNOTATION}\"]"),
                     "missing; set it to the pod's netns path (e.g. /run/netns/<name>)",
-                )
-            })?;
-        pods.push(LocalPod {
-            name: w.name.clone(),
-            namespace: w.namespace.clone(),
-            service_account: w.service_account.clone(),
-            ips: w.ips.clone(),
-            netns,
-            labels: w.labels.clone(),
-            enrolled: w.enrolled,
-        });
+                ));
+            }
+        }
+        Ok(())
     }
-    Ok(pods)
 }
 
 #[cfg(test)]
@@ -341,7 +381,7 @@ spec: {nodeName: node-2}
 "#;
 
     fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
-        NodeConfig::parse(Path::new("mesh.yaml"), text)
+        NodeConfig::parse(Path::new("mesh.yaml"), text, None)
     }
 
     #[test]
@@ -351,13 +391,12 @@ spec: {nodeName: node-2}
         assert_eq!(cfg.agent.bpffs_root, PathBuf::from("/sys/fs/bpf"));
         assert!(!cfg.agent.datapath.splice, "splicing is opt-in");
         assert_eq!(cfg.pin_dir(), PathBuf::from("/sys/fs/bpf/mesh/node-1"));
-        let names: Vec<_> = cfg.pods.iter().map(|p| (p.key(), p.enrolled)).collect();
-        assert_eq!(
-            names,
-            vec![("shop/web".into(), true), ("shop/legacy".into(), false)]
-        );
-        assert_eq!(cfg.pods[0].service_account, "web");
-        assert_eq!(cfg.enrolled_pods().count(), 1);
+        let enrolled = cfg.enrolled_pods();
+        let names: Vec<_> = enrolled.iter().map(|p| p.key()).collect();
+        assert_eq!(names, vec!["shop/web".to_owned()]);
+        assert_eq!(enrolled[0].service_account, "web");
+        assert_eq!(enrolled[0].netns, PathBuf::from("/run/netns/web"));
+        assert_eq!(cfg.store.pods.len(), 3);
     }
 
     #[test]
@@ -437,11 +476,12 @@ spec: {nodeName: node-2}
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join("examples");
-        let node = NodeConfig::load(&root.join("node-local.yaml")).unwrap();
-        assert_eq!(node.enrolled_pods().count(), 1);
-        assert_eq!(node.workloads.len(), 3);
-        assert_eq!(node.policies.authorization.len(), 1);
-        assert_eq!(node.policies.peer_authentication.len(), 1);
+        let node = NodeConfig::load(&root.join("node-local.yaml"), None).unwrap();
+        assert_eq!(node.enrolled_pods().len(), 1);
+        let view = node.view();
+        assert_eq!(view.sizes.pods, 3);
+        assert_eq!(view.policies.authorization.len(), 1);
+        assert_eq!(view.policies.peer_authentication.len(), 1);
         assert!(node.agent.ca.is_some());
         let ca = crate::ca::config::CaFile::load(&root.join("ca-local.yaml")).unwrap();
         assert_eq!(ca.config.nodes.len(), 2);

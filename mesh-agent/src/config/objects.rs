@@ -1,20 +1,28 @@
-//! The Kubernetes objects of a local-mode file (Namespace, Pod,
-//! AuthorizationPolicy, PeerAuthentication) in their usual shape, plus one
-//! document of the program's own kind. Errors name the file, the line and
+//! The Kubernetes objects of a local-mode file (Namespace, Pod, Service,
+//! EndpointSlice, AuthorizationPolicy, PeerAuthentication) in their usual
+//! shape, plus one document of the program's own kind. Errors name the file, the line and
 //! the field.
 use std::{
     collections::{BTreeMap, HashSet},
-    net::IpAddr,
     path::Path,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service as K8sService},
+    discovery::v1::EndpointSlice as K8sSlice,
 };
 
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::ConfigError;
-use crate::policy::{self, AuthorizationPolicy, PeerAuthentication, model};
+use crate::{
+    discovery::{convert, store::Store},
+    policy::{self, AuthorizationPolicy, model},
+};
 
-pub type Labels = BTreeMap<String, String>;
+pub use crate::discovery::model::{Labels, Workload};
 
+/// metadata as this program's own documents carry it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
@@ -30,74 +38,10 @@ pub struct ObjectMeta {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodDoc {
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: PodSpec,
-    #[serde(default)]
-    status: PodStatus,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodSpec {
-    #[serde(default)]
-    node_name: Option<String>,
-    #[serde(default)]
-    service_account_name: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PodStatus {
-    #[serde(default, rename = "podIPs")]
-    pod_ips: Vec<PodIp>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct PodIp {
-    ip: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct NamespaceDoc {
-    metadata: ObjectMeta,
-}
-
-#[derive(Debug, Clone, Deserialize)]
 struct PolicyDoc<S> {
     metadata: ObjectMeta,
     #[serde(default)]
     spec: S,
-}
-
-/// A pod anywhere in the cluster, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Workload {
-    pub name: String,
-    pub namespace: String,
-    pub service_account: String,
-    pub node: Option<String>,
-    pub ips: Vec<IpAddr>,
-    pub labels: Labels,
-    pub annotations: Labels,
-    /// Whether the pod or its namespace asks to be in the mesh.
-    pub enrolled: bool,
-}
-
-impl Workload {
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Objects {
-    pub workloads: Vec<Workload>,
-    pub namespaces: BTreeMap<String, Labels>,
-    pub authorization: Vec<AuthorizationPolicy>,
-    pub peer_authentication: Vec<PeerAuthentication>,
 }
 
 /// A local-mode file's text.
@@ -171,16 +115,27 @@ fn invalid_at(file: &Path, line: usize, field: String, problem: impl Into<String
     }
 }
 
-/// Parses every document. `own_kind` documents (e.g. AgentConfig) are
-/// returned as they are with their line, for the caller to read.
+/// The Kubernetes kinds a local file may hold.
+pub const KINDS: [&str; 6] = [
+    "Namespace",
+    "Pod",
+    "Service",
+    "EndpointSlice",
+    "AuthorizationPolicy",
+    "PeerAuthentication",
+];
+
+/// Parses every document into a store. `own_kind` documents (e.g.
+/// AgentConfig) are returned as they are with their line, for the caller
+/// to read.
 pub fn parse(
     file: &Path,
     text: &str,
     own_kind: &str,
-) -> Result<(Objects, Vec<(usize, serde_yaml::Value)>), ConfigError> {
-    let mut objects = Objects::default();
+) -> Result<(Store, Vec<(usize, serde_yaml::Value)>), ConfigError> {
+    let mut store = Store::default();
     let mut own = Vec::new();
-    let mut seen_pods = HashSet::new();
+    let mut seen = HashSet::new();
     let mut seen_ips = BTreeMap::new();
     for doc in split_documents(text) {
         let value: serde_yaml::Value = doc.parse(file, "document")?;
@@ -205,12 +160,6 @@ pub fn parse(
             .unwrap_or("default")
             .to_owned();
         let what = format!("{kind} {namespace}/{name}");
-        const KINDS: [&str; 4] = [
-            "Namespace",
-            "Pod",
-            "AuthorizationPolicy",
-            "PeerAuthentication",
-        ];
         if kind != own_kind && !KINDS.contains(&kind.as_str()) {
             return Err(ConfigError::UnknownKind {
                 file: file.to_owned(),
@@ -219,7 +168,11 @@ pub fn parse(
                 own_kind: own_kind.to_owned(),
             });
         }
-        if kind != own_kind && name.is_empty() {
+        if kind == own_kind {
+            own.push((doc.line, value));
+            continue;
+        }
+        if name.is_empty() {
             return Err(invalid_at(
                 file,
                 doc.line,
@@ -227,58 +180,53 @@ pub fn parse(
                 "must not be empty",
             ));
         }
+        let key = format!("{namespace}/{name}");
+        if kind != "Namespace" && !seen.insert((kind.clone(), key.clone())) {
+            return Err(invalid_at(
+                file,
+                doc.line,
+                format!("{what}: metadata.name"),
+                "appears twice",
+            ));
+        }
+        let bad = |e: convert::Invalid| {
+            invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
+        };
         match kind.as_str() {
-            k if k == own_kind => own.push((doc.line, value)),
             "Namespace" => {
-                let ns: NamespaceDoc = doc.parse(file, &format!("Namespace {name}"))?;
-                objects
-                    .namespaces
-                    .insert(ns.metadata.name, ns.metadata.labels);
+                let ns: Namespace = doc.parse(file, &format!("Namespace {name}"))?;
+                let (name, labels) = convert::namespace(&ns);
+                store.namespaces.apply(name, labels);
             }
             "Pod" => {
-                let pod: PodDoc = doc.parse(file, &what)?;
-                if !seen_pods.insert((namespace.clone(), name.clone())) {
-                    return Err(invalid_at(
-                        file,
-                        doc.line,
-                        format!("{what}: metadata.name"),
-                        "appears twice",
-                    ));
-                }
-                let mut ips = Vec::new();
-                for (i, ip) in pod.status.pod_ips.iter().enumerate() {
-                    let field = format!("{what}: status.podIPs[{i}].ip");
-                    let parsed: IpAddr = ip.ip.parse().map_err(|_| {
-                        invalid_at(
-                            file,
-                            doc.line,
-                            field.clone(),
-                            format!("`{}` is not an IP address", ip.ip),
-                        )
-                    })?;
-                    if let Some(owner) = seen_ips.insert(parsed, what.clone()) {
-                        return Err(invalid_at(
-                            file,
-                            doc.line,
-                            field,
-                            format!("{parsed} is already the address of {owner}"),
-                        ));
+                let pod: Pod = doc.parse(file, &what)?;
+                let mut w = convert::workload(&pod).map_err(bad)?;
+                w.namespace = namespace.clone();
+                if !w.finished {
+                    for (i, ip) in w.ips.iter().enumerate() {
+                        if let Some(owner) = seen_ips.insert(*ip, what.clone()) {
+                            return Err(invalid_at(
+                                file,
+                                doc.line,
+                                format!("{what}: status.podIPs[{i}].ip"),
+                                format!("{ip} is already the address of {owner}"),
+                            ));
+                        }
                     }
-                    ips.push(parsed);
                 }
-                objects.workloads.push(Workload {
-                    name,
-                    namespace,
-                    service_account: pod
-                        .spec
-                        .service_account_name
-                        .unwrap_or_else(|| "default".into()),
-                    node: pod.spec.node_name,
-                    ips,
-                    labels: pod.metadata.labels,
-                    annotations: pod.metadata.annotations,
-                    enrolled: false,
-                });
+                store.pods.apply(w.uid.clone(), w);
+            }
+            "Service" => {
+                let svc: K8sService = doc.parse(file, &what)?;
+                let mut svc = convert::service(&svc).map_err(bad)?;
+                svc.namespace = namespace.clone();
+                store.services.apply(key, svc);
+            }
+            "EndpointSlice" => {
+                let slice: K8sSlice = doc.parse(file, &what)?;
+                let mut slice = convert::endpoint_slice(&slice).map_err(bad)?;
+                slice.namespace = namespace.clone();
+                store.slices.apply(key, slice);
             }
             "AuthorizationPolicy" => {
                 let p: PolicyDoc<model::AuthorizationPolicySpec> = doc.parse(file, &what)?;
@@ -291,40 +239,23 @@ pub fn parse(
                 .map_err(|e| {
                     invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
                 })?;
-                objects.authorization.extend(compiled);
+                store.authorization.apply(key, compiled);
             }
             "PeerAuthentication" => {
                 let p: PolicyDoc<model::PeerAuthenticationSpec> = doc.parse(file, &what)?;
-                objects
-                    .peer_authentication
-                    .push(policy::PeerAuthentication {
-                        name: format!("{namespace}/{name}"),
+                store.peer_authentication.apply(
+                    key.clone(),
+                    policy::PeerAuthentication {
+                        name: key,
                         namespace,
                         spec: p.spec,
-                    });
+                    },
+                );
             }
-            _ => {
-                return Err(ConfigError::UnknownKind {
-                    file: file.to_owned(),
-                    line: doc.line,
-                    kind,
-                    own_kind: own_kind.to_owned(),
-                });
-            }
+            _ => unreachable!("kinds are checked above"),
         }
     }
-    for w in &mut objects.workloads {
-        let ns_label = objects
-            .namespaces
-            .get(&w.namespace)
-            .and_then(|l| l.get(super::DATAPLANE_LABEL));
-        w.enrolled = match w.labels.get(super::DATAPLANE_LABEL).map(String::as_str) {
-            Some("none") => false,
-            Some("enabled") => true,
-            _ => ns_label.map(String::as_str) == Some("enabled"),
-        };
-    }
-    Ok((objects, own))
+    Ok((store, own))
 }
 
 /// Reads the program's own document into its type, with file and line.

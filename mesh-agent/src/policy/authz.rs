@@ -133,7 +133,7 @@ impl Clause {
 
 /// A rule's `from` (any entry), `to` (any entry) and `when` (all entries);
 /// an absent part matches everything.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct CompiledRule {
     from: Vec<Vec<Clause>>,
     to: Vec<Vec<Clause>>,
@@ -335,6 +335,23 @@ fn compile_rule(at: &str, rule: &model::Rule, action: Action) -> Result<Compiled
 }
 
 impl AuthorizationPolicy {
+    /// What stands in for a policy that cannot be compiled: it denies every
+    /// connection in its scope, so a broken policy never widens access.
+    pub fn deny_all(
+        namespace: &str,
+        name: &str,
+        selector: Option<model::WorkloadSelector>,
+    ) -> Self {
+        Self {
+            name: format!("{namespace}/{name}"),
+            namespace: namespace.to_owned(),
+            selector,
+            action: Action::Deny,
+            dry_run: false,
+            rules: vec![CompiledRule::default()],
+        }
+    }
+
     /// Compiles one policy; `None` for AUDIT, which has no effect on traffic.
     pub fn compile(
         namespace: &str,
@@ -342,6 +359,10 @@ impl AuthorizationPolicy {
         annotations: &BTreeMap<String, String>,
         spec: &model::AuthorizationPolicySpec,
     ) -> Result<Option<Self>, PolicyError> {
+        if spec.target_ref.is_some() || spec.target_refs.as_ref().is_some_and(|t| !t.is_empty()) {
+            // Bound to a waypoint or gateway, which enforces it.
+            return Ok(None);
+        }
         match spec.action {
             Action::Audit => return Ok(None),
             Action::Custom => {

@@ -2,6 +2,7 @@
 //! PeerAuthentication (whether plaintext is accepted), evaluated by the
 //! destination's agent.
 pub mod authz;
+pub mod crd;
 pub mod model;
 
 use std::collections::BTreeMap;

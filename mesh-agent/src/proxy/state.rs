@@ -9,51 +9,11 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+pub use crate::discovery::view::MeshView;
 use crate::{
-    config::{NodeConfig, Workload},
-    datapath::Datapath,
-    hbone::Pool,
-    identity::{Identity, manager::CertManager},
-    pod::PodContext,
-    policy::PolicySet,
+    datapath::Datapath, hbone::Pool, identity::manager::CertManager, pod::PodContext,
     tls::TrustBundle,
 };
-
-/// Everything known about the cluster, from one version of the source.
-#[derive(Debug, Default)]
-pub struct MeshView {
-    pub trust_domain: String,
-    by_ip: HashMap<IpAddr, Arc<Workload>>,
-    pub policies: PolicySet,
-}
-
-impl MeshView {
-    pub fn new(config: &NodeConfig) -> Self {
-        let mut by_ip = HashMap::new();
-        for w in &config.workloads {
-            let w = Arc::new(w.clone());
-            for ip in &w.ips {
-                by_ip.insert(*ip, w.clone());
-            }
-        }
-        Self {
-            trust_domain: config.agent.trust_domain.clone(),
-            by_ip,
-            policies: config.policies.clone(),
-        }
-    }
-
-    pub fn workload(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.by_ip.get(&ip.to_canonical())
-    }
-
-    /// The identity a meshed destination must prove; `None` means the
-    /// address is not in the mesh and gets plaintext passthrough.
-    pub fn expected_identity(&self, ip: IpAddr) -> Option<Identity> {
-        let w = self.workload(ip).filter(|w| w.enrolled)?;
-        Identity::new(&self.trust_domain, &w.namespace, &w.service_account).ok()
-    }
-}
 
 /// mTLS parts, present when the agent has a CA.
 pub struct Mtls {
@@ -83,8 +43,8 @@ impl ProxyState {
         self.view.read().unwrap().clone()
     }
 
-    pub fn set_view(&self, view: MeshView) {
-        *self.view.write().unwrap() = Arc::new(view);
+    pub fn set_view(&self, view: Arc<MeshView>) {
+        *self.view.write().unwrap() = view;
     }
 
     /// An enrolled pod of this node at `ip`.

@@ -1,0 +1,298 @@
+//! The Kubernetes source: one watcher per kind (Pods, Services,
+//! EndpointSlices, Namespaces, AuthorizationPolicies, PeerAuthentications).
+//! kube-runtime's watcher resumes watches from the last resourceVersion,
+//! re-lists after 410 Gone and backs off on errors; objects are turned into
+//! the slim model as they arrive, so only the fields the agent needs stay
+//! in memory. Events that are ready together are applied as one batch and
+//! published as one view.
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Debug;
+
+use futures::{FutureExt, Stream, StreamExt, stream::BoxStream};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use super::{
+    Publisher, Source, convert,
+    store::{Collection, CompiledPolicy, Store},
+};
+use crate::policy::{
+    self, AuthorizationPolicy,
+    crd::{AuthorizationPolicyResource, PeerAuthenticationResource},
+};
+
+pub struct KubernetesSource {
+    client: Client,
+}
+
+impl KubernetesSource {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+/// One event from any of the watchers.
+enum Change {
+    Pod(watcher::Event<Pod>),
+    Service(watcher::Event<Service>),
+    Slice(watcher::Event<EndpointSlice>),
+    Namespace(watcher::Event<Namespace>),
+    Authorization(watcher::Event<AuthorizationPolicyResource>),
+    PeerAuthentication(watcher::Event<PeerAuthenticationResource>),
+}
+
+const KINDS: usize = 6;
+
+fn watch<K>(
+    client: &Client,
+    wrap: fn(watcher::Event<K>) -> Change,
+    index: usize,
+) -> BoxStream<'static, (usize, Result<Change, watcher::Error>)>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map(move |r| (index, r.map(wrap)))
+        .boxed()
+}
+
+/// Per kind: the objects of a re-list in progress, and whether the kind
+/// has been listed completely at least once.
+struct KindState<T> {
+    relist: Option<Vec<(String, T)>>,
+    synced: bool,
+}
+
+impl<T> Default for KindState<T> {
+    fn default() -> Self {
+        Self {
+            relist: None,
+            synced: false,
+        }
+    }
+}
+
+fn ns_name<K: Resource>(o: &K) -> String {
+    format!(
+        "{}/{}",
+        o.meta().namespace.as_deref().unwrap_or("default"),
+        o.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Applies one watcher event to one collection. `convert` turns an object
+/// into its key and model value, or says why it cannot be used (logged; the
+/// object is then treated as absent).
+fn apply<K: Resource, T>(
+    event: watcher::Event<K>,
+    kind: &str,
+    collection: &mut Collection<T>,
+    state: &mut KindState<T>,
+    key: impl Fn(&K) -> String,
+    convert: impl Fn(&K) -> Result<T, convert::Invalid>,
+) {
+    let converted = |o: &K| match convert(o) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(kind, object = %key(o), field = %e.field, problem = %e.problem, "object ignored");
+            None
+        }
+    };
+    match event {
+        watcher::Event::Apply(o) => match converted(&o) {
+            Some(v) => collection.apply(key(&o), v),
+            None => collection.delete(&key(&o)),
+        },
+        watcher::Event::Delete(o) => collection.delete(&key(&o)),
+        watcher::Event::Init => state.relist = Some(Vec::new()),
+        watcher::Event::InitApply(o) => {
+            if let Some(v) = converted(&o) {
+                state.relist.get_or_insert_default().push((key(&o), v));
+            }
+        }
+        watcher::Event::InitDone => {
+            collection.replace(state.relist.take().unwrap_or_default());
+            if !state.synced {
+                info!(kind, objects = collection.len(), "initial list done");
+            }
+            state.synced = true;
+        }
+    }
+}
+
+/// A policy that does not compile denies everything in its scope.
+fn compile_authorization(
+    p: &AuthorizationPolicyResource,
+) -> Result<CompiledPolicy, convert::Invalid> {
+    let namespace = p.namespace().unwrap_or_else(|| "default".into());
+    let name = p.name_any();
+    match AuthorizationPolicy::compile(&namespace, &name, p.annotations(), &p.spec.0) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            warn!(
+                policy = %format!("{namespace}/{name}"),
+                field = %e.field,
+                problem = %e.problem,
+                "AuthorizationPolicy cannot be enforced as written; denying all traffic in its scope until it is fixed"
+            );
+            Ok(Some(AuthorizationPolicy::deny_all(
+                &namespace,
+                &name,
+                p.spec.0.selector.clone(),
+            )))
+        }
+    }
+}
+
+#[derive(Default)]
+struct Watchers {
+    store: Store,
+    pods: KindState<crate::discovery::model::Workload>,
+    services: KindState<crate::discovery::model::Service>,
+    slices: KindState<crate::discovery::model::EndpointSlice>,
+    namespaces: KindState<crate::discovery::model::Labels>,
+    authorization: KindState<CompiledPolicy>,
+    peer_authentication: KindState<policy::PeerAuthentication>,
+    /// Kinds the API server does not serve (their CRD is not installed).
+    absent: [bool; KINDS],
+}
+
+impl Watchers {
+    fn synced(&self) -> bool {
+        let synced = [
+            self.pods.synced,
+            self.services.synced,
+            self.slices.synced,
+            self.namespaces.synced,
+            self.authorization.synced,
+            self.peer_authentication.synced,
+        ];
+        synced.iter().zip(self.absent).all(|(s, a)| *s || a)
+    }
+
+    fn handle(&mut self, index: usize, change: Result<Change, watcher::Error>) {
+        let s = &mut self.store;
+        match change {
+            Ok(Change::Pod(e)) => apply(
+                e,
+                "Pod",
+                &mut s.pods,
+                &mut self.pods,
+                |p| p.uid().unwrap_or_else(|| ns_name(p)),
+                convert::workload,
+            ),
+            Ok(Change::Service(e)) => apply(
+                e,
+                "Service",
+                &mut s.services,
+                &mut self.services,
+                ns_name,
+                convert::service,
+            ),
+            Ok(Change::Slice(e)) => apply(
+                e,
+                "EndpointSlice",
+                &mut s.slices,
+                &mut self.slices,
+                ns_name,
+                convert::endpoint_slice,
+            ),
+            Ok(Change::Namespace(e)) => apply(
+                e,
+                "Namespace",
+                &mut s.namespaces,
+                &mut self.namespaces,
+                |n| n.name_any(),
+                |n| Ok(convert::namespace(n).1),
+            ),
+            Ok(Change::Authorization(e)) => apply(
+                e,
+                "AuthorizationPolicy",
+                &mut s.authorization,
+                &mut self.authorization,
+                ns_name,
+                compile_authorization,
+            ),
+            Ok(Change::PeerAuthentication(e)) => apply(
+                e,
+                "PeerAuthentication",
+                &mut s.peer_authentication,
+                &mut self.peer_authentication,
+                ns_name,
+                |p| {
+                    let key = ns_name(p);
+                    Ok(policy::PeerAuthentication {
+                        namespace: p.namespace().unwrap_or_else(|| "default".into()),
+                        name: key,
+                        spec: p.spec.0.clone(),
+                    })
+                },
+            ),
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if status.is_not_found() =>
+            {
+                if !self.absent[index] {
+                    warn!(
+                        kind = KIND_NAMES[index],
+                        "the API server does not serve this kind (CRD not installed?); treating it as empty"
+                    );
+                }
+                self.absent[index] = true;
+            }
+            Err(e) => {
+                warn!(kind = KIND_NAMES[index], error = %e, "watch failed; retrying with backoff")
+            }
+        }
+    }
+}
+
+const KIND_NAMES: [&str; KINDS] = [
+    "Pod",
+    "Service",
+    "EndpointSlice",
+    "Namespace",
+    "AuthorizationPolicy",
+    "PeerAuthentication",
+];
+
+fn all_watches(
+    client: &Client,
+) -> impl Stream<Item = (usize, Result<Change, watcher::Error>)> + use<> {
+    futures::stream::select_all([
+        watch(client, Change::Pod, 0),
+        watch(client, Change::Service, 1),
+        watch(client, Change::Slice, 2),
+        watch(client, Change::Namespace, 3),
+        watch(client, Change::Authorization, 4),
+        watch(client, Change::PeerAuthentication, 5),
+    ])
+}
+
+impl Source for KubernetesSource {
+    async fn run(self, publisher: Publisher) {
+        let mut changes = all_watches(&self.client);
+        let mut w = Watchers::default();
+        while publisher.is_open() {
+            let Some((index, first)) = changes.next().await else {
+                break;
+            };
+            w.handle(index, first);
+            // Whatever else is ready joins this batch: one view per burst.
+            while let Some(Some((index, next))) = changes.next().now_or_never() {
+                w.handle(index, next);
+            }
+            publisher.publish(&w.store, w.synced());
+        }
+    }
+}
