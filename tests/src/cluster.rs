@@ -514,11 +514,35 @@ impl Cluster {
             .wait_json(what, timeout, pred)
     }
 
-    /// Replaces the extra documents in every node's config (agents reload).
+    /// Replaces the extra documents in every node's config and waits until
+    /// every running agent has applied it.
     pub fn set_docs(&mut self, yaml: &str) -> anyhow::Result<()> {
         self.extra_docs = yaml.into();
+        self.rewrite_configs()
+    }
+
+    fn applied(&self, n: usize) -> usize {
+        self.agent_log(n)
+            .iter()
+            .filter(|l| l["message"] == "view applied")
+            .count()
+    }
+
+    /// Rewrites every node's config and waits (bounded) until each running
+    /// agent has applied a new view.
+    pub fn rewrite_configs(&mut self) -> anyhow::Result<()> {
+        let before: Vec<usize> = (0..self.nodes.len()).map(|n| self.applied(n)).collect();
         for n in 0..self.nodes.len() {
             self.write_config(n)?;
+        }
+        for (n, before) in before.into_iter().enumerate() {
+            if self.agents.get(n).is_some_and(Option::is_some) {
+                crate::sys::wait_for(
+                    &format!("agent {n} applies the new config"),
+                    Duration::from_secs(15),
+                    || (self.applied(n) > before).then_some(()),
+                )?;
+            }
         }
         Ok(())
     }
@@ -642,10 +666,7 @@ impl Cluster {
             .find(|p| p.name == pod)
             .context("no such pod")?;
         p.enrolled = enrolled;
-        for n in 0..self.nodes.len() {
-            self.write_config(n)?;
-        }
-        Ok(())
+        self.rewrite_configs()
     }
 
     pub fn pod(&self, name: &str) -> &Pod {

@@ -66,3 +66,47 @@ fn netns_inode(proc_dir: &Path) -> Option<u64> {
         .ok()
         .map(|m| m.ino())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    /// A /proc look-alike: pid 1 in the host netns, pods' processes with
+    /// cgroup paths as the cgroupfs and systemd drivers write them.
+    fn fake_proc() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let host_ns = root.path().join("host-ns");
+        let pod_ns = root.path().join("pod-ns");
+        fs::write(&host_ns, "").unwrap();
+        fs::write(&pod_ns, "").unwrap();
+        let proc = |pid: &str, cgroup: &str, ns: &Path| {
+            let dir = root.path().join(pid);
+            fs::create_dir_all(dir.join("ns")).unwrap();
+            fs::write(dir.join("cgroup"), cgroup).unwrap();
+            std::os::unix::fs::symlink(ns, dir.join("ns").join("net")).unwrap();
+        };
+        proc("1", "0::/init.scope\n", &host_ns);
+        proc("100", "0::/kubepods/besteffort/pod1111-2222/abc\n", &pod_ns);
+        proc(
+            "200",
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3333_4444.slice/cri-containerd-x.scope\n",
+            &pod_ns,
+        );
+        // A host-network pod: its processes share the host's netns.
+        proc("300", "0::/kubepods/pod5555/abc\n", &host_ns);
+        fs::create_dir_all(root.path().join("self")).unwrap();
+        root
+    }
+
+    #[test]
+    fn finds_pods_under_both_cgroup_drivers_and_skips_host_netns() {
+        let root = fake_proc();
+        let found = find(root.path(), &["1111-2222", "3333-4444", "5555", "9999"]);
+        assert_eq!(found.get("1111-2222"), Some(&root.path().join("100/ns/net")));
+        assert_eq!(found.get("3333-4444"), Some(&root.path().join("200/ns/net")));
+        assert!(!found.contains_key("5555"), "host netns is never a pod's");
+        assert!(!found.contains_key("9999"));
+    }
+}

@@ -221,3 +221,131 @@ fn route_ports(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::NodeConfig;
+
+    const FILE: &str = r#"
+kind: AgentConfig
+nodeName: n1
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {mesh.io/dataplane-mode: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}, annotations: {mesh.io/netns: /run/netns/w1}}
+spec:
+  nodeName: n1
+  containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]
+status: {podIPs: [{ip: 10.1.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: n2
+  containers: [{name: c, ports: [{name: http, containerPort: 9090}]}]
+status: {podIPs: [{ip: 10.1.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-3, namespace: shop, labels: {app: web}}
+spec: {nodeName: n2, containers: [{name: c}]}
+status:
+  podIPs: [{ip: 10.1.0.3}]
+  conditions: [{type: Ready, status: "False"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: shop, labels: {app: web}}
+spec: {nodeName: n2, containers: [{name: c}]}
+status: {phase: Succeeded, podIPs: [{ip: 10.1.0.1}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.1
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: direct, port: 81, targetPort: 7000}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {clusterIP: None, selector: {app: db}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: shop}
+spec: {type: ExternalName, externalName: example.com}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pinned, namespace: shop}
+spec: {clusterIP: 10.96.0.2, ports: [{name: p, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: pinned-1, namespace: shop, labels: {kubernetes.io/service-name: pinned}}
+addressType: IPv4
+ports: [{name: p, port: 8443}]
+endpoints:
+- addresses: [10.1.0.2]
+- addresses: [10.1.0.3]
+  conditions: {ready: false}
+"#;
+
+    fn view() -> super::MeshView {
+        NodeConfig::parse(Path::new("f.yaml"), FILE, None).unwrap().view()
+    }
+
+    fn addrs(v: &[std::net::SocketAddr]) -> Vec<String> {
+        v.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn selector_endpoints_resolve_named_ports_and_skip_unready() {
+        let v = view();
+        let web = v.service_at("10.96.0.1".parse().unwrap()).unwrap();
+        assert_eq!(addrs(&web.port(80).unwrap().endpoints), ["10.1.0.1:8080", "10.1.0.2:9090"]);
+        // Numeric targets apply to every ready pod; not-ready web-3 gets nothing.
+        assert_eq!(addrs(&web.port(81).unwrap().endpoints), ["10.1.0.1:7000", "10.1.0.2:7000"]);
+        assert!(web.port(82).is_none());
+    }
+
+    #[test]
+    fn slices_win_over_selectors_and_keep_only_ready_endpoints() {
+        let v = view();
+        let pinned = v.service("shop/pinned").unwrap();
+        assert_eq!(addrs(&pinned.port(80).unwrap().endpoints), ["10.1.0.2:8443"]);
+    }
+
+    #[test]
+    fn headless_and_external_name_have_no_virtual_ip() {
+        let v = view();
+        assert!(v.service("shop/db").is_some() && v.service("shop/ext").is_some());
+        assert_eq!(v.services().count(), 4);
+        assert!(v.service_at("10.96.0.1".parse().unwrap()).is_some());
+        assert!(v.service_at("10.1.0.9".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn finished_pods_do_not_own_addresses_and_enrollment_follows_labels() {
+        let v = view();
+        assert_eq!(v.workload("10.1.0.1".parse().unwrap()).unwrap().name, "web-1");
+        assert!(v.workload_by_uid("local:shop/old").is_some());
+        let here: Vec<_> = v.enrolled_on("n1").map(|w| w.name.clone()).collect();
+        assert_eq!(here, ["web-1"]);
+        assert_eq!(
+            v.expected_identity("10.1.0.2".parse().unwrap()).unwrap().to_string(),
+            "spiffe://cluster.local/ns/shop/sa/default"
+        );
+    }
+}

@@ -56,6 +56,10 @@ pub struct Connection<'a> {
     pub source_identity: Option<String>,
     pub destination_identity: Option<String>,
     pub trace_id: Option<String>,
+    /// `<namespace>/<name>` when `dst` was a Service's virtual IP.
+    pub service: Option<String>,
+    /// The endpoint the connection went to, when not `dst` itself.
+    pub upstream: Option<SocketAddr>,
 }
 
 impl<'a> Connection<'a> {
@@ -78,6 +82,8 @@ impl<'a> Connection<'a> {
             source_identity: None,
             destination_identity: None,
             trace_id: None,
+            service: None,
+            upstream: None,
         }
     }
 
@@ -95,6 +101,8 @@ impl<'a> Connection<'a> {
             source_identity = self.source_identity.as_deref(),
             destination_identity = self.destination_identity.as_deref(),
             trace_id = self.trace_id.as_deref(),
+            destination_service = self.service.as_deref(),
+            upstream = self.upstream.map(|u| u.to_string()),
             bytes_sent = sent,
             bytes_received = received,
             duration_ms = self.started.elapsed().as_millis() as u64,

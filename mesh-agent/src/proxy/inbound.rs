@@ -66,17 +66,19 @@ async fn handle(
         relay::reset(downstream);
         return;
     }
-    deliver(downstream, conn, None, &pod, &view, pod.relay).await;
+    deliver(downstream, conn, None, &pod, dst, &view, pod.relay).await;
 }
 
-/// Authorizes a connection to `target` from `source` (`None`: plaintext,
-/// no identity) and delivers it to the app from 127.0.0.6 in the target's
-/// netns. Plaintext inbound and the same-node hand-over both end here.
+/// Authorizes a connection to `to` (an address of `target`) from `source`
+/// (`None`: plaintext, no identity) and delivers it to the app from
+/// 127.0.0.6 in the target's netns. Plaintext inbound and the same-node
+/// hand-over both end here.
 pub async fn deliver(
     mut downstream: TcpStream,
     conn: Connection<'_>,
     source: Option<&Identity>,
     target: &PodContext,
+    to: SocketAddr,
     view: &MeshView,
     relay_mode: RelayMode,
 ) {
@@ -85,8 +87,8 @@ pub async fn deliver(
         &crate::policy::Connection {
             source,
             source_ip: conn.src.ip(),
-            destination_ip: conn.dst.ip(),
-            destination_port: conn.dst.port(),
+            destination_ip: to.ip(),
+            destination_port: to.port(),
         },
     );
     if !conn.authorized(&decision) {
@@ -94,7 +96,7 @@ pub async fn deliver(
         return;
     }
     let _ = downstream.set_nodelay(true);
-    let mut upstream = match agent_connect(target, Some(delivery_source(conn.dst)), conn.dst).await
+    let mut upstream = match agent_connect(target, Some(delivery_source(to)), to).await
     {
         Ok(s) => s,
         Err(e) => {

@@ -4,6 +4,7 @@
 //! and as plaintext to everything else; `relay` splices two TCP streams
 //! with half-close semantics.
 pub mod access_log;
+pub mod balancer;
 pub mod connector;
 pub mod inbound;
 pub mod listeners;

@@ -1,7 +1,8 @@
 //! The outbound listener (15001): connections an enrolled pod's apps opened,
 //! redirected by connect4/6. The original destination comes from the kernel,
 //! looked up by the accepted connection's 4-tuple in the pod's netns. Then:
-//! a meshed pod on this node gets the in-process path, a meshed pod
+//! a Service's virtual IP is replaced by one of its ready endpoints; then a
+//! meshed pod on this node gets the in-process path, a meshed pod
 //! elsewhere an HBONE tunnel, anything else plaintext passthrough.
 use std::{net::SocketAddr, sync::Arc};
 
@@ -14,7 +15,7 @@ use super::{
     inbound, relay,
     state::ProxyState,
 };
-use crate::{hbone, pod::PodContext};
+use crate::{discovery::view::MeshView, hbone, identity::Identity, pod::PodContext};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
     loop {
@@ -46,6 +47,17 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<Proxy
     }
 }
 
+/// Where an outbound connection goes once an endpoint is chosen.
+enum Upstream {
+    /// A meshed pod on this node: handed over in-process.
+    Local(Arc<PodContext>, Identity),
+    Tunnel(hbone::client::Tunnel),
+    Plain(TcpStream),
+}
+
+/// Endpoints tried for one Service connection before giving up.
+const MAX_ENDPOINT_TRIES: usize = 3;
+
 async fn handle(
     mut downstream: TcpStream,
     src: SocketAddr,
@@ -63,46 +75,100 @@ async fn handle(
         .map_or(src, |ip| SocketAddr::new(*ip, src.port()));
     let mut conn = Connection::new(Direction::Outbound, &pod.key, src, dst, Security::None);
     let view = state.view();
-    let expected = view.expected_identity(dst.ip());
-    if let (Some(mtls), Some(expected)) = (state.mtls.as_ref(), expected) {
-        conn.source_identity = Some(pod.identity.to_string());
-        conn.destination_identity = Some(expected.to_string());
-        if let Some(target) = state.local_pod(dst.ip()) {
-            // Both pods are here: hand over in-process — no TLS, no wire —
-            // after the check the destination would make for a tunnel.
-            conn.security = Security::Local;
-            inbound::deliver(
-                downstream,
-                conn,
-                Some(&pod.identity),
-                &target,
-                &view,
-                pod.relay,
-            )
-            .await;
-            return;
-        }
-        conn.security = Security::MutualTls;
-        let tunnel = match hbone::client::open(mtls, &pod, src, dst, expected).await {
-            Ok(t) => t,
-            Err(e) => {
-                conn.connect_failed(&e);
+    // A Service's virtual IP: pick among its ready endpoints.
+    let candidates = match view.service_at(dst.ip()) {
+        None => vec![dst],
+        Some(svc) => {
+            conn.service = Some(svc.service.key());
+            let Some(port) = svc.port(dst.port()) else {
+                conn.refused("the Service has no such port");
+                relay::reset(downstream);
+                return;
+            };
+            if port.endpoints.is_empty() {
+                conn.refused("the Service has no ready endpoints");
                 relay::reset(downstream);
                 return;
             }
-        };
-        conn.trace_id = Some(tunnel.trace_id.clone());
-        let hbone::client::Tunnel { send, recv, .. } = tunnel;
-        conn.closed(&hbone::stream::relay(downstream, send, recv).await);
-        return;
-    }
-    let mut upstream = match agent_connect(&pod, None, dst).await {
-        Ok(s) => s,
-        Err(e) => {
-            conn.connect_failed(&e);
-            relay::reset(downstream);
-            return;
+            state.balancer.order(&port.endpoints)
         }
     };
-    conn.closed(&pod.relay.relay(&mut downstream, &mut upstream).await);
+    let routed = conn.service.is_some();
+    let mut last_error = None;
+    for target in candidates.into_iter().take(MAX_ENDPOINT_TRIES) {
+        let load = routed.then(|| state.balancer.track(target));
+        if routed {
+            conn.upstream = Some(target);
+        }
+        let upstream = match connect(&mut conn, &pod, &state, &view, src, target).await {
+            Ok(u) => u,
+            Err(e) => {
+                if routed {
+                    warn!(endpoint = %target, error = %e, "endpoint failed; trying another");
+                }
+                last_error = Some(e);
+                continue;
+            }
+        };
+        match upstream {
+            Upstream::Local(target_pod, source) => {
+                inbound::deliver(
+                    downstream,
+                    conn,
+                    Some(&source),
+                    &target_pod,
+                    target,
+                    &view,
+                    pod.relay,
+                )
+                .await;
+            }
+            Upstream::Tunnel(tunnel) => {
+                conn.trace_id = Some(tunnel.trace_id.clone());
+                let hbone::client::Tunnel { send, recv, .. } = tunnel;
+                conn.closed(&hbone::stream::relay(downstream, send, recv).await);
+            }
+            Upstream::Plain(mut upstream) => {
+                conn.closed(&pod.relay.relay(&mut downstream, &mut upstream).await);
+            }
+        }
+        drop(load);
+        return;
+    }
+    if let Some(e) = last_error {
+        conn.connect_failed(&e);
+    }
+    relay::reset(downstream);
+}
+
+/// Opens the way to `target`: in-process for a meshed pod here, an HBONE
+/// tunnel for a meshed pod elsewhere, plaintext for anything outside the mesh.
+async fn connect(
+    conn: &mut Connection<'_>,
+    pod: &Arc<PodContext>,
+    state: &ProxyState,
+    view: &MeshView,
+    src: SocketAddr,
+    target: SocketAddr,
+) -> std::io::Result<Upstream> {
+    let expected = view.expected_identity(target.ip());
+    if let (Some(mtls), Some(expected)) = (state.mtls.as_ref(), expected) {
+        conn.source_identity = Some(pod.identity.to_string());
+        conn.destination_identity = Some(expected.to_string());
+        if let Some(target_pod) = state.local_pod(target.ip()) {
+            // Both pods are here: hand over in-process — no TLS, no wire —
+            // after the check the destination would make for a tunnel.
+            conn.security = Security::Local;
+            return Ok(Upstream::Local(target_pod, pod.identity.clone()));
+        }
+        conn.security = Security::MutualTls;
+        return hbone::client::open(mtls, pod, src, target, expected)
+            .await
+            .map(Upstream::Tunnel)
+            .map_err(std::io::Error::other);
+    }
+    conn.security = Security::None;
+    conn.source_identity = None;
+    conn.destination_identity = None;
+    agent_connect(pod, None, target).await.map(Upstream::Plain)
 }

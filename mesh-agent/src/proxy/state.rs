@@ -9,6 +9,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use super::balancer::Balancer;
 pub use crate::discovery::view::MeshView;
 use crate::{
     datapath::Datapath, hbone::Pool, identity::manager::CertManager, pod::PodContext,
@@ -27,6 +28,7 @@ pub struct ProxyState {
     local: RwLock<HashMap<IpAddr, Arc<PodContext>>>,
     pub datapath: Arc<Datapath>,
     pub mtls: Option<Mtls>,
+    pub balancer: Balancer,
 }
 
 impl ProxyState {
@@ -36,6 +38,7 @@ impl ProxyState {
             local: RwLock::default(),
             datapath,
             mtls,
+            balancer: Balancer::default(),
         }
     }
 
