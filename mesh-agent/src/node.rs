@@ -89,7 +89,7 @@ pub fn check(config: &NodeConfig) -> anyhow::Result<()> {
 
 /// Where the cluster's objects come from, ready to run.
 enum Discovery {
-    Local(LocalFile),
+    Local(Box<LocalFile>),
     Kubernetes(KubernetesSource),
 }
 
@@ -141,7 +141,7 @@ impl Node {
                     config.agent.clone(),
                     text,
                 );
-                (Discovery::Local(source), publisher, views)
+                (Discovery::Local(Box::new(source)), publisher, views)
             }
             DiscoveryMode::Kubernetes => {
                 let client = kube::Client::try_default().await.context(

@@ -23,6 +23,8 @@ pub struct PodSpec {
     pub name: String,
     pub namespace: String,
     pub enrolled: bool,
+    /// Labels besides `app: <name>` and the enrollment label.
+    pub labels: Vec<(String, String)>,
 }
 
 /// What to build: pods per node, by name.
@@ -54,6 +56,7 @@ impl ClusterSpec {
                             name: p.to_string(),
                             namespace: "default".into(),
                             enrolled: true,
+                            labels: Vec::new(),
                         })
                         .collect()
                 })
@@ -64,6 +67,16 @@ impl ClusterSpec {
             cert_lifetime: "24h".into(),
             extra_docs: String::new(),
         }
+    }
+
+    /// Adds a label to `pod`.
+    pub fn label(mut self, pod: &str, key: &str, value: &str) -> Self {
+        for p in self.nodes.iter_mut().flatten() {
+            if p.name == pod {
+                p.labels.push((key.into(), value.into()));
+            }
+        }
+        self
     }
 
     /// Puts `pod` in namespace `ns` instead of `default`.
@@ -123,6 +136,11 @@ pub struct Pod {
     pub netns: String,
     pub cgroup: PathBuf,
     pub enrolled: bool,
+    pub labels: Vec<(String, String)>,
+    pub service_account: String,
+    /// Whether the agents' configs list it (false: deleted from the cluster
+    /// as far as the mesh knows; its netns stays until teardown).
+    pub listed: bool,
 }
 
 impl Pod {
@@ -362,6 +380,9 @@ impl Cluster {
                     netns: pod_ns,
                     cgroup: pod_cg,
                     enrolled: p.enrolled,
+                    labels: p.labels.clone(),
+                    service_account: p.name.clone(),
+                    listed: true,
                 });
             }
         }
@@ -549,17 +570,22 @@ impl Cluster {
 
     fn pods_yaml(&self) -> String {
         let mut s = String::new();
-        for p in &self.pods {
+        for p in self.pods.iter().filter(|p| p.listed) {
             let mode = if p.enrolled { "enabled" } else { "none" };
+            let extra: String = p
+                .labels
+                .iter()
+                .map(|(k, v)| format!("    {k}: {v}\n"))
+                .collect();
             let _ = write!(
                 s,
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}\n    mesh.io/dataplane-mode: {mode}\n  annotations:\n    mesh.io/netns: {}\nspec:\n  nodeName: {}\n  serviceAccountName: {}\nstatus:\n  podIPs:\n  - ip: {}\n",
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}\n{extra}    mesh.io/dataplane-mode: {mode}\n  annotations:\n    mesh.io/netns: {}\nspec:\n  nodeName: {}\n  serviceAccountName: {}\nstatus:\n  podIPs:\n  - ip: {}\n",
                 p.name,
                 p.namespace,
                 p.name,
                 p.netns_path().display(),
                 self.nodes[p.node].name,
-                p.name,
+                p.service_account,
                 p.ip
             );
         }
@@ -666,6 +692,58 @@ impl Cluster {
             .find(|p| p.name == pod)
             .context("no such pod")?;
         p.enrolled = enrolled;
+        self.rewrite_configs()
+    }
+
+    /// Adds `count` pods on node `node` that are only a netns (no link, no
+    /// process), with `service_account`, not yet listed in the configs:
+    /// material for churn tests. Returns their names.
+    pub fn add_bare_pods(
+        &mut self,
+        node: usize,
+        prefix: &str,
+        count: usize,
+        service_account: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for i in 0..count {
+            let name = format!("{prefix}{i}");
+            let netns = format!("mt{}-{name}", self.id);
+            self.add_netns(&netns)?;
+            self.pods.push(Pod {
+                name: name.clone(),
+                namespace: "default".into(),
+                node,
+                ip: Ipv4Addr::new(10, 250, (i / 200) as u8, (i % 200 + 1) as u8),
+                netns,
+                cgroup: self.nodes[node].cgroup.join(format!("pod-{name}")),
+                enrolled: true,
+                labels: Vec::new(),
+                service_account: service_account.into(),
+                listed: false,
+            });
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// Lists or unlists pods in every node's config at once and waits until
+    /// the agents have applied it.
+    pub fn set_listed(&mut self, pods: &[String], listed: bool) -> anyhow::Result<()> {
+        for p in self.pods.iter_mut().filter(|p| pods.contains(&p.name)) {
+            p.listed = listed;
+        }
+        self.rewrite_configs()
+    }
+
+    /// Drops a pod from every node's config (as if deleted from the
+    /// cluster) and waits until the agents have applied that.
+    pub fn delete_pod(&mut self, pod: &str) -> anyhow::Result<()> {
+        self.pods
+            .iter_mut()
+            .find(|p| p.name == pod)
+            .context("no such pod")?
+            .listed = false;
         self.rewrite_configs()
     }
 

@@ -41,14 +41,14 @@ impl KubernetesSource {
     }
 }
 
-/// One event from any of the watchers.
+/// One event from any of the watchers (boxed: objects differ a lot in size).
 enum Change {
-    Pod(watcher::Event<Pod>),
-    Service(watcher::Event<Service>),
-    Slice(watcher::Event<EndpointSlice>),
-    Namespace(watcher::Event<Namespace>),
-    Authorization(watcher::Event<AuthorizationPolicyResource>),
-    PeerAuthentication(watcher::Event<PeerAuthenticationResource>),
+    Pod(Box<watcher::Event<Pod>>),
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+    Namespace(Box<watcher::Event<Namespace>>),
+    Authorization(Box<watcher::Event<AuthorizationPolicyResource>>),
+    PeerAuthentication(Box<watcher::Event<PeerAuthenticationResource>>),
 }
 
 const KINDS: usize = 6;
@@ -185,7 +185,7 @@ impl Watchers {
         let s = &mut self.store;
         match change {
             Ok(Change::Pod(e)) => apply(
-                e,
+                *e,
                 "Pod",
                 &mut s.pods,
                 &mut self.pods,
@@ -193,7 +193,7 @@ impl Watchers {
                 convert::workload,
             ),
             Ok(Change::Service(e)) => apply(
-                e,
+                *e,
                 "Service",
                 &mut s.services,
                 &mut self.services,
@@ -201,7 +201,7 @@ impl Watchers {
                 convert::service,
             ),
             Ok(Change::Slice(e)) => apply(
-                e,
+                *e,
                 "EndpointSlice",
                 &mut s.slices,
                 &mut self.slices,
@@ -209,7 +209,7 @@ impl Watchers {
                 convert::endpoint_slice,
             ),
             Ok(Change::Namespace(e)) => apply(
-                e,
+                *e,
                 "Namespace",
                 &mut s.namespaces,
                 &mut self.namespaces,
@@ -217,7 +217,7 @@ impl Watchers {
                 |n| Ok(convert::namespace(n).1),
             ),
             Ok(Change::Authorization(e)) => apply(
-                e,
+                *e,
                 "AuthorizationPolicy",
                 &mut s.authorization,
                 &mut self.authorization,
@@ -225,7 +225,7 @@ impl Watchers {
                 compile_authorization,
             ),
             Ok(Change::PeerAuthentication(e)) => apply(
-                e,
+                *e,
                 "PeerAuthentication",
                 &mut s.peer_authentication,
                 &mut self.peer_authentication,
@@ -270,12 +270,12 @@ fn all_watches(
     client: &Client,
 ) -> impl Stream<Item = (usize, Result<Change, watcher::Error>)> + use<> {
     futures::stream::select_all([
-        watch(client, Change::Pod, 0),
-        watch(client, Change::Service, 1),
-        watch(client, Change::Slice, 2),
-        watch(client, Change::Namespace, 3),
-        watch(client, Change::Authorization, 4),
-        watch(client, Change::PeerAuthentication, 5),
+        watch(client, |e| Change::Pod(Box::new(e)), 0),
+        watch(client, |e| Change::Service(Box::new(e)), 1),
+        watch(client, |e| Change::Slice(Box::new(e)), 2),
+        watch(client, |e| Change::Namespace(Box::new(e)), 3),
+        watch(client, |e| Change::Authorization(Box::new(e)), 4),
+        watch(client, |e| Change::PeerAuthentication(Box::new(e)), 5),
     ])
 }
 

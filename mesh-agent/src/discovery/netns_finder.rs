@@ -104,8 +104,14 @@ mod tests {
     fn finds_pods_under_both_cgroup_drivers_and_skips_host_netns() {
         let root = fake_proc();
         let found = find(root.path(), &["1111-2222", "3333-4444", "5555", "9999"]);
-        assert_eq!(found.get("1111-2222"), Some(&root.path().join("100/ns/net")));
-        assert_eq!(found.get("3333-4444"), Some(&root.path().join("200/ns/net")));
+        assert_eq!(
+            found.get("1111-2222"),
+            Some(&root.path().join("100/ns/net"))
+        );
+        assert_eq!(
+            found.get("3333-4444"),
+            Some(&root.path().join("200/ns/net"))
+        );
         assert!(!found.contains_key("5555"), "host netns is never a pod's");
         assert!(!found.contains_key("9999"));
     }

@@ -303,7 +303,9 @@ endpoints:
 "#;
 
     fn view() -> super::MeshView {
-        NodeConfig::parse(Path::new("f.yaml"), FILE, None).unwrap().view()
+        NodeConfig::parse(Path::new("f.yaml"), FILE, None)
+            .unwrap()
+            .view()
     }
 
     fn addrs(v: &[std::net::SocketAddr]) -> Vec<String> {
@@ -314,9 +316,15 @@ endpoints:
     fn selector_endpoints_resolve_named_ports_and_skip_unready() {
         let v = view();
         let web = v.service_at("10.96.0.1".parse().unwrap()).unwrap();
-        assert_eq!(addrs(&web.port(80).unwrap().endpoints), ["10.1.0.1:8080", "10.1.0.2:9090"]);
+        assert_eq!(
+            addrs(&web.port(80).unwrap().endpoints),
+            ["10.1.0.1:8080", "10.1.0.2:9090"]
+        );
         // Numeric targets apply to every ready pod; not-ready web-3 gets nothing.
-        assert_eq!(addrs(&web.port(81).unwrap().endpoints), ["10.1.0.1:7000", "10.1.0.2:7000"]);
+        assert_eq!(
+            addrs(&web.port(81).unwrap().endpoints),
+            ["10.1.0.1:7000", "10.1.0.2:7000"]
+        );
         assert!(web.port(82).is_none());
     }
 
@@ -324,7 +332,10 @@ endpoints:
     fn slices_win_over_selectors_and_keep_only_ready_endpoints() {
         let v = view();
         let pinned = v.service("shop/pinned").unwrap();
-        assert_eq!(addrs(&pinned.port(80).unwrap().endpoints), ["10.1.0.2:8443"]);
+        assert_eq!(
+            addrs(&pinned.port(80).unwrap().endpoints),
+            ["10.1.0.2:8443"]
+        );
     }
 
     #[test]
@@ -339,12 +350,17 @@ endpoints:
     #[test]
     fn finished_pods_do_not_own_addresses_and_enrollment_follows_labels() {
         let v = view();
-        assert_eq!(v.workload("10.1.0.1".parse().unwrap()).unwrap().name, "web-1");
+        assert_eq!(
+            v.workload("10.1.0.1".parse().unwrap()).unwrap().name,
+            "web-1"
+        );
         assert!(v.workload_by_uid("local:shop/old").is_some());
         let here: Vec<_> = v.enrolled_on("n1").map(|w| w.name.clone()).collect();
         assert_eq!(here, ["web-1"]);
         assert_eq!(
-            v.expected_identity("10.1.0.2".parse().unwrap()).unwrap().to_string(),
+            v.expected_identity("10.1.0.2".parse().unwrap())
+                .unwrap()
+                .to_string(),
             "spiffe://cluster.local/ns/shop/sa/default"
         );
     }

@@ -96,8 +96,7 @@ pub async fn deliver(
         return;
     }
     let _ = downstream.set_nodelay(true);
-    let mut upstream = match agent_connect(target, Some(delivery_source(to)), to).await
-    {
+    let mut upstream = match agent_connect(target, Some(delivery_source(to)), to).await {
         Ok(s) => s,
         Err(e) => {
             conn.connect_failed(&e);

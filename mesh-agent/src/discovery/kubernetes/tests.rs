@@ -72,10 +72,7 @@ fn pod(name: &str, rv: &str, ip: &str, labels: Value) -> Value {
 
 /// Runs the source against the script until `until` holds for a published
 /// view (bounded), and returns that view and the requests seen.
-async fn run_until(
-    script: Script,
-    until: impl Fn(&Published) -> bool,
-) -> (Published, Vec<String>) {
+async fn run_until(script: Script, until: impl Fn(&Published) -> bool) -> (Published, Vec<String>) {
     let script = Arc::new(Mutex::new(script));
     let (service, mut handle): (_, Handle) = tower_test::mock::pair();
     let server_script = script.clone();
@@ -121,7 +118,8 @@ async fn run_until(
             synced: false,
         },
     );
-    let source = tokio::spawn(KubernetesSource::new(Client::new(service, "default")).run(publisher));
+    let source =
+        tokio::spawn(KubernetesSource::new(Client::new(service, "default")).run(publisher));
     let found = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if until(&rx.borrow_and_update()) {
@@ -139,7 +137,11 @@ async fn run_until(
         Err(_) => panic!(
             "condition not reached; last view synced={} pods={:?}; requests: {seen:?}",
             rx.borrow().synced,
-            rx.borrow().view.workloads().map(|w| w.name.clone()).collect::<Vec<_>>()
+            rx.borrow()
+                .view
+                .workloads()
+                .map(|w| w.name.clone())
+                .collect::<Vec<_>>()
         ),
     }
 }
@@ -153,25 +155,60 @@ fn names(p: &Published) -> Vec<String> {
 #[tokio::test]
 async fn initial_list_then_watch_events_and_deletions() {
     let mut s = Script::default();
-    s.list(PODS, StatusCode::OK, list_of("Pod", "v1", "1", vec![
-        pod("a", "1", "10.0.0.1", json!({})),
-        pod("b", "1", "10.0.0.2", json!({})),
-    ]))
-    .watch(PODS, &[
-        event("ADDED", pod("c", "2", "10.0.0.3", json!({}))),
-        event("MODIFIED", pod("a", "3", "10.0.0.1", json!({"mesh.io/dataplane-mode": "enabled"}))),
-        event("DELETED", pod("b", "4", "10.0.0.2", json!({}))),
-    ]);
+    s.list(
+        PODS,
+        StatusCode::OK,
+        list_of(
+            "Pod",
+            "v1",
+            "1",
+            vec![
+                pod("a", "1", "10.0.0.1", json!({})),
+                pod("b", "1", "10.0.0.2", json!({})),
+            ],
+        ),
+    )
+    .watch(
+        PODS,
+        &[
+            event("ADDED", pod("c", "2", "10.0.0.3", json!({}))),
+            event(
+                "MODIFIED",
+                pod(
+                    "a",
+                    "3",
+                    "10.0.0.1",
+                    json!({"mesh.io/dataplane-mode": "enabled"}),
+                ),
+            ),
+            event("DELETED", pod("b", "4", "10.0.0.2", json!({}))),
+        ],
+    );
     let (p, seen) = run_until(s, |p| {
-        p.synced && names(p) == ["a", "c"] && p.view.expected_identity("10.0.0.1".parse().unwrap()).is_some()
+        p.synced
+            && names(p) == ["a", "c"]
+            && p.view
+                .expected_identity("10.0.0.1".parse().unwrap())
+                .is_some()
     })
     .await;
-    assert!(p.view.workload("10.0.0.2".parse().unwrap()).is_none(), "deleted pod's IP is gone");
+    assert!(
+        p.view.workload("10.0.0.2".parse().unwrap()).is_none(),
+        "deleted pod's IP is gone"
+    );
     assert_eq!(
-        p.view.expected_identity("10.0.0.1".parse().unwrap()).unwrap().to_string(),
+        p.view
+            .expected_identity("10.0.0.1".parse().unwrap())
+            .unwrap()
+            .to_string(),
         "spiffe://cluster.local/ns/shop/sa/a"
     );
-    assert!(p.view.expected_identity("10.0.0.3".parse().unwrap()).is_none(), "c is not enrolled");
+    assert!(
+        p.view
+            .expected_identity("10.0.0.3".parse().unwrap())
+            .is_none(),
+        "c is not enrolled"
+    );
     assert_eq!(p.view.enrolled_on("node-1").count(), 1);
     assert!(seen.contains(&format!("{PODS} watch")), "{seen:?}");
 }
@@ -179,11 +216,25 @@ async fn initial_list_then_watch_events_and_deletions() {
 #[tokio::test]
 async fn gone_410_relists_and_drops_what_vanished_meanwhile() {
     let mut s = Script::default();
-    s.list(PODS, StatusCode::OK, list_of("Pod", "v1", "1", vec![pod("a", "1", "10.0.0.1", json!({}))]))
-        .watch(PODS, &[event("ERROR", json!({
+    s.list(
+        PODS,
+        StatusCode::OK,
+        list_of("Pod", "v1", "1", vec![pod("a", "1", "10.0.0.1", json!({}))]),
+    )
+    .watch(
+        PODS,
+        &[event(
+            "ERROR",
+            json!({
             "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-            "message": "too old resource version: 1 (5)", "reason": "Expired", "code": 410}))])
-        .list(PODS, StatusCode::OK, list_of("Pod", "v1", "6", vec![pod("b", "6", "10.0.0.2", json!({}))]));
+            "message": "too old resource version: 1 (5)", "reason": "Expired", "code": 410}),
+        )],
+    )
+    .list(
+        PODS,
+        StatusCode::OK,
+        list_of("Pod", "v1", "6", vec![pod("b", "6", "10.0.0.2", json!({}))]),
+    );
     let (_, seen) = run_until(s, |p| names(p) == ["b"]).await;
     let lists = seen.iter().filter(|r| *r == PODS).count();
     assert_eq!(lists, 2, "one list, then a re-list after 410: {seen:?}");
@@ -195,7 +246,11 @@ async fn api_errors_are_retried_and_the_source_recovers() {
     let failure = json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
                          "message": "etcdserver: leader changed", "reason": "InternalError", "code": 500});
     s.list(PODS, StatusCode::INTERNAL_SERVER_ERROR, failure)
-        .list(PODS, StatusCode::OK, list_of("Pod", "v1", "2", vec![pod("a", "2", "10.0.0.1", json!({}))]));
+        .list(
+            PODS,
+            StatusCode::OK,
+            list_of("Pod", "v1", "2", vec![pod("a", "2", "10.0.0.1", json!({}))]),
+        );
     let (p, seen) = run_until(s, |p| p.synced).await;
     assert_eq!(names(&p), ["a"]);
     assert_eq!(seen.iter().filter(|r| *r == PODS).count(), 2, "{seen:?}");
@@ -241,13 +296,35 @@ async fn services_endpoints_and_policies_arrive_in_the_view() {
                "spec": {"rules": [{"from": [{"source": {"ipBlocks": ["not-a-cidr"]}}]}]}}),
     ]));
     let (p, _) = run_until(s, |p| p.synced && p.view.sizes.services == 1).await;
-    let route = p.view.service_at("10.96.0.10".parse().unwrap()).expect("VIP routed");
+    let route = p
+        .view
+        .service_at("10.96.0.10".parse().unwrap())
+        .expect("VIP routed");
     assert_eq!(route.service.key(), "shop/web");
     // Only the ready endpoint, at the slice's resolved target port.
-    assert_eq!(route.port(80).unwrap().endpoints, vec!["10.0.0.1:8080".parse().unwrap()]);
-    assert_eq!(p.view.enrolled_on("node-1").count(), 2, "namespace label enrolls");
-    let names: Vec<_> = p.view.policies.authorization.iter().map(|a| (a.name.as_str(), a.action)).collect();
-    assert!(names.contains(&("shop/allow-front", crate::policy::model::Action::Allow)), "{names:?}");
+    assert_eq!(
+        route.port(80).unwrap().endpoints,
+        vec!["10.0.0.1:8080".parse().unwrap()]
+    );
+    assert_eq!(
+        p.view.enrolled_on("node-1").count(),
+        2,
+        "namespace label enrolls"
+    );
+    let names: Vec<_> = p
+        .view
+        .policies
+        .authorization
+        .iter()
+        .map(|a| (a.name.as_str(), a.action))
+        .collect();
+    assert!(
+        names.contains(&("shop/allow-front", crate::policy::model::Action::Allow)),
+        "{names:?}"
+    );
     // A policy that cannot be compiled fails closed.
-    assert!(names.contains(&("shop/broken", crate::policy::model::Action::Deny)), "{names:?}");
+    assert!(
+        names.contains(&("shop/broken", crate::policy::model::Action::Deny)),
+        "{names:?}"
+    );
 }
