@@ -14,6 +14,10 @@ pub struct Args {
     /// Where to write the markdown table (also printed).
     #[arg(long, default_value = "target/bench/datapath.md")]
     out: std::path::PathBuf,
+    /// Run only one part: `datapath` (traffic through the agents) or
+    /// `discovery` (store scale).
+    #[arg(long, value_parser = ["datapath", "discovery"])]
+    only: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -54,10 +58,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::env::set_var("MESHTB_BIN", release.join("meshtb"));
         std::env::set_var("HBONEPROBE_BIN", release.join("hboneprobe"));
     }
+    let datapath = args.only.as_deref() != Some("discovery");
+    let discovery = args.only.as_deref() != Some("datapath");
     let modes = [Mode::Direct, Mode::Mesh, Mode::MeshSplice, Mode::Mtls];
     let mut all = Vec::new();
     let mut notes = Vec::new();
-    for mode in modes {
+    for mode in modes.into_iter().filter(|_| datapath) {
         eprintln!("bench: {}", mode.label());
         let mut failures = Failures::new();
         all.push(measure(mode, args.secs, &mut failures).with_context(|| mode.label())?);
@@ -67,11 +73,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .map(|f| format!("- {}: {f}", mode.label())),
         );
     }
-    let mut table = render(&modes, &all, args.secs);
-    if !notes.is_empty() {
-        table += "\nFailed measurements:\n";
-        table += &notes.join("\n");
-        table += "\n";
+    let mut table = String::new();
+    if datapath {
+        table = render(&modes, &all, args.secs);
+        if !notes.is_empty() {
+            table += "\nFailed measurements:\n";
+            table += &notes.join("\n");
+            table += "\n";
+        }
+    }
+    if discovery {
+        eprintln!("bench: discovery scale");
+        if !table.is_empty() {
+            table += "\n";
+        }
+        table += &crate::bench_discovery::run().context("discovery scale")?;
     }
     println!("{table}");
     let out = crate::workspace().join(&args.out);

@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask <setup|build-ebpf|test|demo|bench>`.
 mod bench;
+mod bench_discovery;
 mod demo;
 mod ebpf_build;
 mod setup;

@@ -480,6 +480,17 @@ spec: {nodeName: node-2}
         assert_eq!(node.enrolled_pods().len(), 1);
         let view = node.view();
         assert_eq!(view.sizes.pods, 3);
+        assert_eq!(view.sizes.services, 2);
+        let db = view.service_at("10.96.0.20".parse().unwrap()).unwrap();
+        assert_eq!(
+            db.port(5432).unwrap().endpoints,
+            ["10.244.2.10:5432".parse().unwrap()]
+        );
+        let billing = view.service("shop/billing").unwrap();
+        assert_eq!(
+            billing.port(80).unwrap().endpoints,
+            ["192.168.50.10:8080".parse().unwrap()]
+        );
         assert_eq!(view.policies.authorization.len(), 1);
         assert_eq!(view.policies.peer_authentication.len(), 1);
         assert!(node.agent.ca.is_some());

@@ -83,6 +83,20 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
 }
 
 impl Document<'_> {
+    /// Reads an already parsed document into its type; only on error is
+    /// the text parsed again, for the line and column of the problem.
+    fn typed<T: DeserializeOwned>(
+        &self,
+        value: serde_yaml::Value,
+        file: &Path,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        match serde_yaml::from_value(value) {
+            Ok(v) => Ok(v),
+            Err(_) => self.parse(file, what),
+        }
+    }
+
     fn parse<T: DeserializeOwned>(&self, file: &Path, what: &str) -> Result<T, ConfigError> {
         serde_yaml::from_str(self.text).map_err(|e| {
             let line = e
@@ -194,12 +208,12 @@ pub fn parse(
         };
         match kind.as_str() {
             "Namespace" => {
-                let ns: Namespace = doc.parse(file, &format!("Namespace {name}"))?;
+                let ns: Namespace = doc.typed(value, file, &format!("Namespace {name}"))?;
                 let (name, labels) = convert::namespace(&ns);
                 store.namespaces.apply(name, labels);
             }
             "Pod" => {
-                let pod: Pod = doc.parse(file, &what)?;
+                let pod: Pod = doc.typed(value, file, &what)?;
                 let mut w = convert::workload(&pod).map_err(bad)?;
                 w.namespace = namespace.clone();
                 if !w.finished {
@@ -217,19 +231,19 @@ pub fn parse(
                 store.pods.apply(w.uid.clone(), w);
             }
             "Service" => {
-                let svc: K8sService = doc.parse(file, &what)?;
+                let svc: K8sService = doc.typed(value, file, &what)?;
                 let mut svc = convert::service(&svc).map_err(bad)?;
                 svc.namespace = namespace.clone();
                 store.services.apply(key, svc);
             }
             "EndpointSlice" => {
-                let slice: K8sSlice = doc.parse(file, &what)?;
+                let slice: K8sSlice = doc.typed(value, file, &what)?;
                 let mut slice = convert::endpoint_slice(&slice).map_err(bad)?;
                 slice.namespace = namespace.clone();
                 store.slices.apply(key, slice);
             }
             "AuthorizationPolicy" => {
-                let p: PolicyDoc<model::AuthorizationPolicySpec> = doc.parse(file, &what)?;
+                let p: PolicyDoc<model::AuthorizationPolicySpec> = doc.typed(value, file, &what)?;
                 let compiled = AuthorizationPolicy::compile(
                     &namespace,
                     &name,
@@ -242,7 +256,7 @@ pub fn parse(
                 store.authorization.apply(key, compiled);
             }
             "PeerAuthentication" => {
-                let p: PolicyDoc<model::PeerAuthenticationSpec> = doc.parse(file, &what)?;
+                let p: PolicyDoc<model::PeerAuthenticationSpec> = doc.typed(value, file, &what)?;
                 store.peer_authentication.apply(
                     key.clone(),
                     policy::PeerAuthentication {

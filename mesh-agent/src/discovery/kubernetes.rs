@@ -292,7 +292,8 @@ impl Source for KubernetesSource {
             while let Some(Some((index, next))) = changes.next().now_or_never() {
                 w.handle(index, next);
             }
-            publisher.publish(&w.store, w.synced());
+            let (store, synced, p) = (w.store.clone(), w.synced(), publisher.clone());
+            let _ = tokio::task::spawn_blocking(move || p.publish(&store, synced)).await;
         }
     }
 }

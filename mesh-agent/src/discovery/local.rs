@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::{Publisher, Source};
 use crate::config::{AgentConfig, NodeConfig};
@@ -42,6 +42,31 @@ impl LocalFile {
     }
 }
 
+/// Parses the file's new text and publishes it, or says why not.
+fn apply(
+    path: &std::path::Path,
+    text: &str,
+    node_name: Option<String>,
+    agent: &AgentConfig,
+    publisher: &Publisher,
+) {
+    let started = std::time::Instant::now();
+    match NodeConfig::parse(path, text, node_name.as_deref()) {
+        Ok(config) => {
+            info!(
+                parse_us = started.elapsed().as_micros() as u64,
+                bytes = text.len(),
+                "config file parsed"
+            );
+            if config.agent != *agent {
+                warn!("AgentConfig changed; node settings apply at the next agent start");
+            }
+            publisher.publish(&config.store, true);
+        }
+        Err(e) => error!(error = %e, "config rejected; the last good config stays in force"),
+    }
+}
+
 impl Source for LocalFile {
     async fn run(mut self, publisher: Publisher) {
         let mut tick = tokio::time::interval(POLL);
@@ -59,17 +84,17 @@ impl Source for LocalFile {
             if text == self.last_text {
                 continue;
             }
-            match NodeConfig::parse(&self.path, &text, self.node_name.as_deref()) {
-                Ok(config) => {
-                    if config.agent != self.agent {
-                        warn!("AgentConfig changed; node settings apply at the next agent start");
-                    }
-                    publisher.publish(&config.store, true);
-                }
-                Err(e) => {
-                    error!(error = %e, "config rejected; the last good config stays in force")
-                }
-            }
+            // Parsing a large file takes a while: off the proxy's thread.
+            let (path, node_name, agent, p) = (
+                self.path.clone(),
+                self.node_name.clone(),
+                self.agent.clone(),
+                publisher.clone(),
+            );
+            let parsing = text.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || apply(&path, &parsing, node_name, &agent, &p))
+                    .await;
             self.last_text = text;
         }
     }

@@ -33,16 +33,25 @@ pub struct Published {
     pub synced: bool,
 }
 
-/// Builds views from a store and hands them to the agent.
+/// Builds views from a store and hands them to the agent. Building takes
+/// tens of milliseconds for a large cluster: sources call it on a blocking
+/// thread, never on the proxy's runtime thread.
+#[derive(Clone)]
 pub struct Publisher {
-    settings: ViewSettings,
-    tx: watch::Sender<Published>,
+    settings: Arc<ViewSettings>,
+    tx: Arc<watch::Sender<Published>>,
 }
 
 impl Publisher {
     pub fn new(settings: ViewSettings, first: Published) -> (Self, watch::Receiver<Published>) {
         let (tx, rx) = watch::channel(first);
-        (Self { settings, tx }, rx)
+        (
+            Self {
+                settings: Arc::new(settings),
+                tx: Arc::new(tx),
+            },
+            rx,
+        )
     }
 
     pub fn publish(&self, store: &Store, synced: bool) {
