@@ -283,15 +283,24 @@ impl Source for KubernetesSource {
     async fn run(self, publisher: Publisher) {
         let mut changes = all_watches(&self.client);
         let mut w = Watchers::default();
+        let mut published_synced = false;
         while publisher.is_open() {
             let Some((index, first)) = changes.next().await else {
                 break;
             };
+            let mut changed = first.is_ok();
             w.handle(index, first);
             // Whatever else is ready joins this batch: one view per burst.
             while let Some(Some((index, next))) = changes.next().now_or_never() {
+                changed |= next.is_ok();
                 w.handle(index, next);
             }
+            let newly_synced = w.synced() && !published_synced;
+            if !changed && !newly_synced {
+                // Only errors (retried with backoff): nothing to rebuild.
+                continue;
+            }
+            published_synced = w.synced();
             let (store, synced, p) = (w.store.clone(), w.synced(), publisher.clone());
             let _ = tokio::task::spawn_blocking(move || p.publish(&store, synced)).await;
         }
