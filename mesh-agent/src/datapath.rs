@@ -20,7 +20,9 @@ use aya::{
         links::{FdLink, LinkError, PinnedLink},
     },
 };
-use mesh_common::{DatapathConfig, ListenerKey, OrigDst, PodAddrKey, SockKey, counter, names};
+use mesh_common::{
+    DatapathConfig, FlowRecord, ListenerKey, OrigDst, PodAddrKey, SockKey, counter, limits, names,
+};
 
 use crate::config::AgentConfig;
 
@@ -77,6 +79,38 @@ struct Maps {
     enrolled: HashMap<MapData, u64, u8>,
     pod_addrs: HashMap<MapData, PodAddrKey, u8>,
     listeners: SockHash<MapData, ListenerKey>,
+    /// Read only to report fill levels.
+    splice: SockHash<MapData, SockKey>,
+    flows_live: HashMap<MapData, u64, FlowRecord>,
+}
+
+/// What the admin API and `mesh status` show of the kernel side.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DatapathInfo {
+    pub pin_dir: PathBuf,
+    pub adopted: bool,
+    pub programs: Vec<ProgramInfo>,
+    /// Node-level programs whose attachment is in place (of `programs.len()`).
+    pub programs_attached: usize,
+    /// Enrolled pods' sk_lookup links pinned under `pods/`.
+    pub pod_links: usize,
+    pub maps: Vec<MapFill>,
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ProgramInfo {
+    pub name: String,
+    pub kind: String,
+    pub attached_to: String,
+    pub attached: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: usize,
+    pub capacity: u32,
 }
 
 /// What the datapath holds for one enrolled pod.
@@ -154,8 +188,8 @@ impl Datapath {
         // Splicing needs the sk_msg program on the sockhash before any socket
         // enters it. The attachment lives with the pinned map, so it outlasts
         // this agent; a later agent's attach replaces it.
+        let splice: SockHash<MapData, SockKey> = take_map(&mut ebpf, names::SPLICE)?;
         {
-            let splice: SockHash<MapData, SockKey> = take_map(&mut ebpf, names::SPLICE)?;
             let prog = program_mut::<SkMsg>(&mut ebpf, names::PROG_SPLICE)?;
             let id = prog
                 .attach(splice.fd())
@@ -204,6 +238,8 @@ impl Datapath {
             enrolled: take_map(&mut ebpf, names::ENROLLED)?,
             pod_addrs: take_map(&mut ebpf, names::POD_ADDRS)?,
             listeners: take_map(&mut ebpf, names::INBOUND_LISTENERS)?,
+            splice,
+            flows_live: take_map(&mut ebpf, names::FLOWS_LIVE)?,
         };
         let orig = take_map(&mut ebpf, names::ORIG_DST_BY_TUPLE)?;
         let flow_events = take_map(&mut ebpf, names::FLOW_EVENTS)?;
@@ -397,6 +433,92 @@ impl Datapath {
                 (counter::NAMES[i as usize], sum)
             })
             .collect()
+    }
+
+    /// Programs, links and how full each map is. Counting walks the hash
+    /// maps' keys, so this is for the admin API and scrapes, not hot paths.
+    pub fn info(&self, cgroup_root: &Path) -> DatapathInfo {
+        let links = self.pin_dir.join("links");
+        let mut programs: Vec<ProgramInfo> = CGROUP_PROGRAMS
+            .iter()
+            .map(|name| ProgramInfo {
+                name: (*name).to_owned(),
+                kind: if *name == names::PROG_SOCKOPS {
+                    "sock_ops"
+                } else {
+                    "cgroup_sock_addr"
+                }
+                .into(),
+                attached_to: cgroup_root.display().to_string(),
+                attached: links.join(name).exists(),
+            })
+            .collect();
+        programs.push(ProgramInfo {
+            name: names::PROG_SPLICE.into(),
+            kind: "sk_msg".into(),
+            attached_to: names::SPLICE.into(),
+            // Attached to the pinned sockhash when the datapath opened.
+            attached: self.pin_dir.join(names::SPLICE).exists(),
+        });
+        let pod_links = fs::read_dir(self.pin_dir.join("pods"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().join("sk_lookup").exists())
+                    .count()
+            })
+            .unwrap_or(0);
+        programs.push(ProgramInfo {
+            name: names::PROG_INBOUND.into(),
+            kind: "sk_lookup".into(),
+            attached_to: format!("{pod_links} pod network namespaces"),
+            attached: true,
+        });
+        let maps = {
+            let m = self.maps.lock().unwrap();
+            let fill = |name: &str, entries: usize, capacity: u32| MapFill {
+                name: name.to_owned(),
+                entries,
+                capacity,
+            };
+            vec![
+                fill(names::ENROLLED, m.enrolled.keys().count(), limits::ENROLLED),
+                fill(
+                    names::POD_ADDRS,
+                    m.pod_addrs.keys().count(),
+                    limits::POD_ADDRS,
+                ),
+                fill(
+                    names::INBOUND_LISTENERS,
+                    m.listeners.keys().count(),
+                    limits::INBOUND_LISTENERS,
+                ),
+                fill(
+                    names::ORIG_DST_BY_TUPLE,
+                    self.orig.keys().count(),
+                    limits::ORIG_DST,
+                ),
+                fill(names::SPLICE, m.splice.keys().count(), limits::SPLICE),
+                fill(
+                    names::FLOWS_LIVE,
+                    m.flows_live.keys().count(),
+                    limits::FLOWS_LIVE,
+                ),
+            ]
+        };
+        let attached = programs.iter().filter(|p| p.attached).count();
+        DatapathInfo {
+            pin_dir: self.pin_dir.clone(),
+            adopted: self.adopted,
+            programs,
+            programs_attached: attached,
+            pod_links,
+            maps,
+            counters: self
+                .counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }
     }
 
     /// The closed-flow ring buffer; taken once, by the flow reader.

@@ -1,16 +1,52 @@
-//! Reading the kernel's closed-flow records. Each is logged as one structured
-//! line; the metrics layer aggregates the same records per workload pair.
+//! Reading the kernel's flow records: each connection of an enrolled pod is
+//! announced when it opens and again, with its counts, when it closes. The
+//! records feed the flow metrics, and each closed one is logged at debug.
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
 use mesh_common::FlowRecord;
 use tokio::io::unix::AsyncFd;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
-use crate::node::PodDirectory;
+use crate::{
+    pod::PodContext,
+    proxy::state::ProxyState,
+    telemetry::{
+        flows::{FlowCounts, FlowLabels},
+        labels::WorkloadLabels,
+    },
+};
+
+/// Netns cookie → enrolled pod, for naming kernel records.
+#[derive(Default)]
+pub struct PodDirectory(RwLock<BTreeMap<u64, Arc<PodContext>>>);
+
+impl PodDirectory {
+    pub fn by_cookie(&self, cookie: u64) -> Option<Arc<PodContext>> {
+        self.0.read().unwrap().get(&cookie).cloned()
+    }
+
+    pub fn set<'a>(&self, pods: impl Iterator<Item = &'a Arc<PodContext>>) {
+        *self.0.write().unwrap() = pods.map(|p| (p.netns_cookie, p.clone())).collect();
+    }
+
+    pub fn pods(&self) -> Vec<Arc<PodContext>> {
+        self.0.read().unwrap().values().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 fn addr(ip: [u8; 16], port: u16) -> SocketAddr {
     let v6 = Ipv6Addr::from(ip);
@@ -26,7 +62,7 @@ pub fn parse(bytes: &[u8]) -> Option<FlowRecord> {
         .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowRecord>()) })
 }
 
-pub async fn run(ring: RingBuf<MapData>, pods: Arc<PodDirectory>) {
+pub async fn run(ring: RingBuf<MapData>, pods: Arc<PodDirectory>, state: Arc<ProxyState>) {
     // SAFETY: the AsyncFd owns the ring buffer, so its fd outlives the registration.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
         Ok(fd) => fd,
@@ -46,17 +82,53 @@ pub async fn run(ring: RingBuf<MapData>, pods: Arc<PodDirectory>) {
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             if let Some(rec) = parse(&item) {
-                log(&rec, &pods);
+                record(&rec, &pods, &state);
             }
         }
         guard.clear_ready();
     }
 }
 
-fn log(rec: &FlowRecord, pods: &PodDirectory) {
-    info!(
+/// The record's series: the enrolled pod on one side, whoever the view
+/// says owns the remote address on the other.
+fn labels(rec: &FlowRecord, pod: Option<&PodContext>, state: &ProxyState) -> FlowLabels {
+    let local = pod.map_or_else(WorkloadLabels::unknown, |p| {
+        WorkloadLabels::of(&p.name, &p.namespace, &p.labels)
+    });
+    let remote_ip = addr(rec.remote_ip, 0).ip();
+    let remote = state
+        .view()
+        .workload(remote_ip)
+        .map_or_else(WorkloadLabels::unknown, |w| WorkloadLabels::of_workload(w));
+    if rec.active == 1 {
+        FlowLabels::new(&local, &remote, rec.remote_port, true)
+    } else {
+        FlowLabels::new(&remote, &local, rec.local_port, false)
+    }
+}
+
+fn record(rec: &FlowRecord, pods: &PodDirectory, state: &ProxyState) {
+    let pod = pods.by_cookie(rec.netns);
+    let labels = labels(rec, pod.as_deref(), state);
+    let flows = &state.telemetry.flows;
+    if rec.end_ns == 0 {
+        flows.opened(&labels);
+        return;
+    }
+    flows.closed(
+        &labels,
+        &FlowCounts {
+            bytes_sent: rec.bytes_sent,
+            bytes_received: rec.bytes_received,
+            segments_sent: u64::from(rec.segs_out),
+            segments_received: u64::from(rec.segs_in),
+            retransmits: u64::from(rec.total_retrans),
+            srtt: Duration::from_micros(u64::from(rec.srtt_us)),
+        },
+    );
+    debug!(
         target: "mesh::flow",
-        pod = pods.by_cookie(rec.netns).as_deref().unwrap_or("?"),
+        pod = pod.as_ref().map(|p| p.key.as_str()).unwrap_or("?"),
         local = %addr(rec.local_ip, rec.local_port),
         remote = %addr(rec.remote_ip, rec.remote_port),
         active = rec.active == 1,

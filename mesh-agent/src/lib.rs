@@ -1,6 +1,7 @@
 //! mesh's node agent and CA: drives the eBPF datapath, gives workloads
 //! identities, and carries their traffic over mutual TLS. See
 //! ARCHITECTURE.md for the design.
+pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod datapath;
@@ -14,4 +15,5 @@ pub mod pod;
 pub mod policy;
 pub mod preflight;
 pub mod proxy;
+pub mod telemetry;
 pub mod tls;

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mesh_agent::{ca, config::NodeConfig, datapath, node};
+use mesh_agent::{admin::LogControl, ca, config::NodeConfig, datapath, node};
 
 #[derive(Parser)]
 #[command(name = "mesh-agent", version, about = "mesh node agent")]
@@ -76,27 +76,45 @@ enum CaCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder
+/// Sets up tracing with a filter the admin API can replace at run time.
+fn init_logging(format: LogFormat) -> LogControl {
+    use tracing_subscriber::{
+        EnvFilter, Layer, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
+    };
+    let filter = EnvFilter::try_from_env("MESH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = match format {
+        LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
+    let reader = handle.clone();
+    LogControl::new(
+        move || {
+            reader
+                .with_current(|f| f.to_string())
+                .unwrap_or_else(|e| e.to_string())
+        },
+        move |text| {
+            let new = EnvFilter::try_new(text).map_err(|e| format!("`{text}`: {e}"))?;
+            handle.reload(new).map_err(|e| e.to_string())
+        },
+    )
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match run(cli.command) {
+    let log = init_logging(cli.log_format);
+    match run(cli.command, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mesh-agent: error: {e:#}");
@@ -105,7 +123,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command, log: LogControl) -> anyhow::Result<()> {
     match command {
         Command::Node {
             config,
@@ -137,7 +155,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let node = node::Node::start(&config, node_name.as_deref()).await?;
+                let node = node::Node::start(&config, node_name.as_deref(), log).await?;
                 node.run().await
             })
         }

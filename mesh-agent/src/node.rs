@@ -2,12 +2,7 @@
 //! enroll the pods discovery says are this node's, keep following it, and on
 //! exit leave the datapath pinned so enrolled pods fail closed until an
 //! agent returns.
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
@@ -16,6 +11,7 @@ use tracing::{error, info, warn};
 use tokio::sync::watch;
 
 use crate::{
+    admin::{Listeners, LogControl},
     config::{
         AgentConfig, CaSettings, DiscoveryMode, LocalPod, NETNS_ANNOTATION, NodeConfig, objects,
     },
@@ -24,7 +20,7 @@ use crate::{
         Published, Publisher, Source, kubernetes::KubernetesSource, local::LocalFile, netns_finder,
         view::MeshView,
     },
-    flows,
+    flows::{self, PodDirectory},
     identity::{client::CaClient, manager::CertManager},
     netns::Netns,
     pod::PodRuntime,
@@ -33,6 +29,7 @@ use crate::{
         RelayMode,
         state::{Mtls, ProxyState},
     },
+    telemetry::{Telemetry, health::NodeHealth},
     tls::TrustBundle,
 };
 
@@ -40,22 +37,8 @@ const SYNC_READY: Duration = Duration::from_secs(30);
 const RETRY_PENDING: Duration = Duration::from_secs(1);
 const POOL_SWEEP: Duration = Duration::from_secs(5);
 const CERT_READY: Duration = Duration::from_secs(10);
-
-/// Netns cookie → pod key, for naming kernel records.
-#[derive(Debug, Default)]
-pub struct PodDirectory(RwLock<BTreeMap<u64, String>>);
-
-impl PodDirectory {
-    pub fn by_cookie(&self, cookie: u64) -> Option<String> {
-        self.0.read().unwrap().get(&cookie).cloned()
-    }
-    fn set(&self, pods: &BTreeMap<String, PodRuntime>) {
-        *self.0.write().unwrap() = pods
-            .values()
-            .map(|p| (p.context.netns_cookie, p.context.key.clone()))
-            .collect();
-    }
-}
+/// How often the byte window is sampled and idle flow series expire.
+const TELEMETRY_TICK: Duration = Duration::from_secs(5);
 
 /// Everything `mesh-agent node` checks before it touches the kernel.
 pub fn check(config: &NodeConfig) -> anyhow::Result<()> {
@@ -105,6 +88,8 @@ pub struct Node {
     /// Pods that should be enrolled but are not yet (netns not found, or
     /// enrolling failed): retried on a timer.
     pending: usize,
+    health: Arc<NodeHealth>,
+    endpoints: Option<(Listeners, LogControl)>,
 }
 
 /// The CA client, the trust bundle and the certificate manager.
@@ -124,10 +109,15 @@ fn mtls(settings: &CaSettings, trust_domain: &str) -> anyhow::Result<Mtls> {
 }
 
 impl Node {
-    pub async fn start(config_path: &Path, node_name: Option<&str>) -> anyhow::Result<Self> {
+    pub async fn start(
+        config_path: &Path,
+        node_name: Option<&str>,
+        log: LogControl,
+    ) -> anyhow::Result<Self> {
         let text = objects::read(config_path)?;
         let config = NodeConfig::parse(config_path, &text, node_name)?;
         check(&config)?;
+        let listeners = Listeners::bind(&config.agent.telemetry).await?;
         let (discovery, publisher, views) = match config.agent.discovery {
             DiscoveryMode::Local => {
                 let first = Published {
@@ -182,16 +172,27 @@ impl Node {
                 None
             }
         };
-        let state = Arc::new(ProxyState::new(datapath.clone(), mtls));
+        let telemetry = Arc::new(Telemetry::new(&config.agent.telemetry));
+        let state = Arc::new(ProxyState::new(datapath.clone(), mtls, telemetry));
+        let directory = Arc::new(PodDirectory::default());
+        let health = NodeHealth::new(
+            config.agent.node_name.clone(),
+            format!("{:?}", config.agent.discovery).to_lowercase(),
+            config.agent.cgroup_root.clone(),
+            state.clone(),
+            directory.clone(),
+        );
         let mut node = Node {
             agent: config.agent,
             datapath,
             state,
             pods: BTreeMap::new(),
-            directory: Arc::default(),
+            directory,
             views,
             discovery: Some((discovery, publisher)),
             pending: 0,
+            health,
+            endpoints: Some((listeners, log)),
         };
         node.reconcile();
         if node.views.borrow().synced {
@@ -290,10 +291,11 @@ impl Node {
                 }
             }
         }
-        self.directory.set(&self.pods);
+        self.directory.set(self.pods.values().map(|p| &p.context));
         self.state
             .set_local_pods(self.pods.values().map(|p| &p.context));
         self.pending = pending;
+        self.health.set_pending(pending);
         info!(
             enrolled = self.pods.len(),
             pending,
@@ -362,7 +364,24 @@ impl Node {
     /// Serves until SIGTERM or SIGINT, following the discovery source.
     pub async fn run(mut self) -> anyhow::Result<()> {
         if let Some(ring) = self.datapath.take_flow_events() {
-            tokio::spawn(flows::run(ring, self.directory.clone()));
+            tokio::spawn(flows::run(ring, self.directory.clone(), self.state.clone()));
+        }
+        if let Some((listeners, log)) = self.endpoints.take() {
+            listeners.spawn(self.health.clone(), log);
+        }
+        {
+            let telemetry = self.state.telemetry.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TELEMETRY_TICK);
+                loop {
+                    tick.tick().await;
+                    telemetry.sample();
+                    let expired = telemetry.flows.expire();
+                    if expired > 0 {
+                        info!(expired, "idle flow series dropped");
+                    }
+                }
+            });
         }
         if let Some(logger) = self.datapath.take_logger() {
             tokio::spawn(async move {
@@ -399,6 +418,7 @@ impl Node {
         }
         self.wait_for_sync().await;
         self.wait_for_certificates().await;
+        self.state.telemetry.set_ready();
         info!(
             node = %self.agent.node_name,
             enrolled = self.pods.len(),

@@ -154,7 +154,7 @@ pub struct FlowRecord {
     pub cookie: u64,
     pub netns: u64,
     pub start_ns: u64,
-    /// 0 while the connection is open.
+    /// 0 while the connection is open (and in the record announcing it).
     pub end_ns: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,

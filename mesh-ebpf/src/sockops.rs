@@ -4,7 +4,8 @@
 //!   to the 4-tuple (known once established) so the agent can look it up
 //!   for the socket it accepted;
 //! - register both ends of local app<->agent connections for sk_msg splicing;
-//! - keep a flow record for every enrolled pod connection that leaves the pod.
+//! - keep a flow record for every enrolled pod connection that leaves the pod,
+//!   announced on the ring buffer when it opens and again when it closes.
 use aya_ebpf::{
     EbpfContext,
     bindings::{
@@ -123,6 +124,11 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
         if FLOWS_LIVE.insert(&cookie, &rec, 0).is_ok() {
             count(counter::FLOWS_OPENED);
             want_state_cb(ctx);
+            // The opening record (end_ns 0) lets the agent count connections
+            // as they open, not only when they close.
+            if FLOW_EVENTS.output::<FlowRecord>(&rec, 0).is_err() {
+                count(counter::FLOW_EVENTS_LOST);
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ pub mod objects;
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -98,6 +98,67 @@ pub struct AgentConfig {
     /// plaintext (a datapath-only mode for benchmarks and bring-up).
     #[serde(default)]
     pub ca: Option<CaSettings>,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+}
+
+/// Where the agent serves metrics, readiness and its admin API, and how
+/// much it records.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Prometheus exposition (`/metrics`).
+    #[serde(default = "default_metrics_addr")]
+    pub metrics_addr: SocketAddr,
+    /// Readiness (`/healthz/ready`) and the read-only status summary that
+    /// `mesh status` reads (`/status`, `/flows`).
+    #[serde(default = "default_status_addr")]
+    pub status_addr: SocketAddr,
+    /// The admin API (config dump, datapath, log level). Loopback only by
+    /// default: it can change the agent's log level.
+    #[serde(default = "default_admin_addr")]
+    pub admin_addr: SocketAddr,
+    /// One JSON line per connection at close.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+    /// Most (source, destination, port, direction) series the kernel flow
+    /// metrics keep; records beyond it are counted in
+    /// mesh_flow_series_overflow_total instead.
+    #[serde(default = "default_flow_series_limit")]
+    pub flow_series_limit: usize,
+    /// A flow series not updated for this long is dropped (its pods are
+    /// probably gone), so churn does not fill the limit.
+    #[serde(default = "default_flow_series_idle", with = "duration")]
+    pub flow_series_idle: Duration,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            metrics_addr: default_metrics_addr(),
+            status_addr: default_status_addr(),
+            admin_addr: default_admin_addr(),
+            access_log: true,
+            flow_series_limit: default_flow_series_limit(),
+            flow_series_idle: default_flow_series_idle(),
+        }
+    }
+}
+
+fn default_metrics_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15020))
+}
+fn default_status_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15021))
+}
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+fn default_flow_series_limit() -> usize {
+    10_000
+}
+fn default_flow_series_idle() -> Duration {
+    Duration::from_secs(3600)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

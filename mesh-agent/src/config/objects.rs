@@ -8,7 +8,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service as K8sService},
+    core::v1::{Namespace, Node as K8sNode, Pod, Service as K8sService},
     discovery::v1::EndpointSlice as K8sSlice,
 };
 
@@ -130,8 +130,9 @@ fn invalid_at(file: &Path, line: usize, field: String, problem: impl Into<String
 }
 
 /// The Kubernetes kinds a local file may hold.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "Namespace",
+    "Node",
     "Pod",
     "Service",
     "EndpointSlice",
@@ -195,7 +196,7 @@ pub fn parse(
             ));
         }
         let key = format!("{namespace}/{name}");
-        if kind != "Namespace" && !seen.insert((kind.clone(), key.clone())) {
+        if kind != "Namespace" && kind != "Node" && !seen.insert((kind.clone(), key.clone())) {
             return Err(invalid_at(
                 file,
                 doc.line,
@@ -211,6 +212,11 @@ pub fn parse(
                 let ns: Namespace = doc.typed(value, file, &format!("Namespace {name}"))?;
                 let (name, labels) = convert::namespace(&ns);
                 store.namespaces.apply(name, labels);
+            }
+            "Node" => {
+                let node: K8sNode = doc.typed(value, file, &format!("Node {name}"))?;
+                let addrs = convert::node_addresses(&node).map_err(bad)?;
+                store.nodes.apply(name, addrs);
             }
             "Pod" => {
                 let pod: Pod = doc.typed(value, file, &what)?;

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod, Service as K8sService},
+        core::v1::{Namespace, Node, Pod, Service as K8sService},
         discovery::v1::EndpointSlice as K8sSlice,
     },
     apimachinery::pkg::util::intstr::IntOrString,
@@ -109,6 +109,28 @@ pub fn namespace(ns: &Namespace) -> (String, Labels) {
         ns.metadata.name.clone().unwrap_or_default(),
         ns.metadata.labels.clone().unwrap_or_default(),
     )
+}
+
+/// A Node's InternalIP addresses, then its ExternalIP ones, in the order listed.
+pub fn node_addresses(node: &Node) -> Result<Vec<IpAddr>, Invalid> {
+    let addrs = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(addrs.len());
+    for kind in ["InternalIP", "ExternalIP"] {
+        for (i, a) in addrs.iter().enumerate() {
+            if a.type_ == kind {
+                out.push(parse_ip(
+                    format!("status.addresses[{i}].address"),
+                    &a.address,
+                )?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub fn service(svc: &K8sService) -> Result<Service, Invalid> {

@@ -11,7 +11,7 @@ pub const DATAPLANE_LABEL: &str = "mesh.io/dataplane-mode";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// A pod anywhere in the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Workload {
     /// metadata.uid; local files may leave it out (then `local:<ns>/<name>`).
     pub uid: String,
@@ -53,14 +53,14 @@ impl Workload {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum TargetPort {
     Number(u16),
     /// A container port name, resolved per endpoint pod.
     Name(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServicePort {
     /// Empty for a Service's single unnamed port.
     pub name: String,
@@ -68,7 +68,7 @@ pub struct ServicePort {
     pub target: TargetPort,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum ServiceKind {
     /// Has virtual IPs the agent load-balances.
     ClusterIp(Vec<IpAddr>),
@@ -78,7 +78,7 @@ pub enum ServiceKind {
     ExternalName(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Service {
     pub name: String,
     pub namespace: String,
@@ -94,14 +94,14 @@ impl Service {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
     /// conditions.ready; unset counts as ready, as Kubernetes defines it.
     pub ready: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EndpointSlice {
     pub name: String,
     pub namespace: String,

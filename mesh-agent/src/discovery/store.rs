@@ -71,6 +71,9 @@ pub struct Store {
     pub namespaces: Collection<Labels>,
     pub authorization: Collection<CompiledPolicy>,
     pub peer_authentication: Collection<PeerAuthentication>,
+    /// Node name → addresses. Local files only: they tell `mesh status`
+    /// where the other nodes' agents are (the agent itself needs no Nodes).
+    pub nodes: Collection<Vec<std::net::IpAddr>>,
 }
 
 /// How many objects of each kind the store holds, for logs and metrics.

@@ -21,7 +21,7 @@ pub struct ViewSettings {
 }
 
 /// One port of a Service and the ready endpoints behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RoutePort {
     pub name: String,
     pub port: u16,

@@ -149,7 +149,14 @@ async fn stream_request(
         .and_then(|v| v.to_str().ok())
         .and_then(|t| t.split('-').nth(1))
         .map(str::to_owned);
-    let mut conn = Connection::new(Direction::Inbound, &pod.key, peer, dst, Security::MutualTls);
+    let mut conn = Connection::new(
+        Direction::Inbound,
+        &pod,
+        &state,
+        peer,
+        dst,
+        Security::MutualTls,
+    );
     conn.source_identity = Some(source.to_string());
     conn.destination_identity = Some(pod.identity.to_string());
     conn.trace_id = trace_id;
@@ -188,6 +195,7 @@ async fn stream_request(
             return;
         }
     };
+    conn.opened();
     // Downstream is the tunnel, upstream the app: bytes "sent" by the pod
     // are those from the app.
     let result = stream::relay(app, send, request.into_body()).await;

@@ -162,6 +162,9 @@ pub struct AuthorizationPolicy {
     pub action: Action,
     pub dry_run: bool,
     rules: Vec<CompiledRule>,
+    /// The rules as written, for the admin API and `mesh inspect`; `None`
+    /// for the deny-all that stands in for a policy that did not compile.
+    pub rules_source: Option<Vec<model::Rule>>,
 }
 
 fn cidrs(field: &str, values: &[String]) -> Result<Vec<Cidr>, PolicyError> {
@@ -349,6 +352,7 @@ impl AuthorizationPolicy {
             action: Action::Deny,
             dry_run: false,
             rules: vec![CompiledRule::default()],
+            rules_source: None,
         }
     }
 
@@ -390,6 +394,7 @@ impl AuthorizationPolicy {
             action: spec.action,
             dry_run,
             rules,
+            rules_source: Some(spec.rules.clone().unwrap_or_default()),
         }))
     }
 

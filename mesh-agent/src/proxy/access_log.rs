@@ -1,12 +1,20 @@
-//! The one "connection closed" line per proxied connection, in the same
-//! shape for every path (outbound, inbound plaintext, HBONE, same-node).
-//! Byte counts are from the pod's point of view.
+//! What happens to each proxied connection is told once, in the same
+//! shape for every path (outbound, inbound plaintext, HBONE, same-node):
+//! the "connection closed" line (byte counts from the pod's point of
+//! view) and Istio's TCP metrics, labelled by both ends' workloads.
 use std::{io, net::SocketAddr, time::Instant};
 
 use tracing::{info, warn};
 
-use super::relay::Transferred;
-use crate::policy::Decision;
+use super::{relay::Transferred, state::ProxyState};
+use crate::{
+    pod::PodContext,
+    policy::Decision,
+    telemetry::{
+        labels::{UNKNOWN, WorkloadLabels},
+        tcp::{Peer, TcpLabels},
+    },
+};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Direction {
@@ -48,7 +56,11 @@ impl Security {
 /// A connection being proxied, as its log line will describe it.
 pub struct Connection<'a> {
     pub direction: Direction,
-    pub pod: &'a str,
+    /// The enrolled pod on this node's side.
+    pub pod: &'a PodContext,
+    state: &'a ProxyState,
+    /// Istio's connections_opened was counted.
+    opened: bool,
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub started: Instant,
@@ -60,6 +72,8 @@ pub struct Connection<'a> {
     pub service: Option<String>,
     /// The endpoint the connection went to, when not `dst` itself.
     pub upstream: Option<SocketAddr>,
+    /// The connection's end was told (log line, metrics).
+    finished: bool,
 }
 
 impl<'a> Connection<'a> {
@@ -67,14 +81,18 @@ impl<'a> Connection<'a> {
     /// they become known.
     pub fn new(
         direction: Direction,
-        pod: &'a str,
+        pod: &'a PodContext,
+        state: &'a ProxyState,
         src: SocketAddr,
         dst: SocketAddr,
         security: Security,
     ) -> Self {
+        state.telemetry.connection_started();
         Self {
             direction,
             pod,
+            state,
+            opened: false,
             src,
             dst,
             started: Instant::now(),
@@ -84,17 +102,107 @@ impl<'a> Connection<'a> {
             trace_id: None,
             service: None,
             upstream: None,
+            finished: false,
         }
     }
 
-    fn finish(&self, result: &str, error: Option<String>, t: Transferred) {
+    /// Both ends as metric labels: this node's pod, and whoever the view
+    /// says is at the other address.
+    fn peers(&self) -> (Peer, Peer) {
+        let local = WorkloadLabels::of(&self.pod.name, &self.pod.namespace, &self.pod.labels);
+        let remote_ip = match self.direction {
+            Direction::Outbound => self.upstream.unwrap_or(self.dst).ip(),
+            Direction::Inbound => self.src.ip(),
+        };
+        let remote = self
+            .state
+            .view()
+            .workload(remote_ip)
+            .map_or_else(WorkloadLabels::unknown, |w| WorkloadLabels::of_workload(w));
+        let principal = |id: &Option<String>| id.clone().unwrap_or_else(|| UNKNOWN.to_owned());
+        let source = |labels| Peer {
+            labels,
+            principal: principal(&self.source_identity),
+        };
+        let destination = |labels| Peer {
+            labels,
+            principal: principal(&self.destination_identity),
+        };
+        match self.direction {
+            Direction::Outbound => (source(local), destination(remote)),
+            Direction::Inbound => (source(remote), destination(local)),
+        }
+    }
+
+    /// Reporters of this connection: both when both ends are this node's.
+    fn reporters(&self) -> &'static [&'static str] {
+        match (self.security, self.direction) {
+            (Security::Local, _) => &["source", "destination"],
+            (_, Direction::Outbound) => &["source"],
+            (_, Direction::Inbound) => &["destination"],
+        }
+    }
+
+    fn tcp_labels(&self, reporter: &'static str, flags: &'static str) -> TcpLabels {
+        let (source, destination) = self.peers();
+        TcpLabels::new(
+            reporter,
+            &source,
+            &destination,
+            self.service.as_deref(),
+            flags,
+            match self.security {
+                Security::MutualTls => "mutual_tls",
+                // Same-node hand-over is authenticated in-process.
+                Security::Local => "mutual_tls",
+                Security::None => "none",
+            },
+        )
+    }
+
+    /// Counts the connection as opened (once the path to the app is set up).
+    pub fn opened(&mut self) {
+        if self.opened {
+            return;
+        }
+        self.opened = true;
+        for r in self.reporters() {
+            self.state.telemetry.tcp.opened(&self.tcp_labels(r, "-"));
+        }
+    }
+
+    fn finish(&mut self, result: &str, error: Option<String>, t: Transferred) {
+        self.opened();
+        // Envoy's response flags, as Istio reports them.
+        let flags = match result {
+            "ok" => "-",
+            "denied" => "RBAC",
+            "connect_failed" => "UF",
+            "refused" => "NR",
+            _ => "UR",
+        };
+        for r in self.reporters() {
+            self.state.telemetry.tcp.closed(
+                &self.tcp_labels(r, flags),
+                t.downstream_to_upstream,
+                t.upstream_to_downstream,
+            );
+        }
+        self.state
+            .telemetry
+            .connection_ended(t.downstream_to_upstream + t.upstream_to_downstream);
+        self.finished = true;
+        if !self.state.telemetry.access_log() {
+            return;
+        }
         let (sent, received) = match self.direction {
             Direction::Outbound => (t.downstream_to_upstream, t.upstream_to_downstream),
             Direction::Inbound => (t.upstream_to_downstream, t.downstream_to_upstream),
         };
         info!(
+            target: "mesh::access",
             direction = self.direction.as_str(),
-            pod = self.pod,
+            pod = self.pod.key.as_str(),
             src = %self.src,
             dst = %self.dst,
             security = self.security.as_str(),
@@ -112,7 +220,7 @@ impl<'a> Connection<'a> {
         );
     }
 
-    pub fn connect_failed(&self, error: &dyn std::fmt::Display) {
+    pub fn connect_failed(&mut self, error: &dyn std::fmt::Display) {
         self.finish(
             "connect_failed",
             Some(error.to_string()),
@@ -121,16 +229,19 @@ impl<'a> Connection<'a> {
     }
 
     /// Refused before reaching the app for a reason other than policy.
-    pub fn refused(&self, reason: &str) {
+    pub fn refused(&mut self, reason: &str) {
         self.finish("refused", Some(reason.to_owned()), Transferred::default());
     }
 
     /// Logs what policy decided (and what dry-run policies would have);
     /// true when the connection may proceed.
-    pub fn authorized(&self, decision: &Decision) -> bool {
+    pub fn authorized(&mut self, decision: &Decision) -> bool {
+        let telemetry = &self.state.telemetry;
+        telemetry.decision(&decision.enforced, false);
         if let Some(dry) = &decision.dry_run {
+            telemetry.decision(dry, true);
             warn!(
-                pod = self.pod,
+                pod = self.pod.key.as_str(),
                 src = %self.src,
                 dst = %self.dst,
                 source_identity = self.source_identity.as_deref(),
@@ -150,10 +261,20 @@ impl<'a> Connection<'a> {
         false
     }
 
-    pub fn closed(&self, result: &io::Result<Transferred>) {
+    pub fn closed(&mut self, result: &io::Result<Transferred>) {
         match result {
             Ok(t) => self.finish("ok", None, *t),
             Err(e) => self.finish("reset", Some(e.to_string()), Transferred::default()),
+        }
+    }
+}
+
+impl Drop for Connection<'_> {
+    /// A handler that returns without telling how the connection ended
+    /// (a task cancelled mid-relay) still leaves the counts right.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish("reset", Some("abandoned".into()), Transferred::default());
         }
     }
 }

@@ -57,7 +57,7 @@ async fn handle(
 ) {
     let src = SocketAddr::new(src.ip().to_canonical(), src.port());
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
-    let mut conn = Connection::new(Direction::Inbound, &pod.key, src, dst, Security::None);
+    let mut conn = Connection::new(Direction::Inbound, &pod, &state, src, dst, Security::None);
     conn.destination_identity = Some(pod.identity.to_string());
     let view = state.view();
     if state.mtls.is_some() && view.policies.mtls_mode(pod.target(), dst.port()) == MtlsMode::Strict
@@ -75,7 +75,7 @@ async fn handle(
 /// hand-over both end here.
 pub async fn deliver(
     mut downstream: TcpStream,
-    conn: Connection<'_>,
+    mut conn: Connection<'_>,
     source: Option<&Identity>,
     target: &PodContext,
     to: SocketAddr,
@@ -104,5 +104,6 @@ pub async fn deliver(
             return;
         }
     };
+    conn.opened();
     conn.closed(&relay_mode.relay(&mut downstream, &mut upstream).await);
 }

@@ -73,7 +73,7 @@ async fn handle(
         .iter()
         .find(|ip| ip.is_ipv4() == dst.is_ipv4())
         .map_or(src, |ip| SocketAddr::new(*ip, src.port()));
-    let mut conn = Connection::new(Direction::Outbound, &pod.key, src, dst, Security::None);
+    let mut conn = Connection::new(Direction::Outbound, &pod, &state, src, dst, Security::None);
     let view = state.view();
     // A Service's virtual IP: pick among its ready endpoints.
     let candidates = match view.service_at(dst.ip()) {
@@ -126,9 +126,11 @@ async fn handle(
             Upstream::Tunnel(tunnel) => {
                 conn.trace_id = Some(tunnel.trace_id.clone());
                 let hbone::client::Tunnel { send, recv, .. } = tunnel;
+                conn.opened();
                 conn.closed(&hbone::stream::relay(downstream, send, recv).await);
             }
             Upstream::Plain(mut upstream) => {
+                conn.opened();
                 conn.closed(&pod.relay.relay(&mut downstream, &mut upstream).await);
             }
         }

@@ -13,7 +13,7 @@ use super::balancer::Balancer;
 pub use crate::discovery::view::MeshView;
 use crate::{
     datapath::Datapath, hbone::Pool, identity::manager::CertManager, pod::PodContext,
-    tls::TrustBundle,
+    telemetry::Telemetry, tls::TrustBundle,
 };
 
 /// mTLS parts, present when the agent has a CA.
@@ -29,11 +29,13 @@ pub struct ProxyState {
     pub datapath: Arc<Datapath>,
     pub mtls: Option<Mtls>,
     pub balancer: Balancer,
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl ProxyState {
-    pub fn new(datapath: Arc<Datapath>, mtls: Option<Mtls>) -> Self {
+    pub fn new(datapath: Arc<Datapath>, mtls: Option<Mtls>, telemetry: Arc<Telemetry>) -> Self {
         Self {
+            telemetry,
             view: RwLock::default(),
             local: RwLock::default(),
             datapath,

@@ -1,0 +1,286 @@
+//! The agent's own state: the summary `mesh status` shows (served as JSON)
+//! and the same facts as Prometheus gauges, computed at scrape time from
+//! the live datapath, view and certificates rather than kept twice.
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{flows::PodDirectory, proxy::state::ProxyState};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One agent as `mesh status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentStatus {
+    pub node: String,
+    pub version: String,
+    pub discovery: String,
+    pub ready: bool,
+    /// Ready, every program attached, every enrolled pod with a valid
+    /// certificate, nothing pending; `problems` says what is not.
+    pub healthy: bool,
+    pub problems: Vec<String>,
+    pub programs_attached: usize,
+    pub programs_total: usize,
+    pub enrolled_pods: usize,
+    pub pending_pods: usize,
+    pub certificates: usize,
+    /// RFC 3339 time of the soonest certificate expiry.
+    pub soonest_expiry: Option<String>,
+    pub policies: usize,
+    pub open_connections: i64,
+    pub bytes_last_minute: u64,
+}
+
+/// Where the status comes from; owned by the node.
+pub struct NodeHealth {
+    pub node: String,
+    pub discovery: String,
+    pub cgroup_root: PathBuf,
+    pub state: Arc<ProxyState>,
+    pub directory: Arc<PodDirectory>,
+    pending: AtomicUsize,
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+impl NodeHealth {
+    pub fn new(
+        node: String,
+        discovery: String,
+        cgroup_root: PathBuf,
+        state: Arc<ProxyState>,
+        directory: Arc<PodDirectory>,
+    ) -> Arc<Self> {
+        let health = Arc::new(Self {
+            node,
+            discovery,
+            cgroup_root,
+            state,
+            directory,
+            pending: AtomicUsize::new(0),
+        });
+        health
+            .state
+            .telemetry
+            .add_collector(Box::new(HealthCollector(Arc::downgrade(&health))));
+        health
+    }
+
+    pub fn set_pending(&self, n: usize) {
+        self.pending.store(n, Ordering::Relaxed);
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        let telemetry = &self.state.telemetry;
+        let datapath = self.state.datapath.info(&self.cgroup_root);
+        let view = self.state.view();
+        let certs = self
+            .state
+            .mtls
+            .as_ref()
+            .map(|m| m.certs.status())
+            .unwrap_or_default();
+        let now = SystemTime::now();
+        let soonest = certs.iter().filter_map(|c| c.not_after).min();
+        let enrolled = self.directory.len();
+        let pending = self.pending.load(Ordering::Relaxed);
+        let ready = telemetry.is_ready();
+        let mut problems = Vec::new();
+        if !ready {
+            problems.push("not ready yet (discovery sync or first certificates)".to_owned());
+        }
+        for p in datapath.programs.iter().filter(|p| !p.attached) {
+            problems.push(format!("program {} is not attached", p.name));
+        }
+        if pending > 0 {
+            problems.push(format!("{pending} pods wait to be enrolled"));
+        }
+        for c in &certs {
+            match c.not_after {
+                None => problems.push(format!("no certificate yet for {}", c.identity)),
+                Some(t) if t <= now => {
+                    problems.push(format!("certificate of {} expired", c.identity))
+                }
+                Some(_) => {}
+            }
+        }
+        AgentStatus {
+            node: self.node.clone(),
+            version: VERSION.into(),
+            discovery: self.discovery.clone(),
+            ready,
+            healthy: problems.is_empty(),
+            problems,
+            programs_attached: datapath.programs_attached,
+            programs_total: datapath.programs.len(),
+            enrolled_pods: enrolled,
+            pending_pods: pending,
+            certificates: certs.len(),
+            soonest_expiry: soonest.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            policies: view.policies.authorization.len() + view.policies.peer_authentication.len(),
+            open_connections: telemetry.open_connections(),
+            bytes_last_minute: telemetry.bytes_last_minute(),
+        }
+    }
+
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.status();
+        let datapath = self.state.datapath.info(&self.cgroup_root);
+        let view = self.state.view();
+        let gauge = |enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
+            let g = ConstGauge::new(v);
+            g.encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+        };
+        {
+            let info = prometheus_client::metrics::info::Info::new([("version", VERSION)]);
+            info.encode(enc.encode_descriptor(
+                "mesh_build",
+                "The agent's version",
+                None,
+                MetricType::Info,
+            )?)?;
+        }
+        gauge(
+            &mut enc,
+            "mesh_agent_ready",
+            "1 once the agent serves (discovery synced, first certificates)",
+            i64::from(status.ready),
+        )?;
+        gauge(
+            &mut enc,
+            "mesh_enrolled_pods",
+            "Pods of this node in the mesh",
+            status.enrolled_pods as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "mesh_pending_pods",
+            "Pods that should be enrolled but are not yet",
+            status.pending_pods as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "mesh_datapath_programs_attached",
+            "Kernel programs attached",
+            status.programs_attached as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "mesh_flow_series",
+            "Kernel flow metric series kept",
+            self.state.telemetry.flows.series_count() as i64,
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "mesh_datapath_map_entries",
+                "Entries in each kernel map",
+                None,
+                MetricType::Gauge,
+            )?;
+            for fill in &datapath.maps {
+                let labels = [("map", fill.name.as_str())];
+                ConstGauge::new(fill.entries as i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "mesh_datapath_map_capacity",
+                "Capacity of each kernel map",
+                None,
+                MetricType::Gauge,
+            )?;
+            for fill in &datapath.maps {
+                let labels = [("map", fill.name.as_str())];
+                ConstGauge::new(i64::from(fill.capacity)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "mesh_datapath_events",
+                "What the kernel programs did, summed over CPUs",
+                None,
+                MetricType::Counter,
+            )?;
+            for (event, n) in &datapath.counters {
+                let labels = [("event", event.as_str())];
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        if let Some(mtls) = &self.state.mtls {
+            let mut m = enc.encode_descriptor(
+                "mesh_certificate_expiry_timestamp_seconds",
+                "When each workload certificate this node holds expires (Unix time)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for c in mtls.certs.status() {
+                if let Some(t) = c.not_after {
+                    let id = c.identity.to_string();
+                    let labels = [("identity", id.as_str())];
+                    ConstGauge::new(unix_seconds(t)).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let s = view.sizes;
+            let mut m = enc.encode_descriptor(
+                "mesh_discovery_objects",
+                "Objects in the agent's discovery store, by kind",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (kind, n) in [
+                ("Pod", s.pods),
+                ("Service", s.services),
+                ("EndpointSlice", s.endpoint_slices),
+                ("Namespace", s.namespaces),
+                ("AuthorizationPolicy", s.authorization_policies),
+                ("PeerAuthentication", s.peer_authentications),
+            ] {
+                let labels = [("kind", kind)];
+                ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Weak, so the registry (inside the proxy state) does not keep the node's
+/// health alive in a cycle.
+#[derive(Debug)]
+struct HealthCollector(Weak<NodeHealth>);
+
+impl std::fmt::Debug for NodeHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHealth")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl Collector for HealthCollector {
+    fn encode(&self, enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        match self.0.upgrade() {
+            Some(h) => h.encode(enc),
+            None => Ok(()),
+        }
+    }
+}
