@@ -622,6 +622,14 @@ impl Cluster {
             );
         }
         s.push_str(&self.pods_yaml());
+        // Nodes and their addresses: how `mesh status` finds every agent.
+        for node in &self.nodes {
+            let _ = write!(
+                s,
+                "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {}\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {}\n",
+                node.name, node.ip
+            );
+        }
         if !self.extra_docs.is_empty() {
             s.push_str("---\n");
             s.push_str(&self.extra_docs);
@@ -676,6 +684,15 @@ impl Cluster {
             .get(n)
             .and_then(Option::as_ref)
             .map(Proc::json_lines)
+            .unwrap_or_default()
+    }
+
+    /// Every line node n's agent wrote, JSON or not.
+    pub fn agents_raw_output(&self, n: usize) -> Vec<String> {
+        self.agents
+            .get(n)
+            .and_then(Option::as_ref)
+            .map(Proc::output)
             .unwrap_or_default()
     }
 
@@ -771,6 +788,52 @@ impl Cluster {
         program: impl AsRef<std::ffi::OsStr>,
     ) -> anyhow::Result<std::process::Command> {
         self.pod(pod).place().command(program)
+    }
+
+    /// GETs `path` from `addr` inside node n's netns (an agent's endpoints:
+    /// `<node ip>:15020`, `:15021`, or `127.0.0.1:15000` for the admin API).
+    pub fn node_get(
+        &self,
+        n: usize,
+        addr: std::net::SocketAddr,
+        path: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        let netns = PathBuf::from("/run/netns").join(&self.nodes[n].netns);
+        crate::http::get_in(&netns, addr, path)
+    }
+
+    /// POSTs to node n's admin API (127.0.0.1:15000 in the node's netns).
+    pub fn admin_post(&self, n: usize, path: &str) -> anyhow::Result<(u16, String)> {
+        let netns = PathBuf::from("/run/netns").join(&self.nodes[n].netns);
+        crate::http::request_in(&netns, "POST", ([127, 0, 0, 1], 15000).into(), path)
+    }
+
+    /// Node n's agent's metrics exposition.
+    pub fn metrics(&self, n: usize) -> anyhow::Result<String> {
+        let addr = std::net::SocketAddr::new(self.nodes[n].ip.into(), 15020);
+        let (code, body) = self.node_get(n, addr, "/metrics")?;
+        anyhow::ensure!(code == 200, "GET /metrics: {code}: {body}");
+        Ok(body)
+    }
+
+    /// Runs the `mesh` CLI in node n's netns against the node's config; its
+    /// exit code and stdout (stderr goes into the error when it fails to run).
+    pub fn mesh_cli(&self, n: usize, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let mut cmd = self.node_command(n, &self.bins.cli)?;
+        cmd.arg("--config").arg(&self.nodes[n].config).args(args);
+        let out = cmd.output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(
+            out.status.code().is_some(),
+            "mesh {args:?} was killed: {stderr}"
+        );
+        if !stderr.trim().is_empty() {
+            eprintln!("mesh {args:?} stderr: {stderr}");
+        }
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
     /// A command that runs in node n's netns (outside any pod).

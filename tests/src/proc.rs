@@ -20,6 +20,8 @@ pub struct Binaries {
     pub agent: PathBuf,
     pub meshtb: PathBuf,
     pub probe: PathBuf,
+    /// The `mesh` CLI.
+    pub cli: PathBuf,
 }
 
 impl Binaries {
@@ -47,6 +49,7 @@ impl Binaries {
             agent: find("MESH_AGENT_BIN", "mesh-agent")?,
             meshtb: find("MESHTB_BIN", "meshtb")?,
             probe: find("HBONEPROBE_BIN", "hboneprobe")?,
+            cli: find("MESH_CLI_BIN", "mesh")?,
         })
     }
 }

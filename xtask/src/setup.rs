@@ -6,8 +6,10 @@ use anyhow::Context;
 use crate::sh;
 
 /// Debian packages the tests and benchmarks run.
-const APT_PACKAGES: [&str; 8] = [
+const APT_PACKAGES: [&str; 9] = [
     "tcpdump",
+    // The observability e2e test scrapes the agents with a real Prometheus.
+    "prometheus",
     "iproute2",
     "bpftool",
     "iperf3",
