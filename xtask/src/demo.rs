@@ -77,36 +77,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .filter(|l| l["message"] == "connection closed")
             .collect();
-        let flows: Vec<_> = log
-            .iter()
-            .filter(|l| l["message"] == "flow closed")
-            .collect();
-        println!(
-            "node {} — {} proxied connections, {} kernel flow records",
-            n.name,
-            conns.len(),
-            flows.len()
-        );
+        println!("node {} — {} proxied connections", n.name, conns.len());
         for l in conns.iter().take(6) {
             println!(
-                "  {:<8} pod {:<12} {} -> {}  bytes out/in {}/{}",
+                "  {:<8} pod {:<12} {} -> {}  bytes out/in {}/{}  {} {}",
                 l["direction"].as_str().unwrap_or(""),
                 l["pod"].as_str().unwrap_or(""),
                 l["src"].as_str().unwrap_or("app"),
                 l["dst"].as_str().unwrap_or(""),
                 l["bytes_sent"],
-                l["bytes_received"]
-            );
-        }
-        if let Some(f) = flows.first() {
-            println!(
-                "  flow: pod {} {} -> {} sent {} B received {} B srtt {} us",
-                f["pod"].as_str().unwrap_or(""),
-                f["local"].as_str().unwrap_or(""),
-                f["remote"].as_str().unwrap_or(""),
-                f["bytes_sent"],
-                f["bytes_received"],
-                f["srtt_us"]
+                l["bytes_received"],
+                l["security"].as_str().unwrap_or(""),
+                l["source_identity"].as_str().unwrap_or("")
             );
         }
         let counters = c.counters(i)?;
@@ -119,8 +101,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(servers);
 
+    println!("\n== mesh status");
+    let (_, status) = c.mesh_cli(0, &["status"])?;
+    print!("{status}");
+    println!("\n== kernel flow metrics (sock_ops records, per workload pair; :15020/metrics)");
+    println!(
+        "{:<10} {:<10} {:<10} {:>6} {:<9} {:>6} {:>6} {:>10} {:>10}",
+        "node", "source", "dest", "port", "direction", "opened", "closed", "sent", "received"
+    );
+    for (i, n) in c.nodes.iter().enumerate() {
+        let addr = std::net::SocketAddr::new(n.ip.into(), 15021);
+        let (_, body) = c.node_get(i, addr, "/flows")?;
+        let flows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+        for f in flows {
+            println!(
+                "{:<10} {:<10} {:<10} {:>6} {:<9} {:>6} {:>6} {:>10} {:>10}",
+                n.name.rsplit('-').next().unwrap_or(""),
+                f["source_workload"].as_str().unwrap_or(""),
+                f["destination_workload"].as_str().unwrap_or(""),
+                f["destination_port"].to_string(),
+                f["direction"].as_str().unwrap_or(""),
+                f["connections_opened"].to_string(),
+                f["connections_closed"].to_string(),
+                f["bytes_sent"].to_string(),
+                f["bytes_received"].to_string()
+            );
+        }
+    }
+    println!(
+        "(tunnels between nodes stay pooled for 60 s, so their bytes appear when they close; \
+         connections opened are counted at once)"
+    );
+
     if args.keep {
         let pods = c.pods.clone();
+        let nodes = c.nodes.clone();
         let res = c.keep();
         save(&res)?;
         println!("\n== the cluster stays up (remove it with `cargo xtask demo --down`)");
@@ -146,6 +161,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             pods[2].ip
         );
         println!("(start a server the same way, e.g. `python3 -m http.server 8080`)");
+        let cli = std::env::current_exe()?.with_file_name("mesh");
+        println!(
+            "\nSee the mesh (from node {}'s network namespace, where its agent listens):",
+            nodes[0].name
+        );
+        println!(
+            "  nsenter --net=/run/netns/{} -- {} --config {} status",
+            nodes[0].netns,
+            cli.display(),
+            nodes[0].config.display()
+        );
+        println!(
+            "  nsenter --net=/run/netns/{} -- {} --config {} inspect default/{}",
+            nodes[0].netns,
+            cli.display(),
+            nodes[0].config.display(),
+            pods[2].name
+        );
     } else {
         println!("\n== tearing down");
     }
