@@ -239,3 +239,67 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod dashboard_tests {
+    use std::collections::BTreeSet;
+
+    /// Every metric the Grafana dashboard queries is one the agent exports,
+    /// so renaming a metric cannot silently blank a panel.
+    #[test]
+    fn the_dashboard_queries_only_exported_metrics() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../charts/mesh/dashboards/mesh.json"))
+                .unwrap();
+        let t = super::Telemetry::new(&crate::config::TelemetrySettings::default());
+        // One series in each family, so each is in the exposition.
+        let w = super::labels::WorkloadLabels::of("a", "default", &Default::default());
+        let peer = super::tcp::Peer {
+            labels: w.clone(),
+            principal: "p".into(),
+        };
+        let l = super::tcp::TcpLabels::new("source", &peer, &peer, None, "-", "none");
+        t.tcp.opened(&l);
+        t.tcp.closed(&l, 1, 1);
+        let f = super::flows::FlowLabels::new(&w, &w, 80, true);
+        t.flows.opened(&f);
+        t.flows.closed(&f, &Default::default());
+        t.decision(&crate::policy::Verdict::Allow { policy: None }, false);
+        let mut exported: BTreeSet<String> = t
+            .encode()
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        // Scrape-time gauges are named in the health collector.
+        let health = include_str!("health.rs");
+        for word in health.split('"') {
+            if word.starts_with("mesh_") && !word.contains(' ') {
+                exported.insert(word.to_owned());
+            }
+        }
+        let mut checked = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for name in expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("mesh_") || w.starts_with("istio_"))
+                {
+                    let family = ["_total", "_bucket", "_count", "_sum", "_info"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(name);
+                    assert!(
+                        exported.contains(family) || exported.contains(name),
+                        "panel {}: {name} is not exported (known: {exported:?})",
+                        panel["title"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 20, "{checked} metric references checked");
+    }
+}
