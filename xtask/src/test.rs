@@ -38,6 +38,8 @@ pub fn run() -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
+    let checks = crate::chart::check().context("Helm chart checks")?;
+    println!("chart: {checks} checks passed");
     Ok(())
 }
 

@@ -8,12 +8,12 @@ use k8s_openapi::{
     ByteString,
     api::{
         authentication::v1::{TokenReview, TokenReviewSpec},
-        core::v1::{Pod, Secret},
+        core::v1::{ConfigMap, Pod, Secret},
     },
 };
 use kube::{
     Api, Client,
-    api::{ListParams, ObjectMeta, PostParams},
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
 use serde::Deserialize;
 
@@ -42,7 +42,14 @@ pub struct KubernetesSettings {
     /// The trust domain's key material is created in the Secret when absent.
     #[serde(default)]
     pub create_root: bool,
+    /// A ConfigMap the root certificate (never the key) is published to,
+    /// as `root-cert.pem`, for the node agents to mount.
+    #[serde(default)]
+    pub root_cert_config_map: Option<SecretRef>,
 }
+
+/// The key under which the published root certificate sits.
+pub const ROOT_CERT_CONFIG_KEY: &str = "root-cert.pem";
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -236,6 +243,39 @@ pub async fn root_from_secret(
         &format!("{name} {CERT_KEY}"),
         &format!("{name} {KEY_KEY}"),
     )?)
+}
+
+/// Creates or updates the ConfigMap holding the root certificate, so the
+/// agents (which must never see the key) can trust it.
+pub async fn publish_root_cert(
+    client: Client,
+    r: &SecretRef,
+    cert_pem: &str,
+) -> Result<(), KubeError> {
+    let api = Api::<ConfigMap>::namespaced(client, &r.namespace);
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(r.name.clone()),
+            namespace: Some(r.namespace.clone()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/part-of".to_owned(),
+                "mesh".to_owned(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            ROOT_CERT_CONFIG_KEY.to_owned(),
+            cert_pem.to_owned(),
+        )])),
+        ..Default::default()
+    };
+    api.patch(
+        &r.name,
+        &PatchParams::apply("mesh-ca").force(),
+        &Patch::Apply(&cm),
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,6 +37,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 &cfg.trust_domain,
             )
             .await?;
+            if let Some(cm) = &k8s.root_cert_config_map {
+                kubernetes::publish_root_cert(client.clone(), cm, &root.cert_pem)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "publishing the root certificate to ConfigMap {}/{}",
+                            cm.namespace, cm.name
+                        )
+                    })?;
+                info!(namespace = %cm.namespace, name = %cm.name, "root certificate published");
+            }
             (
                 root,
                 Authority::Kubernetes(kubernetes::KubeAuthority::new(client, k8s)?),

@@ -46,3 +46,18 @@ pub fn any_objects(_: &mut SchemaGenerator) -> Schema {
         "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
     })
 }
+
+/// The CustomResourceDefinitions of the kinds mesh reads, as one YAML
+/// stream: what `mesh-agent crd` prints and the Helm chart installs.
+pub fn yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let mut out = String::new();
+    for crd in [
+        AuthorizationPolicyResource::crd(),
+        PeerAuthenticationResource::crd(),
+    ] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}

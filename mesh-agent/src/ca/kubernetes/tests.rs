@@ -45,6 +45,7 @@ fn settings() -> KubernetesSettings {
         token_audience: "mesh-ca".into(),
         agent_service_account: "mesh-system/mesh-agent".into(),
         create_root: true,
+        root_cert_config_map: None,
     }
 }
 
@@ -229,4 +230,47 @@ async fn a_missing_root_secret_or_field_is_named() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("has no `ca-key.pem`"), "{e}");
+}
+
+#[tokio::test]
+async fn the_root_certificate_alone_is_published_to_a_config_map() {
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(None::<Value>));
+    let store = sent.clone();
+    let (c, server) = client(move |method, path, body| {
+        assert_eq!(method, "PATCH", "{path}");
+        *store.lock().unwrap() = Some(body.clone());
+        (StatusCode::OK, body)
+    });
+    let target = SecretRef {
+        namespace: "mesh-system".into(),
+        name: "mesh-root-cert".into(),
+    };
+    publish_root_cert(
+        c,
+        &target,
+        "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+    )
+    .await
+    .unwrap();
+    let body = sent.lock().unwrap().clone().unwrap();
+    assert_eq!(body["kind"], "ConfigMap");
+    assert_eq!(body["metadata"]["name"], "mesh-root-cert");
+    assert!(
+        body["data"][ROOT_CERT_CONFIG_KEY]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert_eq!(
+        body["data"].as_object().unwrap().len(),
+        1,
+        "only the certificate: {body}"
+    );
+    let seen = server.await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].starts_with("PATCH /api/v1/namespaces/mesh-system/configmaps/mesh-root-cert?")
+            && seen[0].contains("fieldManager=mesh-ca"),
+        "{seen:?}"
+    );
 }
