@@ -87,16 +87,28 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// Runs `mesh-agent` with the rendered container args, the rendered config
 /// file in place of the mounted one, and `extra` flags.
+/// A workload the chart renders and the config file its container mounts.
+struct Mounted<'a> {
+    workload_kind: &'a str,
+    workload: &'a str,
+    config_map: &'a str,
+    key: &'a str,
+    mount: &'a str,
+}
+
 fn agent_accepts(
     docs: &[Value],
-    workload_kind: &str,
-    workload: &str,
-    config_map: &str,
-    key: &str,
-    mount: &str,
+    m: &Mounted<'_>,
     extra: &[&str],
     dir: &Path,
 ) -> anyhow::Result<()> {
+    let Mounted {
+        workload_kind,
+        workload,
+        config_map,
+        key,
+        mount,
+    } = *m;
     let w = find(docs, workload_kind, workload)?;
     let container = &w["spec"]["template"]["spec"]["containers"][0];
     let config = find(docs, "ConfigMap", config_map)?["data"][key]
@@ -186,26 +198,22 @@ pub fn check() -> anyhow::Result<usize> {
         );
         checks += 1;
 
-        agent_accepts(
-            &docs,
-            "DaemonSet",
-            "mesh-agent",
-            "mesh-agent",
-            "agent.yaml",
-            "/etc/mesh/agent.yaml",
-            &["--check-config", "--config-only"],
-            &dir,
-        )?;
-        agent_accepts(
-            &docs,
-            "Deployment",
-            "mesh-ca",
-            "mesh-ca",
-            "ca.yaml",
-            "/etc/mesh-ca/ca.yaml",
-            &["--check-config"],
-            &dir,
-        )?;
+        let agent = Mounted {
+            workload_kind: "DaemonSet",
+            workload: "mesh-agent",
+            config_map: "mesh-agent",
+            key: "agent.yaml",
+            mount: "/etc/mesh/agent.yaml",
+        };
+        agent_accepts(&docs, &agent, &["--check-config", "--config-only"], &dir)?;
+        let ca = Mounted {
+            workload_kind: "Deployment",
+            workload: "mesh-ca",
+            config_map: "mesh-ca",
+            key: "ca.yaml",
+            mount: "/etc/mesh-ca/ca.yaml",
+        };
+        agent_accepts(&docs, &ca, &["--check-config"], &dir)?;
         checks += 2;
 
         let rendered: Vec<&Value> = docs

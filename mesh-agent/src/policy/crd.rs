@@ -15,7 +15,9 @@ use super::model::{AuthorizationPolicySpec, PeerAuthenticationSpec};
     kind = "AuthorizationPolicy",
     root = "AuthorizationPolicyResource",
     namespaced,
-    schema = "derived"
+    schema = "derived",
+    // Uninstalling mesh must not delete every policy with its CRD.
+    annotation("helm.sh/resource-policy", "keep")
 )]
 pub struct AuthorizationPolicyCrdSpec(pub AuthorizationPolicySpec);
 
@@ -27,7 +29,9 @@ pub struct AuthorizationPolicyCrdSpec(pub AuthorizationPolicySpec);
     kind = "PeerAuthentication",
     root = "PeerAuthenticationResource",
     namespaced,
-    schema = "derived"
+    schema = "derived",
+    // Uninstalling mesh must not delete every policy with its CRD.
+    annotation("helm.sh/resource-policy", "keep")
 )]
 pub struct PeerAuthenticationCrdSpec(pub PeerAuthenticationSpec);
 
