@@ -250,6 +250,9 @@ fn mtls_metrics_denials_access_logs_admin_api_and_cli() {
         "{line}"
     );
     assert_eq!(line["error"], "denied by default/no-admin-port", "{line}");
+    assert_eq!(line["source_workload"], "default/a", "{line}");
+    assert_eq!(line["destination_workload"], "default/c", "{line}");
+    assert!(line["timestamp"].is_string(), "{line}");
     let ok = c
         .agent_log(1)
         .into_iter()

@@ -199,10 +199,14 @@ impl<'a> Connection<'a> {
             Direction::Outbound => (t.downstream_to_upstream, t.upstream_to_downstream),
             Direction::Inbound => (t.upstream_to_downstream, t.downstream_to_upstream),
         };
+        let (source, destination) = self.peers();
+        let workload = |p: &Peer| format!("{}/{}", p.labels.namespace, p.labels.workload);
         info!(
             target: "mesh::access",
             direction = self.direction.as_str(),
             pod = self.pod.key.as_str(),
+            source_workload = workload(&source),
+            destination_workload = workload(&destination),
             src = %self.src,
             dst = %self.dst,
             security = self.security.as_str(),
