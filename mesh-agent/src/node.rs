@@ -12,9 +12,7 @@ use tokio::sync::watch;
 
 use crate::{
     admin::{Listeners, LogControl},
-    config::{
-        AgentConfig, CaSettings, DiscoveryMode, LocalPod, NETNS_ANNOTATION, NodeConfig, objects,
-    },
+    config::{AgentConfig, CaSettings, DiscoveryMode, LocalPod, NodeConfig, objects},
     datapath::Datapath,
     discovery::{
         Published, Publisher, Source, kubernetes::KubernetesSource, local::LocalFile, netns_finder,
@@ -221,8 +219,8 @@ impl Node {
         match self.agent.discovery {
             DiscoveryMode::Local => {
                 for w in on_node {
-                    if let Some(ns) = w.annotations.get(NETNS_ANNOTATION) {
-                        wanted.insert(w.uid.clone(), LocalPod::new(w, ns.into()));
+                    if let Some(pod) = LocalPod::from_annotation(w) {
+                        wanted.insert(w.uid.clone(), pod);
                     }
                 }
             }

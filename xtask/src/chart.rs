@@ -6,6 +6,7 @@
 use std::{path::Path, process::Command};
 
 use anyhow::{Context, bail, ensure};
+use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::{setup, workspace};
@@ -51,22 +52,12 @@ fn render(sets: &[&str]) -> anyhow::Result<Vec<Value>> {
     let text = helm_output(&args)?;
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = Value::deserialize_any(doc)?;
+        let v = Value::deserialize(doc)?;
         if !v.is_null() {
             docs.push(v);
         }
     }
     Ok(docs)
-}
-
-trait DeserializeAny {
-    fn deserialize_any(d: serde_yaml::Deserializer<'_>) -> anyhow::Result<Value>;
-}
-
-impl DeserializeAny for Value {
-    fn deserialize_any(d: serde_yaml::Deserializer<'_>) -> anyhow::Result<Value> {
-        Ok(serde::Deserialize::deserialize(d)?)
-    }
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> anyhow::Result<&'a Value> {
@@ -226,7 +217,7 @@ pub fn check() -> anyhow::Result<usize> {
         ensure!(generated.status.success(), "mesh-agent crd failed");
         let mut expected = Vec::new();
         for doc in serde_yaml::Deserializer::from_slice(&generated.stdout) {
-            let v = Value::deserialize_any(doc)?;
+            let v = Value::deserialize(doc)?;
             if !v.is_null() {
                 expected.push(v);
             }

@@ -278,6 +278,12 @@ impl LocalPod {
         }
     }
 
+    /// A local-mode pod: its netns is named by the `mesh.io/netns` annotation.
+    pub fn from_annotation(w: &Workload) -> Option<Self> {
+        let netns = w.annotations.get(NETNS_ANNOTATION)?;
+        Some(Self::new(w, PathBuf::from(netns)))
+    }
+
     /// `<namespace>/<name>`, the pod's name for logs and pins.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -365,10 +371,7 @@ impl NodeConfig {
     pub fn enrolled_pods(&self) -> Vec<LocalPod> {
         let view = self.view();
         view.enrolled_on(&self.agent.node_name)
-            .filter_map(|w| {
-                let netns = w.annotations.get(NETNS_ANNOTATION)?;
-                Some(LocalPod::new(w, PathBuf::from(netns)))
-            })
+            .filter_map(|w| LocalPod::from_annotation(w))
             .collect()
     }
 

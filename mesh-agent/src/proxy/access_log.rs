@@ -143,12 +143,16 @@ impl<'a> Connection<'a> {
         }
     }
 
-    fn tcp_labels(&self, reporter: &'static str, flags: &'static str) -> TcpLabels {
-        let (source, destination) = self.peers();
+    fn tcp_labels(
+        &self,
+        (source, destination): &(Peer, Peer),
+        reporter: &'static str,
+        flags: &'static str,
+    ) -> TcpLabels {
         TcpLabels::new(
             reporter,
-            &source,
-            &destination,
+            source,
+            destination,
             self.service.as_deref(),
             flags,
             match self.security {
@@ -165,14 +169,26 @@ impl<'a> Connection<'a> {
         if self.opened {
             return;
         }
+        let peers = self.peers();
+        self.count_opened(&peers);
+    }
+
+    fn count_opened(&mut self, peers: &(Peer, Peer)) {
         self.opened = true;
         for r in self.reporters() {
-            self.state.telemetry.tcp.opened(&self.tcp_labels(r, "-"));
+            self.state
+                .telemetry
+                .tcp
+                .opened(&self.tcp_labels(peers, r, "-"));
         }
     }
 
     fn finish(&mut self, result: &str, error: Option<String>, t: Transferred) {
-        self.opened();
+        // Both ends are looked up once, for the counters and the log line.
+        let peers = self.peers();
+        if !self.opened {
+            self.count_opened(&peers);
+        }
         // Envoy's response flags, as Istio reports them.
         let flags = match result {
             "ok" => "-",
@@ -183,7 +199,7 @@ impl<'a> Connection<'a> {
         };
         for r in self.reporters() {
             self.state.telemetry.tcp.closed(
-                &self.tcp_labels(r, flags),
+                &self.tcp_labels(&peers, r, flags),
                 t.downstream_to_upstream,
                 t.upstream_to_downstream,
             );
@@ -199,14 +215,14 @@ impl<'a> Connection<'a> {
             Direction::Outbound => (t.downstream_to_upstream, t.upstream_to_downstream),
             Direction::Inbound => (t.upstream_to_downstream, t.downstream_to_upstream),
         };
-        let (source, destination) = self.peers();
+        let (source, destination) = &peers;
         let workload = |p: &Peer| format!("{}/{}", p.labels.namespace, p.labels.workload);
         info!(
             target: "mesh::access",
             direction = self.direction.as_str(),
             pod = self.pod.key.as_str(),
-            source_workload = workload(&source),
-            destination_workload = workload(&destination),
+            source_workload = workload(source),
+            destination_workload = workload(destination),
             src = %self.src,
             dst = %self.dst,
             security = self.security.as_str(),

@@ -89,8 +89,13 @@ impl NodeHealth {
     }
 
     pub fn status(&self) -> AgentStatus {
+        self.status_with(&self.state.datapath.info(&self.cgroup_root))
+    }
+
+    /// The summary, from a datapath reading the caller already took (a
+    /// reading walks every kernel map; a scrape needs one, not two).
+    fn status_with(&self, datapath: &crate::datapath::DatapathInfo) -> AgentStatus {
         let telemetry = &self.state.telemetry;
-        let datapath = self.state.datapath.info(&self.cgroup_root);
         let view = self.state.view();
         let certs = self
             .state
@@ -142,8 +147,8 @@ impl NodeHealth {
     }
 
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let status = self.status();
         let datapath = self.state.datapath.info(&self.cgroup_root);
+        let status = self.status_with(&datapath);
         let view = self.state.view();
         let gauge = |enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
             let g = ConstGauge::new(v);
