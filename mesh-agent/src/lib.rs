@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod flows;
 pub mod hbone;
 pub mod identity;
+pub mod memory;
 pub mod netns;
 pub mod node;
 pub mod pod;

@@ -173,10 +173,19 @@ fn run(command: Command, log: LogControl) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(worker_threads.max(1))
-                .enable_all()
-                .build()?;
+            // One thread needs no work-stealing scheduler: the current-thread
+            // runtime polls every task where its I/O arrived, without the
+            // cross-thread wake-ups and atomics of the multi-thread one.
+            let runtime = if worker_threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(worker_threads)
+                    .enable_all()
+                    .build()?
+            };
             runtime.block_on(async {
                 let node = node::Node::start(&config, node_name.as_deref(), log).await?;
                 node.run().await

@@ -1,18 +1,15 @@
 //! Sockets inside another network namespace. A socket belongs to the netns
 //! its creator was in at `socket()` time, and `setns` moves only the calling
-//! thread; so each pod gets one worker thread parked in its netns that makes
-//! sockets on request. The sockets are then used from any thread.
+//! thread; so the thread steps into the pod's netns for that one call.
 use std::{
     fs::File,
     io,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
-    sync::mpsc,
-    thread,
+    sync::{Arc, OnceLock},
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::oneshot;
 
 const SO_NETNS_COOKIE: libc::c_int = 71;
 const NSFS_MAGIC: i64 = 0x6e73_6673;
@@ -85,60 +82,47 @@ impl AsFd for Netns {
     }
 }
 
-enum Reply {
-    Async(oneshot::Sender<io::Result<Socket>>),
-    Sync(mpsc::Sender<io::Result<Socket>>),
+/// The agent's own network namespace, opened before any thread leaves it.
+static HOME: OnceLock<io::Result<File>> = OnceLock::new();
+
+fn home() -> io::Result<&'static File> {
+    HOME.get_or_init(|| File::open("/proc/thread-self/ns/net"))
+        .as_ref()
+        .map_err(|e| io::Error::new(e.kind(), format!("opening the agent's own netns: {e}")))
 }
 
-type Request = (Domain, Reply);
-
-/// Makes TCP sockets inside one netns. Dropping it ends the worker thread.
+/// Makes TCP sockets inside one netns. The calling thread enters the netns
+/// for the `socket()` call alone and returns at once: a socket stays in the
+/// netns it was made in, wherever it is used from. No thread hop and no
+/// `.await` sit between the two `setns` calls, so nothing else ever runs on
+/// the thread while it is away.
 #[derive(Debug, Clone)]
 pub struct SocketFactory {
-    tx: mpsc::Sender<Request>,
+    netns: Arc<Netns>,
     cookie: u64,
 }
 
 impl SocketFactory {
-    pub fn spawn(netns: &Netns, name: &str) -> Result<Self, NetnsError> {
+    pub fn new(netns: &Netns) -> Result<Self, NetnsError> {
         let ns = netns.try_clone().map_err(|source| NetnsError::Open {
             path: netns.path.clone(),
             source,
         })?;
-        let (tx, rx) = mpsc::channel::<Request>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        thread::Builder::new()
-            .name(format!("netns-{name}"))
-            .spawn(move || {
-                if let Err(e) = ns.enter() {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-                let cookie = new_tcp(Domain::IPV4).and_then(|s| netns_cookie(&s));
-                let _ = ready_tx.send(Ok(cookie));
-                for (domain, reply) in rx {
-                    let socket = new_tcp(domain);
-                    let _ = match reply {
-                        Reply::Async(tx) => tx.send(socket).map_err(drop),
-                        Reply::Sync(tx) => tx.send(socket).map_err(drop),
-                    };
-                }
-            })
+        let mut factory = Self {
+            netns: Arc::new(ns),
+            cookie: 0,
+        };
+        let probe = factory
+            .socket(Domain::IPV4)
             .map_err(|source| NetnsError::Enter {
                 path: netns.path.clone(),
                 source,
             })?;
-        let cookie = ready_rx
-            .recv()
-            .map_err(|_| NetnsError::Enter {
-                path: netns.path.clone(),
-                source: io::Error::other("netns worker exited"),
-            })??
-            .map_err(|source| NetnsError::Enter {
-                path: netns.path.clone(),
-                source,
-            })?;
-        Ok(Self { tx, cookie })
+        factory.cookie = netns_cookie(&probe).map_err(|source| NetnsError::Enter {
+            path: netns.path.clone(),
+            source,
+        })?;
+        Ok(factory)
     }
 
     /// The netns cookie, as the kernel programs see it.
@@ -146,25 +130,22 @@ impl SocketFactory {
         self.cookie
     }
 
-    /// A new TCP socket in the netns (blocking until the worker answers).
-    pub async fn socket(&self, domain: Domain) -> io::Result<Socket> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send((domain, Reply::Async(reply)))
-            .map_err(|_| io::Error::other("netns worker gone"))?;
-        rx.await
-            .map_err(|_| io::Error::other("netns worker gone"))?
-    }
-
-    /// As [`Self::socket`], for setup code that is not async (the worker
-    /// answers at once, so this blocks only for a thread hop).
-    pub fn socket_blocking(&self, domain: Domain) -> io::Result<Socket> {
-        let (reply, rx) = mpsc::channel();
-        self.tx
-            .send((domain, Reply::Sync(reply)))
-            .map_err(|_| io::Error::other("netns worker gone"))?;
-        rx.recv()
-            .map_err(|_| io::Error::other("netns worker gone"))?
+    /// A new non-blocking TCP socket in the netns.
+    pub fn socket(&self, domain: Domain) -> io::Result<Socket> {
+        let home = home()?;
+        self.netns
+            .enter()
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let socket = new_tcp(domain);
+        if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            // A thread stranded in a pod's netns would open other pods'
+            // sockets there; stopping is the only safe answer (the
+            // datapath fails closed until the agent is back).
+            let e = io::Error::last_os_error();
+            tracing::error!(error = %e, "cannot return to the agent's netns; exiting");
+            std::process::abort();
+        }
+        socket
     }
 }
 

@@ -374,6 +374,7 @@ impl Node {
                 loop {
                     tick.tick().await;
                     telemetry.sample();
+                    crate::memory::release_free_heap();
                     let expired = telemetry.flows.expire();
                     if expired > 0 {
                         info!(expired, "idle flow series dropped");
@@ -417,6 +418,7 @@ impl Node {
         self.wait_for_sync().await;
         self.wait_for_certificates().await;
         self.state.telemetry.set_ready();
+        crate::memory::release_free_heap();
         info!(
             node = %self.agent.node_name,
             enrolled = self.pods.len(),

@@ -109,11 +109,10 @@ impl PodRuntime {
             pod: key.clone(),
             source,
         })?;
-        let sockets =
-            SocketFactory::spawn(&netns, &spec.name).map_err(|source| PodError::Netns {
-                pod: key.clone(),
-                source,
-            })?;
+        let sockets = SocketFactory::new(&netns).map_err(|source| PodError::Netns {
+            pod: key.clone(),
+            source,
+        })?;
         let (cert, hbone_server) = match &state.mtls {
             Some(mtls) => {
                 let cert = mtls.certs.acquire(&identity);

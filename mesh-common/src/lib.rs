@@ -49,7 +49,10 @@ pub mod limits {
     pub const INBOUND_LISTENERS: u32 = 16384;
     pub const SPLICE: u32 = 65536;
     pub const FLOWS_LIVE: u32 = 65536;
-    pub const FLOW_EVENTS_BYTES: u32 = 1 << 20;
+    /// The ring is mapped into the agent, so all of it counts in the
+    /// agent's memory; the agent drains it as records arrive, and a full
+    /// ring is counted, not blocking.
+    pub const FLOW_EVENTS_BYTES: u32 = 1 << 18;
 }
 
 /// A pod's own address within its netns; connections to it are not redirected.

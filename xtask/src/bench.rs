@@ -18,9 +18,19 @@ pub struct Args {
     /// `discovery` (store scale).
     #[arg(long, value_parser = ["datapath", "discovery"])]
     only: Option<String>,
+    /// Measure only these modes (repeatable); direct is always measured,
+    /// since every ratio is to it.
+    #[arg(long, value_enum)]
+    mode: Vec<Mode>,
+    /// Run only these tools (repeatable): iperf3, sockperf, wrk, hey,
+    /// fixed-rate. For profiling one kind of load.
+    #[arg(long, value_parser = STAGES)]
+    stage: Vec<String>,
 }
 
-#[derive(Clone, Copy, PartialEq)]
+const STAGES: [&str; 5] = ["iperf3", "sockperf", "wrk", "hey", "fixed-rate"];
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Mode {
     Direct,
     Mesh,
@@ -60,13 +70,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let datapath = args.only.as_deref() != Some("discovery");
     let discovery = args.only.as_deref() != Some("datapath");
-    let modes = [Mode::Direct, Mode::Mesh, Mode::MeshSplice, Mode::Mtls];
+    let modes: Vec<Mode> = [Mode::Direct, Mode::Mesh, Mode::MeshSplice, Mode::Mtls]
+        .into_iter()
+        .filter(|m| *m == Mode::Direct || args.mode.is_empty() || args.mode.contains(m))
+        .collect();
     let mut all = Vec::new();
     let mut notes = Vec::new();
-    for mode in modes.into_iter().filter(|_| datapath) {
+    for mode in modes.iter().copied().filter(|_| datapath) {
         eprintln!("bench: {}", mode.label());
         let mut failures = Failures::new();
-        all.push(measure(mode, args.secs, &mut failures).with_context(|| mode.label())?);
+        all.push(
+            measure(mode, args.secs, &args.stage, &mut failures).with_context(|| mode.label())?,
+        );
         notes.extend(
             failures
                 .into_iter()
@@ -107,21 +122,35 @@ fn spec(mode: Mode) -> ClusterSpec {
     }
 }
 
-/// CPU ticks (user+system) and RSS of a process.
-fn proc_usage(pid: u32) -> Option<(u64, u64)> {
+/// A process's CPU ticks (user+system) and memory.
+struct Usage {
+    ticks: u64,
+    /// VmRSS: everything mapped in, the shared binary's pages included.
+    rss_kb: u64,
+    /// RssAnon: memory the process alone holds (heap, stacks).
+    anon_kb: u64,
+}
+
+fn proc_usage(pid: u32) -> Option<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some((ticks, rss_kb))
+    let kb = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some(Usage {
+        ticks,
+        rss_kb: kb("VmRSS:")?,
+        anon_kb: kb("RssAnon:")?,
+    })
 }
 
 struct AgentMeter {
@@ -130,30 +159,41 @@ struct AgentMeter {
     at: std::time::Instant,
 }
 
+/// The busiest agent's CPU and the largest agent's memory over an interval.
+struct Metered {
+    cpu: f64,
+    rss_mib: f64,
+    anon_mib: f64,
+}
+
 impl AgentMeter {
     fn start(pids: &[u32]) -> Self {
         Self {
             pids: pids.to_vec(),
             start: pids
                 .iter()
-                .map(|p| proc_usage(*p).map(|u| u.0).unwrap_or(0))
+                .map(|p| proc_usage(*p).map(|u| u.ticks).unwrap_or(0))
                 .collect(),
             at: std::time::Instant::now(),
         }
     }
-    /// Highest per-agent CPU % over the interval, and highest RSS (MiB) now.
-    fn stop(&self) -> (f64, f64) {
+    /// Highest per-agent CPU % over the interval, and highest memory now.
+    fn stop(&self) -> Metered {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let secs = self.at.elapsed().as_secs_f64();
-        let mut cpu: f64 = 0.0;
-        let mut rss: f64 = 0.0;
+        let mut m = Metered {
+            cpu: 0.0,
+            rss_mib: 0.0,
+            anon_mib: 0.0,
+        };
         for (pid, t0) in self.pids.iter().zip(&self.start) {
-            if let Some((t1, kb)) = proc_usage(*pid) {
-                cpu = cpu.max((t1 - t0) as f64 / hz / secs * 100.0);
-                rss = rss.max(kb as f64 / 1024.0);
+            if let Some(u) = proc_usage(*pid) {
+                m.cpu = m.cpu.max((u.ticks - t0) as f64 / hz / secs * 100.0);
+                m.rss_mib = m.rss_mib.max(u.rss_kb as f64 / 1024.0);
+                m.anon_mib = m.anon_mib.max(u.anon_kb as f64 / 1024.0);
             }
         }
-        (cpu, rss)
+        m
     }
 }
 
@@ -191,16 +231,25 @@ fn s(x: impl ToString) -> String {
     x.to_string()
 }
 
-fn measure(mode: Mode, secs: u32, failures: &mut Failures) -> anyhow::Result<Results> {
+fn measure(
+    mode: Mode,
+    secs: u32,
+    only: &[String],
+    failures: &mut Failures,
+) -> anyhow::Result<Results> {
     let c = Cluster::start(spec(mode))?;
     let server = c.pod("server").ip.to_string();
     let agents = c.agent_pids();
     let mut r = Results::new();
     let idle = AgentMeter::start(&agents);
     std::thread::sleep(Duration::from_millis(500));
-    let (_, idle_rss) = idle.stop();
+    let idle = idle.stop();
     if !agents.is_empty() {
-        r.insert("agent RSS idle (MiB)", (idle_rss, false));
+        r.insert("agent RSS idle (MiB)", (idle.rss_mib, false));
+        r.insert(
+            "agent private memory idle (RssAnon, MiB)",
+            (idle.anon_mib, false),
+        );
     }
     let _iperf = background(&c, "server", "iperf3", &["-s", "-p", "5201"])?;
     let _sockperf = background(&c, "server", "sockperf", &["sr", "--tcp", "-p", "11111"])?;
@@ -213,11 +262,12 @@ fn measure(mode: Mode, secs: u32, failures: &mut Failures) -> anyhow::Result<Res
         ("sockperf", &|r| sockperf(&c, &server, secs, r)),
         ("wrk", &|r| wrk(&c, &url, secs, r)),
         ("hey", &|r| hey(&c, &url, secs, &agents, r)),
-        ("hey fixed rate", &|r| {
-            fixed_rate(&c, &url, secs, &agents, r)
-        }),
+        ("fixed-rate", &|r| fixed_rate(&c, &url, secs, &agents, r)),
     ];
     for (name, stage) in stages {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
         if let Err(e) = stage(&mut r) {
             failures.push(format!("{name}: {e:#}"));
         }
@@ -249,7 +299,11 @@ fn iperf(
             s("-J"),
         ];
         let out = run_in(c, "client", "iperf3", &args, limit(secs))?;
-        let (cpu, rss) = meter.stop();
+        let Metered {
+            cpu,
+            rss_mib: rss,
+            anon_mib: anon,
+        } = meter.stop();
         let v: serde_json::Value = serde_json::from_str(&out)?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
@@ -258,6 +312,10 @@ fn iperf(
         if streams == 1 && !agents.is_empty() {
             r.insert("agent CPU % under bulk (max of 2)", (cpu, false));
             r.insert("agent RSS under bulk (MiB)", (rss, false));
+            r.insert(
+                "agent private memory under bulk (RssAnon, MiB)",
+                (anon, false),
+            );
         }
     }
     Ok(())
@@ -339,7 +397,7 @@ fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> an
         s(url),
     ];
     let out = run_in(c, "client", "hey", &args, limit(secs))?;
-    let (cpu, _) = meter.stop();
+    let cpu = meter.stop().cpu;
     let rps = hey_rps(&out)?;
     r.insert(
         "hey new connection per request, 8 concurrent (req/s)",
@@ -377,7 +435,7 @@ fn fixed_rate(
         s(url),
     ];
     let out = run_in(c, "client", "hey", &args, limit(secs))?;
-    let (cpu, _) = meter.stop();
+    let cpu = meter.stop().cpu;
     let rps = hey_rps(&out)?;
     r.insert("agent CPU % at fixed 2000 req/s (max of 2)", (cpu, false));
     r.insert("achieved req/s at the fixed-rate stage", (rps, true));

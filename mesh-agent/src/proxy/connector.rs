@@ -49,7 +49,7 @@ pub async fn agent_connect(
     } else {
         Domain::IPV6
     };
-    let socket = pod.sockets.socket(domain).await?;
+    let socket = pod.sockets.socket(domain)?;
     socket.set_mark(mesh_common::AGENT_MARK)?;
     socket.set_tcp_nodelay(true)?;
     if let Some(addr) = bind {

@@ -18,7 +18,7 @@ pub fn listen(sockets: &SocketFactory, addr: SocketAddr) -> io::Result<TcpListen
     } else {
         Domain::IPV6
     };
-    let socket = sockets.socket_blocking(domain)?;
+    let socket = sockets.socket(domain)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
