@@ -238,6 +238,7 @@ fn measure(
     failures: &mut Failures,
 ) -> anyhow::Result<Results> {
     let c = Cluster::start(spec(mode))?;
+    let steal = Steal::start();
     let server = c.pod("server").ip.to_string();
     let agents = c.agent_pids();
     let mut r = Results::new();
@@ -272,7 +273,43 @@ fn measure(
             failures.push(format!("{name}: {e:#}"));
         }
     }
+    if let Some(pct) = steal.stop() {
+        r.insert(STEAL, (pct, false));
+    }
     Ok(r)
+}
+
+/// Shown apart from the table: it describes the machine, not the mesh.
+const STEAL: &str = "host CPU steal (%)";
+
+/// Time the hypervisor gave this VM's CPUs to others while a mode was
+/// measured (/proc/stat `steal`). Under steal every figure, direct
+/// included, gets slower and noisier, so the table says how much there was.
+struct Steal(Option<(u64, u64)>);
+
+impl Steal {
+    fn read() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already inside user).
+        let total = cpu.iter().take(8).sum();
+        Some((*cpu.get(7)?, total))
+    }
+    fn start() -> Self {
+        Self(Self::read())
+    }
+    fn stop(&self) -> Option<f64> {
+        let (s0, t0) = self.0?;
+        let (s1, t1) = Self::read()?;
+        (t1 > t0).then(|| (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64)
+    }
 }
 
 fn iperf(
@@ -493,6 +530,7 @@ fn render(modes: &[Mode], results: &[Results], secs: u32) -> String {
     let mut names: Vec<&str> = results.iter().flat_map(|r| r.keys().copied()).collect();
     names.sort();
     names.dedup();
+    names.retain(|n| *n != STEAL);
     for name in names {
         out += &format!("| {name} |");
         let base = results[0].get(name).map(|v| v.0);
@@ -509,6 +547,17 @@ fn render(modes: &[Mode], results: &[Results], secs: u32) -> String {
             }
         }
         out += "\n";
+    }
+    let steal: Vec<String> = modes
+        .iter()
+        .zip(results)
+        .filter_map(|(m, r)| r.get(STEAL).map(|(v, _)| format!("{} {v:.1} %", m.label())))
+        .collect();
+    if !steal.is_empty() {
+        out += &format!(
+            "\nHost CPU steal while each mode ran (the hypervisor running other guests on this VM's CPUs): {}. Above a few percent, every figure (direct included) is slower and noisier; compare ratios from runs with little steal.\n",
+            steal.join(", ")
+        );
     }
     out
 }
