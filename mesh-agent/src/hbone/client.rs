@@ -147,11 +147,13 @@ async fn connect_stream(lease: StreamLease, request: Request<()>) -> Result<Tunn
         .and_then(|t| t.split('-').nth(1))
         .unwrap_or_default()
         .to_owned();
+    // A Uri clone shares its bytes; kept for the refusal line.
+    let authority = request.uri().clone();
     let mut sender = lease.sender().ready().await?;
     let (response, send) = sender.send_request(request, false)?;
     let response = response.await?;
     if response.status() != StatusCode::OK {
-        warn!(status = %response.status(), "HBONE CONNECT refused");
+        warn!(%authority, status = %response.status(), "HBONE CONNECT refused");
         return Err(HboneError::Refused(response.status()));
     }
     Ok(Tunnel {

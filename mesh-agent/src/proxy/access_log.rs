@@ -74,6 +74,10 @@ pub struct Connection<'a> {
     pub upstream: Option<SocketAddr>,
     /// The connection's end was told (log line, metrics).
     finished: bool,
+    /// Both ends and their series' labels (response flags `-`), built
+    /// once when the connection opens and reused when it closes.
+    ends: Option<(Peer, Peer)>,
+    open_labels: Vec<TcpLabels>,
 }
 
 impl<'a> Connection<'a> {
@@ -103,6 +107,8 @@ impl<'a> Connection<'a> {
             service: None,
             upstream: None,
             finished: false,
+            ends: None,
+            open_labels: Vec::new(),
         }
     }
 
@@ -171,21 +177,27 @@ impl<'a> Connection<'a> {
         }
         let peers = self.peers();
         self.count_opened(&peers);
+        self.ends = Some(peers);
     }
 
     fn count_opened(&mut self, peers: &(Peer, Peer)) {
         self.opened = true;
-        for r in self.reporters() {
-            self.state
-                .telemetry
-                .tcp
-                .opened(&self.tcp_labels(peers, r, "-"));
+        self.open_labels = self
+            .reporters()
+            .iter()
+            .map(|r| self.tcp_labels(peers, r, "-"))
+            .collect();
+        for labels in &self.open_labels {
+            self.state.telemetry.tcp.opened(labels);
         }
     }
 
     fn finish(&mut self, result: &str, error: Option<String>, t: Transferred) {
         // Both ends are looked up once, for the counters and the log line.
-        let peers = self.peers();
+        let peers = match self.ends.take() {
+            Some(p) => p,
+            None => self.peers(),
+        };
         if !self.opened {
             self.count_opened(&peers);
         }
@@ -197,9 +209,17 @@ impl<'a> Connection<'a> {
             "refused" => "NR",
             _ => "UR",
         };
-        for r in self.reporters() {
+        let labels = if flags == "-" {
+            std::mem::take(&mut self.open_labels)
+        } else {
+            self.reporters()
+                .iter()
+                .map(|r| self.tcp_labels(&peers, r, flags))
+                .collect()
+        };
+        for labels in &labels {
             self.state.telemetry.tcp.closed(
-                &self.tcp_labels(&peers, r, flags),
+                labels,
                 t.downstream_to_upstream,
                 t.upstream_to_downstream,
             );

@@ -104,7 +104,8 @@ async fn handle(
             Ok(u) => u,
             Err(e) => {
                 if routed {
-                    warn!(endpoint = %target, error = %e, "endpoint failed; trying another");
+                    // JSON log lines carry no span fields: name the connection here.
+                    warn!(pod = %pod.key, %src, %dst, endpoint = %target, error = %e, "endpoint failed; trying another");
                 }
                 last_error = Some(e);
                 continue;
