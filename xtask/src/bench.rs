@@ -567,6 +567,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn steal_is_told_under_the_table_not_as_a_row() {
+        let mut direct = Results::new();
+        direct.insert("iperf3 bulk 1 stream (Gbit/s)", (20.0, true));
+        direct.insert(STEAL, (1.5, false));
+        let mut mesh = Results::new();
+        mesh.insert("iperf3 bulk 1 stream (Gbit/s)", (10.0, true));
+        mesh.insert(STEAL, (40.0, false));
+        let out = render(&[Mode::Direct, Mode::Mtls], &[direct, mesh], 5);
+        assert!(out.contains("| iperf3 bulk 1 stream (Gbit/s) | 20.00 | 10.00 | 0.50× |"));
+        assert!(!out.contains(&format!("| {STEAL} |")));
+        assert!(out.contains("direct 1.5 %, mesh HBONE mTLS 40.0 %"));
+    }
+
+    #[test]
     fn wrk_durations_parse_to_microseconds() {
         assert_eq!(parse_duration_us("123.00us"), Some(123.0));
         assert_eq!(parse_duration_us("1.50ms"), Some(1500.0));
