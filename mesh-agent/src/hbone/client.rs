@@ -94,13 +94,15 @@ fn new_traceparent() -> String {
 }
 
 /// Opens a tunnel from `pod` (the app at `src`) to `dst`, whose workload must
-/// prove `expected`.
+/// prove `expected`. `early` (what the app already sent) follows the request
+/// without waiting for the response; on a retry it is sent again.
 pub async fn open(
     mtls: &Mtls,
     pod: &PodContext,
     src: SocketAddr,
     dst: SocketAddr,
     expected: Identity,
+    early: &Bytes,
 ) -> Result<Tunnel, HboneError> {
     let (watch, cert) = current_cert(pod).await?;
     let key = PoolKey {
@@ -127,7 +129,7 @@ pub async fn open(
     // A pooled connection may have died since it was last used (peer
     // restarted, idle close); then one fresh connection is tried.
     if let Some(lease) = mtls.pool.checkout(&key) {
-        match connect_stream(lease, request()?).await {
+        match connect_stream(lease, request()?, early).await {
             Ok(t) => return Ok(t),
             Err(HboneError::H2(e)) => {
                 debug!(%dst, error = %e, "pooled HBONE connection failed; opening a new one");
@@ -136,10 +138,14 @@ pub async fn open(
         }
     }
     let lease = connect(mtls, pod, watch, key).await?;
-    connect_stream(lease, request()?).await
+    connect_stream(lease, request()?, early).await
 }
 
-async fn connect_stream(lease: StreamLease, request: Request<()>) -> Result<Tunnel, HboneError> {
+async fn connect_stream(
+    lease: StreamLease,
+    request: Request<()>,
+    early: &Bytes,
+) -> Result<Tunnel, HboneError> {
     let trace_id = request
         .headers()
         .get("traceparent")
@@ -150,7 +156,12 @@ async fn connect_stream(lease: StreamLease, request: Request<()>) -> Result<Tunn
     // A Uri clone shares its bytes; kept for the refusal line.
     let authority = request.uri().clone();
     let mut sender = lease.sender().ready().await?;
-    let (response, send) = sender.send_request(request, false)?;
+    let (response, mut send) = sender.send_request(request, false)?;
+    if !early.is_empty() {
+        // Within the stream's initial window, so h2 sends it with the
+        // request rather than holding it for capacity.
+        send.send_data(early.clone(), false)?;
+    }
     let response = response.await?;
     if response.status() != StatusCode::OK {
         warn!(%authority, status = %response.status(), "HBONE CONNECT refused");

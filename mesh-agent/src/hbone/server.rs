@@ -198,7 +198,7 @@ async fn stream_request(
     conn.opened();
     // Downstream is the tunnel, upstream the app: bytes "sent" by the pod
     // are those from the app.
-    let result = stream::relay(app, send, request.into_body()).await;
+    let result = stream::relay(app, send, request.into_body(), 0).await;
     conn.closed(&result.map(|t| relay::Transferred {
         downstream_to_upstream: t.upstream_to_downstream,
         upstream_to_downstream: t.downstream_to_upstream,

@@ -14,6 +14,33 @@ use tokio::{
 use crate::proxy::relay::{self, Transferred};
 
 const CHUNK: usize = 256 * 1024;
+/// At most this much of what the app sent before its connection was
+/// accepted rides with the CONNECT request.
+const EARLY: usize = 16 * 1024;
+
+/// What the app has already sent, peeked without waiting: empty when
+/// nothing is there yet, at end of stream, or on error (the relay sees
+/// those). Sending it together with the CONNECT request, instead of after
+/// the response, saves a round trip between the agents on every new
+/// connection; HTTP/2 lets a CONNECT request's DATA follow its HEADERS at
+/// once, and the destination holds it in the stream's window until it has
+/// connected. Peeked, not read: if this tunnel fails, the next endpoint (or
+/// path) still finds the bytes in the socket; once it succeeds the relay
+/// skips them.
+pub fn early_data(tcp: &TcpStream) -> Bytes {
+    let mut buf = BytesMut::with_capacity(EARLY);
+    // The socket is non-blocking, and tokio's readiness is not consulted: a
+    // connection just accepted has not been polled yet.
+    match socket2::SockRef::from(tcp).peek(buf.spare_capacity_mut()) {
+        Ok(n) => {
+            // SAFETY: recv(2) initialised the first `n` bytes of the spare
+            // capacity it was given.
+            unsafe { buf.set_len(n.min(EARLY)) };
+            buf.freeze()
+        }
+        Err(_) => Bytes::new(),
+    }
+}
 
 fn h2_io(e: h2::Error) -> io::Error {
     if e.is_io() {
@@ -23,9 +50,11 @@ fn h2_io(e: h2::Error) -> io::Error {
     }
 }
 
+/// `skip`: bytes at the start of `from` already sent (see [`early_data`]).
 async fn tcp_to_h2<R: AsyncReadExt + Unpin>(
     mut from: R,
     to: &mut SendStream<Bytes>,
+    mut skip: usize,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buf = BytesMut::with_capacity(CHUNK);
@@ -39,6 +68,11 @@ async fn tcp_to_h2<R: AsyncReadExt + Unpin>(
             return Ok(total);
         }
         total += n as u64;
+        if skip > 0 {
+            let skipped = skip.min(buf.len());
+            let _ = buf.split_to(skipped);
+            skip -= skipped;
+        }
         let mut data = buf.split().freeze();
         while !data.is_empty() {
             to.reserve_capacity(data.len());
@@ -73,17 +107,19 @@ async fn h2_to_tcp<W: AsyncWriteExt + Unpin>(from: &mut RecvStream, mut to: W) -
     Ok(total)
 }
 
-/// Relays until both directions end. On failure either way, the TCP side
+/// Relays until both directions end; the first `early` bytes waiting on the
+/// TCP side were already sent on the stream. On failure either way, the TCP side
 /// is reset and the stream cancelled, so neither peer mistakes a broken
 /// transfer for a complete one.
 pub async fn relay(
     tcp: TcpStream,
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
+    early: usize,
 ) -> io::Result<Transferred> {
     let mut tcp = tcp;
     let (rd, wr) = tcp.split();
-    let result = tokio::try_join!(tcp_to_h2(rd, &mut send), h2_to_tcp(&mut recv, wr));
+    let result = tokio::try_join!(tcp_to_h2(rd, &mut send, early), h2_to_tcp(&mut recv, wr));
     match result {
         Ok((up, down)) => Ok(Transferred {
             downstream_to_upstream: up,
@@ -94,5 +130,87 @@ pub async fn relay(
             relay::reset(tcp);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+
+    /// The bytes peeked as early data go out with the request exactly once:
+    /// the relay skips them in the socket and sends only what follows.
+    #[tokio::test]
+    async fn early_data_is_sent_once_and_then_skipped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut app = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        app.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        // Bounded wait until the bytes are in the accepted socket.
+        let mut early = Bytes::new();
+        for _ in 0..200 {
+            early = early_data(&accepted);
+            if early.len() == 18 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(&early[..], b"GET / HTTP/1.1\r\n\r\n");
+        // Peeked, not consumed: a second look sees the same bytes.
+        assert_eq!(early_data(&accepted), early);
+
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.unwrap();
+            let (request, mut respond) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            let mut body = request.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+            }
+            send.send_data(Bytes::new(), true).unwrap();
+            got
+        });
+        let (sender, conn) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (response, mut send) = sender
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        send.send_data(early.clone(), false).unwrap();
+        let recv = response.await.unwrap().into_body();
+
+        app.write_all(b"body").await.unwrap();
+        app.shutdown().await.unwrap();
+        let relay = tokio::spawn(relay(accepted, send, recv, early.len()));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], b"GET / HTTP/1.1\r\n\r\nbody");
+        let mut rest = Vec::new();
+        app.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(moved.downstream_to_upstream, 22);
     }
 }

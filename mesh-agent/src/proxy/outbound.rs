@@ -51,7 +51,8 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<Proxy
 enum Upstream {
     /// A meshed pod on this node: handed over in-process.
     Local(Arc<PodContext>, Identity),
-    Tunnel(hbone::client::Tunnel),
+    /// With how many bytes waiting from the app were already sent on it.
+    Tunnel(hbone::client::Tunnel, usize),
     Plain(TcpStream),
 }
 
@@ -100,7 +101,8 @@ async fn handle(
         if routed {
             conn.upstream = Some(target);
         }
-        let upstream = match connect(&mut conn, &pod, &state, &view, src, target).await {
+        let upstream = match connect(&mut conn, &downstream, &pod, &state, &view, src, target).await
+        {
             Ok(u) => u,
             Err(e) => {
                 if routed {
@@ -124,11 +126,11 @@ async fn handle(
                 )
                 .await;
             }
-            Upstream::Tunnel(tunnel) => {
+            Upstream::Tunnel(tunnel, early) => {
                 conn.trace_id = Some(tunnel.trace_id.clone());
                 let hbone::client::Tunnel { send, recv, .. } = tunnel;
                 conn.opened();
-                conn.closed(&hbone::stream::relay(downstream, send, recv).await);
+                conn.closed(&hbone::stream::relay(downstream, send, recv, early).await);
             }
             Upstream::Plain(mut upstream) => {
                 conn.opened();
@@ -148,6 +150,7 @@ async fn handle(
 /// tunnel for a meshed pod elsewhere, plaintext for anything outside the mesh.
 async fn connect(
     conn: &mut Connection<'_>,
+    downstream: &TcpStream,
     pod: &Arc<PodContext>,
     state: &ProxyState,
     view: &MeshView,
@@ -165,9 +168,11 @@ async fn connect(
             return Ok(Upstream::Local(target_pod, pod.identity.clone()));
         }
         conn.security = Security::MutualTls;
-        return hbone::client::open(mtls, pod, src, target, expected)
+        let early = hbone::stream::early_data(downstream);
+        let sent = early.len();
+        return hbone::client::open(mtls, pod, src, target, expected, &early)
             .await
-            .map(Upstream::Tunnel)
+            .map(|t| Upstream::Tunnel(t, sent))
             .map_err(std::io::Error::other);
     }
     conn.security = Security::None;
