@@ -52,12 +52,6 @@ impl Mode {
 /// Metric name → (value, higher is better).
 type Results = BTreeMap<&'static str, (f64, bool)>;
 
-/// What failed in a mode, shown under the table.
-type Failures = Vec<String>;
-
-/// One tool's measurements, adding to the results.
-type Stage<'a> = (&'a str, &'a dyn Fn(&mut Results) -> anyhow::Result<()>);
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::setup::run()?;
     crate::build_userspace(true)?;
@@ -76,17 +70,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     let mut all = Vec::new();
     let mut notes = Vec::new();
-    for mode in modes.iter().copied().filter(|_| datapath) {
-        eprintln!("bench: {}", mode.label());
-        let mut failures = Failures::new();
-        all.push(
-            measure(mode, args.secs, &args.stage, &mut failures).with_context(|| mode.label())?,
-        );
-        notes.extend(
-            failures
-                .into_iter()
-                .map(|f| format!("- {}: {f}", mode.label())),
-        );
+    if datapath {
+        let (results, failures) = measure(&modes, args.secs, &args.stage)?;
+        all = results;
+        notes = failures;
     }
     let mut table = String::new();
     if datapath {
@@ -231,63 +218,126 @@ fn s(x: impl ToString) -> String {
     x.to_string()
 }
 
-fn measure(
+/// One mode's test bed, up for the whole run with its servers listening.
+struct Bed {
     mode: Mode,
+    cluster: Cluster,
+    server: String,
+    url: String,
+    agents: Vec<u32>,
+    _servers: Vec<Proc>,
+    results: Results,
+    steal: Steal,
+}
+
+impl Bed {
+    fn start(mode: Mode) -> anyhow::Result<Self> {
+        eprintln!("bench: starting {}", mode.label());
+        let cluster = Cluster::start(spec(mode))?;
+        let server = cluster.pod("server").ip.to_string();
+        let agents = cluster.agent_pids();
+        let mut results = Results::new();
+        let idle = AgentMeter::start(&agents);
+        std::thread::sleep(Duration::from_millis(500));
+        let idle = idle.stop();
+        if !agents.is_empty() {
+            results.insert("agent RSS idle (MiB)", (idle.rss_mib, false));
+            results.insert(
+                "agent private memory idle (RssAnon, MiB)",
+                (idle.anon_mib, false),
+            );
+        }
+        let servers = vec![
+            background(&cluster, "server", "iperf3", &["-s", "-p", "5201"])?,
+            background(
+                &cluster,
+                "server",
+                "sockperf",
+                &["sr", "--tcp", "-p", "11111"],
+            )?,
+            cluster.serve("server", "8080", "http")?,
+        ];
+        Ok(Self {
+            mode,
+            url: format!("http://{server}:8080/"),
+            cluster,
+            server,
+            agents,
+            _servers: servers,
+            results,
+            steal: Steal::default(),
+        })
+    }
+
+    fn stage(&mut self, name: &str, secs: u32) -> anyhow::Result<()> {
+        let (c, agents, r) = (&self.cluster, &self.agents, &mut self.results);
+        match name {
+            "iperf3" => iperf(c, &self.server, secs, agents, r),
+            "sockperf" => sockperf(c, &self.server, secs, r),
+            "wrk" => wrk(c, &self.url, secs, r),
+            "hey" => hey(c, &self.url, secs, agents, r),
+            "fixed-rate" => fixed_rate(c, &self.url, secs, agents, r),
+            other => bail!("no such stage: {other}"),
+        }
+    }
+}
+
+/// Every mode's test bed is up at once, and each tool runs against all of
+/// them back to back before the next tool: on a shared VM, where steal
+/// comes and goes over minutes, a mode and the direct baseline it is
+/// divided by are then measured moments apart, not minutes apart. A tool
+/// failing in one mode is reported, and everything else still runs.
+fn measure(
+    modes: &[Mode],
     secs: u32,
     only: &[String],
-    failures: &mut Failures,
-) -> anyhow::Result<Results> {
-    let c = Cluster::start(spec(mode))?;
-    let steal = Steal::start();
-    let server = c.pod("server").ip.to_string();
-    let agents = c.agent_pids();
-    let mut r = Results::new();
-    let idle = AgentMeter::start(&agents);
-    std::thread::sleep(Duration::from_millis(500));
-    let idle = idle.stop();
-    if !agents.is_empty() {
-        r.insert("agent RSS idle (MiB)", (idle.rss_mib, false));
-        r.insert(
-            "agent private memory idle (RssAnon, MiB)",
-            (idle.anon_mib, false),
-        );
-    }
-    let _iperf = background(&c, "server", "iperf3", &["-s", "-p", "5201"])?;
-    let _sockperf = background(&c, "server", "sockperf", &["sr", "--tcp", "-p", "11111"])?;
-    let _http = c.serve("server", "8080", "http")?;
-    let url = format!("http://{server}:8080/");
-    // Each stage on its own: a tool failing in one mode is reported, and the
-    // other stages still run.
-    let stages: [Stage; 5] = [
-        ("iperf3", &|r| iperf(&c, &server, secs, &agents, r)),
-        ("sockperf", &|r| sockperf(&c, &server, secs, r)),
-        ("wrk", &|r| wrk(&c, &url, secs, r)),
-        ("hey", &|r| hey(&c, &url, secs, &agents, r)),
-        ("fixed-rate", &|r| fixed_rate(&c, &url, secs, &agents, r)),
-    ];
-    for (name, stage) in stages {
+) -> anyhow::Result<(Vec<Results>, Vec<String>)> {
+    let mut beds = modes
+        .iter()
+        .map(|m| Bed::start(*m).with_context(|| m.label()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut failures = Vec::new();
+    for name in STAGES {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
         }
-        if let Err(e) = stage(&mut r) {
-            failures.push(format!("{name}: {e:#}"));
+        for bed in &mut beds {
+            eprintln!("bench: {name}, {}", bed.mode.label());
+            let before = Steal::read();
+            let result = bed.stage(name, secs);
+            bed.steal.add(before, Steal::read());
+            if let Err(e) = result {
+                failures.push(format!("- {}: {name}: {e:#}", bed.mode.label()));
+            }
         }
     }
-    if let Some(pct) = steal.stop() {
-        r.insert(STEAL, (pct, false));
-    }
-    Ok(r)
+    let results = beds
+        .into_iter()
+        .map(|mut bed| {
+            if let Some(pct) = bed.steal.percent() {
+                bed.results.insert(STEAL, (pct, false));
+            }
+            bed.results
+        })
+        .collect();
+    Ok((results, failures))
 }
 
 /// Shown apart from the table: it describes the machine, not the mesh.
 const STEAL: &str = "host CPU steal (%)";
 
 /// Time the hypervisor gave this VM's CPUs to others while a mode was
-/// measured (/proc/stat `steal`). Under steal every figure, direct
-/// included, gets slower and noisier, so the table says how much there was.
-struct Steal(Option<(u64, u64)>);
+/// measured (/proc/stat `steal`), summed over that mode's stages. Under
+/// steal every figure, direct included, gets slower and noisier, so the
+/// table says how much there was.
+#[derive(Default)]
+struct Steal {
+    steal: u64,
+    total: u64,
+}
 
 impl Steal {
+    /// (steal, all) jiffies of all CPUs since boot.
     fn read() -> Option<(u64, u64)> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let cpu: Vec<u64> = stat
@@ -302,13 +352,14 @@ impl Steal {
         let total = cpu.iter().take(8).sum();
         Some((*cpu.get(7)?, total))
     }
-    fn start() -> Self {
-        Self(Self::read())
+    fn add(&mut self, before: Option<(u64, u64)>, after: Option<(u64, u64)>) {
+        if let (Some((s0, t0)), Some((s1, t1))) = (before, after) {
+            self.steal += s1.saturating_sub(s0);
+            self.total += t1.saturating_sub(t0);
+        }
     }
-    fn stop(&self) -> Option<f64> {
-        let (s0, t0) = self.0?;
-        let (s1, t1) = Self::read()?;
-        (t1 > t0).then(|| (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64)
+    fn percent(&self) -> Option<f64> {
+        (self.total > 0).then(|| self.steal as f64 * 100.0 / self.total as f64)
     }
 }
 
@@ -474,7 +525,10 @@ fn fixed_rate(
     let out = run_in(c, "client", "hey", &args, limit(secs))?;
     let cpu = meter.stop().cpu;
     let rps = hey_rps(&out)?;
-    r.insert("agent CPU % at fixed 2000 req/s (max of 2)", (cpu, false));
+    r.insert(
+        "agent CPU % at the fixed-rate stage (2000 req/s asked; max of 2)",
+        (cpu, false),
+    );
     r.insert("achieved req/s at the fixed-rate stage", (rps, true));
     Ok(())
 }
@@ -555,7 +609,7 @@ fn render(modes: &[Mode], results: &[Results], secs: u32) -> String {
         .collect();
     if !steal.is_empty() {
         out += &format!(
-            "\nHost CPU steal while each mode ran (the hypervisor running other guests on this VM's CPUs): {}. Above a few percent, every figure (direct included) is slower and noisier; compare ratios from runs with little steal.\n",
+            "\nHost CPU steal while each mode was measured (the hypervisor running other guests on this VM's CPUs): {}. Above a few percent, every figure (direct included) is slower and noisier; compare ratios from runs with little steal.\n",
             steal.join(", ")
         );
     }
@@ -578,6 +632,16 @@ mod tests {
         assert!(out.contains("| iperf3 bulk 1 stream (Gbit/s) | 20.00 | 10.00 | 0.50× |"));
         assert!(!out.contains(&format!("| {STEAL} |")));
         assert!(out.contains("direct 1.5 %, mesh HBONE mTLS 40.0 %"));
+    }
+
+    #[test]
+    fn steal_sums_the_stages_of_a_mode() {
+        let mut steal = Steal::default();
+        assert_eq!(steal.percent(), None);
+        steal.add(Some((10, 1000)), Some((20, 1100)));
+        steal.add(Some((50, 2000)), Some((80, 2100)));
+        steal.add(None, Some((90, 2200)));
+        assert_eq!(steal.percent(), Some(20.0));
     }
 
     #[test]
