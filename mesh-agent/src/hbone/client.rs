@@ -30,6 +30,9 @@ pub struct Tunnel {
     pub send: SendStream<Bytes>,
     pub recv: RecvStream,
     pub trace_id: String,
+    /// Bytes the app had waiting that were sent with the request; the relay
+    /// skips them in the socket.
+    pub early: usize,
     _lease: StreamLease,
 }
 
@@ -171,6 +174,7 @@ async fn connect_stream(
         send,
         recv: response.into_body(),
         trace_id,
+        early: early.len(),
         _lease: lease,
     })
 }

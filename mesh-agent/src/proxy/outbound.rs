@@ -51,8 +51,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<Proxy
 enum Upstream {
     /// A meshed pod on this node: handed over in-process.
     Local(Arc<PodContext>, Identity),
-    /// With how many bytes waiting from the app were already sent on it.
-    Tunnel(hbone::client::Tunnel, usize),
+    Tunnel(hbone::client::Tunnel),
     Plain(TcpStream),
 }
 
@@ -126,9 +125,11 @@ async fn handle(
                 )
                 .await;
             }
-            Upstream::Tunnel(tunnel, early) => {
+            Upstream::Tunnel(tunnel) => {
                 conn.trace_id = Some(tunnel.trace_id.clone());
-                let hbone::client::Tunnel { send, recv, .. } = tunnel;
+                let hbone::client::Tunnel {
+                    send, recv, early, ..
+                } = tunnel;
                 conn.opened();
                 conn.closed(&hbone::stream::relay(downstream, send, recv, early).await);
             }
@@ -169,10 +170,9 @@ async fn connect(
         }
         conn.security = Security::MutualTls;
         let early = hbone::stream::early_data(downstream);
-        let sent = early.len();
         return hbone::client::open(mtls, pod, src, target, expected, &early)
             .await
-            .map(|t| Upstream::Tunnel(t, sent))
+            .map(Upstream::Tunnel)
             .map_err(std::io::Error::other);
     }
     conn.security = Security::None;
