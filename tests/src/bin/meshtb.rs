@@ -80,6 +80,22 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         timeout_s: u64,
     },
+    /// HTTP/1.1 GETs at a fixed total rate over keep-alive connections,
+    /// open loop: each request has its own start time, and one that falls
+    /// behind (a late timer, a slow reply) is sent at once instead of being
+    /// skipped, so the rate asked is the rate delivered. Reports requests,
+    /// the achieved rate and latency percentiles.
+    Load {
+        #[arg(long)]
+        to: SocketAddr,
+        /// Requests per second over all connections.
+        #[arg(long)]
+        rate: u32,
+        #[arg(long, default_value_t = 8)]
+        conns: u32,
+        #[arg(long)]
+        seconds: u64,
+    },
 }
 
 /// `8080`, `20000-20199`, or a comma-separated list of either.
@@ -170,6 +186,12 @@ fn main() {
             }
             println!("{}", json!({"reached": reached, "failed": failed}));
         }
+        Cmd::Load {
+            to,
+            rate,
+            conns,
+            seconds,
+        } => println!("{}", load(to, rate, conns, Duration::from_secs(seconds))),
     }
 }
 
@@ -261,6 +283,82 @@ fn http(s: TcpStream, body: usize) {
             return;
         }
     }
+}
+
+/// One keep-alive GET and its response (the body read by Content-Length).
+fn get(w: &mut TcpStream, r: &mut BufReader<TcpStream>, line: &mut String) -> std::io::Result<()> {
+    w.write_all(b"GET / HTTP/1.1\r\nHost: load\r\n\r\n")?;
+    let mut length = None;
+    loop {
+        line.clear();
+        if r.read_line(line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<u64>().ok();
+            }
+        }
+    }
+    let length = length.ok_or_else(|| std::io::Error::other("response without Content-Length"))?;
+    std::io::copy(&mut r.by_ref().take(length), &mut std::io::sink())?;
+    Ok(())
+}
+
+fn load(to: SocketAddr, rate: u32, conns: u32, length: Duration) -> serde_json::Value {
+    let rate = rate.max(1);
+    let conns = conns.clamp(1, rate);
+    // Connection i sends at start + i/rate + k*conns/rate: together, evenly spaced.
+    let step = Duration::from_secs_f64(f64::from(conns) / f64::from(rate));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..conns)
+        .map(|i| {
+            thread::spawn(move || -> Result<Vec<u32>, String> {
+                let s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+                    .map_err(|e| e.to_string())?;
+                let _ = s.set_nodelay(true);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut w = s.try_clone().map_err(|e| e.to_string())?;
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                let mut latencies = Vec::new();
+                let mut due = started + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+                while due < started + length {
+                    let now = Instant::now();
+                    if due > now {
+                        thread::sleep(due - now);
+                    }
+                    let sent = Instant::now();
+                    get(&mut w, &mut r, &mut line).map_err(|e| e.to_string())?;
+                    latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    due += step;
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(Ok(l)) => all.extend(l),
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("worker panicked".to_owned()),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+    };
+    json!({
+        "requests": all.len(), "secs": secs, "rate": all.len() as f64 / secs,
+        "p50_us": pct(0.5), "p99_us": pct(0.99), "errors": errors,
+    })
 }
 
 fn ident(to: SocketAddr, timeout: Duration) -> serde_json::Value {
