@@ -449,6 +449,14 @@ fn wrk(c: &Cluster, url: &str, secs: u32, r: &mut Results) -> anyhow::Result<()>
             s(url),
         ];
         let out = run_in(c, "client", "wrk", &args, limit(secs))?;
+        // wrk prints these lines only when something failed.
+        if let Some(l) = out
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("Socket errors:") || l.starts_with("Non-2xx"))
+        {
+            bail!("wrk {label}: {l}");
+        }
         let rps = out
             .lines()
             .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -487,6 +495,10 @@ fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> an
     let out = run_in(c, "client", "hey", &args, limit(secs))?;
     let cpu = meter.stop().cpu;
     let rps = hey_rps(&out)?;
+    // A rate that counts failed requests is not a rate of served ones.
+    if let Some((_, errors)) = out.split_once("Error distribution:") {
+        bail!("hey reported errors: {}", errors.trim());
+    }
     r.insert(
         "hey new connection per request, 8 concurrent (req/s)",
         (rps, true),
@@ -501,8 +513,8 @@ fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> an
 }
 
 /// Agent CPU at a fixed 2000 req/s over 8 keep-alive connections: the
-/// cost of the mesh at a steady, ordinary load. The fixed-rate load comes from `meshtb load`, not `hey -q`: hey skips a
-/// worker's tick whenever its timer fires late, which on a VM with steal
+/// cost of the mesh at a steady, ordinary load. The load comes from
+/// `meshtb load`, not `hey -q`: hey skips a worker's tick whenever its timer fires late, which on a VM with steal
 /// delivered half the rate asked (1000 of 2000 req/s). meshtb sends every
 /// request, late ones at once, so the CPU figure is for the rate asked.
 const FIXED_RATE: u32 = 2000;

@@ -297,10 +297,10 @@ fn get(w: &mut TcpStream, r: &mut BufReader<TcpStream>, line: &mut String) -> st
         if line == "\r\n" {
             break;
         }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse::<u64>().ok();
-            }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse::<u64>().ok();
         }
     }
     let length = length.ok_or_else(|| std::io::Error::other("response without Content-Length"))?;
