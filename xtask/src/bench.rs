@@ -514,9 +514,10 @@ fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> an
 
 /// Agent CPU at a fixed 2000 req/s over 8 keep-alive connections: the
 /// cost of the mesh at a steady, ordinary load. The load comes from
-/// `meshtb load`, not `hey -q`: hey skips a worker's tick whenever its timer fires late, which on a VM with steal
-/// delivered half the rate asked (1000 of 2000 req/s). meshtb sends every
-/// request, late ones at once, so the CPU figure is for the rate asked.
+/// `meshtb load`, not `hey -q`: hey skips a worker's tick whenever its
+/// timer fires late, which on a VM with steal delivered half the rate asked
+/// (1000 of 2000 req/s). meshtb sends every request, late ones at once, so
+/// the CPU figure is for the rate asked.
 const FIXED_RATE: u32 = 2000;
 
 fn fixed_rate(
