@@ -449,13 +449,8 @@ fn wrk(c: &Cluster, url: &str, secs: u32, r: &mut Results) -> anyhow::Result<()>
             s(url),
         ];
         let out = run_in(c, "client", "wrk", &args, limit(secs))?;
-        // wrk prints these lines only when something failed.
-        if let Some(l) = out
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("Socket errors:") || l.starts_with("Non-2xx"))
-        {
-            bail!("wrk {label}: {l}");
+        if let Some(failed) = failed_requests(&out) {
+            bail!("wrk {label}: {failed}");
         }
         let rps = out
             .lines()
@@ -494,11 +489,10 @@ fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> an
     ];
     let out = run_in(c, "client", "hey", &args, limit(secs))?;
     let cpu = meter.stop().cpu;
-    let rps = hey_rps(&out)?;
-    // A rate that counts failed requests is not a rate of served ones.
-    if let Some((_, errors)) = out.split_once("Error distribution:") {
-        bail!("hey reported errors: {}", errors.trim());
+    if let Some(failed) = failed_requests(&out) {
+        bail!("hey: {failed}");
     }
+    let rps = hey_rps(&out)?;
     r.insert(
         "hey new connection per request, 8 concurrent (req/s)",
         (rps, true),
@@ -560,6 +554,19 @@ fn fixed_rate(
     r.insert("agent CPU % at a fixed 2000 req/s (max of 2)", (cpu, false));
     r.insert("achieved req/s at the fixed-rate stage", (rps, true));
     Ok(())
+}
+
+/// What hey or wrk says failed, if anything: a rate that counts failed
+/// requests is not a rate of served ones. Both print these sections only
+/// when something failed.
+fn failed_requests(out: &str) -> Option<String> {
+    if let Some((_, errors)) = out.split_once("Error distribution:") {
+        return Some(errors.trim().to_owned());
+    }
+    out.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("Socket errors:") || l.starts_with("Non-2xx"))
+        .map(str::to_owned)
 }
 
 fn hey_rps(out: &str) -> anyhow::Result<f64> {
@@ -671,6 +678,30 @@ mod tests {
         steal.add(Some((50, 2000)), Some((80, 2100)));
         steal.add(None, Some((90, 2200)));
         assert_eq!(steal.percent(), Some(20.0));
+    }
+
+    #[test]
+    fn failed_requests_are_found_in_hey_and_wrk_output() {
+        let hey_ok = "Summary:\n  Requests/sec:\t3454.2267\n\nStatus code distribution:\n  [200]\t17276 responses\n";
+        assert_eq!(failed_requests(hey_ok), None);
+        let hey_failed =
+            format!("{hey_ok}\nError distribution:\n  [12]\tGet \"http://10.0.0.1:8080/\": EOF\n");
+        assert_eq!(
+            failed_requests(&hey_failed).as_deref(),
+            Some("[12]\tGet \"http://10.0.0.1:8080/\": EOF")
+        );
+        let wrk_ok = "  9161 requests in 1.00s, 10.2MB read\nRequests/sec:   9161.85\n";
+        assert_eq!(failed_requests(wrk_ok), None);
+        let wrk_socket = "  9161 requests in 1.00s\n  Socket errors: connect 0, read 3, write 0, timeout 0\nRequests/sec: 9161.85\n";
+        assert_eq!(
+            failed_requests(wrk_socket).as_deref(),
+            Some("Socket errors: connect 0, read 3, write 0, timeout 0")
+        );
+        let wrk_status = "  Non-2xx or 3xx responses: 7\nRequests/sec: 10.0\n";
+        assert_eq!(
+            failed_requests(wrk_status).as_deref(),
+            Some("Non-2xx or 3xx responses: 7")
+        );
     }
 
     #[test]

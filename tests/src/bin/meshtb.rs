@@ -481,3 +481,44 @@ fn bulk(to: SocketAddr, bytes: u64, timeout: Duration, strict_blocking: bool) ->
         "spurious_eagain": spurious_eagain,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback server that answers with `respond` on each connection.
+    fn server(respond: fn(TcpStream)) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                thread::spawn(move || respond(s));
+            }
+        });
+        addr
+    }
+
+    /// Open loop: the number of requests is fixed by rate × duration (2
+    /// connections, one every 40 ms each, offset by 20 ms), not by how fast
+    /// the server or the timers are.
+    #[test]
+    fn load_sends_exactly_the_requests_its_schedule_names() {
+        let addr = server(|s| http(s, 16));
+        let out = load(addr, 50, 2, Duration::from_secs(1));
+        assert_eq!(out["errors"], json!([]));
+        assert_eq!(out["requests"], json!(50));
+        assert!(out["p50_us"].as_u64().is_some());
+    }
+
+    #[test]
+    fn load_reports_a_response_without_a_length() {
+        let addr = server(|mut s| {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+        });
+        let out = load(addr, 10, 1, Duration::from_secs(1));
+        assert_eq!(out["requests"], json!(0));
+        assert_eq!(out["errors"], json!(["response without Content-Length"]));
+    }
+}
