@@ -342,9 +342,10 @@ impl Datapath {
         let dir = self.pod_pin_dir(key);
         let link_path = dir.join("sk_lookup");
         if link_path.exists() {
-            let link = PinnedLink::from_pin(&link_path).map_err(link_err(&link_path))?;
-            // Unpinned and closed: the kernel detaches the link.
-            drop(link.unpin().map_err(link_err(&link_path))?);
+            crate::pinned_link::remove(&link_path).map_err(|source| DatapathError::PinDir {
+                path: link_path.clone(),
+                source,
+            })?;
         }
         match fs::remove_dir(&dir) {
             Ok(()) => Ok(()),
@@ -615,6 +616,16 @@ fn ip_from_bytes(bytes: [u8; 16], family: u16) -> IpAddr {
 pub fn uninstall(pin_dir: &Path) -> io::Result<bool> {
     if !pin_dir.exists() {
         return Ok(false);
+    }
+    // The links first, each detached before this returns; then the maps
+    // with the rest of the directory.
+    let entries = |dir: PathBuf| fs::read_dir(dir).into_iter().flatten().flatten();
+    let links = entries(pin_dir.join("links"))
+        .map(|e| e.path())
+        .chain(entries(pin_dir.join("pods")).map(|p| p.path().join("sk_lookup")));
+    for link in links.filter(|l| l.exists()) {
+        crate::pinned_link::remove(&link)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", link.display())))?;
     }
     fs::remove_dir_all(pin_dir)?;
     Ok(true)

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod memory;
 pub mod netns;
 pub mod node;
+pub mod pinned_link;
 pub mod pod;
 pub mod policy;
 pub mod preflight;
