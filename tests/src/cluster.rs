@@ -863,6 +863,21 @@ impl Cluster {
         Ok(p)
     }
 
+    /// Starts `meshtb relay` in a pod with `LISTEN=TO` maps; returns once
+    /// it listens.
+    pub fn relay(&self, pod: &str, maps: &[String]) -> anyhow::Result<Proc> {
+        let mut cmd = self.pod_command(pod, &self.bins.meshtb)?;
+        cmd.arg("relay");
+        for m in maps {
+            cmd.args(["--map", m]);
+        }
+        let mut p = Proc::spawn(&format!("relay in {pod}"), cmd, None)?;
+        p.wait_json("listening", Duration::from_secs(10), |v| {
+            v.get("listening").is_some()
+        })?;
+        Ok(p)
+    }
+
     /// Runs a meshtb client subcommand in a pod to completion; returns its
     /// last JSON line.
     pub fn client(

@@ -33,6 +33,11 @@ const STAGES: [&str; 5] = ["iperf3", "sockperf", "wrk", "hey", "fixed-rate"];
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Mode {
     Direct,
+    /// No mesh: a minimal user-space relay in each pod where the agents
+    /// would be (`meshtb relay`: accept, copy both ways, nothing else). Not
+    /// a product, a floor: what two user-space hops cost on this machine,
+    /// so the mesh's ratios can be read against it.
+    Relays,
     Mesh,
     MeshSplice,
     Mtls,
@@ -42,6 +47,7 @@ impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
+            Mode::Relays => "two minimal relays (floor)",
             Mode::Mesh => "mesh plaintext",
             Mode::MeshSplice => "mesh plaintext + sk_msg splice",
             Mode::Mtls => "mesh HBONE mTLS",
@@ -64,10 +70,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let datapath = args.only.as_deref() != Some("discovery");
     let discovery = args.only.as_deref() != Some("datapath");
-    let modes: Vec<Mode> = [Mode::Direct, Mode::Mesh, Mode::MeshSplice, Mode::Mtls]
-        .into_iter()
-        .filter(|m| *m == Mode::Direct || args.mode.is_empty() || args.mode.contains(m))
-        .collect();
+    let modes: Vec<Mode> = [
+        Mode::Direct,
+        Mode::Relays,
+        Mode::Mesh,
+        Mode::MeshSplice,
+        Mode::Mtls,
+    ]
+    .into_iter()
+    .filter(|m| *m == Mode::Direct || args.mode.is_empty() || args.mode.contains(m))
+    .collect();
     let mut all = Vec::new();
     let mut notes = Vec::new();
     if datapath {
@@ -102,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn spec(mode: Mode) -> ClusterSpec {
     let s = ClusterSpec::new(&[&["client"], &["server"]]);
     match mode {
-        Mode::Direct => s.without_agents(),
+        Mode::Direct | Mode::Relays => s.without_agents(),
         Mode::Mesh => s.plaintext().splice(false),
         Mode::MeshSplice => s.plaintext().splice(true),
         Mode::Mtls => s,
@@ -218,6 +230,10 @@ fn s(x: impl ToString) -> String {
     x.to_string()
 }
 
+/// Where the server pod's relay listens for a server port (the port plus
+/// this), so the relay and the server each have their own.
+const RELAY_PORT_OFFSET: u16 = 10000;
+
 /// One mode's test bed, up for the whole run with its servers listening.
 struct Bed {
     mode: Mode,
@@ -247,7 +263,7 @@ impl Bed {
                 (idle.anon_mib, false),
             );
         }
-        let servers = vec![
+        let mut servers = vec![
             background(&cluster, "server", "iperf3", &["-s", "-p", "5201"])?,
             background(
                 &cluster,
@@ -257,11 +273,31 @@ impl Bed {
             )?,
             cluster.serve("server", "8080", "http")?,
         ];
+        // The tools connect to the client pod's relay on loopback, as an
+        // app's connect() lands on its agent; the server pod's relay
+        // delivers over loopback, as the destination agent does.
+        let target = if mode == Mode::Relays {
+            let (client_side, server_side): (Vec<String>, Vec<String>) = [5201u16, 11111, 8080]
+                .into_iter()
+                .map(|port| {
+                    let hop = port + RELAY_PORT_OFFSET;
+                    (
+                        format!("127.0.0.1:{port}={server}:{hop}"),
+                        format!("{server}:{hop}=127.0.0.1:{port}"),
+                    )
+                })
+                .unzip();
+            servers.push(cluster.relay("server", &server_side)?);
+            servers.push(cluster.relay("client", &client_side)?);
+            "127.0.0.1".to_owned()
+        } else {
+            server
+        };
         Ok(Self {
             mode,
-            url: format!("http://{server}:8080/"),
+            url: format!("http://{target}:8080/"),
             cluster,
-            server,
+            server: target,
             agents,
             _servers: servers,
             results,

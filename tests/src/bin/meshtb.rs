@@ -96,6 +96,25 @@ enum Cmd {
         #[arg(long)]
         seconds: u64,
     },
+    /// The least a user-space hop can be: accept on each `LISTEN=TO` pair
+    /// and copy both ways (half-close carried), on one thread with epoll,
+    /// nothing else. The benchmark puts one in each pod where the agents
+    /// would be, to show what two user-space hops cost on the machine.
+    Relay {
+        #[arg(long = "map", value_parser = relay_map, required = true)]
+        maps: Vec<(SocketAddr, SocketAddr)>,
+    },
+}
+
+fn relay_map(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
+    let (listen, to) = s.split_once('=').ok_or_else(|| {
+        format!("--map {s:?}: expected LISTEN=TO, e.g. 127.0.0.1:5201=10.0.1.10:15201")
+    })?;
+    let parse = |a: &str| {
+        a.parse::<SocketAddr>()
+            .map_err(|e| format!("--map {s:?}: {a:?}: {e}"))
+    };
+    Ok((parse(listen)?, parse(to)?))
 }
 
 /// `8080`, `20000-20199`, or a comma-separated list of either.
@@ -192,7 +211,40 @@ fn main() {
             conns,
             seconds,
         } => println!("{}", load(to, rate, conns, Duration::from_secs(seconds))),
+        Cmd::Relay { maps } => relay(maps),
     }
+}
+
+fn relay(maps: Vec<(SocketAddr, SocketAddr)>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for (listen, to) in maps {
+            let l = tokio::net::TcpListener::bind(listen)
+                .await
+                .unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+            tasks.push(tokio::spawn(async move {
+                while let Ok((mut down, _)) = l.accept().await {
+                    tokio::spawn(async move {
+                        let Ok(mut up) = tokio::net::TcpStream::connect(to).await else {
+                            return;
+                        };
+                        let _ = down.set_nodelay(true);
+                        let _ = up.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    });
+                }
+            }));
+        }
+        println!("{}", json!({"listening": tasks.len(), "name": "relay"}));
+        std::io::stdout().flush().unwrap();
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
 }
 
 fn serve(ports: &[u16], mode: Mode, name: &str, body: usize) {
