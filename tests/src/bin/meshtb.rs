@@ -216,16 +216,28 @@ fn main() {
 }
 
 fn relay(maps: Vec<(SocketAddr, SocketAddr)>) {
+    let listeners = maps
+        .into_iter()
+        .map(|(listen, to)| {
+            let l = TcpListener::bind(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+            (l, to)
+        })
+        .collect::<Vec<_>>();
+    println!("{}", json!({"listening": listeners.len(), "name": "relay"}));
+    std::io::stdout().flush().unwrap();
+    relay_on(listeners);
+}
+
+fn relay_on(listeners: Vec<(TcpListener, SocketAddr)>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
         .expect("tokio runtime");
     rt.block_on(async move {
         let mut tasks = Vec::new();
-        for (listen, to) in maps {
-            let l = tokio::net::TcpListener::bind(listen)
-                .await
-                .unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+        for (l, to) in listeners {
+            l.set_nonblocking(true).expect("non-blocking listener");
+            let l = tokio::net::TcpListener::from_std(l).expect("listener");
             tasks.push(tokio::spawn(async move {
                 while let Ok((mut down, _)) = l.accept().await {
                     tokio::spawn(async move {
@@ -239,8 +251,6 @@ fn relay(maps: Vec<(SocketAddr, SocketAddr)>) {
                 }
             }));
         }
-        println!("{}", json!({"listening": tasks.len(), "name": "relay"}));
-        std::io::stdout().flush().unwrap();
         for t in tasks {
             let _ = t.await;
         }
@@ -537,6 +547,31 @@ fn bulk(to: SocketAddr, bytes: u64, timeout: Duration, strict_blocking: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The relay carries both directions and the half-close: what is sent
+    /// before shutting down writing comes back whole through the echo.
+    #[test]
+    fn relay_carries_both_ways_and_the_half_close() {
+        let echo_at = server(echo);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay_at = l.local_addr().unwrap();
+        thread::spawn(move || relay_on(vec![(l, echo_at)]));
+        let mut c = TcpStream::connect(relay_at).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut sent = vec![0u8; 1 << 20];
+        pattern(0, &mut sent);
+        let mut writer = c.try_clone().unwrap();
+        let w = thread::spawn(move || {
+            writer.write_all(&sent).unwrap();
+            writer.shutdown(Shutdown::Write).unwrap();
+            sent
+        });
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        let sent = w.join().unwrap();
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "the echo differs from what was sent");
+    }
 
     /// A loopback server that answers with `respond` on each connection.
     fn server(respond: fn(TcpStream)) -> SocketAddr {
