@@ -34,9 +34,10 @@ const STAGES: [&str; 5] = ["iperf3", "sockperf", "wrk", "hey", "fixed-rate"];
 enum Mode {
     Direct,
     /// No mesh: a minimal user-space relay in each pod where the agents
-    /// would be (`meshtb relay`: accept, copy both ways, nothing else). Not
-    /// a product, a floor: what two user-space hops cost on this machine,
-    /// so the mesh's ratios can be read against it.
+    /// would be (`meshtb relay`: accept, copy both ways, nothing else). A
+    /// reference for latency: what two user-space hops cost on this
+    /// machine, so the mesh's ratios can be read against it. Its bulk is no
+    /// floor (it copies; the plaintext agent splices).
     Relays,
     Mesh,
     MeshSplice,
@@ -47,7 +48,7 @@ impl Mode {
     fn label(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
-            Mode::Relays => "two minimal relays (floor)",
+            Mode::Relays => "two minimal relays",
             Mode::Mesh => "mesh plaintext",
             Mode::MeshSplice => "mesh plaintext + sk_msg splice",
             Mode::Mtls => "mesh HBONE mTLS",
