@@ -854,24 +854,25 @@ impl Cluster {
 
     /// Starts `meshtb serve` in a pod and waits until it listens.
     pub fn serve(&self, pod: &str, ports: &str, mode: &str) -> anyhow::Result<Proc> {
-        let mut cmd = self.pod_command(pod, &self.bins.meshtb)?;
-        cmd.args(["serve", "--ports", ports, "--mode", mode, "--name", pod]);
-        let mut p = Proc::spawn(&format!("server in {pod}"), cmd, None)?;
-        p.wait_json("listening", Duration::from_secs(10), |v| {
-            v.get("listening").is_some()
-        })?;
-        Ok(p)
+        let args = ["serve", "--ports", ports, "--mode", mode, "--name", pod];
+        self.listening(pod, "server", &args)
     }
 
     /// Starts `meshtb relay` in a pod with `LISTEN=TO` maps; returns once
     /// it listens.
     pub fn relay(&self, pod: &str, maps: &[String]) -> anyhow::Result<Proc> {
-        let mut cmd = self.pod_command(pod, &self.bins.meshtb)?;
-        cmd.arg("relay");
+        let mut args = vec!["relay"];
         for m in maps {
-            cmd.args(["--map", m]);
+            args.extend(["--map", m]);
         }
-        let mut p = Proc::spawn(&format!("relay in {pod}"), cmd, None)?;
+        self.listening(pod, "relay", &args)
+    }
+
+    /// A meshtb process in a pod, once it has printed that it listens.
+    fn listening(&self, pod: &str, what: &str, args: &[&str]) -> anyhow::Result<Proc> {
+        let mut cmd = self.pod_command(pod, &self.bins.meshtb)?;
+        cmd.args(args);
+        let mut p = Proc::spawn(&format!("{what} in {pod}"), cmd, None)?;
         p.wait_json("listening", Duration::from_secs(10), |v| {
             v.get("listening").is_some()
         })?;
