@@ -182,6 +182,9 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(CurrentCert(source)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Each tunnel connection gets a config of its own, so a session cache
+    // would never be consulted again.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
@@ -198,6 +201,9 @@ pub fn server_config(bundle: &TrustBundle, own: CertWatch) -> Result<ServerConfi
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(CurrentCert(own)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Tunnels are pooled and long-lived, and our clients do not resume:
+    // tickets would cost every handshake two messages and a cache entry.
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
