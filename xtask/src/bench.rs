@@ -137,20 +137,21 @@ fn proc_usage(pid: u32) -> Option<Usage> {
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = |key: &str| -> Option<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
     Some(Usage {
         ticks,
-        rss_kb: kb("VmRSS:")?,
-        anon_kb: kb("RssAnon:")?,
+        rss_kb: kb_field(&status, "VmRSS:")?,
+        anon_kb: kb_field(&status, "RssAnon:")?,
     })
+}
+
+/// A `Key:   123 kB` line of a /proc file, in kB.
+fn kb_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// How much of its memory the busiest agent touches while idle: RSS also
@@ -165,20 +166,10 @@ fn idle_working_set_mib(pids: &[u32]) -> Option<f64> {
     pids.iter()
         .map(|pid| {
             let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-            referenced_kb(&rollup)
+            kb_field(&rollup, "Referenced:")
         })
         .try_fold(0u64, |max, kb| Some(max.max(kb?)))
         .map(|kb| kb as f64 / 1024.0)
-}
-
-fn referenced_kb(smaps_rollup: &str) -> Option<u64> {
-    smaps_rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Referenced:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 struct AgentMeter {
@@ -730,8 +721,8 @@ mod tests {
     #[test]
     fn referenced_is_read_from_smaps_rollup() {
         let rollup = "55d0-7ffe ---p 00000000 00:00 0 [rollup]\nRss:               15664 kB\nPss:               14000 kB\nReferenced:          1840 kB\nAnonymous:          1588 kB\n";
-        assert_eq!(referenced_kb(rollup), Some(1840));
-        assert_eq!(referenced_kb("Rss: 1 kB\n"), None);
+        assert_eq!(kb_field(rollup, "Referenced:"), Some(1840));
+        assert_eq!(kb_field(rollup, "RssAnon:"), None);
     }
 
     #[test]
