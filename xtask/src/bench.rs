@@ -71,16 +71,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let datapath = args.only.as_deref() != Some("discovery");
     let discovery = args.only.as_deref() != Some("datapath");
-    let modes: Vec<Mode> = [
-        Mode::Direct,
-        Mode::Relays,
-        Mode::Mesh,
-        Mode::MeshSplice,
-        Mode::Mtls,
-    ]
-    .into_iter()
-    .filter(|m| *m == Mode::Direct || args.mode.is_empty() || args.mode.contains(m))
-    .collect();
+    // Every mode, in the enum's order (the table's columns).
+    let modes: Vec<Mode> = <Mode as clap::ValueEnum>::value_variants()
+        .iter()
+        .copied()
+        .filter(|m| *m == Mode::Direct || args.mode.is_empty() || args.mode.contains(m))
+        .collect();
     let mut all = Vec::new();
     let mut notes = Vec::new();
     if datapath {
