@@ -6,6 +6,7 @@ use socket2::Domain;
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::{
+    established,
     relay::{self, Transferred},
     zero_copy,
 };
@@ -56,5 +57,5 @@ pub async fn agent_connect(
         socket.bind(&addr.into())?;
     }
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-    socket.connect(to).await
+    established::established(socket.connect(to).await?).await
 }

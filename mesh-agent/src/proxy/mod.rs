@@ -6,6 +6,7 @@
 pub mod access_log;
 pub mod balancer;
 pub mod connector;
+pub mod established;
 pub mod inbound;
 pub mod listeners;
 pub mod outbound;
