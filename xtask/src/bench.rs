@@ -11,6 +11,12 @@ pub struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     secs: u32,
+    /// Times each tool runs in each mode, round-robin across the modes; the
+    /// table shows each figure's median. Back-to-back runs of the same tool
+    /// can differ by half (hey's direct rate moved between 8.9k and 14.5k
+    /// req/s), so a single run can make a ratio by itself.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    rounds: u32,
     /// Where to write the markdown table (also printed).
     #[arg(long, default_value = "target/bench/datapath.md")]
     out: std::path::PathBuf,
@@ -80,13 +86,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut all = Vec::new();
     let mut notes = Vec::new();
     if datapath {
-        let (results, failures) = measure(&modes, args.secs, &args.stage)?;
+        let (results, failures) = measure(&modes, args.secs, args.rounds, &args.stage)?;
         all = results;
         notes = failures;
     }
     let mut table = String::new();
     if datapath {
-        table = render(&modes, &all, args.secs);
+        table = render(&modes, &all, args.secs, args.rounds);
         if !notes.is_empty() {
             table += "\nFailed measurements:\n";
             table += &notes.join("\n");
@@ -258,7 +264,10 @@ struct Bed {
     url: String,
     agents: Vec<u32>,
     _servers: Vec<Proc>,
+    /// What the last stage (or the start) measured, moved into `samples`
+    /// after each.
     results: Results,
+    samples: Samples,
     steal: Steal,
 }
 
@@ -323,6 +332,7 @@ impl Bed {
             agents,
             _servers: servers,
             results,
+            samples: Samples::default(),
             steal: Steal::default(),
         })
     }
@@ -343,42 +353,96 @@ impl Bed {
 /// Every mode's test bed is up at once, and each tool runs against all of
 /// them back to back before the next tool: on a shared VM, where steal
 /// comes and goes over minutes, a mode and the direct baseline it is
-/// divided by are then measured moments apart, not minutes apart. A tool
-/// failing in one mode is reported, and everything else still runs.
+/// divided by are then measured moments apart, not minutes apart. The
+/// whole sequence repeats `rounds` times and each figure is the median of
+/// its rounds. A tool failing in one mode is reported, and everything else
+/// still runs.
 fn measure(
     modes: &[Mode],
     secs: u32,
+    rounds: u32,
     only: &[String],
 ) -> anyhow::Result<(Vec<Results>, Vec<String>)> {
     let mut beds = modes
         .iter()
         .map(|m| Bed::start(*m).with_context(|| m.label()))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for bed in &mut beds {
+        bed.samples.take(&mut bed.results);
+    }
     let mut failures = Vec::new();
-    for name in STAGES {
-        if !only.is_empty() && !only.iter().any(|o| o == name) {
-            continue;
-        }
-        for bed in &mut beds {
-            eprintln!("bench: {name}, {}", bed.mode.label());
-            let before = Steal::read();
-            let result = bed.stage(name, secs);
-            bed.steal.add(before, Steal::read());
-            if let Err(e) = result {
-                failures.push(format!("- {}: {name}: {e:#}", bed.mode.label()));
+    for round in 1..=rounds {
+        for name in STAGES {
+            if !only.is_empty() && !only.iter().any(|o| o == name) {
+                continue;
+            }
+            for bed in &mut beds {
+                eprintln!(
+                    "bench: round {round}/{rounds}, {name}, {}",
+                    bed.mode.label()
+                );
+                let before = Steal::read();
+                let result = bed.stage(name, secs);
+                bed.steal.add(before, Steal::read());
+                bed.samples.take(&mut bed.results);
+                if let Err(e) = result {
+                    failures.push(format!(
+                        "- {}: {name} (round {round}): {e:#}",
+                        bed.mode.label()
+                    ));
+                }
             }
         }
     }
     let results = beds
         .into_iter()
-        .map(|mut bed| {
+        .map(|bed| {
+            let mut results = bed.samples.medians();
             if let Some(pct) = bed.steal.percent() {
-                bed.results.insert(STEAL, (pct, false));
+                results.insert(STEAL, (pct, false));
             }
-            bed.results
+            results
         })
         .collect();
     Ok((results, failures))
+}
+
+/// Every value each metric took over the rounds.
+#[derive(Default)]
+struct Samples(BTreeMap<&'static str, (Vec<f64>, bool)>);
+
+impl Samples {
+    fn take(&mut self, results: &mut Results) {
+        for (name, (value, higher_better)) in std::mem::take(results) {
+            self.0
+                .entry(name)
+                .or_insert_with(|| (Vec::new(), higher_better))
+                .0
+                .push(value);
+        }
+    }
+
+    fn medians(&self) -> Results {
+        self.0
+            .iter()
+            .map(|(name, (values, higher_better))| (*name, (median(values), *higher_better)))
+            .collect()
+    }
+}
+
+/// The middle value; the mean of the middle two for an even count.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Shown apart from the table: it describes the machine, not the mesh.
@@ -656,9 +720,9 @@ fn parse_duration_us(s: &str) -> Option<f64> {
     num.parse::<f64>().ok().map(|v| v * mult)
 }
 
-fn render(modes: &[Mode], results: &[Results], secs: u32) -> String {
+fn render(modes: &[Mode], results: &[Results], secs: u32, rounds: u32) -> String {
     let mut out = format!(
-        "pod→pod across nodes on the test bed, {secs} s per measurement; ratio = mode / direct (higher is better for throughput, lower for latency)\n\n| metric |"
+        "pod→pod across nodes on the test bed, {secs} s per measurement, median of {rounds} rounds (each round runs every tool in every mode, round-robin); ratio = mode / direct (higher is better for throughput, lower for latency)\n\n| metric |"
     );
     for m in modes {
         out += &format!(" {} |", m.label());
@@ -729,10 +793,36 @@ mod tests {
         let mut mesh = Results::new();
         mesh.insert("iperf3 bulk 1 stream (Gbit/s)", (10.0, true));
         mesh.insert(STEAL, (40.0, false));
-        let out = render(&[Mode::Direct, Mode::Mtls], &[direct, mesh], 5);
+        let out = render(&[Mode::Direct, Mode::Mtls], &[direct, mesh], 5, 3);
+        assert!(out.contains("median of 3 rounds"));
         assert!(out.contains("| iperf3 bulk 1 stream (Gbit/s) | 20.00 | 10.00 | 0.50× |"));
         assert!(!out.contains(&format!("| {STEAL} |")));
         assert!(out.contains("direct 1.5 %, mesh HBONE mTLS 40.0 %"));
+    }
+
+    #[test]
+    fn each_figure_is_the_median_of_its_rounds() {
+        let mut samples = Samples::default();
+        for (rps, rss) in [(14484.0, 14.0), (8913.0, 14.2), (12921.0, 13.9)] {
+            let mut round = Results::new();
+            round.insert("hey (req/s)", (rps, true));
+            round.insert("rss (MiB)", (rss, false));
+            samples.take(&mut round);
+            assert!(round.is_empty(), "a round's results are moved, not copied");
+        }
+        let mut idle = Results::new();
+        idle.insert("idle (MiB)", (11.0, false));
+        samples.take(&mut idle);
+        let m = samples.medians();
+        assert_eq!(m["hey (req/s)"], (12921.0, true));
+        assert_eq!(m["rss (MiB)"], (14.0, false));
+        assert_eq!(
+            m["idle (MiB)"],
+            (11.0, false),
+            "measured once: its own median"
+        );
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
     }
 
     #[test]
