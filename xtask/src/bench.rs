@@ -264,9 +264,7 @@ struct Bed {
     url: String,
     agents: Vec<u32>,
     _servers: Vec<Proc>,
-    /// What the last stage (or the start) measured, moved into `samples`
-    /// after each.
-    results: Results,
+    /// Every figure measured so far, over all rounds.
     samples: Samples,
     steal: Steal,
 }
@@ -331,22 +329,27 @@ impl Bed {
             server: target,
             agents,
             _servers: servers,
-            results,
-            samples: Samples::default(),
+            samples: Samples::from(results),
             steal: Steal::default(),
         })
     }
 
+    /// Runs one tool; what it measured (even before a failure) joins the
+    /// samples.
     fn stage(&mut self, name: &str, secs: u32) -> anyhow::Result<()> {
-        let (c, agents, r) = (&self.cluster, &self.agents, &mut self.results);
-        match name {
+        let (c, agents) = (&self.cluster, &self.agents);
+        let mut results = Results::new();
+        let r = &mut results;
+        let outcome = match name {
             "iperf3" => iperf(c, &self.server, secs, agents, r),
             "sockperf" => sockperf(c, &self.server, secs, r),
             "wrk" => wrk(c, &self.url, secs, r),
             "hey" => hey(c, &self.url, secs, agents, r),
             "fixed-rate" => fixed_rate(c, &self.server, secs, agents, r),
             other => bail!("no such stage: {other}"),
-        }
+        };
+        self.samples.add(results);
+        outcome
     }
 }
 
@@ -367,9 +370,6 @@ fn measure(
         .iter()
         .map(|m| Bed::start(*m).with_context(|| m.label()))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    for bed in &mut beds {
-        bed.samples.take(&mut bed.results);
-    }
     let mut failures = Vec::new();
     for round in 1..=rounds {
         for name in STAGES {
@@ -384,7 +384,6 @@ fn measure(
                 let before = Steal::read();
                 let result = bed.stage(name, secs);
                 bed.steal.add(before, Steal::read());
-                bed.samples.take(&mut bed.results);
                 if let Err(e) = result {
                     failures.push(format!(
                         "- {}: {name} (round {round}): {e:#}",
@@ -411,9 +410,17 @@ fn measure(
 #[derive(Default)]
 struct Samples(BTreeMap<&'static str, (Vec<f64>, bool)>);
 
+impl From<Results> for Samples {
+    fn from(results: Results) -> Self {
+        let mut samples = Self::default();
+        samples.add(results);
+        samples
+    }
+}
+
 impl Samples {
-    fn take(&mut self, results: &mut Results) {
-        for (name, (value, higher_better)) in std::mem::take(results) {
+    fn add(&mut self, results: Results) {
+        for (name, (value, higher_better)) in results {
             self.0
                 .entry(name)
                 .or_insert_with(|| (Vec::new(), higher_better))
@@ -807,12 +814,11 @@ mod tests {
             let mut round = Results::new();
             round.insert("hey (req/s)", (rps, true));
             round.insert("rss (MiB)", (rss, false));
-            samples.take(&mut round);
-            assert!(round.is_empty(), "a round's results are moved, not copied");
+            samples.add(round);
         }
         let mut idle = Results::new();
         idle.insert("idle (MiB)", (11.0, false));
-        samples.take(&mut idle);
+        samples.add(idle);
         let m = samples.medians();
         assert_eq!(m["hey (req/s)"], (12921.0, true));
         assert_eq!(m["rss (MiB)"], (14.0, false));

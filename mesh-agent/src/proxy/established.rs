@@ -29,7 +29,7 @@ pub async fn established(stream: TcpStream) -> io::Result<TcpStream> {
         if let Some(e) = stream.take_error()? {
             return Err(e);
         }
-        if tcp_state(&stream)? == TcpState::Closed {
+        if is_closed(&stream)? {
             // Closed with its error already taken: still a failed connect.
             return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
         }
@@ -46,13 +46,8 @@ pub async fn established(stream: TcpStream) -> io::Result<TcpStream> {
     ))
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum TcpState {
-    Closed,
-    Other,
-}
-
-fn tcp_state(stream: &TcpStream) -> io::Result<TcpState> {
+/// The socket is in TCP_CLOSE (per TCP_INFO).
+fn is_closed(stream: &TcpStream) -> io::Result<bool> {
     use std::os::fd::AsRawFd;
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -71,11 +66,7 @@ fn tcp_state(stream: &TcpStream) -> io::Result<TcpState> {
     }
     // TCP_CLOSE in include/net/tcp_states.h.
     const TCP_CLOSE: u8 = 7;
-    Ok(if info.tcpi_state == TCP_CLOSE {
-        TcpState::Closed
-    } else {
-        TcpState::Other
-    })
+    Ok(info.tcpi_state == TCP_CLOSE)
 }
 
 #[cfg(test)]
