@@ -13,6 +13,10 @@ use tokio::{
 
 use crate::proxy::relay::{self, Transferred};
 
+/// Reads start this small, so a short request/response connection does not
+/// carry (and fault in) a bulk-sized buffer, and grow towards `CHUNK` while
+/// each read fills what it was offered.
+const FIRST_CHUNK: usize = 16 * 1024;
 const CHUNK: usize = 256 * 1024;
 /// At most this much of what the app sent before its connection was
 /// accepted rides with the CONNECT request.
@@ -57,12 +61,17 @@ async fn tcp_to_h2<R: AsyncReadExt + Unpin>(
     mut skip: usize,
 ) -> io::Result<u64> {
     let mut total = 0u64;
-    let mut buf = BytesMut::with_capacity(CHUNK);
+    let mut want = FIRST_CHUNK;
+    let mut buf = BytesMut::with_capacity(want);
     loop {
-        if buf.capacity() < CHUNK / 4 {
-            buf.reserve(CHUNK);
+        if buf.capacity() < want / 4 {
+            buf.reserve(want);
         }
+        let offered = buf.capacity() - buf.len();
         let n = from.read_buf(&mut buf).await?;
+        if n == offered {
+            want = (want * 2).min(CHUNK);
+        }
         if n == 0 {
             to.send_data(Bytes::new(), true).map_err(h2_io)?;
             return Ok(total);
