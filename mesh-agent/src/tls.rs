@@ -28,8 +28,8 @@ pub type CertWatch = watch::Receiver<Option<Arc<WorkloadCert>>>;
 /// ring's suites, AES-128-GCM first. The cipher is the largest single cost
 /// of a bulk transfer (a quarter of an agent's time), and AES-128 takes 10
 /// rounds where AES-256 takes 14; it is also TLS 1.3's mandatory suite.
-/// The others stay offered and accepted, and a server follows the client's
-/// order, so a peer that prefers AES-256 (ztunnel) still gets it.
+/// The others stay offered and accepted, and as a server rustls follows the
+/// client's order, so a peer (ztunnel) that prefers another suite gets it.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = ring::default_provider();
     provider
