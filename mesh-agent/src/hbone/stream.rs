@@ -144,36 +144,30 @@ pub async fn relay(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::{TcpListener, TcpStream},
+        task::JoinHandle,
     };
 
     use super::*;
 
-    /// The bytes peeked as early data go out with the request exactly once:
-    /// the relay skips them in the socket and sends only what follows.
-    #[tokio::test]
-    async fn early_data_is_sent_once_and_then_skipped() {
+    /// A loopback TCP pair: (the app's end, the end the agent accepted).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut app = TcpStream::connect(listener.local_addr().unwrap())
+        let app = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        app.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        // Bounded wait until the bytes are in the accepted socket.
-        let mut early = Bytes::new();
-        for _ in 0..200 {
-            early = early_data(&accepted);
-            if early.len() == 18 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        assert_eq!(&early[..], b"GET / HTTP/1.1\r\n\r\n");
-        // Peeked, not consumed: a second look sees the same bytes.
-        assert_eq!(early_data(&accepted), early);
+        (app, accepted)
+    }
 
+    /// An HTTP/2 CONNECT stream over an in-memory pipe, `early` sent with
+    /// the request. The server task answers 200, collects the request body
+    /// until END_STREAM, then ends its own side.
+    async fn connect_stream(early: &Bytes) -> (SendStream<Bytes>, RecvStream, JoinHandle<Vec<u8>>) {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
         let server = tokio::spawn(async move {
             let mut conn = h2::server::handshake(server_io).await.unwrap();
@@ -205,13 +199,37 @@ mod tests {
             .unwrap()
             .send_request(request, false)
             .unwrap();
-        send.send_data(early.clone(), false).unwrap();
+        if !early.is_empty() {
+            send.send_data(early.clone(), false).unwrap();
+        }
         let recv = response.await.unwrap().into_body();
+        (send, recv, server)
+    }
 
+    /// The bytes peeked as early data go out with the request exactly once:
+    /// the relay skips them in the socket and sends only what follows.
+    #[tokio::test]
+    async fn early_data_is_sent_once_and_then_skipped() {
+        let (mut app, accepted) = tcp_pair().await;
+        app.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        // Bounded wait until the bytes are in the accepted socket.
+        let mut early = Bytes::new();
+        for _ in 0..200 {
+            early = early_data(&accepted);
+            if early.len() == 18 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(&early[..], b"GET / HTTP/1.1\r\n\r\n");
+        // Peeked, not consumed: a second look sees the same bytes.
+        assert_eq!(early_data(&accepted), early);
+
+        let (send, recv, server) = connect_stream(&early).await;
         app.write_all(b"body").await.unwrap();
         app.shutdown().await.unwrap();
         let relay = tokio::spawn(relay(accepted, send, recv, early.len()));
-        let got = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        let got = tokio::time::timeout(Duration::from_secs(10), server)
             .await
             .unwrap()
             .unwrap();
@@ -221,5 +239,33 @@ mod tests {
         assert!(rest.is_empty());
         let moved = relay.await.unwrap().unwrap();
         assert_eq!(moved.downstream_to_upstream, 22);
+    }
+
+    /// A transfer large enough that the read buffer grows from 16 KiB to
+    /// its largest, while earlier chunks are still queued in h2: every byte
+    /// arrives, in order.
+    #[tokio::test]
+    async fn a_bulk_transfer_arrives_whole_while_the_buffer_grows() {
+        let (mut app, accepted) = tcp_pair().await;
+        let (send, recv, server) = connect_stream(&Bytes::new()).await;
+        let relay = tokio::spawn(relay(accepted, send, recv, 0));
+        let sent: Vec<u8> = (0..3 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let expected = sent.clone();
+        let writer = tokio::spawn(async move {
+            app.write_all(&sent).await.unwrap();
+            app.shutdown().await.unwrap();
+            app
+        });
+        let got = tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes differ");
+        drop(writer.await.unwrap());
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(moved.downstream_to_upstream, expected.len() as u64);
     }
 }
