@@ -42,8 +42,10 @@ enum Mode {
     /// No mesh: a minimal user-space relay in each pod where the agents
     /// would be (`meshtb relay`: accept, copy both ways, nothing else). A
     /// reference for latency: what two user-space hops cost on this
-    /// machine, so the mesh's ratios can be read against it. Its bulk is no
-    /// floor (it copies; the plaintext agent splices).
+    /// machine, so the mesh's ratios can be read against it. Its CPU rows
+    /// are the relays': what moving the bytes through user space costs,
+    /// before any mesh work. Its bulk is no floor (it copies; the plaintext
+    /// agent splices).
     Relays,
     Mesh,
     MeshSplice,
@@ -262,7 +264,12 @@ struct Bed {
     cluster: Cluster,
     server: String,
     url: String,
+    /// The mesh agents: their memory is reported.
     agents: Vec<u32>,
+    /// What carries the traffic on each node, the agents or the two
+    /// relays: their CPU is reported, so the relays' column is the floor
+    /// the agents' CPU is read against.
+    forwarders: Vec<u32>,
     _servers: Vec<Proc>,
     /// Every figure measured so far, over all rounds.
     samples: Samples,
@@ -292,6 +299,7 @@ impl Bed {
                 );
             }
         }
+        let mut forwarders = agents.clone();
         let mut servers = vec![
             background(&cluster, "server", "iperf3", &["-s", "-p", "5201"])?,
             background(
@@ -318,6 +326,7 @@ impl Bed {
                 .unzip();
             servers.push(cluster.relay("server", &server_side)?);
             servers.push(cluster.relay("client", &client_side)?);
+            forwarders = servers[servers.len() - 2..].iter().map(Proc::pid).collect();
             "127.0.0.1".to_owned()
         } else {
             server
@@ -328,6 +337,7 @@ impl Bed {
             cluster,
             server: target,
             agents,
+            forwarders,
             _servers: servers,
             samples: Samples::from(results),
             steal: Steal::default(),
@@ -337,15 +347,22 @@ impl Bed {
     /// Runs one tool; what it measured (even before a failure) joins the
     /// samples.
     fn stage(&mut self, name: &str, secs: u32) -> anyhow::Result<()> {
-        let (c, agents) = (&self.cluster, &self.agents);
+        let (c, forwarders) = (&self.cluster, &self.forwarders);
         let mut results = Results::new();
         let r = &mut results;
         let outcome = match name {
-            "iperf3" => iperf(c, &self.server, secs, agents, r),
+            "iperf3" => iperf(
+                c,
+                &self.server,
+                secs,
+                forwarders,
+                !self.agents.is_empty(),
+                r,
+            ),
             "sockperf" => sockperf(c, &self.server, secs, r),
             "wrk" => wrk(c, &self.url, secs, r),
-            "hey" => hey(c, &self.url, secs, agents, r),
-            "fixed-rate" => fixed_rate(c, &self.server, secs, agents, r),
+            "hey" => hey(c, &self.url, secs, forwarders, r),
+            "fixed-rate" => fixed_rate(c, &self.server, secs, forwarders, r),
             other => bail!("no such stage: {other}"),
         };
         self.samples.add(results);
@@ -492,18 +509,21 @@ impl Steal {
     }
 }
 
+/// `memory`: the forwarders are mesh agents, whose memory is reported (a
+/// relay's is not comparable: it holds no mesh state).
 fn iperf(
     c: &Cluster,
     server: &str,
     secs: u32,
-    agents: &[u32],
+    forwarders: &[u32],
+    memory: bool,
     r: &mut Results,
 ) -> anyhow::Result<()> {
     for (streams, name) in [
         (1, "iperf3 bulk 1 stream (Gbit/s)"),
         (4, "iperf3 bulk 4 streams (Gbit/s)"),
     ] {
-        let meter = AgentMeter::start(agents);
+        let meter = AgentMeter::start(forwarders);
         let args = [
             s("-c"),
             s(server),
@@ -526,8 +546,10 @@ fn iperf(
             .as_f64()
             .with_context(|| format!("{name}: iperf3 reported {}", v["error"]))?;
         r.insert(name, (bps / 1e9, true));
-        if streams == 1 && !agents.is_empty() {
-            r.insert("agent CPU % under bulk (max of 2)", (cpu, false));
+        if streams == 1 && !forwarders.is_empty() {
+            r.insert("agent (or relay) CPU % under bulk (max of 2)", (cpu, false));
+        }
+        if streams == 1 && memory {
             r.insert("agent RSS under bulk (MiB)", (rss, false));
             r.insert(
                 "agent private memory under bulk (RssAnon, MiB)",
@@ -606,8 +628,14 @@ fn wrk(c: &Cluster, url: &str, secs: u32, r: &mut Results) -> anyhow::Result<()>
     Ok(())
 }
 
-fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> anyhow::Result<()> {
-    let meter = AgentMeter::start(agents);
+fn hey(
+    c: &Cluster,
+    url: &str,
+    secs: u32,
+    forwarders: &[u32],
+    r: &mut Results,
+) -> anyhow::Result<()> {
+    let meter = AgentMeter::start(forwarders);
     let args = [
         s("-z"),
         format!("{secs}s"),
@@ -626,9 +654,9 @@ fn hey(c: &Cluster, url: &str, secs: u32, agents: &[u32], r: &mut Results) -> an
         "hey new connection per request, 8 concurrent (req/s)",
         (rps, true),
     );
-    if !agents.is_empty() {
+    if !forwarders.is_empty() {
         r.insert(
-            "agent CPU % under new-connection load (max of 2)",
+            "agent (or relay) CPU % under new-connection load (max of 2)",
             (cpu, false),
         );
     }
@@ -647,16 +675,16 @@ fn fixed_rate(
     c: &Cluster,
     server: &str,
     secs: u32,
-    agents: &[u32],
+    forwarders: &[u32],
     r: &mut Results,
 ) -> anyhow::Result<()> {
-    if agents.is_empty() {
+    if forwarders.is_empty() {
         return Ok(());
     }
     let to = format!("{server}:8080");
     let rate = s(FIXED_RATE);
     let seconds = s(secs);
-    let meter = AgentMeter::start(agents);
+    let meter = AgentMeter::start(forwarders);
     let out = c.client(
         "client",
         &[
@@ -680,7 +708,10 @@ fn fixed_rate(
     let rps = out["rate"]
         .as_f64()
         .with_context(|| format!("meshtb load output: {out}"))?;
-    r.insert("agent CPU % at a fixed 2000 req/s (max of 2)", (cpu, false));
+    r.insert(
+        "agent (or relay) CPU % at a fixed 2000 req/s (max of 2)",
+        (cpu, false),
+    );
     r.insert("achieved req/s at the fixed-rate stage", (rps, true));
     Ok(())
 }
