@@ -671,6 +671,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// Stops every node agent with SIGTERM, as a DaemonSet rollout does,
+    /// and waits for each to exit (SIGKILL after 10 s).
+    pub fn stop_agents(&mut self) {
+        for mut p in self.agents.iter_mut().filter_map(Option::take) {
+            p.terminate(Duration::from_secs(10));
+        }
+    }
+
     /// SIGKILLs node n's agent: no chance to clean anything up.
     pub fn kill_agent(&mut self, n: usize) {
         if let Some(mut p) = self.agents.get_mut(n).and_then(Option::take) {

@@ -202,6 +202,19 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`: a process
+    /// that stops on its own runs its exit path (a profiled build writes
+    /// its profile there).
+    pub fn terminate(&mut self, grace: Duration) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            if self.wait_exit(grace).is_ok() {
+                return;
+            }
+        }
+        self.kill();
+    }
 }
 
 impl Proc {

@@ -32,6 +32,11 @@ pub struct Args {
     /// fixed-rate. For profiling one kind of load.
     #[arg(long, value_parser = STAGES)]
     stage: Vec<String>,
+    /// Measure the plain release build instead of the profiled one that
+    /// ships (`cargo xtask build-release`): skips two release builds and
+    /// the training run, for quick comparisons.
+    #[arg(long)]
+    no_pgo: bool,
 }
 
 const STAGES: [&str; 5] = ["iperf3", "sockperf", "wrk", "hey", "fixed-rate"];
@@ -64,19 +69,41 @@ impl Mode {
     }
 }
 
+/// The test bed finds binaries next to its executable; point it at release
+/// builds, and the agent at `agent`.
+fn use_release_binaries(agent: &std::path::Path) {
+    let release = crate::workspace().join("target/release");
+    unsafe {
+        std::env::set_var("MESH_AGENT_BIN", agent);
+        std::env::set_var("MESHTB_BIN", release.join("meshtb"));
+        std::env::set_var("HBONEPROBE_BIN", release.join("hboneprobe"));
+    }
+}
+
+/// The profile-gathering run of an instrumented agent (`xtask pgo`): every
+/// tool, briefly, through the agents in each way they carry traffic;
+/// the agents then stop on SIGTERM, which writes their profiles.
+pub fn train(agent: &std::path::Path) -> anyhow::Result<()> {
+    use_release_binaries(agent);
+    let (_, failures) = measure(&[Mode::Mesh, Mode::MeshSplice, Mode::Mtls], 2, 1, &[])?;
+    if !failures.is_empty() {
+        bail!("{}", failures.join("\n"));
+    }
+    Ok(())
+}
+
 /// Metric name → (value, higher is better).
 type Results = BTreeMap<&'static str, (f64, bool)>;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::setup::run()?;
-    crate::build_userspace(true)?;
-    let release = crate::workspace().join("target/release");
-    // The test bed finds binaries next to its executable; point it at release builds.
-    unsafe {
-        std::env::set_var("MESH_AGENT_BIN", release.join("mesh-agent"));
-        std::env::set_var("MESHTB_BIN", release.join("meshtb"));
-        std::env::set_var("HBONEPROBE_BIN", release.join("hboneprobe"));
-    }
+    let agent = if args.no_pgo {
+        crate::build_userspace(true)?;
+        crate::workspace().join("target/release/mesh-agent")
+    } else {
+        crate::pgo::build()?
+    };
+    use_release_binaries(&agent);
     let datapath = args.only.as_deref() != Some("discovery");
     let discovery = args.only.as_deref() != Some("datapath");
     // Every mode, in the enum's order (the table's columns).
@@ -409,6 +436,9 @@ fn measure(
                 }
             }
         }
+    }
+    for bed in &mut beds {
+        bed.cluster.stop_agents();
     }
     let results = beds
         .into_iter()

@@ -1,10 +1,11 @@
-//! Developer tasks: `cargo xtask <setup|build-ebpf|test|demo|bench>`.
+//! Developer tasks: `cargo xtask <setup|build-ebpf|build-release|test|demo|bench>`.
 mod bench;
 mod bench_discovery;
 mod chart;
 mod demo;
 mod ebpf_build;
 mod image;
+mod pgo;
 mod setup;
 mod test;
 
@@ -34,6 +35,15 @@ enum Cmd {
     Test,
     /// A simulated 2-node x 2-pod cluster with traffic through the agents.
     Demo(demo::Args),
+    /// The agent as it ships: a release build optimised with a profile of
+    /// its own run on the test bed (PGO). Prints the binary's path.
+    BuildRelease {
+        /// Use this merged profile (target/pgo/mesh-agent.profdata of an
+        /// earlier run) instead of training: where no test bed can run,
+        /// as in the image build.
+        #[arg(long)]
+        profile: Option<PathBuf>,
+    },
     /// Direct vs through-the-mesh benchmarks on the test bed.
     Bench(bench::Args),
     /// Lint, render and validate charts/mesh against the Kubernetes schemas
@@ -57,6 +67,11 @@ fn main() {
         Cmd::BuildEbpf => build_ebpf().map(|p| println!("eBPF object: {}", p.display())),
         Cmd::Test => test::run(),
         Cmd::Demo(args) => demo::run(args),
+        Cmd::BuildRelease { profile } => match profile {
+            Some(p) => pgo::build_with(&p),
+            None => pgo::build(),
+        }
+        .map(|p| println!("mesh-agent: {}", p.display())),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Chart { write_crds } => build_userspace(false).and_then(|()| {
             if write_crds {

@@ -133,6 +133,15 @@ pub fn run() -> anyhow::Result<()> {
     } else {
         println!("setup: nightly rust-src present");
     }
+    // llvm-profdata for the profiled release build (`xtask build-release`),
+    // from the workspace's own toolchain so that it matches rustc's LLVM.
+    let components = output(Command::new("rustup").args(["component", "list", "--installed"]));
+    if components.lines().any(|l| l.starts_with("llvm-tools")) {
+        println!("setup: llvm-tools present");
+    } else {
+        sh(Command::new("rustup").args(["component", "add", "llvm-tools"]))?;
+        println!("setup: added llvm-tools");
+    }
     let linker = output(Command::new("bpf-linker").arg("--version"));
     if linker.contains(BPF_LINKER_VERSION) {
         println!("setup: bpf-linker {BPF_LINKER_VERSION} present");

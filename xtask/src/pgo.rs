@@ -1,0 +1,157 @@
+//! `cargo xtask build-release`: the agent as it ships, optimised with a
+//! profile of its own run (PGO). An instrumented agent carries the
+//! benchmark's traffic on the test bed for a few seconds per tool; the
+//! release build then uses what ran and how often.
+//!
+//! Why: besides inlining and branch layout for the paths that carry
+//! traffic, the profile tells the compiler which functions never ran, and
+//! the linker puts them in a section of their own. Executed code then sits
+//! together, and the kernel's fault-around (64 KiB mapped per page touched)
+//! no longer maps never-run code beside it: idle RSS is mostly the binary's
+//! resident text.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+
+use crate::{bench, sh, workspace};
+
+/// Flags of the profiled build, beyond `-Cprofile-use`:
+/// - a function is cold only if it never ran in training (LLVM's default
+///   also calls startup code that ran once cold, which would put it back
+///   among the never-run code);
+/// - the linker keeps hot, cold and the rest in separate output sections;
+/// - relative relocations packed (RELR, glibc ≥ 2.36): the dynamic
+///   relocation table the loader reads at start shrinks from ~0.5 MiB.
+const USE_FLAGS: [&str; 3] = [
+    "-Cllvm-args=-profile-summary-cold-count=0",
+    "-Clink-arg=-Wl,-z,keep-text-section-prefix",
+    "-Clink-arg=-Wl,-z,pack-relative-relocs",
+];
+
+fn dir() -> PathBuf {
+    workspace().join("target").join("pgo")
+}
+
+/// The host's target triple: profiled builds name it so that RUSTFLAGS
+/// reach only the target's crates, not build scripts and proc macros.
+fn host() -> anyhow::Result<String> {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .context("rustc -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_owned)
+        .context("rustc -vV printed no host")
+}
+
+/// llvm-profdata from the toolchain's llvm-tools component, which matches
+/// rustc's LLVM (a profile is read by the LLVM that wrote its format).
+fn llvm_profdata(host: &str) -> anyhow::Result<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("rustc --print sysroot")?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let tool = Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(host)
+        .join("bin/llvm-profdata");
+    if !tool.exists() {
+        bail!(
+            "{} is missing; install it with `rustup component add llvm-tools` (cargo xtask setup does)",
+            tool.display()
+        );
+    }
+    Ok(tool)
+}
+
+/// `cargo build --release` of the agent's binaries into `target_dir` with
+/// these RUSTFLAGS; returns the agent binary's path.
+fn cargo_build(host: &str, target_dir: &Path, rustflags: &str) -> anyhow::Result<PathBuf> {
+    sh(Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "mesh-agent", "--bins"])
+        .args(["--target", host])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("RUSTFLAGS", rustflags))?;
+    Ok(target_dir.join(host).join("release").join("mesh-agent"))
+}
+
+/// Where the shipped binaries land, whichever way they were built:
+/// `target/dist/{mesh-agent,mesh}` (the Dockerfile copies them from there).
+pub fn dist() -> PathBuf {
+    workspace().join("target").join("dist")
+}
+
+/// Trains and builds the profiled agent; returns the agent's path in
+/// [`dist`].
+pub fn build() -> anyhow::Result<PathBuf> {
+    crate::setup::run()?;
+    let host = host()?;
+    let profdata = llvm_profdata(&host)?;
+    let dir = dir();
+    let raw = dir.join("raw");
+    let _ = std::fs::remove_dir_all(&raw);
+    std::fs::create_dir_all(&raw)?;
+
+    let instrumented = cargo_build(
+        &host,
+        &dir.join("generate"),
+        &format!("-Cprofile-generate={}", raw.display()),
+    )?;
+    // The test bed's own helpers (servers, load) need no profile.
+    sh(Command::new(env!("CARGO")).args(["build", "--release", "-p", "mesh-testbed"]))?;
+    eprintln!("pgo: training the instrumented agent on the test bed");
+    bench::train(&instrumented).context("training run of the instrumented agent")?;
+
+    let merged = dir.join("mesh-agent.profdata");
+    let profiles: Vec<PathBuf> = std::fs::read_dir(&raw)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "profraw"))
+        .collect();
+    if profiles.is_empty() {
+        bail!(
+            "the instrumented agents wrote no profile in {} (they must exit on SIGTERM)",
+            raw.display()
+        );
+    }
+    sh(Command::new(profdata)
+        .args(["merge", "-o"])
+        .arg(&merged)
+        .args(&profiles))?;
+    build_with(&merged)
+}
+
+/// The release build with a merged profile made earlier (the image build
+/// has no test bed to train on); returns the agent's path in [`dist`].
+pub fn build_with(profile: &Path) -> anyhow::Result<PathBuf> {
+    let profile = std::path::absolute(profile)?;
+    if !profile.is_file() {
+        bail!(
+            "--profile {}: no such file; make one with `cargo xtask build-release` (it writes target/pgo/mesh-agent.profdata)",
+            profile.display()
+        );
+    }
+    let host = host()?;
+    let mut flags = format!("-Cprofile-use={}", profile.display());
+    for f in USE_FLAGS {
+        flags += " ";
+        flags += f;
+    }
+    let agent = cargo_build(&host, &dir().join("use"), &flags)?;
+    let dist = dist();
+    std::fs::create_dir_all(&dist)?;
+    for bin in ["mesh-agent", "mesh"] {
+        let from = agent.with_file_name(bin);
+        std::fs::copy(&from, dist.join(bin))
+            .with_context(|| format!("copying {}", from.display()))?;
+    }
+    eprintln!("pgo: profiled binaries in {}", dist.display());
+    Ok(dist.join("mesh-agent"))
+}
