@@ -31,6 +31,9 @@ const USE_FLAGS: [&str; 3] = [
     "-Clink-arg=-Wl,-z,pack-relative-relocs",
 ];
 
+/// The binaries the image carries: the agent (node and CA) and the CLI.
+const SHIPPED: [&str; 2] = ["mesh-agent", "mesh"];
+
 fn dir() -> PathBuf {
     workspace().join("target").join("pgo")
 }
@@ -70,11 +73,20 @@ fn llvm_profdata(host: &str) -> anyhow::Result<PathBuf> {
     Ok(tool)
 }
 
-/// `cargo build --release` of the agent's binaries into `target_dir` with
+/// `cargo build --release` of `bins` of mesh-agent into `target_dir` with
 /// these RUSTFLAGS; returns the agent binary's path.
-fn cargo_build(host: &str, target_dir: &Path, rustflags: &str) -> anyhow::Result<PathBuf> {
-    sh(Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "mesh-agent", "--bins"])
+fn cargo_build(
+    host: &str,
+    target_dir: &Path,
+    rustflags: &str,
+    bins: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--release", "-p", "mesh-agent"]);
+    for b in bins {
+        cmd.args(["--bin", b]);
+    }
+    sh(cmd
         .args(["--target", host])
         .arg("--target-dir")
         .arg(target_dir)
@@ -103,6 +115,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
         &host,
         &dir.join("generate"),
         &format!("-Cprofile-generate={}", raw.display()),
+        &["mesh-agent"],
     )?;
     // The test bed's own helpers (servers, load) need no profile.
     sh(Command::new(env!("CARGO")).args(["build", "--release", "-p", "mesh-testbed"]))?;
@@ -144,10 +157,10 @@ pub fn build_with(profile: &Path) -> anyhow::Result<PathBuf> {
         flags += " ";
         flags += f;
     }
-    let agent = cargo_build(&host, &dir().join("use"), &flags)?;
+    let agent = cargo_build(&host, &dir().join("use"), &flags, &SHIPPED)?;
     let dist = dist();
     std::fs::create_dir_all(&dist)?;
-    for bin in ["mesh-agent", "mesh"] {
+    for bin in SHIPPED {
         let from = agent.with_file_name(bin);
         std::fs::copy(&from, dist.join(bin))
             .with_context(|| format!("copying {}", from.display()))?;
