@@ -81,13 +81,17 @@ fn use_release_binaries(agent: &std::path::Path) {
 }
 
 /// The profile-gathering run of an instrumented agent (`xtask pgo`): every
-/// tool, briefly, through the agents in each way they carry traffic;
-/// the agents then stop on SIGTERM, which writes their profiles.
+/// tool, briefly, through the agents in plaintext and over mTLS; the agents
+/// then stop on SIGTERM, which writes their profiles. A tool that fails is
+/// told and the run goes on: what ran still makes a profile. (The opt-in
+/// sk_msg splice mode is left out: its bulk can fail with ENOMEM from the
+/// kernel's sk_msg accounting, and its user-space path is the plaintext
+/// one.)
 pub fn train(agent: &std::path::Path) -> anyhow::Result<()> {
     use_release_binaries(agent);
-    let (_, failures) = measure(&[Mode::Mesh, Mode::MeshSplice, Mode::Mtls], 2, 1, &[])?;
-    if !failures.is_empty() {
-        bail!("{}", failures.join("\n"));
+    let (_, failures) = measure(&[Mode::Mesh, Mode::Mtls], 2, 1, &[])?;
+    for f in failures {
+        eprintln!("pgo: training: {f}");
     }
     Ok(())
 }
