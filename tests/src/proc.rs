@@ -231,3 +231,35 @@ impl Drop for Proc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn sh(script: &str) -> Proc {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        Proc::spawn("sh", cmd, None).expect("spawn sh")
+    }
+
+    #[test]
+    fn terminate_lets_a_process_stop_on_sigterm() {
+        // exec: the shell becomes sleep, which dies of SIGTERM.
+        let mut p = sh("exec sleep 30");
+        p.terminate(Duration::from_secs(10));
+        let status = p.child.try_wait().unwrap().expect("exited");
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn terminate_kills_a_process_that_ignores_sigterm() {
+        let mut p = sh(r#"trap '' TERM; echo '{"ready":true}'; while :; do sleep 1; done"#);
+        p.wait_json("trap set", Duration::from_secs(10), |v| v["ready"] == true)
+            .expect("shell ready");
+        p.terminate(Duration::from_millis(300));
+        let status = p.child.try_wait().unwrap().expect("exited");
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+}

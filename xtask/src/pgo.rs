@@ -45,11 +45,14 @@ fn host() -> anyhow::Result<String> {
         .arg("-vV")
         .output()
         .context("rustc -vV")?;
-    String::from_utf8_lossy(&out.stdout)
+    host_of(&String::from_utf8_lossy(&out.stdout)).context("rustc -vV printed no host")
+}
+
+fn host_of(rustc_vv: &str) -> Option<String> {
+    rustc_vv
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
         .map(str::to_owned)
-        .context("rustc -vV printed no host")
 }
 
 /// llvm-profdata from the toolchain's llvm-tools component, which matches
@@ -138,7 +141,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
         .args(["merge", "-o"])
         .arg(&merged)
         .args(&profiles))?;
-    build_with(&merged)
+    build_for(&host, &merged)
 }
 
 /// The release build with a merged profile made earlier (the image build
@@ -151,13 +154,16 @@ pub fn build_with(profile: &Path) -> anyhow::Result<PathBuf> {
             profile.display()
         );
     }
-    let host = host()?;
+    build_for(&host()?, &profile)
+}
+
+fn build_for(host: &str, profile: &Path) -> anyhow::Result<PathBuf> {
     let mut flags = format!("-Cprofile-use={}", profile.display());
     for f in USE_FLAGS {
         flags += " ";
         flags += f;
     }
-    let agent = cargo_build(&host, &dir().join("use"), &flags, &SHIPPED)?;
+    let agent = cargo_build(host, &dir().join("use"), &flags, &SHIPPED)?;
     let dist = dist();
     std::fs::create_dir_all(&dist)?;
     for bin in SHIPPED {
@@ -167,4 +173,26 @@ pub fn build_with(profile: &Path) -> anyhow::Result<PathBuf> {
     }
     eprintln!("pgo: profiled binaries in {}", dist.display());
     Ok(dist.join("mesh-agent"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_triple_is_read_from_rustc_vv() {
+        let vv = "rustc 1.95.0 (59807616e 2026-04-14)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nrelease: 1.95.0\nLLVM version: 22.1.2\n";
+        assert_eq!(host_of(vv).as_deref(), Some("x86_64-unknown-linux-gnu"));
+        assert_eq!(host_of("rustc 1.95.0\n"), None);
+    }
+
+    #[test]
+    fn a_missing_profile_is_refused_before_any_build_and_the_fix_is_named() {
+        let err = build_with(Path::new("no/such/mesh-agent.profdata"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--profile"), "{err}");
+        assert!(err.contains("no/such/mesh-agent.profdata"), "{err}");
+        assert!(err.contains("cargo xtask build-release"), "{err}");
+    }
 }
