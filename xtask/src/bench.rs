@@ -37,6 +37,12 @@ pub struct Args {
     /// the training run, for quick comparisons.
     #[arg(long)]
     no_pgo: bool,
+    /// Measure the profiled build made with this merged profile (from an
+    /// earlier `cargo xtask build-release`: target/pgo/mesh-agent.profdata)
+    /// instead of training again: saves the instrumented build and the
+    /// training run.
+    #[arg(long, conflicts_with = "no_pgo")]
+    profile: Option<std::path::PathBuf>,
 }
 
 const STAGES: [&str; 5] = ["iperf3", "sockperf", "wrk", "hey", "fixed-rate"];
@@ -104,6 +110,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let agent = if args.no_pgo {
         crate::build_userspace(true)?;
         crate::workspace().join("target/release/mesh-agent")
+    } else if let Some(profile) = &args.profile {
+        crate::pgo::build_helpers()?;
+        crate::pgo::build_with(profile)?
     } else {
         crate::pgo::build()?
     };

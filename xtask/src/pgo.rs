@@ -120,8 +120,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
         &format!("-Cprofile-generate={}", raw.display()),
         &["mesh-agent"],
     )?;
-    // The test bed's own helpers (servers, load) need no profile.
-    sh(Command::new(env!("CARGO")).args(["build", "--release", "-p", "mesh-testbed"]))?;
+    build_helpers()?;
     eprintln!("pgo: training the instrumented agent on the test bed");
     bench::train(&instrumented).context("training run of the instrumented agent")?;
 
@@ -142,6 +141,12 @@ pub fn build() -> anyhow::Result<PathBuf> {
         .arg(&merged)
         .args(&profiles))?;
     build_for(&host, &merged)
+}
+
+/// The test bed's own programs (servers, load, relays), as release builds;
+/// they need no profile.
+pub fn build_helpers() -> anyhow::Result<()> {
+    sh(Command::new(env!("CARGO")).args(["build", "--release", "-p", "mesh-testbed"]))
 }
 
 /// The release build with a merged profile made earlier (the image build
