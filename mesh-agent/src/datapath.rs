@@ -635,6 +635,20 @@ pub fn uninstall(pin_dir: &Path) -> io::Result<bool> {
 mod tests {
     use super::*;
 
+    /// The build keeps what the kernel and aya read (programs, maps, BTF)
+    /// and drops the DWARF, which was most of the object's size.
+    #[test]
+    fn the_embedded_object_keeps_its_programs_and_btf_but_no_dwarf() {
+        use object::{Object, ObjectSection};
+        let elf = object::File::parse(EBPF_OBJECT).expect("an ELF object");
+        let names: Vec<&str> = elf.sections().filter_map(|s| s.name().ok()).collect();
+        for needed in [".BTF", ".BTF.ext", "maps", "sockops", "sk_lookup", "sk_msg"] {
+            assert!(names.contains(&needed), "{needed} missing: {names:?}");
+        }
+        assert!(!names.iter().any(|n| n.contains(".debug")), "{names:?}");
+        assert!(EBPF_OBJECT.len() < 200_000, "{} bytes", EBPF_OBJECT.len());
+    }
+
     #[test]
     fn addresses_round_trip_through_the_map_form() {
         for ip in ["10.244.1.10", "fd00::10", "::ffff:10.0.0.1"] {
