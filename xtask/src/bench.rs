@@ -40,7 +40,9 @@ pub struct Args {
     /// Measure the profiled build made with this merged profile (from an
     /// earlier `cargo xtask build-release`: target/pgo/mesh-agent.profdata)
     /// instead of training again: saves the instrumented build and the
-    /// training run.
+    /// training run. Only a profile of the same sources and dependencies
+    /// helps: where a crate's features or version changed, its symbols
+    /// change name and their counts are lost.
     #[arg(long, conflicts_with = "no_pgo")]
     profile: Option<std::path::PathBuf>,
 }
