@@ -113,8 +113,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         crate::build_userspace(true)?;
         crate::workspace().join("target/release/mesh-agent")
     } else if let Some(profile) = &args.profile {
+        // The profile is checked (and the agent built) before the helpers.
+        let agent = crate::pgo::build_with(profile)?;
         crate::pgo::build_helpers()?;
-        crate::pgo::build_with(profile)?
+        agent
     } else {
         crate::pgo::build()?
     };
