@@ -128,6 +128,7 @@ fn init_logging(format: LogFormat) -> LogControl {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log = init_logging(cli.log_format);
+    mesh_agent::tls::install_process_default();
     match run(cli.command, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -417,8 +417,14 @@ impl Node {
         }
         self.wait_for_sync().await;
         self.wait_for_certificates().await;
-        self.state.telemetry.set_ready();
         crate::memory::release_free_heap();
+        // Before readiness, so that whoever waits for it sees the agent as
+        // it stays.
+        match crate::memory::release_startup_code() {
+            Ok(kib) => info!(kib, "startup code unmapped"),
+            Err(e) => warn!(error = %e, "startup code left mapped"),
+        }
+        self.state.telemetry.set_ready();
         info!(
             node = %self.agent.node_name,
             enrolled = self.pods.len(),

@@ -6,6 +6,7 @@ use mesh_agent::cli::{Cli, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    mesh_agent::tls::install_process_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -87,6 +87,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     );
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // tonic's server takes rustls's process default.
+    crate::tls::install_process_default();
     Server::builder()
         .tls_config(ServerTlsConfig::new().identity(TlsIdentity::from_pem(cert_pem, key_pem)))?
         .add_service(IstioCertificateServiceServer::new(service))
