@@ -9,7 +9,7 @@ use h2::{RecvStream, server::SendResponse};
 use http::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug_span, warn};
 
 use super::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, stream};
 use crate::{
@@ -36,7 +36,9 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<Proxy
         };
         let pod = pod.clone();
         let state = state.clone();
-        let span = info_span!("hbone", pod = %pod.key, src = %peer);
+        // Debug level, as the outbound span (see there): not entered on
+        // every poll unless asked for.
+        let span = debug_span!("hbone", pod = %pod.key, src = %peer);
         tokio::spawn(connection(stream, peer, pod, state).instrument(span));
     }
 }
