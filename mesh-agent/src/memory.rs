@@ -44,10 +44,10 @@ fn parse_header(line: &str) -> Option<Mapping<'_>> {
 fn parse_smaps(smaps: &str) -> Vec<Mapping<'_>> {
     let mut maps: Vec<Mapping> = Vec::new();
     for line in smaps.lines() {
-        if let Some((key, value)) = line.split_once(':')
-            && !key.contains(' ')
-            && !key.contains('-')
-        {
+        // A mapping's header first: it holds colons too (the device).
+        if let Some(m) = parse_header(line) {
+            maps.push(m);
+        } else if let Some((key, value)) = line.split_once(':') {
             let kib = || {
                 value
                     .trim()
@@ -64,8 +64,6 @@ fn parse_smaps(smaps: &str) -> Vec<Mapping<'_>> {
                     _ => {}
                 }
             }
-        } else if let Some(m) = parse_header(line) {
-            maps.push(m);
         }
     }
     maps
