@@ -93,6 +93,9 @@ pub struct Proc {
     pub name: String,
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The threads copying stdout/stderr into `lines`; finished once the
+    /// pipes reach end of file.
+    readers: Vec<thread::JoinHandle<()>>,
     log_file: Option<PathBuf>,
     detached: bool,
 }
@@ -115,18 +118,22 @@ impl Proc {
         if let Some(e) = child.stderr.take() {
             streams.push(Box::new(e));
         }
-        for s in streams {
-            let lines = lines.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(s).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
+        let readers = streams
+            .into_iter()
+            .map(|s| {
+                let lines = lines.clone();
+                thread::spawn(move || {
+                    for line in BufReader::new(s).lines().map_while(Result::ok) {
+                        lines.lock().unwrap().push(line);
+                    }
+                })
+            })
+            .collect();
         Ok(Self {
             name: name.to_owned(),
             child,
             lines,
+            readers,
             log_file: log_file.map(Path::to_owned),
             detached: false,
         })
@@ -193,8 +200,16 @@ impl Proc {
         let status = wait_for(&format!("{name} to exit"), timeout, || {
             self.child.try_wait().ok().flatten()
         })?;
-        // Let the reader threads drain the pipes.
-        thread::sleep(Duration::from_millis(50));
+        // The last lines may still be in the pipes: a fixed pause lost them
+        // on a loaded CI machine. The readers finish at end of file, which
+        // comes once the process (and any child holding the pipe) is gone;
+        // the bound keeps a lingering grandchild from hanging the test.
+        let _ = wait_for(&format!("{name}'s output"), Duration::from_secs(5), || {
+            self.readers
+                .iter()
+                .all(thread::JoinHandle::is_finished)
+                .then_some(())
+        });
         Ok(status)
     }
 
