@@ -179,7 +179,8 @@ impl Proc {
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 exited = Some(status);
-                return Some(None);
+                self.drain_output();
+                return Some(self.json_lines().into_iter().find(|v| pred(v)));
             }
             None
         });
@@ -194,22 +195,31 @@ impl Proc {
         }
     }
 
+    /// After exit, waits until the reader threads have copied the last
+    /// lines out of the pipes: a fixed pause lost them on a loaded CI
+    /// machine. They finish at end of file, once the process (and any child
+    /// holding the pipe) is gone; the bound keeps a lingering grandchild
+    /// from hanging the caller.
+    fn drain_output(&self) {
+        let _ = wait_for(
+            &format!("{}'s output", self.name),
+            Duration::from_secs(5),
+            || {
+                self.readers
+                    .iter()
+                    .all(thread::JoinHandle::is_finished)
+                    .then_some(())
+            },
+        );
+    }
+
     /// Waits for exit (bounded) and returns the status.
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let name = self.name.clone();
         let status = wait_for(&format!("{name} to exit"), timeout, || {
             self.child.try_wait().ok().flatten()
         })?;
-        // The last lines may still be in the pipes: a fixed pause lost them
-        // on a loaded CI machine. The readers finish at end of file, which
-        // comes once the process (and any child holding the pipe) is gone;
-        // the bound keeps a lingering grandchild from hanging the test.
-        let _ = wait_for(&format!("{name}'s output"), Duration::from_secs(5), || {
-            self.readers
-                .iter()
-                .all(thread::JoinHandle::is_finished)
-                .then_some(())
-        });
+        self.drain_output();
         Ok(status)
     }
 
@@ -266,6 +276,23 @@ mod tests {
         p.terminate(Duration::from_secs(10));
         let status = p.child.try_wait().unwrap().expect("exited");
         assert_eq!(status.signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn output_written_just_before_the_pipe_closes_is_kept() {
+        // The shell exits at once; a child still holding stdout writes its
+        // line 300 ms later. Both waits must return that line, not what
+        // happened to be copied when the shell's exit was seen.
+        let script = r#"(sleep 0.3; echo '{"late":true}') & exit 0"#;
+        let mut p = sh(script);
+        assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success());
+        assert_eq!(p.json_lines(), vec![serde_json::json!({"late": true})]);
+
+        let mut p = sh(script);
+        let v = p
+            .wait_json("late line", Duration::from_secs(10), |v| v["late"] == true)
+            .expect("the line written after the shell exited");
+        assert_eq!(v["late"], true);
     }
 
     #[test]
