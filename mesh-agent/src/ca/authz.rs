@@ -78,10 +78,11 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    /// Reads the node credentials; a missing token file is an error that
-    /// names it.
+    /// Reads the node credentials; a missing token file, or a token two
+    /// nodes share, is an error that names them.
     pub fn from_file(file: &CaFile) -> anyhow::Result<Self> {
-        let mut tokens = BTreeMap::new();
+        // token -> (node, its token file), the file kept for the error.
+        let mut tokens: BTreeMap<String, (String, &std::path::Path)> = BTreeMap::new();
         for node in &file.config.nodes {
             let token = std::fs::read_to_string(&node.token_file).map_err(|e| {
                 anyhow::anyhow!(
@@ -98,8 +99,24 @@ impl Authorizer {
                     node.token_file.display()
                 );
             }
-            tokens.insert(token, node.name.clone());
+            // A shared token cannot say which node is calling: the later
+            // entry would take it over, and the first node's agent would be
+            // handed the other node's workload identities.
+            if let Some((first, first_file)) = tokens.get(&token) {
+                anyhow::bail!(
+                    "CaConfig.nodes[{}].tokenFile {} holds the same token as nodes[{first}].tokenFile {}; give each node its own random token (e.g. `head -c 32 /dev/urandom | base64 > {}`) and update that node's agent",
+                    node.name,
+                    node.token_file.display(),
+                    first_file.display(),
+                    node.token_file.display()
+                );
+            }
+            tokens.insert(token, (node.name.clone(), &node.token_file));
         }
+        let tokens = tokens
+            .into_iter()
+            .map(|(token, (node, _))| (token, node))
+            .collect();
         let mut placement: BTreeMap<String, BTreeSet<_>> = BTreeMap::new();
         for w in file.workloads.iter().filter(|w| !w.finished) {
             if let Some(node) = &w.node {

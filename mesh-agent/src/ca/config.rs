@@ -42,6 +42,15 @@ pub struct CaConfig {
     /// Local mode's agent credentials: the bearer token each node's agent presents.
     #[serde(default)]
     pub nodes: Vec<NodeCredential>,
+    /// A certificate request still unanswered after this is cancelled, so a
+    /// slow caller or a stuck API server cannot hold the CA's capacity.
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
+    /// Requests handled at once over all connections; beyond it the CA
+    /// answers RESOURCE_EXHAUSTED at once (agents retry with backoff)
+    /// rather than queue without bound.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -62,6 +71,16 @@ fn day() -> Duration {
 }
 fn default_server_names() -> Vec<String> {
     vec!["mesh-ca".into()]
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+/// Signing takes well under a millisecond; a request mostly waits on the
+/// Kubernetes API (TokenReview, pod list). 256 in flight absorbs a whole
+/// cluster's agents restarting at once while keeping the CA's memory and
+/// its load on the API server bounded.
+fn default_max_concurrent_requests() -> usize {
+    256
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +129,18 @@ impl CaFile {
             return Err(invalid(
                 "nodes",
                 "bootstrap tokens are for local mode; in Kubernetes agents use service-account tokens".into(),
+            ));
+        }
+        if config.request_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "requestTimeout",
+                "must be at least 1s (a TokenReview alone can take that)".into(),
+            ));
+        }
+        if config.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "maxConcurrentRequests",
+                "must be at least 1; 0 would refuse every request".into(),
             ));
         }
         if config.server_names.is_empty() {

@@ -2,7 +2,11 @@
 //! projected service-account token (TokenReview, with a dedicated audience),
 //! the node comes from the token's bound pod, the identities a node may have
 //! from the pods scheduled on it, and the root from a Secret.
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{
     ByteString,
@@ -25,6 +29,17 @@ use crate::identity::Identity;
 
 /// The node a bound service-account token was issued for.
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// How long a TokenReview's answer stands for the same token. An agent asks
+/// for every workload on its node with one token, so a node starting many
+/// pods would otherwise cost one TokenReview per certificate. Acceptance is
+/// kept briefly (a deleted pod's token stays usable that long; the pod
+/// check in `authorize` is not cached), refusal for less, so a token that
+/// was not yet valid is not refused for long.
+const REVIEW_ACCEPTED_TTL: Duration = Duration::from_secs(60);
+const REVIEW_REFUSED_TTL: Duration = Duration::from_secs(5);
+/// Far above the agents of any one cluster; bounds what callers presenting
+/// ever new tokens can make the CA hold.
+const REVIEW_CACHE_ENTRIES: usize = 4096;
 pub const CERT_KEY: &str = "ca-cert.pem";
 pub const KEY_KEY: &str = "ca-key.pem";
 
@@ -80,6 +95,67 @@ pub struct KubeAuthority {
     client: Client,
     audience: String,
     agent_username: String,
+    reviews: ReviewCache,
+}
+
+/// Recent TokenReview answers: the node for an accepted token, the reason
+/// for a refused one. Keyed by the token's SHA-256, so the CA's memory
+/// holds no usable credential. Failures to reach the API server are not
+/// kept: they say nothing about the token.
+#[derive(Default)]
+struct ReviewCache {
+    entries: Mutex<HashMap<[u8; 32], Review>>,
+}
+
+/// When the answer stops counting, and the node or the refusal's reason.
+type Review = (Instant, Result<String, String>);
+
+impl ReviewCache {
+    fn key(token: &str) -> [u8; 32] {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        key
+    }
+
+    fn get(&self, key: &[u8; 32], now: Instant) -> Option<Result<String, AuthzError>> {
+        // The map holds no invariant a panicking holder could break.
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let (expires, answer) = entries.get(key)?;
+        (now < *expires).then(|| answer.clone().map_err(AuthzError::Rejected))
+    }
+
+    fn put(&self, key: [u8; 32], answer: &Result<String, AuthzError>, now: Instant) {
+        let (ttl, kept) = match answer {
+            Ok(node) => (REVIEW_ACCEPTED_TTL, Ok(node.clone())),
+            Err(AuthzError::Rejected(why)) => (REVIEW_REFUSED_TTL, Err(why.clone())),
+            Err(_) => return,
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= REVIEW_CACHE_ENTRIES && !entries.contains_key(&key) {
+            entries.retain(|_, (expires, _)| *expires > now);
+            // Still full: drop what would expire first. Refusals live
+            // shortest, so a flood of bad tokens displaces itself before it
+            // displaces accepted agents.
+            if entries.len() >= REVIEW_CACHE_ENTRIES
+                && let Some(first) = entries
+                    .iter()
+                    .min_by_key(|(_, (expires, _))| *expires)
+                    .map(|(k, _)| *k)
+            {
+                entries.remove(&first);
+            }
+        }
+        entries.insert(key, (now + ttl, kept));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
 }
 
 impl KubeAuthority {
@@ -98,6 +174,7 @@ impl KubeAuthority {
             client,
             audience: settings.token_audience.clone(),
             agent_username: format!("system:serviceaccount:{ns}:{name}"),
+            reviews: ReviewCache::default(),
         })
     }
 
@@ -106,6 +183,18 @@ impl KubeAuthority {
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or(AuthzError::NoToken)?;
+        let key = ReviewCache::key(token);
+        if let Some(answer) = self.reviews.get(&key, Instant::now()) {
+            return answer;
+        }
+        let answer = self.review(token).await;
+        self.reviews.put(key, &answer, Instant::now());
+        answer
+    }
+
+    /// Asks the API server who holds `token`, and refuses anyone but a
+    /// node agent bound to a node.
+    async fn review(&self, token: &str) -> Result<String, AuthzError> {
         let review = TokenReview {
             metadata: ObjectMeta::default(),
             spec: TokenReviewSpec {

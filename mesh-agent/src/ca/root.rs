@@ -4,7 +4,7 @@
 use std::{
     fs,
     io::Write,
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -27,6 +27,10 @@ pub enum RootError {
         source_name: String,
         problem: String,
     },
+    #[error(
+        "{path}: mode {mode:04o} lets group or others read the root key; run `chmod 600 {path}` (for a mounted Secret, set defaultMode: 0400)"
+    )]
+    KeyMode { path: PathBuf, mode: u32 },
     #[error("{path} already exists; refusing to replace a root (remove it first if you mean to)")]
     Exists { path: PathBuf },
     #[error("{path}: {source}")]
@@ -120,12 +124,32 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Root, RootError> {
             source,
         })
     };
+    check_key_mode(key_path)?;
     from_pem(
         read(cert_path)?,
         &read(key_path)?,
         &cert_path.display().to_string(),
         &key_path.display().to_string(),
     )
+}
+
+/// Refuses a root key others on the host can read: whoever reads it can
+/// mint any identity in the mesh, and `ca init` writes it 0600, so a wider
+/// mode means a copy or a mistake to fix before the CA serves with it. The
+/// mode of the file a symlink points to counts, as that is what is read.
+fn check_key_mode(path: &Path) -> Result<(), RootError> {
+    let meta = fs::metadata(path).map_err(|source| RootError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(RootError::KeyMode {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// A root from PEM text; `cert_name`/`key_name` say where it came from in errors.

@@ -9,6 +9,13 @@ use std::{
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
+use tower::{
+    BoxError, ServiceBuilder,
+    layer::util::{Identity, Stack},
+    limit::GlobalConcurrencyLimitLayer,
+    load_shed::{LoadShedLayer, error::Overloaded},
+    util::MapErrLayer,
+};
 use tracing::{error, info};
 
 use super::{
@@ -21,6 +28,64 @@ use super::{
 };
 
 const FILE_POLL: Duration = Duration::from_millis(500);
+
+// Connection limits. The HTTP/2 ones are Envoy's edge-proxy best practices
+// (`Configuring Envoy as an edge proxy`): at most 100 concurrent streams per
+// connection, a 64 KiB initial stream window and a 1 MiB connection window.
+// Keepalive and connection age are istiod's defaults (ping after 30 s idle,
+// close when unanswered for 10 s; connections closed gracefully after 30
+// minutes, so agents spread over replicas added since they connected).
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+/// Ours, not from either guide: the kernel's 2 h default would keep a
+/// vanished peer's socket long after HTTP/2 pings stopped being answered;
+/// this catches peers whose pings never got through at all.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// A client that connects and never finishes TLS is dropped after this;
+/// a handshake over any working network takes a few round trips.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests of one connection handled at once; further ones (up to the
+/// stream limit) wait for a slot, so one node starting many pods queues
+/// behind itself instead of taking the whole CA.
+const CONCURRENCY_PER_CONNECTION: usize = 16;
+/// A request is a CSR of a few hundred bytes; tonic's 4 MiB default would
+/// let each of a connection's streams make the CA buffer megabytes.
+const MAX_REQUEST_MESSAGE: usize = 64 * 1024;
+
+/// Layers tonic applies once, so their limit is shared by all connections.
+pub type RequestLimit = Stack<
+    GlobalConcurrencyLimitLayer,
+    Stack<LoadShedLayer, Stack<MapErrLayer<fn(BoxError) -> BoxError>, Identity>>,
+>;
+
+/// At most `max` requests handled at once over all connections; beyond
+/// that a request is refused at once with RESOURCE_EXHAUSTED, since
+/// queueing would only turn a burst into timeouts.
+pub fn request_limit(max: usize) -> RequestLimit {
+    ServiceBuilder::new()
+        .layer(MapErrLayer::new(
+            overloaded_status as fn(BoxError) -> BoxError,
+        ))
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::new(max))
+        .into_inner()
+}
+
+/// tonic's own message for a shed request speaks of one connection; this
+/// one names the limit that was hit.
+fn overloaded_status(e: BoxError) -> BoxError {
+    if e.is::<Overloaded>() {
+        Box::new(tonic::Status::resource_exhausted(
+            "the CA is handling as many requests as it allows (maxConcurrentRequests); retry with backoff",
+        ))
+    } else {
+        e
+    }
+}
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let file = CaFile::load(config_path)?;
@@ -76,13 +141,18 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("CaConfig.listen {}", cfg.listen))?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // tonic applies its own TCP options only to listeners it binds.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
     info!(
         listen = %cfg.listen,
         trust_domain = %cfg.trust_domain,
         nodes = cfg.nodes.len(),
         kubernetes = cfg.kubernetes.is_some(),
         max_lifetime_s = cfg.max_lifetime.as_secs(),
+        request_timeout_ms = cfg.request_timeout.as_millis() as u64,
+        max_concurrent_requests = cfg.max_concurrent_requests,
         "CA ready"
     );
     let mut term = signal(SignalKind::terminate())?;
@@ -90,8 +160,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // tonic's server takes rustls's process default.
     crate::tls::install_process_default();
     Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(TlsIdentity::from_pem(cert_pem, key_pem)))?
-        .add_service(IstioCertificateServiceServer::new(service))
+        .tls_config(
+            ServerTlsConfig::new()
+                .identity(TlsIdentity::from_pem(cert_pem, key_pem))
+                .timeout(TLS_HANDSHAKE_TIMEOUT),
+        )?
+        .timeout(cfg.request_timeout)
+        .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .max_connection_age(MAX_CONNECTION_AGE)
+        // Requests in flight when the age is reached may finish.
+        .max_connection_age_grace(cfg.request_timeout)
+        .layer(request_limit(cfg.max_concurrent_requests))
+        .add_service(
+            IstioCertificateServiceServer::new(service)
+                .max_decoding_message_size(MAX_REQUEST_MESSAGE),
+        )
         .serve_with_incoming_shutdown(incoming, async move {
             tokio::select! {
                 _ = term.recv() => {},

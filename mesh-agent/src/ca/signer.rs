@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    IsCa, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
+use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 
 use super::root::Root;
@@ -25,6 +26,21 @@ pub enum SignError {
     SanMismatch { asked: String, authorized: String },
     #[error("signing: {0}")]
     Sign(rcgen::Error),
+    #[error("the system's random number generator failed; no serial number for the certificate")]
+    Random,
+}
+
+/// A serial number from the system's CSPRNG: 128 bits, as the CA/Browser
+/// Forum asks (at least 64 unpredictable bits), so no one can guess the
+/// next serial and prepare a colliding certificate. The top bit is cleared
+/// because DER integers are signed and RFC 5280 wants serials positive.
+pub fn random_serial() -> Result<SerialNumber, SignError> {
+    let mut serial = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| SignError::Random)?;
+    serial[0] &= 0x7f;
+    Ok(SerialNumber::from_slice(&serial))
 }
 
 pub struct Signer {
@@ -77,13 +93,12 @@ impl Signer {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = (now + lifetime).min(self.root.not_after);
-        let mut serial: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-        serial[0] &= 0x7f;
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.serial_number = Some(random_serial()?);
+        // Stated rather than left to the extension's absence, so no
+        // verifier's defaults decide whether a workload may sign others.
+        params.is_ca = IsCa::ExplicitNoCa;
+        // ECDSA keys only sign; keyEncipherment is for RSA key transport.
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -96,19 +111,23 @@ impl Signer {
     }
 
     /// The CA's own TLS certificate and key (PEM), made fresh at each start.
-    pub fn serving_cert(&self, names: &[String]) -> Result<(String, String), rcgen::Error> {
-        let key = rcgen::KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::new(names.to_vec())?;
+    pub fn serving_cert(&self, names: &[String]) -> Result<(String, String), SignError> {
+        let key = rcgen::KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(SignError::Sign)?;
+        let mut params = CertificateParams::new(names.to_vec()).map_err(SignError::Sign)?;
         let mut dn = DistinguishedName::new();
         dn.push(rcgen::DnType::CommonName, "mesh-ca");
         params.distinguished_name = dn;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = (now + time::Duration::days(365)).min(self.root.not_after);
+        params.serial_number = Some(random_serial()?);
+        params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.root.issuer)?;
+        let cert = params
+            .signed_by(&key, &self.root.issuer)
+            .map_err(SignError::Sign)?;
         Ok((
             format!("{}{}", cert.pem(), self.root.cert_pem),
             key.serialize_pem(),

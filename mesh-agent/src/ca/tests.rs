@@ -17,6 +17,7 @@ use super::{
     signer::Signer,
 };
 use crate::identity::cert;
+use x509_parser::{certificate::X509Certificate, prelude::FromDer};
 
 const TOKEN_N1: &str = "token-of-node-1-aaaaaaaa";
 
@@ -192,4 +193,156 @@ fn init_never_overwrites_and_load_checks_the_pair() {
     assert!(e.to_string().contains("does not match"), "{e}");
     let e = root::load(&dir.path().join("missing.pem"), &k).unwrap_err();
     assert!(e.to_string().contains("mesh-agent ca init"), "{e}");
+}
+
+#[tokio::test]
+async fn leaves_are_end_entities_for_signing_with_unpredictable_serials() {
+    let f = fixture();
+    let mut serials = Vec::new();
+    for _ in 0..2 {
+        let chain = ask(&f, Some(TOKEN_N1), csr(WEB), Some(WEB), 0)
+            .await
+            .unwrap();
+        let der = cert::parse_pem_certs(&chain[0]).unwrap().remove(0);
+        let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+        let bc = leaf
+            .basic_constraints()
+            .unwrap()
+            .expect("basicConstraints present");
+        assert!(!bc.value.ca, "CA:FALSE");
+        let ku = leaf.key_usage().unwrap().expect("keyUsage present").value;
+        assert!(ku.digital_signature());
+        assert!(
+            !ku.key_encipherment(),
+            "no keyEncipherment for an ECDSA key"
+        );
+        assert_eq!(ku.flags, 1, "digitalSignature alone: {ku:?}");
+        let serial = leaf.raw_serial().to_vec();
+        assert!(
+            !serial.is_empty() && serial.len() <= 16,
+            "16 random bytes at most: {serial:02x?}"
+        );
+        assert_eq!(serial[0] & 0x80, 0, "positive: {serial:02x?}");
+        serials.push(serial);
+    }
+    assert_ne!(serials[0], serials[1]);
+}
+
+#[test]
+fn the_serving_certificate_is_an_end_entity_too() {
+    let f = fixture();
+    let (chain, _key) = f.service.signer.serving_cert(&["mesh-ca".into()]).unwrap();
+    let der = cert::parse_pem_certs(&chain).unwrap().remove(0);
+    let (_, c) = X509Certificate::from_der(&der).unwrap();
+    assert!(!c.basic_constraints().unwrap().unwrap().value.ca);
+    assert_eq!(c.key_usage().unwrap().unwrap().value.flags, 1);
+}
+
+#[test]
+fn a_root_key_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("root.pem"), dir.path().join("root.key"));
+    root::init(&c, &k, "cluster.local", Duration::from_secs(3600)).unwrap();
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = root::load(&c, &k).unwrap_err().to_string();
+        assert!(e.contains(&format!("mode {mode:04o}")), "{e}");
+        assert!(
+            e.contains(&format!("chmod 600 {}", k.display())),
+            "names the file and the fix: {e}"
+        );
+    }
+    for mode in [0o600, 0o400] {
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(mode)).unwrap();
+        root::load(&c, &k).unwrap();
+    }
+}
+
+#[test]
+fn two_nodes_with_one_token_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = (dir.path().join("root.pem"), dir.path().join("root.key"));
+    let (t1, t2) = (dir.path().join("n1.token"), dir.path().join("n2.token"));
+    std::fs::write(&t1, TOKEN_N1).unwrap();
+    // Same token; the trailing newline an editor adds does not hide it.
+    std::fs::write(&t2, format!("{TOKEN_N1}\n")).unwrap();
+    let text = format!(
+        "kind: CaConfig\nrootCertFile: {}\nrootKeyFile: {}\nnodes:\n- {{name: n1, tokenFile: {}}}\n- {{name: n2, tokenFile: {}}}\n",
+        c.display(),
+        k.display(),
+        t1.display(),
+        t2.display(),
+    );
+    let file = CaFile::parse(&dir.path().join("ca.yaml"), &text).unwrap();
+    let e = Authorizer::from_file(&file).unwrap_err().to_string();
+    for part in [
+        format!("nodes[n2].tokenFile {}", t2.display()),
+        format!("nodes[n1].tokenFile {}", t1.display()),
+        "own random token".into(),
+    ] {
+        assert!(e.contains(&part), "{part:?} in {e}");
+    }
+    assert!(
+        !e.contains(TOKEN_N1),
+        "the token itself is not printed: {e}"
+    );
+    std::fs::write(&t2, "token-of-node-2-bbbbbbbb").unwrap();
+    Authorizer::from_file(&file).unwrap();
+}
+
+#[test]
+fn request_limits_are_read_and_checked() {
+    let parse = |extra: &str| {
+        CaFile::parse(
+            std::path::Path::new("ca.yaml"),
+            &format!("kind: CaConfig\nrootCertFile: r.pem\nrootKeyFile: r.key\n{extra}"),
+        )
+    };
+    let cfg = parse("").unwrap().config;
+    assert_eq!(cfg.request_timeout, Duration::from_secs(10));
+    assert_eq!(cfg.max_concurrent_requests, 256);
+    let cfg = parse("requestTimeout: 3s\nmaxConcurrentRequests: 8\n")
+        .unwrap()
+        .config;
+    assert_eq!(cfg.request_timeout, Duration::from_secs(3));
+    assert_eq!(cfg.max_concurrent_requests, 8);
+    let e = parse("requestTimeout: 10ms\n").unwrap_err().to_string();
+    assert!(e.contains("requestTimeout"), "{e}");
+    let e = parse("maxConcurrentRequests: 0\n").unwrap_err().to_string();
+    assert!(e.contains("maxConcurrentRequests"), "{e}");
+}
+
+#[tokio::test]
+async fn requests_beyond_the_ca_wide_limit_are_shed_not_queued() {
+    use tower::{Layer, ServiceExt};
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (started, mut running) = tokio::sync::mpsc::unbounded_channel();
+    let held = gate.clone();
+    let inner = tower::service_fn(move |_: ()| {
+        let (gate, started) = (held.clone(), started.clone());
+        async move {
+            let _ = started.send(());
+            let _permit = gate.acquire().await;
+            Ok::<_, std::convert::Infallible>(())
+        }
+    });
+    let limited = super::server::request_limit(1).layer(inner);
+    // Each clone stands for a request on another connection.
+    let first = tokio::spawn(limited.clone().oneshot(()));
+    running.recv().await.unwrap();
+    let e = limited.clone().oneshot(()).await.unwrap_err();
+    let status = tonic::Status::from_error(e);
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("maxConcurrentRequests"),
+        "{status:?}"
+    );
+    gate.add_permits(1);
+    first.await.unwrap().unwrap();
+    // The slot is free again once the first request has been answered.
+    let second = tokio::spawn(limited.clone().oneshot(()));
+    running.recv().await.unwrap();
+    gate.add_permits(1);
+    second.await.unwrap().unwrap();
 }

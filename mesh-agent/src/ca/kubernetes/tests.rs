@@ -274,3 +274,106 @@ async fn the_root_certificate_alone_is_published_to_a_config_map() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn a_token_review_answer_is_reused_for_the_same_token() {
+    let (c, server) = client(|_, _, body| {
+        let answer = match body["spec"]["token"].as_str() {
+            Some("agent-token") => review(
+                true,
+                "system:serviceaccount:mesh-system:mesh-agent",
+                Some("n1"),
+            ),
+            _ => review(false, "", None),
+        };
+        (StatusCode::CREATED, answer)
+    });
+    let authority = KubeAuthority::new(c, &settings()).unwrap();
+    for _ in 0..2 {
+        let node = authority
+            .authenticate(Some("Bearer agent-token"))
+            .await
+            .unwrap();
+        assert_eq!(node, "n1");
+    }
+    for _ in 0..2 {
+        let e = authority
+            .authenticate(Some("Bearer forged-token"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthzError::Rejected(_)), "{e}");
+    }
+    drop(authority);
+    assert_eq!(
+        server.await.unwrap().len(),
+        2,
+        "one TokenReview per distinct token"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_is_asked_again() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = calls.clone();
+    let (c, server) = client(move |_, _, _| {
+        if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd down", "reason": "InternalError", "code": 500}),
+            )
+        } else {
+            (
+                StatusCode::CREATED,
+                review(
+                    true,
+                    "system:serviceaccount:mesh-system:mesh-agent",
+                    Some("n1"),
+                ),
+            )
+        }
+    });
+    let authority = KubeAuthority::new(c, &settings()).unwrap();
+    let e = authority.authenticate(Some("Bearer t")).await.unwrap_err();
+    assert!(matches!(e, AuthzError::Backend(_)), "{e}");
+    assert_eq!(
+        authority.authenticate(Some("Bearer t")).await.unwrap(),
+        "n1"
+    );
+    drop(authority);
+    assert_eq!(server.await.unwrap().len(), 2);
+}
+
+#[test]
+fn review_answers_expire_and_the_cache_stays_bounded() {
+    let cache = ReviewCache::default();
+    let t0 = Instant::now();
+    let (good, bad) = (ReviewCache::key("good"), ReviewCache::key("bad"));
+    assert_ne!(good, bad);
+    cache.put(good, &Ok("n1".into()), t0);
+    cache.put(bad, &Err(AuthzError::Rejected("no".into())), t0);
+    cache.put(
+        ReviewCache::key("unreachable"),
+        &Err(AuthzError::Backend("down".into())),
+        t0,
+    );
+    assert_eq!(cache.len(), 2, "backend failures are not kept");
+    let at = |s| t0 + Duration::from_secs(s);
+    assert_eq!(cache.get(&good, at(59)), Some(Ok("n1".into())));
+    assert_eq!(cache.get(&good, at(60)), None);
+    assert_eq!(
+        cache.get(&bad, at(4)),
+        Some(Err(AuthzError::Rejected("no".into())))
+    );
+    assert_eq!(cache.get(&bad, at(5)), None);
+
+    // A flood of refused tokens: the accepted one outlives it.
+    for i in 0..REVIEW_CACHE_ENTRIES + 100 {
+        cache.put(
+            ReviewCache::key(&format!("forged-{i}")),
+            &Err(AuthzError::Rejected("no".into())),
+            at(1),
+        );
+    }
+    assert_eq!(cache.len(), REVIEW_CACHE_ENTRIES);
+    assert_eq!(cache.get(&good, at(2)), Some(Ok("n1".into())));
+}
