@@ -4,6 +4,7 @@
 //! failing closed while no agent runs: the programs stay attached, and with
 //! nobody listening a redirected connect is refused and an inbound SYN dropped.
 use std::{
+    borrow::BorrowMut,
     fs::{self, File},
     io,
     net::{IpAddr, SocketAddr},
@@ -14,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf, SockHash},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SkLookup, SkMsg, SockOps,
         links::{FdLink, LinkError, PinnedLink},
@@ -79,7 +80,18 @@ struct Maps {
     enrolled: HashMap<MapData, u64, u8>,
     pod_addrs: HashMap<MapData, PodAddrKey, u8>,
     listeners: SockHash<MapData, ListenerKey>,
-    /// Read only to report fill levels.
+}
+
+/// Handles only for counting entries. Counting walks a map's keys, one
+/// syscall per entry and up to 65536 entries a map; with handles of its own
+/// the walk holds neither `maps`, which enrolment takes, nor `orig`, which
+/// every accepted connection takes. The maps user space only counts live
+/// here alone; the others are opened a second time from their pins.
+struct Fill {
+    enrolled: HashMap<MapData, u64, u8>,
+    pod_addrs: HashMap<MapData, PodAddrKey, u8>,
+    listeners: SockHash<MapData, ListenerKey>,
+    orig: HashMap<MapData, SockKey, OrigDst>,
     splice: SockHash<MapData, SockKey>,
     flows_live: HashMap<MapData, u64, FlowRecord>,
 }
@@ -126,8 +138,10 @@ pub struct Datapath {
     adopted: bool,
     ebpf: Mutex<Ebpf>,
     maps: Mutex<Maps>,
-    /// Read-only from user space: one lookup per accepted connection, no lock.
-    orig: HashMap<MapData, SockKey, OrigDst>,
+    /// One lookup and one delete per accepted connection; nothing else
+    /// takes this lock.
+    orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    fill: Mutex<Fill>,
     flow_events: Mutex<Option<RingBuf<MapData>>>,
     logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     _cgroup_links: Vec<PinnedLink>,
@@ -238,6 +252,12 @@ impl Datapath {
             enrolled: take_map(&mut ebpf, names::ENROLLED)?,
             pod_addrs: take_map(&mut ebpf, names::POD_ADDRS)?,
             listeners: take_map(&mut ebpf, names::INBOUND_LISTENERS)?,
+        };
+        let fill = Fill {
+            enrolled: pinned_map(pin_dir, names::ENROLLED)?,
+            pod_addrs: pinned_map(pin_dir, names::POD_ADDRS)?,
+            listeners: pinned_map(pin_dir, names::INBOUND_LISTENERS)?,
+            orig: pinned_map(pin_dir, names::ORIG_DST_BY_TUPLE)?,
             splice,
             flows_live: take_map(&mut ebpf, names::FLOWS_LIVE)?,
         };
@@ -248,7 +268,8 @@ impl Datapath {
             adopted,
             ebpf: Mutex::new(ebpf),
             maps: Mutex::new(maps),
-            orig,
+            orig: Mutex::new(orig),
+            fill: Mutex::new(fill),
             flow_events: Mutex::new(Some(flow_events)),
             logger: Mutex::new(logger),
             _cgroup_links: links,
@@ -397,28 +418,18 @@ impl Datapath {
     }
 
     /// The original destination of a connection the outbound listener
-    /// accepted, found by the app socket's 4-tuple in the pod's netns.
-    /// Entries are not deleted here: the map is an LRU, a reused 4-tuple is
-    /// overwritten at ESTABLISHED before the agent can accept it, and
-    /// eviction takes the oldest entries, never the ones still unread.
+    /// accepted, found by the app socket's 4-tuple in the pod's netns, and
+    /// taken out of the map (see `take_orig`). Call once per accepted
+    /// connection: a second call finds nothing.
     pub fn orig_dst(
         &self,
         netns_cookie: u64,
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Option<SocketAddr> {
-        let key = SockKey {
-            netns: netns_cookie,
-            local_ip: ip_bytes(peer.ip()),
-            remote_ip: ip_bytes(local.ip()),
-            local_port: u32::from(peer.port()),
-            remote_port: u32::from(local.port()),
-        };
-        let value = self.orig.get(&key, 0).ok()?;
-        Some(SocketAddr::new(
-            ip_from_bytes(value.ip, value.family),
-            value.port,
-        ))
+        let key = orig_key(netns_cookie, peer, local);
+        let value = take_orig(&mut self.orig.lock().unwrap(), &key)?;
+        Some(orig_addr(value))
     }
 
     /// The kernel programs' counters, summed over CPUs.
@@ -437,7 +448,8 @@ impl Datapath {
     }
 
     /// Programs, links and how full each map is. Counting walks the hash
-    /// maps' keys, so this is for the admin API and scrapes, not hot paths.
+    /// maps' keys, tens of thousands of syscalls when they are full: for a
+    /// thread of its own (the health sampler), never the proxy's runtime.
     pub fn info(&self, cgroup_root: &Path) -> DatapathInfo {
         let links = self.pin_dir.join("links");
         let mut programs: Vec<ProgramInfo> = CGROUP_PROGRAMS
@@ -475,7 +487,7 @@ impl Datapath {
             attached: true,
         });
         let maps = {
-            let m = self.maps.lock().unwrap();
+            let m = self.fill.lock().unwrap();
             let fill = |name: &str, entries: usize, capacity: u32| MapFill {
                 name: name.to_owned(),
                 entries,
@@ -495,7 +507,7 @@ impl Datapath {
                 ),
                 fill(
                     names::ORIG_DST_BY_TUPLE,
-                    self.orig.keys().count(),
+                    m.orig.keys().count(),
                     limits::ORIG_DST,
                 ),
                 fill(names::SPLICE, m.splice.keys().count(), limits::SPLICE),
@@ -531,6 +543,44 @@ impl Datapath {
     pub fn take_logger(&self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         self.logger.lock().unwrap().take()
     }
+}
+
+fn orig_key(netns_cookie: u64, peer: SocketAddr, local: SocketAddr) -> SockKey {
+    // The app socket's view: the agent's peer is its local end.
+    SockKey {
+        netns: netns_cookie,
+        local_ip: ip_bytes(peer.ip()),
+        remote_ip: ip_bytes(local.ip()),
+        local_port: u32::from(peer.port()),
+        remote_port: u32::from(local.port()),
+    }
+}
+
+/// Reads an original destination and deletes its entry. sock_ops writes
+/// the entry at the app socket's ESTABLISHED and never deletes it (it
+/// deletes only the cookie-keyed one, there or at close), so entries of
+/// long-closed connections, each read once, would keep the map full and
+/// leave the LRU to choose what goes. Deleting is safe: the entry is that of the
+/// connection just accepted, whose 4-tuple stays in use until it closes,
+/// and this is its only reader; a later connection on the same 4-tuple
+/// gets an entry of its own at its own ESTABLISHED, before the agent can
+/// accept it.
+fn take_orig<T: BorrowMut<MapData>>(
+    map: &mut HashMap<T, SockKey, OrigDst>,
+    key: &SockKey,
+) -> Option<OrigDst> {
+    let value = map.get(key, 0).ok()?;
+    // A failed delete costs only the space: the value is already read.
+    if let Err(e) = map.remove(key)
+        && !is_not_found(&e)
+    {
+        tracing::debug!(error = %e, "original destination entry not deleted");
+    }
+    Some(value)
+}
+
+fn orig_addr(value: OrigDst) -> SocketAddr {
+    SocketAddr::new(ip_from_bytes(value.ip, value.family), value.port)
 }
 
 fn is_not_found(e: &aya::maps::MapError) -> bool {
@@ -587,9 +637,18 @@ where
     prog.try_into().map_err(prog_err(name))
 }
 
+/// A second handle on a map the loader pinned under `pin_dir`.
+fn pinned_map<M>(pin_dir: &Path, name: &'static str) -> Result<M, DatapathError>
+where
+    M: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
+    M::try_from(Map::from_map_data(data).map_err(map_err(name))?).map_err(map_err(name))
+}
+
 fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, DatapathError>
 where
-    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    M: TryFrom<Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(DatapathError::MapMissing(name))?;
     M::try_from(map).map_err(map_err(name))
@@ -647,6 +706,41 @@ mod tests {
         }
         assert!(!names.iter().any(|n| n.contains(".debug")), "{names:?}");
         assert!(EBPF_OBJECT.len() < 200_000, "{} bytes", EBPF_OBJECT.len());
+    }
+
+    /// A real map, as sock_ops fills it: the first read takes the entry,
+    /// a second finds nothing. Creating a map needs CAP_BPF; without it
+    /// the test says so and checks nothing.
+    #[test]
+    fn an_original_destination_is_read_once_then_gone() {
+        let mut map = match HashMap::<MapData, SockKey, OrigDst>::create(16, 0) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("skipped: cannot create a BPF map here ({e})");
+                return;
+            }
+        };
+        let app: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let listener: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        let key = orig_key(7, app, listener);
+        assert_eq!(key.local_port, 40000);
+        assert_eq!(key.remote_port, 15001);
+        let orig = OrigDst {
+            ip: ip_bytes("10.96.0.10".parse().unwrap()),
+            port: 80,
+            family: 4,
+            _pad: 0,
+        };
+        map.insert(key, orig, 0).unwrap();
+        let other = orig_key(8, app, listener);
+        map.insert(other, orig, 0).unwrap();
+
+        let got = take_orig(&mut map, &key).map(orig_addr);
+        assert_eq!(got, Some("10.96.0.10:80".parse().unwrap()));
+        assert_eq!(take_orig(&mut map, &key).map(orig_addr), None);
+        // Only that connection's entry went.
+        let left: Vec<SockKey> = map.keys().filter_map(Result::ok).collect();
+        assert_eq!(left, vec![other]);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The agent's own state: the summary `mesh status` shows (served as JSON)
 //! and the same facts as Prometheus gauges, computed at scrape time from
-//! the live datapath, view and certificates rather than kept twice.
+//! the view, the certificates and the last datapath reading rather than
+//! kept twice.
+mod sampler;
+
 use std::{
     path::PathBuf,
     sync::{
@@ -17,6 +20,8 @@ use prometheus_client::{
 };
 use serde::{Deserialize, Serialize};
 
+use self::sampler::DatapathSampler;
+pub use self::sampler::{DatapathSample, SampleJson};
 use crate::{flows::PodDirectory, proxy::state::ProxyState};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -34,6 +39,10 @@ pub struct AgentStatus {
     pub problems: Vec<String>,
     pub programs_attached: usize,
     pub programs_total: usize,
+    /// RFC 3339 time of the datapath reading the program counts come from
+    /// (one every few seconds); `None` before the first.
+    #[serde(default)]
+    pub datapath_sampled_at: Option<String>,
     pub enrolled_pods: usize,
     pub pending_pods: usize,
     pub certificates: usize,
@@ -52,6 +61,7 @@ pub struct NodeHealth {
     pub state: Arc<ProxyState>,
     pub directory: Arc<PodDirectory>,
     pending: AtomicUsize,
+    sampler: Arc<DatapathSampler>,
 }
 
 fn unix_seconds(t: SystemTime) -> i64 {
@@ -69,6 +79,12 @@ impl NodeHealth {
         state: Arc<ProxyState>,
         directory: Arc<PodDirectory>,
     ) -> Arc<Self> {
+        // Weak: the thread must not keep the datapath (and its maps) alive.
+        let datapath = Arc::downgrade(&state.datapath);
+        let root = cgroup_root.clone();
+        let sampler = DatapathSampler::start(sampler::INTERVAL, sampler::MIN_GAP, move || {
+            Some(datapath.upgrade()?.info(&root))
+        });
         let health = Arc::new(Self {
             node,
             discovery,
@@ -76,6 +92,7 @@ impl NodeHealth {
             state,
             directory,
             pending: AtomicUsize::new(0),
+            sampler,
         });
         health
             .state
@@ -84,17 +101,26 @@ impl NodeHealth {
         health
     }
 
+    /// Called after every reconcile, when pods' map entries may have
+    /// changed: the datapath reading is renewed soon, not at its next turn.
     pub fn set_pending(&self, n: usize) {
         self.pending.store(n, Ordering::Relaxed);
+        self.sampler.refresh_soon();
+    }
+
+    /// The last datapath reading; `None` until the first, just after start.
+    /// Never reads the kernel maps itself.
+    pub fn datapath(&self) -> Option<Arc<DatapathSample>> {
+        self.sampler.latest()
     }
 
     pub fn status(&self) -> AgentStatus {
-        self.status_with(&self.state.datapath.info(&self.cgroup_root))
+        self.status_with(self.datapath().as_deref())
     }
 
-    /// The summary, from a datapath reading the caller already took (a
-    /// reading walks every kernel map; a scrape needs one, not two).
-    fn status_with(&self, datapath: &crate::datapath::DatapathInfo) -> AgentStatus {
+    /// The summary, from the datapath reading the caller holds, so that a
+    /// scrape's gauges all come from one reading.
+    fn status_with(&self, datapath: Option<&DatapathSample>) -> AgentStatus {
         let telemetry = &self.state.telemetry;
         let view = self.state.view();
         let certs = self
@@ -112,8 +138,13 @@ impl NodeHealth {
         if !ready {
             problems.push("not ready yet (discovery sync or first certificates)".to_owned());
         }
-        for p in datapath.programs.iter().filter(|p| !p.attached) {
-            problems.push(format!("program {} is not attached", p.name));
+        match datapath {
+            Some(d) => {
+                for p in d.info.programs.iter().filter(|p| !p.attached) {
+                    problems.push(format!("program {} is not attached", p.name));
+                }
+            }
+            None => problems.push("no datapath reading yet".to_owned()),
         }
         if pending > 0 {
             problems.push(format!("{pending} pods wait to be enrolled"));
@@ -134,8 +165,10 @@ impl NodeHealth {
             ready,
             healthy: problems.is_empty(),
             problems,
-            programs_attached: datapath.programs_attached,
-            programs_total: datapath.programs.len(),
+            programs_attached: datapath.map_or(0, |d| d.info.programs_attached),
+            programs_total: datapath.map_or(0, |d| d.info.programs.len()),
+            datapath_sampled_at: datapath
+                .map(|d| humantime::format_rfc3339_millis(d.sampled_at).to_string()),
             enrolled_pods: enrolled,
             pending_pods: pending,
             certificates: certs.len(),
@@ -147,8 +180,8 @@ impl NodeHealth {
     }
 
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let datapath = self.state.datapath.info(&self.cgroup_root);
-        let status = self.status_with(&datapath);
+        let sample = self.datapath();
+        let status = self.status_with(sample.as_deref());
         let view = self.state.view();
         let gauge = |enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
             let g = ConstGauge::new(v);
@@ -183,51 +216,13 @@ impl NodeHealth {
         )?;
         gauge(
             &mut enc,
-            "mesh_datapath_programs_attached",
-            "Kernel programs attached",
-            status.programs_attached as i64,
-        )?;
-        gauge(
-            &mut enc,
             "mesh_flow_series",
             "Kernel flow metric series kept",
             self.state.telemetry.flows.series_count() as i64,
         )?;
-        {
-            let mut m = enc.encode_descriptor(
-                "mesh_datapath_map_entries",
-                "Entries in each kernel map",
-                None,
-                MetricType::Gauge,
-            )?;
-            for fill in &datapath.maps {
-                let labels = [("map", fill.name.as_str())];
-                ConstGauge::new(fill.entries as i64).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut m = enc.encode_descriptor(
-                "mesh_datapath_map_capacity",
-                "Capacity of each kernel map",
-                None,
-                MetricType::Gauge,
-            )?;
-            for fill in &datapath.maps {
-                let labels = [("map", fill.name.as_str())];
-                ConstGauge::new(i64::from(fill.capacity)).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut m = enc.encode_descriptor(
-                "mesh_datapath_events",
-                "What the kernel programs did, summed over CPUs",
-                None,
-                MetricType::Counter,
-            )?;
-            for (event, n) in &datapath.counters {
-                let labels = [("event", event.as_str())];
-                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
-            }
+        // Left out until the first reading rather than shown as zeros.
+        if let Some(sample) = &sample {
+            encode_datapath(&mut enc, sample)?;
         }
         if let Some(mtls) = &self.state.mtls {
             let mut m = enc.encode_descriptor(
@@ -266,6 +261,62 @@ impl NodeHealth {
         }
         Ok(())
     }
+}
+
+/// The kernel side's series, all from one reading, with its time: a
+/// scrape shows the maps as they were up to a few seconds earlier.
+fn encode_datapath(enc: &mut DescriptorEncoder, sample: &DatapathSample) -> std::fmt::Result {
+    let datapath = &sample.info;
+    let gauge = |enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64| {
+        ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+    };
+    gauge(
+        enc,
+        "mesh_datapath_sample_timestamp_seconds",
+        "When the datapath reading the other mesh_datapath_ series come from was taken (Unix time)",
+        unix_seconds(sample.sampled_at),
+    )?;
+    gauge(
+        enc,
+        "mesh_datapath_programs_attached",
+        "Kernel programs attached",
+        datapath.programs_attached as i64,
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "mesh_datapath_map_entries",
+            "Entries in each kernel map",
+            None,
+            MetricType::Gauge,
+        )?;
+        for fill in &datapath.maps {
+            let labels = [("map", fill.name.as_str())];
+            ConstGauge::new(fill.entries as i64).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    {
+        let mut m = enc.encode_descriptor(
+            "mesh_datapath_map_capacity",
+            "Capacity of each kernel map",
+            None,
+            MetricType::Gauge,
+        )?;
+        for fill in &datapath.maps {
+            let labels = [("map", fill.name.as_str())];
+            ConstGauge::new(i64::from(fill.capacity)).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "mesh_datapath_events",
+        "What the kernel programs did, summed over CPUs",
+        None,
+        MetricType::Counter,
+    )?;
+    for (event, n) in &datapath.counters {
+        let labels = [("event", event.as_str())];
+        ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// Weak, so the registry (inside the proxy state) does not keep the node's
