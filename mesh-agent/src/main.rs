@@ -125,9 +125,47 @@ fn init_logging(format: LogFormat) -> LogControl {
     )
 }
 
+/// A panic anywhere ends the process: a task that died inside tokio would
+/// otherwise leave the agent half-alive (listening, maybe ready, serving
+/// nothing). Kubernetes restarts it; enrolled pods fail closed meanwhile.
+/// The release profile aborts on panic too; this covers every build.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(panic = %info, "panic; aborting so the agent is restarted");
+        std::process::abort();
+    }));
+}
+
+/// Raises the open-file limit to its hard limit: every proxied connection
+/// holds two or three descriptors, and the usual soft limit of 1024 would
+/// cap the agent at a few hundred connections.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let from = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            tracing::info!(from, to = lim.rlim_max, "open file limit raised");
+        } else {
+            tracing::warn!(limit = from, error = %std::io::Error::last_os_error(), "open file limit not raised");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log = init_logging(cli.log_format);
+    abort_on_panic();
+    raise_fd_limit();
     mesh_agent::tls::install_process_default();
     match run(cli.command, log) {
         Ok(()) => ExitCode::SUCCESS,

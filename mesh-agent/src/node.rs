@@ -25,6 +25,7 @@ use crate::{
     preflight,
     proxy::{
         RelayMode,
+        own_ports::OwnPorts,
         state::{Mtls, ProxyState},
     },
     telemetry::{Telemetry, health::NodeHealth},
@@ -171,7 +172,13 @@ impl Node {
             }
         };
         let telemetry = Arc::new(Telemetry::new(&config.agent.telemetry));
-        let state = Arc::new(ProxyState::new(datapath.clone(), mtls, telemetry));
+        let state = Arc::new(ProxyState::new(
+            datapath.clone(),
+            mtls,
+            telemetry,
+            config.agent.limits.clone(),
+            OwnPorts::new(&config.agent.telemetry),
+        ));
         let directory = Arc::new(PodDirectory::default());
         let health = NodeHealth::new(
             config.agent.node_name.clone(),
@@ -359,17 +366,25 @@ impl Node {
         }
     }
 
-    /// Serves until SIGTERM or SIGINT, following the discovery source.
+    /// Serves until SIGTERM or SIGINT, following the discovery source, then
+    /// drains. Every background task is supervised: one that ends (they run
+    /// for the agent's life) fails the agent, so it is restarted instead of
+    /// reporting ready while serving nothing.
     pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
         if let Some(ring) = self.datapath.take_flow_events() {
-            tokio::spawn(flows::run(ring, self.directory.clone(), self.state.clone()));
+            let (directory, state) = (self.directory.clone(), self.state.clone());
+            tasks.spawn(async move {
+                flows::run(ring, directory, state).await;
+                "flow events"
+            });
         }
         if let Some((listeners, log)) = self.endpoints.take() {
-            listeners.spawn(self.health.clone(), log);
+            listeners.spawn(self.health.clone(), log, &mut tasks);
         }
         {
             let telemetry = self.state.telemetry.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut tick = tokio::time::interval(TELEMETRY_TICK);
                 loop {
                     tick.tick().await;
@@ -383,29 +398,36 @@ impl Node {
             });
         }
         if let Some(logger) = self.datapath.take_logger() {
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 // SAFETY: the AsyncFd owns the logger and with it the fd it registers.
                 let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(logger) } {
                     Ok(fd) => fd,
-                    Err(_) => return,
+                    Err(_) => return "kernel log",
                 };
                 while let Ok(mut guard) = fd.readable_mut().await {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
+                "kernel log"
             });
         }
         if let Some((discovery, publisher)) = self.discovery.take() {
             match discovery {
-                Discovery::Local(s) => tokio::spawn(s.run(publisher)),
-                Discovery::Kubernetes(s) => tokio::spawn(s.run(publisher)),
+                Discovery::Local(s) => tasks.spawn(async move {
+                    s.run(publisher).await;
+                    "discovery"
+                }),
+                Discovery::Kubernetes(s) => tasks.spawn(async move {
+                    s.run(publisher).await;
+                    "discovery"
+                }),
             };
         }
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         if self.state.mtls.is_some() {
             let state = self.state.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut sweep = tokio::time::interval(POOL_SWEEP);
                 loop {
                     sweep.tick().await;
@@ -415,8 +437,18 @@ impl Node {
                 }
             });
         }
-        self.wait_for_sync().await;
-        self.wait_for_certificates().await;
+        // Startup waits are bounded, but a signal or a dead task still
+        // ends them at once.
+        let started = async {
+            self.wait_for_sync().await;
+            self.wait_for_certificates().await;
+        };
+        tokio::select! {
+            () = started => {}
+            _ = term.recv() => return self.drain().await,
+            _ = int.recv() => return self.drain().await,
+            Some(done) = tasks.join_next() => return Err(task_ended(done)),
+        }
         crate::memory::release_free_heap();
         // Before readiness, so that whoever waits for it sees the agent as
         // it stays.
@@ -437,18 +469,67 @@ impl Node {
                 _ = int.recv() => break,
                 changed = self.views.changed() => {
                     if changed.is_err() {
-                        error!("discovery stopped; keeping the last view");
-                        std::future::pending::<()>().await;
+                        anyhow::bail!("discovery stopped publishing; exiting so the agent is restarted (enrolled pods fail closed meanwhile)");
                     }
                     self.reconcile();
                 }
                 _ = retry.tick(), if self.pending > 0 => self.reconcile(),
+                Some(done) = tasks.join_next() => return Err(task_ended(done)),
             }
+        }
+        self.drain().await
+    }
+
+    /// Readiness off at once; listeners closed; HBONE peers told GOAWAY;
+    /// open connections given `drainGrace` to finish; the rest reset, so
+    /// their peers see a failure and not a clean end of stream.
+    async fn drain(mut self) -> anyhow::Result<()> {
+        self.state.telemetry.set_not_ready();
+        for pod in self.pods.values_mut() {
+            pod.stop_accepting();
+        }
+        self.state.drain();
+        if let Some(mtls) = &self.state.mtls {
+            mtls.pool.close_idle();
+        }
+        let grace = self.agent.limits.drain_grace;
+        let open = self.state.admission.held();
+        info!(node = %self.agent.node_name, open, grace_s = grace.as_secs_f32(), "agent draining: not ready, listeners closed");
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.state.admission.held() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+            if let Some(mtls) = &self.state.mtls {
+                mtls.pool.close_idle();
+            }
+        }
+        let left = self.state.admission.held();
+        if left > 0 {
+            let reset = crate::proxy::relay::reset_all_on_exit();
+            warn!(
+                connections = left,
+                sockets = reset,
+                grace_s = grace.as_secs_f32(),
+                "drain grace over; resetting what is still open"
+            );
         }
         info!(
             node = %self.agent.node_name,
             "agent stopping; the datapath stays pinned and enrolled pods fail closed until an agent returns"
         );
         Ok(())
+    }
+}
+
+/// How often draining looks whether every connection has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+fn task_ended(done: Result<&'static str, tokio::task::JoinError>) -> anyhow::Error {
+    match done {
+        Ok(name) => anyhow::anyhow!(
+            "the agent's {name} task ended; exiting so the agent is restarted (enrolled pods fail closed meanwhile)"
+        ),
+        Err(e) => anyhow::anyhow!(
+            "an agent task failed ({e}); exiting so the agent is restarted (enrolled pods fail closed meanwhile)"
+        ),
     }
 }

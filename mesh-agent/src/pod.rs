@@ -156,8 +156,16 @@ impl PodRuntime {
             state: state.clone(),
             tasks: Vec::new(),
         };
+        // Bound as narrowly as the datapath allows. 15001 receives only
+        // connect()s that connect4/6 rewrote to loopback. 15006 receives
+        // only what sk_lookup assigns to it, which ignores the bound
+        // address: on loopback, nothing reaches it by an ordinary lookup, so
+        // a delivery to `podIP:15006` finds no listener instead of the
+        // agent itself. 15008 is reached by ordinary lookups (sk_lookup
+        // passes it), so it stays on the wildcard address; CONNECTs to the
+        // agent's own ports are refused there.
         let outbound = open(OUTBOUND_PORT, true)?;
-        let inbound = open(INBOUND_PORT, false)?;
+        let inbound = open(INBOUND_PORT, true)?;
         let hbone = open(HBONE_PORT, false)?;
 
         let entry = runtime.datapath_entry();
@@ -204,6 +212,15 @@ impl PodRuntime {
             )));
         }
         Ok(runtime)
+    }
+}
+
+impl PodRuntime {
+    /// Closes the pod's listeners; connections already accepted go on.
+    pub fn stop_accepting(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
     }
 }
 

@@ -42,6 +42,8 @@ pub struct ClusterSpec {
     pub cert_lifetime: String,
     /// Extra documents (policies) for every node's config.
     pub extra_docs: String,
+    /// YAML lines added to every AgentConfig document (e.g. `limits:`).
+    pub agent_yaml: String,
 }
 
 impl ClusterSpec {
@@ -66,7 +68,15 @@ impl ClusterSpec {
             mtls: true,
             cert_lifetime: "24h".into(),
             extra_docs: String::new(),
+            agent_yaml: String::new(),
         }
+    }
+
+    /// YAML lines for every node's AgentConfig document, e.g.
+    /// `"limits:\n  drainGrace: 3s\n"`.
+    pub fn agent_yaml(mut self, yaml: &str) -> Self {
+        self.agent_yaml = yaml.into();
+        self
     }
 
     /// Adds a label to `pod`.
@@ -230,6 +240,7 @@ pub struct Cluster {
     mtls: bool,
     cert_lifetime: String,
     extra_docs: String,
+    agent_yaml: String,
     ca_netns: Option<String>,
     ca: Option<Proc>,
     agents: Vec<Option<Proc>>,
@@ -262,6 +273,7 @@ impl Cluster {
             mtls: spec.mtls,
             cert_lifetime: spec.cert_lifetime.clone(),
             extra_docs: spec.extra_docs.clone(),
+            agent_yaml: spec.agent_yaml.clone(),
             ca_netns: None,
             ca: None,
             agents: Vec::new(),
@@ -482,6 +494,54 @@ impl Cluster {
         self.agents.iter().flatten().map(Proc::pid).collect()
     }
 
+    /// Node n's agent's open file descriptors and resident memory (KiB).
+    pub fn agent_usage(&self, n: usize) -> anyhow::Result<(usize, u64)> {
+        let pid = self
+            .agents
+            .get(n)
+            .and_then(Option::as_ref)
+            .context("agent not running")?
+            .pid();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS in /proc/<pid>/status")?;
+        Ok((fds, rss))
+    }
+
+    /// Sends SIGTERM to node n's agent without waiting for it to exit.
+    pub fn sigterm_agent(&self, n: usize) -> anyhow::Result<()> {
+        let pid = self
+            .agents
+            .get(n)
+            .and_then(Option::as_ref)
+            .context("agent not running")?
+            .pid();
+        // SAFETY: kill(2) with a pid this test bed started.
+        anyhow::ensure!(
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0,
+            "kill {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
+    /// Waits until node n's agent has exited; its exit status.
+    pub fn wait_agent_exit(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        self.agents
+            .get_mut(n)
+            .and_then(Option::as_mut)
+            .context("agent not running")?
+            .wait_exit(timeout)
+    }
+
     /// Starts a meshtb client in a pod without waiting for it.
     pub fn spawn_client(&self, pod: &str, args: &[&str]) -> anyhow::Result<Proc> {
         let mut cmd = self.pod_command(pod, &self.bins.meshtb)?;
@@ -612,6 +672,7 @@ impl Cluster {
             node.cgroup.display(),
             self.splice
         );
+        s.push_str(&self.agent_yaml);
         if self.mtls {
             let _ = write!(
                 s,

@@ -100,6 +100,64 @@ pub struct AgentConfig {
     pub ca: Option<CaSettings>,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub limits: LimitSettings,
+}
+
+/// What any peer on the network can hold of the agent, and for how long.
+/// Defaults follow ztunnel and Envoy's edge-hardening guide where they
+/// state one (each field says which).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitSettings {
+    /// From TCP accept on 15008 to the first CONNECT request: TLS, the
+    /// HTTP/2 preface and the request must all arrive within it (Envoy's
+    /// edge guide bounds the TLS handshake and the request headers; one
+    /// deadline for the whole chain is stricter).
+    #[serde(default = "ten_seconds", with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Every upstream dial: pods, Service endpoints, HBONE peers. A Service
+    /// endpoint that does not answer within it is skipped for the next
+    /// (ztunnel and Envoy's edge guide: 10 s).
+    #[serde(default = "ten_seconds", with = "duration")]
+    pub connect_timeout: Duration,
+    /// On SIGTERM, how long open connections may finish before the rest are
+    /// reset (Kubernetes' default termination grace).
+    #[serde(default = "default_drain_grace", with = "duration")]
+    pub drain_grace: Duration,
+    /// Connections the agent holds at once, all listeners together; new ones
+    /// past it are refused (existing ones are kept).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one source address may hold at once on one pod's
+    /// listeners.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: ten_seconds(),
+            connect_timeout: ten_seconds(),
+            drain_grace: default_drain_grace(),
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
+        }
+    }
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    50_000
+}
+fn default_max_connections_per_source() -> usize {
+    1_000
 }
 
 /// Where the agent serves metrics, readiness and its admin API, and how
@@ -342,6 +400,37 @@ impl NodeConfig {
                 "AgentConfig.discovery",
                 "is kubernetes, so objects come from the API server; remove the Pod documents from this file or use `discovery: local`",
             ));
+        }
+        for (field, value) in [
+            (
+                "AgentConfig.limits.handshakeTimeout",
+                agent.limits.handshake_timeout,
+            ),
+            (
+                "AgentConfig.limits.connectTimeout",
+                agent.limits.connect_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be longer than 0s (e.g. 10s)"));
+            }
+        }
+        for (field, value) in [
+            (
+                "AgentConfig.limits.maxConnections",
+                agent.limits.max_connections,
+            ),
+            (
+                "AgentConfig.limits.maxConnectionsPerSource",
+                agent.limits.max_connections_per_source,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    field,
+                    "must be at least 1 (0 would refuse everything)",
+                ));
+            }
         }
         let config = Self { agent, store };
         config.check_local_pods(file)?;

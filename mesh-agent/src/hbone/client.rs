@@ -5,6 +5,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::AtomicBool},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use super::{
     pool::{PoolKey, StreamLease},
 };
 use crate::{
+    config::LimitSettings,
     identity::{Identity, WorkloadCert},
     pod::PodContext,
     proxy::{connector::agent_connect, state::Mtls},
@@ -53,33 +55,81 @@ async fn connect(
     pod: &PodContext,
     source_cert: tls::CertWatch,
     key: PoolKey,
+    limits: &LimitSettings,
 ) -> Result<StreamLease, HboneError> {
     let addr = key.address;
-    let tcp = agent_connect(pod, None, addr)
+    let tcp = agent_connect(pod, None, addr, limits.connect_timeout)
         .await
         .map_err(|source| HboneError::Connect { addr, source })?;
     let config = tls::client_config(&mtls.bundle, source_cert, key.destination.clone())?;
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+    // A peer that accepts TCP and then says nothing must not hold the
+    // connection (and every stream waiting for it) for ever.
+    let handshake = async {
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(|source| HboneError::Tls { addr, source })?;
+        Ok::<_, HboneError>(
+            h2::client::Builder::new()
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_frame_size(MAX_FRAME)
+                .handshake::<_, Bytes>(tls)
+                .await?,
+        )
+    };
+    let (sender, mut connection) = tokio::time::timeout(limits.handshake_timeout, handshake)
         .await
-        .map_err(|source| HboneError::Tls { addr, source })?;
-    let (sender, connection) = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .handshake::<_, Bytes>(tls)
-        .await?;
+        .map_err(|_| HboneError::HandshakeTimeout {
+            addr,
+            timeout: limits.handshake_timeout,
+        })??;
     let closed = Arc::new(AtomicBool::new(false));
     let flag = closed.clone();
     let peer = key.destination.to_string();
+    let mut ping_pong = connection.ping_pong();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            debug!(%addr, peer, error = %e, "HBONE connection ended");
+        tokio::pin!(connection);
+        loop {
+            tokio::select! {
+                ended = &mut connection => {
+                    if let Err(e) = ended {
+                        debug!(%addr, peer, error = %e, "HBONE connection ended");
+                    }
+                    break;
+                }
+                alive = keepalive(ping_pong.as_mut()) => if !alive {
+                    // Marked closed before the connection is dropped, so no
+                    // new stream is put on it; its open streams fail and
+                    // their relays reset both ends.
+                    warn!(%addr, peer, timeout_s = (KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT).as_secs(), "HBONE peer does not answer PING; connection abandoned");
+                    break;
+                }
+            }
         }
         flag.store(true, std::sync::atomic::Ordering::Release);
     });
     debug!(%addr, destination = %key.destination, "HBONE connection opened");
     Ok(mtls.pool.insert(key, sender, closed))
+}
+
+/// A pooled connection is PINGed this often and abandoned when an answer
+/// takes longer than `KEEPALIVE_TIMEOUT`: a peer node that lost power is
+/// noticed within 15 s, where TCP alone would retransmit for minutes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits one interval, then PINGs: true when the PONG came in time.
+async fn keepalive(ping_pong: Option<&mut h2::PingPong>) -> bool {
+    let Some(ping_pong) = ping_pong else {
+        // h2 hands out the PingPong once; without it, no keepalive.
+        return std::future::pending().await;
+    };
+    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+    matches!(
+        tokio::time::timeout(KEEPALIVE_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await,
+        Ok(Ok(_))
+    )
 }
 
 fn forwarded_for(src: SocketAddr) -> String {
@@ -106,6 +156,7 @@ pub async fn open(
     dst: SocketAddr,
     expected: Identity,
     early: &Bytes,
+    limits: &LimitSettings,
 ) -> Result<Tunnel, HboneError> {
     let (watch, cert) = current_cert(pod).await?;
     let key = PoolKey {
@@ -140,7 +191,14 @@ pub async fn open(
             Err(e) => return Err(e),
         }
     }
-    let lease = connect(mtls, pod, watch, key).await?;
+    // Single flight: concurrent first connections to one destination wait
+    // for one new connection instead of each opening its own.
+    let connecting = mtls.pool.connecting(&key);
+    let _turn = connecting.lock().await;
+    let lease = match mtls.pool.checkout(&key) {
+        Some(lease) => lease,
+        None => connect(mtls, pod, watch, key, limits).await?,
+    };
     connect_stream(lease, request()?, early).await
 }
 

@@ -18,8 +18,15 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Fewer, larger DATA frames: less framing per byte.
 pub const MAX_FRAME: u32 = 256 * 1024;
-/// Streams one pooled connection carries before another is opened.
+/// Streams one pooled connection carries before another is opened
+/// (ztunnel's pool puts at most 100 on one connection).
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// Streams a peer may have open on one of our HBONE listeners' connections
+/// (ztunnel's server allows 200): a pooling client's 100 plus room.
+pub const MAX_CONCURRENT_STREAMS: u32 = 200;
+/// The largest request header block accepted (ztunnel: 64 KiB); a CONNECT
+/// needs a few hundred bytes.
+pub const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// A pooled connection with no streams for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a new tunnel waits for the source workload's first certificate.
@@ -36,6 +43,14 @@ pub enum HboneError {
     Tls {
         addr: std::net::SocketAddr,
         source: std::io::Error,
+    },
+    #[error(
+        "TLS and HTTP/2 with {addr} not done within {}s (AgentConfig.limits.handshakeTimeout)",
+        timeout.as_secs_f32()
+    )]
+    HandshakeTimeout {
+        addr: std::net::SocketAddr,
+        timeout: std::time::Duration,
     },
     #[error("no certificate yet for {0}; is the CA reachable?")]
     NoCertificate(String),

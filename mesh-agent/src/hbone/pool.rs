@@ -56,9 +56,24 @@ impl Drop for StreamLease {
 #[derive(Default)]
 pub struct Pool {
     conns: Mutex<HashMap<PoolKey, Vec<Arc<Pooled>>>>,
+    /// One lock per key, held while a new connection for that key is made:
+    /// a lock per destination, not one for the pool, so one slow peer holds
+    /// up only the streams bound for it.
+    connecting: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Pool {
+    /// The lock to hold while checking out again and, if that finds
+    /// nothing, connecting for `key`.
+    pub fn connecting(&self, key: &PoolKey) -> Arc<tokio::sync::Mutex<()>> {
+        self.connecting
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
     /// A lease on an open connection with room for another stream.
     pub fn checkout(&self, key: &PoolKey) -> Option<StreamLease> {
         let conns = self.conns.lock().unwrap();
@@ -104,6 +119,19 @@ impl Pool {
                     && now.duration_since(*c.idle_since.lock().unwrap()) >= IDLE_TIMEOUT;
                 !c.closed.load(Ordering::Acquire) && !idle
             });
+            !list.is_empty()
+        });
+        // A key's lock is needed only while someone holds or waits for it.
+        self.connecting
+            .lock()
+            .unwrap()
+            .retain(|_, lock| Arc::strong_count(lock) > 1);
+    }
+
+    /// Closes every connection with no open stream (the agent is draining).
+    pub fn close_idle(&self) {
+        self.conns.lock().unwrap().retain(|_, list| {
+            list.retain(|c| c.active.load(Ordering::Acquire) > 0);
             !list.is_empty()
         });
     }

@@ -2,59 +2,132 @@
 //! certificate from the mesh's roots, HTTP/2, and per stream a CONNECT to
 //! an address of this pod, authorized against the verified peer identity,
 //! then delivered to the app from 127.0.0.6 inside the pod's netns.
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    future::poll_fn,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
-use h2::{RecvStream, server::SendResponse};
+use h2::{Reason, RecvStream, server::SendResponse};
 use http::{Method, Request, Response, StatusCode};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug_span, warn};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tracing::{Instrument, debug, debug_span, warn};
 
-use super::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, stream};
+use super::{
+    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, stream,
+};
 use crate::{
     identity::Identity,
     pod::PodContext,
     proxy::{
         access_log::{Connection, Direction, Security},
         connector::agent_connect,
-        inbound::delivery_source,
+        inbound::{delivery_source, refuse_self_traffic},
+        listeners::{self, Accepted, Listener},
+        own_ports::{InboundPath, check_inbound},
         relay,
-        state::ProxyState,
+        state::{Mtls, ProxyState},
     },
     tls,
 };
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(pod = %pod.key, error = %e, "HBONE accept failed");
-                continue;
-            }
-        };
+        let accepted = listeners::accept(&listener, Listener::Hbone, &pod, &state).await;
         let pod = pod.clone();
         let state = state.clone();
         // Debug level, as the outbound span (see there): not entered on
         // every poll unless asked for.
-        let span = debug_span!("hbone", pod = %pod.key, src = %peer);
-        tokio::spawn(connection(stream, peer, pod, state).instrument(span));
+        let span = debug_span!("hbone", pod = %pod.key, src = %accepted.peer);
+        tokio::spawn(connection(accepted, pod, state).instrument(span));
     }
 }
 
-async fn connection(
+/// A peer that resets this many streams before their tunnel is up, once at
+/// least `PREMATURE_RESET_MIN_STREAMS` have been opened, is sent GOAWAY:
+/// Envoy's answer to CVE-2023-44487 ("rapid reset"), which closes a
+/// connection when more than half of its streams end in premature resets.
+const PREMATURE_RESET_MIN_STREAMS: u32 = 100;
+
+/// A connection with no open stream for this long is closed with GOAWAY.
+/// Pooling peers close theirs after 60 s idle (ours) or longer; this bounds
+/// what a peer that opens connections and never uses them can hold.
+const IDLE_CLOSE: Duration = Duration::from_secs(300);
+
+/// One HBONE connection's stream accounting, shared with its stream tasks.
+struct Streams {
+    /// Held from accept until the stream's tunnel is up or refused, so a
+    /// peer that resets streams cannot make more dials than this at once
+    /// (h2's own stream limit frees a slot as soon as the peer resets).
+    dials: Arc<Semaphore>,
+    opened: AtomicU32,
+    premature_resets: AtomicU32,
+    /// Open streams, for the idle close.
+    active: AtomicU32,
+    too_many_resets: Notify,
+}
+
+impl Streams {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            dials: Arc::new(Semaphore::new(MAX_CONCURRENT_STREAMS as usize)),
+            opened: AtomicU32::new(0),
+            premature_resets: AtomicU32::new(0),
+            active: AtomicU32::new(0),
+            too_many_resets: Notify::new(),
+        })
+    }
+
+    fn premature_reset(&self) {
+        let resets = self.premature_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        if exceeds_reset_budget(self.opened.load(Ordering::Relaxed), resets) {
+            self.too_many_resets.notify_one();
+        }
+    }
+}
+
+/// Envoy's rule: past a minimum number of streams, more than half of them
+/// reset by the peer before they were answered.
+fn exceeds_reset_budget(opened: u32, premature_resets: u32) -> bool {
+    opened >= PREMATURE_RESET_MIN_STREAMS && u64::from(premature_resets) * 2 > u64::from(opened)
+}
+
+/// Open stream count held by a stream task.
+struct ActiveStream(Arc<Streams>);
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Server = h2::server::Connection<TlsStream<TcpStream>, Bytes>;
+
+/// What the peer proved and asked for within the handshake deadline.
+struct Established {
+    source: Identity,
+    conn: Server,
+    first: Option<(Request<RecvStream>, SendResponse<Bytes>)>,
+}
+
+/// TLS, the peer's identity, the HTTP/2 preface and the first request: the
+/// part a peer that has proved nothing yet must finish within the deadline.
+async fn establish(
     tcp: TcpStream,
     peer: SocketAddr,
-    pod: Arc<PodContext>,
-    state: Arc<ProxyState>,
-) {
-    let (Some(config), Some(mtls)) = (pod.hbone_server.clone(), state.mtls.as_ref()) else {
-        warn!(pod = %pod.key, src = %peer, "HBONE connection refused: this agent has no CA configured");
-        relay::reset(tcp);
-        return;
-    };
-    let _ = tcp.set_nodelay(true);
+    pod: &PodContext,
+    mtls: &Mtls,
+    config: Arc<rustls::ServerConfig>,
+) -> Option<Established> {
     // Just after enrollment the pod's first certificate may still be on its
     // way; a peer that arrives then waits for it rather than failing.
     if let Some(mut cert) = pod.cert.clone() {
@@ -62,14 +135,14 @@ async fn connection(
         if !matches!(ready, Ok(Ok(_))) {
             warn!(pod = %pod.key, src = %peer, "HBONE connection refused: the pod has no certificate yet; is the CA reachable?");
             relay::reset(tcp);
-            return;
+            return None;
         }
     }
     let tls = match TlsAcceptor::from(config).accept(tcp).await {
         Ok(t) => t,
         Err(e) => {
             warn!(pod = %pod.key, src = %peer, error = %e, "HBONE handshake refused");
-            return;
+            return None;
         }
     };
     let source = match tls::peer_identity(
@@ -79,41 +152,162 @@ async fn connection(
         Ok(id) => id,
         Err(e) => {
             warn!(pod = %pod.key, src = %peer, error = %e, "HBONE peer refused");
-            return;
+            return None;
         }
     };
     let mut conn = match h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .max_concurrent_streams(super::MAX_STREAMS_PER_CONNECTION as u32)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
         .handshake::<_, Bytes>(tls)
         .await
     {
         Ok(c) => c,
         Err(e) => {
-            warn!(pod = %pod.key, src = %peer, error = %e, "HBONE HTTP/2 handshake failed");
+            warn!(pod = %pod.key, src = %peer, peer_identity = %source, error = %e, "HBONE HTTP/2 handshake failed");
+            return None;
+        }
+    };
+    let first = match conn.accept().await {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            warn!(pod = %pod.key, src = %peer, peer_identity = %source, error = %e, "HBONE connection failed before its first request");
+            return None;
+        }
+        None => None,
+    };
+    Some(Established {
+        source,
+        conn,
+        first,
+    })
+}
+
+async fn connection(accepted: Accepted, pod: Arc<PodContext>, state: Arc<ProxyState>) {
+    let Accepted {
+        stream: tcp,
+        peer,
+        place: _place,
+    } = accepted;
+    let (Some(config), Some(mtls)) = (pod.hbone_server.clone(), state.mtls.as_ref()) else {
+        warn!(pod = %pod.key, src = %peer, "HBONE connection refused: this agent has no CA configured");
+        relay::reset(tcp);
+        return;
+    };
+    let _ = tcp.set_nodelay(true);
+    let deadline = state.limits.handshake_timeout;
+    let established =
+        tokio::time::timeout(deadline, establish(tcp, peer, &pod, mtls, config)).await;
+    let Established {
+        source,
+        mut conn,
+        first,
+    } = match established {
+        Ok(Some(e)) => e,
+        Ok(None) => return,
+        Err(_) => {
+            state
+                .telemetry
+                .refusals
+                .refused(Listener::Hbone.label(), "handshake_timeout");
+            warn!(pod = %pod.key, src = %peer, timeout_s = deadline.as_secs_f32(), "HBONE connection closed: TLS, HTTP/2 preface and CONNECT not done within AgentConfig.limits.handshakeTimeout");
             return;
         }
     };
-    while let Some(next) = conn.accept().await {
-        match next {
-            Ok((request, respond)) => {
-                tokio::spawn(stream_request(
-                    request,
-                    respond,
-                    source.clone(),
-                    peer,
-                    pod.clone(),
-                    state.clone(),
-                ));
+    let streams = Streams::new();
+    let stream = |(request, respond): (Request<RecvStream>, SendResponse<Bytes>)| {
+        streams.opened.fetch_add(1, Ordering::Relaxed);
+        streams.active.fetch_add(1, Ordering::Relaxed);
+        let active = ActiveStream(streams.clone());
+        let Ok(dial) = streams.dials.clone().try_acquire_owned() else {
+            // Only reachable when streams the peer reset still hold their
+            // dials: h2 already caps open streams at the same number.
+            state
+                .telemetry
+                .refusals
+                .refused(Listener::Hbone.label(), "stream_limit");
+            let mut respond = respond;
+            respond.send_reset(Reason::REFUSED_STREAM);
+            return;
+        };
+        tokio::spawn(stream_request(
+            request,
+            respond,
+            Context {
+                source: source.clone(),
+                peer,
+                pod: pod.clone(),
+                state: state.clone(),
+                streams: streams.clone(),
+            },
+            dial,
+            active,
+        ));
+    };
+    if let Some(first) = first {
+        stream(first);
+    }
+    let mut draining = state.draining();
+    let mut shutting_down = *draining.borrow();
+    if shutting_down {
+        conn.graceful_shutdown();
+    }
+    let mut idle_check = tokio::time::interval(IDLE_CLOSE / 4);
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok(r)) => {
+                    idle_since = None;
+                    stream(r);
+                }
+                Some(Err(e)) => {
+                    warn!(pod = %pod.key, src = %peer, peer_identity = %source, error = %e, "HBONE connection failed");
+                    break;
+                }
+                None => break,
+            },
+            () = streams.too_many_resets.notified(), if !shutting_down => {
+                state.telemetry.refusals.refused(Listener::Hbone.label(), "resets");
+                warn!(
+                    pod = %pod.key, src = %peer, peer_identity = %source,
+                    opened = streams.opened.load(Ordering::Relaxed),
+                    premature_resets = streams.premature_resets.load(Ordering::Relaxed),
+                    "HBONE peer resets most streams before they are answered; GOAWAY (ENHANCE_YOUR_CALM)"
+                );
+                // Keeps being polled below until the GOAWAY is flushed.
+                conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                shutting_down = true;
             }
-            Err(e) => {
-                warn!(pod = %pod.key, src = %peer, error = %e, "HBONE connection failed");
-                break;
+            changed = draining.changed(), if !shutting_down => {
+                if changed.is_ok() && *draining.borrow() {
+                    conn.graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+            _ = idle_check.tick(), if !shutting_down => {
+                let now = tokio::time::Instant::now();
+                if streams.active.load(Ordering::Relaxed) > 0 {
+                    idle_since = None;
+                } else if now.duration_since(*idle_since.get_or_insert(now)) >= IDLE_CLOSE {
+                    debug!(pod = %pod.key, src = %peer, "idle HBONE connection closed");
+                    conn.graceful_shutdown();
+                    shutting_down = true;
+                }
             }
         }
     }
+}
+
+/// What a stream task knows of its connection.
+struct Context {
+    source: Identity,
+    peer: SocketAddr,
+    pod: Arc<PodContext>,
+    state: Arc<ProxyState>,
+    streams: Arc<Streams>,
 }
 
 fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode) {
@@ -125,11 +319,17 @@ fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode) {
 async fn stream_request(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    source: Identity,
-    peer: SocketAddr,
-    pod: Arc<PodContext>,
-    state: Arc<ProxyState>,
+    cx: Context,
+    dial: OwnedSemaphorePermit,
+    _active: ActiveStream,
 ) {
+    let Context {
+        source,
+        peer,
+        pod,
+        state,
+        streams,
+    } = cx;
     if request.method() != Method::CONNECT {
         warn!(pod = %pod.key, src = %peer, peer_identity = %source, method = %request.method(), "HBONE request refused: only CONNECT is served");
         refuse(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
@@ -167,6 +367,12 @@ async fn stream_request(
         refuse(&mut respond, StatusCode::BAD_REQUEST);
         return;
     }
+    if let Err(why) = check_inbound(InboundPath::Hbone, peer, dst, &state.own_ports) {
+        refuse_self_traffic(&state, Listener::Hbone, &pod, peer, dst, why);
+        conn.refused(&why.to_string());
+        refuse(&mut respond, StatusCode::BAD_REQUEST);
+        return;
+    }
     let view = state.view();
     let decision = view.policies.authorize(
         pod.target(),
@@ -181,7 +387,28 @@ async fn stream_request(
         refuse(&mut respond, StatusCode::UNAUTHORIZED);
         return;
     }
-    let app = match agent_connect(&pod, Some(delivery_source(dst)), dst).await {
+    let delivery = agent_connect(
+        &pod,
+        Some(delivery_source(dst)),
+        dst,
+        state.limits.connect_timeout,
+    );
+    // A peer that resets the stream while the app is being dialled gets
+    // nothing more: the dial is dropped, and the reset counts against the
+    // connection's budget.
+    let app = tokio::select! {
+        app = delivery => app,
+        reset = poll_fn(|cx| respond.poll_reset(cx)) => {
+            streams.premature_reset();
+            let why = match reset {
+                Ok(reason) => format!("the peer reset the stream ({reason:?}) before it was answered"),
+                Err(e) => format!("the stream failed before it was answered: {e}"),
+            };
+            conn.refused(&why);
+            return;
+        }
+    };
+    let app = match app {
         Ok(s) => s,
         Err(e) => {
             conn.connect_failed(&e);
@@ -192,11 +419,13 @@ async fn stream_request(
     let send = match respond.send_response(Response::new(()), false) {
         Ok(s) => s,
         Err(e) => {
+            streams.premature_reset();
             conn.connect_failed(&std::io::Error::other(e));
             relay::reset(app);
             return;
         }
     };
+    drop(dial);
     conn.opened();
     // Downstream is the tunnel, upstream the app: bytes "sent" by the pod
     // are those from the app.
@@ -205,4 +434,21 @@ async fn stream_request(
         downstream_to_upstream: t.upstream_to_downstream,
         upstream_to_downstream: t.downstream_to_upstream,
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exceeds_reset_budget;
+
+    #[test]
+    fn a_connection_is_cut_off_only_when_most_of_many_streams_are_reset_early() {
+        assert!(!exceeds_reset_budget(10, 10), "too few streams to judge");
+        assert!(!exceeds_reset_budget(100, 50), "half is not most");
+        assert!(exceeds_reset_budget(100, 51));
+        assert!(
+            !exceeds_reset_budget(10_000, 40),
+            "a few resets among many streams are normal"
+        );
+        assert!(exceeds_reset_budget(u32::MAX, u32::MAX));
+    }
 }

@@ -15,6 +15,8 @@ use super::{
     RelayMode,
     access_log::{Connection, Direction, Security},
     connector::agent_connect,
+    listeners::{self, Listener},
+    own_ports::{InboundPath, SelfTraffic, check_inbound},
     relay,
     state::{MeshView, ProxyState},
 };
@@ -22,21 +24,33 @@ use crate::{identity::Identity, pod::PodContext, policy::MtlsMode};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(pod = %pod.key, error = %e, "inbound accept failed");
-                continue;
-            }
-        };
+        let accepted = listeners::accept(&listener, Listener::Inbound, &pod, &state).await;
         let pod = pod.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            if let Ok(dst) = stream.local_addr() {
-                handle(stream, peer, dst, pod, state).await;
+            let _place = accepted.place;
+            if let Ok(dst) = accepted.stream.local_addr() {
+                handle(accepted.stream, accepted.peer, dst, pod, state).await;
             }
         });
     }
+}
+
+/// Counts and logs traffic to the mesh itself; the caller refuses it.
+pub fn refuse_self_traffic(
+    state: &ProxyState,
+    listener: Listener,
+    pod: &PodContext,
+    src: SocketAddr,
+    dst: SocketAddr,
+    why: SelfTraffic,
+) {
+    let reason = match why {
+        SelfTraffic::OwnPort(_) => "own_port",
+        SelfTraffic::LoopbackSource(_) => "loopback_source",
+    };
+    state.telemetry.refusals.refused(listener.label(), reason);
+    warn!(pod = %pod.key, listener = listener.label(), %src, %dst, reason = %why, "connection to the mesh itself refused");
 }
 
 /// The reserved source of deliveries to apps; sk_lookup passes it.
@@ -57,6 +71,11 @@ async fn handle(
 ) {
     let src = SocketAddr::new(src.ip().to_canonical(), src.port());
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    if let Err(why) = check_inbound(InboundPath::Plaintext, src, dst, &state.own_ports) {
+        refuse_self_traffic(&state, Listener::Inbound, &pod, src, dst, why);
+        relay::reset(downstream);
+        return;
+    }
     let mut conn = Connection::new(Direction::Inbound, &pod, &state, src, dst, Security::None);
     conn.destination_identity = Some(pod.identity.to_string());
     let view = state.view();
@@ -66,7 +85,7 @@ async fn handle(
         relay::reset(downstream);
         return;
     }
-    deliver(downstream, conn, None, &pod, dst, &view, pod.relay).await;
+    deliver(downstream, conn, None, &pod, dst, &view, &state).await;
 }
 
 /// Authorizes a connection to `to` (an address of `target`) from `source`
@@ -80,8 +99,9 @@ pub async fn deliver(
     target: &PodContext,
     to: SocketAddr,
     view: &MeshView,
-    relay_mode: RelayMode,
+    state: &ProxyState,
 ) {
+    let relay_mode: RelayMode = target.relay;
     let decision = view.policies.authorize(
         target.target(),
         &crate::policy::Connection {
@@ -96,7 +116,13 @@ pub async fn deliver(
         return;
     }
     let _ = downstream.set_nodelay(true);
-    let mut upstream = match agent_connect(target, Some(delivery_source(to)), to).await {
+    let delivery = agent_connect(
+        target,
+        Some(delivery_source(to)),
+        to,
+        state.limits.connect_timeout,
+    );
+    let mut upstream = match delivery.await {
         Ok(s) => s,
         Err(e) => {
             conn.connect_failed(&e);

@@ -4,12 +4,14 @@
 //! and as plaintext to everything else; `relay` splices two TCP streams
 //! with half-close semantics.
 pub mod access_log;
+pub mod admission;
 pub mod balancer;
 pub mod connector;
 pub mod established;
 pub mod inbound;
 pub mod listeners;
 pub mod outbound;
+pub mod own_ports;
 pub mod relay;
 pub mod state;
 pub mod zero_copy;

@@ -12,23 +12,25 @@ use tracing::{Instrument, debug_span, warn};
 use super::{
     access_log::{Connection, Direction, Security},
     connector::agent_connect,
-    inbound, relay,
+    inbound,
+    listeners::{self, Listener},
+    own_ports::{InboundPath, check_inbound},
+    relay,
     state::ProxyState,
 };
 use crate::{discovery::view::MeshView, hbone, identity::Identity, pod::PodContext};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(pod = %pod.key, error = %e, "outbound accept failed");
-                continue;
-            }
-        };
+        let listeners::Accepted {
+            stream,
+            peer,
+            place,
+        } = listeners::accept(&listener, Listener::Outbound, &pod, &state).await;
         let pod = pod.clone();
         let state = state.clone();
         tokio::spawn(async move {
+            let _place = place;
             let local = match stream.local_addr() {
                 Ok(a) => a,
                 Err(_) => return,
@@ -124,7 +126,7 @@ async fn handle(
                     &target_pod,
                     target,
                     &view,
-                    pod.relay,
+                    &state,
                 )
                 .await;
             }
@@ -167,13 +169,27 @@ async fn connect(
         conn.destination_identity = Some(expected.to_string());
         if let Some(target_pod) = state.local_pod(target.ip()) {
             // Both pods are here: hand over in-process — no TLS, no wire —
-            // after the check the destination would make for a tunnel.
+            // after the checks the destination would make for a tunnel.
+            if let Err(why) = check_inbound(InboundPath::SameNode, src, target, &state.own_ports) {
+                inbound::refuse_self_traffic(
+                    state,
+                    Listener::Outbound,
+                    &target_pod,
+                    src,
+                    target,
+                    why,
+                );
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    why.to_string(),
+                ));
+            }
             conn.security = Security::Local;
             return Ok(Upstream::Local(target_pod, pod.identity.clone()));
         }
         conn.security = Security::MutualTls;
         let early = hbone::stream::early_data(downstream);
-        return hbone::client::open(mtls, pod, src, target, expected, &early)
+        return hbone::client::open(mtls, pod, src, target, expected, &early, &state.limits)
             .await
             .map(Upstream::Tunnel)
             .map_err(std::io::Error::other);
@@ -181,5 +197,7 @@ async fn connect(
     conn.security = Security::None;
     conn.source_identity = None;
     conn.destination_identity = None;
-    agent_connect(pod, None, target).await.map(Upstream::Plain)
+    agent_connect(pod, None, target, state.limits.connect_timeout)
+        .await
+        .map(Upstream::Plain)
 }

@@ -9,11 +9,13 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use super::balancer::Balancer;
+use tokio::sync::watch;
+
+use super::{admission::Admission, balancer::Balancer, own_ports::OwnPorts};
 pub use crate::discovery::view::MeshView;
 use crate::{
-    datapath::Datapath, hbone::Pool, identity::manager::CertManager, pod::PodContext,
-    telemetry::Telemetry, tls::TrustBundle,
+    config::LimitSettings, datapath::Datapath, hbone::Pool, identity::manager::CertManager,
+    pod::PodContext, telemetry::Telemetry, tls::TrustBundle,
 };
 
 /// mTLS parts, present when the agent has a CA.
@@ -30,10 +32,23 @@ pub struct ProxyState {
     pub mtls: Option<Mtls>,
     pub balancer: Balancer,
     pub telemetry: Arc<Telemetry>,
+    pub limits: LimitSettings,
+    pub own_ports: OwnPorts,
+    /// Every accepted connection holds a place here while it is open.
+    pub admission: Arc<Admission>,
+    /// True once the agent drains: HBONE connections send GOAWAY, idle
+    /// pooled ones close.
+    draining: watch::Sender<bool>,
 }
 
 impl ProxyState {
-    pub fn new(datapath: Arc<Datapath>, mtls: Option<Mtls>, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(
+        datapath: Arc<Datapath>,
+        mtls: Option<Mtls>,
+        telemetry: Arc<Telemetry>,
+        limits: LimitSettings,
+        own_ports: OwnPorts,
+    ) -> Self {
         Self {
             telemetry,
             view: RwLock::default(),
@@ -41,7 +56,21 @@ impl ProxyState {
             datapath,
             mtls,
             balancer: Balancer::default(),
+            admission: Admission::new(limits.max_connections, limits.max_connections_per_source),
+            limits,
+            own_ports,
+            draining: watch::Sender::new(false),
         }
+    }
+
+    /// Starts draining (see the field).
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Changes to true when the agent starts draining.
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 
     pub fn view(&self) -> Arc<MeshView> {

@@ -5,6 +5,7 @@
 pub mod flows;
 pub mod health;
 pub mod labels;
+pub mod refusals;
 pub mod tcp;
 
 use std::{
@@ -40,6 +41,7 @@ pub struct Telemetry {
     registry: RwLock<Registry>,
     pub tcp: tcp::TcpMetrics,
     pub flows: flows::FlowMetrics,
+    pub refusals: refusals::RefusalMetrics,
     decisions: Family<DecisionLabels, Counter>,
     open_connections: Gauge,
     access_log: bool,
@@ -54,6 +56,8 @@ impl Telemetry {
         tcp.register(&mut registry);
         let flows = flows::FlowMetrics::new(settings.flow_series_limit, settings.flow_series_idle);
         flows.register(&mut registry);
+        let refusals = refusals::RefusalMetrics::default();
+        refusals.register(&mut registry);
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "mesh_policy_decisions",
@@ -70,6 +74,7 @@ impl Telemetry {
             registry: RwLock::new(registry),
             tcp,
             flows,
+            refusals,
             decisions,
             open_connections,
             access_log: settings.access_log,
@@ -123,6 +128,11 @@ impl Telemetry {
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Readiness off at once when the agent starts to drain.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {
