@@ -189,8 +189,16 @@ async fn config_dump(State(s): State<AppState>) -> Response {
     Json(config_dump::dump(&s.health)).into_response()
 }
 
+/// How long `/datapath` waits for a reading that shows the last reconcile
+/// (one follows a reconcile within about a second) before it shows the
+/// older one.
+const FRESH_WAIT: Duration = Duration::from_secs(2);
+
 async fn datapath(State(s): State<AppState>) -> Response {
-    match s.health.datapath() {
+    // Someone who just enrolled a pod and asks for the maps expects to see
+    // it; waiting costs this request alone, and the reading's time is in
+    // the answer either way.
+    match s.health.datapath_fresh(FRESH_WAIT).await {
         Some(sample) => Json(sample.to_json(std::time::SystemTime::now())).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,

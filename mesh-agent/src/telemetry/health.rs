@@ -114,6 +114,12 @@ impl NodeHealth {
         self.sampler.latest()
     }
 
+    /// A datapath reading that shows every reconcile so far, waited for at
+    /// most `wait`; failing that, the last one.
+    pub async fn datapath_fresh(&self, wait: std::time::Duration) -> Option<Arc<DatapathSample>> {
+        self.sampler.fresh(wait).await
+    }
+
     pub fn status(&self) -> AgentStatus {
         self.status_with(self.datapath().as_deref())
     }

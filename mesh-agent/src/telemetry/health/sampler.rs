@@ -5,11 +5,16 @@
 //! after the pods change; `/metrics`, `/status` and `/datapath` serve the
 //! last one, with its time.
 use std::{
-    sync::{Arc, RwLock, Weak, mpsc},
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::{Duration, SystemTime},
 };
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::datapath::DatapathInfo;
 
@@ -23,6 +28,8 @@ pub const MIN_GAP: Duration = Duration::from_secs(1);
 pub struct DatapathSample {
     pub info: DatapathInfo,
     pub sampled_at: SystemTime,
+    /// The readings asked for before this one began.
+    covers: u64,
 }
 
 /// A reading as the admin API shows it: with its time and age, so that
@@ -49,7 +56,9 @@ impl DatapathSample {
 }
 
 pub struct DatapathSampler {
-    latest: RwLock<Option<Arc<DatapathSample>>>,
+    latest: watch::Sender<Option<Arc<DatapathSample>>>,
+    /// Readings asked for so far (`refresh_soon`).
+    asked: AtomicU64,
     wake: mpsc::SyncSender<()>,
 }
 
@@ -64,7 +73,8 @@ impl DatapathSampler {
         // One slot: requests made while a reading is due anyway coalesce.
         let (wake, woken) = mpsc::sync_channel(1);
         let sampler = Arc::new(Self {
-            latest: RwLock::new(None),
+            latest: watch::Sender::new(None),
+            asked: AtomicU64::new(0),
             wake,
         });
         let weak = Arc::downgrade(&sampler);
@@ -79,11 +89,25 @@ impl DatapathSampler {
 
     /// The last reading; `None` until the first is taken.
     pub fn latest(&self) -> Option<Arc<DatapathSample>> {
-        self.latest.read().unwrap().clone()
+        self.latest.borrow().clone()
+    }
+
+    /// The first reading begun after every request so far, waited for at
+    /// most `wait` (it comes within the least gap); failing that, the last.
+    /// For a reader who has just changed the pods and wants to see it.
+    pub async fn fresh(&self, wait: Duration) -> Option<Arc<DatapathSample>> {
+        let asked = self.asked.load(Ordering::SeqCst);
+        let mut readings = self.latest.subscribe();
+        let covering = readings.wait_for(|s| s.as_ref().is_some_and(|s| s.covers >= asked));
+        match tokio::time::timeout(wait, covering).await {
+            Ok(Ok(sample)) => sample.clone(),
+            _ => self.latest(),
+        }
     }
 
     /// Asks for a reading as soon as the least gap allows. Never blocks.
     pub fn refresh_soon(&self) {
+        self.asked.fetch_add(1, Ordering::SeqCst);
         let _ = self.wake.try_send(());
     }
 }
@@ -96,15 +120,20 @@ fn run(
     mut read: impl FnMut() -> Option<DatapathInfo>,
 ) {
     loop {
+        // Read before the walk: a request made during it needs another.
+        let Some(covers) = sampler.upgrade().map(|s| s.asked.load(Ordering::SeqCst)) else {
+            return;
+        };
         let Some(info) = read() else { return };
         let sample = Arc::new(DatapathSample {
             info,
             sampled_at: SystemTime::now(),
+            covers,
         });
         match sampler.upgrade() {
-            Some(s) => *s.latest.write().unwrap() = Some(sample),
+            Some(s) => s.latest.send_replace(Some(sample)),
             None => return,
-        }
+        };
         std::thread::sleep(min_gap);
         match woken.recv_timeout(interval.saturating_sub(min_gap)) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -169,6 +198,25 @@ mod tests {
         // The thread holds the reader; it lets go once the sampler is gone.
         drop(sampler);
         wait_for("the thread's end", || Arc::strong_count(&reads) == 1);
+    }
+
+    /// A reader who asked for a reading gets one begun after the request,
+    /// not the one already there.
+    #[tokio::test]
+    async fn a_fresh_reading_is_waited_for() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        let sampler = DatapathSampler::start(
+            Duration::from_secs(3600),
+            Duration::from_millis(200),
+            move || Some(info(counted.fetch_add(1, Ordering::SeqCst))),
+        );
+        let first = sampler.fresh(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(first.info.pod_links, 0);
+        sampler.refresh_soon();
+        let second = sampler.fresh(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(second.info.pod_links, 1);
+        assert!(second.sampled_at >= first.sampled_at);
     }
 
     #[test]
