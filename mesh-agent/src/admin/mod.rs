@@ -52,7 +52,14 @@ impl Listeners {
     }
 
     /// Serves until the process ends.
-    pub fn spawn(self, health: Arc<NodeHealth>, log: LogControl) {
+    /// Serves the three endpoints as tasks of `tasks`, each ending with its
+    /// name (the node supervises them).
+    pub fn spawn(
+        self,
+        health: Arc<NodeHealth>,
+        log: LogControl,
+        tasks: &mut tokio::task::JoinSet<&'static str>,
+    ) {
         let app = AppState { health, log };
         let metrics_router = bounded(
             Router::new().route("/metrics", get(metrics)),
@@ -90,10 +97,11 @@ impl Listeners {
         ] {
             let addr = listener.local_addr().ok();
             info!(endpoint = name, addr = ?addr, "serving");
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     warn!(endpoint = name, error = %e, "endpoint stopped");
                 }
+                name
             });
         }
     }
