@@ -19,6 +19,7 @@ use crate::{
         view::MeshView,
     },
     flows::{self, PodDirectory},
+    hbone::windows::WindowBudget,
     identity::{client::CaClient, manager::CertManager},
     netns::Netns,
     pod::PodRuntime,
@@ -64,7 +65,11 @@ pub fn check(config: &NodeConfig) -> anyhow::Result<()> {
     }
     if let Some(ca) = &config.agent.ca {
         // Builds what the agent would: the trust bundle and the CA client.
-        mtls(ca, &config.agent.trust_domain)?;
+        mtls(
+            ca,
+            &config.agent.trust_domain,
+            config.agent.limits.window_budget_bytes,
+        )?;
     }
     Ok(())
 }
@@ -92,7 +97,7 @@ pub struct Node {
 }
 
 /// The CA client, the trust bundle and the certificate manager.
-fn mtls(settings: &CaSettings, trust_domain: &str) -> anyhow::Result<Mtls> {
+fn mtls(settings: &CaSettings, trust_domain: &str, window_budget: usize) -> anyhow::Result<Mtls> {
     let client = CaClient::new(settings)?;
     let bundle = TrustBundle::from_pem(client.root_pem(), trust_domain).with_context(|| {
         format!(
@@ -104,6 +109,7 @@ fn mtls(settings: &CaSettings, trust_domain: &str) -> anyhow::Result<Mtls> {
         bundle,
         certs: Arc::new(CertManager::new(Arc::new(client))),
         pool: Default::default(),
+        windows: WindowBudget::new(window_budget),
     })
 }
 
@@ -163,7 +169,11 @@ impl Node {
             "datapath attached"
         );
         let mtls = match &config.agent.ca {
-            Some(ca) => Some(mtls(ca, &config.agent.trust_domain)?),
+            Some(ca) => Some(mtls(
+                ca,
+                &config.agent.trust_domain,
+                config.agent.limits.window_budget_bytes,
+            )?),
             None => {
                 warn!(
                     "no CA configured (AgentConfig.ca): traffic between nodes is forwarded as plaintext"

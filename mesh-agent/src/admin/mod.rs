@@ -51,7 +51,6 @@ impl Listeners {
         })
     }
 
-    /// Serves until the process ends.
     /// Serves the three endpoints as tasks of `tasks`, each ending with its
     /// name (the node supervises them).
     pub fn spawn(

@@ -133,6 +133,12 @@ pub struct LimitSettings {
     /// listeners.
     #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: usize,
+    /// Bytes of HTTP/2 receive window the agent's HBONE connections may
+    /// hold together (what peers may make it buffer for apps that do not
+    /// read). Each connection takes 16 MiB of it; past it, new connections
+    /// get HTTP/2's default 64 KiB windows.
+    #[serde(default = "default_window_budget")]
+    pub window_budget_bytes: usize,
 }
 
 impl Default for LimitSettings {
@@ -143,6 +149,7 @@ impl Default for LimitSettings {
             drain_grace: default_drain_grace(),
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
+            window_budget_bytes: default_window_budget(),
         }
     }
 }
@@ -158,6 +165,11 @@ fn default_max_connections() -> usize {
 }
 fn default_max_connections_per_source() -> usize {
     1_000
+}
+/// 16 bulk-windowed connections: a node's agent is one hop of many pods'
+/// traffic, and a quarter GiB is what we let peers pin in it.
+fn default_window_budget() -> usize {
+    256 * 1024 * 1024
 }
 
 /// Where the agent serves metrics, readiness and its admin API, and how
@@ -574,6 +586,37 @@ spec: {nodeName: node-2}
                 && err.contains("principal"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn limits_default_to_ztunnel_and_envoy_values_and_zero_is_refused() {
+        let cfg = parse(GOOD).unwrap();
+        assert_eq!(cfg.agent.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.agent.limits.connect_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.agent.limits.drain_grace, Duration::from_secs(30));
+        let text = GOOD.replacen(
+            "kind: AgentConfig\n",
+            "kind: AgentConfig\nlimits: {connectTimeout: 2s, maxConnectionsPerSource: 5}\n",
+            1,
+        );
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.agent.limits.connect_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.agent.limits.max_connections_per_source, 5);
+        for (bad, field) in [
+            (
+                "handshakeTimeout: 0s",
+                "AgentConfig.limits.handshakeTimeout",
+            ),
+            ("maxConnections: 0", "AgentConfig.limits.maxConnections"),
+        ] {
+            let text = GOOD.replacen(
+                "kind: AgentConfig\n",
+                &format!("kind: AgentConfig\nlimits: {{{bad}}}\n"),
+                1,
+            );
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 use super::{
-    CERT_WAIT, CONNECTION_WINDOW, HboneError, MAX_FRAME, STREAM_WINDOW,
+    CERT_WAIT, HboneError, MAX_FRAME,
     pool::{PoolKey, StreamLease},
 };
 use crate::{
@@ -58,6 +58,8 @@ async fn connect(
     limits: &LimitSettings,
 ) -> Result<StreamLease, HboneError> {
     let addr = key.address;
+    // Moved into the connection's task below: held while it lives.
+    let windows = mtls.windows.windows();
     let tcp = agent_connect(pod, None, addr, limits.connect_timeout)
         .await
         .map_err(|source| HboneError::Connect { addr, source })?;
@@ -71,8 +73,8 @@ async fn connect(
             .map_err(|source| HboneError::Tls { addr, source })?;
         Ok::<_, HboneError>(
             h2::client::Builder::new()
-                .initial_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
+                .initial_window_size(windows.stream)
+                .initial_connection_window_size(windows.connection)
                 .max_frame_size(MAX_FRAME)
                 .handshake::<_, Bytes>(tls)
                 .await?,
@@ -89,6 +91,7 @@ async fn connect(
     let peer = key.destination.to_string();
     let mut ping_pong = connection.ping_pong();
     tokio::spawn(async move {
+        let _windows = windows;
         tokio::pin!(connection);
         loop {
             tokio::select! {

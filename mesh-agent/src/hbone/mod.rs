@@ -7,6 +7,7 @@ pub mod client;
 pub mod pool;
 pub mod server;
 pub mod stream;
+pub mod windows;
 
 use std::time::Duration;
 

@@ -22,9 +22,7 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tracing::{Instrument, debug, debug_span, warn};
 
-use super::{
-    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, stream,
-};
+use super::{MAX_CONCURRENT_STREAMS, MAX_FRAME, MAX_HEADER_LIST, stream, windows::Windows};
 use crate::{
     identity::Identity,
     pod::PodContext,
@@ -127,6 +125,7 @@ async fn establish(
     pod: &PodContext,
     mtls: &Mtls,
     config: Arc<rustls::ServerConfig>,
+    windows: &Windows,
 ) -> Option<Established> {
     // Just after enrollment the pod's first certificate may still be on its
     // way; a peer that arrives then waits for it rather than failing.
@@ -156,8 +155,8 @@ async fn establish(
         }
     };
     let mut conn = match h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_window_size(windows.stream)
+        .initial_connection_window_size(windows.connection)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST)
@@ -198,8 +197,10 @@ async fn connection(accepted: Accepted, pod: Arc<PodContext>, state: Arc<ProxySt
     };
     let _ = tcp.set_nodelay(true);
     let deadline = state.limits.handshake_timeout;
+    // Held for the connection's life: its share of the window budget.
+    let windows = mtls.windows.windows();
     let established =
-        tokio::time::timeout(deadline, establish(tcp, peer, &pod, mtls, config)).await;
+        tokio::time::timeout(deadline, establish(tcp, peer, &pod, mtls, config, &windows)).await;
     let Established {
         source,
         mut conn,

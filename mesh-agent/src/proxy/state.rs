@@ -14,8 +14,13 @@ use tokio::sync::watch;
 use super::{admission::Admission, balancer::Balancer, own_ports::OwnPorts};
 pub use crate::discovery::view::MeshView;
 use crate::{
-    config::LimitSettings, datapath::Datapath, hbone::Pool, identity::manager::CertManager,
-    pod::PodContext, telemetry::Telemetry, tls::TrustBundle,
+    config::LimitSettings,
+    datapath::Datapath,
+    hbone::{Pool, windows::WindowBudget},
+    identity::manager::CertManager,
+    pod::PodContext,
+    telemetry::Telemetry,
+    tls::TrustBundle,
 };
 
 /// mTLS parts, present when the agent has a CA.
@@ -23,6 +28,8 @@ pub struct Mtls {
     pub bundle: TrustBundle,
     pub certs: Arc<CertManager>,
     pub pool: Pool,
+    /// Receive windows of HBONE connections, both directions.
+    pub windows: Arc<WindowBudget>,
 }
 
 pub struct ProxyState {
