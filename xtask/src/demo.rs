@@ -29,6 +29,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "a demo cluster is still up ({STATE}); remove it with `cargo xtask demo --down`"
         );
     }
+    // The README's first command on a fresh machine: install what it lacks
+    // (the eBPF toolchain, the test bed's tools) before building.
+    crate::setup::run()?;
     crate::build_userspace(false)?;
     mesh_testbed::sys::ensure_bpffs()?;
     println!("\n== starting 2 nodes x 2 pods, one mesh agent per node");

@@ -64,7 +64,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Setup => setup::run(),
-        Cmd::BuildEbpf => build_ebpf().map(|p| println!("eBPF object: {}", p.display())),
+        Cmd::BuildEbpf => setup::run()
+            .and_then(|()| build_ebpf())
+            .map(|p| println!("eBPF object: {}", p.display())),
         Cmd::Test => test::run(),
         Cmd::Demo(args) => demo::run(args),
         Cmd::BuildRelease { profile } => match profile {
