@@ -58,6 +58,16 @@ pub enum DatapathError {
     },
     #[error("map {0} missing from the eBPF object (stale build? run `cargo xtask build-ebpf`)")]
     MapMissing(&'static str),
+    #[error(transparent)]
+    AgentCgroup(#[from] crate::preflight::PreflightError),
+    #[error(
+        "map {path}: pinned by an agent whose kernel/user layout differs ({found}-byte values, this agent's are {expected}); its programs cannot be adopted: run `mesh-agent uninstall --config <file>` on this node, then start the agent (enrolled pods fail closed meanwhile)"
+    )]
+    PinnedLayout {
+        path: PathBuf,
+        found: u32,
+        expected: usize,
+    },
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
@@ -160,6 +170,15 @@ impl Datapath {
                 source,
             })?;
         }
+        // Known before anything is loaded: without it the agent's own
+        // upstream connects would be redirected back to itself.
+        let own = crate::preflight::agent_cgroup(&agent.cgroup_root)?;
+        tracing::info!(
+            dir = %own.dir.display(),
+            id = own.id,
+            "agent cgroup: connects from it are not redirected"
+        );
+        check_pinned_config(pin_dir)?;
         let log_level: u8 = if agent.datapath.bpf_log { 5 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
@@ -240,7 +259,8 @@ impl Datapath {
                     redirect: 1,
                     splice: u32::from(agent.datapath.splice),
                     flows: u32::from(agent.datapath.flows),
-                    agent_mark: mesh_common::AGENT_MARK,
+                    _pad: 0,
+                    agent_cgroup: own.id,
                 },
                 0,
             )
@@ -600,6 +620,31 @@ fn remove_if_present<K: aya::Pod, V: aya::Pod>(
         Ok(()) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+/// The loader reuses whatever map is pinned under a name, whatever its
+/// layout, and a restarted agent adopts the pinned programs. A config map
+/// of another size belongs to programs built against another
+/// `DatapathConfig` (an agent from before the cgroup exemption reads its
+/// SO_MARK at offset 12, where this agent writes the cgroup id): adopting
+/// them would mis-read every field, so the start stops here instead.
+fn check_pinned_config(pin_dir: &Path) -> Result<(), DatapathError> {
+    let path = pin_dir.join(names::CONFIG);
+    if !path.exists() {
+        return Ok(());
+    }
+    let map = MapData::from_pin(&path).map_err(map_err(names::CONFIG))?;
+    let found = map.info().map_err(map_err(names::CONFIG))?.value_size();
+    let expected = std::mem::size_of::<DatapathConfig>();
+    if found as usize == expected {
+        Ok(())
+    } else {
+        Err(DatapathError::PinnedLayout {
+            path,
+            found,
+            expected,
+        })
     }
 }
 

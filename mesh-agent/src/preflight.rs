@@ -1,6 +1,9 @@
 //! Checks that run before anything is loaded or attached, so a node that
 //! cannot run the datapath says why in one line and changes nothing.
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Component, Path, PathBuf},
+};
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -30,6 +33,16 @@ pub enum PreflightError {
     NotCgroup2(PathBuf),
     #[error("bpffsRoot {0}: not a BPF filesystem; mount one with `mount -t bpf bpf {0}`")]
     NotBpffs(PathBuf),
+    #[error(
+        "the agent's own cgroup: /proc/self/cgroup has no cgroup-v2 (`0::`) line; run the agent on a host with the cgroup-v2 hierarchy mounted (cgroupRoot points into it)"
+    )]
+    NoCgroupV2Membership,
+    #[error(
+        "the agent's own cgroup {cgroup} (per /proc/self/cgroup) is not under any cgroup2 mount the agent can see, so its id, which exempts the agent's connects from redirection, cannot be read; run the agent where a cgroup2 mount shows its cgroup: in its own cgroup namespace with cgroup2 mounted at /sys/fs/cgroup (what container runtimes do), or in the host's with cgroupRoot ({root}) on the host's cgroup2 mount"
+    )]
+    AgentCgroupNotVisible { cgroup: String, root: PathBuf },
+    #[error("the agent's own cgroup: reading {path}: {reason}")]
+    AgentCgroupUnreadable { path: PathBuf, reason: String },
 }
 
 fn fs_magic(path: &Path) -> Option<i64> {
@@ -73,12 +86,154 @@ fn check_btf_at(path: &Path) -> Result<(), PreflightError> {
         .ok_or_else(|| PreflightError::NoBtf(path.to_owned()))
 }
 
+/// cgroupRoot is a cgroup-v2 directory, and the agent's own cgroup can be
+/// found (see `agent_cgroup`): without it the agent's upstream connects
+/// would be redirected back to itself.
 pub fn check_cgroup_root(path: &Path) -> Result<(), PreflightError> {
     match fs_magic(path) {
         None => Err(PreflightError::CgroupMissing(path.to_owned())),
-        Some(CGROUP2_SUPER_MAGIC) => Ok(()),
+        Some(CGROUP2_SUPER_MAGIC) => agent_cgroup(path).map(|_| ()),
         Some(_) => Err(PreflightError::NotCgroup2(path.to_owned())),
     }
+}
+
+/// The agent's own cgroup-v2 directory and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCgroup {
+    pub dir: PathBuf,
+    /// What `bpf_get_current_cgroup_id()` returns in the agent's tasks: the
+    /// inode number of the cgroup's directory in cgroupfs (on 64-bit
+    /// kernels both are the kernfs node id).
+    pub id: u64,
+}
+
+/// Finds the cgroup the agent runs in, so the connect programs can leave
+/// its connects alone (mesh-ebpf/src/redirect.rs says why a cgroup and not
+/// a mark). /proc/self/cgroup names it relative to the root of the agent's
+/// cgroup namespace; a cgroup2 mount shows the hierarchy from its own root,
+/// which is not necessarily cgroupRoot (the test bed's cgroupRoot is a
+/// node's cgroup below the mount; on hybrid hosts the mount is at
+/// /sys/fs/cgroup/unified; in a container the runtime's /sys/fs/cgroup
+/// starts at the container's cgroup). So the path is resolved through
+/// every cgroup2 mount whose root holds it, and a directory counts only if
+/// its `cgroup.procs` lists this process. `cgroup_root` is only named in
+/// the error: the agent's cgroup may lie outside it (then its sockets never
+/// meet the programs, and the id written is merely unused).
+pub fn agent_cgroup(cgroup_root: &Path) -> Result<AgentCgroup, PreflightError> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path).map_err(|e| PreflightError::AgentCgroupUnreadable {
+            path: path.into(),
+            reason: e.to_string(),
+        })
+    };
+    let membership = read("/proc/self/cgroup")?;
+    let cgroup = cgroup_v2_path(&membership).ok_or(PreflightError::NoCgroupV2Membership)?;
+    let mountinfo = read("/proc/self/mountinfo")?;
+    let pid = std::process::id();
+    cgroup2_mounts(&mountinfo)
+        .into_iter()
+        .filter_map(|m| cgroup_dir(&m.point, &m.root, cgroup))
+        .find(|dir| lists_pid(dir, pid))
+        .and_then(|dir| {
+            let id = std::fs::metadata(&dir).ok()?.ino();
+            Some(AgentCgroup { dir, id })
+        })
+        .ok_or_else(|| PreflightError::AgentCgroupNotVisible {
+            cgroup: cgroup.to_owned(),
+            root: cgroup_root.to_owned(),
+        })
+}
+
+/// The cgroup-v2 path in /proc/<pid>/cgroup content: the `0::<path>` line
+/// (v1 hierarchies have other numbers and controller names).
+fn cgroup_v2_path(membership: &str) -> Option<&str> {
+    membership
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .filter(|p| p.starts_with('/'))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Cgroup2Mount {
+    /// The directory of the hierarchy the mount shows at its top, relative
+    /// to the reader's cgroup namespace (with `..` when above its root).
+    root: PathBuf,
+    point: PathBuf,
+}
+
+/// The cgroup2 mounts in /proc/<pid>/mountinfo content. A line is
+/// `id parent dev root point options [optional...] - fstype source opts`.
+fn cgroup2_mounts(mountinfo: &str) -> Vec<Cgroup2Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            if fs.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            let mut f = mount.split_whitespace().skip(3);
+            let root = unescape_mountinfo(f.next()?);
+            let point = unescape_mountinfo(f.next()?);
+            Some(Cgroup2Mount {
+                root: root.into(),
+                point: point.into(),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as
+/// three-digit octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                u8::try_from(v).ok()
+            });
+        match (b[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where a mount at `point` showing the hierarchy from `root` has the
+/// cgroup `cgroup` (both relative to the same cgroup-namespace root), or
+/// None when the mount does not reach it. Paths with `..` are outside the
+/// namespace and name no directory that can be built from them.
+fn cgroup_dir(point: &Path, root: &Path, cgroup: &str) -> Option<PathBuf> {
+    let cgroup = Path::new(cgroup);
+    let outside = |p: &Path| p.components().any(|c| c == Component::ParentDir);
+    if outside(root) || outside(cgroup) {
+        return None;
+    }
+    let rel = cgroup.strip_prefix(root).ok()?;
+    Some(if rel.as_os_str().is_empty() {
+        point.to_owned()
+    } else {
+        point.join(rel)
+    })
+}
+
+/// Whether `dir/cgroup.procs` lists `pid` (as this process's pid
+/// namespace numbers it): the proof that `dir` is this process's cgroup.
+fn lists_pid(dir: &Path, pid: u32) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|procs| procs.lines().any(|l| l.trim().parse() == Ok(pid)))
+        .unwrap_or(false)
 }
 
 pub fn check_bpffs(path: &Path) -> Result<(), PreflightError> {
@@ -110,6 +265,85 @@ mod tests {
             .to_string();
         assert!(err.contains("CONFIG_DEBUG_INFO_BTF=y"), "{err}");
         assert_eq!(check_btf(), Ok(()), "this kernel has BTF");
+    }
+
+    #[test]
+    fn the_cgroup_v2_line_is_found_among_v1_lines() {
+        let hybrid = "9:name=systemd:/\n4:memory:/x/y\n0::/mesh-tb-1/n0/agent\n";
+        assert_eq!(cgroup_v2_path(hybrid), Some("/mesh-tb-1/n0/agent"));
+        assert_eq!(cgroup_v2_path("0::/\n"), Some("/"));
+        assert_eq!(cgroup_v2_path("4:memory:/x\n1:cpu:/\n"), None);
+        assert_eq!(cgroup_v2_path(""), None);
+    }
+
+    #[test]
+    fn only_cgroup2_mounts_are_read_and_their_paths_unescaped() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+52 40 0:38 /../.. /host/my\\040cgroup rw master:1 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mounts(mountinfo),
+            vec![
+                Cgroup2Mount {
+                    root: "/".into(),
+                    point: "/sys/fs/cgroup/unified".into()
+                },
+                Cgroup2Mount {
+                    root: "/../..".into(),
+                    point: "/host/my cgroup".into()
+                },
+            ]
+        );
+        assert_eq!(unescape_mountinfo(r"a\134b\011"), "a\\b\t");
+        assert_eq!(unescape_mountinfo(r"odd\9\777\04"), r"odd\9\777\04");
+    }
+
+    #[test]
+    fn the_directory_joins_the_mount_point_and_the_path_below_the_mount_root() {
+        let unified = Path::new("/sys/fs/cgroup/unified");
+        // The test bed: the mount shows the whole hierarchy; cgroupRoot (a
+        // node's cgroup) plays no part in the join.
+        assert_eq!(
+            cgroup_dir(unified, Path::new("/"), "/mesh-tb-1/n0/agent"),
+            Some(unified.join("mesh-tb-1/n0/agent"))
+        );
+        // A container with its own cgroup namespace: both are its root.
+        let own = Path::new("/sys/fs/cgroup");
+        assert_eq!(cgroup_dir(own, Path::new("/"), "/"), Some(own.into()));
+        // A mount of a subtree reaches only the cgroups below it.
+        let sub = Path::new("/mnt/pods");
+        assert_eq!(
+            cgroup_dir(sub, Path::new("/kubepods"), "/kubepods/burstable/p1/c1"),
+            Some(sub.join("burstable/p1/c1"))
+        );
+        assert_eq!(
+            cgroup_dir(sub, Path::new("/kubepods"), "/system.slice/x"),
+            None
+        );
+        assert_eq!(cgroup_dir(sub, Path::new("/kube"), "/kubepods/x"), None);
+        // The host's hierarchy seen from inside a cgroup namespace.
+        assert_eq!(cgroup_dir(own, Path::new("/../../.."), "/"), None);
+        assert_eq!(cgroup_dir(own, Path::new("/"), "/../x"), None);
+    }
+
+    /// This process's own cgroup, found the way the agent finds its own:
+    /// the directory lists this process, and its inode is the id.
+    #[test]
+    fn this_process_finds_its_own_cgroup() {
+        let Ok(membership) = std::fs::read_to_string("/proc/self/cgroup") else {
+            return;
+        };
+        if cgroup_v2_path(&membership).is_none() {
+            eprintln!("skipped: no cgroup v2 here");
+            return;
+        }
+        let found = agent_cgroup(Path::new("/sys/fs/cgroup")).unwrap();
+        assert!(lists_pid(&found.dir, std::process::id()), "{found:?}");
+        assert_eq!(std::fs::metadata(&found.dir).unwrap().ino(), found.id);
+        assert!(!lists_pid(&found.dir, 0), "pid 0 is never listed");
     }
 
     #[test]

@@ -14,8 +14,6 @@ pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
 /// The agent's inbound HBONE listener inside every enrolled pod's netns.
 pub const HBONE_PORT: u16 = 15008;
-/// SO_MARK the agent puts on its own sockets so they are never redirected.
-pub const AGENT_MARK: u32 = 0x539;
 /// Source address of the agent's IPv4 deliveries into a pod (Istio's choice,
 /// so application logs read the same). sk_lookup passes any connection whose
 /// source is loopback: only a process inside the pod's netns can send one.
@@ -115,14 +113,21 @@ pub struct DatapathConfig {
     pub splice: u32,
     /// 1: record flows of enrolled pods.
     pub flows: u32,
-    /// The agent's SO_MARK.
-    pub agent_mark: u32,
+    pub _pad: u32,
+    /// The cgroup-v2 id of the agent's own cgroup: connects made by a task
+    /// in it are the agent's upstream dials and are never redirected. A
+    /// cgroup is something a pod cannot claim for itself (joining one needs
+    /// write access to its `cgroup.procs`), unlike SO_MARK, which any pod
+    /// with CAP_NET_RAW may set since Linux 5.17. 0 (no cgroup has it)
+    /// exempts nobody.
+    pub agent_cgroup: u64,
 }
 
 /// Indexes into the per-CPU counters array.
 pub mod counter {
     pub const CONNECT_REDIRECTED: u32 = 0;
-    pub const CONNECT_SKIPPED_MARK: u32 = 1;
+    /// connect4/6 left alone because the agent itself made it.
+    pub const CONNECT_SKIPPED_AGENT: u32 = 1;
     pub const INBOUND_REDIRECTED: u32 = 2;
     pub const INBOUND_DROPPED_NO_LISTENER: u32 = 3;
     pub const SPLICE_INSERTED: u32 = 4;
@@ -134,6 +139,11 @@ pub mod counter {
     pub const ORIG_DST_RECORDED: u32 = 10;
     pub const COUNT: u32 = 11;
 
+    /// What the admin API, metrics and `mesh status` call each counter.
+    /// `connect_skipped_mark` keeps its name from when the agent's sockets
+    /// were told apart by SO_MARK (they are by the agent's cgroup now, see
+    /// `CONNECT_SKIPPED_AGENT`), so dashboards and scripts reading it go on
+    /// working.
     pub const NAMES: [&str; COUNT as usize] = [
         "connect_redirected",
         "connect_skipped_mark",
@@ -219,6 +229,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<OrigDst>(), 24);
         assert_eq!(core::mem::size_of::<PodAddrKey>(), 24);
         assert_eq!(core::mem::size_of::<FlowRecord>(), 8 * 6 + 4 * 4 + 32 + 8);
+        assert_eq!(core::mem::size_of::<DatapathConfig>(), 4 * 4 + 8);
+        assert_eq!(core::mem::offset_of!(DatapathConfig, agent_cgroup), 16);
     }
 
     #[test]

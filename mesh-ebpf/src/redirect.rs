@@ -2,10 +2,21 @@
 //! to the agent's outbound listener in the pod's own netns, and remember the
 //! original destination by socket cookie (sock_ops moves it to a 4-tuple key
 //! once the connection has a source port).
+//!
+//! The agent dials upstream from inside pods' netns too, so its own connects
+//! come through here and must be told apart, by something no pod can forge:
+//! the cgroup of the task calling connect(). A pod's processes cannot enter
+//! the agent's cgroup (moving a task needs write access to that cgroup's
+//! `cgroup.procs`, which only the node's administrator has), and in
+//! Kubernetes the agent's container cgroup holds the agent alone (an exec
+//! into the agent's pod joins it, but whoever may do that already holds
+//! the node). SO_MARK,
+//! which this once used, is no such thing: since Linux 5.17 CAP_NET_RAW
+//! suffices to set it, and container runtimes grant that by default.
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -98,8 +109,14 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
 }
 
 /// The netns cookie when this connect is one to redirect: TCP, from an
-/// enrolled netns, not the agent's own socket, not to loopback or to the
-/// pod's own address.
+/// enrolled netns, not made by the agent, not to loopback or to the pod's
+/// own address.
+///
+/// Loopback stays within the pod's netns, so nothing sent there leaves the
+/// pod unprotected; and the agent's own listeners are on loopback, so
+/// redirecting those connects would loop. (sk_lookup passes loopback
+/// sources for the same reason: only a process in the pod's netns can
+/// send from there, see inbound.rs.)
 #[inline(always)]
 fn wanted(ctx: &SockAddrContext, dst: [u8; 16]) -> Option<u64> {
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
@@ -111,9 +128,13 @@ fn wanted(ctx: &SockAddrContext, dst: [u8; 16]) -> Option<u64> {
     if !is_enrolled(netns) {
         return None;
     }
-    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
-    if !sk.is_null() && unsafe { (*sk).mark } == cfg.agent_mark {
-        count(counter::CONNECT_SKIPPED_MARK);
+    // The caller's cgroup, not the socket's: connect() runs in the calling
+    // task, and a socket could have been created elsewhere and handed over.
+    // The agent writes its cgroup's id before it makes any connect; until
+    // then the map holds 0, which no cgroup has, or a previous agent's id
+    // (cgroup ids are not reused while the node runs).
+    if unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup {
+        count(counter::CONNECT_SKIPPED_AGENT);
         return None;
     }
     let own = PodAddrKey { netns, ip: dst };

@@ -58,10 +58,11 @@ pub fn keepalive(socket: SockRef<'_>) {
     let _ = socket.set_tcp_keepalive(&ka);
 }
 
-/// A marked TCP connection from inside the pod's netns, optionally from a
-/// fixed source address, given up after `timeout` (a destination that drops
-/// SYNs would otherwise hold the dial for the kernel's ~2 minutes of SYN
-/// retries).
+/// A TCP connection from inside the pod's netns, optionally from a fixed
+/// source address, given up after `timeout` (a destination that drops SYNs
+/// would otherwise hold the dial for the kernel's ~2 minutes of SYN
+/// retries). The connect programs leave it alone because this process's
+/// cgroup makes it, not because of anything on the socket.
 pub async fn agent_connect(
     pod: &PodContext,
     bind: Option<SocketAddr>,
@@ -74,7 +75,6 @@ pub async fn agent_connect(
         Domain::IPV6
     };
     let socket = pod.sockets.socket(domain)?;
-    socket.set_mark(mesh_common::AGENT_MARK)?;
     socket.set_tcp_nodelay(true)?;
     keepalive(SockRef::from(&socket));
     if let Some(addr) = bind {

@@ -31,7 +31,6 @@ pub fn listen(sockets: &SocketFactory, addr: SocketAddr) -> io::Result<TcpListen
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_mark(mesh_common::AGENT_MARK)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     TcpListener::from_std(std::net::TcpListener::from(socket))
