@@ -140,13 +140,9 @@ pub mod counter {
     pub const COUNT: u32 = 11;
 
     /// What the admin API, metrics and `mesh status` call each counter.
-    /// `connect_skipped_mark` keeps its name from when the agent's sockets
-    /// were told apart by SO_MARK (they are by the agent's cgroup now, see
-    /// `CONNECT_SKIPPED_AGENT`), so dashboards and scripts reading it go on
-    /// working.
     pub const NAMES: [&str; COUNT as usize] = [
         "connect_redirected",
-        "connect_skipped_mark",
+        "connect_skipped_agent",
         "inbound_redirected",
         "inbound_dropped_no_listener",
         "splice_inserted",

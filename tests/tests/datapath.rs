@@ -86,8 +86,8 @@ fn pod_to_pod_same_node_and_across_nodes_is_captured_and_delivered() {
     let counters = c.counters(0).unwrap();
     assert!(counters["connect_redirected"] >= 2, "{counters:?}");
     // a's agent connected out of a's netns (to b's app, to c's tunnel port);
-    // the mark kept both out of the redirect (no loop).
-    assert!(counters["connect_skipped_mark"] >= 2, "{counters:?}");
+    // being the agent's (its cgroup) kept both out of the redirect (no loop).
+    assert!(counters["connect_skipped_agent"] >= 2, "{counters:?}");
 }
 
 #[test]

@@ -115,5 +115,5 @@ fn a_pod_setting_the_old_agent_mark_is_still_carried_by_the_mesh() {
     // still left alone: it knows them by its cgroup.
     let counters = c.counters(0).unwrap();
     assert!(counters["connect_redirected"] >= 2, "{counters:?}");
-    assert!(counters["connect_skipped_mark"] >= 1, "{counters:?}");
+    assert!(counters["connect_skipped_agent"] >= 1, "{counters:?}");
 }
