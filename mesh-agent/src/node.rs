@@ -34,6 +34,9 @@ use crate::{
 };
 
 const SYNC_READY: Duration = Duration::from_secs(30);
+/// How often a node that is not ready because policies are not synced
+/// says why (the cause can last: a missing RBAC rule, a missing CRD).
+const NOT_READY_LOG: Duration = Duration::from_secs(30);
 const RETRY_PENDING: Duration = Duration::from_secs(1);
 const POOL_SWEEP: Duration = Duration::from_secs(5);
 const CERT_READY: Duration = Duration::from_secs(10);
@@ -368,7 +371,7 @@ impl Node {
                 Err(_) => {
                     warn!(
                         timeout_s = SYNC_READY.as_secs(),
-                        "discovery has not listed every kind yet; serving what is known"
+                        "discovery has not listed every kind yet; serving what is known (inbound traffic to pods only once policies are listed)"
                     );
                     return;
                 }
@@ -466,13 +469,10 @@ impl Node {
             Ok(kib) => info!(kib, "startup code unmapped"),
             Err(e) => warn!(error = %e, "startup code left mapped"),
         }
-        self.state.telemetry.set_ready();
-        info!(
-            node = %self.agent.node_name,
-            enrolled = self.pods.len(),
-            "agent ready"
-        );
+        let mut ready = self.ready_if_policies_synced();
         let mut retry = tokio::time::interval(RETRY_PENDING);
+        let mut not_ready_log = tokio::time::interval(NOT_READY_LOG);
+        not_ready_log.reset();
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -482,12 +482,42 @@ impl Node {
                         anyhow::bail!("discovery stopped publishing; exiting so the agent is restarted (enrolled pods fail closed meanwhile)");
                     }
                     self.reconcile();
+                    if !ready {
+                        ready = self.ready_if_policies_synced();
+                    }
+                }
+                _ = not_ready_log.tick(), if !ready => {
+                    if let Err(cause) = self.views.borrow().view.policies.sync.check() {
+                        warn!(node = %self.agent.node_name, %cause, "agent not ready: policies not synced; inbound traffic to enrolled pods is refused");
+                    }
                 }
                 _ = retry.tick(), if self.pending > 0 => self.reconcile(),
                 Some(done) = tasks.join_next() => return Err(task_ended(done)),
             }
         }
         self.drain().await
+    }
+
+    /// Ready only once both policy kinds are listed: before that, inbound
+    /// traffic to enrolled pods is refused (see proxy::inbound), and a node
+    /// that reports ready while refusing would draw traffic it drops.
+    /// Policies stay synced once they are, so readiness is set once.
+    fn ready_if_policies_synced(&self) -> bool {
+        match self.views.borrow().view.policies.sync.check() {
+            Ok(()) => {
+                self.state.telemetry.set_ready();
+                info!(
+                    node = %self.agent.node_name,
+                    enrolled = self.pods.len(),
+                    "agent ready"
+                );
+                true
+            }
+            Err(cause) => {
+                warn!(node = %self.agent.node_name, %cause, "agent not ready: policies not synced; inbound traffic to enrolled pods is refused until they are");
+                false
+            }
+        }
     }
 
     /// Readiness off at once; listeners closed; HBONE peers told GOAWAY;

@@ -13,11 +13,17 @@ use k8s_openapi::api::{
 };
 
 use serde::{Deserialize, de::DeserializeOwned};
+use tracing::warn;
 
 use super::ConfigError;
 use crate::{
     discovery::{convert, store::Store},
-    policy::{self, AuthorizationPolicy, model},
+    policy::{
+        self, AuthorizationPolicy, PolicySync,
+        authz::PolicyError,
+        load::{self, Failure, Loaded},
+        model,
+    },
 };
 
 pub use crate::discovery::model::{Labels, Workload};
@@ -37,6 +43,9 @@ pub struct ObjectMeta {
     pub annotations: Labels,
 }
 
+/// Decoded only so that serde_yaml positions an error in a policy
+/// document; the policy itself is read by `policy::load`.
+#[allow(dead_code)]
 #[derive(Debug, Clone, Deserialize)]
 struct PolicyDoc<S> {
     metadata: ObjectMeta,
@@ -140,15 +149,186 @@ pub const KINDS: [&str; 7] = [
     "PeerAuthentication",
 ];
 
-/// Parses every document into a store. `own_kind` documents (e.g.
-/// AgentConfig) are returned as they are with their line, for the caller
-/// to read.
+/// What a policy document that cannot be read or enforced does to the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadPolicies {
+    /// Refuse the file, naming the line and field: at start, where the
+    /// operator is there to fix it and nothing is served yet.
+    Refuse,
+    /// Accept the file with a fail-closed stand-in for the policy (deny
+    /// all, or STRICT, in its scope), logged with line and field: on a
+    /// reload, where keeping the last good file would leave a new DENY
+    /// policy unenforced while everything else moved on.
+    StandIn,
+}
+
+/// Parses every document into a store, refusing bad policies. `own_kind`
+/// documents (e.g. AgentConfig) are returned as they are with their line,
+/// for the caller to read.
 pub fn parse(
     file: &Path,
     text: &str,
     own_kind: &str,
 ) -> Result<(Store, Vec<(usize, serde_yaml::Value)>), ConfigError> {
-    let mut store = Store::default();
+    parse_with(file, text, own_kind, BadPolicies::Refuse)
+}
+
+/// A policy document's spec as JSON, the form `policy::load` reads; a spec
+/// JSON cannot hold (a map key that is not a string or number) is
+/// unreadable.
+fn spec_json(value: &serde_yaml::Value) -> Result<Option<serde_json::Value>, PolicyError> {
+    value
+        .get("spec")
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| PolicyError {
+            field: "spec".into(),
+            problem: e.to_string(),
+        })
+}
+
+/// Logs what loading found, or turns a failure into the file's error.
+fn judge<T>(
+    file: &Path,
+    doc: &Document<'_>,
+    what: &str,
+    mode: BadPolicies,
+    loaded: &Loaded<T>,
+    positioned: impl FnOnce() -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    for e in &loaded.ignored {
+        warn!(file = %file.display(), line = doc.line, object = what, field = %e.field, problem = %e.problem, "unknown field in a DENY rule ignored");
+    }
+    let Some(failure) = &loaded.failure else {
+        return Ok(());
+    };
+    let e = match failure {
+        Failure::Unreadable(e) | Failure::Invalid(e) => e,
+    };
+    if mode == BadPolicies::Refuse {
+        // serde_yaml names the line of the problem itself when it can.
+        if matches!(failure, Failure::Unreadable(_)) {
+            positioned()?;
+        }
+        return Err(invalid_at(
+            file,
+            doc.line,
+            format!("{what}: {}", e.field),
+            e.problem.clone(),
+        ));
+    }
+    let stand_in = if what.starts_with("PeerAuthentication") {
+        "treating it as STRICT in its scope"
+    } else {
+        "denying all traffic in its scope"
+    };
+    let why = match failure {
+        Failure::Unreadable(_) => "cannot be read",
+        Failure::Invalid(_) => "cannot be enforced as written",
+    };
+    warn!(
+        file = %file.display(),
+        line = doc.line,
+        object = what,
+        field = %e.field,
+        problem = %e.problem,
+        "{what} {why}; {stand_in} until it is fixed"
+    );
+    Ok(())
+}
+
+/// A spec decoded from the document's text, as `Document::typed` falls
+/// back to: from text, an untagged `80` also reads as the string "80".
+fn typed_from_text<S: DeserializeOwned + Default>(text: &str) -> Result<S, serde_yaml::Error> {
+    serde_yaml::from_str::<PolicyDoc<S>>(text).map(|d| d.spec)
+}
+
+fn annotations_of(value: &serde_yaml::Value) -> Labels {
+    // Unreadable annotations read as none: the policy is then enforced,
+    // never silently dry-run.
+    value
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| serde_yaml::from_value(a.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Loads an AuthorizationPolicy document: as YAML first (how the file has
+/// always been read), else through `policy::load`, which names the field
+/// and applies the DENY-rule leniency.
+fn load_authorization(
+    value: &serde_yaml::Value,
+    text: &str,
+    namespace: &str,
+    name: &str,
+) -> Loaded<Option<AuthorizationPolicy>> {
+    let annotations = annotations_of(value);
+    let spec = value.get("spec").cloned().unwrap_or_default();
+    let typed = if spec.is_null() {
+        Ok(model::AuthorizationPolicySpec::default())
+    } else {
+        serde_yaml::from_value::<model::AuthorizationPolicySpec>(spec)
+            .or_else(|_| typed_from_text(text))
+    };
+    if let Ok(spec) = typed {
+        return load::compiled(namespace, name, &annotations, &spec, Vec::new());
+    }
+    match spec_json(value) {
+        Ok(json) => load::authorization(namespace, name, &annotations, json.as_ref()),
+        Err(e) => Loaded {
+            policy: Some(AuthorizationPolicy::deny_all(namespace, name, None)),
+            ignored: Vec::new(),
+            failure: Some(Failure::Unreadable(e)),
+        },
+    }
+}
+
+fn load_peer_authentication(
+    value: &serde_yaml::Value,
+    text: &str,
+    namespace: &str,
+    name: &str,
+) -> Loaded<policy::PeerAuthentication> {
+    let spec = value.get("spec").cloned().unwrap_or_default();
+    let typed = if spec.is_null() {
+        Ok(model::PeerAuthenticationSpec::default())
+    } else {
+        serde_yaml::from_value::<model::PeerAuthenticationSpec>(spec)
+            .or_else(|_| typed_from_text(text))
+    };
+    if let Ok(spec) = typed {
+        return Loaded {
+            policy: policy::PeerAuthentication {
+                name: format!("{namespace}/{name}"),
+                namespace: namespace.to_owned(),
+                spec,
+            },
+            ignored: Vec::new(),
+            failure: None,
+        };
+    }
+    match spec_json(value) {
+        Ok(json) => load::peer_authentication(namespace, name, json.as_ref()),
+        Err(e) => Loaded {
+            policy: policy::PeerAuthentication::strict(namespace, name, None),
+            ignored: Vec::new(),
+            failure: Some(Failure::Unreadable(e)),
+        },
+    }
+}
+
+/// `parse`, with the choice of what a bad policy does to the file.
+pub fn parse_with(
+    file: &Path,
+    text: &str,
+    own_kind: &str,
+    bad_policies: BadPolicies,
+) -> Result<(Store, Vec<(usize, serde_yaml::Value)>), ConfigError> {
+    let mut store = Store {
+        // The file is read whole: its policies are complete at once.
+        policy_sync: PolicySync::COMPLETE,
+        ..Store::default()
+    };
     let mut own = Vec::new();
     let mut seen = HashSet::new();
     let mut seen_ips = BTreeMap::new();
@@ -249,33 +429,52 @@ pub fn parse(
                 store.slices.apply(key, slice);
             }
             "AuthorizationPolicy" => {
-                let p: PolicyDoc<model::AuthorizationPolicySpec> = doc.typed(value, file, &what)?;
-                let compiled = AuthorizationPolicy::compile(
-                    &namespace,
-                    &name,
-                    &p.metadata.annotations,
-                    &p.spec,
-                )
-                .map_err(|e| {
-                    invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
+                let loaded = load_authorization(&value, doc.text, &namespace, &name);
+                judge(file, &doc, &what, bad_policies, &loaded, || {
+                    doc.parse::<PolicyDoc<model::AuthorizationPolicySpec>>(file, &what)
+                        .map(drop)
                 })?;
-                store.authorization.apply(key, compiled);
+                store.authorization.apply(key, loaded.policy);
             }
             "PeerAuthentication" => {
-                let p: PolicyDoc<model::PeerAuthenticationSpec> = doc.typed(value, file, &what)?;
-                store.peer_authentication.apply(
-                    key.clone(),
-                    policy::PeerAuthentication {
-                        name: key,
-                        namespace,
-                        spec: p.spec,
-                    },
-                );
+                let loaded = load_peer_authentication(&value, doc.text, &namespace, &name);
+                judge(file, &doc, &what, bad_policies, &loaded, || {
+                    doc.parse::<PolicyDoc<model::PeerAuthenticationSpec>>(file, &what)
+                        .map(drop)
+                })?;
+                store.peer_authentication.apply(key, loaded.policy);
             }
             _ => unreachable!("kinds are checked above"),
         }
     }
     Ok((store, own))
+}
+
+/// The text with every policy document blanked out, line for line (so
+/// that errors elsewhere keep their line numbers).
+pub fn without_policies(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for doc in split_documents(text) {
+        let start = doc.text.as_ptr() as usize - text.as_ptr() as usize;
+        out.push_str(&text[at..start]);
+        let kind = serde_yaml::from_str::<serde_yaml::Value>(doc.text)
+            .ok()
+            .and_then(|v| v.get("kind")?.as_str().map(str::to_owned));
+        if matches!(
+            kind.as_deref(),
+            Some("AuthorizationPolicy" | "PeerAuthentication")
+        ) {
+            for line in doc.text.split_inclusive('\n') {
+                out.push_str(if line.ends_with('\n') { "#\n" } else { "#" });
+            }
+        } else {
+            out.push_str(doc.text);
+        }
+        at = start + doc.text.len();
+    }
+    out.push_str(&text[at..]);
+    out
 }
 
 /// Reads the program's own document into its type, with file and line.

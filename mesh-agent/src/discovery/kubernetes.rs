@@ -5,6 +5,14 @@
 //! the slim model as they arrive, so only the fields the agent needs stay
 //! in memory. Events that are ready together are applied as one batch and
 //! published as one view.
+//!
+//! Policies are watched untyped (`DynamicObject`) and decoded one object at
+//! a time: a typed watch fails a whole list, or drops a watch event, when
+//! one object does not decode (a field newer than this agent, a typo), and
+//! a DENY policy would then silently not exist. Decoded per object, an
+//! unreadable policy becomes a fail-closed stand-in in its scope and the
+//! others apply. Until both policy kinds have been listed once, the view
+//! says so and no inbound traffic to pods is served.
 #[cfg(test)]
 mod tests;
 
@@ -17,6 +25,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DynamicObject},
     runtime::{WatchStreamExt, watcher},
 };
 use serde::de::DeserializeOwned;
@@ -27,8 +36,10 @@ use super::{
     store::{Collection, CompiledPolicy, Store},
 };
 use crate::policy::{
-    self, AuthorizationPolicy,
+    self, PolicySync,
     crd::{AuthorizationPolicyResource, PeerAuthenticationResource},
+    load::{self, Failure},
+    sync::KindSync,
 };
 
 pub struct KubernetesSource {
@@ -47,8 +58,8 @@ enum Change {
     Service(Box<watcher::Event<Service>>),
     Slice(Box<watcher::Event<EndpointSlice>>),
     Namespace(Box<watcher::Event<Namespace>>),
-    Authorization(Box<watcher::Event<AuthorizationPolicyResource>>),
-    PeerAuthentication(Box<watcher::Event<PeerAuthenticationResource>>),
+    Authorization(Box<watcher::Event<DynamicObject>>),
+    PeerAuthentication(Box<watcher::Event<DynamicObject>>),
 }
 
 const KINDS: usize = 6;
@@ -65,6 +76,22 @@ where
         .default_backoff()
         .map(move |r| (index, r.map(wrap)))
         .boxed()
+}
+
+/// A policy kind, watched untyped (see the module comment).
+fn watch_untyped(
+    client: &Client,
+    resource: ApiResource,
+    wrap: fn(watcher::Event<DynamicObject>) -> Change,
+    index: usize,
+) -> BoxStream<'static, (usize, Result<Change, watcher::Error>)> {
+    watcher(
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(move |r| (index, r.map(wrap)))
+    .boxed()
 }
 
 /// Per kind: the objects of a re-list in progress, and whether the kind
@@ -131,28 +158,51 @@ fn apply<K: Resource, T>(
     }
 }
 
-/// A policy that does not compile denies everything in its scope.
-fn compile_authorization(
-    p: &AuthorizationPolicyResource,
-) -> Result<CompiledPolicy, convert::Invalid> {
-    let namespace = p.namespace().unwrap_or_else(|| "default".into());
-    let name = p.name_any();
-    match AuthorizationPolicy::compile(&namespace, &name, p.annotations(), &p.spec.0) {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            warn!(
-                policy = %format!("{namespace}/{name}"),
-                field = %e.field,
-                problem = %e.problem,
-                "AuthorizationPolicy cannot be enforced as written; denying all traffic in its scope until it is fixed"
-            );
-            Ok(Some(AuthorizationPolicy::deny_all(
-                &namespace,
-                &name,
-                p.spec.0.selector.clone(),
-            )))
-        }
+/// Logs what loading a policy object found: ignored clauses of DENY
+/// rules, and objects replaced by their fail-closed stand-in.
+fn log_loaded<T>(kind: &str, object: &str, loaded: &load::Loaded<T>) {
+    for e in &loaded.ignored {
+        warn!(kind, object, field = %e.field, problem = %e.problem, "unknown field in a DENY rule ignored");
     }
+    let Some(failure) = &loaded.failure else {
+        return;
+    };
+    let (e, why) = match failure {
+        Failure::Unreadable(e) => (e, "cannot be read"),
+        Failure::Invalid(e) => (e, "cannot be enforced as written"),
+    };
+    let stand_in = match kind {
+        "PeerAuthentication" => "treating it as STRICT in its scope",
+        _ => "denying all traffic in its scope",
+    };
+    warn!(
+        kind,
+        object,
+        field = %e.field,
+        problem = %e.problem,
+        "{kind} {why}; {stand_in} until it is fixed"
+    );
+}
+
+fn namespace_of(o: &DynamicObject) -> String {
+    o.namespace().unwrap_or_else(|| "default".into())
+}
+
+/// Never fails: an object that cannot be used is replaced by its stand-in.
+fn load_authorization(o: &DynamicObject) -> Result<CompiledPolicy, convert::Invalid> {
+    let (namespace, name) = (namespace_of(o), o.name_any());
+    let loaded = load::authorization(&namespace, &name, o.annotations(), o.data.get("spec"));
+    log_loaded("AuthorizationPolicy", &ns_name(o), &loaded);
+    Ok(loaded.policy)
+}
+
+fn load_peer_authentication(
+    o: &DynamicObject,
+) -> Result<policy::PeerAuthentication, convert::Invalid> {
+    let (namespace, name) = (namespace_of(o), o.name_any());
+    let loaded = load::peer_authentication(&namespace, &name, o.data.get("spec"));
+    log_loaded("PeerAuthentication", &ns_name(o), &loaded);
+    Ok(loaded.policy)
 }
 
 #[derive(Default)]
@@ -165,7 +215,10 @@ struct Watchers {
     authorization: KindState<CompiledPolicy>,
     peer_authentication: KindState<policy::PeerAuthentication>,
     /// Kinds the API server does not serve (their CRD is not installed).
+    /// Policy kinds never count as absent for enforcement (see `policy_sync`).
     absent: [bool; KINDS],
+    /// The last error of each kind's first list, until it succeeds.
+    list_errors: [Option<String>; KINDS],
 }
 
 impl Watchers {
@@ -179,6 +232,21 @@ impl Watchers {
             self.peer_authentication.synced,
         ];
         synced.iter().zip(self.absent).all(|(s, a)| *s || a)
+    }
+
+    /// Whether the policy kinds are enforceable: listed, or why not. A
+    /// missing CRD is a failure here (unlike for `synced`): a mesh without
+    /// its policy kinds cannot tell what its operators meant to deny.
+    fn policy_sync(&self) -> PolicySync {
+        let kind = |synced: bool, index: usize| match (synced, &self.list_errors[index]) {
+            (true, _) => KindSync::Listed,
+            (false, Some(e)) => KindSync::Failing(e.clone()),
+            (false, None) => KindSync::Listing,
+        };
+        PolicySync {
+            authorization: kind(self.authorization.synced, AUTHZ),
+            peer_authentication: kind(self.peer_authentication.synced, PEER),
+        }
     }
 
     fn handle(&mut self, index: usize, change: Result<Change, watcher::Error>) {
@@ -222,7 +290,7 @@ impl Watchers {
                 &mut s.authorization,
                 &mut self.authorization,
                 ns_name,
-                compile_authorization,
+                load_authorization,
             ),
             Ok(Change::PeerAuthentication(e)) => apply(
                 *e,
@@ -230,15 +298,36 @@ impl Watchers {
                 &mut s.peer_authentication,
                 &mut self.peer_authentication,
                 ns_name,
-                |p| {
-                    let key = ns_name(p);
-                    Ok(policy::PeerAuthentication {
-                        namespace: p.namespace().unwrap_or_else(|| "default".into()),
-                        name: key,
-                        spec: p.spec.0.clone(),
-                    })
-                },
+                load_peer_authentication,
             ),
+            Err(e) if index == AUTHZ || index == PEER => {
+                let synced = match index {
+                    AUTHZ => self.authorization.synced,
+                    _ => self.peer_authentication.synced,
+                };
+                let not_found = matches!(
+                    &e,
+                    watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_not_found()
+                );
+                // Absent for `synced` (the rest of the cluster is known),
+                // but never enforceable: see `policy_sync`.
+                self.absent[index] |= not_found;
+                if synced {
+                    warn!(kind = KIND_NAMES[index], error = %e, "watch failed; the policies already read stay in force; retrying with backoff");
+                    return;
+                }
+                let error = if not_found {
+                    format!("{e} (the API server does not serve it: is its CRD installed?)")
+                } else {
+                    e.to_string()
+                };
+                warn!(
+                    kind = KIND_NAMES[index],
+                    error = %error,
+                    "policy kind not listed; inbound traffic to enrolled pods is refused and the agent stays not ready until it is; retrying with backoff"
+                );
+                self.list_errors[index] = Some(error);
+            }
             Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
                 if status.is_not_found() =>
             {
@@ -257,6 +346,9 @@ impl Watchers {
     }
 }
 
+const AUTHZ: usize = 4;
+const PEER: usize = 5;
+
 const KIND_NAMES: [&str; KINDS] = [
     "Pod",
     "Service",
@@ -274,8 +366,18 @@ fn all_watches(
         watch(client, |e| Change::Service(Box::new(e)), 1),
         watch(client, |e| Change::Slice(Box::new(e)), 2),
         watch(client, |e| Change::Namespace(Box::new(e)), 3),
-        watch(client, |e| Change::Authorization(Box::new(e)), 4),
-        watch(client, |e| Change::PeerAuthentication(Box::new(e)), 5),
+        watch_untyped(
+            client,
+            ApiResource::erase::<AuthorizationPolicyResource>(&()),
+            |e| Change::Authorization(Box::new(e)),
+            AUTHZ,
+        ),
+        watch_untyped(
+            client,
+            ApiResource::erase::<PeerAuthenticationResource>(&()),
+            |e| Change::PeerAuthentication(Box::new(e)),
+            PEER,
+        ),
     ])
 }
 
@@ -284,6 +386,7 @@ impl Source for KubernetesSource {
         let mut changes = all_watches(&self.client);
         let mut w = Watchers::default();
         let mut published_synced = false;
+        let mut published_policies = PolicySync::default();
         while publisher.is_open() {
             let Some((index, first)) = changes.next().await else {
                 break;
@@ -296,11 +399,16 @@ impl Source for KubernetesSource {
                 w.handle(index, next);
             }
             let newly_synced = w.synced() && !published_synced;
-            if !changed && !newly_synced {
+            // A policy kind's list failing (or failing differently) is
+            // news too: the agent logs it as the reason it is not ready.
+            let policies = w.policy_sync();
+            if !changed && !newly_synced && policies == published_policies {
                 // Only errors (retried with backoff): nothing to rebuild.
                 continue;
             }
             published_synced = w.synced();
+            published_policies = policies.clone();
+            w.store.policy_sync = policies;
             let (store, synced, p) = (w.store.clone(), w.synced(), publisher.clone());
             let _ = tokio::task::spawn_blocking(move || p.publish(&store, synced)).await;
         }

@@ -1,6 +1,10 @@
 //! The local source: the agent's own YAML file, polled for changes. A file
 //! that does not parse is refused with file, line and field, and the last
-//! good state stays in force.
+//! good state stays in force. Policies are the exception: a changed file
+//! whose only problems are policy documents that cannot be read or
+//! enforced is applied, each such policy replaced by its fail-closed
+//! stand-in (deny all, or STRICT, in its scope) and logged. Keeping the
+//! last good file instead would leave a new DENY policy unenforced.
 use std::{
     os::unix::fs::MetadataExt,
     path::PathBuf,
@@ -10,7 +14,10 @@ use std::{
 use tracing::{error, info, warn};
 
 use super::{Publisher, Source};
-use crate::config::{AgentConfig, NodeConfig};
+use crate::config::{
+    AgentConfig, ConfigError, NodeConfig,
+    objects::{self, BadPolicies},
+};
 
 /// Cheap enough to poll often: a stat, and a read only when it changed.
 const POLL: Duration = Duration::from_millis(100);
@@ -42,6 +49,29 @@ impl LocalFile {
     }
 }
 
+/// A changed file, read as `apply` describes: strictly, else with
+/// stand-ins for bad policies when everything else in it is good.
+pub fn reload(
+    path: &std::path::Path,
+    text: &str,
+    node_name: Option<&str>,
+) -> Result<NodeConfig, ConfigError> {
+    let strict = match NodeConfig::parse(path, text, node_name) {
+        Ok(config) => return Ok(config),
+        Err(e) => e,
+    };
+    // Everything but the policies, validated as at start (line numbers
+    // kept); the policies read one by one, with stand-ins.
+    let Ok((lenient, _)) = objects::parse_with(path, text, "AgentConfig", BadPolicies::StandIn)
+    else {
+        return Err(strict);
+    };
+    let mut config = NodeConfig::parse(path, &objects::without_policies(text), node_name)?;
+    config.store.authorization = lenient.authorization;
+    config.store.peer_authentication = lenient.peer_authentication;
+    Ok(config)
+}
+
 /// Parses the file's new text and publishes it, or says why not.
 fn apply(
     path: &std::path::Path,
@@ -51,7 +81,7 @@ fn apply(
     publisher: &Publisher,
 ) {
     let started = std::time::Instant::now();
-    match NodeConfig::parse(path, text, node_name.as_deref()) {
+    match reload(path, text, node_name.as_deref()) {
         Ok(config) => {
             info!(
                 parse_us = started.elapsed().as_micros() as u64,
@@ -97,5 +127,91 @@ impl Source for LocalFile {
                     .await;
             self.last_text = text;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::reload;
+    use crate::{
+        config::{NodeConfig, objects},
+        policy::{PolicySync, model::Action},
+    };
+
+    const BASE: &str = "kind: AgentConfig\nnodeName: n1\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec: {nodeName: n2, containers: [{name: c}]}\nstatus: {podIPs: [{ip: 10.1.0.1}]}\n";
+
+    const UNREADABLE: &str = "---\nkind: AuthorizationPolicy\nmetadata: {name: future, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  rules:\n  - from:\n    - source: {principals: [x], newField: [y]}\n---\nkind: PeerAuthentication\nmetadata: {name: pa, namespace: shop}\nspec: {mtls: {mode: PERMISSIVE, other: 1}}\n---\nkind: AuthorizationPolicy\nmetadata: {name: good, namespace: shop}\nspec: {action: DENY, rules: [{to: [{operation: {ports: [9090]}}]}]}\n";
+
+    #[test]
+    fn a_file_is_policy_synced_at_once() {
+        let c = NodeConfig::parse(Path::new("f.yaml"), BASE, None).unwrap();
+        assert_eq!(c.view().policies.sync, PolicySync::COMPLETE);
+    }
+
+    #[test]
+    fn at_start_an_unreadable_policy_refuses_the_file_with_its_line() {
+        let text = format!("{BASE}{UNREADABLE}");
+        let e = NodeConfig::parse(Path::new("f.yaml"), &text, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("f.yaml:16: AuthorizationPolicy shop/future:") && e.contains("newField"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn on_reload_unreadable_policies_stand_in_and_the_rest_applies() {
+        let text = format!("{BASE}{UNREADABLE}");
+        let c = reload(Path::new("f.yaml"), &text, None).unwrap();
+        let v = c.view();
+        let future = v
+            .policies
+            .authorization
+            .iter()
+            .find(|p| p.name == "shop/future")
+            .unwrap();
+        assert_eq!(future.action, Action::Deny);
+        assert_eq!(future.rules_source, None, "the stand-in, not the policy");
+        assert_eq!(future.selector.as_ref().unwrap().match_labels["app"], "web");
+        let good = v
+            .policies
+            .authorization
+            .iter()
+            .find(|p| p.name == "shop/good")
+            .unwrap();
+        assert!(
+            good.rules_source.is_some(),
+            "`ports: [9090]` reads as YAML did"
+        );
+        let pa = &v.policies.peer_authentication[0];
+        assert_eq!(
+            pa.spec.mtls.as_ref().unwrap().mode,
+            crate::policy::MtlsMode::Strict
+        );
+        assert_eq!(v.workloads().count(), 1);
+    }
+
+    #[test]
+    fn on_reload_other_errors_still_refuse_the_file_with_their_line() {
+        let text = format!("{BASE}{UNREADABLE}").replace("ip: 10.1.0.1", "ip: nope");
+        let e = reload(Path::new("f.yaml"), &text, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f.yaml:") && e.contains("podIPs"), "{e}");
+    }
+
+    #[test]
+    fn blanking_policies_keeps_every_other_line_where_it_was() {
+        let text = format!("{BASE}{UNREADABLE}");
+        let blank = objects::without_policies(&text);
+        assert_eq!(blank.lines().count(), text.lines().count());
+        assert!(!blank.contains("AuthorizationPolicy") && blank.contains("kind: Pod"));
+        assert_eq!(
+            blank.lines().position(|l| l == "kind: Pod"),
+            text.lines().position(|l| l == "kind: Pod")
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::model::{EndpointSlice, Labels, Service, Workload};
-use crate::policy::{AuthorizationPolicy, PeerAuthentication};
+use crate::policy::{AuthorizationPolicy, PeerAuthentication, PolicySync};
 
 /// One kind's objects by key (`<namespace>/<name>`, a pod's uid, or a
 /// namespace's name).
@@ -74,6 +74,9 @@ pub struct Store {
     /// Node name → addresses. Local files only: they tell `mesh status`
     /// where the other nodes' agents are (the agent itself needs no Nodes).
     pub nodes: Collection<Vec<std::net::IpAddr>>,
+    /// Whether `authorization` and `peer_authentication` are complete. A
+    /// default store is not: a source says when it has read them whole.
+    pub policy_sync: PolicySync,
 }
 
 /// How many objects of each kind the store holds, for logs and metrics.

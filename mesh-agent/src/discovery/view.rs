@@ -122,6 +122,7 @@ impl MeshView {
                     .values()
                     .map(|p| p.as_ref().clone())
                     .collect(),
+                sync: store.policy_sync.clone(),
             },
             sizes: store.sizes(),
         }

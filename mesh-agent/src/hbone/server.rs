@@ -29,7 +29,7 @@ use crate::{
     proxy::{
         access_log::{Connection, Direction, Security},
         connector::agent_connect,
-        inbound::{delivery_source, refuse_self_traffic},
+        inbound::{delivery_source, policies_synced, refuse_self_traffic},
         listeners::{self, Accepted, Listener},
         own_ports::{InboundPath, check_inbound},
         relay,
@@ -392,6 +392,10 @@ async fn stream_request(
         &pod,
         Some(delivery_source(dst)),
         dst,
+    if !policies_synced(&mut conn, &view, &state, Listener::Hbone) {
+        refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
+        return;
+    }
         state.limits.connect_timeout,
     );
     // A peer that resets the stream while the app is being dialled gets

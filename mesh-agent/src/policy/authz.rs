@@ -13,7 +13,7 @@ use crate::identity::Identity;
 /// Pod annotations (mesh's and Istio's) that make a policy log only.
 pub const DRY_RUN_ANNOTATIONS: [&str; 2] = ["mesh.io/dry-run", "istio.io/dry-run"];
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{field}: {problem}")]
 pub struct PolicyError {
     pub field: String,

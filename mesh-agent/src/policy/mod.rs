@@ -3,12 +3,15 @@
 //! destination's agent.
 pub mod authz;
 pub mod crd;
+pub mod load;
 pub mod model;
+pub mod sync;
 
 use std::collections::BTreeMap;
 
 pub use authz::{AuthorizationPolicy, Connection, Verdict};
 pub use model::MtlsMode;
+pub use sync::{NotSynced, PolicySync};
 
 /// A compiled PeerAuthentication.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +34,9 @@ pub struct PolicySet {
     pub root_namespace: String,
     pub authorization: Vec<AuthorizationPolicy>,
     pub peer_authentication: Vec<PeerAuthentication>,
+    /// Whether both kinds have been read whole. Until then the lists above
+    /// are incomplete, and inbound paths refuse instead of deciding.
+    pub sync: PolicySync,
 }
 
 /// The verdict that is enforced, and what dry-run policies would have done.

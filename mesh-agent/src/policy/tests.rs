@@ -23,6 +23,7 @@ fn set(policies: Vec<AuthorizationPolicy>) -> PolicySet {
         root_namespace: "istio-system".into(),
         authorization: policies,
         peer_authentication: vec![],
+        sync: PolicySync::COMPLETE,
     }
 }
 

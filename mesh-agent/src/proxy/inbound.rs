@@ -79,6 +79,12 @@ async fn handle(
     let mut conn = Connection::new(Direction::Inbound, &pod, &state, src, dst, Security::None);
     conn.destination_identity = Some(pod.identity.to_string());
     let view = state.view();
+    // Before the STRICT check: until PeerAuthentications are listed, every
+    // pod would look PERMISSIVE.
+    if !policies_synced(&mut conn, &view, &state, Listener::Inbound) {
+        relay::reset(downstream);
+        return;
+    }
     if state.mtls.is_some() && view.policies.mtls_mode(pod.target(), dst.port()) == MtlsMode::Strict
     {
         conn.refused("plaintext refused: STRICT mTLS (PeerAuthentication)");
@@ -86,6 +92,31 @@ async fn handle(
         return;
     }
     deliver(downstream, conn, None, &pod, dst, &view, &state).await;
+}
+
+/// Whether the view's policies can be enforced. If not, counts and logs
+/// the refusal with the reason (which kind, and the API's error); the
+/// caller then refuses the connection. Every inbound path asks this first:
+/// an incomplete policy list would decide allow-all and PERMISSIVE.
+pub fn policies_synced(
+    conn: &mut Connection<'_>,
+    view: &MeshView,
+    state: &ProxyState,
+    listener: Listener,
+) -> bool {
+    match view.policies.sync.check() {
+        Ok(()) => true,
+        Err(e) => {
+            state
+                .telemetry
+                .refusals
+                .refused(listener.label(), "policies_not_synced");
+            conn.refused(&format!(
+                "policies not synced, refusing until they are: {e}"
+            ));
+            false
+        }
+    }
 }
 
 /// Authorizes a connection to `to` (an address of `target`) from `source`
@@ -102,6 +133,11 @@ pub async fn deliver(
     state: &ProxyState,
 ) {
     let relay_mode: RelayMode = target.relay;
+    // The same-node hand-over arrives here without passing `handle`.
+    if !policies_synced(&mut conn, view, state, Listener::Inbound) {
+        relay::reset(downstream);
+        return;
+    }
     let decision = view.policies.authorize(
         target.target(),
         &crate::policy::Connection {

@@ -13,7 +13,10 @@ use kube::client::Body;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::discovery::{Published, view::ViewSettings};
+use crate::{
+    discovery::{Published, view::ViewSettings},
+    policy::sync::PolicyKind,
+};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -24,10 +27,13 @@ const NAMESPACES: &str = "/api/v1/namespaces";
 const AUTHZ: &str = "/apis/security.istio.io/v1/authorizationpolicies";
 const PEER: &str = "/apis/security.istio.io/v1/peerauthentications";
 
-/// Scripted answers per (path, is_watch); unscripted kinds list empty.
+/// Scripted answers per (path, is_watch); unscripted kinds list empty,
+/// unless their lists are held (never answered) or always fail.
 #[derive(Default)]
 struct Script {
     answers: HashMap<(&'static str, bool), VecDeque<(StatusCode, String)>>,
+    held_lists: Vec<&'static str>,
+    failing_lists: HashMap<&'static str, (StatusCode, String)>,
     seen: Vec<String>,
 }
 
@@ -37,6 +43,21 @@ impl Script {
             .entry((path, false))
             .or_default()
             .push_back((status, body.to_string()));
+        self
+    }
+
+    fn hold_list(&mut self, path: &'static str) -> &mut Self {
+        self.held_lists.push(path);
+        self
+    }
+
+    fn always_fail_list(
+        &mut self,
+        path: &'static str,
+        status: StatusCode,
+        body: Value,
+    ) -> &mut Self {
+        self.failing_lists.insert(path, (status, body.to_string()));
         self
     }
 
@@ -89,8 +110,12 @@ async fn run_until(script: Script, until: impl Fn(&Published) -> bool) -> (Publi
                 .into_iter()
                 .find(|p| *p == path);
             let answer = key.and_then(|k| s.answers.get_mut(&(k, is_watch))?.pop_front());
+            let failing = key.and_then(|k| s.failing_lists.get(k)).cloned();
+            let hold = key.is_some_and(|k| s.held_lists.contains(&k));
             let answer = match (answer, is_watch) {
                 (Some(a), _) => Some(a),
+                (None, false) if failing.is_some() => failing,
+                (None, false) if hold => None,
                 (None, false) => Some((
                     StatusCode::OK,
                     list_of("Any", "v1", "1", vec![]).to_string(),
@@ -256,15 +281,149 @@ async fn api_errors_are_retried_and_the_source_recovers() {
     assert_eq!(seen.iter().filter(|r| *r == PODS).count(), 2, "{seen:?}");
 }
 
+/// A missing policy CRD does not hold up the rest of discovery, but the
+/// policies are not enforceable: the cause is recorded in the view.
 #[tokio::test]
-async fn missing_policy_crds_count_as_empty() {
+async fn missing_policy_crds_leave_policies_unsynced_with_the_cause() {
     let mut s = Script::default();
     let not_found = json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
                            "message": "the server could not find the requested resource", "reason": "NotFound", "code": 404});
-    s.list(AUTHZ, StatusCode::NOT_FOUND, not_found.clone())
-        .list(PEER, StatusCode::NOT_FOUND, not_found);
-    let (p, _) = run_until(s, |p| p.synced).await;
+    s.always_fail_list(AUTHZ, StatusCode::NOT_FOUND, not_found.clone())
+        .always_fail_list(PEER, StatusCode::NOT_FOUND, not_found);
+    let (p, _) = run_until(s, |p| {
+        p.synced
+            && matches!(
+                p.view.policies.sync.peer_authentication,
+                KindSync::Failing(_)
+            )
+    })
+    .await;
     assert!(p.view.policies.authorization.is_empty());
+    let cause = p.view.policies.sync.check().unwrap_err().to_string();
+    assert!(
+        cause.starts_with("AuthorizationPolicy cannot be listed")
+            && cause.contains("CRD installed"),
+        "{cause}"
+    );
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+#[tokio::test]
+async fn pods_listed_before_policies_are_not_policy_synced() {
+    let mut s = Script::default();
+    s.list(
+        PODS,
+        StatusCode::OK,
+        list_of("Pod", "v1", "1", vec![pod("a", "1", "10.0.0.1", json!({}))]),
+    )
+    .hold_list(AUTHZ);
+    let (p, _) = run_until(s, |p| {
+        names(p) == ["a"] && p.view.policies.sync.peer_authentication == KindSync::Listed
+    })
+    .await;
+    assert!(!p.synced);
+    assert_eq!(
+        p.view.policies.sync.check(),
+        Err(crate::policy::NotSynced::Listing {
+            kind: PolicyKind::AuthorizationPolicy
+        })
+    );
+}
+
+#[tokio::test]
+async fn forbidden_authorization_policies_never_sync_and_the_cause_is_kept() {
+    let mut s = Script::default();
+    s.list(
+        PODS,
+        StatusCode::OK,
+        list_of("Pod", "v1", "1", vec![pod("a", "1", "10.0.0.1", json!({}))]),
+    )
+    .always_fail_list(
+        AUTHZ,
+        StatusCode::FORBIDDEN,
+        status(
+            403,
+            "Forbidden",
+            "authorizationpolicies.security.istio.io is forbidden: User \"system:serviceaccount:mesh:agent\" cannot list resource",
+        ),
+    );
+    let (p, seen) = run_until(s, |p| {
+        names(p) == ["a"]
+            && p.view.policies.sync.peer_authentication == KindSync::Listed
+            && matches!(p.view.policies.sync.authorization, KindSync::Failing(_))
+    })
+    .await;
+    assert!(!p.synced, "a forbidden kind is not absent");
+    let cause = p.view.policies.sync.check().unwrap_err();
+    let crate::policy::NotSynced::Failing { kind, error } = &cause else {
+        panic!("{cause:?}")
+    };
+    assert_eq!(*kind, PolicyKind::AuthorizationPolicy);
+    assert!(error.contains("forbidden"), "{error}");
+    assert!(seen.iter().any(|r| r == AUTHZ), "{seen:?}");
+}
+
+fn authz(name: &str, rv: &str, spec: Value) -> Value {
+    json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+           "metadata": {"name": name, "namespace": "shop", "resourceVersion": rv},
+           "spec": spec,
+           // istiod writes status; it never affects a decision.
+           "status": {"validationMessages": [{"type": {"code": "IST0000"}}]}})
+}
+
+#[tokio::test]
+async fn an_unreadable_policy_denies_in_its_scope_and_the_others_apply() {
+    let mut s = Script::default();
+    s.list(AUTHZ, StatusCode::OK, list_of("AuthorizationPolicy", "security.istio.io/v1", "1", vec![
+        authz("allow-front", "1", json!({"selector": {"matchLabels": {"app": "web"}},
+            "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/front"]}}]}]})),
+        authz("future", "1", json!({"selector": {"matchLabels": {"app": "db"}},
+            "rules": [{"from": [{"source": {"principals": ["x"], "serviceAccounts": ["y"]}}]}]})),
+    ]))
+    .watch(AUTHZ, &[event("ADDED", authz("deny-new", "2", json!({"action": "DENY",
+        "selector": {"matchLabels": {"app": "web"}},
+        "rules": [{"from": [{"source": {"serviceAccounts": ["front"]}}], "to": [{"operation": {"ports": ["9090"]}}]}]})))]);
+    let (p, _) = run_until(s, |p| p.view.policies.authorization.len() == 3).await;
+    assert!(p.view.policies.sync.is_synced());
+    let set = &p.view.policies;
+    let front = crate::identity::Identity::new("cluster.local", "shop", "front").unwrap();
+    let decide = |app: &str, port: u16| {
+        let labels = [("app".to_owned(), app.to_owned())].into();
+        set.authorize(
+            crate::policy::Target {
+                namespace: "shop",
+                labels: &labels,
+            },
+            &crate::policy::Connection {
+                source: Some(&front),
+                source_ip: "10.0.0.9".parse().unwrap(),
+                destination_ip: "10.0.0.1".parse().unwrap(),
+                destination_port: port,
+            },
+        )
+        .enforced
+    };
+    // The good policy applies; the unreadable one denies its selector only.
+    assert!(decide("web", 8080).allowed());
+    assert_eq!(
+        decide("db", 5432),
+        crate::policy::Verdict::Deny {
+            policy: Some("shop/future".into())
+        }
+    );
+    assert!(decide("cache", 6379).allowed(), "outside both scopes");
+    // The live DENY with a field this agent does not know exists, and
+    // denies at least what it says (every peer on its port).
+    assert_eq!(
+        decide("web", 9090),
+        crate::policy::Verdict::Deny {
+            policy: Some("shop/deny-new".into())
+        }
+    );
 }
 
 #[tokio::test]
