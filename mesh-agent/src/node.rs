@@ -19,7 +19,7 @@ use crate::{
         view::MeshView,
     },
     flows::{self, PodDirectory},
-    hbone::windows::WindowBudget,
+    hbone::buffers::BufferBudget,
     identity::{client::CaClient, manager::CertManager},
     netns::Netns,
     pod::PodRuntime,
@@ -71,7 +71,7 @@ pub fn check(config: &NodeConfig) -> anyhow::Result<()> {
         mtls(
             ca,
             &config.agent.trust_domain,
-            config.agent.limits.window_budget_bytes,
+            config.agent.limits.buffer_budget_bytes,
         )?;
     }
     Ok(())
@@ -100,7 +100,7 @@ pub struct Node {
 }
 
 /// The CA client, the trust bundle and the certificate manager.
-fn mtls(settings: &CaSettings, trust_domain: &str, window_budget: usize) -> anyhow::Result<Mtls> {
+fn mtls(settings: &CaSettings, trust_domain: &str, buffer_budget: usize) -> anyhow::Result<Mtls> {
     let client = CaClient::new(settings)?;
     let bundle = TrustBundle::from_pem(client.root_pem(), trust_domain).with_context(|| {
         format!(
@@ -112,7 +112,7 @@ fn mtls(settings: &CaSettings, trust_domain: &str, window_budget: usize) -> anyh
         bundle,
         certs: Arc::new(CertManager::new(Arc::new(client))),
         pool: Default::default(),
-        windows: WindowBudget::new(window_budget),
+        buffers: BufferBudget::new(buffer_budget),
     })
 }
 
@@ -175,7 +175,7 @@ impl Node {
             Some(ca) => Some(mtls(
                 ca,
                 &config.agent.trust_domain,
-                config.agent.limits.window_budget_bytes,
+                config.agent.limits.buffer_budget_bytes,
             )?),
             None => {
                 warn!(

@@ -494,14 +494,18 @@ impl Cluster {
         self.agents.iter().flatten().map(Proc::pid).collect()
     }
 
-    /// Node n's agent's open file descriptors and resident memory (KiB).
-    pub fn agent_usage(&self, n: usize) -> anyhow::Result<(usize, u64)> {
-        let pid = self
+    fn agent_pid(&self, n: usize) -> anyhow::Result<u32> {
+        Ok(self
             .agents
             .get(n)
             .and_then(Option::as_ref)
             .context("agent not running")?
-            .pid();
+            .pid())
+    }
+
+    /// Node n's agent's open file descriptors and resident memory (KiB).
+    pub fn agent_usage(&self, n: usize) -> anyhow::Result<(usize, u64)> {
+        let pid = self.agent_pid(n)?;
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let rss = status
@@ -514,12 +518,7 @@ impl Cluster {
 
     /// Sends SIGTERM to node n's agent without waiting for it to exit.
     pub fn sigterm_agent(&self, n: usize) -> anyhow::Result<()> {
-        let pid = self
-            .agents
-            .get(n)
-            .and_then(Option::as_ref)
-            .context("agent not running")?
-            .pid();
+        let pid = self.agent_pid(n)?;
         // SAFETY: kill(2) with a pid this test bed started.
         anyhow::ensure!(
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0,

@@ -11,16 +11,9 @@ use mesh_testbed::{
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
-const VIP: &str = "10.96.0.10";
+use mesh_testbed::fixtures::WEB_VIP as VIP;
 
-const SERVICE: &str = r#"apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {tier: web}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-"#;
+use mesh_testbed::fixtures::SERVICE_WEB as SERVICE;
 
 const DENY_B: &str = r#"---
 apiVersion: security.istio.io/v1

@@ -10,21 +10,14 @@ use mesh_testbed::{Cluster, ClusterSpec, sys};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
-const VIP: &str = "10.96.0.10";
+use mesh_testbed::fixtures::WEB_VIP as VIP;
 /// In node 1's pod range, owned by nobody.
 const BLACK_HOLE: &str = "10.244.1.250";
 /// A MAC no interface has: frames to it are flooded by the bridge and
 /// dropped, so a SYN sent there is never answered (no RST, no ICMP).
 const NOBODY_MAC: &str = "02:00:00:00:99:99";
 
-const SERVICE: &str = r#"apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {tier: web}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-"#;
+use mesh_testbed::fixtures::SERVICE_WEB as SERVICE;
 
 fn ident(c: &Cluster, from: &str, to: &str, timeout_s: u32) -> Value {
     c.client(

@@ -133,12 +133,12 @@ pub struct LimitSettings {
     /// listeners.
     #[serde(default = "default_max_connections_per_source")]
     pub max_connections_per_source: usize,
-    /// Bytes of HTTP/2 receive window the agent's HBONE connections may
-    /// hold together (what peers may make it buffer for apps that do not
-    /// read). Each connection takes 16 MiB of it; past it, new connections
-    /// get HTTP/2's default 64 KiB windows.
-    #[serde(default = "default_window_budget")]
-    pub window_budget_bytes: usize,
+    /// Bytes the agent may hold, all tunnels together, for apps that have
+    /// stopped reading; past it, the stuck streams holding the most are
+    /// reset (Envoy's overload manager does the same for high-memory
+    /// streams).
+    #[serde(default = "default_buffer_budget")]
+    pub buffer_budget_bytes: usize,
 }
 
 impl Default for LimitSettings {
@@ -149,7 +149,7 @@ impl Default for LimitSettings {
             drain_grace: default_drain_grace(),
             max_connections: default_max_connections(),
             max_connections_per_source: default_max_connections_per_source(),
-            window_budget_bytes: default_window_budget(),
+            buffer_budget_bytes: default_buffer_budget(),
         }
     }
 }
@@ -166,9 +166,9 @@ fn default_max_connections() -> usize {
 fn default_max_connections_per_source() -> usize {
     1_000
 }
-/// 16 bulk-windowed connections: a node's agent is one hop of many pods'
-/// traffic, and a quarter GiB is what we let peers pin in it.
-fn default_window_budget() -> usize {
+/// 64 stuck streams' full windows: a quarter GiB is what apps that do not
+/// read may pin in a node's agent.
+fn default_buffer_budget() -> usize {
     256 * 1024 * 1024
 }
 

@@ -16,7 +16,8 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 use super::{
-    CERT_WAIT, HboneError, MAX_FRAME,
+    CERT_WAIT, CONNECTION_WINDOW, HboneError, MAX_FRAME, STREAM_WINDOW,
+    buffers::BufferBudget,
     pool::{PoolKey, StreamLease},
 };
 use crate::{
@@ -35,6 +36,8 @@ pub struct Tunnel {
     /// Bytes the app had waiting that were sent with the request; the relay
     /// skips them in the socket.
     pub early: usize,
+    /// The node's ledger of what stuck streams hold.
+    pub budget: Arc<BufferBudget>,
     _lease: StreamLease,
 }
 
@@ -58,8 +61,6 @@ async fn connect(
     limits: &LimitSettings,
 ) -> Result<StreamLease, HboneError> {
     let addr = key.address;
-    // Moved into the connection's task below: held while it lives.
-    let windows = mtls.windows.windows();
     let tcp = agent_connect(pod, None, addr, limits.connect_timeout)
         .await
         .map_err(|source| HboneError::Connect { addr, source })?;
@@ -73,8 +74,8 @@ async fn connect(
             .map_err(|source| HboneError::Tls { addr, source })?;
         Ok::<_, HboneError>(
             h2::client::Builder::new()
-                .initial_window_size(windows.stream)
-                .initial_connection_window_size(windows.connection)
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
                 .max_frame_size(MAX_FRAME)
                 .handshake::<_, Bytes>(tls)
                 .await?,
@@ -91,7 +92,6 @@ async fn connect(
     let peer = key.destination.to_string();
     let mut ping_pong = connection.ping_pong();
     tokio::spawn(async move {
-        let _windows = windows;
         tokio::pin!(connection);
         loop {
             tokio::select! {
@@ -186,7 +186,7 @@ pub async fn open(
     // A pooled connection may have died since it was last used (peer
     // restarted, idle close); then one fresh connection is tried.
     if let Some(lease) = mtls.pool.checkout(&key) {
-        match connect_stream(lease, request()?, early).await {
+        match connect_stream(lease, request()?, early, &mtls.buffers).await {
             Ok(t) => return Ok(t),
             Err(HboneError::H2(e)) => {
                 debug!(%dst, error = %e, "pooled HBONE connection failed; opening a new one");
@@ -202,13 +202,14 @@ pub async fn open(
         Some(lease) => lease,
         None => connect(mtls, pod, watch, key, limits).await?,
     };
-    connect_stream(lease, request()?, early).await
+    connect_stream(lease, request()?, early, &mtls.buffers).await
 }
 
 async fn connect_stream(
     lease: StreamLease,
     request: Request<()>,
     early: &Bytes,
+    budget: &Arc<BufferBudget>,
 ) -> Result<Tunnel, HboneError> {
     let trace_id = request
         .headers()
@@ -236,6 +237,7 @@ async fn connect_stream(
         recv: response.into_body(),
         trace_id,
         early: early.len(),
+        budget: budget.clone(),
         _lease: lease,
     })
 }

@@ -3,20 +3,25 @@
 //! interoperate. `client` opens tunnels from pooled connections, `server`
 //! terminates them in the destination pod, `stream` moves bytes between a
 //! TCP socket and an HTTP/2 stream.
+pub mod buffers;
 pub mod client;
 pub mod pool;
 pub mod server;
 pub mod stream;
-pub mod windows;
 
 use std::time::Duration;
 
 pub use pool::Pool;
 
-/// HTTP/2 windows sized for bulk transfers over a LAN: a stream may have
-/// this much in flight before the receiver acknowledges it.
+/// HTTP/2 stream window sized for bulk transfers over a LAN: a stream may
+/// have this much in flight before the receiver acknowledges it.
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// The connection window never binds before the stream windows do: with a
+/// smaller one (ztunnel's 16 MiB), four streams whose apps stop reading
+/// spend it, and every other stream of the connection (the same pair of
+/// pods) stalls behind them. What stuck streams may hold is bounded by the
+/// node's buffer budget instead (`buffers`).
+pub const CONNECTION_WINDOW: u32 = MAX_CONCURRENT_STREAMS * STREAM_WINDOW;
 /// Fewer, larger DATA frames: less framing per byte.
 pub const MAX_FRAME: u32 = 256 * 1024;
 /// Streams one pooled connection carries before another is opened

@@ -22,7 +22,9 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tracing::{Instrument, debug, debug_span, warn};
 
-use super::{MAX_CONCURRENT_STREAMS, MAX_FRAME, MAX_HEADER_LIST, stream, windows::Windows};
+use super::{
+    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, stream,
+};
 use crate::{
     identity::Identity,
     pod::PodContext,
@@ -35,6 +37,7 @@ use crate::{
         relay,
         state::{Mtls, ProxyState},
     },
+    telemetry::refusals::RefusalMetrics,
     tls,
 };
 
@@ -125,7 +128,7 @@ async fn establish(
     pod: &PodContext,
     mtls: &Mtls,
     config: Arc<rustls::ServerConfig>,
-    windows: &Windows,
+    refusals: &RefusalMetrics,
 ) -> Option<Established> {
     // Just after enrollment the pod's first certificate may still be on its
     // way; a peer that arrives then waits for it rather than failing.
@@ -155,8 +158,8 @@ async fn establish(
         }
     };
     let mut conn = match h2::server::Builder::new()
-        .initial_window_size(windows.stream)
-        .initial_connection_window_size(windows.connection)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST)
@@ -172,6 +175,10 @@ async fn establish(
     let first = match conn.accept().await {
         Some(Ok(r)) => Some(r),
         Some(Err(e)) => {
+            if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
+                // h2's guard against streams reset before they are taken.
+                refusals.refused(Listener::Hbone.label(), "resets");
+            }
             warn!(pod = %pod.key, src = %peer, peer_identity = %source, error = %e, "HBONE connection failed before its first request");
             return None;
         }
@@ -197,10 +204,11 @@ async fn connection(accepted: Accepted, pod: Arc<PodContext>, state: Arc<ProxySt
     };
     let _ = tcp.set_nodelay(true);
     let deadline = state.limits.handshake_timeout;
-    // Held for the connection's life: its share of the window budget.
-    let windows = mtls.windows.windows();
-    let established =
-        tokio::time::timeout(deadline, establish(tcp, peer, &pod, mtls, config, &windows)).await;
+    let established = tokio::time::timeout(
+        deadline,
+        establish(tcp, peer, &pod, mtls, config, &state.telemetry.refusals),
+    )
+    .await;
     let Established {
         source,
         mut conn,
@@ -213,7 +221,11 @@ async fn connection(accepted: Accepted, pod: Arc<PodContext>, state: Arc<ProxySt
                 .telemetry
                 .refusals
                 .refused(Listener::Hbone.label(), "handshake_timeout");
-            warn!(pod = %pod.key, src = %peer, timeout_s = deadline.as_secs_f32(), "HBONE connection closed: TLS, HTTP/2 preface and CONNECT not done within AgentConfig.limits.handshakeTimeout");
+            // A slowloris sends thousands at once: one line a second, the
+            // metric counts them all.
+            if state.admission.should_log() {
+                warn!(pod = %pod.key, src = %peer, timeout_s = deadline.as_secs_f32(), "HBONE connection closed: TLS, HTTP/2 preface and CONNECT not done within AgentConfig.limits.handshakeTimeout");
+            }
             return;
         }
     };
@@ -265,6 +277,11 @@ async fn connection(accepted: Accepted, pod: Arc<PodContext>, state: Arc<ProxySt
                     stream(r);
                 }
                 Some(Err(e)) => {
+                    if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
+                        // h2's own guard (streams reset before they were
+                        // accepted) got there first: the same attack.
+                        state.telemetry.refusals.refused(Listener::Hbone.label(), "resets");
+                    }
                     warn!(pod = %pod.key, src = %peer, peer_identity = %source, error = %e, "HBONE connection failed");
                     break;
                 }
@@ -375,6 +392,10 @@ async fn stream_request(
         return;
     }
     let view = state.view();
+    if !policies_synced(&mut conn, &view, &state, Listener::Hbone) {
+        refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
+        return;
+    }
     let decision = view.policies.authorize(
         pod.target(),
         &crate::policy::Connection {
@@ -392,10 +413,6 @@ async fn stream_request(
         &pod,
         Some(delivery_source(dst)),
         dst,
-    if !policies_synced(&mut conn, &view, &state, Listener::Hbone) {
-        refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
-        return;
-    }
         state.limits.connect_timeout,
     );
     // A peer that resets the stream while the app is being dialled gets
@@ -434,7 +451,12 @@ async fn stream_request(
     conn.opened();
     // Downstream is the tunnel, upstream the app: bytes "sent" by the pod
     // are those from the app.
-    let result = stream::relay(app, send, request.into_body(), 0).await;
+    let Some(mtls) = state.mtls.as_ref() else {
+        // Unreachable: this listener serves only with a CA (see `connection`).
+        relay::reset(app);
+        return;
+    };
+    let result = stream::relay(app, send, request.into_body(), 0, &mtls.buffers).await;
     conn.closed(&result.map(|t| relay::Transferred {
         downstream_to_upstream: t.upstream_to_downstream,
         upstream_to_downstream: t.downstream_to_upstream,

@@ -2,7 +2,13 @@
 //! (TCP FIN <-> END_STREAM) and resets carried across (RST_STREAM <-> TCP
 //! RST). Sending respects HTTP/2 flow control, so a slow receiver slows the
 //! sender instead of growing buffers.
-use std::{future::poll_fn, io};
+use std::{
+    future::{Future, poll_fn},
+    io,
+    sync::Arc,
+    task::Poll,
+    time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
@@ -11,6 +17,7 @@ use tokio::{
     net::TcpStream,
 };
 
+use super::buffers::{BufferBudget, Verdict};
 use crate::proxy::relay::{self, Transferred};
 
 /// Reads start this small, so a short request/response connection does not
@@ -104,16 +111,54 @@ async fn tcp_to_h2<R: AsyncReadExt + Unpin>(
     }
 }
 
-async fn h2_to_tcp<W: AsyncWriteExt + Unpin>(from: &mut RecvStream, mut to: W) -> io::Result<u64> {
+async fn h2_to_tcp<W: AsyncWriteExt + Unpin>(
+    from: &mut RecvStream,
+    mut to: W,
+    budget: &Arc<BufferBudget>,
+) -> io::Result<u64> {
     let mut total = 0u64;
     while let Some(chunk) = from.data().await {
         let chunk = chunk.map_err(h2_io)?;
-        to.write_all(&chunk).await?;
+        write_within_budget(&mut to, &chunk, from, budget).await?;
         let _ = from.flow_control().release_capacity(chunk.len());
         total += chunk.len() as u64;
     }
     to.shutdown().await?;
     Ok(total)
+}
+
+/// How often a stream whose app is not reading reports what it holds.
+const STUCK_CHECK: Duration = Duration::from_millis(500);
+
+/// Writes `chunk` to the app. The usual write completes at once and costs
+/// nothing more; one that waits (the app is not reading) reports what the
+/// stream holds to the node's ledger every `STUCK_CHECK`, and gives up with
+/// an error (the relay then resets both sides) when the ledger says so.
+async fn write_within_budget<W: AsyncWriteExt + Unpin>(
+    to: &mut W,
+    chunk: &[u8],
+    from: &mut RecvStream,
+    budget: &Arc<BufferBudget>,
+) -> io::Result<()> {
+    let mut write = std::pin::pin!(to.write_all(chunk));
+    if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return done;
+    }
+    let mut holding = budget.holding();
+    let mut check = tokio::time::interval(STUCK_CHECK);
+    loop {
+        tokio::select! {
+            done = &mut write => return done,
+            _ = check.tick() => {
+                let held = chunk.len() + from.flow_control().used_capacity();
+                if let Verdict::Reset { held: total, limit } = holding.update(held) {
+                    return Err(io::Error::other(format!(
+                        "the app has not read {held} bytes and stuck streams hold {total} of the {limit} bytes allowed (AgentConfig.limits.bufferBudgetBytes); stream reset"
+                    )));
+                }
+            }
+        }
+    }
 }
 
 /// Relays until both directions end; the first `early` bytes waiting on the
@@ -125,10 +170,14 @@ pub async fn relay(
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
     early: usize,
+    budget: &Arc<BufferBudget>,
 ) -> io::Result<Transferred> {
     let mut tcp = tcp;
     let (rd, wr) = tcp.split();
-    let result = tokio::try_join!(tcp_to_h2(rd, &mut send, early), h2_to_tcp(&mut recv, wr));
+    let result = tokio::try_join!(
+        tcp_to_h2(rd, &mut send, early),
+        h2_to_tcp(&mut recv, wr, budget)
+    );
     match result {
         Ok((up, down)) => Ok(Transferred {
             downstream_to_upstream: up,
@@ -228,7 +277,16 @@ mod tests {
         let (send, recv, server) = connect_stream(&early).await;
         app.write_all(b"body").await.unwrap();
         app.shutdown().await.unwrap();
-        let relay = tokio::spawn(relay(accepted, send, recv, early.len()));
+        let relay = tokio::spawn(async move {
+            relay(
+                accepted,
+                send,
+                recv,
+                early.len(),
+                &BufferBudget::new(usize::MAX),
+            )
+            .await
+        });
         let got = tokio::time::timeout(Duration::from_secs(10), server)
             .await
             .unwrap()
@@ -248,7 +306,9 @@ mod tests {
     async fn a_bulk_transfer_arrives_whole_while_the_buffer_grows() {
         let (mut app, accepted) = tcp_pair().await;
         let (send, recv, server) = connect_stream(&Bytes::new()).await;
-        let relay = tokio::spawn(relay(accepted, send, recv, 0));
+        let relay = tokio::spawn(async move {
+            relay(accepted, send, recv, 0, &BufferBudget::new(usize::MAX)).await
+        });
         let sent: Vec<u8> = (0..3 * 1024 * 1024u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
@@ -268,4 +328,70 @@ mod tests {
         let moved = relay.await.unwrap().unwrap();
         assert_eq!(moved.downstream_to_upstream, expected.len() as u64);
     }
+
+    /// A stream whose app never reads, on a node whose budget it alone
+    /// exceeds, is reset once what it holds is over the budget, and frees
+    /// its entry in the ledger; the app's socket is reset, not ended.
+    #[tokio::test]
+    async fn a_stuck_stream_over_the_budget_is_reset() {
+        let (app, accepted) = tcp_pair().await;
+        // Small socket buffers, so the kernel takes little of what the
+        // peer pushes and the rest stays in the stream.
+        let _ = socket2::SockRef::from(&app).set_recv_buffer_size(16 * 1024);
+        let _ = socket2::SockRef::from(&accepted).set_send_buffer_size(16 * 1024);
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.unwrap();
+            let (_request, mut respond) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut send = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            // Pushes until the stream is reset.
+            for _ in 0..512 {
+                send.reserve_capacity(64 * 1024);
+                match poll_fn(|cx| send.poll_capacity(cx)).await {
+                    Some(Ok(n)) if n > 0 => {
+                        if send.send_data(Bytes::from(vec![7u8; n]), false).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        });
+        let (sender, conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW_FOR_TEST)
+            .initial_connection_window_size(STREAM_WINDOW_FOR_TEST)
+            .handshake::<_, Bytes>(client_io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (response, send) = sender
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        let recv = response.await.unwrap().into_body();
+        let budget = BufferBudget::new(1024 * 1024);
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            relay(accepted, send, recv, 0, &budget),
+        )
+        .await
+        .expect("the stuck stream is reset within the deadline");
+        let error = result.expect_err("reset, not a clean end").to_string();
+        assert!(error.contains("bufferBudgetBytes"), "{error}");
+        assert_eq!(budget.held(), 0, "the reset stream left the ledger");
+        drop(app);
+    }
+
+    const STREAM_WINDOW_FOR_TEST: u32 = 4 * 1024 * 1024;
 }

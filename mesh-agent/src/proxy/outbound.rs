@@ -133,10 +133,14 @@ async fn handle(
             Upstream::Tunnel(tunnel) => {
                 conn.trace_id = Some(tunnel.trace_id.clone());
                 let hbone::client::Tunnel {
-                    send, recv, early, ..
+                    send,
+                    recv,
+                    early,
+                    budget,
+                    ..
                 } = tunnel;
                 conn.opened();
-                conn.closed(&hbone::stream::relay(downstream, send, recv, early).await);
+                conn.closed(&hbone::stream::relay(downstream, send, recv, early, &budget).await);
             }
             Upstream::Plain(mut upstream) => {
                 conn.opened();

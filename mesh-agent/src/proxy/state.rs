@@ -16,7 +16,7 @@ pub use crate::discovery::view::MeshView;
 use crate::{
     config::LimitSettings,
     datapath::Datapath,
-    hbone::{Pool, windows::WindowBudget},
+    hbone::{Pool, buffers::BufferBudget},
     identity::manager::CertManager,
     pod::PodContext,
     telemetry::Telemetry,
@@ -28,8 +28,8 @@ pub struct Mtls {
     pub bundle: TrustBundle,
     pub certs: Arc<CertManager>,
     pub pool: Pool,
-    /// Receive windows of HBONE connections, both directions.
-    pub windows: Arc<WindowBudget>,
+    /// What tunnels hold for apps that do not read, both directions.
+    pub buffers: Arc<BufferBudget>,
 }
 
 pub struct ProxyState {
