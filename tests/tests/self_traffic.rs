@@ -136,12 +136,17 @@ fn connections_to_the_agents_own_ports_are_refused_on_every_path() {
     assert!(v["server"] == "b" && v["echoed"] == true, "{v}");
 
     // Nothing held: descriptors back at the baseline (a few of slack for
-    // pooled tunnels and the log's own files).
-    for (n, (fds_before, _)) in baseline.iter().enumerate() {
-        let (fds, _) = c.agent_usage(n).unwrap();
+    // pooled tunnels and the log's own files), memory within a few MiB (a
+    // self-loop used to grow until the agent ran out of descriptors).
+    for (n, (fds_before, rss_before)) in baseline.iter().enumerate() {
+        let (fds, rss) = c.agent_usage(n).unwrap();
         assert!(
             fds <= fds_before + 8,
             "agent {n}: {fds} fds after, {fds_before} before"
+        );
+        assert!(
+            rss <= rss_before + 8 * 1024,
+            "agent {n}: {rss} KiB RSS after, {rss_before} before"
         );
     }
     let metrics = c.metrics(1).unwrap();
