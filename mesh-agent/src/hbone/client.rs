@@ -196,11 +196,15 @@ pub async fn open(
     }
     // Single flight: concurrent first connections to one destination wait
     // for one new connection instead of each opening its own.
-    let connecting = mtls.pool.connecting(&key);
-    let _turn = connecting.lock().await;
-    let lease = match mtls.pool.checkout(&key) {
-        Some(lease) => lease,
-        None => connect(mtls, pod, watch, key, limits).await?,
+    // The turn ends once a lease is in hand, so the waiters' CONNECTs go
+    // out together on the new connection, not one round trip after another.
+    let lease = {
+        let connecting = mtls.pool.connecting(&key);
+        let _turn = connecting.lock().await;
+        match mtls.pool.checkout(&key) {
+            Some(lease) => lease,
+            None => connect(mtls, pod, watch, key, limits).await?,
+        }
     };
     connect_stream(lease, request()?, early, &mtls.buffers).await
 }

@@ -136,3 +136,56 @@ impl Pool {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn key(last: u8) -> PoolKey {
+        PoolKey {
+            source_pod: "default/a".into(),
+            source_generation: 1,
+            destination: Identity::new("cluster.local", "default", "c").unwrap(),
+            address: SocketAddr::from(([10, 244, 1, last], 15008)),
+        }
+    }
+
+    #[test]
+    fn one_destination_has_one_connecting_lock_and_unused_ones_are_swept() {
+        let pool = Pool::default();
+        let first = pool.connecting(&key(10));
+        assert!(Arc::ptr_eq(&first, &pool.connecting(&key(10))));
+        assert!(!Arc::ptr_eq(&first, &pool.connecting(&key(11))));
+        pool.sweep();
+        assert_eq!(pool.connecting.lock().unwrap().len(), 1, "held one stays");
+        drop(first);
+        pool.sweep();
+        assert!(pool.connecting.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_connections_take_turns_on_one_lock() {
+        let pool = Arc::new(Pool::default());
+        let lock = pool.connecting(&key(10));
+        let turn = lock.lock().await;
+        let waiter = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let lock = pool.connecting(&key(10));
+                let _turn = lock.lock().await;
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "the second waits for the first's connection"
+        );
+        drop(turn);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
