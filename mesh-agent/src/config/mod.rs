@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use objects::{ObjectMeta, Workload};
 
@@ -58,12 +58,12 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// This node's name; pods with another `spec.nodeName` are not ours.
     /// `mesh-agent node --node-name` overrides it (a DaemonSet passes the
@@ -96,7 +96,7 @@ pub struct AgentConfig {
     pub root_namespace: String,
     /// Where workload certificates come from. Without it the agent forwards
     /// plaintext (a datapath-only mode for benchmarks and bring-up).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CaSettings>,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
@@ -104,10 +104,33 @@ pub struct AgentConfig {
     pub limits: LimitSettings,
 }
 
+impl AgentConfig {
+    /// A node's config with every default, as a document holding only
+    /// `nodeName` reads. It names its kind and version, so a file written
+    /// from it is recognised as the node's own document.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            api_version: Some("mesh.io/v1alpha1".into()),
+            kind: Some("AgentConfig".into()),
+            node_name: node_name.into(),
+            discovery: DiscoveryMode::default(),
+            proc_root: default_proc_root(),
+            cgroup_root: default_cgroup_root(),
+            bpffs_root: default_bpffs_root(),
+            datapath: DatapathSettings::default(),
+            trust_domain: default_trust_domain(),
+            root_namespace: default_root_namespace(),
+            ca: None,
+            telemetry: TelemetrySettings::default(),
+            limits: LimitSettings::default(),
+        }
+    }
+}
+
 /// What any peer on the network can hold of the agent, and for how long.
 /// Defaults follow ztunnel and Envoy's edge-hardening guide where they
 /// state one (each field says which).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LimitSettings {
     /// From TCP accept on 15008 to the first CONNECT request: TLS, the
@@ -174,7 +197,7 @@ fn default_buffer_budget() -> usize {
 
 /// Where the agent serves metrics, readiness and its admin API, and how
 /// much it records.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// Prometheus exposition (`/metrics`).
@@ -231,7 +254,7 @@ fn default_flow_series_idle() -> Duration {
     Duration::from_secs(3600)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CaSettings {
     /// `host:port` of `mesh-agent ca`.
@@ -248,11 +271,33 @@ pub struct CaSettings {
     pub cert_lifetime: Duration,
 }
 
+impl CaSettings {
+    /// The CA at `address`, with the default server name and lifetime.
+    pub fn new(
+        address: impl Into<String>,
+        root_cert_file: impl Into<PathBuf>,
+        token_file: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            address: address.into(),
+            server_name: default_ca_server_name(),
+            root_cert_file: root_cert_file.into(),
+            token_file: token_file.into(),
+            cert_lifetime: default_cert_lifetime(),
+        }
+    }
+}
+
 /// Durations written as "30s", "5m", "24h".
 pub mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// The form `deserialize` reads back ("10s", "1h 30m", "1day").
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
@@ -262,7 +307,7 @@ pub mod duration {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiscoveryMode {
     #[default]
@@ -286,7 +331,7 @@ fn default_cert_lifetime() -> Duration {
     Duration::from_secs(24 * 3600)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatapathSettings {
     /// Splice local app<->agent hops with sockmap/sk_msg. Off by default:
@@ -617,6 +662,43 @@ spec: {nodeName: node-2}
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    /// The test bed writes its nodes' configs from these types; what they
+    /// write must read back as the same config, defaults included.
+    #[test]
+    fn a_serialized_agent_config_reads_back_unchanged() {
+        // `new` holds the defaults a bare document gets.
+        let bare = parse("apiVersion: mesh.io/v1alpha1\nkind: AgentConfig\nnodeName: node-1\n")
+            .unwrap()
+            .agent;
+        assert_eq!(bare, AgentConfig::new("node-1"));
+        let mut agent = AgentConfig::new("node-1");
+        agent.cgroup_root = PathBuf::from("/sys/fs/cgroup/unified/n1");
+        agent.datapath.splice = true;
+        agent.ca = Some(CaSettings {
+            cert_lifetime: Duration::from_secs(30),
+            ..CaSettings::new("10.0.0.254:15012", "/etc/mesh/root.pem", "/etc/mesh/token")
+        });
+        agent.limits.connect_timeout = Duration::from_millis(1500);
+        agent.telemetry.flow_series_idle = Duration::from_secs(24 * 3600 + 90);
+        let text = serde_yaml::to_string(&agent).unwrap();
+        for line in [
+            "kind: AgentConfig",
+            "nodeName: node-1",
+            "  certLifetime: 30s",
+            "  handshakeTimeout: 10s",
+            "  maxConnectionsPerSource: 1000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        assert_eq!(parse(&text).unwrap().agent, agent, "{text}");
+        // Without a CA, and in Kubernetes mode: the optional parts too.
+        let mut agent = AgentConfig::new("node-2");
+        agent.discovery = DiscoveryMode::Kubernetes;
+        let text = serde_yaml::to_string(&agent).unwrap();
+        assert!(!text.contains("ca:"), "{text}");
+        assert_eq!(parse(&text).unwrap().agent, agent, "{text}");
     }
 
     #[test]
