@@ -6,6 +6,7 @@
 pub mod buffers;
 pub mod client;
 pub mod pool;
+pub mod request;
 pub mod server;
 pub mod stream;
 

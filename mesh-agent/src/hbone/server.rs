@@ -14,7 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, server::SendResponse};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
@@ -23,7 +23,9 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::{
-    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW, stream,
+    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME, MAX_HEADER_LIST, STREAM_WINDOW,
+    request::{ConnectRequest, Refusal},
+    stream,
 };
 use crate::{
     identity::Identity,
@@ -348,27 +350,22 @@ async fn stream_request(
         state,
         streams,
     } = cx;
-    if request.method() != Method::CONNECT {
-        warn!(pod = %pod.key, src = %peer, peer_identity = %source, method = %request.method(), "HBONE request refused: only CONNECT is served");
-        refuse(&mut respond, StatusCode::METHOD_NOT_ALLOWED);
-        return;
-    }
-    let target = request.uri().authority().map(|a| a.as_str().to_owned());
-    let dst: SocketAddr = match target.as_deref().map(str::parse) {
-        Some(Ok(dst)) => dst,
-        _ => {
-            warn!(pod = %pod.key, src = %peer, peer_identity = %source, authority = ?target, "HBONE CONNECT refused: authority is not ip:port");
-            refuse(&mut respond, StatusCode::BAD_REQUEST);
+    let head = ConnectRequest::parse(request.method(), request.uri(), request.headers());
+    let ConnectRequest { dst, trace_id } = match head {
+        Ok(r) => r,
+        Err(refusal) => {
+            match &refusal {
+                Refusal::NotConnect { method } => {
+                    warn!(pod = %pod.key, src = %peer, peer_identity = %source, method = %method, "HBONE request refused: {refusal}");
+                }
+                Refusal::BadAuthority { authority } => {
+                    warn!(pod = %pod.key, src = %peer, peer_identity = %source, authority = ?authority, "HBONE CONNECT refused: {refusal}");
+                }
+            }
+            refuse(&mut respond, refusal.status());
             return;
         }
     };
-    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
-    let trace_id = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.split('-').nth(1))
-        .map(str::to_owned);
     let mut conn = Connection::new(
         Direction::Inbound,
         &pod,
