@@ -18,3 +18,19 @@ pub mod sys;
 
 pub use cluster::{Cluster, ClusterSpec, Node, Pod};
 pub use proc::{Binaries, Proc};
+
+/// The first line of an end-to-end test: returns from the test, saying why
+/// on stderr, unless it runs as root. Elsewhere (a developer's unprivileged
+/// `cargo test`) such a test then passes as skipped instead of failing on
+/// the first namespace it cannot create.
+#[macro_export]
+macro_rules! require_root {
+    () => {{
+        fn here() {}
+        // "<crate>::<test>::here": the test's own name, for the message.
+        let test = ::std::any::type_name_of_val(&here);
+        if !$crate::sys::may_run(test.strip_suffix("::here").unwrap_or(test)) {
+            return;
+        }
+    }};
+}

@@ -85,11 +85,32 @@ pub fn remove_cgroup_tree(dir: &Path) {
 }
 
 /// Whether we may do what the test bed does (root, essentially).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Fails unless we may do what the test bed does.
 pub fn require_root() -> anyhow::Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         bail!("the test bed creates network namespaces, cgroups and BPF programs: run as root");
     }
     Ok(())
+}
+
+/// What `require_root!` says when it skips a test.
+pub const SKIP_NOT_ROOT: &str = "skipped: needs root (network namespaces, BPF)";
+
+/// False, after saying so on stderr, when `test` cannot run here. Written
+/// to the process's stderr directly: the test harness captures `eprintln!`
+/// of passing tests, and a skip passes.
+pub fn may_run(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{test}: {SKIP_NOT_ROOT}");
+    false
 }
 
 /// Polls `f` every 20 ms until it returns Some, or fails after `timeout`.

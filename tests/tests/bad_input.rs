@@ -55,6 +55,7 @@ fn nothing_attached(pin_dir: &Path) {
 
 #[test]
 fn bad_input_is_refused_with_one_line_that_names_the_fix() {
+    mesh_testbed::require_root!();
     let c = Cluster::start(ClusterSpec::new(&[&["a"]]).without_agents()).unwrap();
     let good = c.config_text(0);
     let pin_dir = c.nodes[0].pin_dir.clone();

@@ -33,6 +33,7 @@ fn ident_ok(c: &Cluster, from: &str, to: &str, port: u16) -> Value {
 
 #[test]
 fn pod_to_pod_same_node_and_across_nodes_is_captured_and_delivered() {
+    mesh_testbed::require_root!();
     let mut c = Cluster::start(two_by_two()).unwrap();
     let _b = c.serve("b", "8080", "ident").unwrap();
     let _c = c.serve("c", "8080", "ident").unwrap();
@@ -92,6 +93,7 @@ fn pod_to_pod_same_node_and_across_nodes_is_captured_and_delivered() {
 
 #[test]
 fn inbound_plaintext_is_captured_and_unenrolled_pods_are_not() {
+    mesh_testbed::require_root!();
     // d is not enrolled: its outbound connections go direct, but c (enrolled)
     // still captures them inbound.
     let mut c = Cluster::start(two_by_two().unenrolled("d")).unwrap();
@@ -133,6 +135,7 @@ fn inbound_plaintext_is_captured_and_unenrolled_pods_are_not() {
 
 #[test]
 fn two_hundred_concurrent_connections_each_reach_their_own_destination() {
+    mesh_testbed::require_root!();
     let c = Cluster::start(two_by_two()).unwrap();
     let _srv = c.serve("c", "20000-20199", "ident").unwrap();
     let host = c.pod("c").ip.to_string();
@@ -186,16 +189,19 @@ fn bulk_roundtrip(splice: bool) {
 
 #[test]
 fn bulk_64mib_each_way_with_half_close_through_the_spliced_path() {
+    mesh_testbed::require_root!();
     bulk_roundtrip(true);
 }
 
 #[test]
 fn bulk_64mib_each_way_with_half_close_without_splicing() {
+    mesh_testbed::require_root!();
     bulk_roundtrip(false);
 }
 
 #[test]
 fn killed_agent_fails_closed_and_a_restarted_agent_adopts_the_pinned_datapath() {
+    mesh_testbed::require_root!();
     let mut c = Cluster::start(two_by_two()).unwrap();
     let mut srv_a = c.serve("a", "8080", "ident").unwrap();
     let _srv_c = c.serve("c", "8080", "ident").unwrap();
@@ -265,6 +271,7 @@ fn killed_agent_fails_closed_and_a_restarted_agent_adopts_the_pinned_datapath() 
 
 #[test]
 fn unenrolled_pod_goes_direct_and_leaves_nothing_behind() {
+    mesh_testbed::require_root!();
     let mut c = Cluster::start(two_by_two()).unwrap();
     let _srv = c.serve("b", "8080", "ident").unwrap();
     let pins = c.nodes[0].pin_dir.clone();
@@ -326,6 +333,7 @@ fn unenrolled_pod_goes_direct_and_leaves_nothing_behind() {
 
 #[test]
 fn uninstall_removes_the_pinned_datapath() {
+    mesh_testbed::require_root!();
     let mut c = Cluster::start(ClusterSpec::new(&[&["a", "b"]])).unwrap();
     let _srv = c.serve("b", "8080", "ident").unwrap();
     let v = ident_ok(&c, "a", "b", 8080);

@@ -60,6 +60,7 @@ fn spread(c: &Cluster, n: usize) -> BTreeSet<String> {
 
 #[test]
 fn file_edits_apply_while_traffic_flows() {
+    mesh_testbed::require_root!();
     let spec = ClusterSpec::new(&[&["a"], &["b", "c"]])
         .label("b", "tier", "web")
         .label("c", "tier", "web");
@@ -123,6 +124,7 @@ fn file_edits_apply_while_traffic_flows() {
 
 #[test]
 fn service_edge_cases_fail_cleanly() {
+    mesh_testbed::require_root!();
     let spec = ClusterSpec::new(&[&["a"], &["b"]]).label("b", "tier", "web");
     let mut c = Cluster::start(spec).unwrap();
     let _sb = c.serve("b", "8080", "ident").unwrap();
@@ -176,6 +178,7 @@ fn service_edge_cases_fail_cleanly() {
 
 #[test]
 fn churn_of_200_pods_leaves_nothing_behind() {
+    mesh_testbed::require_root!();
     let mut c = Cluster::start(ClusterSpec::new(&[&["a"]])).unwrap();
     let pins = c.nodes[0].pin_dir.clone();
     let tasks = |c: &Cluster| {

@@ -62,6 +62,7 @@ fn marked_ident(c: &Cluster, from: &str, to: &str, port: u16, mark: u32) -> Valu
 
 #[test]
 fn a_pod_setting_the_old_agent_mark_is_still_carried_by_the_mesh() {
+    mesh_testbed::require_root!();
     let mut c = Cluster::start(ClusterSpec::new(&[&["a"], &["c"]])).unwrap();
     let _srv = c.serve("c", "8080", "ident").unwrap();
     let dst = format!("{}:8080", c.pod("c").ip);

@@ -148,6 +148,7 @@ const PARTIAL: usize = 200;
 
 #[test]
 fn connections_that_never_finish_a_handshake_are_closed_at_the_deadline() {
+    mesh_testbed::require_root!();
     // Every probe connection comes from node 0's address. At the default
     // maxConnectionsPerSource (1000), about 1,200 of these 2,200 would be
     // reset at accept and only the rest would ever meet the handshake
@@ -275,6 +276,7 @@ const MAX_STREAMS: usize = 200;
 
 #[test]
 fn http2_abuse_with_a_valid_certificate_meets_goaway_and_bounded_memory() {
+    mesh_testbed::require_root!();
     let c = Cluster::start(ClusterSpec::new(&[&["a"], &["c"]])).unwrap();
     // ident mode prints one line per accepted connection: the dials that
     // reached the app, counted where they cannot be missed.
@@ -425,6 +427,7 @@ while True:
 
 #[test]
 fn tunnels_to_an_app_that_never_reads_hold_bounded_memory() {
+    mesh_testbed::require_root!();
     let c = Cluster::start(ClusterSpec::new(&[&["a"], &["c"]])).unwrap();
     let _srv = c.serve("c", "8080", "ident").unwrap();
     let c_ip = c.pod("c").ip;

@@ -34,6 +34,7 @@ fn reached(v: &Value, server: &str) -> bool {
 
 #[test]
 fn a_service_endpoint_that_drops_syns_is_skipped_within_the_connect_timeout() {
+    mesh_testbed::require_root!();
     let spec = ClusterSpec::new(&[&["a"], &["b"]])
         .label("b", "tier", "web")
         .agent_yaml("limits:\n  connectTimeout: 1s\n");
@@ -86,6 +87,7 @@ fn a_service_endpoint_that_drops_syns_is_skipped_within_the_connect_timeout() {
 
 #[test]
 fn a_pooled_tunnel_to_a_silent_node_is_abandoned_and_replaced() {
+    mesh_testbed::require_root!();
     let mut c = Cluster::start(ClusterSpec::new(&[&["a"], &["c"]])).unwrap();
     let _srv = c.serve("c", "8080", "ident").unwrap();
     let to = format!("{}:8080", c.pod("c").ip);
@@ -131,6 +133,7 @@ fn a_pooled_tunnel_to_a_silent_node_is_abandoned_and_replaced() {
 
 #[test]
 fn sigterm_drains_open_transfers_and_resets_those_past_the_grace() {
+    mesh_testbed::require_root!();
     let spec = ClusterSpec::new(&[&["a"], &["c"]]).agent_yaml("limits:\n  drainGrace: 3s\n");
     let mut c = Cluster::start(spec).unwrap();
     let _srv = c.serve("c", "8080", "echo").unwrap();

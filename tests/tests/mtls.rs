@@ -39,6 +39,7 @@ fn last_closed(c: &mut Cluster, n: usize, direction: &str, dst: &str) -> Value {
 
 #[test]
 fn traffic_between_nodes_is_encrypted_on_the_wire_and_carries_the_source_identity() {
+    mesh_testbed::require_root!();
     let mut c = Cluster::start(ClusterSpec::new(&[&["a"], &["c"]])).unwrap();
     let _srv = c.serve("c", "8080", "ident").unwrap();
     let dst = format!("{}:8080", c.pod("c").ip);
@@ -124,6 +125,7 @@ spec:
 
 #[test]
 fn authorization_allow_by_principal_deny_by_namespace_ports_and_dry_run() {
+    mesh_testbed::require_root!();
     let spec = ClusterSpec::new(&[&["a", "b"], &["c", "d"]])
         .in_namespace("d", "dev")
         .with_docs(ALLOW_A_TO_C_8080);
@@ -178,6 +180,7 @@ spec:
 
 #[test]
 fn strict_refuses_plaintext_and_permissive_accepts_it() {
+    mesh_testbed::require_root!();
     // d is not in the mesh: what it sends to c is plaintext.
     let spec = ClusterSpec::new(&[&["a"], &["c", "d"]]).unenrolled("d");
     let mut c = Cluster::start(spec).unwrap();
@@ -205,6 +208,7 @@ fn strict_refuses_plaintext_and_permissive_accepts_it() {
 
 #[test]
 fn certificates_renew_mid_stream_and_survive_a_ca_outage() {
+    mesh_testbed::require_root!();
     let spec = ClusterSpec::new(&[&["a"], &["c"]]).cert_lifetime("30s");
     let mut c = Cluster::start(spec).unwrap();
     let _srv = c.serve("c", "7000", "echo").unwrap();
@@ -295,6 +299,7 @@ fn echo_ok(c: &Cluster, from: &str, dst: &str) -> bool {
 
 #[test]
 fn hbone_port_refuses_bad_peers_and_bad_requests_with_a_log_line() {
+    mesh_testbed::require_root!();
     let mut c = Cluster::start(ClusterSpec::new(&[&["a"], &["c"]])).unwrap();
     let _srv = c.serve("c", "8080", "ident").unwrap();
     let tunnel = format!("{}:15008", c.pod("c").ip);

@@ -57,6 +57,7 @@ fn bulk(c: &Cluster, from: &str, to: SocketAddr) -> Value {
 
 #[test]
 fn kernel_flows_and_istio_metrics_count_the_bytes_sent() {
+    mesh_testbed::require_root!();
     // Plaintext: each connection is one kernel flow that closes with it,
     // so the counts are exact.
     let c = Cluster::start(ClusterSpec::new(&[&["a"], &["c"]]).plaintext()).unwrap();
@@ -152,6 +153,7 @@ spec:
 
 #[test]
 fn mtls_metrics_denials_access_logs_admin_api_and_cli() {
+    mesh_testbed::require_root!();
     let mut c = Cluster::start(ClusterSpec::new(&[&["a"], &["c"]]).with_docs(DOCS)).unwrap();
     let _srv = c.serve("c", "8080,9090", "echo").unwrap();
     let ip = c.pod("c").ip;
@@ -384,6 +386,7 @@ fn mtls_metrics_denials_access_logs_admin_api_and_cli() {
 
 #[test]
 fn a_real_prometheus_scrapes_both_agents() {
+    mesh_testbed::require_root!();
     let c = Cluster::start(ClusterSpec::new(&[&["a"], &["c"]])).unwrap();
     let _srv = c.serve("c", "8080", "echo").unwrap();
     let v = bulk(&c, "a", SocketAddr::new(c.pod("c").ip.into(), 8080));

@@ -34,6 +34,7 @@ fn reached(v: &Value, to: &str) -> bool {
 
 #[test]
 fn an_unreadable_policy_denies_in_its_scope_while_other_pods_are_served() {
+    mesh_testbed::require_root!();
     // The test bed labels every pod `app: <its name>`.
     let mut c = Cluster::start(ClusterSpec::new(&[&["a"], &["b", "c"]])).unwrap();
     let _sb = c.serve("b", "8080", "ident").unwrap();

@@ -74,6 +74,7 @@ fn wait_refusal(c: &mut Cluster, n: usize, dst: &str) {
 
 #[test]
 fn connections_to_the_agents_own_ports_are_refused_on_every_path() {
+    mesh_testbed::require_root!();
     // a and b share node 0; c is on node 1.
     let mut c = Cluster::start(ClusterSpec::new(&[&["a", "b"], &["c"]])).unwrap();
     let _srv_c = c.serve("c", "8080", "ident").unwrap();
