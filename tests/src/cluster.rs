@@ -1,5 +1,6 @@
 //! Nodes, pods, the wire between them, and their agents.
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -8,6 +9,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use k8s_openapi::{api::core::v1 as k8s, apimachinery::pkg::apis::meta::v1::ObjectMeta as K8sMeta};
+use mesh_agent::config::{AgentConfig, CaSettings, DATAPLANE_LABEL, NETNS_ANNOTATION};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -31,19 +34,19 @@ pub struct PodSpec {
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
     pub nodes: Vec<Vec<PodSpec>>,
-    /// sk_msg splicing of the local app<->agent hops.
-    pub splice: bool,
     /// Start the agents (false: a mesh-free baseline on the same topology).
     pub agents: bool,
     /// Run a CA and carry pod-to-pod traffic over HBONE mTLS (false: the
     /// agents forward plaintext).
     pub mtls: bool,
     /// Workload certificate lifetime the agents ask for (and the CA's cap).
-    pub cert_lifetime: String,
+    pub cert_lifetime: Duration,
     /// Extra documents (policies) for every node's config.
     pub extra_docs: String,
-    /// YAML lines added to every AgentConfig document (e.g. `limits:`).
-    pub agent_yaml: String,
+    /// Every node's AgentConfig, before the test bed fills in the node's own
+    /// facts (name, cgroup, bpffs, CA files). The agent's own type, so the
+    /// test bed writes what the agent reads, defaults included.
+    pub agent: AgentConfig,
 }
 
 impl ClusterSpec {
@@ -63,19 +66,18 @@ impl ClusterSpec {
                         .collect()
                 })
                 .collect(),
-            splice: false,
             agents: true,
             mtls: true,
-            cert_lifetime: "24h".into(),
+            cert_lifetime: Duration::from_secs(24 * 3600),
             extra_docs: String::new(),
-            agent_yaml: String::new(),
+            agent: AgentConfig::new(""),
         }
     }
 
-    /// YAML lines for every node's AgentConfig document, e.g.
-    /// `"limits:\n  drainGrace: 3s\n"`.
-    pub fn agent_yaml(mut self, yaml: &str) -> Self {
-        self.agent_yaml = yaml.into();
+    /// Changes every node's AgentConfig, e.g.
+    /// `.configure(|a| a.limits.drain_grace = Duration::from_secs(3))`.
+    pub fn configure(mut self, f: impl FnOnce(&mut AgentConfig)) -> Self {
+        f(&mut self.agent);
         self
     }
 
@@ -105,8 +107,10 @@ impl ClusterSpec {
         self
     }
 
+    /// `lifetime` as the config files write it ("30s", "24h").
     pub fn cert_lifetime(mut self, lifetime: &str) -> Self {
-        self.cert_lifetime = lifetime.into();
+        self.cert_lifetime = humantime::parse_duration(lifetime)
+            .unwrap_or_else(|e| panic!("cert lifetime `{lifetime}`: {e}"));
         self
     }
 
@@ -126,8 +130,9 @@ impl ClusterSpec {
         self
     }
 
+    /// sk_msg splicing of the local app<->agent hops.
     pub fn splice(mut self, on: bool) -> Self {
-        self.splice = on;
+        self.agent.datapath.splice = on;
         self
     }
 
@@ -225,6 +230,13 @@ fn addr_up(ns: &str, cidr: &str, dev: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Appends `doc` to a multi-document YAML file.
+fn push_doc(s: &mut String, doc: &impl Serialize) {
+    s.push_str("---\n");
+    // Plain data (strings, numbers, maps): nothing here can fail to serialize.
+    s.push_str(&serde_yaml::to_string(doc).expect("a config document serializes"));
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The CA's place on the wire.
@@ -236,11 +248,10 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub bins: Binaries,
     pub dir: PathBuf,
-    splice: bool,
     mtls: bool,
-    cert_lifetime: String,
+    cert_lifetime: Duration,
     extra_docs: String,
-    agent_yaml: String,
+    agent: AgentConfig,
     ca_netns: Option<String>,
     ca: Option<Proc>,
     agents: Vec<Option<Proc>>,
@@ -269,11 +280,10 @@ impl Cluster {
             pods: Vec::new(),
             bins,
             dir: dir.clone(),
-            splice: spec.splice,
             mtls: spec.mtls,
-            cert_lifetime: spec.cert_lifetime.clone(),
+            cert_lifetime: spec.cert_lifetime,
             extra_docs: spec.extra_docs.clone(),
-            agent_yaml: spec.agent_yaml.clone(),
+            agent: spec.agent.clone(),
             ca_netns: None,
             ca: None,
             agents: Vec::new(),
@@ -437,7 +447,7 @@ impl Cluster {
             "kind: CaConfig\nlisten: 0.0.0.0:15012\nrootCertFile: {}\nrootKeyFile: {}\ndefaultLifetime: {lt}\nmaxLifetime: {lt}\nnodes:\n",
             self.dir.join("root-cert.pem").display(),
             self.dir.join("root-key.pem").display(),
-            lt = self.cert_lifetime,
+            lt = humantime::format_duration(self.cert_lifetime),
         );
         for node in &self.nodes {
             let token = self.token_file(&node.name);
@@ -637,58 +647,92 @@ impl Cluster {
         Ok(())
     }
 
+    /// The listed pods as the Kubernetes objects the agents and the CA read.
     fn pods_yaml(&self) -> String {
         let mut s = String::new();
         for p in self.pods.iter().filter(|p| p.listed) {
             let mode = if p.enrolled { "enabled" } else { "none" };
-            let extra: String = p
-                .labels
-                .iter()
-                .map(|(k, v)| format!("    {k}: {v}\n"))
-                .collect();
-            let _ = write!(
-                s,
-                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:\n    app: {}\n{extra}    mesh.io/dataplane-mode: {mode}\n  annotations:\n    mesh.io/netns: {}\nspec:\n  nodeName: {}\n  serviceAccountName: {}\nstatus:\n  podIPs:\n  - ip: {}\n",
-                p.name,
-                p.namespace,
-                p.name,
-                p.netns_path().display(),
-                self.nodes[p.node].name,
-                p.service_account,
-                p.ip
-            );
+            let mut labels = BTreeMap::from([("app".to_owned(), p.name.clone())]);
+            labels.extend(p.labels.iter().cloned());
+            labels.insert(DATAPLANE_LABEL.into(), mode.into());
+            let pod = k8s::Pod {
+                metadata: K8sMeta {
+                    name: Some(p.name.clone()),
+                    namespace: Some(p.namespace.clone()),
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        NETNS_ANNOTATION.to_owned(),
+                        p.netns_path().display().to_string(),
+                    )])),
+                    ..K8sMeta::default()
+                },
+                spec: Some(k8s::PodSpec {
+                    node_name: Some(self.nodes[p.node].name.clone()),
+                    service_account_name: Some(p.service_account.clone()),
+                    ..k8s::PodSpec::default()
+                }),
+                status: Some(k8s::PodStatus {
+                    pod_ips: Some(vec![k8s::PodIP {
+                        ip: p.ip.to_string(),
+                    }]),
+                    ..k8s::PodStatus::default()
+                }),
+            };
+            push_doc(&mut s, &pod);
         }
         s
+    }
+
+    /// Node n's AgentConfig: the spec's, with the node's own facts.
+    pub fn agent_config(&self, n: usize) -> AgentConfig {
+        let node = &self.nodes[n];
+        let mut agent = self.agent.clone();
+        agent.node_name = node.name.clone();
+        agent.cgroup_root = node.cgroup.clone();
+        // The agent pins below <bpffsRoot>/mesh/<nodeName>: where the test
+        // bed looks for the pins.
+        agent.bpffs_root = node
+            .pin_dir
+            .ancestors()
+            .nth(2)
+            .expect("pin dirs are <bpffs>/mesh/<node>")
+            .to_owned();
+        if self.mtls {
+            agent.ca = Some(CaSettings {
+                cert_lifetime: self.cert_lifetime,
+                ..CaSettings::new(
+                    CA_ADDRESS,
+                    self.dir.join("root-cert.pem"),
+                    self.token_file(&node.name),
+                )
+            });
+        }
+        agent
     }
 
     /// The node's local-mode config: its AgentConfig and every pod of the
     /// cluster (the agent keeps those scheduled on its node).
     pub fn config_text(&self, n: usize) -> String {
-        let node = &self.nodes[n];
-        let mut s = format!(
-            "apiVersion: mesh.io/v1alpha1\nkind: AgentConfig\nnodeName: {}\ncgroupRoot: {}\nbpffsRoot: /sys/fs/bpf\ndatapath:\n  splice: {}\n",
-            node.name,
-            node.cgroup.display(),
-            self.splice
-        );
-        s.push_str(&self.agent_yaml);
-        if self.mtls {
-            let _ = write!(
-                s,
-                "ca:\n  address: {CA_ADDRESS}\n  rootCertFile: {}\n  tokenFile: {}\n  certLifetime: {}\n",
-                self.dir.join("root-cert.pem").display(),
-                self.token_file(&node.name).display(),
-                self.cert_lifetime
-            );
-        }
+        let mut s =
+            serde_yaml::to_string(&self.agent_config(n)).expect("an AgentConfig serializes");
         s.push_str(&self.pods_yaml());
         // Nodes and their addresses: how `mesh status` finds every agent.
         for node in &self.nodes {
-            let _ = write!(
-                s,
-                "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {}\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {}\n",
-                node.name, node.ip
-            );
+            let doc = k8s::Node {
+                metadata: K8sMeta {
+                    name: Some(node.name.clone()),
+                    ..K8sMeta::default()
+                },
+                status: Some(k8s::NodeStatus {
+                    addresses: Some(vec![k8s::NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: node.ip.to_string(),
+                    }]),
+                    ..k8s::NodeStatus::default()
+                }),
+                ..k8s::Node::default()
+            };
+            push_doc(&mut s, &doc);
         }
         if !self.extra_docs.is_empty() {
             s.push_str("---\n");

@@ -155,8 +155,10 @@ fn connections_that_never_finish_a_handshake_are_closed_at_the_deadline() {
     // deadline; raising the cap puts all of them under the deadline, which is
     // the defence this test is about (shedding is counted separately, as
     // reason="per_source", and must not happen here).
-    let spec = ClusterSpec::new(&[&["a"], &["c"]])
-        .agent_yaml("limits:\n  handshakeTimeout: 3s\n  maxConnectionsPerSource: 5000\n");
+    let spec = ClusterSpec::new(&[&["a"], &["c"]]).configure(|a| {
+        a.limits.handshake_timeout = Duration::from_secs(3);
+        a.limits.max_connections_per_source = 5000;
+    });
     let c = Cluster::start(spec).unwrap();
     let _srv = c.serve("c", "8080", "ident").unwrap();
     let c_ip = c.pod("c").ip;

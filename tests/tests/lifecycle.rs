@@ -37,7 +37,7 @@ fn a_service_endpoint_that_drops_syns_is_skipped_within_the_connect_timeout() {
     mesh_testbed::require_root!();
     let spec = ClusterSpec::new(&[&["a"], &["b"]])
         .label("b", "tier", "web")
-        .agent_yaml("limits:\n  connectTimeout: 1s\n");
+        .configure(|a| a.limits.connect_timeout = Duration::from_secs(1));
     let mut c = Cluster::start(spec).unwrap();
     let _srv = c.serve("b", "8080", "ident").unwrap();
     // Without the neighbour entry the address would fail on its own once
@@ -134,7 +134,8 @@ fn a_pooled_tunnel_to_a_silent_node_is_abandoned_and_replaced() {
 #[test]
 fn sigterm_drains_open_transfers_and_resets_those_past_the_grace() {
     mesh_testbed::require_root!();
-    let spec = ClusterSpec::new(&[&["a"], &["c"]]).agent_yaml("limits:\n  drainGrace: 3s\n");
+    let spec = ClusterSpec::new(&[&["a"], &["c"]])
+        .configure(|a| a.limits.drain_grace = Duration::from_secs(3));
     let mut c = Cluster::start(spec).unwrap();
     let _srv = c.serve("c", "8080", "echo").unwrap();
     let to = format!("{}:8080", c.pod("c").ip);
