@@ -49,6 +49,12 @@ fn ebpf_object() {
     ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
+    if env::var_os("CARGO_FEATURE_DATAPATH").is_none() {
+        // Without the `datapath` feature nothing loads programs: an empty
+        // object, which `Datapath::open` refuses with the fix named.
+        fs::write(&out, []).expect("writing the empty eBPF object");
+        return;
+    }
     // A prebuilt object (an image build stage) may stand in for the build.
     println!("cargo:rerun-if-env-changed=MESH_EBPF_OBJECT");
     if let Some(prebuilt) = env::var_os("MESH_EBPF_OBJECT") {

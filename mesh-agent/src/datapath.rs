@@ -38,6 +38,10 @@ const CGROUP_PROGRAMS: [&str; 3] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error(
+        "this build of mesh-agent has no kernel programs (built without its `datapath` feature); build it with default features (`cargo build -p mesh-agent`)"
+    )]
+    NoPrograms,
     #[error("pin directory {path}: {source}")]
     PinDir { path: PathBuf, source: io::Error },
     #[error("cgroupRoot {path}: {source}")]
@@ -179,6 +183,9 @@ impl Datapath {
             "agent cgroup: connects from it are not redirected"
         );
         check_pinned_config(pin_dir)?;
+        if EBPF_OBJECT.is_empty() {
+            return Err(DatapathError::NoPrograms);
+        }
         let log_level: u8 = if agent.datapath.bpf_log { 5 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
