@@ -32,10 +32,11 @@ use crate::{
     pod::PodContext,
     proxy::{
         access_log::{Connection, Direction, Security},
+        admit::{Arrival, Rules, admit},
         connector::agent_connect,
-        inbound::{delivery_source, policies_synced, refuse_self_traffic},
+        inbound::{self, delivery_source},
         listeners::{self, Accepted, Listener},
-        own_ports::{InboundPath, check_inbound},
+        own_ports::InboundPath,
         relay,
         state::{Mtls, ProxyState},
     },
@@ -377,33 +378,23 @@ async fn stream_request(
     conn.source_identity = Some(source.to_string());
     conn.destination_identity = Some(pod.identity.to_string());
     conn.trace_id = trace_id;
-    if !pod.ips.contains(&dst.ip()) {
-        conn.refused("authority is not an address of this pod");
-        refuse(&mut respond, StatusCode::BAD_REQUEST);
-        return;
-    }
-    if let Err(why) = check_inbound(InboundPath::Hbone, peer, dst, &state.own_ports) {
-        refuse_self_traffic(&state, Listener::Hbone, &pod, peer, dst, why);
-        conn.refused(&why.to_string());
-        refuse(&mut respond, StatusCode::BAD_REQUEST);
-        return;
-    }
     let view = state.view();
-    if !policies_synced(&mut conn, &view, &state, Listener::Hbone) {
-        refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
-        return;
-    }
-    let decision = view.policies.authorize(
-        pod.target(),
-        &crate::policy::Connection {
-            source: Some(&source),
-            source_ip: peer.ip().to_canonical(),
-            destination_ip: dst.ip(),
-            destination_port: dst.port(),
-        },
-    );
-    if !conn.authorized(&decision) {
-        refuse(&mut respond, StatusCode::UNAUTHORIZED);
+    let arrival = Arrival {
+        path: InboundPath::Hbone,
+        src: peer,
+        dst,
+        source: Some(&source),
+    };
+    let rules = Rules {
+        policies: &view.policies,
+        own_ports: &state.own_ports,
+        mtls: true,
+    };
+    let outcome = admit(&arrival, &pod, &rules);
+    // The dial below goes to `dst` from `delivery_source(dst)`, which is
+    // what a delivery says.
+    if let Err(why) = inbound::admitted(&mut conn, &state, Listener::Hbone, &pod, outcome) {
+        refuse(&mut respond, why.status());
         return;
     }
     let delivery = agent_connect(

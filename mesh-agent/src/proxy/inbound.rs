@@ -2,25 +2,26 @@
 //! sk_lookup handed to the agent. The accepted socket's local address is the
 //! original destination. Under STRICT mTLS they are refused; otherwise
 //! authorized (with no peer identity) and delivered to the app from
-//! 127.0.0.6 inside the pod's netns, which sk_lookup lets through.
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
-};
+//! 127.0.0.6 inside the pod's netns, which sk_lookup lets through. What
+//! happens is `admit`'s decision; this module tells it (logs, metrics,
+//! access log) for every inbound path and does the delivery.
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
+pub use super::admit::delivery_source;
 use super::{
     RelayMode,
     access_log::{Connection, Direction, Security},
+    admit::{Admit, Arrival, Refusal, Rules, admit},
     connector::agent_connect,
     listeners::{self, Listener},
-    own_ports::{InboundPath, SelfTraffic, check_inbound},
+    own_ports::{InboundPath, SelfTraffic},
     relay,
-    state::{MeshView, ProxyState},
+    state::ProxyState,
 };
-use crate::{identity::Identity, pod::PodContext, policy::MtlsMode};
+use crate::pod::PodContext;
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
     loop {
@@ -53,15 +54,6 @@ pub fn refuse_self_traffic(
     warn!(pod = %pod.key, listener = listener.label(), %src, %dst, reason = %why, "connection to the mesh itself refused");
 }
 
-/// The reserved source of deliveries to apps; sk_lookup passes it.
-pub fn delivery_source(dst: SocketAddr) -> SocketAddr {
-    let ip = match dst.ip() {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(mesh_common::INBOUND_DELIVERY_IPV4)),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-    };
-    SocketAddr::new(ip, 0)
-}
-
 async fn handle(
     downstream: TcpStream,
     src: SocketAddr,
@@ -71,93 +63,93 @@ async fn handle(
 ) {
     let src = SocketAddr::new(src.ip().to_canonical(), src.port());
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
-    if let Err(why) = check_inbound(InboundPath::Plaintext, src, dst, &state.own_ports) {
+    let view = state.view();
+    let arrival = Arrival {
+        path: InboundPath::Plaintext,
+        src,
+        dst,
+        source: None,
+    };
+    let rules = Rules {
+        policies: &view.policies,
+        own_ports: &state.own_ports,
+        mtls: state.mtls.is_some(),
+    };
+    let outcome = admit(&arrival, &pod, &rules);
+    if let Admit::Refuse(Refusal::SelfTraffic(why)) = outcome {
+        // Counted and logged, but not a connection of the pod's: no
+        // access log line.
         refuse_self_traffic(&state, Listener::Inbound, &pod, src, dst, why);
         relay::reset(downstream);
         return;
     }
     let mut conn = Connection::new(Direction::Inbound, &pod, &state, src, dst, Security::None);
     conn.destination_identity = Some(pod.identity.to_string());
-    let view = state.view();
-    // Before the STRICT check: until PeerAuthentications are listed, every
-    // pod would look PERMISSIVE.
-    if !policies_synced(&mut conn, &view, &state, Listener::Inbound) {
-        relay::reset(downstream);
-        return;
-    }
-    if state.mtls.is_some() && view.policies.mtls_mode(pod.target(), dst.port()) == MtlsMode::Strict
-    {
-        conn.refused("plaintext refused: STRICT mTLS (PeerAuthentication)");
-        relay::reset(downstream);
-        return;
-    }
-    deliver(downstream, conn, None, &pod, dst, &view, &state).await;
+    deliver(downstream, conn, outcome, &pod, &state).await;
 }
 
-/// Whether the view's policies can be enforced. If not, counts and logs
-/// the refusal with the reason (which kind, and the API's error); the
-/// caller then refuses the connection. Every inbound path asks this first:
-/// an incomplete policy list would decide allow-all and PERMISSIVE.
-pub fn policies_synced(
+/// Tells what the inbound decision said, as every inbound path does: a
+/// refusal is counted and logged (access log, metrics, the policy decision)
+/// and returned for the caller to answer; a delivery has its policy
+/// decision recorded and is returned as where to dial, and from where.
+pub fn admitted(
     conn: &mut Connection<'_>,
-    view: &MeshView,
     state: &ProxyState,
     listener: Listener,
-) -> bool {
-    match view.policies.sync.check() {
-        Ok(()) => true,
-        Err(e) => {
+    pod: &PodContext,
+    outcome: Admit,
+) -> Result<(SocketAddr, SocketAddr), Refusal> {
+    let refusal = match outcome {
+        Admit::Deliver { to, from, decision } => {
+            // Records the allowing decision and what dry-run policies say;
+            // `admit` delivers nothing else, but should it, this fails
+            // closed (the denial is already logged).
+            return if conn.authorized(&decision) {
+                Ok((to, from))
+            } else {
+                Err(Refusal::Denied(decision))
+            };
+        }
+        Admit::Refuse(refusal) => refusal,
+    };
+    match &refusal {
+        Refusal::SelfTraffic(why) => {
+            refuse_self_traffic(state, listener, pod, conn.src, conn.dst, *why);
+            conn.refused(&refusal.to_string());
+        }
+        Refusal::PoliciesNotSynced(_) => {
             state
                 .telemetry
                 .refusals
                 .refused(listener.label(), "policies_not_synced");
-            conn.refused(&format!(
-                "policies not synced, refusing until they are: {e}"
-            ));
-            false
+            conn.refused(&refusal.to_string());
         }
+        Refusal::Denied(decision) => {
+            // Logs the denial (and dry-run) as the access log's `denied`.
+            conn.authorized(decision);
+        }
+        Refusal::NotThisPod | Refusal::Strict => conn.refused(&refusal.to_string()),
     }
+    Err(refusal)
 }
 
-/// Authorizes a connection to `to` (an address of `target`) from `source`
-/// (`None`: plaintext, no identity) and delivers it to the app from
-/// 127.0.0.6 in the target's netns. Plaintext inbound and the same-node
-/// hand-over both end here.
+/// Delivers a connection to `target`'s app as `outcome` says (from
+/// 127.0.0.6 in the target's netns), or refuses it. Plaintext inbound and
+/// the same-node hand-over both end here.
 pub async fn deliver(
     mut downstream: TcpStream,
     mut conn: Connection<'_>,
-    source: Option<&Identity>,
+    outcome: Admit,
     target: &PodContext,
-    to: SocketAddr,
-    view: &MeshView,
     state: &ProxyState,
 ) {
     let relay_mode: RelayMode = target.relay;
-    // The same-node hand-over arrives here without passing `handle`.
-    if !policies_synced(&mut conn, view, state, Listener::Inbound) {
+    let Ok((to, from)) = admitted(&mut conn, state, Listener::Inbound, target, outcome) else {
         relay::reset(downstream);
         return;
-    }
-    let decision = view.policies.authorize(
-        target.target(),
-        &crate::policy::Connection {
-            source,
-            source_ip: conn.src.ip(),
-            destination_ip: to.ip(),
-            destination_port: to.port(),
-        },
-    );
-    if !conn.authorized(&decision) {
-        relay::reset(downstream);
-        return;
-    }
+    };
     let _ = downstream.set_nodelay(true);
-    let delivery = agent_connect(
-        target,
-        Some(delivery_source(to)),
-        to,
-        state.limits.connect_timeout,
-    );
+    let delivery = agent_connect(target, Some(from), to, state.limits.connect_timeout);
     let mut upstream = match delivery.await {
         Ok(s) => s,
         Err(e) => {

@@ -1,24 +1,25 @@
 //! The outbound listener (15001): connections an enrolled pod's apps opened,
 //! redirected by connect4/6. The original destination comes from the kernel,
-//! looked up by the accepted connection's 4-tuple in the pod's netns. Then:
-//! a Service's virtual IP is replaced by one of its ready endpoints; then a
-//! meshed pod on this node gets the in-process path, a meshed pod
-//! elsewhere an HBONE tunnel, anything else plaintext passthrough.
-use std::{net::SocketAddr, sync::Arc};
+//! looked up by the accepted connection's 4-tuple in the pod's netns. Where
+//! it goes is `route`'s decision; this does the I/O: a Service's endpoints
+//! tried in turn, each handed over in-process, tunnelled over HBONE or
+//! passed through as plaintext.
+use std::{io, net::SocketAddr, sync::Arc};
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug_span, warn};
 
 use super::{
     access_log::{Connection, Direction, Security},
+    admit::Admit,
     connector::agent_connect,
     inbound,
     listeners::{self, Listener},
-    own_ports::{InboundPath, check_inbound},
     relay,
-    state::ProxyState,
+    route::{self, Hop, Mesh, Outbound, Route},
+    state::{Mtls, ProxyState},
 };
-use crate::{discovery::view::MeshView, hbone, identity::Identity, pod::PodContext};
+use crate::{hbone, identity::Identity, pod::PodContext};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
     loop {
@@ -54,14 +55,12 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<Proxy
 
 /// Where an outbound connection goes once an endpoint is chosen.
 enum Upstream {
-    /// A meshed pod on this node: handed over in-process.
-    Local(Arc<PodContext>, Identity),
+    /// A meshed pod on this node: handed over in-process, as the
+    /// destination's inbound decision says.
+    Local(Arc<PodContext>, Admit),
     Tunnel(hbone::client::Tunnel),
     Plain(TcpStream),
 }
-
-/// Endpoints tried for one Service connection before giving up.
-const MAX_ENDPOINT_TRIES: usize = 3;
 
 async fn handle(
     mut downstream: TcpStream,
@@ -71,42 +70,42 @@ async fn handle(
     state: Arc<ProxyState>,
 ) {
     let _ = downstream.set_nodelay(true);
-    // The app reached 127.0.0.1:15001, so its socket's address is loopback;
-    // to everyone else the connection comes from the pod's address.
-    let src = pod
-        .ips
-        .iter()
-        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
-        .map_or(src, |ip| SocketAddr::new(*ip, src.port()));
+    let src = route::pod_source(&pod.ips, src, dst);
     let mut conn = Connection::new(Direction::Outbound, &pod, &state, src, dst, Security::None);
     let view = state.view();
-    // A Service's virtual IP: pick among its ready endpoints.
-    let candidates = match view.service_at(dst.ip()) {
-        None => vec![dst],
-        Some(svc) => {
-            conn.service = Some(svc.service.key());
-            let Some(port) = svc.port(dst.port()) else {
-                conn.refused("the Service has no such port");
-                relay::reset(downstream);
-                return;
-            };
-            if port.endpoints.is_empty() {
-                conn.refused("the Service has no ready endpoints");
-                relay::reset(downstream);
-                return;
-            }
-            state.balancer.order(&port.endpoints)
+    let mesh = Mesh {
+        view: &view,
+        local_pod: |ip| state.local_pod(ip),
+        mtls: state.mtls.as_ref(),
+        own_ports: &state.own_ports,
+    };
+    let facts = Outbound {
+        source: &pod.identity,
+        src,
+        dst,
+    };
+    // The destination itself, or a Service's endpoints: tried the same way.
+    let (direct, endpoints) = match mesh.route(facts, |eps| state.balancer.order(eps)) {
+        Route::Direct(hop) => (Some((dst, hop)), None),
+        Route::Service { service, endpoints } => {
+            conn.service = Some(service.key());
+            (None, Some(endpoints))
+        }
+        Route::Unroutable { service, why } => {
+            conn.service = Some(service.key());
+            conn.refused(&why.to_string());
+            relay::reset(downstream);
+            return;
         }
     };
-    let routed = conn.service.is_some();
+    let routed = endpoints.is_some();
     let mut last_error = None;
-    for target in candidates.into_iter().take(MAX_ENDPOINT_TRIES) {
+    for (target, hop) in direct.into_iter().chain(endpoints.into_iter().flatten()) {
         let load = routed.then(|| state.balancer.track(target));
         if routed {
             conn.upstream = Some(target);
         }
-        let upstream = match connect(&mut conn, &downstream, &pod, &state, &view, src, target).await
-        {
+        let upstream = match connect(&mut conn, &downstream, &pod, &state, src, target, hop).await {
             Ok(u) => u,
             Err(e) => {
                 if routed {
@@ -118,17 +117,8 @@ async fn handle(
             }
         };
         match upstream {
-            Upstream::Local(target_pod, source) => {
-                inbound::deliver(
-                    downstream,
-                    conn,
-                    Some(&source),
-                    &target_pod,
-                    target,
-                    &view,
-                    &state,
-                )
-                .await;
+            Upstream::Local(target_pod, outcome) => {
+                inbound::deliver(downstream, conn, outcome, &target_pod, &state).await;
             }
             Upstream::Tunnel(tunnel) => {
                 conn.trace_id = Some(tunnel.trace_id.clone());
@@ -156,52 +146,59 @@ async fn handle(
     relay::reset(downstream);
 }
 
-/// Opens the way to `target`: in-process for a meshed pod here, an HBONE
-/// tunnel for a meshed pod elsewhere, plaintext for anything outside the mesh.
+/// Opens the way to `target` as `hop` says, and notes on the connection
+/// how it crosses (identities, security).
 async fn connect(
     conn: &mut Connection<'_>,
     downstream: &TcpStream,
-    pod: &Arc<PodContext>,
+    pod: &PodContext,
     state: &ProxyState,
-    view: &MeshView,
     src: SocketAddr,
     target: SocketAddr,
-) -> std::io::Result<Upstream> {
-    let expected = view.expected_identity(target.ip());
-    if let (Some(mtls), Some(expected)) = (state.mtls.as_ref(), expected) {
+    hop: Hop<'_, Arc<PodContext>, Mtls>,
+) -> io::Result<Upstream> {
+    let meshed = |conn: &mut Connection<'_>, expected: &Identity| {
         conn.source_identity = Some(pod.identity.to_string());
         conn.destination_identity = Some(expected.to_string());
-        if let Some(target_pod) = state.local_pod(target.ip()) {
-            // Both pods are here: hand over in-process — no TLS, no wire —
-            // after the checks the destination would make for a tunnel.
-            if let Err(why) = check_inbound(InboundPath::SameNode, src, target, &state.own_ports) {
-                inbound::refuse_self_traffic(
-                    state,
-                    Listener::Outbound,
-                    &target_pod,
-                    src,
-                    target,
-                    why,
-                );
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    why.to_string(),
-                ));
-            }
-            conn.security = Security::Local;
-            return Ok(Upstream::Local(target_pod, pod.identity.clone()));
+    };
+    match hop {
+        Hop::Passthrough => {
+            conn.security = Security::None;
+            conn.source_identity = None;
+            conn.destination_identity = None;
+            agent_connect(pod, None, target, state.limits.connect_timeout)
+                .await
+                .map(Upstream::Plain)
         }
-        conn.security = Security::MutualTls;
-        let early = hbone::stream::early_data(downstream);
-        return hbone::client::open(mtls, pod, src, target, expected, &early, &state.limits)
-            .await
-            .map(Upstream::Tunnel)
-            .map_err(std::io::Error::other);
+        Hop::SelfTraffic {
+            pod: target_pod,
+            expected,
+            why,
+        } => {
+            meshed(conn, &expected);
+            inbound::refuse_self_traffic(state, Listener::Outbound, &target_pod, src, target, why);
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                why.to_string(),
+            ))
+        }
+        Hop::SameNode {
+            pod: target_pod,
+            expected,
+            admit,
+        } => {
+            meshed(conn, &expected);
+            conn.security = Security::Local;
+            Ok(Upstream::Local(target_pod, admit))
+        }
+        Hop::Tunnel { mtls, expected } => {
+            meshed(conn, &expected);
+            conn.security = Security::MutualTls;
+            let early = hbone::stream::early_data(downstream);
+            hbone::client::open(mtls, pod, src, target, expected, &early, &state.limits)
+                .await
+                .map(Upstream::Tunnel)
+                .map_err(io::Error::other)
+        }
     }
-    conn.security = Security::None;
-    conn.source_identity = None;
-    conn.destination_identity = None;
-    agent_connect(pod, None, target, state.limits.connect_timeout)
-        .await
-        .map(Upstream::Plain)
 }

@@ -1,0 +1,551 @@
+//! The inbound decision: whether a connection to one of this node's pods
+//! reaches its app, and from which address it is delivered. Plaintext
+//! (15006), HBONE CONNECT (15008) and the same-node hand-over all ask this
+//! one function, so the paths cannot drift apart; each then tells the
+//! outcome its own way (access log, metrics, an HTTP status, a reset).
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use http::StatusCode;
+
+use super::own_ports::{InboundPath, OwnPorts, SelfTraffic, check_inbound};
+use crate::{
+    identity::Identity,
+    pod::PodContext,
+    policy::{self, Decision, MtlsMode, NotSynced, PolicySet, Target},
+};
+
+/// What the decision needs of the pod a connection is for.
+pub trait Recipient {
+    fn ips(&self) -> &[IpAddr];
+    /// The pod as policies select it.
+    fn target(&self) -> Target<'_>;
+}
+
+impl Recipient for PodContext {
+    fn ips(&self) -> &[IpAddr] {
+        &self.ips
+    }
+
+    fn target(&self) -> Target<'_> {
+        PodContext::target(self)
+    }
+}
+
+impl<T: Recipient + ?Sized> Recipient for Arc<T> {
+    fn ips(&self) -> &[IpAddr] {
+        T::ips(self)
+    }
+
+    fn target(&self) -> Target<'_> {
+        T::target(self)
+    }
+}
+
+/// How a connection arrived, as far as the decision cares.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub path: InboundPath,
+    pub src: SocketAddr,
+    /// The address of the pod asked for: the accepted socket's, the
+    /// CONNECT authority, or the endpoint handed over.
+    pub dst: SocketAddr,
+    /// The verified peer; `None` for plaintext.
+    pub source: Option<&'a Identity>,
+}
+
+/// What the decision consults besides the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    pub policies: &'a PolicySet,
+    pub own_ports: &'a OwnPorts,
+    /// The agent has a CA; without one PeerAuthentication cannot be STRICT.
+    pub mtls: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Dial `to` from `from` in the pod's netns. `decision` allowed it;
+    /// the caller still records it (metrics, what dry-run policies say).
+    Deliver {
+        to: SocketAddr,
+        from: SocketAddr,
+        decision: Decision,
+    },
+    Refuse(Refusal),
+}
+
+/// Why a connection does not reach the app. Displayed as the access log's
+/// error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A CONNECT authority that names another pod: this listener serves
+    /// only its own pod, whatever the peer asks.
+    NotThisPod,
+    SelfTraffic(SelfTraffic),
+    /// Until both policy kinds are listed every pod would look allow-all
+    /// and PERMISSIVE.
+    PoliciesNotSynced(NotSynced),
+    /// Plaintext to a port under STRICT mTLS.
+    Strict,
+    /// Policy denies it; the decision goes to the access log and metrics.
+    Denied(Decision),
+}
+
+impl Refusal {
+    /// The answer to a refused HBONE CONNECT.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::NotThisPod | Refusal::SelfTraffic(_) => StatusCode::BAD_REQUEST,
+            Refusal::PoliciesNotSynced(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
+            // Tunnels are mTLS; only plaintext meets STRICT.
+            Refusal::Strict => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NotThisPod => f.write_str("authority is not an address of this pod"),
+            Refusal::SelfTraffic(why) => why.fmt(f),
+            Refusal::PoliciesNotSynced(e) => {
+                write!(f, "policies not synced, refusing until they are: {e}")
+            }
+            Refusal::Strict => f.write_str("plaintext refused: STRICT mTLS (PeerAuthentication)"),
+            Refusal::Denied(d) => f.write_str(&d.enforced.reason()),
+        }
+    }
+}
+
+/// The reserved source of deliveries to apps; sk_lookup passes it.
+pub fn delivery_source(dst: SocketAddr) -> SocketAddr {
+    let ip = match dst.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(mesh_common::INBOUND_DELIVERY_IPV4)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    SocketAddr::new(ip, 0)
+}
+
+/// Decides a connection to `pod`. The checks run in the order that makes
+/// the cheapest, most certain refusal win: an address the pod does not
+/// have, traffic to the mesh itself, policies not yet readable (before
+/// STRICT and authorization, which would read an incomplete list), STRICT
+/// for plaintext, then authorization.
+pub fn admit(arrival: &Arrival<'_>, pod: &impl Recipient, rules: &Rules<'_>) -> Admit {
+    let Arrival {
+        path,
+        src,
+        dst,
+        source,
+    } = *arrival;
+    // Only a CONNECT authority can name any address; the other paths found
+    // the pod by this very address.
+    if path == InboundPath::Hbone && !pod.ips().contains(&dst.ip()) {
+        return Admit::Refuse(Refusal::NotThisPod);
+    }
+    if let Err(why) = check_inbound(path, src, dst, rules.own_ports) {
+        return Admit::Refuse(Refusal::SelfTraffic(why));
+    }
+    if let Err(e) = rules.policies.sync.check() {
+        return Admit::Refuse(Refusal::PoliciesNotSynced(e));
+    }
+    if path == InboundPath::Plaintext
+        && rules.mtls
+        && rules.policies.mtls_mode(pod.target(), dst.port()) == MtlsMode::Strict
+    {
+        return Admit::Refuse(Refusal::Strict);
+    }
+    let decision = rules.policies.authorize(
+        pod.target(),
+        &policy::Connection {
+            source,
+            source_ip: src.ip().to_canonical(),
+            destination_ip: dst.ip(),
+            destination_port: dst.port(),
+        },
+    );
+    if !decision.enforced.allowed() {
+        return Admit::Refuse(Refusal::Denied(decision));
+    }
+    Admit::Deliver {
+        to: dst,
+        from: delivery_source(dst),
+        decision,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::policy::{
+        AuthorizationPolicy, PeerAuthentication, PolicySync, Verdict,
+        model::{MtlsMode, WorkloadSelector},
+        sync::{KindSync, PolicyKind},
+    };
+
+    struct Pod {
+        ips: Vec<IpAddr>,
+        labels: BTreeMap<String, String>,
+    }
+
+    impl Recipient for Pod {
+        fn ips(&self) -> &[IpAddr] {
+            &self.ips
+        }
+
+        fn target(&self) -> Target<'_> {
+            Target {
+                namespace: "shop",
+                labels: &self.labels,
+            }
+        }
+    }
+
+    fn pod() -> Pod {
+        Pod {
+            ips: vec!["10.1.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn id(sa: &str) -> Identity {
+        Identity::new("cluster.local", "shop", sa).unwrap()
+    }
+
+    fn policies() -> PolicySet {
+        PolicySet {
+            root_namespace: "istio-system".into(),
+            authorization: vec![],
+            peer_authentication: vec![],
+            sync: PolicySync::COMPLETE,
+        }
+    }
+
+    fn strict(set: &mut PolicySet) {
+        set.peer_authentication
+            .push(PeerAuthentication::strict("shop", "strict", None));
+    }
+
+    fn deny_web(set: &mut PolicySet) {
+        let selector = WorkloadSelector {
+            match_labels: [("app".to_owned(), "web".to_owned())].into(),
+        };
+        set.authorization.push(AuthorizationPolicy::deny_all(
+            "shop",
+            "deny",
+            Some(selector),
+        ));
+    }
+
+    fn decide(
+        path: InboundPath,
+        src: &str,
+        dst: &str,
+        source: Option<&Identity>,
+        set: &PolicySet,
+        mtls: bool,
+    ) -> Admit {
+        let own = OwnPorts::default();
+        admit(
+            &Arrival {
+                path,
+                src: addr(src),
+                dst: addr(dst),
+                source,
+            },
+            &pod(),
+            &Rules {
+                policies: set,
+                own_ports: &own,
+                mtls,
+            },
+        )
+    }
+
+    fn refusal(a: Admit) -> Refusal {
+        match a {
+            Admit::Refuse(r) => r,
+            Admit::Deliver { .. } => panic!("delivered"),
+        }
+    }
+
+    #[test]
+    fn allowed_connections_are_delivered_from_the_reserved_source() {
+        let set = policies();
+        let alice = id("alice");
+        for (path, source) in [
+            (InboundPath::Plaintext, None),
+            (InboundPath::Hbone, Some(&alice)),
+            (InboundPath::SameNode, Some(&alice)),
+        ] {
+            assert_eq!(
+                decide(path, "10.2.0.1:4000", "10.1.0.1:8080", source, &set, true),
+                Admit::Deliver {
+                    to: addr("10.1.0.1:8080"),
+                    from: addr("127.0.0.6:0"),
+                    decision: Decision {
+                        enforced: Verdict::Allow { policy: None },
+                        dry_run: None,
+                    },
+                },
+                "{path:?}"
+            );
+        }
+        let Admit::Deliver { from, .. } = decide(
+            InboundPath::Hbone,
+            "[fd00::2]:4000",
+            "[fd00::1]:8080",
+            Some(&alice),
+            &set,
+            true,
+        ) else {
+            panic!("refused");
+        };
+        assert_eq!(from, addr("[::1]:0"));
+    }
+
+    #[test]
+    fn only_a_connect_authority_can_name_another_pod() {
+        let set = policies();
+        let alice = id("alice");
+        let r = refusal(decide(
+            InboundPath::Hbone,
+            "10.2.0.1:4000",
+            "10.1.0.9:8080",
+            Some(&alice),
+            &set,
+            true,
+        ));
+        assert_eq!(r, Refusal::NotThisPod);
+        assert_eq!(r.to_string(), "authority is not an address of this pod");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        // Even an own port: the wrong pod is told first.
+        let r = refusal(decide(
+            InboundPath::Hbone,
+            "10.2.0.1:4000",
+            "10.1.0.9:15008",
+            Some(&alice),
+            &set,
+            true,
+        ));
+        assert_eq!(r, Refusal::NotThisPod);
+    }
+
+    #[test]
+    fn traffic_to_the_mesh_itself_is_refused_on_every_path_before_anything_else() {
+        // Policies unreadable and denying: self-traffic still names the port.
+        let mut set = policies();
+        set.sync = PolicySync::default();
+        deny_web(&mut set);
+        let alice = id("alice");
+        for (path, source) in [
+            (InboundPath::Plaintext, None),
+            (InboundPath::Hbone, Some(&alice)),
+            (InboundPath::SameNode, Some(&alice)),
+        ] {
+            let r = refusal(decide(
+                path,
+                "10.2.0.1:4000",
+                "10.1.0.1:15006",
+                source,
+                &set,
+                true,
+            ));
+            assert_eq!(
+                r,
+                Refusal::SelfTraffic(SelfTraffic::OwnPort(15006)),
+                "{path:?}"
+            );
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(r.to_string(), SelfTraffic::OwnPort(15006).to_string());
+        }
+        let r = refusal(decide(
+            InboundPath::Plaintext,
+            "127.0.0.6:4000",
+            "10.1.0.1:8080",
+            None,
+            &policies(),
+            true,
+        ));
+        assert!(
+            matches!(r, Refusal::SelfTraffic(SelfTraffic::LoopbackSource(_))),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn unsynced_policies_refuse_before_strict_and_authorization() {
+        let mut set = policies();
+        set.sync.peer_authentication = KindSync::Failing("forbidden (403)".into());
+        strict(&mut set);
+        deny_web(&mut set);
+        let alice = id("alice");
+        for (path, source) in [
+            (InboundPath::Plaintext, None),
+            (InboundPath::Hbone, Some(&alice)),
+            (InboundPath::SameNode, Some(&alice)),
+        ] {
+            let r = refusal(decide(
+                path,
+                "10.2.0.1:4000",
+                "10.1.0.1:8080",
+                source,
+                &set,
+                true,
+            ));
+            assert!(
+                matches!(
+                    &r,
+                    Refusal::PoliciesNotSynced(NotSynced::Failing {
+                        kind: PolicyKind::PeerAuthentication,
+                        ..
+                    })
+                ),
+                "{path:?}: {r:?}"
+            );
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                r.to_string().starts_with("policies not synced, refusing until they are: PeerAuthentication cannot be listed: forbidden (403)"),
+                "{r}"
+            );
+        }
+    }
+
+    #[test]
+    fn strict_refuses_only_plaintext_and_only_with_a_ca() {
+        let mut set = policies();
+        strict(&mut set);
+        let r = refusal(decide(
+            InboundPath::Plaintext,
+            "10.2.0.1:4000",
+            "10.1.0.1:8080",
+            None,
+            &set,
+            true,
+        ));
+        assert_eq!(r, Refusal::Strict);
+        assert_eq!(
+            r.to_string(),
+            "plaintext refused: STRICT mTLS (PeerAuthentication)"
+        );
+        // Without a CA nothing could be mTLS: STRICT cannot apply.
+        assert!(matches!(
+            decide(
+                InboundPath::Plaintext,
+                "10.2.0.1:4000",
+                "10.1.0.1:8080",
+                None,
+                &set,
+                false
+            ),
+            Admit::Deliver { .. }
+        ));
+        let alice = id("alice");
+        for path in [InboundPath::Hbone, InboundPath::SameNode] {
+            assert!(matches!(
+                decide(
+                    path,
+                    "10.2.0.1:4000",
+                    "10.1.0.1:8080",
+                    Some(&alice),
+                    &set,
+                    true
+                ),
+                Admit::Deliver { .. }
+            ));
+        }
+        // A port-level PERMISSIVE under a STRICT namespace.
+        set.peer_authentication[0].spec.port_level_mtls.insert(
+            8080,
+            policy::model::Mtls {
+                mode: MtlsMode::Permissive,
+            },
+        );
+        assert!(matches!(
+            decide(
+                InboundPath::Plaintext,
+                "10.2.0.1:4000",
+                "10.1.0.1:8080",
+                None,
+                &set,
+                true
+            ),
+            Admit::Deliver { .. }
+        ));
+    }
+
+    #[test]
+    fn a_denying_policy_refuses_with_its_decision() {
+        let mut set = policies();
+        deny_web(&mut set);
+        let alice = id("alice");
+        let r = refusal(decide(
+            InboundPath::SameNode,
+            "10.1.0.2:4000",
+            "10.1.0.1:8080",
+            Some(&alice),
+            &set,
+            true,
+        ));
+        let Refusal::Denied(decision) = &r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(
+            decision.enforced,
+            Verdict::Deny {
+                policy: Some("shop/deny".into())
+            }
+        );
+        assert_eq!(r.to_string(), "denied by shop/deny");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn policies_see_the_canonical_source_address() {
+        // ALLOW only from 10.2.0.0/16: a v4-mapped peer address must match.
+        let spec: policy::model::AuthorizationPolicySpec = serde_yaml::from_str(
+            "{action: ALLOW, rules: [{from: [{source: {ipBlocks: [10.2.0.0/16]}}]}]}",
+        )
+        .unwrap();
+        let mut set = policies();
+        set.authorization.push(
+            AuthorizationPolicy::compile("shop", "from-net", &BTreeMap::new(), &spec)
+                .unwrap()
+                .unwrap(),
+        );
+        let alice = id("alice");
+        assert!(matches!(
+            decide(
+                InboundPath::Hbone,
+                "[::ffff:10.2.0.1]:4000",
+                "10.1.0.1:8080",
+                Some(&alice),
+                &set,
+                true
+            ),
+            Admit::Deliver { .. }
+        ));
+        assert!(matches!(
+            decide(
+                InboundPath::Hbone,
+                "10.3.0.1:4000",
+                "10.1.0.1:8080",
+                Some(&alice),
+                &set,
+                true
+            ),
+            Admit::Refuse(Refusal::Denied(_))
+        ));
+    }
+}
