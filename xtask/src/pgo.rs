@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{bench, sh, workspace};
+use crate::{bench::train::train, sh, workspace};
 
 /// Flags of the profiled build, beyond `-Cprofile-use`:
 /// - a function is cold only if it never ran in training (LLVM's default
@@ -122,7 +122,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
     )?;
     build_helpers()?;
     eprintln!("pgo: training the instrumented agent on the test bed");
-    bench::train(&instrumented).context("training run of the instrumented agent")?;
+    train(&instrumented).context("training run of the instrumented agent")?;
 
     let merged = dir.join("mesh-agent.profdata");
     let profiles: Vec<PathBuf> = std::fs::read_dir(&raw)?

@@ -1,0 +1,184 @@
+//! `cargo xtask bench`: pod→pod across nodes on the test bed, direct (no
+//! agents) and through the agents, in one run, with standard tools so the
+//! figures compare with other meshes. A benchmark, not a test: it reports.
+//!
+//! This module reads the options, builds the agent to measure and writes
+//! the table; the rest is split by job:
+//! - [`mode`]: what each column runs (direct, relays, the mesh's modes);
+//! - [`bed`]: one mode's test bed and what each stage records;
+//! - [`measure`]: the rounds across all beds;
+//! - [`tools`]: running iperf3, sockperf, wrk, hey and `meshtb load`, and
+//!   reading their outputs;
+//! - [`metering`]: CPU and memory of processes, and host steal;
+//! - [`metric`]: the rows; [`stats`]: medians; [`render`]: the table;
+//! - [`train`]: the profile-gathering run `xtask pgo` uses. It is its own
+//!   module so that pgo and this one do not import each other: this one
+//!   builds the agent through pgo, pgo trains through `train`.
+mod bed;
+mod measure;
+mod metering;
+mod metric;
+mod mode;
+mod render;
+mod stats;
+mod tools;
+pub mod train;
+
+use anyhow::Context;
+
+use self::{
+    bed::use_release_binaries,
+    mode::{Mode, Stage},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    secs: u32,
+    /// Times each tool runs in each mode, round-robin across the modes; the
+    /// table shows each figure's median. Back-to-back runs of the same tool
+    /// can differ by half (hey's direct rate moved between 8.9k and 14.5k
+    /// req/s), so a single run can make a ratio by itself.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    rounds: u32,
+    /// Where to write the markdown table (also printed).
+    #[arg(long, default_value = "target/bench/datapath.md")]
+    out: std::path::PathBuf,
+    /// Run only one part: `datapath` (traffic through the agents) or
+    /// `discovery` (store scale).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// Measure only these modes (repeatable); direct is always measured,
+    /// since every ratio is to it.
+    #[arg(long, value_enum)]
+    mode: Vec<Mode>,
+    /// Run only these tools (repeatable): iperf3, sockperf, wrk, hey,
+    /// fixed-rate. For profiling one kind of load.
+    #[arg(long, value_enum)]
+    stage: Vec<Stage>,
+    /// Measure the plain release build instead of the profiled one that
+    /// ships (`cargo xtask build-release`): skips two release builds and
+    /// the training run, for quick comparisons.
+    #[arg(long)]
+    no_pgo: bool,
+    /// Measure the profiled build made with this merged profile (from an
+    /// earlier `cargo xtask build-release`: target/pgo/mesh-agent.profdata)
+    /// instead of training again: saves the instrumented build and the
+    /// training run. Only a profile of the same sources and dependencies
+    /// helps: where a crate's features or version changed, its symbols
+    /// change name and their counts are lost.
+    #[arg(long, conflicts_with = "no_pgo")]
+    profile: Option<std::path::PathBuf>,
+}
+
+/// The two parts of the benchmark, each with its own table.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Part {
+    Datapath,
+    Discovery,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::setup::run()?;
+    let agent = if args.no_pgo {
+        crate::build_userspace(true)?;
+        crate::workspace().join("target/release/mesh-agent")
+    } else if let Some(profile) = &args.profile {
+        // The profile is checked (and the agent built) before the helpers.
+        let agent = crate::pgo::build_with(profile)?;
+        crate::pgo::build_helpers()?;
+        agent
+    } else {
+        crate::pgo::build()?
+    };
+    use_release_binaries(&agent);
+    let datapath = args.only != Some(Part::Discovery);
+    let discovery = args.only != Some(Part::Datapath);
+    // Every mode, in the enum's order (the table's columns).
+    let modes: Vec<Mode> = <Mode as clap::ValueEnum>::value_variants()
+        .iter()
+        .copied()
+        .filter(|m| *m == Mode::Direct || args.mode.is_empty() || args.mode.contains(m))
+        .collect();
+    let mut table = String::new();
+    if datapath {
+        let (results, failures) = measure::measure(&modes, args.secs, args.rounds, &args.stage)?;
+        table = render::table(&modes, &results, args.secs, args.rounds);
+        if !failures.is_empty() {
+            table += "\nFailed measurements:\n";
+            table += &failures.join("\n");
+            table += "\n";
+        }
+    }
+    if discovery {
+        eprintln!("bench: discovery scale");
+        if !table.is_empty() {
+            table += "\n";
+        }
+        table += &crate::bench_discovery::run().context("discovery scale")?;
+    }
+    println!("{table}");
+    let out = crate::workspace().join(&args.out);
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::write(&out, &table)?;
+    eprintln!("bench: table written to {}", out.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Parser, ValueEnum};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn the_options_keep_their_spelling() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--only",
+            "datapath",
+            "--mode",
+            "mtls",
+            "--mode",
+            "mesh-splice",
+            "--stage",
+            "sockperf",
+            "--stage",
+            "fixed-rate",
+            "--rounds",
+            "1",
+            "--no-pgo",
+        ])
+        .unwrap();
+        let a = cli.args;
+        assert!(a.only == Some(Part::Datapath));
+        assert!(a.mode == [Mode::Mtls, Mode::MeshSplice]);
+        assert!(a.stage == [Stage::Sockperf, Stage::FixedRate]);
+        assert_eq!((a.rounds, a.secs, a.no_pgo), (1, 5, true));
+        assert_eq!(a.out, std::path::Path::new("target/bench/datapath.md"));
+        for bad in [
+            &["bench", "--only", "both"][..],
+            &["bench", "--stage", "iperf"],
+            &["bench", "--rounds", "10"],
+            &["bench", "--no-pgo", "--profile", "p.profdata"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        // The log and the failure notes name stages as `--stage` does.
+        let names: Vec<&str> = Stage::value_variants()
+            .iter()
+            .map(|s| {
+                assert_eq!(s.to_possible_value().unwrap().get_name(), s.name());
+                s.name()
+            })
+            .collect();
+        assert_eq!(names, ["iperf3", "sockperf", "wrk", "hey", "fixed-rate"]);
+    }
+}

@@ -1,0 +1,67 @@
+//! What the benchmark compares (the modes: the table's columns) and what it
+//! runs in each (the stages, one per tool).
+use mesh_testbed::ClusterSpec;
+
+#[derive(Clone, Copy, PartialEq, Debug, clap::ValueEnum)]
+pub enum Mode {
+    Direct,
+    /// No mesh: a minimal user-space relay in each pod where the agents
+    /// would be (`meshtb relay`: accept, copy both ways, nothing else). A
+    /// reference for latency: what two user-space hops cost on this
+    /// machine, so the mesh's ratios can be read against it. Its CPU rows
+    /// are the relays': what moving the bytes through user space costs,
+    /// before any mesh work. Its bulk is no floor (it copies; the plaintext
+    /// agent splices).
+    Relays,
+    Mesh,
+    MeshSplice,
+    Mtls,
+}
+
+impl Mode {
+    /// The column's heading.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Relays => "two minimal relays",
+            Mode::Mesh => "mesh plaintext",
+            Mode::MeshSplice => "mesh plaintext + sk_msg splice",
+            Mode::Mtls => "mesh HBONE mTLS",
+        }
+    }
+
+    /// The test bed this mode runs on: two nodes, a client pod on one and
+    /// a server pod on the other.
+    pub fn spec(self) -> ClusterSpec {
+        let s = ClusterSpec::new(&[&["client"], &["server"]]);
+        match self {
+            Mode::Direct | Mode::Relays => s.without_agents(),
+            Mode::Mesh => s.plaintext().splice(false),
+            Mode::MeshSplice => s.plaintext().splice(true),
+            Mode::Mtls => s,
+        }
+    }
+}
+
+/// One kind of load, run by one tool; in this order in each round.
+#[derive(Clone, Copy, PartialEq, Debug, clap::ValueEnum)]
+pub enum Stage {
+    Iperf3,
+    Sockperf,
+    Wrk,
+    Hey,
+    FixedRate,
+}
+
+impl Stage {
+    /// As `--stage` spells it, for the log and the failure notes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Iperf3 => "iperf3",
+            Stage::Sockperf => "sockperf",
+            Stage::Wrk => "wrk",
+            Stage::Hey => "hey",
+            Stage::FixedRate => "fixed-rate",
+        }
+    }
+}
