@@ -948,6 +948,22 @@ impl Cluster {
         ))
     }
 
+    /// hboneprobe in node 0's netns (outside every pod), with a certificate
+    /// signed by the mesh root, aimed at `tunnel` (a pod's ip:15008).
+    pub fn probe_command(
+        &self,
+        tunnel: &str,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Command> {
+        let mut cmd = self.node_command(0, &self.bins.probe)?;
+        cmd.args(["--to", tunnel, "--root-cert"])
+            .arg(self.dir.join("root-cert.pem"))
+            .arg("--root-key")
+            .arg(self.dir.join("root-key.pem"))
+            .args(args);
+        Ok(cmd)
+    }
+
     /// A command that runs in node n's netns (outside any pod).
     pub fn node_command(
         &self,

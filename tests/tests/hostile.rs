@@ -30,13 +30,7 @@ fn ident(c: &Cluster, dst: &str) -> Value {
 /// hboneprobe in node 0's netns (outside every pod), holding a certificate
 /// signed by the mesh root, aimed at `tunnel`.
 fn probe_command(c: &Cluster, tunnel: &str, args: &[&str]) -> Command {
-    let mut cmd = c.node_command(0, &c.bins.probe).unwrap();
-    cmd.args(["--to", tunnel, "--root-cert"])
-        .arg(c.dir.join("root-cert.pem"))
-        .arg("--root-key")
-        .arg(c.dir.join("root-key.pem"))
-        .args(args);
-    cmd
+    c.probe_command(tunnel, args).unwrap()
 }
 
 fn spawn_probe(c: &Cluster, tunnel: &str, args: &[&str]) -> Proc {

@@ -368,13 +368,7 @@ fn hbone_port_refuses_bad_peers_and_bad_requests_with_a_log_line() {
 
 /// Runs hboneprobe from node 0's netns (outside any pod) against `tunnel`.
 fn probe(c: &Cluster, tunnel: &str, args: &[&str]) -> Value {
-    let mut cmd = c.node_command(0, &c.bins.probe).unwrap();
-    cmd.args(["--to", tunnel, "--root-cert"])
-        .arg(c.dir.join("root-cert.pem"))
-        .arg("--root-key")
-        .arg(c.dir.join("root-key.pem"))
-        .args(args);
-    let out = cmd.output().unwrap();
+    let out = c.probe_command(tunnel, args).unwrap().output().unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "probe {args:?}: {e}: {}",

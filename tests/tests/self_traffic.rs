@@ -40,13 +40,11 @@ fn ident_from_node(c: &Cluster, n: usize, dst: &str) -> (Value, Duration) {
 /// `authority` through `tunnel`.
 fn connect_via_probe(c: &Cluster, tunnel: &str, authority: &str) -> (Value, Duration) {
     let started = Instant::now();
-    let mut cmd = c.node_command(0, &c.bins.probe).unwrap();
-    cmd.args(["--to", tunnel, "--root-cert"])
-        .arg(c.dir.join("root-cert.pem"))
-        .arg("--root-key")
-        .arg(c.dir.join("root-key.pem"))
-        .args(["--authority", authority]);
-    let out = cmd.output().unwrap();
+    let out = c
+        .probe_command(tunnel, &["--authority", authority])
+        .unwrap()
+        .output()
+        .unwrap();
     let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "probe to {authority}: {e}: {}",
