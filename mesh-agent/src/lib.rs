@@ -3,6 +3,7 @@
 //! ARCHITECTURE.md for the design.
 pub mod admin;
 pub mod ca;
+pub mod capped;
 pub mod cli;
 pub mod config;
 pub mod datapath;

@@ -26,6 +26,7 @@ use axum::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{info, warn};
 
+use crate::capped::{CappedListener, ConnectionCap};
 use crate::{config::TelemetrySettings, telemetry::health::NodeHealth};
 pub use logging::LogControl;
 
@@ -97,6 +98,8 @@ impl Listeners {
             let addr = listener.local_addr().ok();
             info!(endpoint = name, addr = ?addr, "serving");
             tasks.spawn(async move {
+                let listener =
+                    CappedListener::new(listener, ConnectionCap::new(name, MAX_CONNECTIONS));
                 if let Err(e) = axum::serve(listener, router).await {
                     warn!(endpoint = name, error = %e, "endpoint stopped");
                 }
@@ -105,6 +108,11 @@ impl Listeners {
         }
     }
 }
+
+/// Connections one endpoint listener holds at once: scrapers, probes and
+/// the CLI keep a handful; past it, new ones are closed (the open ones
+/// keep being served), so idle keep-alive connections cannot pile up.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Requests one listener serves at once. One more is answered 503 at once
 /// rather than queued: work, memory and connections cannot pile up behind

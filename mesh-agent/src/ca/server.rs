@@ -18,6 +18,8 @@ use tower::{
 };
 use tracing::{error, info};
 
+use crate::capped::ConnectionCap;
+
 use super::{
     authz::{Authority, Authorizer},
     config::CaFile,
@@ -27,6 +29,9 @@ use super::{
     signer::Signer,
 };
 
+/// Connections the CA holds at once: one per node agent (and the odd
+/// client) for clusters of thousands of nodes; past it new ones are closed.
+const MAX_CONNECTIONS: usize = 16_384;
 const FILE_POLL: Duration = Duration::from_millis(500);
 
 // Connection limits. The HTTP/2 ones are Envoy's edge-proxy best practices
@@ -145,6 +150,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(TCP_KEEPALIVE));
+    // Each agent keeps one connection; idle ones live up to
+    // MAX_CONNECTION_AGE, so without a cap a client could pile them up.
+    let cap = ConnectionCap::new("ca", MAX_CONNECTIONS);
+    let incoming = futures::StreamExt::filter_map(incoming, move |conn| {
+        let admitted = match conn {
+            Ok(tcp) => {
+                let peer = tcp.peer_addr().ok();
+                cap.admit(tcp, peer).map(Ok)
+            }
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(admitted)
+    });
     info!(
         listen = %cfg.listen,
         trust_domain = %cfg.trust_domain,
