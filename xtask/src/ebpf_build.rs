@@ -43,7 +43,14 @@ pub fn command(workspace: &Path) -> Command {
             "CARGO_ENCODED_RUSTFLAGS",
             ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
         );
-    // The outer cargo's compiler and wrappers are the stable toolchain's.
+    without_outer_toolchain(&mut cmd);
+    cmd
+}
+
+/// Clears what the outer cargo set for its own build (the stable
+/// toolchain's compiler and wrappers, its flags and target), so a nested
+/// nightly build chooses its own.
+pub fn without_outer_toolchain(cmd: &mut Command) {
     for key in [
         "RUSTC",
         "RUSTC_WRAPPER",
@@ -56,7 +63,6 @@ pub fn command(workspace: &Path) -> Command {
     ] {
         cmd.env_remove(key);
     }
-    cmd
 }
 
 /// What to tell the user when the build cannot run.

@@ -43,18 +43,7 @@ fn cargo_fuzz(subcommand: &str) -> Command {
         // rebuilds everything.
         .args(["--codegen-units", "16"])
         .current_dir(fuzz_dir());
-    for key in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTUP_TOOLCHAIN",
-        "CARGO",
-    ] {
-        cmd.env_remove(key);
-    }
+    crate::ebpf_build::without_outer_toolchain(&mut cmd);
     cmd
 }
 
