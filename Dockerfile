@@ -1,5 +1,5 @@
 # mesh's one image: `mesh-agent node` (the DaemonSet), `mesh-agent ca` (the
-# CA Deployment) and the `mesh` CLI. Build: cargo xtask image (or docker
+# CA Deployment; `mesh-ca` is the same CA) and the `mesh` CLI. Build: cargo xtask image (or docker
 # build -t <tag> . where a Docker engine runs).
 
 # Stage 1: the kernel programs (nightly + bpf-linker) and the binaries.
@@ -18,11 +18,12 @@ RUN cargo xtask build-ebpf \
  && if [ -f pgo/mesh-agent.profdata ]; then \
       cargo xtask build-release --profile pgo/mesh-agent.profdata; \
     else \
-      cargo build --release -p mesh-agent --bins \
-      && mkdir -p target/dist && cp target/release/mesh-agent target/release/mesh target/dist/; \
+      cargo build --release --bin mesh-agent --bin mesh --bin mesh-ca \
+      && mkdir -p target/dist \
+      && cp target/release/mesh-agent target/release/mesh target/release/mesh-ca target/dist/; \
     fi
 
 # Stage 2: glibc and nothing else; no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12
-COPY --from=build /src/target/dist/mesh-agent /src/target/dist/mesh /usr/local/bin/
+COPY --from=build /src/target/dist/mesh-agent /src/target/dist/mesh /src/target/dist/mesh-ca /usr/local/bin/
 ENTRYPOINT ["/usr/local/bin/mesh-agent"]

@@ -1,5 +1,4 @@
-//! Generates the CA's gRPC service code, and builds the kernel programs with
-//! the same recipe as `cargo xtask build-ebpf` and hands the object to the
+//! Builds the kernel programs with the same recipe as `cargo xtask build-ebpf` and hands the object to the
 //! agent to embed. Cargo reruns this whenever the
 //! kernel sources change, so the embedded object is never stale; when the
 //! build cannot run, the error names the command that fixes it.
@@ -12,29 +11,7 @@ use std::{
 mod ebpf_build;
 
 fn main() {
-    istio_ca_service();
     ebpf_object();
-}
-
-/// Istio's certificate service (istio.v1.auth.IstioCertificateService),
-/// generated from a description in Rust rather than a .proto file, so the
-/// build needs no protoc. The messages live in `src/ca/proto.rs`.
-fn istio_ca_service() {
-    let method = tonic_build::manual::Method::builder()
-        .name("create_certificate")
-        .route_name("CreateCertificate")
-        .input_type("crate::ca::proto::IstioCertificateRequest")
-        .output_type("crate::ca::proto::IstioCertificateResponse")
-        .codec_path("tonic_prost::ProstCodec")
-        .build();
-    let service = tonic_build::manual::Service::builder()
-        .name("IstioCertificateService")
-        .package("istio.v1.auth")
-        .method(method)
-        .build();
-    tonic_build::manual::Builder::new()
-        .build_transport(false)
-        .compile(&[service]);
 }
 
 fn ebpf_object() {
@@ -48,12 +25,6 @@ fn ebpf_object() {
         "xtask/src/ebpf_build.rs",
     ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
-    }
-    if env::var_os("CARGO_FEATURE_DATAPATH").is_none() {
-        // Without the `datapath` feature nothing loads programs: an empty
-        // object, which `Datapath::open` refuses with the fix named.
-        fs::write(&out, []).expect("writing the empty eBPF object");
-        return;
     }
     // A prebuilt object (an image build stage) may stand in for the build.
     println!("cargo:rerun-if-env-changed=MESH_EBPF_OBJECT");

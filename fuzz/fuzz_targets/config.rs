@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use mesh_agent::config::NodeConfig;
+use mesh_discovery::NodeConfig;
 
 fuzz_target!(|data: &[u8]| {
     // The file is read as UTF-8 (`objects::read`); other bytes stop there.

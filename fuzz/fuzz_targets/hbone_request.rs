@@ -10,7 +10,7 @@ use libfuzzer_sys::{
     arbitrary::{self, Arbitrary},
     fuzz_target,
 };
-use mesh_agent::hbone::request::{ConnectRequest, Refusal};
+use mesh_hbone::request::{ConnectRequest, Refusal};
 
 #[derive(Arbitrary, Debug)]
 struct Head<'a> {

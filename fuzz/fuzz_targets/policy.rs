@@ -11,10 +11,8 @@ use std::{
 };
 
 use libfuzzer_sys::fuzz_target;
-use mesh_agent::{
-    identity::Identity,
-    policy::{AuthorizationPolicy, Connection, MtlsMode, load, model},
-};
+use mesh_identity::Identity;
+use mesh_policy::{AuthorizationPolicy, Connection, MtlsMode, load, model};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

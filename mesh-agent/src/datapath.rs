@@ -24,8 +24,7 @@ use aya::{
 use mesh_common::{
     DatapathConfig, FlowRecord, ListenerKey, OrigDst, PodAddrKey, SockKey, counter, limits, names,
 };
-
-use crate::config::AgentConfig;
+use mesh_config::AgentConfig;
 
 /// The programs, built by `cargo xtask build-ebpf` (or mesh-agent's build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf.o"));
@@ -38,10 +37,6 @@ const CGROUP_PROGRAMS: [&str; 3] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error(
-        "this build of mesh-agent has no kernel programs (built without its `datapath` feature); build it with default features (`cargo build -p mesh-agent`)"
-    )]
-    NoPrograms,
     #[error("pin directory {path}: {source}")]
     PinDir { path: PathBuf, source: io::Error },
     #[error("cgroupRoot {path}: {source}")]
@@ -183,9 +178,6 @@ impl Datapath {
             "agent cgroup: connects from it are not redirected"
         );
         check_pinned_config(pin_dir)?;
-        if EBPF_OBJECT.is_empty() {
-            return Err(DatapathError::NoPrograms);
-        }
         let log_level: u8 = if agent.datapath.bpf_log { 5 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)

@@ -10,17 +10,14 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use mesh_common::FlowRecord;
+use mesh_telemetry::{
+    flows::{FlowCounts, FlowLabels},
+    labels::WorkloadLabels,
+};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
-use crate::{
-    pod::PodContext,
-    proxy::state::ProxyState,
-    telemetry::{
-        flows::{FlowCounts, FlowLabels},
-        labels::WorkloadLabels,
-    },
-};
+use crate::{pod::PodContext, proxy::state::ProxyState};
 
 /// Netns cookie → enrolled pod, for naming kernel records.
 #[derive(Default)]

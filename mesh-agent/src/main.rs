@@ -2,7 +2,8 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mesh_agent::{admin::LogControl, ca, config::NodeConfig, datapath, node};
+use mesh_agent::{admin::LogControl, datapath, node};
+use mesh_discovery::NodeConfig;
 
 #[derive(Parser)]
 #[command(name = "mesh-agent", version, about = "mesh node agent")]
@@ -47,18 +48,8 @@ enum Command {
         worker_threads: usize,
     },
     /// Run the mesh's certificate authority (Istio-compatible gRPC), or
-    /// create its root with `ca init`.
-    #[command(args_conflicts_with_subcommands = true)]
-    Ca {
-        /// CA configuration file (YAML; see README "Certificate authority").
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Validate the configuration file and exit.
-        #[arg(long)]
-        check_config: bool,
-        #[command(subcommand)]
-        command: Option<CaCommand>,
-    },
+    /// create its root with `ca init`. The same as the `mesh-ca` binary.
+    Ca(mesh_ca::command::CaArgs),
     /// Print the CustomResourceDefinitions mesh reads (AuthorizationPolicy,
     /// PeerAuthentication; security.istio.io/v1) as YAML.
     Crd,
@@ -71,22 +62,6 @@ enum Command {
         /// NODE_NAME environment variable, as the DaemonSet sets it).
         #[arg(long)]
         node_name: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum CaCommand {
-    /// Create a new root certificate and key (refuses to overwrite either).
-    Init {
-        #[arg(long)]
-        cert: PathBuf,
-        #[arg(long)]
-        key: PathBuf,
-        #[arg(long, default_value = "cluster.local")]
-        trust_domain: String,
-        /// Root lifetime, e.g. 10y, 8760h.
-        #[arg(long, default_value = "10y")]
-        lifetime: humantime::Duration,
     },
 }
 
@@ -166,7 +141,7 @@ fn main() -> ExitCode {
     let log = init_logging(cli.log_format);
     abort_on_panic();
     raise_fd_limit();
-    mesh_agent::tls::install_process_default();
+    mesh_identity::tls::install_process_default();
     match run(cli.command, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -232,59 +207,9 @@ fn run(command: Command, log: LogControl) -> anyhow::Result<()> {
                 node.run().await
             })
         }
-        Command::Ca {
-            command:
-                Some(CaCommand::Init {
-                    cert,
-                    key,
-                    trust_domain,
-                    lifetime,
-                }),
-            ..
-        } => {
-            ca::root::init(&cert, &key, &trust_domain, lifetime.into())?;
-            println!(
-                "created root {} (key {}, trust domain {trust_domain})",
-                cert.display(),
-                key.display()
-            );
-            Ok(())
-        }
-        Command::Ca {
-            config: Some(config),
-            check_config: true,
-            command: None,
-        } => {
-            let file = ca::config::CaFile::load(&config)?;
-            println!(
-                "{}: ok (trust domain {}, listen {}, {})",
-                config.display(),
-                file.config.trust_domain,
-                file.config.listen,
-                if file.config.kubernetes.is_some() {
-                    "kubernetes"
-                } else {
-                    "local"
-                }
-            );
-            Ok(())
-        }
-        Command::Ca {
-            config: Some(config),
-            command: None,
-            ..
-        } => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            runtime.block_on(ca::server::run(&config))
-        }
-        Command::Ca { .. } => {
-            anyhow::bail!("`mesh-agent ca` needs --config <file> (or `mesh-agent ca init`)")
-        }
+        Command::Ca(args) => mesh_ca::command::run(args, "mesh-agent ca"),
         Command::Crd => {
-            print!("{}", mesh_agent::policy::crd::yaml()?);
+            print!("{}", mesh_policy::crd::yaml()?);
             Ok(())
         }
         Command::Uninstall { config, node_name } => {

@@ -5,23 +5,28 @@
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::signal::unix::{SignalKind, signal};
+use mesh_config::{AgentConfig, CaSettings, DiscoveryMode, LimitSettings};
+use mesh_discovery::{
+    LocalPod, NodeConfig, Published, Publisher, Source, kubernetes::KubernetesSource,
+    local::LocalFile, view::MeshView,
+};
+use mesh_hbone::buffers::BufferBudget;
+use mesh_identity::{client::CaClient, manager::CertManager, tls::TrustBundle};
+use mesh_telemetry::Telemetry;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 use tracing::{error, info, warn};
-
-use tokio::sync::watch;
 
 use crate::{
     admin::{Listeners, LogControl},
-    config::{AgentConfig, CaSettings, DiscoveryMode, LocalPod, NodeConfig, objects},
     datapath::Datapath,
-    discovery::{
-        Published, Publisher, Source, kubernetes::KubernetesSource, local::LocalFile, netns_finder,
-        view::MeshView,
-    },
-    flows::{self, PodDirectory},
-    hbone::buffers::BufferBudget,
-    identity::{client::CaClient, manager::CertManager},
+    flows,
+    flows::PodDirectory,
+    health::NodeHealth,
     netns::Netns,
+    netns_finder,
     pod::PodRuntime,
     preflight,
     proxy::{
@@ -29,8 +34,6 @@ use crate::{
         own_ports::OwnPorts,
         state::{Mtls, ProxyState},
     },
-    telemetry::{Telemetry, health::NodeHealth},
-    tls::TrustBundle,
 };
 
 const SYNC_READY: Duration = Duration::from_secs(30);
@@ -68,11 +71,7 @@ pub fn check(config: &NodeConfig) -> anyhow::Result<()> {
     }
     if let Some(ca) = &config.agent.ca {
         // Builds what the agent would: the trust bundle and the CA client.
-        mtls(
-            ca,
-            &config.agent.trust_domain,
-            config.agent.limits.buffer_budget_bytes,
-        )?;
+        mtls(ca, &config.agent.trust_domain, &config.agent.limits)?;
     }
     Ok(())
 }
@@ -100,7 +99,7 @@ pub struct Node {
 }
 
 /// The CA client, the trust bundle and the certificate manager.
-fn mtls(settings: &CaSettings, trust_domain: &str, buffer_budget: usize) -> anyhow::Result<Mtls> {
+fn mtls(settings: &CaSettings, trust_domain: &str, limits: &LimitSettings) -> anyhow::Result<Mtls> {
     let client = CaClient::new(settings)?;
     let bundle = TrustBundle::from_pem(client.root_pem(), trust_domain).with_context(|| {
         format!(
@@ -109,10 +108,16 @@ fn mtls(settings: &CaSettings, trust_domain: &str, buffer_budget: usize) -> anyh
         )
     })?;
     Ok(Mtls {
-        bundle,
         certs: Arc::new(CertManager::new(Arc::new(client))),
-        pool: Default::default(),
-        buffers: BufferBudget::new(buffer_budget),
+        client: mesh_hbone::client::Client {
+            bundle,
+            pool: Default::default(),
+            buffers: BufferBudget::new(limits.buffer_budget_bytes),
+            timeouts: mesh_hbone::client::Timeouts {
+                connect: limits.connect_timeout,
+                handshake: limits.handshake_timeout,
+            },
+        },
     })
 }
 
@@ -122,7 +127,7 @@ impl Node {
         node_name: Option<&str>,
         log: LogControl,
     ) -> anyhow::Result<Self> {
-        let text = objects::read(config_path)?;
+        let text = mesh_discovery::file::read(config_path)?;
         let config = NodeConfig::parse(config_path, &text, node_name)?;
         check(&config)?;
         let listeners = Listeners::bind(&config.agent.telemetry).await?;
@@ -172,11 +177,7 @@ impl Node {
             "datapath attached"
         );
         let mtls = match &config.agent.ca {
-            Some(ca) => Some(mtls(
-                ca,
-                &config.agent.trust_domain,
-                config.agent.limits.buffer_budget_bytes,
-            )?),
+            Some(ca) => Some(mtls(ca, &config.agent.trust_domain, &config.agent.limits)?),
             None => {
                 warn!(
                     "no CA configured (AgentConfig.ca): traffic between nodes is forwarded as plaintext"
@@ -445,7 +446,7 @@ impl Node {
                 loop {
                     sweep.tick().await;
                     if let Some(m) = &state.mtls {
-                        m.pool.sweep();
+                        m.client.pool.sweep();
                     }
                 }
             });
@@ -530,7 +531,7 @@ impl Node {
         }
         self.state.drain();
         if let Some(mtls) = &self.state.mtls {
-            mtls.pool.close_idle();
+            mtls.client.pool.close_idle();
         }
         let grace = self.agent.limits.drain_grace;
         let open = self.state.admission.held();
@@ -539,12 +540,12 @@ impl Node {
         while self.state.admission.held() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(DRAIN_POLL).await;
             if let Some(mtls) = &self.state.mtls {
-                mtls.pool.close_idle();
+                mtls.client.pool.close_idle();
             }
         }
         let left = self.state.admission.held();
         if left > 0 {
-            let reset = crate::proxy::relay::reset_all_on_exit();
+            let reset = mesh_hbone::relay::reset_all_on_exit();
             warn!(
                 connections = left,
                 sockets = reset,

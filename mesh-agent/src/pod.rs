@@ -2,20 +2,27 @@
 //! identity and certificate, the three listeners, and their accept tasks.
 //! Dropping it stops the tasks, closes the listeners and releases the
 //! certificate; `Node` removes the datapath entries.
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use mesh_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
-use tokio::task::JoinHandle;
+use mesh_discovery::LocalPod;
+use mesh_identity::{Identity, tls, tls::CertWatch};
+use mesh_policy::Target;
+use tokio::{net::TcpStream, task::JoinHandle};
 
 use crate::{
-    config::LocalPod,
     datapath::PodDatapath,
-    hbone,
-    identity::Identity,
     netns::{Netns, SocketFactory},
-    policy::Target,
-    proxy::{self, listeners::listen_dual, state::ProxyState},
-    tls::{self, CertWatch},
+    proxy,
+    proxy::{listeners::listen_dual, state::ProxyState},
 };
 
 /// What connection handlers know about the pod they serve.
@@ -38,12 +45,35 @@ pub struct PodContext {
 }
 
 impl PodContext {
+    /// The pod as the source of HBONE tunnels.
+    pub fn origin(&self) -> mesh_hbone::client::Origin<'_> {
+        mesh_hbone::client::Origin {
+            key: &self.key,
+            namespace: &self.namespace,
+            name: &self.name,
+            identity: &self.identity,
+            cert: self.cert.as_ref(),
+            dial: self,
+        }
+    }
+
     /// The pod as policies select it.
     pub fn target(&self) -> Target<'_> {
         Target {
             namespace: &self.namespace,
             labels: &self.labels,
         }
+    }
+}
+
+/// Tunnels leave from inside the pod's netns (see `agent_connect`).
+impl mesh_hbone::client::Dial for PodContext {
+    fn dial(
+        &self,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>> {
+        Box::pin(proxy::connector::agent_connect(self, None, to, timeout))
     }
 }
 
@@ -63,7 +93,7 @@ pub enum PodError {
     #[error("pod {pod}: identity: {source}")]
     Identity {
         pod: String,
-        source: crate::identity::spiffe::IdentityError,
+        source: mesh_identity::spiffe::IdentityError,
     },
     #[error("pod {pod}: TLS: {source}")]
     Tls { pod: String, source: rustls::Error },
@@ -116,13 +146,14 @@ impl PodRuntime {
         let (cert, hbone_server) = match &state.mtls {
             Some(mtls) => {
                 let cert = mtls.certs.acquire(&identity);
-                let server = tls::server_config(&mtls.bundle, cert.clone()).map_err(|source| {
-                    mtls.certs.release(&identity);
-                    PodError::Tls {
-                        pod: key.clone(),
-                        source,
-                    }
-                })?;
+                let server =
+                    tls::server_config(&mtls.client.bundle, cert.clone()).map_err(|source| {
+                        mtls.certs.release(&identity);
+                        PodError::Tls {
+                            pod: key.clone(),
+                            source,
+                        }
+                    })?;
                 (Some(cert), Some(Arc::new(server)))
             }
             None => (None, None),
@@ -205,7 +236,7 @@ impl PodRuntime {
             )));
         }
         for l in hbone {
-            runtime.tasks.push(tokio::spawn(hbone::server::serve(
+            runtime.tasks.push(tokio::spawn(proxy::hbone_inbound::serve(
                 l,
                 context.clone(),
                 state.clone(),

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use k8s_openapi::{api::core::v1 as k8s, apimachinery::pkg::apis::meta::v1::ObjectMeta as K8sMeta};
-use mesh_agent::config::{AgentConfig, CaSettings, DATAPLANE_LABEL, NETNS_ANNOTATION};
+use mesh_config::{AgentConfig, CaSettings, DATAPLANE_LABEL, NETNS_ANNOTATION};
 use serde::{Deserialize, Serialize};
 
 use crate::{

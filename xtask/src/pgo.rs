@@ -32,7 +32,7 @@ const USE_FLAGS: [&str; 3] = [
 ];
 
 /// The binaries the image carries: the agent (node and CA) and the CLI.
-const SHIPPED: [&str; 2] = ["mesh-agent", "mesh"];
+const SHIPPED: [&str; 3] = ["mesh-agent", "mesh", "mesh-ca"];
 
 fn dir() -> PathBuf {
     workspace().join("target").join("pgo")
@@ -76,7 +76,7 @@ fn llvm_profdata(host: &str) -> anyhow::Result<PathBuf> {
     Ok(tool)
 }
 
-/// `cargo build --release` of `bins` of mesh-agent into `target_dir` with
+/// `cargo build --release` of `bins` (of the workspace's crates) into `target_dir` with
 /// these RUSTFLAGS; returns the agent binary's path.
 fn cargo_build(
     host: &str,
@@ -85,7 +85,7 @@ fn cargo_build(
     bins: &[&str],
 ) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--release", "-p", "mesh-agent"]);
+    cmd.args(["build", "--release"]);
     for b in bins {
         cmd.args(["--bin", b]);
     }
@@ -98,7 +98,7 @@ fn cargo_build(
 }
 
 /// Where the shipped binaries land, whichever way they were built:
-/// `target/dist/{mesh-agent,mesh}` (the Dockerfile copies them from there).
+/// `target/dist/{mesh-agent,mesh,mesh-ca}` (the Dockerfile copies them from there).
 pub fn dist() -> PathBuf {
     workspace().join("target").join("dist")
 }

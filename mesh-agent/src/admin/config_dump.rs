@@ -2,13 +2,11 @@
 //! the workloads, Services and policies of its view, its enrolled pods and
 //! the certificates it holds (expiry only; private keys never leave the
 //! certificate manager).
+use mesh_discovery::{model::Workload, view::RoutePort};
+use mesh_policy::{PeerAuthentication, model::Action};
 use serde::Serialize;
 
-use crate::{
-    discovery::{model::Workload, view::RoutePort},
-    policy::{PeerAuthentication, model::Action},
-    telemetry::health::NodeHealth,
-};
+use crate::health::NodeHealth;
 
 #[derive(Serialize)]
 pub struct ConfigDump {
@@ -51,16 +49,16 @@ pub struct PolicyDump {
     pub name: String,
     pub action: Action,
     pub dry_run: bool,
-    pub selector: Option<crate::policy::model::WorkloadSelector>,
+    pub selector: Option<mesh_policy::model::WorkloadSelector>,
     /// `None`: the policy did not compile and denies everything in its scope.
-    pub rules: Option<Vec<crate::policy::model::Rule>>,
+    pub rules: Option<Vec<mesh_policy::model::Rule>>,
 }
 
 #[derive(Serialize)]
 pub struct PeerAuthenticationDump {
     pub name: String,
     pub namespace: String,
-    pub spec: crate::policy::model::PeerAuthenticationSpec,
+    pub spec: mesh_policy::model::PeerAuthenticationSpec,
 }
 
 pub fn dump(health: &NodeHealth) -> ConfigDump {
@@ -73,7 +71,7 @@ pub fn dump(health: &NodeHealth) -> ConfigDump {
             name: r.service.name.clone(),
             namespace: r.service.namespace.clone(),
             addresses: match &r.service.kind {
-                crate::discovery::model::ServiceKind::ClusterIp(v) => v.clone(),
+                mesh_discovery::model::ServiceKind::ClusterIp(v) => v.clone(),
                 _ => Vec::new(),
             },
             ports: r.ports.clone(),

@@ -23,12 +23,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+pub use logging::LogControl;
+use mesh_config::TelemetrySettings;
+use mesh_serve::capped::{CappedListener, ConnectionCap};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{info, warn};
 
-use crate::capped::{CappedListener, ConnectionCap};
-use crate::{config::TelemetrySettings, telemetry::health::NodeHealth};
-pub use logging::LogControl;
+use crate::health::NodeHealth;
 
 /// The three listeners, bound before the agent reports ready so a port
 /// conflict fails the start with its address.

@@ -4,17 +4,16 @@
 //! view) and Istio's TCP metrics, labelled by both ends' workloads.
 use std::{io, net::SocketAddr, time::Instant};
 
+use mesh_hbone::relay::Transferred;
+use mesh_policy::Decision;
+use mesh_telemetry::{
+    labels::{UNKNOWN, WorkloadLabels},
+    tcp::{Peer, TcpLabels},
+};
 use tracing::{info, warn};
 
-use super::{relay::Transferred, state::ProxyState};
-use crate::{
-    pod::PodContext,
-    policy::Decision,
-    telemetry::{
-        labels::{UNKNOWN, WorkloadLabels},
-        tcp::{Peer, TcpLabels},
-    },
-};
+use super::state::ProxyState;
+use crate::pod::PodContext;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Direction {

@@ -10,13 +10,11 @@ use std::{
 };
 
 use http::StatusCode;
+use mesh_identity::Identity;
+use mesh_policy::{Decision, MtlsMode, NotSynced, PolicySet, Target};
 
 use super::own_ports::{InboundPath, OwnPorts, SelfTraffic, check_inbound};
-use crate::{
-    identity::Identity,
-    pod::PodContext,
-    policy::{self, Decision, MtlsMode, NotSynced, PolicySet, Target},
-};
+use crate::pod::PodContext;
 
 /// What the decision needs of the pod a connection is for.
 pub trait Recipient {
@@ -162,7 +160,7 @@ pub fn admit(arrival: &Arrival<'_>, pod: &impl Recipient, rules: &Rules<'_>) -> 
     }
     let decision = rules.policies.authorize(
         pod.target(),
-        &policy::Connection {
+        &mesh_policy::Connection {
             source,
             source_ip: src.ip().to_canonical(),
             destination_ip: dst.ip(),
@@ -183,12 +181,13 @@ pub fn admit(arrival: &Arrival<'_>, pod: &impl Recipient, rules: &Rules<'_>) -> 
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::*;
-    use crate::policy::{
+    use mesh_policy::{
         AuthorizationPolicy, PeerAuthentication, PolicySync, Verdict,
         model::{MtlsMode, WorkloadSelector},
         sync::{KindSync, PolicyKind},
     };
+
+    use super::*;
 
     struct Pod {
         ips: Vec<IpAddr>,
@@ -468,7 +467,7 @@ mod tests {
         // A port-level PERMISSIVE under a STRICT namespace.
         set.peer_authentication[0].spec.port_level_mtls.insert(
             8080,
-            policy::model::Mtls {
+            mesh_policy::model::Mtls {
                 mode: MtlsMode::Permissive,
             },
         );
@@ -514,7 +513,7 @@ mod tests {
     #[test]
     fn policies_see_the_canonical_source_address() {
         // ALLOW only from 10.2.0.0/16: a v4-mapped peer address must match.
-        let spec: policy::model::AuthorizationPolicySpec = serde_yaml::from_str(
+        let spec: mesh_policy::model::AuthorizationPolicySpec = serde_yaml::from_str(
             "{action: ALLOW, rules: [{from: [{source: {ipBlocks: [10.2.0.0/16]}}]}]}",
         )
         .unwrap();

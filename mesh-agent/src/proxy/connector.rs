@@ -2,14 +2,11 @@
 //! netns, and how TCP-to-TCP relays move bytes.
 use std::{io, net::SocketAddr, time::Duration};
 
+use mesh_hbone::relay::{self, Transferred};
 use socket2::{Domain, SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{
-    established,
-    relay::{self, Transferred},
-    zero_copy,
-};
+use super::{established, zero_copy};
 use crate::pod::PodContext;
 
 /// How a TCP-to-TCP relay moves bytes. Zero-copy splice(2) cannot read what

@@ -7,6 +7,7 @@
 //! access log) for every inbound path and does the delivery.
 use std::{net::SocketAddr, sync::Arc};
 
+use mesh_hbone::relay;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
@@ -18,7 +19,6 @@ use super::{
     connector::agent_connect,
     listeners::{self, Listener},
     own_ports::{InboundPath, SelfTraffic},
-    relay,
     state::ProxyState,
 };
 use crate::pod::PodContext;

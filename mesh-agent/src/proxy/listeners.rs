@@ -5,6 +5,7 @@ use std::{
     time::Duration,
 };
 
+use mesh_hbone::relay::reset;
 use socket2::{Domain, SockRef};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
@@ -12,7 +13,6 @@ use tracing::warn;
 use super::{
     admission::{Admitted, Source},
     connector::keepalive,
-    relay::reset,
     state::ProxyState,
 };
 use crate::{netns::SocketFactory, pod::PodContext};

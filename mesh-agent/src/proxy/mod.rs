@@ -10,11 +10,12 @@ pub mod admit;
 pub mod balancer;
 pub mod connector;
 pub mod established;
+pub mod hbone_inbound;
 pub mod inbound;
 pub mod listeners;
 pub mod outbound;
 pub mod own_ports;
-pub mod relay;
+
 pub mod route;
 pub mod state;
 pub mod zero_copy;

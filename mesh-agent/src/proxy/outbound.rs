@@ -6,6 +6,8 @@
 //! passed through as plaintext.
 use std::{io, net::SocketAddr, sync::Arc};
 
+use mesh_hbone::relay;
+use mesh_identity::Identity;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug_span, warn};
 
@@ -15,11 +17,10 @@ use super::{
     connector::agent_connect,
     inbound,
     listeners::{self, Listener},
-    relay,
     route::{self, Hop, Mesh, Outbound, Route},
     state::{Mtls, ProxyState},
 };
-use crate::{hbone, identity::Identity, pod::PodContext};
+use crate::pod::PodContext;
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
     loop {
@@ -58,7 +59,7 @@ enum Upstream {
     /// A meshed pod on this node: handed over in-process, as the
     /// destination's inbound decision says.
     Local(Arc<PodContext>, Admit),
-    Tunnel(hbone::client::Tunnel),
+    Tunnel(mesh_hbone::client::Tunnel),
     Plain(TcpStream),
 }
 
@@ -122,7 +123,7 @@ async fn handle(
             }
             Upstream::Tunnel(tunnel) => {
                 conn.trace_id = Some(tunnel.trace_id.clone());
-                let hbone::client::Tunnel {
+                let mesh_hbone::client::Tunnel {
                     send,
                     recv,
                     early,
@@ -130,7 +131,9 @@ async fn handle(
                     ..
                 } = tunnel;
                 conn.opened();
-                conn.closed(&hbone::stream::relay(downstream, send, recv, early, &budget).await);
+                conn.closed(
+                    &mesh_hbone::stream::relay(downstream, send, recv, early, &budget).await,
+                );
             }
             Upstream::Plain(mut upstream) => {
                 conn.opened();
@@ -194,8 +197,9 @@ async fn connect(
         Hop::Tunnel { mtls, expected } => {
             meshed(conn, &expected);
             conn.security = Security::MutualTls;
-            let early = hbone::stream::early_data(downstream);
-            hbone::client::open(mtls, pod, src, target, expected, &early, &state.limits)
+            let early = mesh_hbone::stream::early_data(downstream);
+            mtls.client
+                .open(&pod.origin(), src, target, expected, &early)
                 .await
                 .map(Upstream::Tunnel)
                 .map_err(io::Error::other)

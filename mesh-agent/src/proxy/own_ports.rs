@@ -9,8 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use mesh_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
-
-use crate::config::TelemetrySettings;
+use mesh_config::TelemetrySettings;
 
 /// The ports the agent listens on: its in-pod listeners and the node-wide
 /// metrics, status and admin ports.

@@ -11,13 +11,12 @@ use std::{
     vec,
 };
 
+use mesh_discovery::{model::Service, view::MeshView};
+use mesh_identity::Identity;
+
 use super::{
     admit::{Admit, Arrival, Recipient, Refusal, Rules, admit},
     own_ports::{InboundPath, OwnPorts, SelfTraffic},
-};
-use crate::{
-    discovery::{model::Service, view::MeshView},
-    identity::Identity,
 };
 
 /// Endpoints tried for one Service connection before giving up.
@@ -209,11 +208,10 @@ pub fn pod_source(pod_ips: &[IpAddr], src: SocketAddr, dst: SocketAddr) -> Socke
 mod tests {
     use std::{collections::BTreeMap, path::Path};
 
+    use mesh_discovery::NodeConfig;
+    use mesh_policy::{Decision, Target, Verdict};
+
     use super::*;
-    use crate::{
-        config::NodeConfig,
-        policy::{Decision, Target, Verdict},
-    };
 
     // Node n1 runs web-1; n2 runs web-2 and plain-1, whose namespace is
     // not in the mesh. Service web: port 80 to both web pods, port 81 with nothing

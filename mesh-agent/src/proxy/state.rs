@@ -9,27 +9,21 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use mesh_config::LimitSettings;
+pub use mesh_discovery::view::MeshView;
+use mesh_identity::manager::CertManager;
+use mesh_telemetry::Telemetry;
 use tokio::sync::watch;
 
 use super::{admission::Admission, balancer::Balancer, own_ports::OwnPorts};
-pub use crate::discovery::view::MeshView;
-use crate::{
-    config::LimitSettings,
-    datapath::Datapath,
-    hbone::{Pool, buffers::BufferBudget},
-    identity::manager::CertManager,
-    pod::PodContext,
-    telemetry::Telemetry,
-    tls::TrustBundle,
-};
+use crate::{datapath::Datapath, pod::PodContext};
 
 /// mTLS parts, present when the agent has a CA.
 pub struct Mtls {
-    pub bundle: TrustBundle,
     pub certs: Arc<CertManager>,
-    pub pool: Pool,
-    /// What tunnels hold for apps that do not read, both directions.
-    pub buffers: Arc<BufferBudget>,
+    /// Tunnels to other nodes: the trust bundle, the connection pool, and
+    /// what tunnels hold for apps that do not read (both directions).
+    pub client: mesh_hbone::client::Client,
 }
 
 pub struct ProxyState {

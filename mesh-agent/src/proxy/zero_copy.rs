@@ -6,9 +6,8 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
+use mesh_hbone::relay::Transferred;
 use tokio::{io::Interest, net::TcpStream};
-
-use super::relay::Transferred;
 
 /// Large pipes mean fewer splice calls per megabyte.
 const PIPE_SIZE: libc::c_int = 1 << 20;

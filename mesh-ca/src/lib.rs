@@ -1,0 +1,14 @@
+//! The mesh's certificate authority. It signs workload
+//! certificates over Istio's gRPC certificate service, for node agents that
+//! prove who they are and ask only for identities scheduled on their node.
+pub mod authz;
+pub mod command;
+pub mod config;
+pub mod kubernetes;
+pub mod root;
+pub mod server;
+pub mod service;
+pub mod signer;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,417 @@
+//! The Kubernetes source: one watcher per kind (Pods, Services,
+//! EndpointSlices, Namespaces, AuthorizationPolicies, PeerAuthentications).
+//! kube-runtime's watcher resumes watches from the last resourceVersion,
+//! re-lists after 410 Gone and backs off on errors; objects are turned into
+//! the slim model as they arrive, so only the fields the agent needs stay
+//! in memory. Events that are ready together are applied as one batch and
+//! published as one view.
+//!
+//! Policies are watched untyped (`DynamicObject`) and decoded one object at
+//! a time: a typed watch fails a whole list, or drops a watch event, when
+//! one object does not decode (a field newer than this agent, a typo), and
+//! a DENY policy would then silently not exist. Decoded per object, an
+//! unreadable policy becomes a fail-closed stand-in in its scope and the
+//! others apply. Until both policy kinds have been listed once, the view
+//! says so and no inbound traffic to pods is served.
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Debug;
+
+use futures::{FutureExt, Stream, StreamExt, stream::BoxStream};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DynamicObject},
+    runtime::{WatchStreamExt, watcher},
+};
+use mesh_policy::{
+    PolicySync,
+    crd::{AuthorizationPolicyResource, PeerAuthenticationResource},
+    load,
+    load::Failure,
+    sync::KindSync,
+};
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use super::{
+    Publisher, Source, convert,
+    store::{Collection, CompiledPolicy, Store},
+};
+
+pub struct KubernetesSource {
+    client: Client,
+}
+
+impl KubernetesSource {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+/// One event from any of the watchers (boxed: objects differ a lot in size).
+enum Change {
+    Pod(Box<watcher::Event<Pod>>),
+    Service(Box<watcher::Event<Service>>),
+    Slice(Box<watcher::Event<EndpointSlice>>),
+    Namespace(Box<watcher::Event<Namespace>>),
+    Authorization(Box<watcher::Event<DynamicObject>>),
+    PeerAuthentication(Box<watcher::Event<DynamicObject>>),
+}
+
+const KINDS: usize = 6;
+
+fn watch<K>(
+    client: &Client,
+    wrap: fn(watcher::Event<K>) -> Change,
+    index: usize,
+) -> BoxStream<'static, (usize, Result<Change, watcher::Error>)>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map(move |r| (index, r.map(wrap)))
+        .boxed()
+}
+
+/// A policy kind, watched untyped (see the module comment).
+fn watch_untyped(
+    client: &Client,
+    resource: ApiResource,
+    wrap: fn(watcher::Event<DynamicObject>) -> Change,
+    index: usize,
+) -> BoxStream<'static, (usize, Result<Change, watcher::Error>)> {
+    watcher(
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(move |r| (index, r.map(wrap)))
+    .boxed()
+}
+
+/// Per kind: the objects of a re-list in progress, and whether the kind
+/// has been listed completely at least once.
+struct KindState<T> {
+    relist: Option<Vec<(String, T)>>,
+    synced: bool,
+}
+
+impl<T> Default for KindState<T> {
+    fn default() -> Self {
+        Self {
+            relist: None,
+            synced: false,
+        }
+    }
+}
+
+fn ns_name<K: Resource>(o: &K) -> String {
+    format!(
+        "{}/{}",
+        o.meta().namespace.as_deref().unwrap_or("default"),
+        o.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Applies one watcher event to one collection. `convert` turns an object
+/// into its key and model value, or says why it cannot be used (logged; the
+/// object is then treated as absent).
+fn apply<K: Resource, T>(
+    event: watcher::Event<K>,
+    kind: &str,
+    collection: &mut Collection<T>,
+    state: &mut KindState<T>,
+    key: impl Fn(&K) -> String,
+    convert: impl Fn(&K) -> Result<T, convert::Invalid>,
+) {
+    let converted = |o: &K| match convert(o) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(kind, object = %key(o), field = %e.field, problem = %e.problem, "object ignored");
+            None
+        }
+    };
+    match event {
+        watcher::Event::Apply(o) => match converted(&o) {
+            Some(v) => collection.apply(key(&o), v),
+            None => collection.delete(&key(&o)),
+        },
+        watcher::Event::Delete(o) => collection.delete(&key(&o)),
+        watcher::Event::Init => state.relist = Some(Vec::new()),
+        watcher::Event::InitApply(o) => {
+            if let Some(v) = converted(&o) {
+                state.relist.get_or_insert_default().push((key(&o), v));
+            }
+        }
+        watcher::Event::InitDone => {
+            collection.replace(state.relist.take().unwrap_or_default());
+            if !state.synced {
+                info!(kind, objects = collection.len(), "initial list done");
+            }
+            state.synced = true;
+        }
+    }
+}
+
+/// Logs what loading a policy object found: ignored clauses of DENY
+/// rules, and objects replaced by their fail-closed stand-in.
+fn log_loaded<T>(kind: &str, object: &str, loaded: &load::Loaded<T>) {
+    for e in &loaded.ignored {
+        warn!(kind, object, field = %e.field, problem = %e.problem, "unknown field in a DENY rule ignored");
+    }
+    let Some(failure) = &loaded.failure else {
+        return;
+    };
+    let (e, why) = match failure {
+        Failure::Unreadable(e) => (e, "cannot be read"),
+        Failure::Invalid(e) => (e, "cannot be enforced as written"),
+    };
+    let stand_in = match kind {
+        "PeerAuthentication" => "treating it as STRICT in its scope",
+        _ => "denying all traffic in its scope",
+    };
+    warn!(
+        kind,
+        object,
+        field = %e.field,
+        problem = %e.problem,
+        "{kind} {why}; {stand_in} until it is fixed"
+    );
+}
+
+fn namespace_of(o: &DynamicObject) -> String {
+    o.namespace().unwrap_or_else(|| "default".into())
+}
+
+/// Never fails: an object that cannot be used is replaced by its stand-in.
+fn load_authorization(o: &DynamicObject) -> Result<CompiledPolicy, convert::Invalid> {
+    let (namespace, name) = (namespace_of(o), o.name_any());
+    let loaded = load::authorization(&namespace, &name, o.annotations(), o.data.get("spec"));
+    log_loaded("AuthorizationPolicy", &ns_name(o), &loaded);
+    Ok(loaded.policy)
+}
+
+fn load_peer_authentication(
+    o: &DynamicObject,
+) -> Result<mesh_policy::PeerAuthentication, convert::Invalid> {
+    let (namespace, name) = (namespace_of(o), o.name_any());
+    let loaded = load::peer_authentication(&namespace, &name, o.data.get("spec"));
+    log_loaded("PeerAuthentication", &ns_name(o), &loaded);
+    Ok(loaded.policy)
+}
+
+#[derive(Default)]
+struct Watchers {
+    store: Store,
+    pods: KindState<crate::model::Workload>,
+    services: KindState<crate::model::Service>,
+    slices: KindState<crate::model::EndpointSlice>,
+    namespaces: KindState<crate::model::Labels>,
+    authorization: KindState<CompiledPolicy>,
+    peer_authentication: KindState<mesh_policy::PeerAuthentication>,
+    /// Kinds the API server does not serve (their CRD is not installed).
+    /// Policy kinds never count as absent for enforcement (see `policy_sync`).
+    absent: [bool; KINDS],
+    /// The last error of each kind's first list, until it succeeds.
+    list_errors: [Option<String>; KINDS],
+}
+
+impl Watchers {
+    fn synced(&self) -> bool {
+        let synced = [
+            self.pods.synced,
+            self.services.synced,
+            self.slices.synced,
+            self.namespaces.synced,
+            self.authorization.synced,
+            self.peer_authentication.synced,
+        ];
+        synced.iter().zip(self.absent).all(|(s, a)| *s || a)
+    }
+
+    /// Whether the policy kinds are enforceable: listed, or why not. A
+    /// missing CRD is a failure here (unlike for `synced`): a mesh without
+    /// its policy kinds cannot tell what its operators meant to deny.
+    fn policy_sync(&self) -> PolicySync {
+        let kind = |synced: bool, index: usize| match (synced, &self.list_errors[index]) {
+            (true, _) => KindSync::Listed,
+            (false, Some(e)) => KindSync::Failing(e.clone()),
+            (false, None) => KindSync::Listing,
+        };
+        PolicySync {
+            authorization: kind(self.authorization.synced, AUTHZ),
+            peer_authentication: kind(self.peer_authentication.synced, PEER),
+        }
+    }
+
+    fn handle(&mut self, index: usize, change: Result<Change, watcher::Error>) {
+        let s = &mut self.store;
+        match change {
+            Ok(Change::Pod(e)) => apply(
+                *e,
+                "Pod",
+                &mut s.pods,
+                &mut self.pods,
+                |p| p.uid().unwrap_or_else(|| ns_name(p)),
+                convert::workload,
+            ),
+            Ok(Change::Service(e)) => apply(
+                *e,
+                "Service",
+                &mut s.services,
+                &mut self.services,
+                ns_name,
+                convert::service,
+            ),
+            Ok(Change::Slice(e)) => apply(
+                *e,
+                "EndpointSlice",
+                &mut s.slices,
+                &mut self.slices,
+                ns_name,
+                convert::endpoint_slice,
+            ),
+            Ok(Change::Namespace(e)) => apply(
+                *e,
+                "Namespace",
+                &mut s.namespaces,
+                &mut self.namespaces,
+                |n| n.name_any(),
+                |n| Ok(convert::namespace(n).1),
+            ),
+            Ok(Change::Authorization(e)) => apply(
+                *e,
+                "AuthorizationPolicy",
+                &mut s.authorization,
+                &mut self.authorization,
+                ns_name,
+                load_authorization,
+            ),
+            Ok(Change::PeerAuthentication(e)) => apply(
+                *e,
+                "PeerAuthentication",
+                &mut s.peer_authentication,
+                &mut self.peer_authentication,
+                ns_name,
+                load_peer_authentication,
+            ),
+            Err(e) if index == AUTHZ || index == PEER => {
+                let synced = match index {
+                    AUTHZ => self.authorization.synced,
+                    _ => self.peer_authentication.synced,
+                };
+                let not_found = matches!(
+                    &e,
+                    watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_not_found()
+                );
+                // Absent for `synced` (the rest of the cluster is known),
+                // but never enforceable: see `policy_sync`.
+                self.absent[index] |= not_found;
+                if synced {
+                    warn!(kind = KIND_NAMES[index], error = %e, "watch failed; the policies already read stay in force; retrying with backoff");
+                    return;
+                }
+                let error = if not_found {
+                    format!("{e} (the API server does not serve it: is its CRD installed?)")
+                } else {
+                    e.to_string()
+                };
+                warn!(
+                    kind = KIND_NAMES[index],
+                    error = %error,
+                    "policy kind not listed; inbound traffic to enrolled pods is refused and the agent stays not ready until it is; retrying with backoff"
+                );
+                self.list_errors[index] = Some(error);
+            }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if status.is_not_found() =>
+            {
+                if !self.absent[index] {
+                    warn!(
+                        kind = KIND_NAMES[index],
+                        "the API server does not serve this kind (CRD not installed?); treating it as empty"
+                    );
+                }
+                self.absent[index] = true;
+            }
+            Err(e) => {
+                warn!(kind = KIND_NAMES[index], error = %e, "watch failed; retrying with backoff")
+            }
+        }
+    }
+}
+
+const AUTHZ: usize = 4;
+const PEER: usize = 5;
+
+const KIND_NAMES: [&str; KINDS] = [
+    "Pod",
+    "Service",
+    "EndpointSlice",
+    "Namespace",
+    "AuthorizationPolicy",
+    "PeerAuthentication",
+];
+
+fn all_watches(
+    client: &Client,
+) -> impl Stream<Item = (usize, Result<Change, watcher::Error>)> + use<> {
+    futures::stream::select_all([
+        watch(client, |e| Change::Pod(Box::new(e)), 0),
+        watch(client, |e| Change::Service(Box::new(e)), 1),
+        watch(client, |e| Change::Slice(Box::new(e)), 2),
+        watch(client, |e| Change::Namespace(Box::new(e)), 3),
+        watch_untyped(
+            client,
+            ApiResource::erase::<AuthorizationPolicyResource>(&()),
+            |e| Change::Authorization(Box::new(e)),
+            AUTHZ,
+        ),
+        watch_untyped(
+            client,
+            ApiResource::erase::<PeerAuthenticationResource>(&()),
+            |e| Change::PeerAuthentication(Box::new(e)),
+            PEER,
+        ),
+    ])
+}
+
+impl Source for KubernetesSource {
+    async fn run(self, publisher: Publisher) {
+        let mut changes = all_watches(&self.client);
+        let mut w = Watchers::default();
+        let mut published_synced = false;
+        let mut published_policies = PolicySync::default();
+        while publisher.is_open() {
+            let Some((index, first)) = changes.next().await else {
+                break;
+            };
+            let mut changed = first.is_ok();
+            w.handle(index, first);
+            // Whatever else is ready joins this batch: one view per burst.
+            while let Some(Some((index, next))) = changes.next().now_or_never() {
+                changed |= next.is_ok();
+                w.handle(index, next);
+            }
+            let newly_synced = w.synced() && !published_synced;
+            // A policy kind's list failing (or failing differently) is
+            // news too: the agent logs it as the reason it is not ready.
+            let policies = w.policy_sync();
+            if !changed && !newly_synced && policies == published_policies {
+                // Only errors (retried with backoff): nothing to rebuild.
+                continue;
+            }
+            published_synced = w.synced();
+            published_policies = policies.clone();
+            w.store.policy_sync = policies;
+            let (store, synced, p) = (w.store.clone(), w.synced(), publisher.clone());
+            let _ = tokio::task::spawn_blocking(move || p.publish(&store, synced)).await;
+        }
+    }
+}
