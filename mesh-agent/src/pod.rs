@@ -14,7 +14,7 @@ use std::{
 
 use mesh_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use mesh_discovery::LocalPod;
-use mesh_identity::{Identity, tls, tls::CertWatch};
+use mesh_identity::{Identity, manager::CertLease, tls, tls::CertWatch};
 use mesh_policy::Target;
 use tokio::{net::TcpStream, task::JoinHandle};
 
@@ -107,8 +107,9 @@ pub enum PodError {
 pub struct PodRuntime {
     pub spec: LocalPod,
     pub context: Arc<PodContext>,
-    state: Arc<ProxyState>,
     tasks: Vec<JoinHandle<()>>,
+    /// Keeps the pod's certificate renewed while the pod is enrolled.
+    _cert: Option<CertLease>,
 }
 
 impl PodRuntime {
@@ -143,18 +144,17 @@ impl PodRuntime {
             pod: key.clone(),
             source,
         })?;
-        let (cert, hbone_server) = match &state.mtls {
+        // Dropped with the runtime, or on any error below: either way the
+        // identity's certificate is released once no pod uses it.
+        let (lease, hbone_server) = match &state.mtls {
             Some(mtls) => {
-                let cert = mtls.certs.acquire(&identity);
-                let server =
-                    tls::server_config(&mtls.client.bundle, cert.clone()).map_err(|source| {
-                        mtls.certs.release(&identity);
-                        PodError::Tls {
-                            pod: key.clone(),
-                            source,
-                        }
+                let lease = mtls.certs.acquire(&identity);
+                let server = tls::server_config(&mtls.client.bundle, lease.watch().clone())
+                    .map_err(|source| PodError::Tls {
+                        pod: key.clone(),
+                        source,
                     })?;
-                (Some(cert), Some(Arc::new(server)))
+                (Some(lease), Some(Arc::new(server)))
             }
             None => (None, None),
         };
@@ -168,7 +168,7 @@ impl PodRuntime {
             netns_cookie: sockets.cookie(),
             sockets,
             relay,
-            cert,
+            cert: lease.as_ref().map(|l| l.watch().clone()),
             hbone_server,
         });
         let want_v6 = spec.ips.iter().any(IpAddr::is_ipv6);
@@ -184,8 +184,8 @@ impl PodRuntime {
         let runtime = PodRuntime {
             spec: spec.clone(),
             context: context.clone(),
-            state: state.clone(),
             tasks: Vec::new(),
+            _cert: lease,
         };
         // Bound as narrowly as the datapath allows. 15001 receives only
         // connect()s that connect4/6 rewrote to loopback. 15006 receives
@@ -259,9 +259,6 @@ impl Drop for PodRuntime {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
-        }
-        if let Some(mtls) = &self.state.mtls {
-            mtls.certs.release(&self.context.identity);
         }
     }
 }

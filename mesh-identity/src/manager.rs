@@ -34,53 +34,87 @@ pub struct CertStatus {
 }
 
 pub struct CertManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     source: Arc<dyn CertSource>,
     entries: Mutex<HashMap<Identity, Entry>>,
+}
+
+/// A hold on an identity's certificate. While any lease of an identity
+/// lives, its certificate is kept and renewed; dropping the last one stops
+/// renewal and forgets the key. No count to keep by hand: an early return
+/// or a panic between acquiring and storing it cannot leak the entry.
+pub struct CertLease {
+    inner: Arc<Inner>,
+    identity: Identity,
+    watch: CertWatch,
+}
+
+impl CertLease {
+    /// The certificate as it changes (`None` until the first is issued).
+    pub fn watch(&self) -> &CertWatch {
+        &self.watch
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+}
+
+impl Drop for CertLease {
+    fn drop(&mut self) {
+        self.inner.release(&self.identity);
+    }
+}
+
+impl std::fmt::Debug for CertLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertLease")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CertManager {
     pub fn new(source: Arc<dyn CertSource>) -> Self {
         Self {
-            source,
-            entries: Mutex::default(),
+            inner: Arc::new(Inner {
+                source,
+                entries: Mutex::default(),
+            }),
         }
     }
 
-    /// The identity's certificate as it changes; starts fetching on first use.
-    pub fn acquire(&self, id: &Identity) -> CertWatch {
-        let mut entries = self.entries.lock().unwrap();
-        if let Some(e) = entries.get_mut(id) {
+    /// A lease on the identity's certificate; the first one starts fetching.
+    pub fn acquire(&self, id: &Identity) -> CertLease {
+        let mut entries = self.inner.entries.lock().unwrap();
+        let watch = if let Some(e) = entries.get_mut(id) {
             e.users += 1;
-            return e.tx.subscribe();
-        }
-        let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(maintain(self.source.clone(), id.clone(), tx.clone()));
-        entries.insert(
-            id.clone(),
-            Entry {
-                tx,
-                users: 1,
-                task: task.abort_handle(),
-            },
-        );
-        rx
-    }
-
-    /// One user fewer; the last one stops renewal and forgets the key.
-    pub fn release(&self, id: &Identity) {
-        let mut entries = self.entries.lock().unwrap();
-        if let Some(e) = entries.get_mut(id) {
-            e.users -= 1;
-            if e.users == 0 {
-                e.task.abort();
-                entries.remove(id);
-                info!(identity = %id, "certificate released");
-            }
+            e.tx.subscribe()
+        } else {
+            let (tx, rx) = watch::channel(None);
+            let task = tokio::spawn(maintain(self.inner.source.clone(), id.clone(), tx.clone()));
+            entries.insert(
+                id.clone(),
+                Entry {
+                    tx,
+                    users: 1,
+                    task: task.abort_handle(),
+                },
+            );
+            rx
+        };
+        CertLease {
+            inner: self.inner.clone(),
+            identity: id.clone(),
+            watch,
         }
     }
 
     pub fn status(&self) -> Vec<CertStatus> {
-        let entries = self.entries.lock().unwrap();
+        let entries = self.inner.entries.lock().unwrap();
         let mut out: Vec<_> = entries
             .iter()
             .map(|(id, e)| CertStatus {
@@ -94,7 +128,22 @@ impl CertManager {
     }
 }
 
-impl Drop for CertManager {
+impl Inner {
+    /// One lease fewer; the last one stops renewal and forgets the key.
+    fn release(&self, id: &Identity) {
+        let mut entries = self.entries.lock().unwrap();
+        if let Some(e) = entries.get_mut(id) {
+            e.users -= 1;
+            if e.users == 0 {
+                e.task.abort();
+                entries.remove(id);
+                info!(identity = %id, "certificate released");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
     fn drop(&mut self) {
         for e in self.entries.lock().unwrap().values() {
             e.task.abort();
@@ -142,5 +191,67 @@ async fn maintain(
                 retry = (retry * 2).min(MAX_RETRY);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{future::Future, pin::Pin};
+
+    use super::*;
+    use crate::client::FetchError;
+
+    /// A CA that never answers: the leases are what is under test.
+    struct Unreachable;
+
+    impl CertSource for Unreachable {
+        fn fetch<'a>(
+            &'a self,
+            _id: &'a Identity,
+        ) -> Pin<Box<dyn Future<Output = Result<WorkloadCert, FetchError>> + Send + 'a>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn pods(m: &CertManager) -> Vec<(String, usize)> {
+        m.status()
+            .into_iter()
+            .map(|s| (s.identity.to_string(), s.pods))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_identity_is_kept_while_any_lease_lives_and_forgotten_with_the_last() {
+        let m = CertManager::new(Arc::new(Unreachable));
+        let web = Identity::new("cluster.local", "shop", "web").unwrap();
+        let db = Identity::new("cluster.local", "shop", "db").unwrap();
+        let a = m.acquire(&web);
+        let b = m.acquire(&web);
+        let c = m.acquire(&db);
+        assert_eq!(
+            pods(&m),
+            [
+                ("spiffe://cluster.local/ns/shop/sa/db".to_owned(), 1),
+                ("spiffe://cluster.local/ns/shop/sa/web".to_owned(), 2)
+            ]
+        );
+        drop(a);
+        assert_eq!(pods(&m)[1].1, 1, "one lease of web is left");
+        drop(c);
+        assert_eq!(pods(&m).len(), 1, "db had one lease");
+        drop(b);
+        assert!(pods(&m).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lease_dropped_on_an_error_path_releases_too() {
+        let m = CertManager::new(Arc::new(Unreachable));
+        let web = Identity::new("cluster.local", "shop", "web").unwrap();
+        let fails = || -> Result<CertLease, ()> {
+            let _lease = m.acquire(&web);
+            Err(())
+        };
+        assert!(fails().is_err());
+        assert!(m.status().is_empty());
     }
 }
