@@ -284,14 +284,22 @@ async fn connect_stream(
         .to_owned();
     // A Uri clone shares its bytes; kept for the refusal line.
     let authority = request.uri().clone();
-    let mut sender = lease.sender().ready().await?;
-    let (response, mut send) = sender.send_request(request, false)?;
+    // A connection the peer is closing (GOAWAY) or that broke is retired,
+    // so the retry in `open` makes a new one instead of leasing it again.
+    let retire = |e: h2::Error| {
+        if e.is_go_away() || e.is_io() {
+            lease.retire();
+        }
+        HboneError::H2(e)
+    };
+    let mut sender = lease.sender().ready().await.map_err(retire)?;
+    let (response, mut send) = sender.send_request(request, false).map_err(retire)?;
     if !early.is_empty() {
         // Within the stream's initial window, so h2 sends it with the
         // request rather than holding it for capacity.
-        send.send_data(early.clone(), false)?;
+        send.send_data(early.clone(), false).map_err(retire)?;
     }
-    let response = response.await?;
+    let response = response.await.map_err(retire)?;
     if response.status() != StatusCode::OK {
         warn!(%authority, status = %response.status(), "HBONE CONNECT refused");
         return Err(HboneError::Refused(response.status()));

@@ -40,6 +40,14 @@ pub struct StreamLease {
 }
 
 impl StreamLease {
+    /// Takes the connection out of the pool: no new stream is put on it.
+    /// For a connection that failed a stream with an HTTP/2 error (a
+    /// GOAWAY from a draining or defending peer): its task ends only once
+    /// its open streams have, and until then it would be leased again.
+    pub fn retire(&self) {
+        self.conn.closed.store(true, Ordering::Release);
+    }
+
     pub fn sender(&self) -> SendRequest<Bytes> {
         self.conn.sender.clone()
     }

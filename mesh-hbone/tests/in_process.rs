@@ -505,3 +505,48 @@ async fn draining_sends_goaway_and_open_tunnels_run_to_their_end() {
     assert_eq!(server.handler.seen().len(), 2);
     assert_eq!(echo.connections(), 2);
 }
+
+#[tokio::test]
+async fn a_peer_that_goes_away_is_replaced_by_a_new_connection_while_old_tunnels_finish() {
+    let ca = Ca::new("mesh root");
+    let db = ca.svid("shop", "db");
+    let server = HboneServer::start(&ca.bundle(), &db, Mode::Relay, WAIT).await;
+    let echo = Echo::start().await;
+    let web = Source::new(
+        "web-0",
+        ca.svid("shop", "web"),
+        LoopbackDial::to(server.addr),
+    );
+    let client = client(ca.bundle());
+    let mut old = App::open(&client, &web, echo.addr, &db.identity).await;
+    old.echo(b"before").await;
+    // A bare connection shows when the GOAWAY is out: a request on it
+    // first, so the server has taken it up.
+    let (sender, _conn) = raw_h2(&ca.bundle(), &web.svid, &db.identity, server.addr).await;
+    let (status, mut send, mut recv) = raw_request(&sender, connect_to(echo.addr)).await;
+    assert_eq!(status, StatusCode::OK);
+    // The peer sends GOAWAY on its connections (as a draining agent does)
+    // and then serves new connections again.
+    server.draining.send_replace(true);
+    within("the GOAWAY", async {
+        while sender.clone().ready().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    server.draining.send_replace(false);
+    // The pooled connection still carries `old`, so it has not ended; a new
+    // tunnel must not be put on it but on a new connection.
+    let mut new = App::open(&client, &web, echo.addr, &db.identity).await;
+    new.echo(b"after").await;
+    assert_eq!(
+        server.accepts(),
+        3,
+        "the pooled one, the bare one, a new one"
+    );
+    old.echo(b"still").await;
+    assert_eq!(old.finish().await.0, TRAILER);
+    assert_eq!(new.finish().await.0, TRAILER);
+    send.send_data(Bytes::new(), true).unwrap();
+    assert_eq!(read_stream(&mut recv, usize::MAX).await, TRAILER);
+}
