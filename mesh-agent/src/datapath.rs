@@ -300,8 +300,14 @@ impl Datapath {
         self.adopted
     }
 
-    fn pod_pin_dir(&self, key: &str) -> PathBuf {
-        self.pin_dir.join("pods").join(key.replace('/', "_"))
+    /// A pod's pins are named by its netns cookie, not its name: a pod
+    /// recreated under the same name (a StatefulSet's, while no agent ran)
+    /// has a new netns and so a new directory, and is attached afresh
+    /// instead of adopting a link that holds its predecessor's netns.
+    /// Cookies are never reused while the machine runs, and pins do not
+    /// outlive it.
+    fn pod_pin_dir(&self, netns_cookie: u64) -> PathBuf {
+        self.pin_dir.join("pods").join(netns_cookie.to_string())
     }
 
     /// Puts a pod under the datapath: its netns into the enrolled map, its
@@ -312,7 +318,7 @@ impl Datapath {
         pod: &PodDatapath,
         netns: &impl std::os::fd::AsFd,
     ) -> Result<(), DatapathError> {
-        let dir = self.pod_pin_dir(&pod.key);
+        let dir = self.pod_pin_dir(pod.netns_cookie);
         fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir {
             path: dir.clone(),
             source,
@@ -375,11 +381,11 @@ impl Datapath {
                 }
             }
         }
-        self.remove_pod_pins(&pod.key)
+        self.remove_pod_pins(&self.pod_pin_dir(pod.netns_cookie))
     }
 
-    fn remove_pod_pins(&self, key: &str) -> Result<(), DatapathError> {
-        let dir = self.pod_pin_dir(key);
+    fn remove_pod_pins(&self, dir: &Path) -> Result<(), DatapathError> {
+        let dir = dir.to_owned();
         let link_path = dir.join("sk_lookup");
         if link_path.exists() {
             crate::pinned_link::remove(&link_path).map_err(|source| DatapathError::PinDir {
@@ -428,9 +434,12 @@ impl Datapath {
         })?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !keep.iter().any(|p| p.key.replace('/', "_") == name) {
-                self.remove_pod_pins(&name.replacen('_', "/", 1))?;
-                removed.push(format!("pod {name}"));
+            // Also removes directories named the way older agents named
+            // them (`<namespace>_<name>`): their links are replaced by
+            // cookie-named ones as the pods enroll.
+            if !keep.iter().any(|p| p.netns_cookie.to_string() == name) {
+                self.remove_pod_pins(&entry.path())?;
+                removed.push(format!("pinned sk_lookup link of netns {name}"));
             }
         }
         Ok(removed)

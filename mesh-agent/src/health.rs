@@ -6,10 +6,7 @@ mod sampler;
 
 use std::{
     path::PathBuf,
-    sync::{
-        Arc, Weak,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, RwLock, Weak},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -23,6 +20,9 @@ use self::sampler::DatapathSampler;
 pub use self::sampler::{DatapathSample, SampleJson};
 use crate::{flows::PodDirectory, proxy::state::ProxyState};
 
+/// Pods not enrolled named one by one in `mesh status`; the rest counted.
+const MAX_NAMED_PENDING: usize = 10;
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use mesh_telemetry::status::AgentStatus;
@@ -34,7 +34,8 @@ pub struct NodeHealth {
     pub cgroup_root: PathBuf,
     pub state: Arc<ProxyState>,
     pub directory: Arc<PodDirectory>,
-    pending: AtomicUsize,
+    /// Pods that should be enrolled and are not, each with its reason.
+    pending: RwLock<Vec<String>>,
     sampler: Arc<DatapathSampler>,
 }
 
@@ -65,7 +66,7 @@ impl NodeHealth {
             cgroup_root,
             state,
             directory,
-            pending: AtomicUsize::new(0),
+            pending: Default::default(),
             sampler,
         });
         health
@@ -77,8 +78,8 @@ impl NodeHealth {
 
     /// Called after every reconcile, when pods' map entries may have
     /// changed: the datapath reading is renewed soon, not at its next turn.
-    pub fn set_pending(&self, n: usize) {
-        self.pending.store(n, Ordering::Relaxed);
+    pub fn set_pending(&self, pods: Vec<String>) {
+        *self.pending.write().unwrap() = pods;
         self.sampler.refresh_soon();
     }
 
@@ -112,7 +113,8 @@ impl NodeHealth {
         let now = SystemTime::now();
         let soonest = certs.iter().filter_map(|c| c.not_after).min();
         let enrolled = self.directory.len();
-        let pending = self.pending.load(Ordering::Relaxed);
+        let pending_pods = self.pending.read().unwrap().clone();
+        let pending = pending_pods.len();
         let ready = telemetry.is_ready();
         let mut problems = Vec::new();
         if !ready {
@@ -126,8 +128,16 @@ impl NodeHealth {
             }
             None => problems.push("no datapath reading yet".to_owned()),
         }
-        if pending > 0 {
-            problems.push(format!("{pending} pods wait to be enrolled"));
+        // Named, so an operator sees which pod and why; bounded, so a
+        // broken node does not make the summary huge.
+        for p in pending_pods.iter().take(MAX_NAMED_PENDING) {
+            problems.push(format!("not enrolled: {p}"));
+        }
+        if pending > MAX_NAMED_PENDING {
+            problems.push(format!(
+                "and {} more pods not enrolled",
+                pending - MAX_NAMED_PENDING
+            ));
         }
         for c in &certs {
             match c.not_after {

@@ -4,7 +4,10 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsFd, AsRawFd},
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
     sync::{Arc, OnceLock},
 };
@@ -57,6 +60,27 @@ impl Netns {
         &self.path
     }
 
+    /// The namespace's inode: two handles on one netns have the same.
+    pub fn inode(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.ino())
+    }
+
+    /// Whether this is the agent's own netns, which on a node is the host's
+    /// (the agent runs with hostNetwork): never a pod's.
+    pub fn is_agents_own(&self) -> io::Result<bool> {
+        let own = home()?.metadata()?;
+        let this = self.file.metadata()?;
+        Ok(own.ino() == this.ino() && own.dev() == this.dev())
+    }
+
+    /// Another handle on the same namespace (no path is opened again).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
     fn enter(&self) -> Result<(), NetnsError> {
         let rc = unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) };
         if rc != 0 {
@@ -66,13 +90,6 @@ impl Netns {
             });
         }
         Ok(())
-    }
-
-    fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self {
-            file: self.file.try_clone()?,
-            path: self.path.clone(),
-        })
     }
 }
 
@@ -128,6 +145,11 @@ impl SocketFactory {
     /// The netns cookie, as the kernel programs see it.
     pub fn cookie(&self) -> u64 {
         self.cookie
+    }
+
+    /// The namespace the sockets are made in.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
     }
 
     /// A new non-blocking TCP socket in the netns.

@@ -9,10 +9,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// Where a pod's netns was found, and its inode then: whoever opens the
+/// path checks the inode, since the pid may have been reused in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub path: PathBuf,
+    pub inode: u64,
+}
+
 /// Finds netns paths for the given pod uids in one pass over `proc_root`.
 /// A uid whose processes all share the host's netns (host-network pods) or
 /// that has no process yet is left out; the caller retries later.
-pub fn find(proc_root: &Path, uids: &[&str]) -> HashMap<String, PathBuf> {
+pub fn find(proc_root: &Path, uids: &[&str]) -> HashMap<String, Found> {
     let mut wanted: HashMap<String, &str> = HashMap::new();
     for uid in uids {
         wanted.insert(format!("pod{uid}"), uid);
@@ -56,7 +64,13 @@ pub fn find(proc_root: &Path, uids: &[&str]) -> HashMap<String, PathBuf> {
             continue;
         }
         done.insert(uid.to_string());
-        found.insert(uid.to_string(), dir.join("ns").join("net"));
+        found.insert(
+            uid.to_string(),
+            Found {
+                path: dir.join("ns").join("net"),
+                inode,
+            },
+        );
     }
     found
 }
@@ -104,13 +118,12 @@ mod tests {
     fn finds_pods_under_both_cgroup_drivers_and_skips_host_netns() {
         let root = fake_proc();
         let found = find(root.path(), &["1111-2222", "3333-4444", "5555", "9999"]);
+        let path = |uid| found.get(uid).map(|f| f.path.clone());
+        assert_eq!(path("1111-2222"), Some(root.path().join("100/ns/net")));
+        assert_eq!(path("3333-4444"), Some(root.path().join("200/ns/net")));
         assert_eq!(
-            found.get("1111-2222"),
-            Some(&root.path().join("100/ns/net"))
-        );
-        assert_eq!(
-            found.get("3333-4444"),
-            Some(&root.path().join("200/ns/net"))
+            found["1111-2222"].inode,
+            fs::metadata(root.path().join("pod-ns")).unwrap().ino()
         );
         assert!(!found.contains_key("5555"), "host netns is never a pod's");
         assert!(!found.contains_key("9999"));

@@ -91,9 +91,10 @@ pub struct Node {
     directory: Arc<PodDirectory>,
     views: watch::Receiver<Published>,
     discovery: Option<(Discovery, Publisher)>,
-    /// Pods that should be enrolled but are not yet (netns not found, or
-    /// enrolling failed): retried on a timer.
-    pending: usize,
+    /// Pods that should be enrolled but are not yet (netns not found, an
+    /// address claimed by another pod, enrolling failed), with the reason:
+    /// retried on a timer, reported in `mesh status` and the log.
+    pending: BTreeMap<String, String>,
     health: Arc<NodeHealth>,
     endpoints: Option<(Listeners, LogControl)>,
 }
@@ -119,6 +120,87 @@ fn mtls(settings: &CaSettings, trust_domain: &str, limits: &LimitSettings) -> an
             },
         },
     })
+}
+
+/// What the view asks of this node's pods.
+#[derive(Default)]
+struct Wanted {
+    pods: BTreeMap<String, LocalPod>,
+    /// Netns handles opened while finding pods (Kubernetes mode), by uid.
+    handles: std::collections::HashMap<String, Netns>,
+    /// Pods that should be enrolled and cannot be yet, by key: the reason.
+    pending: BTreeMap<String, String>,
+}
+
+/// A pod refused because another pod holds one of its addresses.
+#[derive(Debug, PartialEq, Eq)]
+struct RefusedClaim {
+    pod: String,
+    ip: std::net::IpAddr,
+    holder: String,
+}
+
+/// Two pods of this node claiming one address (a finished pod's IP reused
+/// before its object says so, or a bad object): the datapath maps hold one
+/// pod per address, so only one may have it. An enrolled pod keeps what it
+/// holds; among new claims the first by uid wins, so the outcome does not
+/// depend on map order. Refused pods wait (reported) until the address is
+/// free; no pod's unenrollment can then remove another pod's entries.
+fn resolve_address_claims(
+    enrolled: &BTreeMap<&str, &LocalPod>,
+    wanted: BTreeMap<String, LocalPod>,
+) -> (BTreeMap<String, LocalPod>, Vec<RefusedClaim>) {
+    let mut holders: std::collections::HashMap<std::net::IpAddr, String> = enrolled
+        .values()
+        .flat_map(|p| p.ips.iter().map(|ip| (ip.to_canonical(), p.key())))
+        .collect();
+    let mut kept = BTreeMap::new();
+    let mut refused = Vec::new();
+    for (uid, pod) in wanted {
+        if enrolled.contains_key(uid.as_str()) {
+            kept.insert(uid, pod);
+            continue;
+        }
+        let conflict = pod
+            .ips
+            .iter()
+            .find_map(|ip| holders.get(&ip.to_canonical()).map(|h| (*ip, h.clone())));
+        match conflict {
+            Some((ip, holder)) => refused.push(RefusedClaim {
+                pod: pod.key(),
+                ip,
+                holder,
+            }),
+            None => {
+                for ip in &pod.ips {
+                    holders.insert(ip.to_canonical(), pod.key());
+                }
+                kept.insert(uid, pod);
+            }
+        }
+    }
+    (kept, refused)
+}
+
+/// Whether two specs of one pod enroll it the same way: the same netns,
+/// addresses and identity. Labels and annotations may differ; a change in
+/// them alone must not detach the pod from the datapath, even for a moment.
+fn same_enrollment(a: &LocalPod, b: &LocalPod) -> bool {
+    let LocalPod {
+        uid,
+        name,
+        namespace,
+        service_account,
+        ips,
+        netns,
+        labels: _,
+    } = a;
+    *uid == b.uid
+        && *name == b.name
+        && *namespace == b.namespace
+        && *service_account == b.service_account
+        && *ips == b.ips
+        && *netns == b.netns
 }
 
 impl Node {
@@ -209,7 +291,7 @@ impl Node {
             directory,
             views,
             discovery: Some((discovery, publisher)),
-            pending: 0,
+            pending: BTreeMap::new(),
             health,
             endpoints: Some((listeners, log)),
         };
@@ -232,16 +314,16 @@ impl Node {
     }
 
     /// The enrolled pods of this node that the current view asks for, with
-    /// their netns paths (from the file, or found under /proc by uid).
-    fn wanted(&self, view: &MeshView) -> (BTreeMap<String, LocalPod>, usize) {
+    /// their netns (from the file, or found under /proc by uid and opened
+    /// here), and those that cannot be enrolled yet, with the reason.
+    fn wanted(&self, view: &MeshView) -> Wanted {
         let on_node: Vec<_> = view.enrolled_on(&self.agent.node_name).collect();
-        let mut wanted = BTreeMap::new();
-        let mut missing = 0;
+        let mut wanted = Wanted::default();
         match self.agent.discovery {
             DiscoveryMode::Local => {
                 for w in on_node {
                     if let Some(pod) = LocalPod::from_annotation(w) {
-                        wanted.insert(w.uid.clone(), pod);
+                        wanted.pods.insert(w.uid.clone(), pod);
                     }
                 }
             }
@@ -253,20 +335,43 @@ impl Node {
                     .collect();
                 let found = netns_finder::find(&self.agent.proc_root, &uids);
                 for w in on_node {
-                    let netns = match self.pods.get(&w.uid) {
-                        Some(rt) => Some(rt.spec.netns.clone()),
-                        None => found.get(&w.uid).cloned(),
+                    if let Some(rt) = self.pods.get(&w.uid) {
+                        // Enrolled: its netns is the handle the runtime
+                        // holds; the /proc path is never opened again.
+                        wanted
+                            .pods
+                            .insert(w.uid.clone(), LocalPod::new(w, rt.spec.netns.clone()));
+                        continue;
+                    }
+                    let Some(f) = found.get(&w.uid) else {
+                        wanted.pending.insert(
+                            w.key(),
+                            "no process of the pod found under /proc yet (its netns is unknown)"
+                                .into(),
+                        );
+                        continue;
                     };
-                    match netns {
-                        Some(n) => {
-                            wanted.insert(w.uid.clone(), LocalPod::new(w, n));
+                    match Netns::open(&f.path).map(|n| (n.inode().ok(), n)) {
+                        Ok((Some(inode), netns)) if inode == f.inode => {
+                            wanted.handles.insert(w.uid.clone(), netns);
+                            wanted
+                                .pods
+                                .insert(w.uid.clone(), LocalPod::new(w, f.path.clone()));
                         }
-                        None => missing += 1,
+                        Ok(_) => {
+                            wanted.pending.insert(
+                                w.key(),
+                                format!("{} changed while it was opened (the process exited and its pid was reused); retrying", f.path.display()),
+                            );
+                        }
+                        Err(e) => {
+                            wanted.pending.insert(w.key(), e.to_string());
+                        }
                     }
                 }
             }
         }
-        (wanted, missing)
+        wanted
     }
 
     /// Brings enrolled pods in line with the current view: gone or changed
@@ -277,16 +382,33 @@ impl Node {
         let view = self.views.borrow_and_update().view.clone();
         // New policies and workloads hold for connections from now on.
         self.state.set_view(view.clone());
-        let (wanted, mut pending) = self.wanted(&view);
-        let stale: Vec<String> = self
-            .pods
-            .iter()
-            .filter(|(uid, rt)| wanted.get(*uid) != Some(&rt.spec))
-            .map(|(uid, _)| uid.clone())
-            .collect();
+        let Wanted {
+            pods: wanted,
+            mut handles,
+            mut pending,
+        } = self.wanted(&view);
+        let mut stale = Vec::new();
+        for (uid, rt) in self.pods.iter_mut() {
+            match wanted.get(uid) {
+                Some(spec) if *spec == rt.spec => {}
+                // Labels or annotations only: the pod stays captured.
+                Some(spec) if same_enrollment(spec, &rt.spec) => {
+                    rt.relabel(spec);
+                    info!(pod = %spec.key(), "pod labels changed; still enrolled");
+                }
+                _ => stale.push(uid.clone()),
+            }
+        }
         for uid in stale {
             if let Some(rt) = self.pods.remove(&uid) {
                 let key = rt.spec.key();
+                // Re-enrolled in the same netns (new addresses, a new
+                // service account): the handle is kept, never reopened.
+                if wanted.get(&uid).is_some_and(|w| w.netns == rt.spec.netns)
+                    && let Ok(netns) = rt.netns().try_clone()
+                {
+                    handles.insert(uid.clone(), netns);
+                }
                 if let Err(e) = self.datapath.unenroll(&rt.datapath_entry()) {
                     error!(pod = %key, error = %e, "unenrolling failed");
                 }
@@ -294,30 +416,54 @@ impl Node {
                 info!(pod = %key, "pod unenrolled");
             }
         }
+        let enrolled: BTreeMap<&str, &LocalPod> = self
+            .pods
+            .iter()
+            .map(|(uid, rt)| (uid.as_str(), &rt.spec))
+            .collect();
+        let (wanted, refused) = resolve_address_claims(&enrolled, wanted);
+        for r in refused {
+            warn!(pod = %r.pod, ip = %r.ip, holder = %r.holder, "pod not enrolled: its address belongs to another enrolled pod of this node; it is enrolled once the other is gone");
+            pending.insert(
+                r.pod,
+                format!("address {} is claimed by pod {}", r.ip, r.holder),
+            );
+        }
         let relay = RelayMode::for_sk_msg_splicing(self.agent.datapath.splice);
         for (uid, spec) in wanted {
             if self.pods.contains_key(&uid) {
                 continue;
             }
-            match PodRuntime::enroll(&spec, &self.agent.trust_domain, relay, &self.state) {
+            let netns = handles.remove(&uid);
+            match PodRuntime::enroll(&spec, netns, &self.agent.trust_domain, relay, &self.state) {
                 Ok(rt) => {
-                    info!(pod = %spec.key(), netns = %spec.netns.display(), netns_cookie = rt.context.netns_cookie, "pod enrolled");
+                    info!(pod = %spec.key(), netns = %spec.netns.display(), netns_cookie = rt.context().netns_cookie, "pod enrolled");
                     self.pods.insert(uid, rt);
                 }
                 Err(e) => {
                     error!(pod = %spec.key(), error = %e, "pod not enrolled");
-                    pending += 1;
+                    pending.insert(spec.key(), e.to_string());
                 }
             }
         }
-        self.directory.set(self.pods.values().map(|p| &p.context));
-        self.state
-            .set_local_pods(self.pods.values().map(|p| &p.context));
+        let contexts: Vec<_> = self.pods.values().map(PodRuntime::context).collect();
+        self.directory.set(contexts.iter());
+        self.state.set_local_pods(contexts.iter());
+        for (pod, reason) in &pending {
+            if self.pending.get(pod) != Some(reason) {
+                warn!(pod = %pod, reason = %reason, "pod should be enrolled but is not; retrying");
+            }
+        }
+        self.health.set_pending(
+            pending
+                .iter()
+                .map(|(pod, reason)| format!("{pod}: {reason}"))
+                .collect(),
+        );
         self.pending = pending;
-        self.health.set_pending(pending);
         info!(
             enrolled = self.pods.len(),
-            pending,
+            pending = self.pending.len(),
             tasks = tokio::runtime::Handle::current()
                 .metrics()
                 .num_alive_tasks(),
@@ -333,7 +479,7 @@ impl Node {
         let certs: Vec<_> = self
             .pods
             .values()
-            .filter_map(|p| p.context.cert.clone())
+            .filter_map(|p| p.context().cert.clone())
             .collect();
         let all = async {
             for mut cert in certs {
@@ -492,7 +638,7 @@ impl Node {
                         warn!(node = %self.agent.node_name, %cause, "agent not ready: policies not synced; inbound traffic to enrolled pods is refused");
                     }
                 }
-                _ = retry.tick(), if self.pending > 0 => self.reconcile(),
+                _ = retry.tick(), if !self.pending.is_empty() => self.reconcile(),
                 Some(done) = tasks.join_next() => return Err(task_ended(done)),
             }
         }
@@ -572,5 +718,86 @@ fn task_ended(done: Result<&'static str, tokio::task::JoinError>) -> anyhow::Err
         Err(e) => anyhow::anyhow!(
             "an agent task failed ({e}); exiting so the agent is restarted (enrolled pods fail closed meanwhile)"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn pod() -> LocalPod {
+        LocalPod {
+            uid: "u1".into(),
+            name: "web".into(),
+            namespace: "shop".into(),
+            service_account: "web".into(),
+            ips: vec!["10.244.1.10".parse().unwrap()],
+            netns: PathBuf::from("/run/netns/web"),
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn a_label_change_keeps_the_enrollment_and_anything_else_does_not() {
+        let mut relabelled = pod();
+        relabelled.labels.insert("version".into(), "v2".into());
+        assert!(same_enrollment(&pod(), &relabelled));
+        let changes: [fn(&mut LocalPod); 6] = [
+            |p| p.uid = "u2".into(),
+            |p| p.name = "web-1".into(),
+            |p| p.namespace = "other".into(),
+            |p| p.service_account = "admin".into(),
+            |p| p.ips = vec!["10.244.1.11".parse().unwrap()],
+            |p| p.netns = PathBuf::from("/proc/42/ns/net"),
+        ];
+        for change in changes {
+            let mut other = pod();
+            change(&mut other);
+            assert!(!same_enrollment(&pod(), &other), "{other:?}");
+        }
+    }
+
+    fn at(uid: &str, name: &str, ip: &str) -> LocalPod {
+        LocalPod {
+            uid: uid.into(),
+            name: name.into(),
+            ips: vec![ip.parse().unwrap()],
+            ..pod()
+        }
+    }
+
+    #[test]
+    fn an_address_stays_with_the_enrolled_pod_and_a_new_claim_waits() {
+        let held = at("u1", "old", "10.0.0.1");
+        let enrolled = BTreeMap::from([("u1", &held)]);
+        let wanted = BTreeMap::from([
+            ("u1".to_owned(), held.clone()),
+            ("u2".to_owned(), at("u2", "new", "10.0.0.1")),
+            ("u3".to_owned(), at("u3", "other", "10.0.0.3")),
+        ]);
+        let (kept, refused) = resolve_address_claims(&enrolled, wanted);
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["u1", "u3"]);
+        assert_eq!(
+            refused,
+            [RefusedClaim {
+                pod: "shop/new".into(),
+                ip: "10.0.0.1".parse().unwrap(),
+                holder: "shop/old".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn between_two_new_claims_the_first_uid_wins_whatever_the_form_of_the_address() {
+        let wanted = BTreeMap::from([
+            ("b".to_owned(), at("b", "second", "::ffff:10.0.0.1")),
+            ("a".to_owned(), at("a", "first", "10.0.0.1")),
+        ]);
+        let (kept, refused) = resolve_address_claims(&BTreeMap::new(), wanted);
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(refused[0].pod, "shop/second");
+        assert_eq!(refused[0].holder, "shop/first");
     }
 }

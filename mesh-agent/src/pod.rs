@@ -8,7 +8,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -66,6 +66,27 @@ impl PodContext {
     }
 }
 
+/// The pod's context as of now. A label change swaps in a new context
+/// while the listeners, the certificate and the datapath entries stay:
+/// each accepted connection takes the context of its moment, so a relabel
+/// never opens a window in which the pod's traffic bypasses the agent.
+#[derive(Clone)]
+pub struct CurrentPod(Arc<RwLock<Arc<PodContext>>>);
+
+impl CurrentPod {
+    fn new(context: Arc<PodContext>) -> Self {
+        Self(Arc::new(RwLock::new(context)))
+    }
+
+    pub fn get(&self) -> Arc<PodContext> {
+        self.0.read().unwrap().clone()
+    }
+
+    fn set(&self, context: Arc<PodContext>) {
+        *self.0.write().unwrap() = context;
+    }
+}
+
 /// Tunnels leave from inside the pod's netns (see `agent_connect`).
 impl mesh_hbone::client::Dial for PodContext {
     fn dial(
@@ -77,12 +98,55 @@ impl mesh_hbone::client::Dial for PodContext {
     }
 }
 
+/// A netns the pod may be enrolled in: not the agent's (the host's), and
+/// one that holds each of the pod's addresses. Capturing the wrong
+/// namespace would send the pod's traffic around the agent, or someone
+/// else's through it.
+fn check_netns(netns: &Netns, sockets: &SocketFactory, ips: &[IpAddr]) -> Result<(), String> {
+    match netns.is_agents_own() {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err(
+                "is the host's network namespace (the agent's own), never a pod's; host-network pods are not enrolled".into(),
+            );
+        }
+        Err(e) => return Err(format!("cannot compare with the host's: {e}")),
+    }
+    for ip in ips {
+        let domain = if ip.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
+        // Binding succeeds only to an address of the namespace.
+        let bound = sockets
+            .socket(domain)
+            .and_then(|s| s.bind(&SocketAddr::new(*ip, 0).into()));
+        match bound {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                return Err(format!(
+                    "does not hold the pod's address {ip}; is this the pod's netns?"
+                ));
+            }
+            Err(e) => return Err(format!("checking address {ip}: {e}")),
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     #[error("pod {pod}: {source}")]
     Netns {
         pod: String,
         source: crate::netns::NetnsError,
+    },
+    #[error("pod {pod}: netns {}: {problem}", netns.display())]
+    WrongNetns {
+        pod: String,
+        netns: std::path::PathBuf,
+        problem: String,
     },
     #[error("pod {pod}: listener on port {port}: {source}")]
     Listen {
@@ -106,7 +170,10 @@ pub enum PodError {
 
 pub struct PodRuntime {
     pub spec: LocalPod,
-    pub context: Arc<PodContext>,
+    current: CurrentPod,
+    /// Held open for the pod's enrollment: a re-enrollment uses this handle,
+    /// never a /proc path whose pid may since have been reused.
+    netns: Netns,
     tasks: Vec<JoinHandle<()>>,
     /// Keeps the pod's certificate renewed while the pod is enrolled.
     _cert: Option<CertLease>,
@@ -114,17 +181,53 @@ pub struct PodRuntime {
 
 impl PodRuntime {
     pub fn datapath_entry(&self) -> PodDatapath {
+        let context = self.context();
         PodDatapath {
-            key: self.context.key.clone(),
-            netns_cookie: self.context.netns_cookie,
-            ips: self.context.ips.clone(),
+            key: context.key.clone(),
+            netns_cookie: context.netns_cookie,
+            ips: context.ips.clone(),
         }
+    }
+
+    /// The pod's network namespace, held open while it is enrolled.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// What connection handlers see of the pod now.
+    pub fn context(&self) -> Arc<PodContext> {
+        self.current.get()
+    }
+
+    /// Takes the pod's new labels (and annotations) without touching its
+    /// listeners or datapath entries; `spec` must enroll the same way as
+    /// the current one (see `same_enrollment`).
+    pub fn relabel(&mut self, spec: &LocalPod) {
+        let old = self.current.get();
+        self.current.set(Arc::new(PodContext {
+            key: old.key.clone(),
+            name: old.name.clone(),
+            namespace: old.namespace.clone(),
+            identity: old.identity.clone(),
+            labels: spec.labels.clone(),
+            ips: old.ips.clone(),
+            netns_cookie: old.netns_cookie,
+            sockets: old.sockets.clone(),
+            relay: old.relay,
+            cert: old.cert.clone(),
+            hbone_server: old.hbone_server.clone(),
+        }));
+        self.spec = spec.clone();
     }
 
     /// Opens the pod's listeners, then puts it under the datapath. On error
     /// nothing of the pod stays registered.
+    /// `netns` is the pod's namespace when the caller holds it open already
+    /// (found under /proc, or kept from an earlier enrollment); otherwise
+    /// `spec.netns` is opened.
     pub fn enroll(
         spec: &LocalPod,
+        netns: Option<Netns>,
         trust_domain: &str,
         relay: proxy::RelayMode,
         state: &Arc<ProxyState>,
@@ -136,13 +239,21 @@ impl PodRuntime {
                 pod: key.clone(),
                 source,
             })?;
-        let netns = Netns::open(&spec.netns).map_err(|source| PodError::Netns {
-            pod: key.clone(),
-            source,
-        })?;
+        let netns = match netns {
+            Some(n) => n,
+            None => Netns::open(&spec.netns).map_err(|source| PodError::Netns {
+                pod: key.clone(),
+                source,
+            })?,
+        };
         let sockets = SocketFactory::new(&netns).map_err(|source| PodError::Netns {
             pod: key.clone(),
             source,
+        })?;
+        check_netns(&netns, &sockets, &spec.ips).map_err(|problem| PodError::WrongNetns {
+            pod: key.clone(),
+            netns: spec.netns.clone(),
+            problem,
         })?;
         // Dropped with the runtime, or on any error below: either way the
         // identity's certificate is released once no pod uses it.
@@ -181,9 +292,11 @@ impl PodRuntime {
                 }
             })
         };
+        let current = CurrentPod::new(context.clone());
         let runtime = PodRuntime {
             spec: spec.clone(),
-            context: context.clone(),
+            current: current.clone(),
+            netns,
             tasks: Vec::new(),
             _cert: lease,
         };
@@ -215,7 +328,7 @@ impl PodRuntime {
                 return Err(dp_err(e));
             }
         }
-        if let Err(e) = datapath.enroll(&entry, &netns) {
+        if let Err(e) = datapath.enroll(&entry, &runtime.netns) {
             let _ = datapath.unenroll(&entry);
             return Err(dp_err(e));
         }
@@ -224,21 +337,21 @@ impl PodRuntime {
         for l in outbound {
             runtime.tasks.push(tokio::spawn(proxy::outbound::serve(
                 l,
-                context.clone(),
+                current.clone(),
                 state.clone(),
             )));
         }
         for l in inbound {
             runtime.tasks.push(tokio::spawn(proxy::inbound::serve(
                 l,
-                context.clone(),
+                current.clone(),
                 state.clone(),
             )));
         }
         for l in hbone {
             runtime.tasks.push(tokio::spawn(proxy::hbone_inbound::serve(
                 l,
-                context.clone(),
+                current.clone(),
                 state.clone(),
             )));
         }

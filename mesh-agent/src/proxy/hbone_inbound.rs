@@ -22,15 +22,18 @@ use super::{
     own_ports::InboundPath,
     state::ProxyState,
 };
-use crate::pod::PodContext;
+use crate::pod::{CurrentPod, PodContext};
 
 /// The agent's answer to one pod's HBONE streams.
 struct PodHandler {
-    pod: Arc<PodContext>,
+    current: CurrentPod,
     state: Arc<ProxyState>,
 }
 
-pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
+pub async fn serve(listener: TcpListener, current: CurrentPod, state: Arc<ProxyState>) {
+    // Identity, certificate and TLS do not change with labels; the context
+    // of the moment is taken per stream.
+    let pod = current.get();
     let (Some(tls), Some(mtls)) = (pod.hbone_server.clone(), state.mtls.as_ref()) else {
         // No CA: every connection is refused (see `refuse_all`).
         return refuse_all(listener, pod, state).await;
@@ -43,7 +46,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<Proxy
         handshake_timeout: state.limits.handshake_timeout,
     });
     let handler = Arc::new(PodHandler {
-        pod: pod.clone(),
+        current,
         state: state.clone(),
     });
     loop {
@@ -84,7 +87,8 @@ async fn refuse_all(listener: TcpListener, pod: Arc<PodContext>, state: Arc<Prox
 
 impl Handler for PodHandler {
     async fn connect(self: Arc<Self>, mut incoming: Incoming) {
-        let Self { pod, state } = &*self;
+        let pod = &self.current.get();
+        let state = &self.state;
         let dst = incoming.request.dst;
         let peer = incoming.peer;
         let mut conn = Connection::new(

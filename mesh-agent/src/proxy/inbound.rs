@@ -21,12 +21,12 @@ use super::{
     own_ports::{InboundPath, SelfTraffic},
     state::ProxyState,
 };
-use crate::pod::PodContext;
+use crate::pod::{CurrentPod, PodContext};
 
-pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
+pub async fn serve(listener: TcpListener, current: CurrentPod, state: Arc<ProxyState>) {
     loop {
-        let accepted = listeners::accept(&listener, Listener::Inbound, &pod, &state).await;
-        let pod = pod.clone();
+        let accepted = listeners::accept(&listener, Listener::Inbound, &current.get(), &state).await;
+        let pod = current.get();
         let state = state.clone();
         tokio::spawn(async move {
             let _place = accepted.place;

@@ -20,16 +20,16 @@ use super::{
     route::{self, Hop, Mesh, Outbound, Route},
     state::{Mtls, ProxyState},
 };
-use crate::pod::PodContext;
+use crate::pod::{CurrentPod, PodContext};
 
-pub async fn serve(listener: TcpListener, pod: Arc<PodContext>, state: Arc<ProxyState>) {
+pub async fn serve(listener: TcpListener, current: CurrentPod, state: Arc<ProxyState>) {
     loop {
         let listeners::Accepted {
             stream,
             peer,
             place,
-        } = listeners::accept(&listener, Listener::Outbound, &pod, &state).await;
-        let pod = pod.clone();
+        } = listeners::accept(&listener, Listener::Outbound, &current.get(), &state).await;
+        let pod = current.get();
         let state = state.clone();
         tokio::spawn(async move {
             let _place = place;
