@@ -387,7 +387,7 @@ pub fn parse_with(
         match kind.as_str() {
             "Namespace" => {
                 let ns: Namespace = doc.typed(value, file, &format!("Namespace {name}"))?;
-                let (name, labels) = convert::namespace(&ns);
+                let (name, labels) = convert::namespace(&ns).map_err(bad)?;
                 store.namespaces.apply(name, labels);
             }
             "Node" => {
@@ -503,4 +503,39 @@ pub fn own_document<T: DeserializeOwned>(
         what: own_kind.to_owned(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_over_the_metadata_bound_refuses_the_file_naming_the_object() {
+        let labels: Vec<String> = (0..300)
+            .map(|i| format!("k{i:04}: {}", "v".repeat(60)))
+            .collect();
+        let text = format!(
+            "kind: AgentConfig\n---\nkind: Pod\nmetadata: {{name: web, namespace: shop, labels: {{{}}}}}\n",
+            labels.join(", ")
+        );
+        let e = parse(Path::new("f.yaml"), &text, "AgentConfig").unwrap_err();
+        let ConfigError::Invalid {
+            line,
+            field,
+            problem,
+            ..
+        } = &e
+        else {
+            panic!("{e}");
+        };
+        assert_eq!(*line, 3);
+        assert_eq!(
+            field,
+            "Pod shop/web: metadata.labels and metadata.annotations"
+        );
+        assert!(
+            problem.contains("19500 bytes") && problem.contains("16384"),
+            "{problem}"
+        );
+    }
 }

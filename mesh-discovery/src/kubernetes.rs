@@ -119,6 +119,15 @@ fn ns_name<K: Resource>(o: &K) -> String {
     )
 }
 
+/// `<namespace>/<name>`, or `<name>` for a cluster-scoped object.
+fn display_name<K: Resource>(o: &K) -> String {
+    let name = o.meta().name.as_deref().unwrap_or_default();
+    match o.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
 /// Applies one watcher event to one collection. `convert` turns an object
 /// into its key and model value, or says why it cannot be used (logged; the
 /// object is then treated as absent).
@@ -133,7 +142,8 @@ fn apply<K: Resource, T>(
     let converted = |o: &K| match convert(o) {
         Ok(v) => Some(v),
         Err(e) => {
-            warn!(kind, object = %key(o), field = %e.field, problem = %e.problem, "object ignored");
+            // Named as people name it (a pod's key is its uid).
+            warn!(kind, object = %display_name(o), key = %key(o), field = %e.field, problem = %e.problem, "object ignored");
             None
         }
     };
@@ -283,7 +293,7 @@ impl Watchers {
                 &mut s.namespaces,
                 &mut self.namespaces,
                 |n| n.name_any(),
-                |n| Ok(convert::namespace(n).1),
+                |n| convert::namespace(n).map(|(_, labels)| labels),
             ),
             Ok(Change::Authorization(e)) => apply(
                 *e,

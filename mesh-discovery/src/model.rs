@@ -5,7 +5,36 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 pub type Labels = BTreeMap<String, String>;
 
-pub use mesh_config::DATAPLANE_LABEL;
+pub use mesh_config::{DATAPLANE_LABEL, NETNS_ANNOTATION};
+
+/// The only annotation of a pod anything reads (the netns of a local-mode
+/// pod); the rest (e.g. `kubectl.kubernetes.io/last-applied-configuration`,
+/// often kilobytes) are dropped on arrival. Policies' own annotations
+/// (dry-run) are read from the policy objects, not from here.
+pub const POD_ANNOTATIONS: &[&str] = &[NETNS_ANNOTATION];
+
+/// The only label of a namespace anything reads: enrollment. (Policies
+/// select pods by the pods' labels; no policy kind selects namespaces by
+/// theirs.)
+pub const NAMESPACE_LABELS: &[&str] = &[DATAPLANE_LABEL];
+
+/// The most bytes (keys and values) of labels and kept annotations, or of
+/// a Service's selector, that the agent holds for one object. An object
+/// over it is refused by name and treated as absent. Kubernetes caps a
+/// label value at 63 bytes and a key at 317, so this is ten times a heavily
+/// labelled pod's (Helm, Istio and controller labels together come to
+/// about 1 KiB) and still bounds what 10,000 pods can make the agent hold.
+/// A constant, not a setting: in local mode the objects are read before
+/// the `AgentConfig` beside them, and no real pod comes near it.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// Bytes of keys and values in `maps`, as `MAX_METADATA_BYTES` counts them.
+pub fn metadata_bytes<'a>(maps: impl IntoIterator<Item = &'a Labels>) -> usize {
+    maps.into_iter()
+        .flat_map(|m| m.iter())
+        .map(|(k, v)| k.len() + v.len())
+        .sum()
+}
 /// The EndpointSlice label naming the Service a slice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -19,7 +48,10 @@ pub struct Workload {
     pub service_account: String,
     pub node: Option<String>,
     pub ips: Vec<IpAddr>,
+    /// All of them: Services select pods by any label, and so do policies,
+    /// both changing at run time (see `convert::workload`).
     pub labels: Labels,
+    /// Only `POD_ANNOTATIONS`.
     pub annotations: Labels,
     /// Host-network pods share the node's netns and are never enrolled.
     pub host_network: bool,
@@ -29,11 +61,20 @@ pub struct Workload {
     pub finished: bool,
     /// Named container ports, for Services whose targetPort is a name.
     pub ports: BTreeMap<String, u16>,
+    /// The ports the kubelet connects to (readiness, liveness and startup
+    /// probes, lifecycle hooks; httpGet, tcpSocket and grpc), sorted: what
+    /// plaintext from the node itself may reach under STRICT mTLS.
+    pub probe_ports: Vec<u16>,
 }
 
 impl Workload {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether the kubelet connects to `port` of this pod.
+    pub fn is_probe_port(&self, port: u16) -> bool {
+        self.probe_ports.binary_search(&port).is_ok()
     }
 
     /// Whether the pod asks to be in the mesh, given its namespace's labels:
