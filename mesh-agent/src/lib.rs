@@ -3,6 +3,7 @@
 //! hand-over). The only crate that links aya and embeds the kernel
 //! programs. See ARCHITECTURE.md for the crates and the design.
 pub mod admin;
+pub mod cni;
 pub mod datapath;
 pub mod flows;
 pub mod health;

@@ -90,6 +90,14 @@ pub struct AgentConfig {
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub limits: LimitSettings,
+    /// The Unix socket where the `mesh-cni` plugin announces new pods'
+    /// sandboxes, so that a pod is enrolled before its app runs (the chart
+    /// sets `/var/run/mesh/cni.sock`, `mesh_cni::protocol::DEFAULT_SOCKET`).
+    /// Unset, nothing listens and pods are enrolled when discovery reports
+    /// them; it is unset by default because every agent needs a socket of
+    /// its own, and one host may run several (the test bed does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_socket: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -111,6 +119,7 @@ impl AgentConfig {
             ca: None,
             telemetry: TelemetrySettings::default(),
             limits: LimitSettings::default(),
+            cni_socket: None,
         }
     }
 }

@@ -186,10 +186,13 @@ impl NodeConfig {
                     "a pod on this node needs at least one IP",
                 ));
             }
-            if !w.annotations.contains_key(NETNS_ANNOTATION) {
+            // With a CNI socket, the pod's sandbox announces its netns
+            // when the runtime creates it; until then the pod is not
+            // enrolled (and, chained after the network plugin, not running).
+            if !w.annotations.contains_key(NETNS_ANNOTATION) && self.agent.cni_socket.is_none() {
                 return Err(invalid(
                     format!("metadata.annotations[\"{NETNS_ANNOTATION}\"]"),
-                    "missing; set it to the pod's netns path (e.g. /run/netns/<name>)",
+                    "missing; set it to the pod's netns path (e.g. /run/netns/<name>), or set AgentConfig.cniSocket and have the mesh-cni plugin announce it",
                 ));
             }
         }
@@ -375,6 +378,23 @@ spec: {nodeName: node-2}
             err.contains("mesh.io/netns") && err.contains("/run/netns/"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn with_a_cni_socket_the_netns_may_come_from_the_sandbox() {
+        let text = GOOD.replace("annotations: {mesh.io/netns: /run/netns/web}", "labels: {}");
+        let text = text.replacen(
+            "kind: AgentConfig\n",
+            "kind: AgentConfig\ncniSocket: /var/run/mesh/cni.sock\n",
+            1,
+        );
+        let cfg = parse(&text).unwrap();
+        assert_eq!(
+            cfg.agent.cni_socket,
+            Some(PathBuf::from("/var/run/mesh/cni.sock"))
+        );
+        // Not enrolled from the file: its netns is not known yet.
+        assert!(cfg.enrolled_pods().is_empty());
     }
 
     #[test]
