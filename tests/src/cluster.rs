@@ -43,6 +43,8 @@ pub struct ClusterSpec {
     pub cert_lifetime: Duration,
     /// Extra documents (policies) for every node's config.
     pub extra_docs: String,
+    /// (pod, port): ports the kubelet probes, written into the Pod objects.
+    pub probes: Vec<(String, u16)>,
     /// Every node's AgentConfig, before the test bed fills in the node's own
     /// facts (name, cgroup, bpffs, CA files). The agent's own type, so the
     /// test bed writes what the agent reads, defaults included.
@@ -70,8 +72,16 @@ impl ClusterSpec {
             mtls: true,
             cert_lifetime: Duration::from_secs(24 * 3600),
             extra_docs: String::new(),
+            probes: Vec::new(),
             agent: AgentConfig::new(""),
         }
+    }
+
+    /// Gives `pod` a container whose readiness probe is an HTTP GET of
+    /// `port` (by the container port's name, as manifests often spell it).
+    pub fn probe(mut self, pod: &str, port: u16) -> Self {
+        self.probes.push((pod.into(), port));
+        self
     }
 
     /// Changes every node's AgentConfig, e.g.
@@ -251,6 +261,7 @@ pub struct Cluster {
     mtls: bool,
     cert_lifetime: Duration,
     extra_docs: String,
+    probes: Vec<(String, u16)>,
     agent: AgentConfig,
     ca_netns: Option<String>,
     ca: Option<Proc>,
@@ -283,6 +294,7 @@ impl Cluster {
             mtls: spec.mtls,
             cert_lifetime: spec.cert_lifetime,
             extra_docs: spec.extra_docs.clone(),
+            probes: spec.probes.clone(),
             agent: spec.agent.clone(),
             ca_netns: None,
             ca: None,
@@ -669,6 +681,7 @@ impl Cluster {
                 spec: Some(k8s::PodSpec {
                     node_name: Some(self.nodes[p.node].name.clone()),
                     service_account_name: Some(p.service_account.clone()),
+                    containers: self.probed_containers(&p.name),
                     ..k8s::PodSpec::default()
                 }),
                 status: Some(k8s::PodStatus {
@@ -681,6 +694,34 @@ impl Cluster {
             push_doc(&mut s, &pod);
         }
         s
+    }
+
+    /// One container per probed port of `pod`, each naming its port
+    /// `health` and probing it by that name.
+    fn probed_containers(&self, pod: &str) -> Vec<k8s::Container> {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        self.probes
+            .iter()
+            .filter(|(p, _)| p == pod)
+            .enumerate()
+            .map(|(i, (_, port))| k8s::Container {
+                name: format!("probed-{i}"),
+                ports: Some(vec![k8s::ContainerPort {
+                    name: Some("health".into()),
+                    container_port: i32::from(*port),
+                    ..k8s::ContainerPort::default()
+                }]),
+                readiness_probe: Some(k8s::Probe {
+                    http_get: Some(k8s::HTTPGetAction {
+                        path: Some("/healthz".into()),
+                        port: IntOrString::String("health".into()),
+                        ..k8s::HTTPGetAction::default()
+                    }),
+                    ..k8s::Probe::default()
+                }),
+                ..k8s::Container::default()
+            })
+            .collect()
     }
 
     /// Node n's AgentConfig: the spec's, with the node's own facts.
@@ -832,6 +873,59 @@ impl Cluster {
             .context("no such pod")?;
         p.enrolled = enrolled;
         self.rewrite_configs()
+    }
+
+    /// Sets (or replaces) one label of a pod and rewrites every node's config.
+    pub fn set_label(&mut self, pod: &str, key: &str, value: &str) -> anyhow::Result<()> {
+        let p = self
+            .pods
+            .iter_mut()
+            .find(|p| p.name == pod)
+            .context("no such pod")?;
+        p.labels.retain(|(k, _)| k != key);
+        p.labels.push((key.to_owned(), value.to_owned()));
+        self.rewrite_configs()
+    }
+
+    /// Replaces a pod's network namespace by a new one under the same
+    /// name, with the same address and link, as a runtime does for a pod
+    /// recreated under its name (a StatefulSet's). The configs are not
+    /// touched: the pod's object reads the same.
+    pub fn recreate_pod_netns(&mut self, pod: &str) -> anyhow::Result<()> {
+        let p = self.pod(pod).clone();
+        // The veth index the pod got when the node was built (pods built
+        // with their node come first; `add_bare_pods` appends after them).
+        let k = self
+            .pods
+            .iter()
+            .filter(|q| q.node == p.node)
+            .position(|q| q.name == p.name)
+            .context("pod not found on its node")?;
+        let node = self.nodes[p.node].netns.clone();
+        let veth = format!("vp{k}");
+        // The old netns may outlive its name (a pinned sk_lookup link holds
+        // it): its veth pair is removed from the node's end, so the address
+        // is only in the new one.
+        ip(&["-n", &node, "link", "del", &veth])?;
+        ip(&["netns", "del", &p.netns])?;
+        ip(&["netns", "add", &p.netns])?;
+        ip(&["-n", &p.netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+            &p.netns,
+        ])?;
+        ip(&["-n", &node, "link", "set", &veth, "master", "cni0", "up"])?;
+        addr_up(&p.netns, &format!("{}/24", p.ip), "eth0")?;
+        ip(&[
+            "-n",
+            &p.netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.244.{}.1", p.node),
+        ])?;
+        Ok(())
     }
 
     /// Adds `count` pods on node `node` that are only a netns (no link, no

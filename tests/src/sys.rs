@@ -163,6 +163,21 @@ pub fn pinned_map_len(path: &Path) -> anyhow::Result<usize> {
     Ok(v.as_array().map(Vec::len).unwrap_or(0))
 }
 
+/// The pinned per-pod sk_lookup links of a node (`pods/<netns cookie>/sk_lookup`),
+/// sorted by path.
+pub fn pod_links(pin_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut links: Vec<_> = std::fs::read_dir(pin_dir.join("pods"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("sk_lookup"))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    links.sort();
+    links
+}
+
 /// A bpftool value: a number, or little-endian hex bytes (`["0x01", ...]`).
 fn json_u64(v: &serde_json::Value) -> u64 {
     if let Some(n) = v.as_u64() {

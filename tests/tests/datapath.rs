@@ -279,7 +279,8 @@ fn unenrolled_pod_goes_direct_and_leaves_nothing_behind() {
         mesh_testbed::sys::pinned_map_len(&pins.join("MESH_ENROLLED")).unwrap(),
         2
     );
-    assert!(pins.join("pods/default_a/sk_lookup").exists());
+    // One sk_lookup link per enrolled pod, named by its netns cookie.
+    assert_eq!(mesh_testbed::sys::pod_links(&pins).len(), 2);
 
     c.set_enrolled("a", false).unwrap();
     c.wait_agent_log(0, "a unenrolled", |l| {
@@ -295,8 +296,9 @@ fn unenrolled_pod_goes_direct_and_leaves_nothing_behind() {
         1,
         "only b's address remains"
     );
-    assert!(
-        !pins.join("pods/default_a").exists(),
+    assert_eq!(
+        mesh_testbed::sys::pod_links(&pins).len(),
+        1,
         "a's sk_lookup link is gone"
     );
 
