@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::Context;
 use mesh_cni::protocol::{CniPod, Command, MAX_REQUEST_BYTES, Outcome, Request, Response};
-use mesh_config::{AgentConfig, NETNS_ANNOTATION};
+use mesh_config::AgentConfig;
 use mesh_discovery::{LocalPod, Published, model::Workload, view::MeshView};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -244,14 +244,17 @@ async fn handle<E: Enroller>(enroller: &E, request: Request, limits: &Limits) ->
 /// A decision the node's loop takes, with where to send the answer.
 pub struct NodeRequest {
     what: NodeAsk,
+    /// DEL: whether the agent knew the sandbox (set by `NodeCni::apply`).
+    forgot: bool,
     reply: oneshot::Sender<Result<Outcome, String>>,
 }
 
 enum NodeAsk {
-    /// Enroll the pod as the sandbox described it.
+    /// Enroll the pod in the netns its sandbox announced.
     Enroll {
-        spec: LocalPod,
-        container_id: String,
+        uid: String,
+        key: String,
+        announced: Announced,
     },
     /// The sandbox is gone.
     Forget { pod: CniPod },
@@ -268,16 +271,22 @@ struct Announced {
 }
 
 impl Announced {
-    /// The pod as discovery has it, with the sandbox's netns (as the
-    /// annotation a local file would carry) and addresses.
-    fn apply(&self, w: &Workload) -> Workload {
+    /// The pod as discovery has it, with its sandbox's netns and addresses
+    /// (which the API may not list yet).
+    fn spec(&self, w: &Workload) -> LocalPod {
         let mut w = w.clone();
-        w.annotations.insert(
-            NETNS_ANNOTATION.to_owned(),
-            self.netns.display().to_string(),
-        );
         w.ips = self.ips.clone();
-        w
+        LocalPod::new(&w, self.netns.clone())
+    }
+
+    /// Whether `enrolled` is the pod in this sandbox.
+    fn is(&self, enrolled: &LocalPod) -> bool {
+        let sorted = |ips: &[IpAddr]| {
+            let mut v: Vec<_> = ips.iter().map(IpAddr::to_canonical).collect();
+            v.sort();
+            v
+        };
+        enrolled.netns == self.netns && sorted(&enrolled.ips) == sorted(&self.ips)
     }
 }
 
@@ -326,49 +335,47 @@ impl NodeCni {
         }
     }
 
-    /// The view's enrolled pods of `node`, announced pods with their
-    /// sandbox's netns and addresses (which the API may not list yet).
-    /// Announcements of pods the view no longer has are dropped.
-    pub fn on_node(&self, view: &MeshView, node: &str) -> Vec<Arc<Workload>> {
+    /// Splits the view's pods of `node` that reconcile should enroll:
+    /// those a sandbox announced, as specs in the netns it named (in either
+    /// discovery mode, and even before the API lists their addresses), and
+    /// the others, found as before (annotation, /proc). Announcements of
+    /// pods the view no longer has are dropped.
+    pub fn on_node<'a>(
+        &self,
+        view: &'a MeshView,
+        node: &'a str,
+    ) -> (BTreeMap<String, LocalPod>, Vec<&'a Arc<Workload>>) {
         let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
         announced.retain(|uid, _| view.workload_by_uid(uid).is_some());
-        let mut pods: Vec<Arc<Workload>> = view
+        let specs = announced
+            .iter()
+            .filter_map(|(uid, a)| {
+                let w = view.workload_by_uid(uid)?;
+                (w.node.as_deref() == Some(node) && view.is_enrolled(w))
+                    .then(|| (uid.clone(), a.spec(w)))
+            })
+            .collect();
+        let others = view
             .enrolled_on(node)
             .filter(|w| !announced.contains_key(&w.uid))
-            .cloned()
             .collect();
-        for (uid, a) in announced.iter() {
-            if let Some(w) = view.workload_by_uid(uid)
-                && w.node.as_deref() == Some(node)
-                && view.is_enrolled(w)
-            {
-                pods.push(Arc::new(a.apply(w)));
-            }
-        }
-        pods
+        (specs, others)
     }
 
-    /// Applies a request: what to enroll now (and an earlier sandbox's
-    /// spec to drop) for an ADD, what to drop for a DEL.
-    pub fn apply(&self, request: &NodeRequest, enrolled: Option<&LocalPod>) -> Change {
+    /// Records what the request announces or withdraws; whether the node
+    /// must reconcile for it.
+    pub fn apply(&self, request: &mut NodeRequest) -> bool {
         let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
         match &request.what {
-            NodeAsk::Enroll { spec, container_id } => {
-                announced.insert(
-                    spec.uid.clone(),
-                    Announced {
-                        container_id: container_id.clone(),
-                        netns: spec.netns.clone(),
-                        ips: spec.ips.clone(),
-                    },
-                );
-                if enrolled == Some(spec) {
-                    Change::None
-                } else {
-                    Change::Enroll(spec.clone())
-                }
+            NodeAsk::Enroll {
+                uid, announced: a, ..
+            } => {
+                announced.insert(uid.clone(), a.clone());
+                true
             }
             NodeAsk::Forget { pod } => {
+                // Only the ADD of the same sandbox: a late DEL of an
+                // earlier sandbox must not undo the current one.
                 let uid = announced
                     .iter()
                     .find(|(uid, a)| {
@@ -376,61 +383,50 @@ impl NodeCni {
                             && pod.uid.as_ref().is_none_or(|u| u == *uid)
                     })
                     .map(|(uid, _)| uid.clone());
-                match uid.and_then(|uid| announced.remove(&uid).map(|a| (uid, a))) {
-                    Some((uid, a)) => Change::Forget {
-                        uid,
-                        netns: a.netns,
-                    },
-                    None => Change::None,
-                }
+                request.forgot = uid.is_some_and(|uid| announced.remove(&uid).is_some());
+                request.forgot
             }
-            NodeAsk::Check { .. } => Change::None,
+            NodeAsk::Check { .. } => false,
         }
     }
-
-    /// The uid the request is about, when it names one.
-    pub fn uid<'a>(&self, request: &'a NodeRequest) -> Option<&'a str> {
-        match &request.what {
-            NodeAsk::Enroll { spec, .. } => Some(&spec.uid),
-            NodeAsk::Check { uid, .. } => Some(uid),
-            NodeAsk::Forget { .. } => None,
-        }
-    }
-}
-
-/// What the node's loop does for a request before it reconciles.
-pub enum Change {
-    None,
-    /// Enroll this spec (unenrolling the pod's current runtime first).
-    Enroll(LocalPod),
-    /// The pod's sandbox in `netns` is gone: unenroll it if that is where
-    /// it is enrolled.
-    Forget {
-        uid: String,
-        netns: PathBuf,
-    },
 }
 
 impl NodeRequest {
+    /// The uid of the pod the request is about, when known.
+    pub fn uid(&self) -> Option<&str> {
+        match &self.what {
+            NodeAsk::Enroll { uid, .. } | NodeAsk::Check { uid, .. } => Some(uid),
+            NodeAsk::Forget { pod } => pod.uid.as_deref(),
+        }
+    }
+
+    /// `<namespace>/<name>` of an ADD's pod: how reconcile names it among
+    /// the pods it could not enroll.
+    pub fn key(&self) -> Option<&str> {
+        match &self.what {
+            NodeAsk::Enroll { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
     /// Answers once the node has applied the request: `enrolled` is the
-    /// pod's spec as enrolled now, `failure` why enrolling failed.
-    pub fn answer(self, enrolled: Option<&LocalPod>, failure: Option<String>, forgot: bool) {
+    /// pod as it is enrolled now, `pending` why reconcile could not enroll
+    /// it.
+    pub fn answer(self, enrolled: Option<&LocalPod>, pending: Option<&String>) {
         let result = match &self.what {
-            NodeAsk::Enroll { spec, .. } => match (enrolled, failure) {
-                (Some(e), _) if e == spec => Ok(Outcome::Enrolled),
-                (_, Some(failure)) => Err(failure),
+            NodeAsk::Enroll { key, announced, .. } => match (enrolled, pending) {
+                (Some(e), _) if announced.is(e) => Ok(Outcome::Enrolled),
+                (_, Some(reason)) => Err(format!("pod {key} not enrolled: {reason}")),
                 (Some(e), None) => Err(format!(
-                    "pod {} is enrolled in {} with addresses {:?}, not as the sandbox describes it",
-                    spec.key(),
+                    "pod {key} is enrolled in {} with addresses {:?}, not as the sandbox describes it",
                     e.netns.display(),
                     e.ips
                 )),
                 (None, None) => Err(format!(
-                    "pod {} was not enrolled; the agent's log says why",
-                    spec.key()
+                    "pod {key} was not enrolled (it left the mesh or the view meanwhile); the runtime retries"
                 )),
             },
-            NodeAsk::Forget { .. } => Ok(if forgot {
+            NodeAsk::Forget { .. } => Ok(if self.forgot {
                 Outcome::Forgotten
             } else {
                 Outcome::Unknown
@@ -447,29 +443,6 @@ impl NodeRequest {
         };
         let _ = self.reply.send(result);
     }
-}
-
-/// An address of `spec` that another enrolled pod holds: the datapath
-/// maps hold one pod per address, so enrolling it would take the address
-/// from the other pod.
-pub fn address_taken<'a>(
-    spec: &LocalPod,
-    enrolled: impl Iterator<Item = &'a LocalPod>,
-) -> Option<String> {
-    for other in enrolled.filter(|o| o.uid != spec.uid) {
-        if let Some(ip) = spec.ips.iter().find(|ip| {
-            other
-                .ips
-                .iter()
-                .any(|o| o.to_canonical() == ip.to_canonical())
-        }) {
-            return Some(format!(
-                "address {ip} belongs to enrolled pod {} (its sandbox has not been torn down yet); the runtime retries",
-                other.key()
-            ));
-        }
-    }
-    None
 }
 
 /// The node's enroller: decides from the discovery view and hands the
@@ -528,7 +501,11 @@ impl NodeEnroller {
     async fn ask_node(&self, what: NodeAsk) -> Result<Outcome, String> {
         let (reply, answer) = oneshot::channel();
         self.node_loop
-            .send(NodeRequest { what, reply })
+            .send(NodeRequest {
+                what,
+                forgot: false,
+                reply,
+            })
             .await
             .map_err(|_| "the agent is stopping".to_string())?;
         answer
@@ -560,18 +537,14 @@ impl Enroller for NodeEnroller {
                 pod.key()
             ));
         }
-        let spec = LocalPod::new(
-            &Announced {
-                container_id: pod.container_id.clone(),
-                netns: netns.clone(),
-                ips: pod.ips.clone(),
-            }
-            .apply(&w),
-            netns,
-        );
         self.ask_node(NodeAsk::Enroll {
-            spec,
-            container_id: pod.container_id,
+            uid: w.uid.clone(),
+            key: w.key(),
+            announced: Announced {
+                container_id: pod.container_id,
+                netns,
+                ips: pod.ips,
+            },
         })
         .await
     }
@@ -808,24 +781,37 @@ mod tests {
         stuck.abort();
     }
 
-    fn spec(uid: &str, ip: &str) -> LocalPod {
-        LocalPod {
-            uid: uid.into(),
-            name: uid.into(),
-            namespace: "shop".into(),
-            service_account: "web".into(),
-            ips: vec![ip.parse().unwrap()],
-            netns: PathBuf::from(format!("/run/netns/{uid}")),
-            labels: BTreeMap::new(),
+    fn announced(container: &str, netns: &str) -> Announced {
+        Announced {
+            container_id: container.into(),
+            netns: netns.into(),
+            ips: vec!["10.0.0.1".parse().unwrap()],
         }
     }
 
-    #[test]
-    fn an_address_held_by_another_pod_is_named() {
-        let (a, b) = (spec("a", "10.0.0.1"), spec("b", "::ffff:10.0.0.1"));
-        let taken = address_taken(&b, [&a].into_iter()).unwrap();
-        assert!(taken.contains("shop/a"), "{taken}");
-        assert_eq!(address_taken(&a, [&a].into_iter()), None);
+    fn ask(what: NodeAsk) -> (NodeRequest, oneshot::Receiver<Result<Outcome, String>>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            NodeRequest {
+                what,
+                forgot: false,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn del(container: &str) -> NodeAsk {
+        NodeAsk::Forget {
+            pod: CniPod {
+                namespace: "shop".into(),
+                name: "a".into(),
+                uid: Some("a".into()),
+                container_id: container.into(),
+                netns: None,
+                ips: Vec::new(),
+            },
+        }
     }
 
     #[test]
@@ -834,36 +820,59 @@ mod tests {
             announced: Mutex::default(),
             requests: None,
         };
-        let (reply, _) = oneshot::channel();
-        let add = NodeRequest {
-            what: NodeAsk::Enroll {
-                spec: spec("a", "10.0.0.1"),
-                container_id: "sandbox-2".into(),
-            },
-            reply,
+        let (mut add, _) = ask(NodeAsk::Enroll {
+            uid: "a".into(),
+            key: "shop/a".into(),
+            announced: announced("sandbox-2", "/run/netns/two"),
+        });
+        assert!(cni.apply(&mut add));
+        // The DEL of an earlier sandbox, arriving late, changes nothing.
+        let (mut late, answer) = ask(del("sandbox-1"));
+        assert!(!cni.apply(&mut late));
+        late.answer(None, None);
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(Outcome::Unknown));
+        let (mut own, answer) = ask(del("sandbox-2"));
+        assert!(cni.apply(&mut own));
+        own.answer(None, None);
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(Outcome::Forgotten));
+        assert!(cni.announced.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_add_is_answered_by_what_reconcile_did() {
+        let enroll = || {
+            ask(NodeAsk::Enroll {
+                uid: "a".into(),
+                key: "shop/a".into(),
+                announced: announced("s", "/run/netns/a"),
+            })
         };
-        assert!(matches!(cni.apply(&add, None), Change::Enroll(_)));
-        let del = |container: &str| {
-            let (reply, _) = oneshot::channel();
-            NodeRequest {
-                what: NodeAsk::Forget {
-                    pod: CniPod {
-                        namespace: "shop".into(),
-                        name: "a".into(),
-                        uid: Some("a".into()),
-                        container_id: container.into(),
-                        netns: None,
-                        ips: Vec::new(),
-                    },
-                },
-                reply,
-            }
+        let spec = |netns: &str, ip: &str| LocalPod {
+            uid: "a".into(),
+            name: "a".into(),
+            namespace: "shop".into(),
+            service_account: "a".into(),
+            ips: vec![ip.parse().unwrap()],
+            netns: netns.into(),
+            labels: BTreeMap::new(),
         };
-        // The DEL of an earlier sandbox, arriving late.
-        assert!(matches!(cni.apply(&del("sandbox-1"), None), Change::None));
-        assert!(matches!(
-            cni.apply(&del("sandbox-2"), None),
-            Change::Forget { uid, .. } if uid == "a"
-        ));
+        let (req, answer) = enroll();
+        // The same address in its IPv4-mapped form is the same address.
+        req.answer(Some(&spec("/run/netns/a", "::ffff:10.0.0.1")), None);
+        assert_eq!(answer.blocking_recv().unwrap(), Ok(Outcome::Enrolled));
+        let (req, answer) = enroll();
+        req.answer(
+            None,
+            Some(&"address 10.0.0.1 is claimed by pod shop/b".into()),
+        );
+        assert_eq!(
+            answer.blocking_recv().unwrap(),
+            Err("pod shop/a not enrolled: address 10.0.0.1 is claimed by pod shop/b".into())
+        );
+        // Still enrolled in an earlier sandbox's netns: not a yes.
+        let (req, answer) = enroll();
+        req.answer(Some(&spec("/run/netns/old", "10.0.0.1")), None);
+        let err = answer.blocking_recv().unwrap().unwrap_err();
+        assert!(err.contains("/run/netns/old"), "{err}");
     }
 }

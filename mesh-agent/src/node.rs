@@ -97,6 +97,8 @@ pub struct Node {
     pending: BTreeMap<String, String>,
     health: Arc<NodeHealth>,
     endpoints: Option<(Listeners, LogControl)>,
+    /// CNI: what pods' sandboxes announced, and their requests (crate::cni).
+    cni: crate::cni::NodeCni,
 }
 
 /// The CA client, the trust bundle and the certificate manager.
@@ -284,6 +286,7 @@ impl Node {
             directory.clone(),
         );
         let mut node = Node {
+            cni: crate::cni::NodeCni::start(&config.agent, views.clone()).await?,
             agent: config.agent,
             datapath,
             state,
@@ -317,8 +320,12 @@ impl Node {
     /// their netns (from the file, or found under /proc by uid and opened
     /// here), and those that cannot be enrolled yet, with the reason.
     fn wanted(&self, view: &MeshView) -> Wanted {
-        let on_node: Vec<_> = view.enrolled_on(&self.agent.node_name).collect();
-        let mut wanted = Wanted::default();
+        // CNI: a pod whose sandbox announced its netns is enrolled there.
+        let (announced, on_node) = self.cni.on_node(view, &self.agent.node_name);
+        let mut wanted = Wanted {
+            pods: announced,
+            ..Wanted::default()
+        };
         match self.agent.discovery {
             DiscoveryMode::Local => {
                 for w in on_node {
@@ -639,6 +646,7 @@ impl Node {
                     }
                 }
                 _ = retry.tick(), if !self.pending.is_empty() => self.reconcile(),
+                request = self.cni.next() => self.on_cni(request)?,
                 Some(done) = tasks.join_next() => return Err(task_ended(done)),
             }
         }
@@ -703,6 +711,25 @@ impl Node {
             node = %self.agent.node_name,
             "agent stopping; the datapath stays pinned and enrolled pods fail closed until an agent returns"
         );
+        Ok(())
+    }
+}
+
+// CNI (crate::cni): a sandbox's request, applied through reconcile.
+impl Node {
+    /// Records what the sandbox announced or withdrew, reconciles, and
+    /// answers with the pod as reconcile left it: enrolled (listeners and
+    /// datapath entries in place) or why not.
+    fn on_cni(&mut self, request: Option<crate::cni::NodeRequest>) -> anyhow::Result<()> {
+        let mut request = request.context(
+            "the CNI socket stopped serving; exiting so the agent is restarted (new pods cannot start meanwhile)",
+        )?;
+        if self.cni.apply(&mut request) {
+            self.reconcile();
+        }
+        let enrolled = request.uid().and_then(|uid| self.pods.get(uid));
+        let pending = request.key().and_then(|key| self.pending.get(key));
+        request.answer(enrolled.map(|rt| &rt.spec), pending);
         Ok(())
     }
 }
