@@ -928,8 +928,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Adds `count` pods on node `node` that are only a netns (no link, no
-    /// process), with `service_account`, not yet listed in the configs:
+    /// Adds `count` pods on node `node` that are only a netns holding their
+    /// address (no link, no process), with `service_account`, not yet
+    /// listed in the configs:
     /// material for churn tests. Returns their names.
     pub fn add_bare_pods(
         &mut self,
@@ -943,11 +944,23 @@ impl Cluster {
             let name = format!("{prefix}{i}");
             let netns = format!("mt{}-{name}", self.id);
             self.add_netns(&netns)?;
+            let pod_ip = Ipv4Addr::new(10, 250, (i / 200) as u8, (i % 200 + 1) as u8);
+            // The agent enrolls a pod only in a netns that holds its
+            // address; on loopback, since a bare pod has no link.
+            ip(&[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{pod_ip}/32"),
+                "dev",
+                "lo",
+            ])?;
             self.pods.push(Pod {
                 name: name.clone(),
                 namespace: "default".into(),
                 node,
-                ip: Ipv4Addr::new(10, 250, (i / 200) as u8, (i % 200 + 1) as u8),
+                ip: pod_ip,
                 netns,
                 cgroup: self.nodes[node].cgroup.join(format!("pod-{name}")),
                 enrolled: true,
