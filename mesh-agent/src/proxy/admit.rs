@@ -3,6 +3,14 @@
 //! (15006), HBONE CONNECT (15008) and the same-node hand-over all ask this
 //! one function, so the paths cannot drift apart; each then tells the
 //! outcome its own way (access log, metrics, an HTTP status, a reset).
+//!
+//! The kubelet's health probes are the one plaintext the decision lets
+//! past STRICT and authorization, and only when both hold: the source is
+//! an address of this node itself, and the port is one the pod's spec
+//! names for the kubelet (`Kubelet`). Istio ambient instead SNATs every
+//! connection from the host to 169.254.7.127 and passes that source on
+//! any port; here nothing is rewritten, and the other ports of the pod
+//! stay closed to the node.
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -60,8 +68,33 @@ pub struct Arrival<'a> {
 pub struct Rules<'a> {
     pub policies: &'a PolicySet,
     pub own_ports: &'a OwnPorts,
-    /// The agent has a CA; without one PeerAuthentication cannot be STRICT.
+    /// The agent has a CA. Without one no connection can be mTLS, and STRICT
+    /// refuses plaintext all the same, saying so (`StrictWithoutCa`).
     pub mtls: bool,
+}
+
+/// What the plaintext path knows about the kubelet's health probes to a
+/// pod. Probes come from the node's own network namespace, so from one of
+/// its addresses (which one the host's routing picks: on the test bed and
+/// with bridge CNIs the bridge's, not the Node object's InternalIP); a
+/// packet from elsewhere cannot carry one, since the node drops what
+/// arrives from the network with one of its own addresses as the source
+/// (a martian).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kubelet<'a> {
+    /// This node's addresses: those of the host's netns, where the agent runs.
+    pub node_addrs: &'a [IpAddr],
+    /// The ports the pod's probes and hooks name, sorted
+    /// (`mesh_discovery::model::Workload::probe_ports`).
+    pub probe_ports: &'a [u16],
+}
+
+impl Kubelet<'_> {
+    /// Whether a connection from `src` to `port` is the kubelet probing.
+    pub fn probes(&self, src: IpAddr, port: u16) -> bool {
+        self.probe_ports.binary_search(&port).is_ok()
+            && self.node_addrs.contains(&src.to_canonical())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +105,16 @@ pub enum Admit {
         to: SocketAddr,
         from: SocketAddr,
         decision: Decision,
+    },
+    /// The kubelet probing the pod (see `Kubelet`): dial `to` from `from`,
+    /// past STRICT and with no policy asked. AuthorizationPolicies cannot
+    /// name the kubelet (no identity; its address is whichever the host's
+    /// routing picks), so an ALLOW list of principals, or a DENY of
+    /// `notNamespaces`, would fail every probe and have the kubelet restart
+    /// the pod; Istio ambient lets probes past policy as well.
+    Probe {
+        to: SocketAddr,
+        from: SocketAddr,
     },
     Refuse(Refusal),
 }
@@ -89,6 +132,10 @@ pub enum Refusal {
     PoliciesNotSynced(NotSynced),
     /// Plaintext to a port under STRICT mTLS.
     Strict,
+    /// Plaintext under STRICT on an agent with no CA: no connection could
+    /// be mTLS, and STRICT still refuses every plaintext one (but the
+    /// kubelet's probes) rather than let the mode silently lapse.
+    StrictWithoutCa,
     /// Policy denies it; the decision goes to the access log and metrics.
     Denied(Decision),
 }
@@ -101,7 +148,7 @@ impl Refusal {
             Refusal::PoliciesNotSynced(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
             // Tunnels are mTLS; only plaintext meets STRICT.
-            Refusal::Strict => StatusCode::FORBIDDEN,
+            Refusal::Strict | Refusal::StrictWithoutCa => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -115,6 +162,10 @@ impl fmt::Display for Refusal {
                 write!(f, "policies not synced, refusing until they are: {e}")
             }
             Refusal::Strict => f.write_str("plaintext refused: STRICT mTLS (PeerAuthentication)"),
+            Refusal::StrictWithoutCa => f.write_str(
+                "plaintext refused: STRICT mTLS (PeerAuthentication), and this agent has no CA \
+                 (AgentConfig.ca) to carry mTLS; configure `ca` or make the PeerAuthentication PERMISSIVE",
+            ),
             Refusal::Denied(d) => f.write_str(&d.enforced.reason()),
         }
     }
@@ -129,12 +180,37 @@ pub fn delivery_source(dst: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, 0)
 }
 
-/// Decides a connection to `pod`. The checks run in the order that makes
-/// the cheapest, most certain refusal win: an address the pod does not
-/// have, traffic to the mesh itself, policies not yet readable (before
-/// STRICT and authorization, which would read an incomplete list), STRICT
-/// for plaintext, then authorization.
+/// Decides a connection to `pod` that cannot be the kubelet's (HBONE, the
+/// same-node hand-over: both carry a peer identity). See `decide`.
 pub fn admit(arrival: &Arrival<'_>, pod: &impl Recipient, rules: &Rules<'_>) -> Admit {
+    decide(arrival, pod, rules, &Kubelet::default())
+}
+
+/// Decides a plaintext connection to `pod`, which may be the kubelet's
+/// probe. See `decide`.
+pub fn admit_plaintext(
+    arrival: &Arrival<'_>,
+    pod: &impl Recipient,
+    rules: &Rules<'_>,
+    kubelet: &Kubelet<'_>,
+) -> Admit {
+    decide(arrival, pod, rules, kubelet)
+}
+
+/// The checks run in the order that makes the cheapest, most certain
+/// refusal win: an address the pod does not have, traffic to the mesh
+/// itself, then the kubelet's probes (which no policy decides, so they
+/// pass even while policies are not synced: a liveness probe refused until
+/// then would have every meshed pod restarted while the API server is
+/// unreachable), policies not yet readable (before STRICT and
+/// authorization, which would read an incomplete list), STRICT for
+/// plaintext, then authorization.
+fn decide(
+    arrival: &Arrival<'_>,
+    pod: &impl Recipient,
+    rules: &Rules<'_>,
+    kubelet: &Kubelet<'_>,
+) -> Admit {
     let Arrival {
         path,
         src,
@@ -149,14 +225,23 @@ pub fn admit(arrival: &Arrival<'_>, pod: &impl Recipient, rules: &Rules<'_>) -> 
     if let Err(why) = check_inbound(path, src, dst, rules.own_ports) {
         return Admit::Refuse(Refusal::SelfTraffic(why));
     }
+    if path == InboundPath::Plaintext && kubelet.probes(src.ip(), dst.port()) {
+        return Admit::Probe {
+            to: dst,
+            from: delivery_source(dst),
+        };
+    }
     if let Err(e) = rules.policies.sync.check() {
         return Admit::Refuse(Refusal::PoliciesNotSynced(e));
     }
     if path == InboundPath::Plaintext
-        && rules.mtls
         && rules.policies.mtls_mode(pod.target(), dst.port()) == MtlsMode::Strict
     {
-        return Admit::Refuse(Refusal::Strict);
+        return Admit::Refuse(if rules.mtls {
+            Refusal::Strict
+        } else {
+            Refusal::StrictWithoutCa
+        });
     }
     let decision = rules.policies.authorize(
         pod.target(),
@@ -275,8 +360,134 @@ mod tests {
     fn refusal(a: Admit) -> Refusal {
         match a {
             Admit::Refuse(r) => r,
-            Admit::Deliver { .. } => panic!("delivered"),
+            Admit::Deliver { .. } | Admit::Probe { .. } => panic!("delivered: {a:?}"),
         }
+    }
+
+    /// The node's addresses as the test bed has them: the bridge's (what a
+    /// connection from the node to its pods comes from) and the uplink's.
+    const NODE: [&str; 3] = ["10.1.0.254", "192.168.0.1", "fd00::fe"];
+
+    /// A plaintext connection as the 15006 listener decides it, for a pod
+    /// whose probes name 8080 and 8081.
+    fn probed(src: &str, dst: &str, set: &PolicySet, mtls: bool) -> Admit {
+        let own = OwnPorts::default();
+        let node: Vec<IpAddr> = NODE.iter().map(|a| a.parse().unwrap()).collect();
+        admit_plaintext(
+            &Arrival {
+                path: InboundPath::Plaintext,
+                src: addr(src),
+                dst: addr(dst),
+                source: None,
+            },
+            &pod(),
+            &Rules {
+                policies: set,
+                own_ports: &own,
+                mtls,
+            },
+            &Kubelet {
+                node_addrs: &node,
+                probe_ports: &[8080, 8081],
+            },
+        )
+    }
+
+    #[test]
+    fn the_kubelet_reaches_probe_ports_past_strict_policy_and_sync() {
+        let mut set = policies();
+        strict(&mut set);
+        deny_web(&mut set);
+        let probe = Admit::Probe {
+            to: addr("10.1.0.1:8080"),
+            from: addr("127.0.0.6:0"),
+        };
+        for mtls in [true, false] {
+            assert_eq!(
+                probed("10.1.0.254:5000", "10.1.0.1:8080", &set, mtls),
+                probe
+            );
+        }
+        // Any of the node's addresses, a v4-mapped one too, and over IPv6.
+        assert_eq!(
+            probed("[::ffff:192.168.0.1]:5000", "10.1.0.1:8080", &set, true),
+            probe
+        );
+        assert!(matches!(
+            probed("[fd00::fe]:5000", "[fd00::1]:8081", &set, true),
+            Admit::Probe { from, .. } if from == addr("[::1]:0")
+        ));
+        // Policies not listed yet: a probe needs none of them.
+        set.sync = PolicySync::default();
+        assert_eq!(
+            probed("10.1.0.254:5000", "10.1.0.1:8080", &set, true),
+            probe
+        );
+    }
+
+    #[test]
+    fn the_node_reaches_no_other_port_and_nobody_else_a_probe_port() {
+        let mut set = policies();
+        strict(&mut set);
+        // From the node, a port no probe names: STRICT as for anyone.
+        assert_eq!(
+            refusal(probed("10.1.0.254:5000", "10.1.0.1:9090", &set, true)),
+            Refusal::Strict
+        );
+        // A probe port from another pod, another node, or the pod's peer
+        // on the same bridge.
+        for src in ["10.1.0.2:5000", "10.2.0.1:5000", "192.168.0.2:5000"] {
+            assert_eq!(
+                refusal(probed(src, "10.1.0.1:8080", &set, true)),
+                Refusal::Strict,
+                "{src}"
+            );
+        }
+        // Without a CA the same, with its own reason.
+        assert_eq!(
+            refusal(probed("10.1.0.2:5000", "10.1.0.1:8080", &set, false)),
+            Refusal::StrictWithoutCa
+        );
+        // Under PERMISSIVE the node's other ports are plaintext like any:
+        // authorized, here denied by policy.
+        let mut set = policies();
+        deny_web(&mut set);
+        assert!(matches!(
+            refusal(probed("10.1.0.254:5000", "10.1.0.1:9090", &set, true)),
+            Refusal::Denied(_)
+        ));
+        assert!(matches!(
+            probed("10.1.0.254:5000", "10.1.0.1:8080", &set, true),
+            Admit::Probe { .. }
+        ));
+    }
+
+    #[test]
+    fn a_probe_port_that_is_the_meshs_own_is_still_refused() {
+        let own = OwnPorts::default();
+        let node: [IpAddr; 1] = ["10.1.0.254".parse().unwrap()];
+        let r = admit_plaintext(
+            &Arrival {
+                path: InboundPath::Plaintext,
+                src: addr("10.1.0.254:5000"),
+                dst: addr("10.1.0.1:15006"),
+                source: None,
+            },
+            &pod(),
+            &Rules {
+                policies: &policies(),
+                own_ports: &own,
+                mtls: true,
+            },
+            &Kubelet {
+                node_addrs: &node,
+                probe_ports: &[15006],
+            },
+        );
+        assert_eq!(
+            refusal(r),
+            Refusal::SelfTraffic(SelfTraffic::OwnPort(15006))
+        );
     }
 
     #[test]
@@ -422,7 +633,7 @@ mod tests {
     }
 
     #[test]
-    fn strict_refuses_only_plaintext_and_only_with_a_ca() {
+    fn strict_refuses_only_plaintext_with_a_ca_or_without() {
         let mut set = policies();
         strict(&mut set);
         let r = refusal(decide(
@@ -438,14 +649,31 @@ mod tests {
             r.to_string(),
             "plaintext refused: STRICT mTLS (PeerAuthentication)"
         );
-        // Without a CA nothing could be mTLS: STRICT cannot apply.
+        // Without a CA nothing could be mTLS: STRICT still refuses, and
+        // says what is missing.
+        let r = refusal(decide(
+            InboundPath::Plaintext,
+            "10.2.0.1:4000",
+            "10.1.0.1:8080",
+            None,
+            &set,
+            false,
+        ));
+        assert_eq!(r, Refusal::StrictWithoutCa);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(
+            r.to_string().contains("no CA (AgentConfig.ca)")
+                && r.to_string().contains("PERMISSIVE"),
+            "{r}"
+        );
+        // PERMISSIVE without a CA forwards plaintext, as before.
         assert!(matches!(
             decide(
                 InboundPath::Plaintext,
                 "10.2.0.1:4000",
                 "10.1.0.1:8080",
                 None,
-                &set,
+                &policies(),
                 false
             ),
             Admit::Deliver { .. }
