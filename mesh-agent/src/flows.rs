@@ -2,9 +2,8 @@
 //! announced when it opens and again, with its counts, when it closes. The
 //! records feed the flow metrics, and each closed one is logged at debug.
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::Duration,
 };
 
@@ -18,32 +17,6 @@ use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
 use crate::{pod::PodContext, proxy::state::ProxyState};
-
-/// Netns cookie → enrolled pod, for naming kernel records.
-#[derive(Default)]
-pub struct PodDirectory(RwLock<BTreeMap<u64, Arc<PodContext>>>);
-
-impl PodDirectory {
-    pub fn by_cookie(&self, cookie: u64) -> Option<Arc<PodContext>> {
-        self.0.read().unwrap().get(&cookie).cloned()
-    }
-
-    pub fn set<'a>(&self, pods: impl Iterator<Item = &'a Arc<PodContext>>) {
-        *self.0.write().unwrap() = pods.map(|p| (p.netns_cookie, p.clone())).collect();
-    }
-
-    pub fn pods(&self) -> Vec<Arc<PodContext>> {
-        self.0.read().unwrap().values().cloned().collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.read().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 fn addr(ip: [u8; 16], port: u16) -> SocketAddr {
     let v6 = Ipv6Addr::from(ip);
@@ -59,7 +32,7 @@ pub fn parse(bytes: &[u8]) -> Option<FlowRecord> {
         .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowRecord>()) })
 }
 
-pub async fn run(ring: RingBuf<MapData>, pods: Arc<PodDirectory>, state: Arc<ProxyState>) {
+pub async fn run(ring: RingBuf<MapData>, state: Arc<ProxyState>) {
     // SAFETY: the AsyncFd owns the ring buffer, so its fd outlives the registration.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
         Ok(fd) => fd,
@@ -79,7 +52,7 @@ pub async fn run(ring: RingBuf<MapData>, pods: Arc<PodDirectory>, state: Arc<Pro
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             if let Some(rec) = parse(&item) {
-                record(&rec, &pods, &state);
+                record(&rec, &state);
             }
         }
         guard.clear_ready();
@@ -104,8 +77,8 @@ fn labels(rec: &FlowRecord, pod: Option<&PodContext>, state: &ProxyState) -> Flo
     }
 }
 
-fn record(rec: &FlowRecord, pods: &PodDirectory, state: &ProxyState) {
-    let pod = pods.by_cookie(rec.netns);
+fn record(rec: &FlowRecord, state: &ProxyState) {
+    let pod = state.local.by_cookie(rec.netns);
     let labels = labels(rec, pod.as_deref(), state);
     let flows = &state.telemetry.flows;
     if rec.end_ns == 0 {

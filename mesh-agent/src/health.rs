@@ -18,7 +18,7 @@ use prometheus_client::{
 
 use self::sampler::DatapathSampler;
 pub use self::sampler::{DatapathSample, SampleJson};
-use crate::{flows::PodDirectory, proxy::state::ProxyState};
+use crate::proxy::state::ProxyState;
 
 /// Pods not enrolled named one by one in `mesh status`; the rest counted.
 const MAX_NAMED_PENDING: usize = 10;
@@ -33,7 +33,6 @@ pub struct NodeHealth {
     pub discovery: String,
     pub cgroup_root: PathBuf,
     pub state: Arc<ProxyState>,
-    pub directory: Arc<PodDirectory>,
     /// Pods that should be enrolled and are not, each with its reason.
     pending: RwLock<Vec<String>>,
     sampler: Arc<DatapathSampler>,
@@ -52,7 +51,6 @@ impl NodeHealth {
         discovery: String,
         cgroup_root: PathBuf,
         state: Arc<ProxyState>,
-        directory: Arc<PodDirectory>,
     ) -> Arc<Self> {
         // Weak: the thread must not keep the datapath (and its maps) alive.
         let datapath = Arc::downgrade(&state.datapath);
@@ -65,7 +63,6 @@ impl NodeHealth {
             discovery,
             cgroup_root,
             state,
-            directory,
             pending: Default::default(),
             sampler,
         });
@@ -112,7 +109,7 @@ impl NodeHealth {
             .unwrap_or_default();
         let now = SystemTime::now();
         let soonest = certs.iter().filter_map(|c| c.not_after).min();
-        let enrolled = self.directory.len();
+        let enrolled = self.state.local.len();
         let pending_pods = self.pending.read().unwrap().clone();
         let pending = pending_pods.len();
         let ready = telemetry.is_ready();

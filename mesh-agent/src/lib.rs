@@ -7,6 +7,7 @@ pub mod cni;
 pub mod datapath;
 pub mod flows;
 pub mod health;
+pub mod local_pods;
 pub mod memory;
 pub mod netns;
 pub mod netns_finder;

@@ -23,7 +23,6 @@ use crate::{
     admin::{Listeners, LogControl},
     datapath::Datapath,
     flows,
-    flows::PodDirectory,
     health::NodeHealth,
     netns::Netns,
     netns_finder,
@@ -88,7 +87,6 @@ pub struct Node {
     state: Arc<ProxyState>,
     /// Enrolled pods by uid.
     pods: BTreeMap<String, PodRuntime>,
-    directory: Arc<PodDirectory>,
     views: watch::Receiver<Published>,
     discovery: Option<(Discovery, Publisher)>,
     /// Pods that should be enrolled but are not yet (netns not found, an
@@ -277,13 +275,11 @@ impl Node {
             config.agent.limits.clone(),
             OwnPorts::new(&config.agent.telemetry),
         ));
-        let directory = Arc::new(PodDirectory::default());
         let health = NodeHealth::new(
             config.agent.node_name.clone(),
             format!("{:?}", config.agent.discovery).to_lowercase(),
             config.agent.cgroup_root.clone(),
             state.clone(),
-            directory.clone(),
         );
         let mut node = Node {
             cni: crate::cni::NodeCni::start(&config.agent, views.clone()).await?,
@@ -291,7 +287,6 @@ impl Node {
             datapath,
             state,
             pods: BTreeMap::new(),
-            directory,
             views,
             discovery: Some((discovery, publisher)),
             pending: BTreeMap::new(),
@@ -454,8 +449,7 @@ impl Node {
             }
         }
         let contexts: Vec<_> = self.pods.values().map(PodRuntime::context).collect();
-        self.directory.set(contexts.iter());
-        self.state.set_local_pods(contexts.iter());
+        self.state.local.set(contexts.iter());
         for (pod, reason) in &pending {
             if self.pending.get(pod) != Some(reason) {
                 warn!(pod = %pod, reason = %reason, "pod should be enrolled but is not; retrying");
@@ -540,9 +534,9 @@ impl Node {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(ring) = self.datapath.take_flow_events() {
-            let (directory, state) = (self.directory.clone(), self.state.clone());
+            let state = self.state.clone();
             tasks.spawn(async move {
-                flows::run(ring, directory, state).await;
+                flows::run(ring, state).await;
                 "flow events"
             });
         }

@@ -98,8 +98,9 @@ pub fn dump(health: &NodeHealth) -> ConfigDump {
         trust_domain: view.trust_domain.clone(),
         root_namespace: view.policies.root_namespace.clone(),
         enrolled: health
-            .directory
-            .pods()
+            .state
+            .local
+            .all()
             .iter()
             .map(|p| EnrolledPod {
                 pod: p.key.clone(),

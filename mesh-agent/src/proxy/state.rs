@@ -4,7 +4,6 @@
 //! is configured. Views are replaced whole on a config change, so a
 //! connection decides against one consistent snapshot.
 use std::{
-    collections::HashMap,
     net::IpAddr,
     sync::{Arc, RwLock},
 };
@@ -16,7 +15,7 @@ use mesh_telemetry::Telemetry;
 use tokio::sync::watch;
 
 use super::{admission::Admission, balancer::Balancer, own_ports::OwnPorts};
-use crate::{datapath::Datapath, pod::PodContext};
+use crate::{datapath::Datapath, local_pods::LocalPods, pod::PodContext};
 
 /// mTLS parts, present when the agent has a CA.
 pub struct Mtls {
@@ -28,7 +27,8 @@ pub struct Mtls {
 
 pub struct ProxyState {
     view: RwLock<Arc<MeshView>>,
-    local: RwLock<HashMap<IpAddr, Arc<PodContext>>>,
+    /// This node's enrolled pods (the one registry; see `local_pods`).
+    pub local: LocalPods,
     pub datapath: Arc<Datapath>,
     pub mtls: Option<Mtls>,
     pub balancer: Balancer,
@@ -53,7 +53,7 @@ impl ProxyState {
         Self {
             telemetry,
             view: RwLock::default(),
-            local: RwLock::default(),
+            local: LocalPods::default(),
             datapath,
             mtls,
             balancer: Balancer::default(),
@@ -84,16 +84,6 @@ impl ProxyState {
 
     /// An enrolled pod of this node at `ip`.
     pub fn local_pod(&self, ip: IpAddr) -> Option<Arc<PodContext>> {
-        self.local.read().unwrap().get(&ip.to_canonical()).cloned()
-    }
-
-    pub fn set_local_pods<'a>(&self, pods: impl Iterator<Item = &'a Arc<PodContext>>) {
-        let mut map = HashMap::new();
-        for p in pods {
-            for ip in &p.ips {
-                map.insert(*ip, p.clone());
-            }
-        }
-        *self.local.write().unwrap() = map;
+        self.local.by_ip(ip)
     }
 }
