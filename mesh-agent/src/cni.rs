@@ -13,9 +13,10 @@
 //! discovery view and passes the decision to the node's loop
 //! (`NodeRequest`), which enrolls through `PodRuntime::enroll` and answers
 //! once the pod's listeners and datapath entries are in place. What a
-//! sandbox announced (`NodeCni`) then stands in for the `mesh.io/netns`
-//! annotation (local mode) and for the pod's addresses until the API has
-//! them (Kubernetes mode), so reconcile keeps the pod enrolled.
+//! sandbox announced (`NodeCni`) then names the pod's netns for reconcile
+//! in either discovery mode (in place of the `mesh.io/netns` annotation or
+//! a search of /proc), and its addresses until the API lists them, so
+//! reconcile keeps the pod enrolled there.
 use std::{
     collections::BTreeMap,
     future::Future,
