@@ -2,6 +2,7 @@
 //! Istio's TCP metrics, the kernel flow metrics, policy decisions, and the
 //! agent's health, in one Prometheus registry; plus the switch for access
 //! logs and the "bytes in the last minute" that `mesh status` shows.
+pub mod connection;
 pub mod flows;
 pub mod labels;
 pub mod refusals;

@@ -6,6 +6,7 @@ use std::{io, net::SocketAddr, time::Instant};
 
 use mesh_hbone::relay::Transferred;
 use mesh_policy::Decision;
+pub use mesh_telemetry::connection::{Direction, Outcome, Security};
 use mesh_telemetry::{
     labels::{UNKNOWN, WorkloadLabels},
     tcp::{Peer, TcpLabels},
@@ -14,43 +15,6 @@ use tracing::{info, warn};
 
 use super::state::ProxyState;
 use crate::pod::PodContext;
-
-#[derive(Debug, Clone, Copy)]
-pub enum Direction {
-    /// The pod opened it; downstream is the pod's app.
-    Outbound,
-    /// Someone connected to the pod; upstream is the pod's app.
-    Inbound,
-}
-
-impl Direction {
-    fn as_str(self) -> &'static str {
-        match self {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        }
-    }
-}
-
-/// How the connection crossed between workloads (Istio's
-/// connection_security_policy, plus the same-node path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Security {
-    MutualTls,
-    /// Both ends on this node: handed over in-process, never on a wire.
-    Local,
-    None,
-}
-
-impl Security {
-    fn as_str(self) -> &'static str {
-        match self {
-            Security::MutualTls => "mutual_tls",
-            Security::Local => "local",
-            Security::None => "none",
-        }
-    }
-}
 
 /// A connection being proxied, as its log line will describe it.
 pub struct Connection<'a> {
@@ -139,13 +103,8 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Reporters of this connection: both when both ends are this node's.
     fn reporters(&self) -> &'static [&'static str] {
-        match (self.security, self.direction) {
-            (Security::Local, _) => &["source", "destination"],
-            (_, Direction::Outbound) => &["source"],
-            (_, Direction::Inbound) => &["destination"],
-        }
+        self.security.reporters(self.direction)
     }
 
     fn tcp_labels(
@@ -160,12 +119,7 @@ impl<'a> Connection<'a> {
             destination,
             self.service.as_deref(),
             flags,
-            match self.security {
-                Security::MutualTls => "mutual_tls",
-                // Same-node hand-over is authenticated in-process.
-                Security::Local => "mutual_tls",
-                Security::None => "none",
-            },
+            self.security.policy_label(),
         )
     }
 
@@ -191,7 +145,7 @@ impl<'a> Connection<'a> {
         }
     }
 
-    fn finish(&mut self, result: &str, error: Option<String>, t: Transferred) {
+    fn finish(&mut self, outcome: Outcome, t: Transferred) {
         // Both ends are looked up once, for the counters and the log line.
         let peers = match self.ends.take() {
             Some(p) => p,
@@ -200,14 +154,7 @@ impl<'a> Connection<'a> {
         if !self.opened {
             self.count_opened(&peers);
         }
-        // Envoy's response flags, as Istio reports them.
-        let flags = match result {
-            "ok" => "-",
-            "denied" => "RBAC",
-            "connect_failed" => "UF",
-            "refused" => "NR",
-            _ => "UR",
-        };
+        let flags = outcome.response_flags();
         let labels = if flags == "-" {
             std::mem::take(&mut self.open_labels)
         } else {
@@ -253,23 +200,22 @@ impl<'a> Connection<'a> {
             bytes_sent = sent,
             bytes_received = received,
             duration_ms = self.started.elapsed().as_millis() as u64,
-            result,
-            error,
+            result = outcome.result(),
+            error = outcome.error(),
             "connection closed"
         );
     }
 
     pub fn connect_failed(&mut self, error: &dyn std::fmt::Display) {
         self.finish(
-            "connect_failed",
-            Some(error.to_string()),
+            Outcome::ConnectFailed(error.to_string()),
             Transferred::default(),
         );
     }
 
     /// Refused before reaching the app for a reason other than policy.
     pub fn refused(&mut self, reason: &str) {
-        self.finish("refused", Some(reason.to_owned()), Transferred::default());
+        self.finish(Outcome::Refused(reason.to_owned()), Transferred::default());
     }
 
     /// Logs what policy decided (and what dry-run policies would have);
@@ -293,8 +239,7 @@ impl<'a> Connection<'a> {
             return true;
         }
         self.finish(
-            "denied",
-            Some(decision.enforced.reason()),
+            Outcome::Denied(decision.enforced.reason()),
             Transferred::default(),
         );
         false
@@ -302,8 +247,8 @@ impl<'a> Connection<'a> {
 
     pub fn closed(&mut self, result: &io::Result<Transferred>) {
         match result {
-            Ok(t) => self.finish("ok", None, *t),
-            Err(e) => self.finish("reset", Some(e.to_string()), Transferred::default()),
+            Ok(t) => self.finish(Outcome::Ok, *t),
+            Err(e) => self.finish(Outcome::Reset(e.to_string()), Transferred::default()),
         }
     }
 }
@@ -313,7 +258,7 @@ impl Drop for Connection<'_> {
     /// (a task cancelled mid-relay) still leaves the counts right.
     fn drop(&mut self) {
         if !self.finished {
-            self.finish("reset", Some("abandoned".into()), Transferred::default());
+            self.finish(Outcome::Reset("abandoned".into()), Transferred::default());
         }
     }
 }
