@@ -11,7 +11,7 @@
 //! connection within deadlines and a size limit and hands it to an
 //! `Enroller`. The node's enroller (`NodeEnroller`) finds the pod in the
 //! discovery view and passes the decision to the node's loop
-//! (`NodeRequest`), which enrolls through `PodRuntime::enroll` and answers
+//! (`NodeRequest`), which enrolls through `enrollment::PodRuntime::enroll` and answers
 //! once the pod's listeners and datapath entries are in place. What a
 //! sandbox announced (`NodeCni`) then names the pod's netns for reconcile
 //! in either discovery mode (in place of the `mesh.io/netns` annotation or

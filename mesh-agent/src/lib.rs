@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod cni;
 pub mod datapath;
+pub mod enrollment;
 pub mod flows;
 pub mod health;
 pub mod local_pods;

@@ -22,12 +22,11 @@ use tracing::{error, info, warn};
 use crate::{
     admin::{Listeners, LogControl},
     datapath::Datapath,
+    enrollment::PodRuntime,
     flows,
     health::NodeHealth,
     netns::Netns,
-    netns_finder,
-    pod::PodRuntime,
-    preflight,
+    netns_finder, preflight,
     proxy::{
         RelayMode,
         own_ports::OwnPorts,

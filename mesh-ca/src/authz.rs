@@ -6,39 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use mesh_identity::Identity;
 
 use super::config::CaFile;
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AuthzError {
-    #[error("no bearer token in the `authorization` metadata")]
-    NoToken,
-    #[error("the bearer token belongs to no known node")]
-    UnknownToken,
-    #[error("{identity} is not in trust domain {trust_domain}")]
-    TrustDomain {
-        identity: String,
-        trust_domain: String,
-    },
-    #[error("node {node} runs no pod with identity {identity}")]
-    NotOnNode { node: String, identity: String },
-    #[error("credential refused: {0}")]
-    Rejected(String),
-    #[error("cannot check the caller now: {0}")]
-    Backend(String),
-}
-
-impl AuthzError {
-    pub fn status(&self) -> tonic::Status {
-        match self {
-            AuthzError::NoToken | AuthzError::UnknownToken | AuthzError::Rejected(_) => {
-                tonic::Status::unauthenticated(self.to_string())
-            }
-            AuthzError::TrustDomain { .. } | AuthzError::NotOnNode { .. } => {
-                tonic::Status::permission_denied(self.to_string())
-            }
-            AuthzError::Backend(_) => tonic::Status::unavailable(self.to_string()),
-        }
-    }
-}
+pub use super::error::AuthzError;
 
 /// Who decides: the local file's tokens and pods, or the Kubernetes API.
 pub enum Authority {

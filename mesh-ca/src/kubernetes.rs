@@ -23,7 +23,7 @@ use mesh_identity::Identity;
 use serde::Deserialize;
 
 use super::{
-    authz::AuthzError,
+    error::AuthzError,
     root::{self, Root, RootError},
 };
 

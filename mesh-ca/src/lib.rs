@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod command;
 pub mod config;
+pub mod error;
 pub mod kubernetes;
 pub mod root;
 pub mod server;
