@@ -86,6 +86,11 @@ impl mesh_hbone::client::Dial for PodContext {
         to: SocketAddr,
         timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>> {
-        Box::pin(proxy::connector::agent_connect(self, None, to, timeout))
+        Box::pin(proxy::connector::agent_connect(
+            &self.sockets,
+            None,
+            to,
+            timeout,
+        ))
     }
 }

@@ -7,7 +7,7 @@ use socket2::{Domain, SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::{established, zero_copy};
-use crate::pod::PodContext;
+use crate::netns::SocketFactory;
 
 /// How a TCP-to-TCP relay moves bytes. Zero-copy splice(2) cannot read what
 /// sk_msg redirected into a socket (that sits in the psock's queue, not the
@@ -61,7 +61,7 @@ pub fn keepalive(socket: SockRef<'_>) {
 /// retries). The connect programs leave it alone because this process's
 /// cgroup makes it, not because of anything on the socket.
 pub async fn agent_connect(
-    pod: &PodContext,
+    sockets: &SocketFactory,
     bind: Option<SocketAddr>,
     to: SocketAddr,
     timeout: Duration,
@@ -71,7 +71,7 @@ pub async fn agent_connect(
     } else {
         Domain::IPV6
     };
-    let socket = pod.sockets.socket(domain)?;
+    let socket = sockets.socket(domain)?;
     socket.set_tcp_nodelay(true)?;
     keepalive(SockRef::from(&socket));
     if let Some(addr) = bind {

@@ -122,7 +122,7 @@ impl Handler for PodHandler {
             return;
         }
         let delivery = agent_connect(
-            pod,
+            &pod.sockets,
             Some(delivery_source(dst)),
             dst,
             state.limits.connect_timeout,

@@ -288,7 +288,12 @@ pub async fn deliver(
         return;
     };
     let _ = downstream.set_nodelay(true);
-    let delivery = agent_connect(target, Some(from), to, state.limits.connect_timeout);
+    let delivery = agent_connect(
+        &target.sockets,
+        Some(from),
+        to,
+        state.limits.connect_timeout,
+    );
     let mut upstream = match delivery.await {
         Ok(s) => s,
         Err(e) => {

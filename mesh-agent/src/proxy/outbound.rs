@@ -169,7 +169,7 @@ async fn connect(
             conn.security = Security::None;
             conn.source_identity = None;
             conn.destination_identity = None;
-            agent_connect(pod, None, target, state.limits.connect_timeout)
+            agent_connect(&pod.sockets, None, target, state.limits.connect_timeout)
                 .await
                 .map(Upstream::Plain)
         }
