@@ -442,7 +442,8 @@ impl Node {
                     self.pods.insert(uid, rt);
                 }
                 Err(e) => {
-                    error!(pod = %spec.key(), error = %e, "pod not enrolled");
+                    // Logged below when the reason is new, not on every
+                    // retry (once a second).
                     pending.insert(spec.key(), e.to_string());
                 }
             }

@@ -116,3 +116,53 @@ fn a_pod_recreated_under_its_name_while_the_agent_was_down_is_captured_again() {
     assert_eq!(new_links.len(), 2, "{new_links:?}");
     assert_ne!(old_links, new_links);
 }
+
+#[test]
+fn a_pod_that_cannot_be_enrolled_is_named_with_the_reason_and_enrolled_once_it_can() {
+    mesh_testbed::require_root!();
+    let mut c = Cluster::start(
+        ClusterSpec::new(&[&["a", "b"]])
+            .plaintext()
+            .without_agents(),
+    )
+    .unwrap();
+    // The app in b already holds the agent's outbound port: b cannot be
+    // enrolled until it lets go.
+    let squatter = c.serve("b", "15001", "ident").unwrap();
+    c.start_agent(0).unwrap();
+    let line = c
+        .wait_agent_log(0, "b reported", |l| {
+            l["message"] == "pod should be enrolled but is not; retrying"
+                && l["pod"] == "default/b"
+        })
+        .unwrap();
+    assert!(
+        line["reason"].as_str().unwrap().contains("15001"),
+        "the reason names the port: {line}"
+    );
+    let (code, text) = c.mesh_cli(0, &["status"]).unwrap();
+    assert_eq!(
+        code, 2,
+        "an agent with a pod it cannot enroll is unhealthy: {text}"
+    );
+    assert!(
+        text.contains("not enrolled: default/b") && text.contains("15001"),
+        "{text}"
+    );
+    let metrics = c.metrics(0).unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "mesh_pending_pods 1"),
+        "{metrics}"
+    );
+
+    drop(squatter);
+    c.wait_agent_log(0, "b enrolled", |l| {
+        l["message"] == "pod enrolled" && l["pod"] == "default/b"
+    })
+    .unwrap();
+    sys::wait_for("mesh status healthy", T, || {
+        let (code, _) = c.mesh_cli(0, &["status"]).ok()?;
+        (code == 0).then_some(())
+    })
+    .unwrap();
+}
