@@ -14,11 +14,13 @@ use super::{
 };
 
 /// The test bed finds binaries next to its executable; point it at release
-/// builds, and the agent at `agent`.
+/// builds, and the agent at `agent` (the `mesh` CLI is built beside it,
+/// in target/release or target/dist).
 pub fn use_release_binaries(agent: &Path) {
     let release = crate::workspace().join("target/release");
     unsafe {
         std::env::set_var("MESH_AGENT_BIN", agent);
+        std::env::set_var("MESH_CLI_BIN", agent.with_file_name("mesh"));
         std::env::set_var("MESHTB_BIN", release.join("meshtb"));
         std::env::set_var("HBONEPROBE_BIN", release.join("hboneprobe"));
     }
