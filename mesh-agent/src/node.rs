@@ -261,7 +261,7 @@ impl Node {
             Some(ca) => Some(mtls(ca, &config.agent.trust_domain, &config.agent.limits)?),
             None => {
                 warn!(
-                    "no CA configured (AgentConfig.ca): traffic between nodes is forwarded as plaintext"
+                    "no CA configured (AgentConfig.ca): traffic between nodes is forwarded as plaintext, and pods under PeerAuthentication STRICT refuse plaintext"
                 );
                 None
             }
