@@ -4,7 +4,13 @@
 //! succeeds only once the agent has enrolled the pod (or said it is not in
 //! the mesh), so no packet reaches the pod's app before the mesh holds it.
 //!
+//! `install` puts the plugin on a node (`mesh-cni install`): the binary
+//! into the runtime's plugin dir, its entry into the network config that
+//! `conflist` edits.
+//!
 //! `protocol` is shared with the agent (`mesh_agent::cni`); this crate uses
 //! nothing else of the workspace.
+pub mod conflist;
+pub mod install;
 pub mod plugin;
 pub mod protocol;

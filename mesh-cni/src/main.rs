@@ -1,4 +1,6 @@
-//! `mesh-cni`: run by the container runtime, never by hand (see `plugin`).
+//! `mesh-cni`: the CNI plugin the container runtime runs (see `plugin`),
+//! and `mesh-cni install` / `uninstall`, which put it on a node (see
+//! `install`).
 use std::io::{Read, Write};
 
 use mesh_cni::plugin::{self, CniError, Env};
@@ -8,6 +10,22 @@ use mesh_cni::plugin::{self, CniError, Env};
 const MAX_STDIN: u64 = 1024 * 1024;
 
 fn main() {
+    // A runtime always sets CNI_COMMAND and passes no arguments (CNI spec,
+    // "Parameters"); whenever it is set the binary is the plugin, exactly
+    // as before install existed. Only a person or an init container runs
+    // it with arguments and without CNI_COMMAND.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if std::env::var_os("CNI_COMMAND").is_none() && !args.is_empty() {
+        let args: Result<Vec<String>, _> = args.into_iter().map(|a| a.into_string()).collect();
+        let code = match args {
+            Ok(args) => mesh_cni::install::main(&args),
+            Err(bad) => {
+                eprintln!("mesh-cni: argument {bad:?} is not UTF-8");
+                2
+            }
+        };
+        std::process::exit(code);
+    }
     // Whatever blocks (a runtime that never closes stdin, an agent socket
     // whose backlog is full), the plugin answers within this and exits:
     // a runtime waits on it with the sandbox's lock held.

@@ -202,16 +202,16 @@ impl NetConf {
     fn settings(&self) -> Result<Settings, CniError> {
         let timeout = match &self.timeout {
             None => DEFAULT_TIMEOUT,
-            Some(t) => humantime::parse_duration(t)
-                .ok()
-                .filter(|d| !d.is_zero() && *d <= MAX_TIMEOUT)
-                .ok_or_else(|| {
-                    CniError::new(
-                        code::INVALID_CONFIG,
-                        format!("timeout: {t:?} is not a duration between 0s and {}s", MAX_TIMEOUT.as_secs()),
-                        "write it as e.g. \"10s\" or \"2500ms\" in the mesh-cni entry of the conflist",
-                    )
-                })?,
+            Some(t) => parse_timeout(t).ok_or_else(|| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "timeout: {t:?} is not a duration between 0s and {}s",
+                        MAX_TIMEOUT.as_secs()
+                    ),
+                    "write it as e.g. \"10s\" or \"2500ms\" in the mesh-cni entry of the conflist",
+                )
+            })?,
         };
         Ok(Settings {
             socket: self
@@ -236,6 +236,15 @@ impl NetConf {
             )
         })
     }
+}
+
+/// A `timeout` the plugin accepts: a duration above zero and at most
+/// `MAX_TIMEOUT`. `mesh-cni install` checks its `--timeout` with this, so
+/// that it never writes an entry every ADD would refuse.
+pub fn parse_timeout(t: &str) -> Option<Duration> {
+    humantime::parse_duration(t)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= MAX_TIMEOUT)
 }
 
 /// The pod's addresses from a result (`ips[].address`, "10.244.1.7/24").
@@ -294,7 +303,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
         CniError::new(
             code::INVALID_ENV,
             "CNI_COMMAND is not set",
-            "mesh-cni is run by a container runtime as a CNI plugin, with CNI_COMMAND=ADD, DEL, CHECK, GC, STATUS or VERSION",
+            "mesh-cni is run by a container runtime as a CNI plugin, with CNI_COMMAND=ADD, DEL, CHECK, GC, STATUS or VERSION; `mesh-cni install` puts it on a node (mesh-cni --help)",
         )
     })?;
     match command.as_str() {

@@ -1,9 +1,14 @@
 //! Checks of charts/mesh, run by `cargo xtask test` (and so CI): the real
 //! helm lints and renders it, kubernetes-validate checks every manifest
 //! against the Kubernetes schemas, the agent binary validates the config
-//! and flags the chart gives it, and the CRDs must equal what the agent's
-//! kube-derive types generate.
-use std::{path::Path, process::Command};
+//! and flags the chart gives it, the CNI installer runs with the args its
+//! containers get, and the CRDs must equal what the agent's kube-derive
+//! types generate.
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
@@ -19,6 +24,7 @@ const ALL_ON: &[&str] = &[
     "agent.splice=true",
     "crds.install=true",
     "ca.replicas=3",
+    "cni.enabled=true",
 ];
 
 fn helm_output(args: &[&str]) -> anyhow::Result<String> {
@@ -140,6 +146,175 @@ fn agent_accepts(
     Ok(())
 }
 
+/// What the mesh-cni containers must carry for a set of values.
+struct CniWant<'a> {
+    bin_dir: &'a str,
+    conf_dir: &'a str,
+    socket: &'a str,
+    /// The values' list with the release's namespace added.
+    excluded: &'a str,
+    timeout: &'a str,
+    poll: &'a str,
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_sequence()?.iter().find(|c| c["name"] == name)
+}
+
+/// A node's CNI dirs as the network plugin left them: Calico's conflist
+/// and binary.
+fn seed_node(dir: &Path) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let (bin, conf) = (dir.join("bin"), dir.join("net.d"));
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(&conf)?;
+    std::fs::write(bin.join("calico"), "#!/bin/sh\nexit 1\n")?;
+    std::fs::write(
+        conf.join("10-calico.conflist"),
+        r#"{"name":"k8s-pod-network","cniVersion":"0.3.1","plugins":[{"type":"calico","ipam":{"type":"calico-ipam"}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#,
+    )?;
+    Ok((bin, conf))
+}
+
+/// The DaemonSet's mesh-cni init and watch containers against the values,
+/// then the real `mesh-cni` run with the init container's args on a
+/// seeded node (the mounts replaced by temporary dirs): the entry it
+/// writes must say what the values say, and the watch container's args
+/// must keep it running.
+fn cni_installed(docs: &[Value], want: &CniWant<'_>, dir: &Path) -> anyhow::Result<()> {
+    let pod = &find(docs, "DaemonSet", "mesh-agent")?["spec"]["template"]["spec"];
+    let init = named(&pod["initContainers"], "install-cni")
+        .context("cni.enabled: the DaemonSet has no install-cni init container")?;
+    let watch = named(&pod["containers"], "watch-cni")
+        .context("cni.enabled: the DaemonSet has no watch-cni container")?;
+    ensure!(
+        pod["containers"][0]["name"] == "agent",
+        "the agent must stay the first container (kubectl exec without -c)"
+    );
+    let args = strings(&init["args"]);
+    let arg = |flag: &str| -> anyhow::Result<String> {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .with_context(|| format!("install-cni: no {flag} in its args {args:?}"))
+    };
+    ensure!(
+        args.first().map(String::as_str) == Some("install"),
+        "install-cni runs {args:?}, not `mesh-cni install`"
+    );
+    ensure!(
+        strings(&init["command"]) == ["/usr/local/bin/mesh-cni"],
+        "install-cni: command {:?} is not the image's /usr/local/bin/mesh-cni",
+        init["command"]
+    );
+    for (flag, value) in [
+        ("--agent-socket", want.socket),
+        ("--exclude-namespaces", want.excluded),
+        ("--timeout", want.timeout),
+    ] {
+        let got = arg(flag)?;
+        ensure!(
+            got == value,
+            "install-cni: {flag} {got:?}, the values say {value:?}"
+        );
+    }
+    // The dirs it is given are mounts of the values' host paths.
+    let mut mounted = Vec::new();
+    for (flag, host) in [
+        ("--cni-bin-dir", want.bin_dir),
+        ("--cni-conf-dir", want.conf_dir),
+    ] {
+        let path = arg(flag)?;
+        let mount = init["volumeMounts"]
+            .as_sequence()
+            .and_then(|m| m.iter().find(|m| m["mountPath"] == path.as_str()))
+            .with_context(|| format!("install-cni: {flag} {path} is not a mount"))?;
+        let volume = named(&pod["volumes"], mount["name"].as_str().unwrap_or_default())
+            .with_context(|| format!("install-cni: no volume {:?}", mount["name"]))?;
+        ensure!(
+            volume["hostPath"]["path"] == host,
+            "install-cni: {flag} {path} mounts {:?}, the values say {host}",
+            volume["hostPath"]
+        );
+        mounted.push(path);
+    }
+    let mut watch_args = args.clone();
+    watch_args.extend(["--watch".into(), "--poll-interval".into(), want.poll.into()]);
+    ensure!(
+        strings(&watch["args"]) == watch_args && watch["volumeMounts"] == init["volumeMounts"],
+        "watch-cni must run install-cni's args with --watch --poll-interval {} and its mounts: {:?}",
+        want.poll,
+        watch["args"]
+    );
+
+    let (bin, conf) = seed_node(&dir.join("cni-node"))?;
+    let local = |a: &String| -> String {
+        if *a == mounted[0] {
+            bin.display().to_string()
+        } else if *a == mounted[1] {
+            conf.display().to_string()
+        } else {
+            a.clone()
+        }
+    };
+    let exe = workspace().join("target/debug/mesh-cni");
+    let out = Command::new(&exe)
+        .args(args.iter().map(local))
+        .env_remove("CNI_COMMAND")
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    ensure!(
+        out.status.success(),
+        "install-cni: `mesh-cni {}` failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(conf.join("10-calico.conflist"))?)?;
+    let entry = list["plugins"]
+        .as_array()
+        .and_then(|p| p.last())
+        .context("the conflist lost its plugins")?;
+    let expected = serde_json::json!({
+        "type": "mesh-cni",
+        "agentSocket": want.socket,
+        "excludeNamespaces": want.excluded.split(',').collect::<Vec<_>>(),
+        "timeout": want.timeout,
+    });
+    ensure!(
+        *entry == expected,
+        "mesh-cni install wrote {entry}, the values say {expected}"
+    );
+    ensure!(
+        std::fs::read(bin.join("mesh-cni"))? == std::fs::read(&exe)?,
+        "mesh-cni install did not copy itself into the plugin dir"
+    );
+    // --watch never exits on its own; refused args exit at once.
+    let mut child = Command::new(&exe)
+        .args(watch_args.iter().map(local))
+        .env_remove("CNI_COMMAND")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            let out = child.wait_with_output()?;
+            bail!(
+                "watch-cni: `mesh-cni {}` exited ({status}):\n{}",
+                watch_args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill()?;
+    child.wait()?;
+    println!("chart: install-cni and watch-cni carry the values; mesh-cni install wrote {entry}");
+    Ok(())
+}
+
 pub fn check() -> anyhow::Result<usize> {
     let dir = workspace().join("target").join("chart-check");
     std::fs::create_dir_all(&dir)?;
@@ -255,6 +430,74 @@ pub fn check() -> anyhow::Result<usize> {
     );
     println!("chart: crds.install=false renders no CRD; a misspelt value is refused by name");
     checks += 2;
+
+    let defaults = CniWant {
+        bin_dir: "/opt/cni/bin",
+        conf_dir: "/etc/cni/net.d",
+        socket: "/var/run/mesh/cni.sock",
+        excluded: "kube-system,mesh-system",
+        timeout: "10s",
+        poll: "5s",
+    };
+    cni_installed(&render(&[])?, &defaults, &dir)?;
+    let custom = CniWant {
+        bin_dir: "/home/kubernetes/bin",
+        conf_dir: "/etc/kubernetes/cni/net.d",
+        socket: "/run/mesh/agent-cni.sock",
+        // The release's namespace listed already: not twice.
+        excluded: "kube-system,mesh-system,calico-system",
+        timeout: "2500ms",
+        poll: "30s",
+    };
+    let docs = render(&[
+        "cni.binDir=/home/kubernetes/bin",
+        "cni.confDir=/etc/kubernetes/cni/net.d",
+        "agent.cniSocket=/run/mesh/agent-cni.sock",
+        "cni.excludeNamespaces={kube-system,mesh-system,calico-system}",
+        "cni.timeout=2500ms",
+        "cni.pollInterval=30s",
+    ])?;
+    cni_installed(&docs, &custom, &dir)?;
+    let off = render(&["cni.enabled=false"])?;
+    let pod = &find(&off, "DaemonSet", "mesh-agent")?["spec"]["template"]["spec"];
+    let names = |key: &str| -> Vec<String> {
+        pod[key]
+            .as_sequence()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    ensure!(
+        names("initContainers").is_empty()
+            && names("containers") == ["agent"]
+            && !names("volumes")
+                .iter()
+                .any(|v| v == "cni-bin" || v == "cni-conf"),
+        "cni.enabled=false still renders the CNI installer: init {:?}, containers {:?}, volumes {:?}",
+        names("initContainers"),
+        names("containers"),
+        names("volumes")
+    );
+    let no_socket = helm_output(&[
+        "template",
+        "mesh",
+        "charts/mesh",
+        "--set",
+        "agent.cniSocket=",
+    ]);
+    ensure!(
+        no_socket
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("agent.cniSocket")),
+        "cni.enabled without agent.cniSocket must fail naming it: {no_socket:?}"
+    );
+    println!(
+        "chart: cni.enabled=false renders no installer; cni.enabled without agent.cniSocket is refused"
+    );
+    checks += 4;
     Ok(checks)
 }
 

@@ -31,8 +31,19 @@ const USE_FLAGS: [&str; 3] = [
     "-Clink-arg=-Wl,-z,pack-relative-relocs",
 ];
 
-/// The binaries the image carries: the agent (node and CA) and the CLI.
+/// The binaries the image carries: the agent (node and CA) and the CLI,
+/// built with the profile, and the CNI plugin ([`PLUGIN`]), built apart.
 const SHIPPED: [&str; 3] = ["mesh-agent", "mesh", "mesh-ca"];
+
+/// The CNI plugin. `mesh-cni install` copies it onto the node, where the
+/// container runtime execs it with the host's libraries, not the image's:
+/// linked dynamically against the image's glibc 2.36 (and with RELR,
+/// which needs ≥ 2.36 at load) it would not start on Ubuntu 22.04, RHEL 8
+/// or Amazon Linux 2 nodes. So it is linked statically (it resolves no
+/// names, the one thing static glibc cannot do), without the profile,
+/// which never ran it and would only mark all of it cold.
+const PLUGIN: &str = "mesh-cni";
+const PLUGIN_FLAGS: &str = "-Ctarget-feature=+crt-static";
 
 fn dir() -> PathBuf {
     workspace().join("target").join("pgo")
@@ -98,7 +109,7 @@ fn cargo_build(
 }
 
 /// Where the shipped binaries land, whichever way they were built:
-/// `target/dist/{mesh-agent,mesh,mesh-ca}` (the Dockerfile copies them from there).
+/// `target/dist/{mesh-agent,mesh,mesh-ca,mesh-cni}` (the Dockerfile copies them from there).
 pub fn dist() -> PathBuf {
     workspace().join("target").join("dist")
 }
@@ -171,8 +182,12 @@ fn build_for(host: &str, profile: &Path) -> anyhow::Result<PathBuf> {
     let agent = cargo_build(host, &dir().join("use"), &flags, &SHIPPED)?;
     let dist = dist();
     std::fs::create_dir_all(&dist)?;
-    for bin in SHIPPED {
-        let from = agent.with_file_name(bin);
+    let plugin = cargo_build(host, &dir().join("plugin"), PLUGIN_FLAGS, &[PLUGIN])?;
+    for (bin, from) in SHIPPED
+        .iter()
+        .map(|b| (*b, agent.with_file_name(b)))
+        .chain([(PLUGIN, plugin.with_file_name(PLUGIN))])
+    {
         std::fs::copy(&from, dist.join(bin))
             .with_context(|| format!("copying {}", from.display()))?;
     }
