@@ -209,64 +209,53 @@ impl Client {
         expected: Identity,
         early: &Bytes,
     ) -> Result<Tunnel, HboneError> {
-        open(self, origin, src, dst, expected, early).await
-    }
-}
-
-async fn open(
-    client: &Client,
-    origin: &Origin<'_>,
-    src: SocketAddr,
-    dst: SocketAddr,
-    expected: Identity,
-    early: &Bytes,
-) -> Result<Tunnel, HboneError> {
-    let (watch, cert) = current_cert(origin).await?;
-    let key = PoolKey {
-        source_pod: origin.key.to_owned(),
-        source_generation: cert.generation,
-        destination: expected,
-        address: SocketAddr::new(dst.ip(), mesh_common::HBONE_PORT),
-    };
-    let request = || -> Result<Request<()>, HboneError> {
-        Ok(Request::builder()
-            .method(Method::CONNECT)
-            .uri(dst.to_string())
-            .header("forwarded", forwarded_for(src))
-            .header("traceparent", new_traceparent())
-            .header(
-                "baggage",
-                format!(
-                    "k8s.namespace.name={},k8s.pod.name={}",
-                    origin.namespace, origin.name
-                ),
-            )
-            .body(())?)
-    };
-    // A pooled connection may have died since it was last used (peer
-    // restarted, idle close); then one fresh connection is tried.
-    if let Some(lease) = client.pool.checkout(&key) {
-        match connect_stream(lease, request()?, early, &client.buffers).await {
-            Ok(t) => return Ok(t),
-            Err(HboneError::H2(e)) => {
-                debug!(%dst, error = %e, "pooled HBONE connection failed; opening a new one");
+        let (watch, cert) = current_cert(origin).await?;
+        let key = PoolKey {
+            source_pod: origin.key.to_owned(),
+            source_generation: cert.generation,
+            destination: expected,
+            address: SocketAddr::new(dst.ip(), mesh_common::HBONE_PORT),
+        };
+        let request = || -> Result<Request<()>, HboneError> {
+            Ok(Request::builder()
+                .method(Method::CONNECT)
+                .uri(dst.to_string())
+                .header("forwarded", forwarded_for(src))
+                .header("traceparent", new_traceparent())
+                .header(
+                    "baggage",
+                    format!(
+                        "k8s.namespace.name={},k8s.pod.name={}",
+                        origin.namespace, origin.name
+                    ),
+                )
+                .body(())?)
+        };
+        // A pooled connection may have died since it was last used (peer
+        // restarted, idle close); then one fresh connection is tried.
+        if let Some(lease) = self.pool.checkout(&key) {
+            match connect_stream(lease, request()?, early, &self.buffers).await {
+                Ok(t) => return Ok(t),
+                Err(HboneError::H2(e)) => {
+                    debug!(%dst, error = %e, "pooled HBONE connection failed; opening a new one");
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
+        // Single flight: concurrent first connections to one destination wait
+        // for one new connection instead of each opening its own.
+        // The turn ends once a lease is in hand, so the waiters' CONNECTs go
+        // out together on the new connection, not one round trip after another.
+        let lease = {
+            let connecting = self.pool.connecting(&key);
+            let _turn = connecting.lock().await;
+            match self.pool.checkout(&key) {
+                Some(lease) => lease,
+                None => connect(self, origin, watch, key).await?,
+            }
+        };
+        connect_stream(lease, request()?, early, &self.buffers).await
     }
-    // Single flight: concurrent first connections to one destination wait
-    // for one new connection instead of each opening its own.
-    // The turn ends once a lease is in hand, so the waiters' CONNECTs go
-    // out together on the new connection, not one round trip after another.
-    let lease = {
-        let connecting = client.pool.connecting(&key);
-        let _turn = connecting.lock().await;
-        match client.pool.checkout(&key) {
-            Some(lease) => lease,
-            None => connect(client, origin, watch, key).await?,
-        }
-    };
-    connect_stream(lease, request()?, early, &client.buffers).await
 }
 
 async fn connect_stream(

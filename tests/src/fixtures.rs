@@ -12,3 +12,12 @@ spec:
 
 /// Service `web`'s virtual IP.
 pub const WEB_VIP: &str = "10.96.0.10";
+
+/// PeerAuthentication STRICT for namespace `default`: plaintext to its pods
+/// is refused.
+pub const STRICT: &str = r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec:
+  mtls: {mode: STRICT}
+"#;

@@ -12,17 +12,11 @@ use std::{
     time::Duration,
 };
 
+use mesh_testbed::fixtures::STRICT;
 use mesh_testbed::{Cluster, ClusterSpec};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(20);
-
-const STRICT: &str = r#"apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: default}
-spec:
-  mtls: {mode: STRICT}
-"#;
 
 /// What the test bed writes for the socket until each node gets its own.
 const SOCKET_PLACEHOLDER: &str = "/nonexistent/mesh-cni-placeholder.sock";

@@ -2,6 +2,7 @@
 //! bed: a real CA, real agents, real TLS between nodes.
 use std::time::Duration;
 
+use mesh_testbed::fixtures::STRICT;
 use mesh_testbed::{Cluster, ClusterSpec};
 use serde_json::Value;
 
@@ -170,13 +171,6 @@ fn authorization_allow_by_principal_deny_by_namespace_ports_and_dry_run() {
         .unwrap();
     assert_eq!(line["dry_run"], "denied by default/deny-all", "{line}");
 }
-
-const STRICT: &str = r#"apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: default}
-spec:
-  mtls: {mode: STRICT}
-"#;
 
 #[test]
 fn strict_refuses_plaintext_and_permissive_accepts_it() {

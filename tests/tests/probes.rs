@@ -5,15 +5,9 @@
 //! from the node's bridge address (10.244.<n>.1), as on a bridge CNI.
 use std::{net::SocketAddr, time::Duration};
 
+use mesh_testbed::fixtures::STRICT;
 use mesh_testbed::{Cluster, ClusterSpec};
 use serde_json::Value;
-
-const STRICT: &str = r#"apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: default}
-spec:
-  mtls: {mode: STRICT}
-"#;
 
 /// An ALLOW policy no plaintext matches: the probe passes it all the same.
 const ALLOW_ONLY_A: &str = r#"apiVersion: security.istio.io/v1
