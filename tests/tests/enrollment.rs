@@ -132,8 +132,7 @@ fn a_pod_that_cannot_be_enrolled_is_named_with_the_reason_and_enrolled_once_it_c
     c.start_agent(0).unwrap();
     let line = c
         .wait_agent_log(0, "b reported", |l| {
-            l["message"] == "pod should be enrolled but is not; retrying"
-                && l["pod"] == "default/b"
+            l["message"] == "pod should be enrolled but is not; retrying" && l["pod"] == "default/b"
         })
         .unwrap();
     assert!(
