@@ -925,6 +925,9 @@ impl Cluster {
             "via",
             &format!("10.244.{}.1", p.node),
         ])?;
+        // The node still maps the address to the old link's MAC; until that
+        // entry goes stale (seconds), frames to the pod would be lost.
+        ip(&["-n", &node, "neigh", "flush", "to", &p.ip.to_string()])?;
         Ok(())
     }
 

@@ -103,8 +103,10 @@ fn a_pod_recreated_under_its_name_while_the_agent_was_down_is_captured_again() {
     .unwrap();
 
     let srv = c.serve("b", "8080", "ident").unwrap();
-    let v = from_node(&c, "b");
-    assert_eq!(v["echoed"], true, "{v}");
+    sys::wait_for("the recreated pod to answer", T, || {
+        (from_node(&c, "b")["echoed"] == true).then_some(())
+    })
+    .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         delivered_by_agent(&srv),
