@@ -11,8 +11,8 @@ use h2::{Reason, RecvStream, SendStream, client::SendRequest};
 use http::{Method, Request, StatusCode};
 use mesh_hbone::{HboneError, server::Refused, stream};
 use support::{
-    App, Ca, Counter, Echo, HboneServer, LoopbackDial, Mode, Source, TRAILER, WAIT, client, raw_h2,
-    tcp_pair, within,
+    App, Bed, Ca, Counter, Echo, HboneServer, LoopbackDial, Mode, Source, TRAILER, WAIT, client,
+    raw_h2, tcp_pair, within,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -109,16 +109,14 @@ async fn a_tunnel_carries_early_data_both_directions_and_a_half_close() {
 
 #[tokio::test]
 async fn tunnels_from_one_origin_to_one_destination_share_a_connection() {
-    let ca = Ca::new("mesh root");
-    let db = ca.svid("shop", "db");
-    let server = HboneServer::start(&ca.bundle(), &db, Mode::Relay, WAIT).await;
-    let echo = Echo::start().await;
-    let web = Source::new(
-        "web-0",
-        ca.svid("shop", "web"),
-        LoopbackDial::to(server.addr),
-    );
-    let client = client(ca.bundle());
+    let Bed {
+        ca,
+        db,
+        server,
+        echo,
+        web,
+        client,
+    } = Bed::start(Mode::Relay, WAIT).await;
 
     let mut a = App::open(&client, &web, echo.addr, &db.identity).await;
     let mut b = App::open(&client, &web, echo.addr, &db.identity).await;
@@ -409,16 +407,14 @@ async fn requests_other_than_connect_to_an_address_never_reach_the_handler() {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_at_the_handshake_deadline() {
     const DEADLINE: Duration = Duration::from_millis(300);
-    let ca = Ca::new("mesh root");
-    let db = ca.svid("shop", "db");
-    let server = HboneServer::start(&ca.bundle(), &db, Mode::Relay, DEADLINE).await;
-    let echo = Echo::start().await;
-    let web = Source::new(
-        "web-0",
-        ca.svid("shop", "web"),
-        LoopbackDial::to(server.addr),
-    );
-    let client = client(ca.bundle());
+    let Bed {
+        ca: _ca,
+        db,
+        server,
+        echo,
+        web,
+        client,
+    } = Bed::start(Mode::Relay, DEADLINE).await;
     // A tunnel made within the deadline is not bound by it afterwards.
     let mut app = App::open(&client, &web, echo.addr, &db.identity).await;
 
@@ -446,16 +442,14 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_handshake_deadline() {
 
 #[tokio::test]
 async fn draining_sends_goaway_and_open_tunnels_run_to_their_end() {
-    let ca = Ca::new("mesh root");
-    let db = ca.svid("shop", "db");
-    let server = HboneServer::start(&ca.bundle(), &db, Mode::Relay, WAIT).await;
-    let echo = Echo::start().await;
-    let web = Source::new(
-        "web-0",
-        ca.svid("shop", "web"),
-        LoopbackDial::to(server.addr),
-    );
-    let client = client(ca.bundle());
+    let Bed {
+        ca,
+        db,
+        server,
+        echo,
+        web,
+        client,
+    } = Bed::start(Mode::Relay, WAIT).await;
 
     // Two connections, each with a tunnel open before the drain: one from
     // the mesh client, one on a bare connection whose state is visible.
@@ -508,16 +502,14 @@ async fn draining_sends_goaway_and_open_tunnels_run_to_their_end() {
 
 #[tokio::test]
 async fn a_peer_that_goes_away_is_replaced_by_a_new_connection_while_old_tunnels_finish() {
-    let ca = Ca::new("mesh root");
-    let db = ca.svid("shop", "db");
-    let server = HboneServer::start(&ca.bundle(), &db, Mode::Relay, WAIT).await;
-    let echo = Echo::start().await;
-    let web = Source::new(
-        "web-0",
-        ca.svid("shop", "web"),
-        LoopbackDial::to(server.addr),
-    );
-    let client = client(ca.bundle());
+    let Bed {
+        ca,
+        db,
+        server,
+        echo,
+        web,
+        client,
+    } = Bed::start(Mode::Relay, WAIT).await;
     let mut old = App::open(&client, &web, echo.addr, &db.identity).await;
     old.echo(b"before").await;
     // A bare connection shows when the GOAWAY is out: a request on it

@@ -585,3 +585,37 @@ impl Counter {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// The usual bed: a CA, the server pod `shop/db` behind an HBONE server,
+/// an echo upstream, and the client pod `shop/web-0` dialling the server.
+pub struct Bed {
+    pub ca: Ca,
+    pub db: Svid,
+    pub server: HboneServer,
+    pub echo: Echo,
+    pub web: Source,
+    pub client: Client,
+}
+
+impl Bed {
+    pub async fn start(mode: Mode, handshake_timeout: Duration) -> Self {
+        let ca = Ca::new("mesh root");
+        let db = ca.svid("shop", "db");
+        let server = HboneServer::start(&ca.bundle(), &db, mode, handshake_timeout).await;
+        let echo = Echo::start().await;
+        let web = Source::new(
+            "web-0",
+            ca.svid("shop", "web"),
+            LoopbackDial::to(server.addr),
+        );
+        let client = client(ca.bundle());
+        Self {
+            ca,
+            db,
+            server,
+            echo,
+            web,
+            client,
+        }
+    }
+}
