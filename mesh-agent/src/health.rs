@@ -136,6 +136,12 @@ impl NodeHealth {
                 pending - MAX_NAMED_PENDING
             ));
         }
+        let ignored = view.sizes.ignored;
+        if ignored > 0 {
+            problems.push(format!(
+                "{ignored} cluster objects ignored as unusable (the agent's log names each, with the field)"
+            ));
+        }
         for c in &certs {
             match c.not_after {
                 None => problems.push(format!("no certificate yet for {}", c.identity)),
@@ -158,6 +164,7 @@ impl NodeHealth {
                 .map(|d| humantime::format_rfc3339_millis(d.sampled_at).to_string()),
             enrolled_pods: enrolled,
             pending_pods: pending,
+            ignored_objects: ignored,
             certificates: certs.len(),
             soonest_expiry: soonest.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             policies: view.policies.authorization.len() + view.policies.peer_authentication.len(),
@@ -200,6 +207,12 @@ impl NodeHealth {
             "mesh_pending_pods",
             "Pods that should be enrolled but are not yet",
             status.pending_pods as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "mesh_discovery_ignored_objects",
+            "Cluster objects that exist but could not be used (malformed or over a bound)",
+            status.ignored_objects as i64,
         )?;
         gauge(
             &mut enc,

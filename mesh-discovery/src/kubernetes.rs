@@ -99,6 +99,8 @@ fn watch_untyped(
 /// has been listed completely at least once.
 struct KindState<T> {
     relist: Option<Vec<(String, T)>>,
+    /// Keys of the re-list's objects that could not be used.
+    relist_ignored: Vec<String>,
     synced: bool,
 }
 
@@ -106,6 +108,7 @@ impl<T> Default for KindState<T> {
     fn default() -> Self {
         Self {
             relist: None,
+            relist_ignored: Vec::new(),
             synced: false,
         }
     }
@@ -150,17 +153,22 @@ fn apply<K: Resource, T>(
     match event {
         watcher::Event::Apply(o) => match converted(&o) {
             Some(v) => collection.apply(key(&o), v),
-            None => collection.delete(&key(&o)),
+            None => collection.ignore(key(&o)),
         },
         watcher::Event::Delete(o) => collection.delete(&key(&o)),
-        watcher::Event::Init => state.relist = Some(Vec::new()),
-        watcher::Event::InitApply(o) => {
-            if let Some(v) = converted(&o) {
-                state.relist.get_or_insert_default().push((key(&o), v));
-            }
+        watcher::Event::Init => {
+            state.relist = Some(Vec::new());
+            state.relist_ignored.clear();
         }
+        watcher::Event::InitApply(o) => match converted(&o) {
+            Some(v) => state.relist.get_or_insert_default().push((key(&o), v)),
+            None => state.relist_ignored.push(key(&o)),
+        },
         watcher::Event::InitDone => {
-            collection.replace(state.relist.take().unwrap_or_default());
+            collection.replace(
+                state.relist.take().unwrap_or_default(),
+                std::mem::take(&mut state.relist_ignored),
+            );
             if !state.synced {
                 info!(kind, objects = collection.len(), "initial list done");
             }

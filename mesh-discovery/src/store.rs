@@ -1,61 +1,94 @@
 //! The agent's copy of the cluster: every object either source delivered,
 //! keyed as Kubernetes keys them, kept as the slim model types. Sources
 //! change it one object or one kind at a time; the view is rebuilt from it.
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use mesh_policy::{AuthorizationPolicy, PeerAuthentication, PolicySync};
 
 use super::model::{EndpointSlice, Labels, Service, Workload};
 
 /// One kind's objects by key (`<namespace>/<name>`, a pod's uid, or a
-/// namespace's name).
+/// namespace's name), and the keys of objects of the kind that exist but
+/// could not be used (malformed, over a bound): those count as absent, and
+/// are counted so that `mesh status` and a metric show them.
 #[derive(Debug)]
-pub struct Collection<T>(BTreeMap<String, Arc<T>>);
+pub struct Collection<T> {
+    objects: BTreeMap<String, Arc<T>>,
+    ignored: BTreeSet<String>,
+}
 
 impl<T> Default for Collection<T> {
     fn default() -> Self {
-        Self(BTreeMap::new())
+        Self {
+            objects: BTreeMap::new(),
+            ignored: BTreeSet::new(),
+        }
     }
 }
 
 impl<T> Clone for Collection<T> {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
+        Self {
+            objects: self.objects.clone(),
+            ignored: self.ignored.clone(),
+        }
     }
 }
 
 impl<T> Collection<T> {
     pub fn apply(&mut self, key: String, value: T) {
-        self.0.insert(key, Arc::new(value));
+        self.ignored.remove(&key);
+        self.objects.insert(key, Arc::new(value));
     }
 
     pub fn delete(&mut self, key: &str) {
-        self.0.remove(key);
+        self.ignored.remove(key);
+        self.objects.remove(key);
     }
 
-    /// Replaces every object of the kind (a full list after a re-list).
-    pub fn replace(&mut self, objects: impl IntoIterator<Item = (String, T)>) {
-        self.0 = objects.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+    /// An object that exists but cannot be used: absent, and counted.
+    pub fn ignore(&mut self, key: String) {
+        self.objects.remove(&key);
+        self.ignored.insert(key);
+    }
+
+    /// Replaces every object of the kind (a full list after a re-list),
+    /// with the keys of the listed objects that could not be used.
+    pub fn replace(
+        &mut self,
+        objects: impl IntoIterator<Item = (String, T)>,
+        ignored: impl IntoIterator<Item = String>,
+    ) {
+        self.objects = objects.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        self.ignored = ignored.into_iter().collect();
     }
 
     pub fn get(&self, key: &str) -> Option<&Arc<T>> {
-        self.0.get(key)
+        self.objects.get(key)
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.objects.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.objects.is_empty()
+    }
+
+    /// Objects of the kind that exist but could not be used.
+    pub fn ignored(&self) -> usize {
+        self.ignored.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<T>)> {
-        self.0.iter()
+        self.objects.iter()
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Arc<T>> {
-        self.0.values()
+        self.objects.values()
     }
 }
 
@@ -89,6 +122,8 @@ pub struct StoreSizes {
     pub namespaces: usize,
     pub authorization_policies: usize,
     pub peer_authentications: usize,
+    /// Objects of any kind that exist but could not be used (each logged).
+    pub ignored: usize,
 }
 
 impl Store {
@@ -100,6 +135,12 @@ impl Store {
             namespaces: self.namespaces.len(),
             authorization_policies: self.authorization.len(),
             peer_authentications: self.peer_authentication.len(),
+            ignored: self.pods.ignored()
+                + self.services.ignored()
+                + self.slices.ignored()
+                + self.namespaces.ignored()
+                + self.authorization.ignored()
+                + self.peer_authentication.ignored(),
         }
     }
 }

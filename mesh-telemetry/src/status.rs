@@ -21,6 +21,11 @@ pub struct AgentStatus {
     pub datapath_sampled_at: Option<String>,
     pub enrolled_pods: usize,
     pub pending_pods: usize,
+    /// Cluster objects that exist but could not be used (malformed, over
+    /// a bound): absent as far as routing and policy go. Older agents do
+    /// not report it.
+    #[serde(default)]
+    pub ignored_objects: usize,
     pub certificates: usize,
     /// RFC 3339 time of the soonest certificate expiry.
     pub soonest_expiry: Option<String>,

@@ -485,3 +485,69 @@ async fn services_endpoints_and_policies_arrive_in_the_view() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn an_unusable_object_counts_as_ignored_until_it_is_fixed_or_deleted() {
+    // Labels over the agent's per-object bound: the pod is absent, and
+    // counted, from the list and from a watch event alike.
+    let huge = json!({"blob": "x".repeat(20_000)});
+    let mut s = Script::default();
+    s.list(
+        PODS,
+        StatusCode::OK,
+        list_of(
+            "Pod",
+            "v1",
+            "1",
+            vec![
+                pod("a", "1", "10.0.0.1", json!({})),
+                pod("big", "1", "10.0.0.2", huge.clone()),
+            ],
+        ),
+    )
+    .watch(
+        PODS,
+        &[
+            event("ADDED", pod("big2", "2", "10.0.0.3", huge)),
+            // Fixed: usable again, no longer counted.
+            event("MODIFIED", pod("big", "3", "10.0.0.2", json!({}))),
+        ],
+    );
+    // After the list: `big` ignored. After the events: `big` fixed and
+    // present, `big2` ignored in its place.
+    let (p, _) = run_until(s, |p| p.synced && names(p) == ["a", "big"]).await;
+    assert_eq!(
+        p.view.sizes.ignored, 1,
+        "big2 counts, the fixed big no longer"
+    );
+    assert!(
+        p.view.workload("10.0.0.3".parse().unwrap()).is_none(),
+        "the oversized pod is absent"
+    );
+
+    let mut s = Script::default();
+    s.list(
+        PODS,
+        StatusCode::OK,
+        list_of(
+            "Pod",
+            "v1",
+            "1",
+            vec![pod(
+                "big",
+                "1",
+                "10.0.0.2",
+                json!({"blob": "x".repeat(20_000)}),
+            )],
+        ),
+    )
+    .watch(
+        PODS,
+        &[event("DELETED", pod("big", "2", "10.0.0.2", json!({})))],
+    );
+    let (deleted, _) = run_until(s, |p| {
+        p.synced && p.view.sizes.ignored == 0 && p.view.sizes.pods == 0
+    })
+    .await;
+    assert!(names(&deleted).is_empty());
+}
