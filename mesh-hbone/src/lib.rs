@@ -5,6 +5,7 @@
 //! TCP socket and an HTTP/2 stream.
 pub mod buffers;
 pub mod client;
+pub mod io;
 pub mod pool;
 pub mod relay;
 pub mod request;
