@@ -122,6 +122,7 @@ async fn view(cli: &Cli, cluster: &Cluster) -> anyhow::Result<Arc<MeshView>> {
             let settings = ViewSettings {
                 trust_domain: cli.trust_domain.clone(),
                 root_namespace: cli.root_namespace.clone(),
+                waypoint_class: mesh_config::DEFAULT_WAYPOINT_CLASS.into(),
             };
             let (publisher, mut views) = Publisher::new(
                 settings,

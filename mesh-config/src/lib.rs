@@ -98,6 +98,11 @@ pub struct AgentConfig {
     /// its own, and one host may run several (the test bed does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni_socket: Option<PathBuf>,
+    /// The `gatewayClassName` of the Gateways that declare waypoints
+    /// (Istio's is `istio-waypoint`); Gateways of other classes are not
+    /// the mesh's and are ignored.
+    #[serde(default = "default_waypoint_class")]
+    pub waypoint_class: String,
 }
 
 impl AgentConfig {
@@ -120,6 +125,7 @@ impl AgentConfig {
             telemetry: TelemetrySettings::default(),
             limits: LimitSettings::default(),
             cni_socket: None,
+            waypoint_class: default_waypoint_class(),
         }
     }
 }
@@ -295,6 +301,12 @@ pub enum DiscoveryMode {
 
 fn default_proc_root() -> PathBuf {
     PathBuf::from("/proc")
+}
+/// The default waypoint class (`AgentConfig.waypointClass`).
+pub const DEFAULT_WAYPOINT_CLASS: &str = "mesh-waypoint";
+
+fn default_waypoint_class() -> String {
+    DEFAULT_WAYPOINT_CLASS.into()
 }
 fn default_trust_domain() -> String {
     "cluster.local".into()

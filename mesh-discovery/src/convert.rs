@@ -17,9 +17,14 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
 use super::model::{
-    Endpoint, EndpointSlice, Labels, MAX_METADATA_BYTES, NAMESPACE_LABELS, POD_ANNOTATIONS,
-    SERVICE_NAME_LABEL, Service, ServiceKind, ServicePort, TargetPort, Workload, metadata_bytes,
+    Endpoint, EndpointSlice, Gateway, Labels, MAX_METADATA_BYTES, NAMESPACE_LABELS,
+    POD_ANNOTATIONS, SERVICE_LABELS, SERVICE_NAME_LABEL, Service, ServiceKind, ServicePort,
+    TargetPort, WAYPOINT_FOR_LABEL, WAYPOINT_LISTENER_PORT, WAYPOINT_LISTENER_PROTOCOL,
+    WaypointFor, Workload, metadata_bytes,
 };
 
 /// A field of an object that cannot be used, and why.
@@ -324,17 +329,85 @@ pub fn service(svc: &K8sService) -> Result<Service, Invalid> {
             name: p.name.clone().unwrap_or_default(),
             port: number,
             target,
+            app_protocol: p.app_protocol.clone().filter(|a| !a.is_empty()),
         });
     }
     if let Some(selector) = &spec.selector {
         within_bound("spec.selector", &[selector])?;
     }
+    let labels = kept(meta.labels.as_ref(), SERVICE_LABELS);
     Ok(Service {
         name: meta.name.clone().unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
         kind,
         ports,
         selector: spec.selector,
+        labels,
+    })
+}
+
+/// A Gateway API Gateway as either source holds it (the API's JSON, a
+/// file's YAML): only what declaring a waypoint reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: GatewaySpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub gateway_class_name: String,
+    #[serde(default)]
+    pub listeners: Vec<GatewayListener>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayListener {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub port: i32,
+    #[serde(default)]
+    pub protocol: String,
+}
+
+/// The Gateway's waypoint declaration. `istio.io/waypoint-for` is read
+/// from its labels (as Istio sets it), else its annotations.
+pub fn gateway(gw: &GatewayObject) -> Result<Gateway, Invalid> {
+    let meta = &gw.metadata;
+    let waypoint_for = match meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(WAYPOINT_FOR_LABEL))
+        .map(|v| ("metadata.labels", v))
+        .or_else(|| {
+            meta.annotations
+                .as_ref()
+                .and_then(|a| a.get(WAYPOINT_FOR_LABEL))
+                .map(|v| ("metadata.annotations", v))
+        }) {
+        None => WaypointFor::default(),
+        Some((field, v)) => WaypointFor::parse(v).ok_or_else(|| {
+            invalid(
+                format!("{field}.{WAYPOINT_FOR_LABEL}"),
+                format!("`{v}` is not one of service, workload, all, none"),
+            )
+        })?,
+    };
+    Ok(Gateway {
+        name: meta.name.clone().unwrap_or_default(),
+        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        class: gw.spec.gateway_class_name.clone(),
+        waypoint_for,
+        hbone_listener: gw.spec.listeners.iter().any(|l| {
+            l.port == i32::from(WAYPOINT_LISTENER_PORT) && l.protocol == WAYPOINT_LISTENER_PROTOCOL
+        }),
     })
 }
 

@@ -1,5 +1,5 @@
 //! The Kubernetes objects of a local-mode file (Namespace, Pod, Service,
-//! EndpointSlice, AuthorizationPolicy, PeerAuthentication) in their usual
+//! EndpointSlice, AuthorizationPolicy, PeerAuthentication, Gateway) in their usual
 //! shape, plus one document of the program's own kind. Errors name the file, the line and
 //! the field.
 use std::{
@@ -136,7 +136,7 @@ fn invalid_at(file: &Path, line: usize, field: String, problem: impl Into<String
 }
 
 /// The Kubernetes kinds a local file may hold.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "Namespace",
     "Node",
     "Pod",
@@ -144,6 +144,7 @@ pub const KINDS: [&str; 7] = [
     "EndpointSlice",
     "AuthorizationPolicy",
     "PeerAuthentication",
+    "Gateway",
 ];
 
 /// What a policy document that cannot be read or enforced does to the file.
@@ -440,6 +441,12 @@ pub fn parse_with(
                         .map(drop)
                 })?;
                 store.peer_authentication.apply(key, loaded.policy);
+            }
+            "Gateway" => {
+                let gw: convert::GatewayObject = doc.typed(value, file, &what)?;
+                let mut gw = convert::gateway(&gw).map_err(bad)?;
+                gw.namespace = namespace.clone();
+                store.gateways.apply(key, gw);
             }
             _ => unreachable!("kinds are checked above"),
         }

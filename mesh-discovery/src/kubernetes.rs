@@ -61,9 +61,10 @@ enum Change {
     Namespace(Box<watcher::Event<Namespace>>),
     Authorization(Box<watcher::Event<DynamicObject>>),
     PeerAuthentication(Box<watcher::Event<DynamicObject>>),
+    Gateway(Box<watcher::Event<DynamicObject>>),
 }
 
-const KINDS: usize = 6;
+const KINDS: usize = 7;
 
 fn watch<K>(
     client: &Client,
@@ -224,6 +225,32 @@ fn load_peer_authentication(
     Ok(loaded.policy)
 }
 
+/// Gateway API's Gateway, watched untyped: the mesh reads four fields of
+/// it (`convert::GatewayObject`), and typed bindings would tie discovery
+/// to one release of Gateway API's types.
+pub fn gateway_resource() -> ApiResource {
+    ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "Gateway".into(),
+        plural: "gateways".into(),
+    }
+}
+
+fn convert_gateway(o: &DynamicObject) -> Result<crate::model::Gateway, convert::Invalid> {
+    let value = serde_json::json!({
+        "metadata": o.metadata,
+        "spec": o.data.get("spec").cloned().unwrap_or_default(),
+    });
+    let object: convert::GatewayObject =
+        serde_json::from_value(value).map_err(|e| convert::Invalid {
+            field: "spec".into(),
+            problem: e.to_string(),
+        })?;
+    convert::gateway(&object)
+}
+
 #[derive(Default)]
 struct Watchers {
     store: Store,
@@ -233,6 +260,7 @@ struct Watchers {
     namespaces: KindState<crate::model::Labels>,
     authorization: KindState<CompiledPolicy>,
     peer_authentication: KindState<mesh_policy::PeerAuthentication>,
+    gateways: KindState<crate::model::Gateway>,
     /// Kinds the API server does not serve (their CRD is not installed).
     /// Policy kinds never count as absent for enforcement (see `policy_sync`).
     absent: [bool; KINDS],
@@ -249,6 +277,7 @@ impl Watchers {
             self.namespaces.synced,
             self.authorization.synced,
             self.peer_authentication.synced,
+            self.gateways.synced,
         ];
         synced.iter().zip(self.absent).all(|(s, a)| *s || a)
     }
@@ -319,6 +348,14 @@ impl Watchers {
                 ns_name,
                 load_peer_authentication,
             ),
+            Ok(Change::Gateway(e)) => apply(
+                *e,
+                "Gateway",
+                &mut s.gateways,
+                &mut self.gateways,
+                ns_name,
+                convert_gateway,
+            ),
             Err(e) if index == AUTHZ || index == PEER => {
                 let synced = match index {
                     AUTHZ => self.authorization.synced,
@@ -367,6 +404,7 @@ impl Watchers {
 
 const AUTHZ: usize = 4;
 const PEER: usize = 5;
+const GATEWAY: usize = 6;
 
 const KIND_NAMES: [&str; KINDS] = [
     "Pod",
@@ -375,6 +413,7 @@ const KIND_NAMES: [&str; KINDS] = [
     "Namespace",
     "AuthorizationPolicy",
     "PeerAuthentication",
+    "Gateway",
 ];
 
 fn all_watches(
@@ -396,6 +435,14 @@ fn all_watches(
             ApiResource::erase::<PeerAuthenticationResource>(&()),
             |e| Change::PeerAuthentication(Box::new(e)),
             PEER,
+        ),
+        // Without Gateway API's CRDs there are no waypoints: the kind is
+        // then treated as empty, like any kind the server does not serve.
+        watch_untyped(
+            client,
+            gateway_resource(),
+            |e| Change::Gateway(Box::new(e)),
+            GATEWAY,
         ),
     ])
 }

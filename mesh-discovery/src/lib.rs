@@ -9,6 +9,7 @@ pub mod model;
 pub mod node_config;
 pub mod store;
 pub mod view;
+pub mod waypoint;
 
 use std::{future::Future, sync::Arc, time::Instant};
 

@@ -13,10 +13,42 @@ pub use mesh_config::{DATAPLANE_LABEL, NETNS_ANNOTATION};
 /// (dry-run) are read from the policy objects, not from here.
 pub const POD_ANNOTATIONS: &[&str] = &[NETNS_ANNOTATION];
 
-/// The only label of a namespace anything reads: enrollment. (Policies
-/// select pods by the pods' labels; no policy kind selects namespaces by
-/// theirs.)
-pub const NAMESPACE_LABELS: &[&str] = &[DATAPLANE_LABEL];
+/// Istio's label naming the waypoint (a Gateway's name) that a Namespace,
+/// Service or Pod sends its traffic through; `none` opts out.
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// The waypoint's namespace, when it is not the object's own.
+pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+/// On a waypoint's Gateway: what kind of destination it serves
+/// (`service`, the default; `workload`; `all`; `none`).
+pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
+/// On a Namespace or Service that uses a waypoint: `"true"` makes the
+/// destination's agent refuse connections that did not come through it,
+/// so its L7 rules cannot be bypassed by dialling a pod directly. Istio
+/// has no equivalent; off unless set.
+pub const REQUIRE_WAYPOINT_LABEL: &str = "mesh.io/require-waypoint";
+/// The label Gateway API implementations (and Istio) put on a Gateway's
+/// pods; a waypoint's pods are found by it.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// The port and protocol of the listener a waypoint Gateway must have.
+pub const WAYPOINT_LISTENER_PORT: u16 = 15008;
+pub const WAYPOINT_LISTENER_PROTOCOL: &str = "HBONE";
+
+/// The labels of a namespace anything reads: enrollment and waypoints.
+/// (Policies select pods by the pods' labels; no policy kind selects
+/// namespaces by theirs.)
+pub const NAMESPACE_LABELS: &[&str] = &[
+    DATAPLANE_LABEL,
+    USE_WAYPOINT_LABEL,
+    USE_WAYPOINT_NAMESPACE_LABEL,
+    REQUIRE_WAYPOINT_LABEL,
+];
+
+/// The labels of a Service anything reads (its selector is kept apart).
+pub const SERVICE_LABELS: &[&str] = &[
+    USE_WAYPOINT_LABEL,
+    USE_WAYPOINT_NAMESPACE_LABEL,
+    REQUIRE_WAYPOINT_LABEL,
+];
 
 /// The most bytes (keys and values) of labels and kept annotations, or of
 /// a Service's selector, that the agent holds for one object. An object
@@ -106,6 +138,8 @@ pub struct ServicePort {
     pub name: String,
     pub port: u16,
     pub target: TargetPort,
+    /// `spec.ports[].appProtocol` (`http`, `kubernetes.io/h2c`, `grpc`, ...).
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -126,6 +160,8 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// Pods backing the service when no EndpointSlice names it.
     pub selector: Option<Labels>,
+    /// Only `SERVICE_LABELS`.
+    pub labels: Labels,
 }
 
 impl Service {
@@ -150,4 +186,56 @@ pub struct EndpointSlice {
     /// (port name, target port) pairs.
     pub ports: Vec<(String, u16)>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// Which destinations a waypoint serves (`istio.io/waypoint-for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WaypointFor {
+    /// Traffic to a Service's virtual IP (Istio's default).
+    #[default]
+    Service,
+    /// Traffic to a pod's own address.
+    Workload,
+    All,
+    None,
+}
+
+impl WaypointFor {
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "service" => Self::Service,
+            "workload" => Self::Workload,
+            "all" => Self::All,
+            "none" => Self::None,
+            _ => return None,
+        })
+    }
+
+    pub fn serves_services(self) -> bool {
+        matches!(self, Self::Service | Self::All)
+    }
+
+    pub fn serves_workloads(self) -> bool {
+        matches!(self, Self::Workload | Self::All)
+    }
+}
+
+/// A Gateway API Gateway, as much of it as declaring a waypoint needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Gateway {
+    pub name: String,
+    pub namespace: String,
+    /// `spec.gatewayClassName`: only the mesh's waypoint class is a waypoint.
+    pub class: String,
+    pub waypoint_for: WaypointFor,
+    /// Whether it has the `{port: 15008, protocol: HBONE}` listener a
+    /// waypoint needs; one without it is not used.
+    pub hbone_listener: bool,
+}
+
+impl Gateway {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }

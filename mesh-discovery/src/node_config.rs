@@ -145,6 +145,7 @@ impl NodeConfig {
         ViewSettings {
             trust_domain: self.agent.trust_domain.clone(),
             root_namespace: self.agent.root_namespace.clone(),
+            waypoint_class: self.agent.waypoint_class.clone(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::{
 
 use mesh_policy::{AuthorizationPolicy, PeerAuthentication, PolicySync};
 
-use super::model::{EndpointSlice, Labels, Service, Workload};
+use super::model::{EndpointSlice, Gateway, Labels, Service, Workload};
 
 /// One kind's objects by key (`<namespace>/<name>`, a pod's uid, or a
 /// namespace's name), and the keys of objects of the kind that exist but
@@ -105,6 +105,9 @@ pub struct Store {
     pub namespaces: Collection<Labels>,
     pub authorization: Collection<CompiledPolicy>,
     pub peer_authentication: Collection<PeerAuthentication>,
+    /// Gateway API Gateways of any class, by `<namespace>/<name>`; the
+    /// view keeps those of the waypoint class.
+    pub gateways: Collection<Gateway>,
     /// Node name → addresses. Local files only: they tell `mesh status`
     /// where the other nodes' agents are (the agent itself needs no Nodes).
     pub nodes: Collection<Vec<std::net::IpAddr>>,
@@ -122,6 +125,7 @@ pub struct StoreSizes {
     pub namespaces: usize,
     pub authorization_policies: usize,
     pub peer_authentications: usize,
+    pub gateways: usize,
     /// Objects of any kind that exist but could not be used (each logged).
     pub ignored: usize,
 }
@@ -135,12 +139,14 @@ impl Store {
             namespaces: self.namespaces.len(),
             authorization_policies: self.authorization.len(),
             peer_authentications: self.peer_authentication.len(),
+            gateways: self.gateways.len(),
             ignored: self.pods.ignored()
                 + self.services.ignored()
                 + self.slices.ignored()
                 + self.namespaces.ignored()
                 + self.authorization.ignored()
-                + self.peer_authentication.ignored(),
+                + self.peer_authentication.ignored()
+                + self.gateways.ignored(),
         }
     }
 }

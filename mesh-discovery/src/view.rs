@@ -2,7 +2,7 @@
 //! consult. Built whole after every batch of changes, so a connection
 //! decides against one consistent version of the cluster.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -11,8 +11,12 @@ use mesh_identity::Identity;
 use mesh_policy::PolicySet;
 
 use super::{
-    model::{EndpointSlice, Labels, Service, ServiceKind, TargetPort, Workload},
+    model::{EndpointSlice, Gateway, Labels, Service, ServiceKind, TargetPort, Workload},
     store::{Store, StoreSizes},
+    waypoint::{
+        self, DestinationKind, UseWaypoint, Waypoint, WaypointBinding, WaypointEndpoint,
+        requires_waypoint,
+    },
 };
 
 /// The agent settings a view depends on.
@@ -20,6 +24,8 @@ use super::{
 pub struct ViewSettings {
     pub trust_domain: String,
     pub root_namespace: String,
+    /// `AgentConfig.waypointClass`.
+    pub waypoint_class: String,
 }
 
 /// One port of a Service and the ready endpoints behind it.
@@ -27,6 +33,8 @@ pub struct ViewSettings {
 pub struct RoutePort {
     pub name: String,
     pub port: u16,
+    /// `appProtocol`, when the Service names one.
+    pub app_protocol: Option<String>,
     /// Ready endpoints as `pod ip:target port`, sorted.
     pub endpoints: Vec<SocketAddr>,
 }
@@ -35,6 +43,19 @@ pub struct RoutePort {
 pub struct ServiceRoute {
     pub service: Arc<Service>,
     pub ports: Vec<RoutePort>,
+    /// Where traffic to its virtual IP goes first.
+    pub waypoint: WaypointBinding,
+}
+
+/// A destination that only its waypoint(s) may reach directly
+/// (`mesh.io/require-waypoint`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaypointRequirement {
+    /// The Gateways (`<namespace>/<name>`) in front of it, for messages.
+    pub gateways: BTreeSet<String>,
+    /// Identities of their pods; empty when none is ready (then nothing
+    /// may connect: the destination is down rather than unguarded).
+    pub identities: BTreeSet<Identity>,
 }
 
 impl ServiceRoute {
@@ -51,6 +72,10 @@ pub struct MeshView {
     namespaces: HashMap<String, Arc<Labels>>,
     services_by_vip: HashMap<IpAddr, Arc<ServiceRoute>>,
     services_by_name: HashMap<String, Arc<ServiceRoute>>,
+    waypoint_class: String,
+    gateways: HashMap<String, Arc<Gateway>>,
+    waypoints: BTreeMap<String, Arc<Waypoint>>,
+    required: HashMap<IpAddr, Arc<WaypointRequirement>>,
     pub policies: PolicySet,
     pub sizes: StoreSizes,
 }
@@ -78,8 +103,15 @@ impl MeshView {
                 .or_default()
                 .push(s);
         }
+        let gateways: HashMap<String, Arc<Gateway>> = store
+            .gateways
+            .iter()
+            .map(|(k, g)| (k.clone(), g.clone()))
+            .collect();
+        let waypoints = waypoints(&gateways, &pods_by_ns, settings);
         let mut services_by_vip = HashMap::new();
         let mut services_by_name = HashMap::with_capacity(store.services.len());
+        let mut required: HashMap<IpAddr, WaypointRequirement> = HashMap::new();
         for svc in store.services.values() {
             let own_slices = slices
                 .get(&(svc.namespace.as_str(), svc.name.as_str()))
@@ -89,10 +121,34 @@ impl MeshView {
                 .get(svc.namespace.as_str())
                 .map(Vec::as_slice)
                 .unwrap_or_default();
+            let ns_labels = store.namespaces.get(&svc.namespace).map(|l| l.as_ref());
+            let wanted = UseWaypoint::from_labels(&svc.labels, &svc.namespace).or_namespace(
+                ns_labels
+                    .map(|l| UseWaypoint::from_labels(l, &svc.namespace))
+                    .unwrap_or(UseWaypoint::Unset),
+            );
+            let binding = waypoint::bind(
+                wanted,
+                DestinationKind::Service,
+                &settings.waypoint_class,
+                |k| gateways.get(k),
+                |k| waypoints.get(k),
+            );
             let route = Arc::new(ServiceRoute {
                 service: svc.clone(),
                 ports: route_ports(svc, own_slices, pods),
+                waypoint: binding,
             });
+            if requires_waypoint(&svc.labels, ns_labels) {
+                require(
+                    &mut required,
+                    &route.waypoint,
+                    route
+                        .ports
+                        .iter()
+                        .flat_map(|p| p.endpoints.iter().map(SocketAddr::ip)),
+                );
+            }
             if let ServiceKind::ClusterIp(vips) = &svc.kind {
                 for vip in vips {
                     services_by_vip.insert(vip.to_canonical(), route.clone());
@@ -100,11 +156,22 @@ impl MeshView {
             }
             services_by_name.insert(svc.key(), route);
         }
-        let namespaces = store
+        let namespaces: HashMap<String, Arc<Labels>> = store
             .namespaces
             .iter()
             .map(|(name, labels)| (name.clone(), labels.clone()))
             .collect();
+        // Pods that use a workload waypoint in a namespace that requires it.
+        for w in by_uid.values() {
+            let ns_labels = namespaces.get(&w.namespace).map(|l| l.as_ref());
+            if !requires_waypoint(&w.labels, ns_labels) {
+                continue;
+            }
+            let binding = workload_binding(w, ns_labels, settings, &gateways, &waypoints);
+            if binding != WaypointBinding::Direct {
+                require(&mut required, &binding, w.ips.iter().copied());
+            }
+        }
         Self {
             trust_domain: settings.trust_domain.clone(),
             by_ip,
@@ -112,6 +179,13 @@ impl MeshView {
             namespaces,
             services_by_vip,
             services_by_name,
+            waypoint_class: settings.waypoint_class.clone(),
+            gateways,
+            waypoints,
+            required: required
+                .into_iter()
+                .map(|(ip, r)| (ip, Arc::new(r)))
+                .collect(),
             policies: PolicySet {
                 root_namespace: settings.root_namespace.clone(),
                 authorization: store
@@ -147,8 +221,46 @@ impl MeshView {
     }
 
     /// Whether the pod is in the mesh (its own or its namespace's label).
+    /// A waypoint's pods never are: they terminate HBONE themselves.
     pub fn is_enrolled(&self, w: &Workload) -> bool {
         w.wants_mesh(self.namespace_labels(&w.namespace))
+            && !waypoint::is_waypoint_pod(w, |k| self.waypoints.contains_key(k))
+    }
+
+    /// Whether `w` is one of a waypoint's pods.
+    pub fn is_waypoint_pod(&self, w: &Workload) -> bool {
+        waypoint::is_waypoint_pod(w, |k| self.waypoints.contains_key(k))
+    }
+
+    /// Where traffic to the pod's own address goes first (waypoints for
+    /// workloads: `istio.io/waypoint-for: workload|all`).
+    pub fn waypoint_for_workload(&self, w: &Workload) -> WaypointBinding {
+        workload_binding(
+            w,
+            self.namespace_labels(&w.namespace),
+            &ViewSettings {
+                waypoint_class: self.waypoint_class.clone(),
+                ..ViewSettings::default()
+            },
+            &self.gateways,
+            &self.waypoints,
+        )
+    }
+
+    /// The waypoints (Gateways of the waypoint class with an HBONE
+    /// listener) by `<namespace>/<name>`.
+    pub fn waypoints(&self) -> impl Iterator<Item = &Arc<Waypoint>> {
+        self.waypoints.values()
+    }
+
+    pub fn waypoint(&self, key: &str) -> Option<&Arc<Waypoint>> {
+        self.waypoints.get(key)
+    }
+
+    /// Whether only a waypoint may connect to this address directly, and
+    /// which.
+    pub fn waypoint_requirement(&self, ip: IpAddr) -> Option<&Arc<WaypointRequirement>> {
+        self.required.get(&ip.to_canonical())
     }
 
     /// The identity a meshed destination must prove; `None` means the
@@ -177,6 +289,90 @@ impl MeshView {
         self.by_uid.values().filter(move |w| {
             w.node.as_deref() == Some(node) && !w.ips.is_empty() && self.is_enrolled(w)
         })
+    }
+}
+
+/// Every Gateway of the waypoint class with an HBONE listener, with its
+/// ready pods (labelled with its name, in its namespace).
+fn waypoints(
+    gateways: &HashMap<String, Arc<Gateway>>,
+    pods_by_ns: &HashMap<&str, Vec<&Arc<Workload>>>,
+    settings: &ViewSettings,
+) -> BTreeMap<String, Arc<Waypoint>> {
+    gateways
+        .iter()
+        .filter(|(_, g)| g.class == settings.waypoint_class && g.hbone_listener)
+        .map(|(key, g)| {
+            let mut endpoints: Vec<WaypointEndpoint> = pods_by_ns
+                .get(g.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|p| {
+                    p.ready && p.labels.get(crate::model::GATEWAY_NAME_LABEL) == Some(&g.name)
+                })
+                .filter_map(|p| {
+                    let identity =
+                        Identity::new(&settings.trust_domain, &p.namespace, &p.service_account)
+                            .ok()?;
+                    Some(p.ips.iter().map(move |ip| WaypointEndpoint {
+                        address: SocketAddr::new(*ip, crate::model::WAYPOINT_LISTENER_PORT),
+                        identity: identity.clone(),
+                    }))
+                })
+                .flatten()
+                .collect();
+            endpoints.sort_by_key(|e| e.address);
+            (
+                key.clone(),
+                Arc::new(Waypoint {
+                    gateway: g.clone(),
+                    endpoints,
+                }),
+            )
+        })
+        .collect()
+}
+
+fn workload_binding(
+    w: &Workload,
+    ns_labels: Option<&Labels>,
+    settings: &ViewSettings,
+    gateways: &HashMap<String, Arc<Gateway>>,
+    waypoints: &BTreeMap<String, Arc<Waypoint>>,
+) -> WaypointBinding {
+    let wanted = UseWaypoint::from_labels(&w.labels, &w.namespace).or_namespace(
+        ns_labels
+            .map(|l| UseWaypoint::from_labels(l, &w.namespace))
+            .unwrap_or(UseWaypoint::Unset),
+    );
+    waypoint::bind(
+        wanted,
+        DestinationKind::Workload,
+        &settings.waypoint_class,
+        |k| gateways.get(k),
+        |k| waypoints.get(k),
+    )
+}
+
+/// Records that `addresses` may be reached directly only from the
+/// binding's waypoint (or from nothing, if it cannot be used).
+fn require(
+    required: &mut HashMap<IpAddr, WaypointRequirement>,
+    binding: &WaypointBinding,
+    addresses: impl Iterator<Item = IpAddr>,
+) {
+    let (gateway, identities): (String, Vec<Identity>) = match binding {
+        WaypointBinding::Direct => return,
+        WaypointBinding::Through(w) => (
+            w.gateway.key(),
+            w.endpoints.iter().map(|e| e.identity.clone()).collect(),
+        ),
+        WaypointBinding::Unusable { gateway, .. } => (gateway.clone(), Vec::new()),
+    };
+    for ip in addresses {
+        let r = required.entry(ip.to_canonical()).or_default();
+        r.gateways.insert(gateway.clone());
+        r.identities.extend(identities.iter().cloned());
     }
 }
 
@@ -219,6 +415,7 @@ fn route_ports(
             RoutePort {
                 name: sp.name.clone(),
                 port: sp.port,
+                app_protocol: sp.app_protocol.clone(),
                 endpoints: endpoints.into_iter().collect(),
             }
         })
@@ -365,6 +562,119 @@ endpoints:
                 .unwrap()
                 .to_string(),
             "spiffe://cluster.local/ns/shop/sa/default"
+        );
+    }
+
+    const WAYPOINTS: &str = r#"
+kind: AgentConfig
+nodeName: n1
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {mesh.io/dataplane-mode: enabled, istio.io/use-waypoint: wp}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: shop, labels: {istio.io/waypoint-for: all}}
+spec:
+  gatewayClassName: mesh-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wp-0, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: wp}}
+spec: {nodeName: n2, serviceAccountName: wp, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.9}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec: {nodeName: n2, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: shop, labels: {app: db, istio.io/use-waypoint: none}}
+spec: {nodeName: n2, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.2}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop, labels: {mesh.io/require-waypoint: "true"}}
+spec:
+  clusterIP: 10.96.0.1
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop, labels: {istio.io/use-waypoint: none}}
+spec: {clusterIP: 10.96.0.2, selector: {app: db}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lost, namespace: shop, labels: {istio.io/use-waypoint: nowhere}}
+spec: {clusterIP: 10.96.0.3, selector: {app: db}, ports: [{port: 5432}]}
+"#;
+
+    #[test]
+    fn services_and_pods_bind_to_their_namespaces_waypoint_unless_they_opt_out() {
+        use crate::waypoint::{Unusable, WaypointBinding};
+        let v = NodeConfig::parse(Path::new("f.yaml"), WAYPOINTS, None)
+            .unwrap()
+            .view();
+        let wp = v.waypoint("shop/wp").unwrap();
+        assert_eq!(addrs(&[wp.endpoints[0].address]), ["10.1.0.9:15008"]);
+        assert_eq!(
+            wp.endpoints[0].identity.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/wp"
+        );
+        let web = v.service("shop/web").unwrap();
+        assert_eq!(web.waypoint, WaypointBinding::Through(wp.clone()));
+        assert_eq!(web.ports[0].app_protocol.as_deref(), Some("http"));
+        assert_eq!(
+            v.service("shop/db").unwrap().waypoint,
+            WaypointBinding::Direct
+        );
+        assert_eq!(
+            v.service("shop/lost").unwrap().waypoint,
+            WaypointBinding::Unusable {
+                gateway: "shop/nowhere".into(),
+                why: Unusable::NoSuchGateway
+            }
+        );
+        let pod = |ip: &str| v.workload(ip.parse().unwrap()).unwrap().clone();
+        assert_eq!(
+            v.waypoint_for_workload(&pod("10.1.0.1")),
+            WaypointBinding::Through(wp.clone())
+        );
+        assert_eq!(
+            v.waypoint_for_workload(&pod("10.1.0.2")),
+            WaypointBinding::Direct
+        );
+        // The waypoint's own pod is never enrolled, whatever its namespace says.
+        assert!(v.is_waypoint_pod(&pod("10.1.0.9")));
+        assert!(!v.is_enrolled(&pod("10.1.0.9")));
+        assert!(v.is_enrolled(&pod("10.1.0.1")));
+    }
+
+    #[test]
+    fn a_required_waypoint_names_the_only_identities_that_may_connect_directly() {
+        let v = NodeConfig::parse(Path::new("f.yaml"), WAYPOINTS, None)
+            .unwrap()
+            .view();
+        let r = v.waypoint_requirement("10.1.0.1".parse().unwrap()).unwrap();
+        assert_eq!(r.gateways.iter().collect::<Vec<_>>(), ["shop/wp"]);
+        assert_eq!(
+            r.identities
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["spiffe://cluster.local/ns/shop/sa/wp"]
+        );
+        assert!(
+            v.waypoint_requirement("10.1.0.2".parse().unwrap())
+                .is_none()
         );
     }
 }

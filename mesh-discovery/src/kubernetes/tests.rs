@@ -135,6 +135,7 @@ async fn run_until(script: Script, until: impl Fn(&Published) -> bool) -> (Publi
         ViewSettings {
             trust_domain: "cluster.local".into(),
             root_namespace: "istio-system".into(),
+            waypoint_class: "mesh-waypoint".into(),
         },
         Published {
             view: Arc::default(),
