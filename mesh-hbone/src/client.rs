@@ -209,12 +209,29 @@ impl Client {
         expected: Identity,
         early: &Bytes,
     ) -> Result<Tunnel, HboneError> {
+        let via = SocketAddr::new(dst.ip(), mesh_common::HBONE_PORT);
+        self.open_via(origin, src, via, dst, expected, early).await
+    }
+
+    /// Opens a tunnel to `dst` through the HBONE listener at `via`, whose
+    /// workload must prove `expected`: a waypoint, asked for the original
+    /// destination (a Service's virtual IP or a pod's address) as the
+    /// CONNECT authority.
+    pub async fn open_via(
+        &self,
+        origin: &Origin<'_>,
+        src: SocketAddr,
+        via: SocketAddr,
+        dst: SocketAddr,
+        expected: Identity,
+        early: &Bytes,
+    ) -> Result<Tunnel, HboneError> {
         let (watch, cert) = current_cert(origin).await?;
         let key = PoolKey {
             source_pod: origin.key.to_owned(),
             source_generation: cert.generation,
             destination: expected,
-            address: SocketAddr::new(dst.ip(), mesh_common::HBONE_PORT),
+            address: via,
         };
         let request = || -> Result<Request<()>, HboneError> {
             Ok(Request::builder()

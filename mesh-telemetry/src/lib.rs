@@ -6,8 +6,10 @@ pub mod connection;
 pub mod flows;
 pub mod labels;
 pub mod refusals;
+pub mod request;
 pub mod status;
 pub mod tcp;
+pub mod trace;
 
 use std::{
     collections::VecDeque,
