@@ -1,5 +1,7 @@
 //! The CA's local-mode file: one `CaConfig` document and the cluster's Pods
 //! (the CA needs to know which identities are scheduled on which node).
+//! `CaConfig.nodes` holds the node agents' tokens, `CaConfig.workloads`
+//! those of workloads that ask for their own identity (the waypoint).
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -9,6 +11,8 @@ use std::{
 use mesh_config::{ConfigError, duration};
 use mesh_discovery::model::Workload;
 use serde::Deserialize;
+
+use super::authz::ServiceAccount;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -42,6 +46,11 @@ pub struct CaConfig {
     /// Local mode's agent credentials: the bearer token each node's agent presents.
     #[serde(default)]
     pub nodes: Vec<NodeCredential>,
+    /// Local mode's workload credentials: the bearer token a workload not
+    /// served by a node agent presents to obtain its own identity. In
+    /// Kubernetes such workloads use their projected service-account token.
+    #[serde(default, deserialize_with = "workload_credentials")]
+    pub workloads: Vec<WorkloadCredential>,
     /// A certificate request still unanswered after this is cancelled, so a
     /// slow caller or a stuck API server cannot hold the CA's capacity.
     #[serde(default = "default_request_timeout", with = "duration")]
@@ -58,6 +67,45 @@ pub struct CaConfig {
 pub struct NodeCredential {
     pub name: String,
     pub token_file: PathBuf,
+}
+
+/// One workload's credential: whoever presents the token in `tokenFile`
+/// may obtain `spiffe://<trustDomain>/ns/<namespace>/sa/<name>` and no other
+/// identity, wherever it runs. Written
+/// `{serviceAccount: <namespace>/<name>, tokenFile: <path>}`; several
+/// entries may name one account (e.g. while its token is rotated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadCredential {
+    pub service_account: ServiceAccount,
+    pub token_file: PathBuf,
+}
+
+/// A `workloads` entry as written, before its account is checked.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WorkloadEntry {
+    service_account: String,
+    token_file: PathBuf,
+}
+
+/// Reads `workloads`, naming the entry whose account is malformed (serde
+/// alone would name neither the entry nor the field).
+fn workload_credentials<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<WorkloadCredential>, D::Error> {
+    Vec::<WorkloadEntry>::deserialize(d)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let service_account = ServiceAccount::parse(&entry.service_account).map_err(|e| {
+                serde::de::Error::custom(format!("workloads[{i}].serviceAccount {e}"))
+            })?;
+            Ok(WorkloadCredential {
+                service_account,
+                token_file: entry.token_file,
+            })
+        })
+        .collect()
 }
 
 fn default_trust_domain() -> String {
@@ -131,6 +179,12 @@ impl CaFile {
                 "bootstrap tokens are for local mode; in Kubernetes agents use service-account tokens".into(),
             ));
         }
+        if config.kubernetes.is_some() && !config.workloads.is_empty() {
+            return Err(invalid(
+                "workloads",
+                "token files are for local mode; in Kubernetes workloads use their projected service-account token (audience kubernetes.tokenAudience)".into(),
+            ));
+        }
         if config.request_timeout < Duration::from_secs(1) {
             return Err(invalid(
                 "requestTimeout",
@@ -165,5 +219,54 @@ mod tests {
         let ca = CaFile::load(&root.join("ca-local.yaml")).unwrap();
         assert_eq!(ca.config.nodes.len(), 2);
         assert_eq!(ca.workloads.len(), 2);
+    }
+
+    fn parse(extra: &str) -> Result<CaFile, mesh_config::ConfigError> {
+        CaFile::parse(
+            Path::new("ca.yaml"),
+            &format!("kind: CaConfig\nrootCertFile: r.pem\nrootKeyFile: r.key\n{extra}"),
+        )
+    }
+
+    #[test]
+    fn workload_credentials_are_read() {
+        let ca = parse(
+            "workloads:\n- {serviceAccount: shop/waypoint, tokenFile: /etc/mesh/token-waypoint}\n",
+        )
+        .unwrap();
+        let w = &ca.config.workloads[0];
+        assert_eq!(w.service_account.to_string(), "shop/waypoint");
+        assert_eq!(w.token_file, Path::new("/etc/mesh/token-waypoint"));
+    }
+
+    #[test]
+    fn a_bad_workload_entry_is_named() {
+        let e = parse(
+            "workloads:\n- {serviceAccount: shop/waypoint, tokenFile: /a}\n- {serviceAccount: waypoint, tokenFile: /b}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("workloads[1].serviceAccount"), "{e}");
+        assert!(e.contains("<namespace>/<name>"), "{e}");
+        let e = parse("workloads:\n- {serviceAccount: shop/waypoint}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tokenFile"), "{e}");
+        let e = parse("workloads:\n- {serviceAccount: shop/w, tokenFile: /a, node: n1}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node"), "{e}");
+    }
+
+    #[test]
+    fn workload_token_files_are_for_local_mode() {
+        let e = CaFile::parse(
+            Path::new("ca.yaml"),
+            "kind: CaConfig\nkubernetes: {rootSecret: {namespace: m, name: r}, agentServiceAccount: m/a}\nworkloads:\n- {serviceAccount: shop/waypoint, tokenFile: /a}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("CaConfig.workloads"), "{e}");
+        assert!(e.contains("projected service-account token"), "{e}");
     }
 }

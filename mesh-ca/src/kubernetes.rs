@@ -1,7 +1,10 @@
-//! The CA in a Kubernetes cluster: agents prove themselves with their
-//! projected service-account token (TokenReview, with a dedicated audience),
-//! the node comes from the token's bound pod, the identities a node may have
-//! from the pods scheduled on it, and the root from a Secret.
+//! The CA in a Kubernetes cluster: callers prove themselves with their
+//! projected service-account token (TokenReview, with a dedicated audience).
+//! A token of the node agents' service account names a node (from the
+//! token's bound pod), and a node may have the identities of the pods
+//! scheduled on it; a token of any other service account, bound to a pod,
+//! names a workload, which may have exactly its own identity. The root
+//! comes from a Secret.
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Mutex, PoisonError},
@@ -11,7 +14,7 @@ use std::{
 use k8s_openapi::{
     ByteString,
     api::{
-        authentication::v1::{TokenReview, TokenReviewSpec},
+        authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus},
         core::v1::{ConfigMap, Pod, Secret},
     },
 };
@@ -23,18 +26,22 @@ use mesh_identity::Identity;
 use serde::Deserialize;
 
 use super::{
+    authz::{Caller, ServiceAccount},
     error::AuthzError,
     root::{self, Root, RootError},
 };
 
 /// The node a bound service-account token was issued for.
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// The pod a bound service-account token was issued for.
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 /// How long a TokenReview's answer stands for the same token. An agent asks
 /// for every workload on its node with one token, so a node starting many
 /// pods would otherwise cost one TokenReview per certificate. Acceptance is
-/// kept briefly (a deleted pod's token stays usable that long; the pod
-/// check in `authorize` is not cached), refusal for less, so a token that
-/// was not yet valid is not refused for long.
+/// kept briefly (a deleted pod's token, an agent's or a workload's, stays
+/// usable that long; the pod check in `scheduled_on` is not cached),
+/// refusal for less, so a token that was not yet valid is not refused for
+/// long.
 const REVIEW_ACCEPTED_TTL: Duration = Duration::from_secs(60);
 const REVIEW_REFUSED_TTL: Duration = Duration::from_secs(5);
 /// Far above the agents of any one cluster; bounds what callers presenting
@@ -48,11 +55,13 @@ pub const KEY_KEY: &str = "ca-key.pem";
 pub struct KubernetesSettings {
     /// Where the root lives: a Secret with `ca-cert.pem` and `ca-key.pem`.
     pub root_secret: SecretRef,
-    /// The audience agents' projected tokens are minted for.
+    /// The audience the projected tokens of node agents and of workloads
+    /// asking for themselves (the waypoint) are minted for.
     #[serde(default = "default_audience")]
     pub token_audience: String,
-    /// `<namespace>/<name>` of the node agents' service account; tokens of
-    /// any other account are refused.
+    /// `<namespace>/<name>` of the node agents' service account: its
+    /// tokens obtain the identities of pods on the token's node. A token of
+    /// any other account obtains only that account's own identity.
     pub agent_service_account: String,
     /// The trust domain's key material is created in the Secret when absent.
     #[serde(default)]
@@ -94,12 +103,12 @@ pub enum KubeError {
 pub struct KubeAuthority {
     client: Client,
     audience: String,
-    agent_username: String,
+    agents: ServiceAccount,
     reviews: ReviewCache,
 }
 
-/// Recent TokenReview answers: the node for an accepted token, the reason
-/// for a refused one. Keyed by the token's SHA-256, so the CA's memory
+/// Recent TokenReview answers: the caller for an accepted token, the
+/// reason for a refused one. Keyed by the token's SHA-256, so the CA's memory
 /// holds no usable credential. Failures to reach the API server are not
 /// kept: they say nothing about the token.
 #[derive(Default)]
@@ -107,8 +116,8 @@ struct ReviewCache {
     entries: Mutex<HashMap<[u8; 32], Review>>,
 }
 
-/// When the answer stops counting, and the node or the refusal's reason.
-type Review = (Instant, Result<String, String>);
+/// When the answer stops counting, and the caller or the refusal's reason.
+type Review = (Instant, Result<Caller, String>);
 
 impl ReviewCache {
     fn key(token: &str) -> [u8; 32] {
@@ -118,16 +127,16 @@ impl ReviewCache {
         key
     }
 
-    fn get(&self, key: &[u8; 32], now: Instant) -> Option<Result<String, AuthzError>> {
+    fn get(&self, key: &[u8; 32], now: Instant) -> Option<Result<Caller, AuthzError>> {
         // The map holds no invariant a panicking holder could break.
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let (expires, answer) = entries.get(key)?;
         (now < *expires).then(|| answer.clone().map_err(AuthzError::Rejected))
     }
 
-    fn put(&self, key: [u8; 32], answer: &Result<String, AuthzError>, now: Instant) {
+    fn put(&self, key: [u8; 32], answer: &Result<Caller, AuthzError>, now: Instant) {
         let (ttl, kept) = match answer {
-            Ok(node) => (REVIEW_ACCEPTED_TTL, Ok(node.clone())),
+            Ok(caller) => (REVIEW_ACCEPTED_TTL, Ok(caller.clone())),
             Err(AuthzError::Rejected(why)) => (REVIEW_REFUSED_TTL, Err(why.clone())),
             Err(_) => return,
         };
@@ -160,26 +169,19 @@ impl ReviewCache {
 
 impl KubeAuthority {
     pub fn new(client: Client, settings: &KubernetesSettings) -> anyhow::Result<Self> {
-        let (ns, name) = settings
-            .agent_service_account
-            .split_once('/')
-            .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('/'))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "CaConfig.kubernetes.agentServiceAccount `{}`: use <namespace>/<name>",
-                    settings.agent_service_account
-                )
-            })?;
+        let agents = ServiceAccount::parse(&settings.agent_service_account)
+            .map_err(|e| anyhow::anyhow!("CaConfig.kubernetes.agentServiceAccount {e}"))?;
         Ok(Self {
             client,
             audience: settings.token_audience.clone(),
-            agent_username: format!("system:serviceaccount:{ns}:{name}"),
+            agents,
             reviews: ReviewCache::default(),
         })
     }
 
-    /// The node whose agent presented this token.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<String, AuthzError> {
+    /// Who presented this token: a node agent (by its node) or a workload
+    /// (by its service account).
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthzError> {
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or(AuthzError::NoToken)?;
@@ -192,9 +194,8 @@ impl KubeAuthority {
         answer
     }
 
-    /// Asks the API server who holds `token`, and refuses anyone but a
-    /// node agent bound to a node.
-    async fn review(&self, token: &str) -> Result<String, AuthzError> {
+    /// Asks the API server who holds `token`.
+    async fn review(&self, token: &str) -> Result<Caller, AuthzError> {
         let review = TokenReview {
             metadata: ObjectMeta::default(),
             spec: TokenReviewSpec {
@@ -207,46 +208,15 @@ impl KubeAuthority {
             .create(&PostParams::default(), &review)
             .await
             .map_err(|e| AuthzError::Backend(format!("TokenReview: {e}")))?;
-        let status = answer.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(AuthzError::Rejected(
-                status
-                    .error
-                    .unwrap_or_else(|| "token not authenticated".into()),
-            ));
-        }
-        if !status
-            .audiences
-            .as_ref()
-            .is_some_and(|a| a.contains(&self.audience))
-        {
-            return Err(AuthzError::Rejected(format!(
-                "token is not for audience {}",
-                self.audience
-            )));
-        }
-        let user = status.user.unwrap_or_default();
-        if user.username.as_deref() != Some(self.agent_username.as_str()) {
-            return Err(AuthzError::Rejected(format!(
-                "{} is not the node agents' service account ({})",
-                user.username.unwrap_or_default(),
-                self.agent_username
-            )));
-        }
-        user.extra
-            .as_ref()
-            .and_then(|e| e.get(NODE_NAME_EXTRA))
-            .and_then(|v| v.first())
-            .cloned()
-            .ok_or_else(|| {
-                AuthzError::Rejected(
-                    "token is not bound to a pod on a node (no node-name); use a projected service-account token".into(),
-                )
-            })
+        caller_of(
+            &answer.status.unwrap_or_default(),
+            &self.audience,
+            &self.agents,
+        )
     }
 
     /// Whether a running pod on `node` has `identity`.
-    pub async fn authorize(&self, node: &str, identity: &Identity) -> Result<(), AuthzError> {
+    pub async fn scheduled_on(&self, node: &str, identity: &Identity) -> Result<(), AuthzError> {
         let pods = Api::<Pod>::namespaced(self.client.clone(), identity.namespace())
             .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
             .await
@@ -269,6 +239,65 @@ impl KubeAuthority {
             })
         }
     }
+}
+
+/// The caller a TokenReview's answer names: the agents' account bound to a
+/// node is a node agent; any other service account bound to a pod is a
+/// workload. Everything else is refused: unauthenticated tokens, other
+/// audiences, users that are not service accounts, and tokens bound to no
+/// pod (a token minted for a pod stops working when the pod is gone; an
+/// unbound one lives as long as it was asked to).
+fn caller_of(
+    status: &TokenReviewStatus,
+    audience: &str,
+    agents: &ServiceAccount,
+) -> Result<Caller, AuthzError> {
+    if status.authenticated != Some(true) {
+        return Err(AuthzError::Rejected(
+            status
+                .error
+                .clone()
+                .unwrap_or_else(|| "token not authenticated".into()),
+        ));
+    }
+    if !status
+        .audiences
+        .as_ref()
+        .is_some_and(|a| a.iter().any(|a| a == audience))
+    {
+        return Err(AuthzError::Rejected(format!(
+            "token is not for audience {audience}"
+        )));
+    }
+    let user = status.user.clone().unwrap_or_default();
+    let username = user.username.unwrap_or_default();
+    let extra = |key: &str| {
+        user.extra
+            .as_ref()
+            .and_then(|e| e.get(key))
+            .and_then(|v| v.first())
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let account = ServiceAccount::from_username(&username).ok_or_else(|| {
+        AuthzError::Rejected(format!(
+            "{username} is not a service account; present a projected service-account token"
+        ))
+    })?;
+    if account == *agents {
+        let node = extra(NODE_NAME_EXTRA).ok_or_else(|| {
+            AuthzError::Rejected(format!(
+                "{username} (the node agents' service account): token is not bound to a pod on a node (no node-name); use a projected service-account token"
+            ))
+        })?;
+        return Ok(Caller::NodeAgent { node });
+    }
+    if extra(POD_NAME_EXTRA).is_none() {
+        return Err(AuthzError::Rejected(format!(
+            "{username}: token is not bound to a pod (no pod-name); use a projected service-account token"
+        )));
+    }
+    Ok(Caller::Workload(account))
 }
 
 fn secret_error(r: &SecretRef, problem: impl Into<String>) -> KubeError {
@@ -368,4 +397,4 @@ pub async fn publish_root_cert(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

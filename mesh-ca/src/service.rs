@@ -1,5 +1,6 @@
-//! `IstioCertificateService/CreateCertificate`: authenticate the calling
-//! agent, check the identity it asks for is on its node, sign.
+//! `IstioCertificateService/CreateCertificate`: authenticate the caller,
+//! check the identity it asks for is in the trust domain and is the
+//! caller's to have (a node agent: on its node; a workload: its own), sign.
 use std::time::Duration;
 
 use mesh_identity::{
@@ -62,8 +63,8 @@ impl IstioCertificateService for CertificateService {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let req = request.into_inner();
-        let node = match self.authority.authenticate(authorization.as_deref()).await {
-            Ok(node) => node,
+        let caller = match self.authority.authenticate(authorization.as_deref()).await {
+            Ok(caller) => caller,
             Err(e) => {
                 warn!(%peer, error = %e, "certificate request refused: caller not authenticated");
                 return Err(e.status());
@@ -72,7 +73,7 @@ impl IstioCertificateService for CertificateService {
         let identity = match requested_identity(&req) {
             Ok(id) => id,
             Err(status) => {
-                warn!(%peer, %node, error = status.message(), "certificate request refused: bad request");
+                warn!(%peer, %caller, error = status.message(), "certificate request refused: bad request");
                 return Err(status);
             }
         };
@@ -82,20 +83,20 @@ impl IstioCertificateService for CertificateService {
                 trust_domain: self.trust_domain.clone(),
             })
         } else {
-            self.authority.authorize(&node, &identity).await
+            self.authority.authorize(&caller, &identity).await
         };
         if let Err(e) = allowed {
-            warn!(%peer, %node, %identity, error = %e, "certificate request refused: identity not allowed for the caller");
+            warn!(%peer, %caller, %identity, error = %e, "certificate request refused: identity not allowed for the caller");
             return Err(e.status());
         }
         let lifetime: Duration = self.signer.lifetime(req.validity_duration);
         match self.signer.sign(&req.csr, &identity, lifetime) {
             Ok(cert_chain) => {
-                info!(%node, %identity, lifetime_s = lifetime.as_secs(), "certificate issued");
+                info!(%caller, %identity, lifetime_s = lifetime.as_secs(), "certificate issued");
                 Ok(Response::new(IstioCertificateResponse { cert_chain }))
             }
             Err(e) => {
-                warn!(%peer, %node, %identity, error = %e, "certificate request refused");
+                warn!(%peer, %caller, %identity, error = %e, "certificate request refused");
                 Err(Status::invalid_argument(e.to_string()))
             }
         }

@@ -15,6 +15,8 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA25
 use tonic::{Code, Request};
 use x509_parser::{certificate::X509Certificate, prelude::FromDer};
 
+mod workloads;
+
 use super::{
     authz::{Authority, Authorizer},
     config::CaFile,
@@ -24,6 +26,7 @@ use super::{
 };
 
 const TOKEN_N1: &str = "token-of-node-1-aaaaaaaa";
+const TOKEN_WAYPOINT: &str = "token-of-the-waypoint-cccccccc";
 
 struct Fixture {
     service: CertificateService,
@@ -36,12 +39,14 @@ fn fixture() -> Fixture {
     root::init(&c, &k, "cluster.local", Duration::from_secs(3600)).unwrap();
     std::fs::write(dir.path().join("n1.token"), TOKEN_N1).unwrap();
     std::fs::write(dir.path().join("n2.token"), "token-of-node-2-bbbbbbbb").unwrap();
+    std::fs::write(dir.path().join("waypoint.token"), TOKEN_WAYPOINT).unwrap();
     let text = format!(
-        "kind: CaConfig\nrootCertFile: {}\nrootKeyFile: {}\nmaxLifetime: 1h\ndefaultLifetime: 30m\nnodes:\n- {{name: n1, tokenFile: {}}}\n- {{name: n2, tokenFile: {}}}\n---\nkind: Pod\nmetadata: {{name: web, namespace: shop}}\nspec: {{nodeName: n1, serviceAccountName: web}}\n---\nkind: Pod\nmetadata: {{name: db, namespace: shop}}\nspec: {{nodeName: n2, serviceAccountName: db}}\n",
+        "kind: CaConfig\nrootCertFile: {}\nrootKeyFile: {}\nmaxLifetime: 1h\ndefaultLifetime: 30m\nnodes:\n- {{name: n1, tokenFile: {}}}\n- {{name: n2, tokenFile: {}}}\nworkloads:\n- {{serviceAccount: shop/waypoint, tokenFile: {}}}\n---\nkind: Pod\nmetadata: {{name: web, namespace: shop}}\nspec: {{nodeName: n1, serviceAccountName: web}}\n---\nkind: Pod\nmetadata: {{name: db, namespace: shop}}\nspec: {{nodeName: n2, serviceAccountName: db}}\n",
         c.display(),
         k.display(),
         dir.path().join("n1.token").display(),
         dir.path().join("n2.token").display(),
+        dir.path().join("waypoint.token").display(),
     );
     let file = CaFile::parse(&dir.path().join("ca.yaml"), &text).unwrap();
     let service = CertificateService {
@@ -93,6 +98,7 @@ async fn ask(
 }
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+const WAYPOINT: &str = "spiffe://cluster.local/ns/shop/sa/waypoint";
 const DB: &str = "spiffe://cluster.local/ns/shop/sa/db";
 
 #[tokio::test]

@@ -11,7 +11,7 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// A client whose API server answers each request with `respond`, which
 /// sees the method, the path with query, and the JSON body.
-fn client(
+pub(crate) fn client(
     respond: impl Fn(&str, &str, Value) -> (StatusCode, Value) + Send + 'static,
 ) -> (Client, tokio::task::JoinHandle<Vec<String>>) {
     let (service, mut handle): (_, Handle) = tower_test::mock::pair();
@@ -36,7 +36,7 @@ fn client(
     (Client::new(service, "default"), server)
 }
 
-fn settings() -> KubernetesSettings {
+pub(crate) fn settings() -> KubernetesSettings {
     KubernetesSettings {
         root_secret: SecretRef {
             namespace: "mesh-system".into(),
@@ -49,11 +49,16 @@ fn settings() -> KubernetesSettings {
     }
 }
 
+/// A TokenReview answer; a token bound to a node is bound to a pod on it.
 fn review(authenticated: bool, user: &str, node: Option<&str>) -> Value {
-    let mut extra = json!({});
-    if let Some(n) = node {
-        extra = json!({ NODE_NAME_EXTRA: [n] });
-    }
+    let extra = match node {
+        Some(n) => json!({ NODE_NAME_EXTRA: [n], POD_NAME_EXTRA: ["p-0"] }),
+        None => json!({}),
+    };
+    review_with(authenticated, user, extra)
+}
+
+pub(crate) fn review_with(authenticated: bool, user: &str, extra: Value) -> Value {
     json!({
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
         "spec": {"token": "x"},
@@ -82,11 +87,11 @@ async fn token_review_names_the_node_of_the_agents_service_account() {
         )
     });
     let authority = KubeAuthority::new(c, &settings()).unwrap();
-    let node = authority
+    let caller = authority
         .authenticate(Some("Bearer agent-token"))
         .await
         .unwrap();
-    assert_eq!(node, "n1");
+    assert_eq!(caller, agent("n1"));
     assert_eq!(
         authority.authenticate(None).await.unwrap_err(),
         AuthzError::NoToken
@@ -100,12 +105,17 @@ async fn token_review_refusals() {
     for (answer, want) in [
         (review(false, "", None), "not authenticated"),
         (
-            review(true, "system:serviceaccount:default:web", Some("n1")),
-            "not the node agents' service account",
+            review(true, "system:node:n1", Some("n1")),
+            "system:node:n1 is not a service account",
         ),
         (
             review(true, "system:serviceaccount:mesh-system:mesh-agent", None),
             "node-name",
+        ),
+        // A workload's token minted for no pod (e.g. `kubectl create token`).
+        (
+            review(true, "system:serviceaccount:shop:waypoint", None),
+            "system:serviceaccount:shop:waypoint: token is not bound to a pod",
         ),
     ] {
         let (c, _server) = client(move |_, _, _| (StatusCode::CREATED, answer.clone()));
@@ -150,13 +160,16 @@ async fn identities_come_from_running_pods_on_the_node() {
     });
     let authority = KubeAuthority::new(c, &settings()).unwrap();
     let id = |sa| Identity::new("cluster.local", "shop", sa).unwrap();
-    authority.authorize("n1", &id("web")).await.unwrap();
-    let e = authority.authorize("n1", &id("batch")).await.unwrap_err();
+    authority.scheduled_on("n1", &id("web")).await.unwrap();
+    let e = authority
+        .scheduled_on("n1", &id("batch"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, AuthzError::NotOnNode { .. }),
         "finished pods hold no identity: {e}"
     );
-    let e = authority.authorize("n1", &id("db")).await.unwrap_err();
+    let e = authority.scheduled_on("n1", &id("db")).await.unwrap_err();
     assert!(matches!(e, AuthzError::NotOnNode { .. }), "{e}");
     drop(authority);
     assert_eq!(server.await.unwrap().len(), 3);
@@ -290,11 +303,11 @@ async fn a_token_review_answer_is_reused_for_the_same_token() {
     });
     let authority = KubeAuthority::new(c, &settings()).unwrap();
     for _ in 0..2 {
-        let node = authority
+        let caller = authority
             .authenticate(Some("Bearer agent-token"))
             .await
             .unwrap();
-        assert_eq!(node, "n1");
+        assert_eq!(caller, agent("n1"));
     }
     for _ in 0..2 {
         let e = authority
@@ -337,7 +350,7 @@ async fn an_unreachable_api_server_is_asked_again() {
     assert!(matches!(e, AuthzError::Backend(_)), "{e}");
     assert_eq!(
         authority.authenticate(Some("Bearer t")).await.unwrap(),
-        "n1"
+        agent("n1")
     );
     drop(authority);
     assert_eq!(server.await.unwrap().len(), 2);
@@ -349,7 +362,7 @@ fn review_answers_expire_and_the_cache_stays_bounded() {
     let t0 = Instant::now();
     let (good, bad) = (ReviewCache::key("good"), ReviewCache::key("bad"));
     assert_ne!(good, bad);
-    cache.put(good, &Ok("n1".into()), t0);
+    cache.put(good, &Ok(agent("n1")), t0);
     cache.put(bad, &Err(AuthzError::Rejected("no".into())), t0);
     cache.put(
         ReviewCache::key("unreachable"),
@@ -358,7 +371,7 @@ fn review_answers_expire_and_the_cache_stays_bounded() {
     );
     assert_eq!(cache.len(), 2, "backend failures are not kept");
     let at = |s| t0 + Duration::from_secs(s);
-    assert_eq!(cache.get(&good, at(59)), Some(Ok("n1".into())));
+    assert_eq!(cache.get(&good, at(59)), Some(Ok(agent("n1"))));
     assert_eq!(cache.get(&good, at(60)), None);
     assert_eq!(
         cache.get(&bad, at(4)),
@@ -375,5 +388,146 @@ fn review_answers_expire_and_the_cache_stays_bounded() {
         );
     }
     assert_eq!(cache.len(), REVIEW_CACHE_ENTRIES);
-    assert_eq!(cache.get(&good, at(2)), Some(Ok("n1".into())));
+    assert_eq!(cache.get(&good, at(2)), Some(Ok(agent("n1"))));
+}
+
+fn agent(node: &str) -> Caller {
+    Caller::NodeAgent { node: node.into() }
+}
+
+fn waypoint() -> Caller {
+    Caller::Workload(ServiceAccount::new("shop", "waypoint").unwrap())
+}
+
+/// A TokenReview status as the API server fills it in.
+fn status(user: &str, audiences: &[&str], extra: &[(&str, &str)]) -> TokenReviewStatus {
+    serde_json::from_value(json!({
+        "authenticated": true,
+        "audiences": audiences,
+        "user": {
+            "username": user,
+            "extra": extra.iter().map(|(k, v)| (k.to_string(), json!([v]))).collect::<serde_json::Map<_, _>>(),
+        },
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_callers_kind_comes_from_the_reviewed_account() {
+    let agents = ServiceAccount::new("mesh-system", "mesh-agent").unwrap();
+    let caller = |s: &TokenReviewStatus| caller_of(s, "mesh-ca", &agents);
+    let agent_sa = "system:serviceaccount:mesh-system:mesh-agent";
+    let bound = [(NODE_NAME_EXTRA, "n1"), (POD_NAME_EXTRA, "mesh-agent-x")];
+    assert_eq!(
+        caller(&status(agent_sa, &["mesh-ca"], &bound)),
+        Ok(agent("n1"))
+    );
+    assert_eq!(
+        caller(&status(
+            "system:serviceaccount:shop:waypoint",
+            &["mesh-ca"],
+            &[(NODE_NAME_EXTRA, "n1"), (POD_NAME_EXTRA, "waypoint-0")]
+        )),
+        Ok(waypoint())
+    );
+    // The node is not needed for a workload: only its account counts.
+    assert_eq!(
+        caller(&status(
+            "system:serviceaccount:shop:waypoint",
+            &["mesh-ca"],
+            &[(POD_NAME_EXTRA, "waypoint-0")]
+        )),
+        Ok(waypoint())
+    );
+    for (s, want) in [
+        // The agents' account without a node is not demoted to a workload.
+        (
+            status(agent_sa, &["mesh-ca"], &[(POD_NAME_EXTRA, "x")]),
+            "node-name",
+        ),
+        (
+            status("system:serviceaccount:shop:waypoint", &["mesh-ca"], &[]),
+            "not bound to a pod",
+        ),
+        (
+            status(
+                "system:serviceaccount:shop:waypoint",
+                &["mesh-ca"],
+                &[(POD_NAME_EXTRA, "")],
+            ),
+            "not bound to a pod",
+        ),
+        (
+            status(
+                "system:serviceaccount:shop:waypoint",
+                &["kubernetes.default.svc"],
+                &[(POD_NAME_EXTRA, "waypoint-0")],
+            ),
+            "not for audience mesh-ca",
+        ),
+        (
+            status("alice", &["mesh-ca"], &[(POD_NAME_EXTRA, "x")]),
+            "alice is not a service account",
+        ),
+        (
+            status(
+                "system:serviceaccount:Shop:waypoint",
+                &["mesh-ca"],
+                &[(POD_NAME_EXTRA, "x")],
+            ),
+            "not a service account",
+        ),
+    ] {
+        let e = caller(&s).unwrap_err();
+        assert!(matches!(e, AuthzError::Rejected(_)), "{e}");
+        assert!(e.to_string().contains(want), "{want:?} in {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_workload_token_obtains_its_own_identity_without_asking_for_pods() {
+    let (c, server) = client(|method, path, body| {
+        assert_eq!(method, "POST", "only TokenReviews: {path}");
+        assert_eq!(body["spec"]["audiences"], json!(["mesh-ca"]));
+        let answer = match body["spec"]["token"].as_str() {
+            Some("waypoint-token") => review_with(
+                true,
+                "system:serviceaccount:shop:waypoint",
+                json!({ POD_NAME_EXTRA: ["waypoint-0"] }),
+            ),
+            _ => review(false, "", None),
+        };
+        (StatusCode::CREATED, answer)
+    });
+    let authority =
+        crate::authz::Authority::Kubernetes(KubeAuthority::new(c, &settings()).unwrap());
+    let id = |ns, sa| Identity::new("cluster.local", ns, sa).unwrap();
+    for _ in 0..2 {
+        let caller = authority
+            .authenticate(Some("Bearer waypoint-token"))
+            .await
+            .unwrap();
+        assert_eq!(caller, waypoint());
+        authority
+            .authorize(&caller, &id("shop", "waypoint"))
+            .await
+            .unwrap();
+        let e = authority
+            .authorize(&caller, &id("shop", "web"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status().code(), tonic::Code::PermissionDenied, "{e}");
+        assert!(
+            e.to_string().contains("shop/waypoint")
+                && e.to_string()
+                    .contains("spiffe://cluster.local/ns/shop/sa/web"),
+            "{e}"
+        );
+    }
+    drop(authority);
+    assert_eq!(
+        server.await.unwrap().len(),
+        1,
+        "one TokenReview, cached; no pod list for a workload's own identity"
+    );
 }
