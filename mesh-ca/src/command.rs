@@ -2,9 +2,18 @@
 //! image's `mesh-agent ca` (one image holds both).
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::{config::CaFile, root, server};
+use crate::{
+    config::CaFile,
+    lease::LeaseSettings,
+    root, server,
+    waypoints::{
+        self, CaFacts, WaypointSettings, gateway_api,
+        settings::{DEFAULT_CONTROLLER_NAME, PullPolicy},
+    },
+};
 
 /// Run the CA with `--config`, check a config with `--check-config`, or
 /// create a root with `init`.
@@ -17,8 +26,127 @@ pub struct CaArgs {
     /// Validate the configuration file and exit.
     #[arg(long)]
     pub check_config: bool,
+    #[command(flatten)]
+    pub waypoints: WaypointArgs,
     #[command(subcommand)]
     pub command: Option<CaCommand>,
+}
+
+/// The waypoint controller's settings (Kubernetes mode only).
+#[derive(Debug, Args)]
+pub struct WaypointArgs {
+    /// Run the waypoint controller: each Gateway of --waypoint-class gets
+    /// a mesh-waypoint Deployment, Service and ServiceAccount, and its
+    /// status. Needs Kubernetes mode (CaConfig.kubernetes).
+    #[arg(long)]
+    pub waypoint_controller: bool,
+    /// The gatewayClassName of waypoint Gateways.
+    #[arg(long, default_value = mesh_config::DEFAULT_WAYPOINT_CLASS)]
+    pub waypoint_class: String,
+    /// The controllerName of the GatewayClasses the controller accepts.
+    #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
+    pub waypoint_controller_name: String,
+    /// The image waypoint pods run (the mesh image, with mesh-waypoint).
+    #[arg(long)]
+    pub waypoint_image: Option<String>,
+    /// Always, IfNotPresent or Never.
+    #[arg(long, default_value = "IfNotPresent")]
+    pub waypoint_image_pull_policy: PullPolicy,
+    /// host:port of the CA as waypoint pods reach it, e.g.
+    /// mesh-ca.mesh-system.svc:15012.
+    #[arg(long)]
+    pub ca_address_for_waypoints: Option<String>,
+    /// The DNS name waypoints expect in the CA's certificate [default: the
+    /// host of --ca-address-for-waypoints].
+    #[arg(long)]
+    pub ca_server_name_for_waypoints: Option<String>,
+    /// Where waypoints export traces (OTLP over HTTP or gRPC URL).
+    #[arg(long)]
+    pub waypoint_otlp_endpoint: Option<String>,
+    /// The namespace of the leader Lease [default: $POD_NAMESPACE, else the
+    /// root Secret's namespace].
+    #[arg(long)]
+    pub leader_election_namespace: Option<String>,
+    /// This replica's name in the Lease [default: $POD_NAME, else
+    /// $HOSTNAME].
+    #[arg(long)]
+    pub leader_election_identity: Option<String>,
+    /// The name of the leader Lease.
+    #[arg(long, default_value = "mesh-waypoint-controller")]
+    pub leader_election_lease: String,
+}
+
+/// What the controller runs with, once the flags and the CA's file agree.
+#[derive(Debug, Clone)]
+pub struct WaypointPlan {
+    pub settings: WaypointSettings,
+    pub ca: CaFacts,
+    pub lease: LeaseSettings,
+}
+
+impl WaypointArgs {
+    /// The controller's plan, None when it is off; `env` reads the
+    /// process environment (the downward API's POD_NAME, POD_NAMESPACE).
+    pub fn plan(
+        &self,
+        file: &CaFile,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Option<WaypointPlan>> {
+        if !self.waypoint_controller {
+            return Ok(None);
+        }
+        let Some(k8s) = &file.config.kubernetes else {
+            anyhow::bail!(
+                "--waypoint-controller needs Kubernetes mode (CaConfig.kubernetes); waypoints are declared with Gateway objects"
+            );
+        };
+        let image = self
+            .waypoint_image
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--waypoint-controller needs --waypoint-image"))?;
+        let ca_address = self.ca_address_for_waypoints.clone().ok_or_else(|| {
+            anyhow::anyhow!("--waypoint-controller needs --ca-address-for-waypoints (host:port)")
+        })?;
+        let ca_server_name = self
+            .ca_server_name_for_waypoints
+            .clone()
+            .unwrap_or_else(|| WaypointSettings::host_of(&ca_address).to_owned());
+        let settings = WaypointSettings {
+            class_name: self.waypoint_class.clone(),
+            controller_name: self.waypoint_controller_name.clone(),
+            image,
+            image_pull_policy: self.waypoint_image_pull_policy,
+            ca_address,
+            ca_server_name,
+            otlp_endpoint: self.waypoint_otlp_endpoint.clone(),
+        };
+        settings.validate()?;
+        let set = |v: Option<String>| v.filter(|s| !s.is_empty());
+        let namespace = set(self.leader_election_namespace.clone())
+            .or_else(|| set(env("POD_NAMESPACE")))
+            .unwrap_or_else(|| k8s.root_secret.namespace.clone());
+        let holder = set(self.leader_election_identity.clone())
+            .or_else(|| set(env("POD_NAME")))
+            .or_else(|| set(env("HOSTNAME")))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--leader-election-identity: none given and neither POD_NAME nor HOSTNAME is set"
+                )
+            })?;
+        Ok(Some(WaypointPlan {
+            settings,
+            ca: CaFacts {
+                trust_domain: file.config.trust_domain.clone(),
+                token_audience: k8s.token_audience.clone(),
+                root_secret: k8s.root_secret.clone(),
+            },
+            lease: LeaseSettings {
+                namespace,
+                name: self.leader_election_lease.clone(),
+                holder,
+            },
+        }))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,6 +163,9 @@ pub enum CaCommand {
         #[arg(long, default_value = "10y")]
         lifetime: humantime::Duration,
     },
+    /// Print the Gateway API CRDs the waypoint controller reads (GatewayClass,
+    /// Gateway), as the chart installs them with gatewayAPI.installCRDs.
+    Crd,
 }
 
 /// Runs what `args` asks; `invoked_as` names the command in errors.
@@ -59,13 +190,22 @@ pub fn run(args: CaArgs, invoked_as: &str) -> anyhow::Result<()> {
             Ok(())
         }
         CaArgs {
+            command: Some(CaCommand::Crd),
+            ..
+        } => {
+            print!("{}", gateway_api::crd_yaml()?);
+            Ok(())
+        }
+        CaArgs {
             config: Some(config),
             check_config: true,
+            waypoints,
             command: None,
         } => {
             let file = CaFile::load(&config)?;
+            let plan = waypoints.plan(&file, |k| std::env::var(k).ok())?;
             println!(
-                "{}: ok (trust domain {}, listen {}, {})",
+                "{}: ok (trust domain {}, listen {}, {}, {})",
                 config.display(),
                 file.config.trust_domain,
                 file.config.listen,
@@ -73,20 +213,42 @@ pub fn run(args: CaArgs, invoked_as: &str) -> anyhow::Result<()> {
                     "kubernetes"
                 } else {
                     "local"
+                },
+                match &plan {
+                    Some(p) => format!(
+                        "waypoint controller for class {} (image {}, CA {}, lease {}/{})",
+                        p.settings.class_name,
+                        p.settings.image,
+                        p.settings.ca_address,
+                        p.lease.namespace,
+                        p.lease.name
+                    ),
+                    None => "no waypoint controller".to_owned(),
                 }
             );
             Ok(())
         }
         CaArgs {
             config: Some(config),
+            waypoints,
             command: None,
             ..
         } => {
+            let file = CaFile::load(&config)?;
+            let plan = waypoints.plan(&file, |k| std::env::var(k).ok())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()?;
-            runtime.block_on(server::run(&config))
+            runtime.block_on(async move {
+                if let Some(plan) = plan {
+                    let client = kube::Client::try_default()
+                        .await
+                        .context("Kubernetes client (in-cluster config or KUBECONFIG)")?;
+                    tokio::spawn(waypoints::run(client, plan.settings, plan.ca, plan.lease));
+                }
+                server::run(&config).await
+            })
         }
         CaArgs { .. } => {
             anyhow::bail!("`{invoked_as}` needs --config <file> (or `{invoked_as} init`)")

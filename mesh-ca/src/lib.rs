@@ -6,10 +6,14 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod kubernetes;
+pub mod lease;
 pub mod root;
 pub mod server;
 pub mod service;
 pub mod signer;
+pub mod waypoints;
 
+#[cfg(test)]
+mod api_mock;
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,8 @@ pub struct Connection<'a> {
     pub service: Option<String>,
     /// The endpoint the connection went to, when not `dst` itself.
     pub upstream: Option<SocketAddr>,
+    /// `<namespace>/<name>` of the waypoint it went through.
+    pub waypoint: Option<String>,
     /// The connection's end was told (log line, metrics).
     finished: bool,
     /// Both ends and their series' labels (response flags `-`), built
@@ -69,6 +71,7 @@ impl<'a> Connection<'a> {
             trace_id: None,
             service: None,
             upstream: None,
+            waypoint: None,
             finished: false,
             ends: None,
             open_labels: Vec::new(),
@@ -197,6 +200,7 @@ impl<'a> Connection<'a> {
             trace_id = self.trace_id.as_deref(),
             destination_service = self.service.as_deref(),
             upstream = self.upstream.map(|u| u.to_string()),
+            waypoint = self.waypoint.as_deref(),
             bytes_sent = sent,
             bytes_received = received,
             duration_ms = self.started.elapsed().as_millis() as u64,

@@ -18,6 +18,7 @@ use std::{
 };
 
 use http::StatusCode;
+use mesh_discovery::view::WaypointRequirement;
 use mesh_identity::Identity;
 use mesh_policy::{Decision, MtlsMode, NotSynced, PolicySet, Target};
 
@@ -71,6 +72,10 @@ pub struct Rules<'a> {
     /// The agent has a CA. Without one no connection can be mTLS, and STRICT
     /// refuses plaintext all the same, saying so (`StrictWithoutCa`).
     pub mtls: bool,
+    /// When the destination may be reached only through its waypoint
+    /// (`mesh.io/require-waypoint`): who that is
+    /// (`MeshView::waypoint_requirement` of the destination address).
+    pub waypoint: Option<&'a WaypointRequirement>,
 }
 
 /// What the plaintext path knows about the kubelet's health probes to a
@@ -138,6 +143,9 @@ pub enum Refusal {
     StrictWithoutCa,
     /// Policy denies it; the decision goes to the access log and metrics.
     Denied(Decision),
+    /// The destination requires its waypoint, and this connection did not
+    /// come from it: the waypoint's L7 rules would be bypassed.
+    WaypointRequired(Arc<str>),
 }
 
 impl Refusal {
@@ -148,7 +156,9 @@ impl Refusal {
             Refusal::PoliciesNotSynced(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
             // Tunnels are mTLS; only plaintext meets STRICT.
-            Refusal::Strict | Refusal::StrictWithoutCa => StatusCode::FORBIDDEN,
+            Refusal::Strict | Refusal::StrictWithoutCa | Refusal::WaypointRequired(_) => {
+                StatusCode::FORBIDDEN
+            }
         }
     }
 }
@@ -167,6 +177,10 @@ impl fmt::Display for Refusal {
                  (AgentConfig.ca) to carry mTLS; configure `ca` or make the PeerAuthentication PERMISSIVE",
             ),
             Refusal::Denied(d) => f.write_str(&d.enforced.reason()),
+            Refusal::WaypointRequired(gateways) => write!(
+                f,
+                "the destination requires its waypoint ({gateways}; mesh.io/require-waypoint) and the connection did not come through it"
+            ),
         }
     }
 }
@@ -233,6 +247,12 @@ fn decide(
     }
     if let Err(e) = rules.policies.sync.check() {
         return Admit::Refuse(Refusal::PoliciesNotSynced(e));
+    }
+    if let Some(required) = rules.waypoint
+        && !source.is_some_and(|id| required.identities.contains(id))
+    {
+        let gateways: Vec<&str> = required.gateways.iter().map(String::as_str).collect();
+        return Admit::Refuse(Refusal::WaypointRequired(gateways.join(", ").into()));
     }
     if path == InboundPath::Plaintext
         && rules.policies.mtls_mode(pod.target(), dst.port()) == MtlsMode::Strict
@@ -353,6 +373,7 @@ mod tests {
                 policies: set,
                 own_ports: &own,
                 mtls,
+                waypoint: None,
             },
         )
     }
@@ -385,6 +406,7 @@ mod tests {
                 policies: set,
                 own_ports: &own,
                 mtls,
+                waypoint: None,
             },
             &Kubelet {
                 node_addrs: &node,
@@ -478,6 +500,7 @@ mod tests {
                 policies: &policies(),
                 own_ports: &own,
                 mtls: true,
+                waypoint: None,
             },
             &Kubelet {
                 node_addrs: &node,
@@ -774,5 +797,66 @@ mod tests {
             ),
             Admit::Refuse(Refusal::Denied(_))
         ));
+    }
+
+    #[test]
+    fn a_destination_that_requires_its_waypoint_admits_only_the_waypoint() {
+        let required = WaypointRequirement {
+            gateways: ["shop/wp".to_owned()].into(),
+            identities: [id("wp")].into(),
+        };
+        let own = OwnPorts::default();
+        let set = policies();
+        let arrive = |path, source: Option<&Identity>| {
+            admit(
+                &Arrival {
+                    path,
+                    src: addr("10.1.0.7:40000"),
+                    dst: addr("10.1.0.1:8080"),
+                    source,
+                },
+                &pod(),
+                &Rules {
+                    policies: &set,
+                    own_ports: &own,
+                    mtls: true,
+                    waypoint: Some(&required),
+                },
+            )
+        };
+        assert!(matches!(
+            arrive(InboundPath::Hbone, Some(&id("wp"))),
+            Admit::Deliver { .. }
+        ));
+        for (path, source) in [
+            (InboundPath::Hbone, Some(id("web"))),
+            (InboundPath::SameNode, Some(id("web"))),
+            (InboundPath::Plaintext, None),
+        ] {
+            let r = refusal(arrive(path, source.as_ref()));
+            assert_eq!(r, Refusal::WaypointRequired("shop/wp".into()));
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        }
+        // No ready waypoint pod: nothing may connect directly.
+        let nobody = WaypointRequirement {
+            gateways: ["shop/wp".to_owned()].into(),
+            identities: Default::default(),
+        };
+        let r = admit(
+            &Arrival {
+                path: InboundPath::Hbone,
+                src: addr("10.1.0.7:40000"),
+                dst: addr("10.1.0.1:8080"),
+                source: Some(&id("wp")),
+            },
+            &pod(),
+            &Rules {
+                policies: &set,
+                own_ports: &own,
+                mtls: true,
+                waypoint: Some(&nobody),
+            },
+        );
+        assert!(matches!(r, Admit::Refuse(Refusal::WaypointRequired(_))));
     }
 }

@@ -113,6 +113,7 @@ impl Handler for PodHandler {
             policies: &view.policies,
             own_ports: &state.own_ports,
             mtls: true,
+            waypoint: view.waypoint_requirement(dst.ip()).map(|r| &**r),
         };
         let outcome = admit(&arrival, pod, &rules);
         // The dial below goes to `dst` from `delivery_source(dst)`, which is

@@ -83,6 +83,7 @@ async fn handle(
         policies: &view.policies,
         own_ports: &state.own_ports,
         mtls: state.mtls.is_some(),
+        waypoint: view.waypoint_requirement(dst.ip()).map(|r| &**r),
     };
     // The view's pod at this address, if it is still the one this listener
     // serves (an address can pass to a new pod before the listener goes).
@@ -175,6 +176,13 @@ pub fn admitted(
                     "plaintext refused under STRICT mTLS (PeerAuthentication) on an agent with no CA (AgentConfig.ca): every connection but the kubelet's probes is refused; configure `ca`, or make the PeerAuthentication PERMISSIVE"
                 );
             }
+            conn.refused(&refusal.to_string());
+        }
+        Refusal::WaypointRequired(_) => {
+            state
+                .telemetry
+                .refusals
+                .refused(listener.label(), "waypoint_required");
             conn.refused(&refusal.to_string());
         }
         Refusal::NotThisPod => conn.refused(&refusal.to_string()),

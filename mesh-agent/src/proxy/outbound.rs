@@ -6,6 +6,7 @@
 //! passed through as plaintext.
 use std::{io, net::SocketAddr, sync::Arc};
 
+use mesh_discovery::model::Service;
 use mesh_hbone::relay;
 use mesh_identity::Identity;
 use tokio::net::{TcpListener, TcpStream};
@@ -17,7 +18,7 @@ use super::{
     connector::agent_connect,
     inbound,
     listeners::{self, Listener},
-    route::{self, Hop, Mesh, Outbound, Route},
+    route::{self, Hop, Mesh, Outbound, Route, ViaWaypoint},
     state::{Mtls, ProxyState},
 };
 use crate::pod::{CurrentPod, PodContext};
@@ -98,6 +99,22 @@ async fn handle(
             relay::reset(downstream);
             return;
         }
+        Route::WaypointUnusable {
+            service,
+            gateway,
+            why,
+        } => {
+            conn.service = service.map(Service::key);
+            conn.waypoint = Some(gateway.clone());
+            warn!(pod = %pod.key, %src, %dst, waypoint = %gateway, problem = %why, "destination uses a waypoint that cannot be used; refused rather than sent around it");
+            conn.refused(&format!("waypoint {gateway}: {why}"));
+            relay::reset(downstream);
+            return;
+        }
+        Route::Waypoint(via) => {
+            through_waypoint(downstream, conn, &pod, &state, src, via).await;
+            return;
+        }
     };
     let routed = endpoints.is_some();
     let mut last_error = None;
@@ -142,6 +159,67 @@ async fn handle(
         }
         drop(load);
         return;
+    }
+    if let Some(e) = last_error {
+        conn.connect_failed(&e);
+    }
+    relay::reset(downstream);
+}
+
+/// Tunnels the connection to one of the waypoint's pods (each tried in
+/// turn, as a Service's endpoints are), asking for the original
+/// destination; the waypoint balances and applies L7 rules from there.
+async fn through_waypoint(
+    downstream: TcpStream,
+    mut conn: Connection<'_>,
+    pod: &PodContext,
+    state: &ProxyState,
+    src: SocketAddr,
+    via: ViaWaypoint<'_, Mtls>,
+) {
+    let ViaWaypoint {
+        mtls,
+        waypoint,
+        service,
+        authority,
+        hops,
+    } = via;
+    conn.service = service.map(Service::key);
+    conn.waypoint = Some(waypoint.gateway.key());
+    conn.security = Security::MutualTls;
+    conn.source_identity = Some(pod.identity.to_string());
+    let early = mesh_hbone::stream::early_data(&downstream);
+    let mut last_error = None;
+    for (address, expected) in hops {
+        let load = state.balancer.track(address);
+        conn.upstream = Some(address);
+        conn.destination_identity = Some(expected.to_string());
+        match mtls
+            .client
+            .open_via(&pod.origin(), src, address, authority, expected, &early)
+            .await
+        {
+            Ok(tunnel) => {
+                conn.trace_id = Some(tunnel.trace_id.clone());
+                let mesh_hbone::client::Tunnel {
+                    send,
+                    recv,
+                    early,
+                    budget,
+                    ..
+                } = tunnel;
+                conn.opened();
+                conn.closed(
+                    &mesh_hbone::stream::relay(downstream, send, recv, early, &budget).await,
+                );
+                drop(load);
+                return;
+            }
+            Err(e) => {
+                warn!(pod = %pod.key, %src, dst = %authority, waypoint = %address, error = %e, "waypoint pod failed; trying another");
+                last_error = Some(e);
+            }
+        }
     }
     if let Some(e) = last_error {
         conn.connect_failed(&e);

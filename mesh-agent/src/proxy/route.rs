@@ -8,10 +8,15 @@
 use std::{
     fmt,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     vec,
 };
 
-use mesh_discovery::{model::Service, view::MeshView};
+use mesh_discovery::{
+    model::Service,
+    view::MeshView,
+    waypoint::{Unusable, Waypoint, WaypointBinding},
+};
 use mesh_identity::Identity;
 
 use super::{
@@ -88,6 +93,16 @@ impl fmt::Display for Unroutable {
 pub enum Route<'a, P, F, M> {
     /// Not a Service's virtual IP: the destination itself.
     Direct(Hop<'a, P, M>),
+    /// The destination (a Service, or a pod) uses a waypoint: a tunnel to
+    /// one of the waypoint's pods, asking for the original destination.
+    Waypoint(ViaWaypoint<'a, M>),
+    /// The destination names a waypoint that cannot be used, or one that
+    /// needs mTLS on an agent without a CA: refused, never sent around it.
+    WaypointUnusable {
+        service: Option<&'a Service>,
+        gateway: String,
+        why: WaypointProblem,
+    },
     /// A Service's virtual IP: its endpoints, in the order to try them.
     Service {
         service: &'a Service,
@@ -98,6 +113,41 @@ pub enum Route<'a, P, F, M> {
         service: &'a Service,
         why: Unroutable,
     },
+}
+
+/// The tunnel to a waypoint: its pods to try (balanced, at most
+/// `MAX_ENDPOINT_TRIES`) and what to ask them for.
+pub struct ViaWaypoint<'a, M> {
+    pub mtls: &'a M,
+    pub waypoint: Arc<Waypoint>,
+    /// The Service whose virtual IP was dialled; `None` for a workload.
+    pub service: Option<&'a Service>,
+    /// The original destination: the CONNECT authority.
+    pub authority: SocketAddr,
+    /// `(waypoint pod ip:15008, its identity)`, in the order to try.
+    pub hops: Vec<(SocketAddr, Identity)>,
+}
+
+/// Why a waypoint in the path cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaypointProblem {
+    Unusable(Unusable),
+    /// The Gateway is a waypoint, but none of its pods is ready.
+    NoReadyPods,
+    /// This agent has no CA, and a waypoint is reached over mTLS only.
+    NoCa,
+}
+
+impl fmt::Display for WaypointProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unusable(why) => why.fmt(f),
+            Self::NoReadyPods => f.write_str("the waypoint has no ready pods"),
+            Self::NoCa => f.write_str(
+                "a waypoint is reached over mTLS and this agent has no CA (AgentConfig.ca)",
+            ),
+        }
+    }
 }
 
 /// A Service's endpoints to try, at most `MAX_ENDPOINT_TRIES`, each with
@@ -134,10 +184,25 @@ where
         conn: Outbound<'a>,
         order: impl FnOnce(&[SocketAddr]) -> Vec<SocketAddr>,
     ) -> Route<'a, P, F, M> {
+        let mut order = Some(order);
         let Some(svc) = self.view.service_at(conn.dst.ip()) else {
-            return Route::Direct(self.hop(&conn, conn.dst));
+            // A pod's own address: its workload waypoint, if it has one
+            // (never for a waypoint's own pods, which are not meshed).
+            let binding = self
+                .view
+                .workload(conn.dst.ip())
+                .filter(|w| self.view.is_enrolled(w))
+                .map(|w| self.view.waypoint_for_workload(w))
+                .unwrap_or_default();
+            return match self.via_waypoint(&binding, None, &conn, &mut order) {
+                Some(route) => route,
+                None => Route::Direct(self.hop(&conn, conn.dst)),
+            };
         };
         let service = &*svc.service;
+        if let Some(route) = self.via_waypoint(&svc.waypoint, Some(service), &conn, &mut order) {
+            return route;
+        }
         let Some(port) = svc.port(conn.dst.port()) else {
             return Route::Unroutable {
                 service,
@@ -150,7 +215,11 @@ where
                 why: Unroutable::NoReadyEndpoints,
             };
         }
-        let order = order(&port.endpoints).into_iter().take(MAX_ENDPOINT_TRIES);
+        let order = match order.take() {
+            Some(order) => order(&port.endpoints),
+            None => port.endpoints.clone(),
+        };
+        let order = order.into_iter().take(MAX_ENDPOINT_TRIES);
         Route::Service {
             service,
             endpoints: Endpoints {
@@ -159,6 +228,58 @@ where
                 order,
             },
         }
+    }
+
+    /// The route through `binding`'s waypoint, or `None` when the
+    /// destination is reached directly (then `order` was not used).
+    fn via_waypoint(
+        &self,
+        binding: &WaypointBinding,
+        service: Option<&'a Service>,
+        conn: &Outbound<'_>,
+        order: &mut Option<impl FnOnce(&[SocketAddr]) -> Vec<SocketAddr>>,
+    ) -> Option<Route<'a, P, F, M>> {
+        let unusable = |gateway: String, why| Route::WaypointUnusable {
+            service,
+            gateway,
+            why,
+        };
+        let waypoint = match binding {
+            WaypointBinding::Direct => return None,
+            WaypointBinding::Unusable { gateway, why } => {
+                return Some(unusable(gateway.clone(), WaypointProblem::Unusable(*why)));
+            }
+            WaypointBinding::Through(w) => w.clone(),
+        };
+        let Some(mtls) = self.mtls else {
+            return Some(unusable(waypoint.gateway.key(), WaypointProblem::NoCa));
+        };
+        if waypoint.endpoints.is_empty() {
+            return Some(unusable(
+                waypoint.gateway.key(),
+                WaypointProblem::NoReadyPods,
+            ));
+        }
+        let addresses: Vec<SocketAddr> = waypoint.endpoints.iter().map(|e| e.address).collect();
+        let ordered = match order.take() {
+            Some(order) => order(&addresses),
+            None => addresses,
+        };
+        let hops = ordered
+            .into_iter()
+            .filter_map(|a| {
+                let e = waypoint.endpoints.iter().find(|e| e.address == a)?;
+                Some((a, e.identity.clone()))
+            })
+            .take(MAX_ENDPOINT_TRIES)
+            .collect();
+        Some(Route::Waypoint(ViaWaypoint {
+            mtls,
+            waypoint,
+            service,
+            authority: conn.dst,
+            hops,
+        }))
     }
 
     /// How `target` is reached.
@@ -182,6 +303,7 @@ where
             policies: &self.view.policies,
             own_ports: self.own_ports,
             mtls: true,
+            waypoint: self.view.waypoint_requirement(target.ip()).map(|r| &**r),
         };
         match admit(&arrival, &pod, &rules) {
             Admit::Refuse(Refusal::SelfTraffic(why)) => Hop::SelfTraffic { pod, expected, why },
@@ -568,5 +690,94 @@ spec:
             addr("[fd00::1]:40000")
         );
         assert_eq!(pod_source(&ips[..1], lo, addr("[fd00::2]:80")), lo);
+    }
+
+    /// CLUSTER plus a waypoint `wp` (one pod on n2) that Service `web`
+    /// and pod web-2 use, and Service `gone` naming a waypoint that does
+    /// not exist.
+    fn with_waypoint() -> MeshView {
+        let text = CLUSTER
+            .replace(
+                "metadata: {name: web, namespace: shop}",
+                "metadata: {name: web, namespace: shop, labels: {istio.io/use-waypoint: wp}}",
+            )
+            .replace(
+                "metadata: {name: gone, namespace: shop}",
+                "metadata: {name: gone, namespace: shop, labels: {istio.io/use-waypoint: nowhere}}",
+            )
+            .replace(
+                "metadata: {name: web-2, namespace: shop, labels: {app: web}}",
+                "metadata: {name: web-2, namespace: shop, labels: {app: web, istio.io/use-waypoint: wp}}",
+            )
+            + r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: shop, labels: {istio.io/waypoint-for: all}}
+spec: {gatewayClassName: mesh-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wp-0, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: wp}}
+spec: {nodeName: n2, serviceAccountName: wp, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.8}]}
+"#;
+        NodeConfig::parse(Path::new("cluster.yaml"), &text, None)
+            .unwrap()
+            .view()
+    }
+
+    #[test]
+    fn a_service_with_a_waypoint_is_tunnelled_to_the_waypoint_asking_for_the_vip() {
+        let view = with_waypoint();
+        let own = OwnPorts::default();
+        let me = Identity::new("cluster.local", "shop", "client").unwrap();
+        let Route::Waypoint(via) = decide(&view, &own, true, &me, "10.96.0.1:80") else {
+            panic!("not through the waypoint");
+        };
+        assert_eq!(via.authority, addr("10.96.0.1:80"));
+        assert_eq!(via.service.unwrap().key(), "shop/web");
+        assert_eq!(via.waypoint.gateway.key(), "shop/wp");
+        assert_eq!(
+            via.hops,
+            [(
+                addr("10.1.0.8:15008"),
+                Identity::new("cluster.local", "shop", "wp").unwrap()
+            )]
+        );
+        // A pod whose workload uses the waypoint: the same, for its address.
+        let Route::Waypoint(via) = decide(&view, &own, true, &me, "10.1.0.2:8080") else {
+            panic!("pod address not through the waypoint");
+        };
+        assert_eq!(via.authority, addr("10.1.0.2:8080"));
+        assert!(via.service.is_none());
+        // The waypoint's own pod is reached directly, never through itself.
+        assert!(matches!(
+            decide(&view, &own, true, &me, "10.1.0.8:15008"),
+            Route::Direct(Hop::Passthrough)
+        ));
+    }
+
+    #[test]
+    fn a_waypoint_that_cannot_be_used_refuses_rather_than_bypassing_it() {
+        let view = with_waypoint();
+        let own = OwnPorts::default();
+        let me = Identity::new("cluster.local", "shop", "client").unwrap();
+        let Route::WaypointUnusable { gateway, why, .. } =
+            decide(&view, &own, true, &me, "10.96.0.2:80")
+        else {
+            panic!("a missing waypoint was not refused");
+        };
+        assert_eq!(gateway, "shop/nowhere");
+        assert_eq!(
+            why,
+            WaypointProblem::Unusable(mesh_discovery::waypoint::Unusable::NoSuchGateway)
+        );
+        // Without a CA the waypoint cannot be reached: refused, not plaintext.
+        let Route::WaypointUnusable { why, .. } = decide(&view, &own, false, &me, "10.96.0.1:80")
+        else {
+            panic!("no CA, yet not refused");
+        };
+        assert_eq!(why, WaypointProblem::NoCa);
     }
 }
