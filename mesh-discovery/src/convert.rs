@@ -625,4 +625,39 @@ spec:
         .unwrap();
         assert_eq!(namespace(&ns).unwrap_err().field, "metadata.labels");
     }
+
+    #[test]
+    fn a_gateway_declares_a_waypoint_by_class_listener_and_waypoint_for() {
+        let gw: GatewayObject = serde_yaml::from_str(
+            r#"
+metadata: {name: wp, namespace: shop, labels: {istio.io/waypoint-for: workload}}
+spec:
+  gatewayClassName: mesh-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"#,
+        )
+        .unwrap();
+        let g = gateway(&gw).unwrap();
+        assert_eq!(
+            (g.class.as_str(), g.waypoint_for, g.hbone_listener),
+            ("mesh-waypoint", WaypointFor::Workload, true)
+        );
+        let http: GatewayObject = serde_yaml::from_str(
+            "metadata: {name: web}\nspec: {gatewayClassName: mesh-waypoint, listeners: [{name: h, port: 80, protocol: HTTP}]}",
+        )
+        .unwrap();
+        let g = gateway(&http).unwrap();
+        assert_eq!(
+            (g.waypoint_for, g.hbone_listener),
+            (WaypointFor::Service, false)
+        );
+        let bad: GatewayObject = serde_yaml::from_str(
+            "metadata: {name: wp, annotations: {istio.io/waypoint-for: everything}}",
+        )
+        .unwrap();
+        assert_eq!(
+            gateway(&bad).unwrap_err().field,
+            "metadata.annotations.istio.io/waypoint-for"
+        );
+    }
 }
