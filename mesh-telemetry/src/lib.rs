@@ -5,6 +5,7 @@
 pub mod connection;
 pub mod flows;
 pub mod labels;
+pub mod otlp;
 pub mod refusals;
 pub mod request;
 pub mod status;

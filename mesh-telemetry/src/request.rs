@@ -306,6 +306,9 @@ pub struct RequestRecord {
     pub request_bytes: u64,
     /// Body bytes sent to the client.
     pub response_bytes: u64,
+    /// The client's address as the proxy saw it (through a tunnel, the
+    /// address the tunnel carried), when known.
+    pub downstream: Option<SocketAddr>,
     /// The endpoint the last attempt went to, when one was chosen.
     pub upstream: Option<SocketAddr>,
     /// The client.
@@ -486,6 +489,7 @@ struct LogLine<'a> {
     duration_ms: u64,
     bytes_received: u64,
     bytes_sent: u64,
+    downstream: Option<String>,
     upstream: Option<String>,
     attempts: u32,
     route: Option<&'a str>,
@@ -520,6 +524,7 @@ pub fn access_log_line(rec: &RequestRecord) -> String {
         duration_ms: u64::try_from(rec.duration.as_millis()).unwrap_or(u64::MAX),
         bytes_received: rec.request_bytes,
         bytes_sent: rec.response_bytes,
+        downstream: rec.downstream.map(|d| d.to_string()),
         upstream: rec.upstream.map(|u| u.to_string()),
         attempts: rec.attempts,
         route: rec.route.as_deref().map(cut),
@@ -535,7 +540,8 @@ pub fn access_log_line(rec: &RequestRecord) -> String {
     serde_json::to_string(&line).unwrap_or_default()
 }
 
-fn cut(s: &str) -> &str {
+/// `s` cut to at most [`MAX_LOG_FIELD_BYTES`], at a character boundary.
+pub(crate) fn cut(s: &str) -> &str {
     if s.len() <= MAX_LOG_FIELD_BYTES {
         return s;
     }
@@ -557,13 +563,13 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
     use crate::trace::TraceParent;
 
-    fn record() -> RequestRecord {
+    pub(crate) fn record() -> RequestRecord {
         let app = |name: &str| {
             let labels: BTreeMap<String, String> = [("app".to_owned(), name.to_owned())].into();
             WorkloadLabels::of(name, "shop", &labels)
@@ -580,6 +586,7 @@ mod tests {
             grpc_status: None,
             request_bytes: 150,
             response_bytes: 2048,
+            downstream: Some("10.244.0.5:41234".parse().unwrap()),
             upstream: Some("10.244.1.10:8080".parse().unwrap()),
             source: Party {
                 workload: Some(app("client")),
@@ -782,6 +789,7 @@ mod tests {
         assert_eq!(v["duration_ms"], 12);
         assert_eq!(v["bytes_received"], 150);
         assert_eq!(v["bytes_sent"], 2048);
+        assert_eq!(v["downstream"], "10.244.0.5:41234");
         assert_eq!(v["upstream"], "10.244.1.10:8080");
         assert_eq!(v["attempts"], 1);
         assert_eq!(v["route"], "shop/web");
