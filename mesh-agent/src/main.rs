@@ -49,7 +49,8 @@ enum Command {
     },
     /// Run the mesh's certificate authority (Istio-compatible gRPC), or
     /// create its root with `ca init`. The same as the `mesh-ca` binary.
-    Ca(mesh_ca::command::CaArgs),
+    /// (Boxed: the CA's flags, waypoint controller included, dwarf the others.)
+    Ca(Box<mesh_ca::command::CaArgs>),
     /// Print the CustomResourceDefinitions mesh reads (AuthorizationPolicy,
     /// PeerAuthentication; security.istio.io/v1) as YAML.
     Crd,
@@ -207,7 +208,7 @@ fn run(command: Command, log: LogControl) -> anyhow::Result<()> {
                 node.run().await
             })
         }
-        Command::Ca(args) => mesh_ca::command::run(args, "mesh-agent ca"),
+        Command::Ca(args) => mesh_ca::command::run(*args, "mesh-agent ca"),
         Command::Crd => {
             print!("{}", mesh_policy::crd::yaml()?);
             Ok(())
