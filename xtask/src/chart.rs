@@ -2,8 +2,10 @@
 //! helm lints and renders it, kubernetes-validate checks every manifest
 //! against the Kubernetes schemas, the agent binary validates the config
 //! and flags the chart gives it, the CNI installer runs with the args its
-//! containers get, and the CRDs must equal what the agent's kube-derive
-//! types generate.
+//! containers get, and the CRDs must equal what the kube-derive types
+//! generate (the agent's policy kinds, the CA's Gateway API kinds). The
+//! waypoint controller's objects, RBAC and flags are checked against the
+//! values.
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -25,6 +27,9 @@ const ALL_ON: &[&str] = &[
     "crds.install=true",
     "ca.replicas=3",
     "cni.enabled=true",
+    "gatewayAPI.installCRDs=true",
+    "waypoint.enabled=true",
+    "waypoint.otlpEndpoint=http://otel.observability:4318",
 ];
 
 fn helm_output(args: &[&str]) -> anyhow::Result<String> {
@@ -119,8 +124,10 @@ fn agent_accepts(
             if a == mount {
                 file.display().to_string()
             } else {
-                // The downward API's node name.
+                // The downward API's node, pod and namespace names.
                 a.replace("$(NODE_NAME)", "node-1")
+                    .replace("$(POD_NAME)", "mesh-ca-0")
+                    .replace("$(POD_NAMESPACE)", "mesh-system")
             }
         })
         .collect();
@@ -351,10 +358,11 @@ pub fn check() -> anyhow::Result<usize> {
         if !out.status.success() {
             bail!("kubernetes-validate --strict ({what}): {report}");
         }
-        // Only the Prometheus Operator's kind has no schema here.
+        // Only the Prometheus Operator's kind and the Gateway API's have
+        // no schema here.
         for line in report.lines().filter(|l| !l.trim().is_empty()) {
             ensure!(
-                line.contains("kind ServiceMonitor"),
+                line.contains("kind ServiceMonitor") || line.contains("kind GatewayClass"),
                 "kubernetes-validate ({what}): {line}"
             );
         }
@@ -386,22 +394,15 @@ pub fn check() -> anyhow::Result<usize> {
             .iter()
             .filter(|d| d["kind"] == "CustomResourceDefinition")
             .collect();
-        let generated = Command::new(workspace().join("target/debug/mesh-agent"))
-            .arg("crd")
-            .output()?;
-        ensure!(generated.status.success(), "mesh-agent crd failed");
-        let mut expected = Vec::new();
-        for doc in serde_yaml::Deserializer::from_slice(&generated.stdout) {
-            let v = Value::deserialize(doc)?;
-            if !v.is_null() {
-                expected.push(v);
-            }
+        let mut expected = generated_crds(&["crd"])?;
+        if sets.contains(&"gatewayAPI.installCRDs=true") {
+            expected.extend(generated_crds(&["ca", "crd"])?);
         }
         ensure!(
             rendered.len() == expected.len()
                 && rendered.iter().zip(&expected).all(|(a, b)| *a == b),
-            "charts/mesh/templates/crds.yaml differs from the CRDs the Rust types generate; \
-             regenerate it: cargo xtask chart --write-crds"
+            "charts/mesh/templates/crds.yaml or gateway-api-crds.yaml differs from the CRDs \
+             the Rust types generate; regenerate them: cargo xtask chart --write-crds"
         );
         println!(
             "chart: CRDs equal the kube-derive types' ({})",
@@ -498,11 +499,278 @@ pub fn check() -> anyhow::Result<usize> {
         "chart: cni.enabled=false renders no installer; cni.enabled without agent.cniSocket is refused"
     );
     checks += 4;
+    checks += waypoint_checks()?;
     Ok(checks)
 }
 
-/// Rewrites templates/crds.yaml from `mesh-agent crd`.
+/// The CRDs `mesh-agent <args>` prints, in order.
+fn generated_crds(args: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let out = Command::new(workspace().join("target/debug/mesh-agent"))
+        .args(args)
+        .output()
+        .context("run `cargo build` first")?;
+    ensure!(
+        out.status.success(),
+        "mesh-agent {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut crds = Vec::new();
+    for doc in serde_yaml::Deserializer::from_slice(&out.stdout) {
+        let v = Value::deserialize(doc)?;
+        if !v.is_null() {
+            crds.push(v);
+        }
+    }
+    Ok(crds)
+}
+
+/// `flag`'s value in `args`.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The waypoint controller: the GatewayClass, exactly the RBAC the
+/// controller uses, the CA's flags carrying the values (the CA itself
+/// checks them in `agent_accepts`), the agents' waypointClass, and
+/// nothing of it when waypoint.enabled is false.
+fn waypoint_checks() -> anyhow::Result<usize> {
+    let docs = render(&[
+        "waypoint.className=shop-waypoints",
+        "waypoint.otlpEndpoint=http://otel:4318",
+        "image.pullPolicy=Always",
+    ])?;
+    let class = find(&docs, "GatewayClass", "shop-waypoints")?;
+    ensure!(
+        class["spec"]["controllerName"] == "mesh.io/waypoint-controller",
+        "GatewayClass shop-waypoints: controllerName {:?}",
+        class["spec"]["controllerName"]
+    );
+    let hook = class["metadata"]["annotations"]["helm.sh/hook"].as_str();
+    ensure!(
+        hook == Some("post-install,post-upgrade"),
+        "GatewayClass shop-waypoints must be applied after its CRD (a post-install hook): {hook:?}"
+    );
+    let ca = &find(&docs, "Deployment", "mesh-ca")?["spec"]["template"]["spec"]["containers"][0];
+    let args = strings(&ca["args"]);
+    ensure!(
+        args.iter().any(|a| a == "--waypoint-controller"),
+        "the CA runs without --waypoint-controller: {args:?}"
+    );
+    let image = find(&docs, "DaemonSet", "mesh-agent")?["spec"]["template"]["spec"]["containers"]
+        [0]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for (flag, want) in [
+        ("--waypoint-class", "shop-waypoints"),
+        ("--waypoint-image", image.as_str()),
+        ("--waypoint-image-pull-policy", "Always"),
+        (
+            "--ca-address-for-waypoints",
+            "mesh-ca.mesh-system.svc:15012",
+        ),
+        ("--ca-server-name-for-waypoints", "mesh-ca.mesh-system.svc"),
+        ("--waypoint-otlp-endpoint", "http://otel:4318"),
+        ("--leader-election-namespace", "$(POD_NAMESPACE)"),
+        ("--leader-election-identity", "$(POD_NAME)"),
+    ] {
+        let got = flag_value(&args, flag);
+        ensure!(
+            got.as_deref() == Some(want),
+            "the CA's {flag} is {got:?}, the values say {want:?}"
+        );
+    }
+    let env: Vec<(String, String)> = ca["env"]
+        .as_sequence()
+        .map(|e| {
+            e.iter()
+                .map(|v| {
+                    (
+                        v["name"].as_str().unwrap_or_default().to_owned(),
+                        v["valueFrom"]["fieldRef"]["fieldPath"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for (name, path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        ensure!(
+            env.iter().any(|(n, p)| n == name && p == path),
+            "the CA's env has no {name} from {path}: {env:?}"
+        );
+    }
+    let agent_config = find(&docs, "ConfigMap", "mesh-agent")?["data"]["agent.yaml"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        agent_config.contains("waypointClass: shop-waypoints"),
+        "the agents' config does not name waypoint.className: {agent_config}"
+    );
+
+    // The rules, exactly: what the controller reads, applies and patches.
+    let rules = |kind: &str, name: &str| -> anyhow::Result<Vec<String>> {
+        let rules = &find(&docs, kind, name)?["rules"];
+        Ok(rules
+            .as_sequence()
+            .map(|r| {
+                r.iter()
+                    .map(|r| {
+                        format!(
+                            "{:?} {:?} {:?} {:?}",
+                            strings(&r["apiGroups"]),
+                            strings(&r["resources"]),
+                            strings(&r["resourceNames"]),
+                            strings(&r["verbs"])
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    let s = |v: &[&str]| format!("{:?}", v.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+    let rule = |g: &[&str], r: &[&str], n: &[&str], v: &[&str]| {
+        format!("{} {} {} {}", s(g), s(r), s(n), s(v))
+    };
+    let g = ["gateway.networking.k8s.io"];
+    let want_cluster = vec![
+        rule(
+            &g,
+            &["gateways", "gatewayclasses"],
+            &[],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &g,
+            &["gateways/status", "gatewayclasses/status"],
+            &[],
+            &["patch"],
+        ),
+        rule(&g, &["gateways/finalizers"], &[], &["update"]),
+        rule(
+            &["apps"],
+            &["deployments"],
+            &[],
+            &["get", "list", "watch", "create", "patch"],
+        ),
+        rule(
+            &[""],
+            &["services", "serviceaccounts", "configmaps"],
+            &[],
+            &["get", "create", "patch"],
+        ),
+    ];
+    let got = rules("ClusterRole", "mesh-ca-waypoints")?;
+    ensure!(
+        got == want_cluster,
+        "ClusterRole mesh-ca-waypoints: {got:#?}, the controller needs {want_cluster:#?}"
+    );
+    let c = ["coordination.k8s.io"];
+    let want_lease = vec![
+        rule(
+            &c,
+            &["leases"],
+            &["mesh-waypoint-controller"],
+            &["get", "update"],
+        ),
+        rule(&c, &["leases"], &[], &["create"]),
+    ];
+    let got = rules("Role", "mesh-ca-leader-election")?;
+    ensure!(
+        got == want_lease,
+        "Role mesh-ca-leader-election: {got:#?}, the election needs {want_lease:#?}"
+    );
+    let role = find(&docs, "Role", "mesh-ca-leader-election")?;
+    ensure!(
+        role["metadata"]["namespace"] == "mesh-system",
+        "the Lease role must be in the CA's namespace only"
+    );
+    for (kind, name) in [
+        ("ClusterRoleBinding", "mesh-ca-waypoints"),
+        ("RoleBinding", "mesh-ca-leader-election"),
+    ] {
+        let b = find(&docs, kind, name)?;
+        ensure!(
+            b["subjects"][0]["name"] == "mesh-ca" && b["roleRef"]["name"] == name,
+            "{kind} {name} must bind {name} to the CA's ServiceAccount: {b:?}"
+        );
+    }
+    println!(
+        "chart: waypoint.enabled renders the GatewayClass, the controller's RBAC and the CA's flags"
+    );
+
+    let off = render(&["waypoint.enabled=false"])?;
+    let leftover: Vec<String> = off
+        .iter()
+        .filter(|d| {
+            d["kind"] == "GatewayClass"
+                || d["metadata"]["name"] == "mesh-ca-waypoints"
+                || d["metadata"]["name"] == "mesh-ca-leader-election"
+        })
+        .map(|d| format!("{:?} {:?}", d["kind"], d["metadata"]["name"]))
+        .collect();
+    let args = strings(
+        &find(&off, "Deployment", "mesh-ca")?["spec"]["template"]["spec"]["containers"][0]["args"],
+    );
+    ensure!(
+        leftover.is_empty() && !args.iter().any(|a| a.starts_with("--waypoint")),
+        "waypoint.enabled=false still renders {leftover:?} / CA args {args:?}"
+    );
+    ensure!(
+        !render(&[])?
+            .iter()
+            .any(|d| d["kind"] == "CustomResourceDefinition"
+                && d["spec"]["group"] == "gateway.networking.k8s.io"),
+        "gatewayAPI.installCRDs defaults to false, yet Gateway API CRDs are rendered"
+    );
+    let bad = helm_output(&[
+        "template",
+        "mesh",
+        "charts/mesh",
+        "--set",
+        "waypoint.className=Shop_Waypoints",
+    ]);
+    ensure!(
+        bad.as_ref()
+            .is_err_and(|e| e.to_string().contains("className")),
+        "an invalid waypoint.className must fail naming it: {bad:?}"
+    );
+    println!(
+        "chart: waypoint.enabled=false renders none of it; no Gateway API CRDs by default; a bad className is refused"
+    );
+    Ok(2)
+}
+
+/// Rewrites templates/crds.yaml from `mesh-agent crd` and
+/// templates/gateway-api-crds.yaml from `mesh-agent ca crd`.
 pub fn write_crds() -> anyhow::Result<()> {
+    write_policy_crds()?;
+    let out = Command::new(workspace().join("target/debug/mesh-agent"))
+        .args(["ca", "crd"])
+        .output()
+        .context("run `cargo build` first")?;
+    ensure!(out.status.success(), "mesh-agent ca crd failed");
+    let yaml = String::from_utf8(out.stdout)?;
+    let body = yaml.strip_prefix("---\n").unwrap_or(&yaml);
+    let text = format!(
+        "{{{{- if .Values.gatewayAPI.installCRDs }}}}\n# Generated from the CA's kube-derive Gateway API types (mesh-agent ca crd); do not\n# edit: cargo xtask test fails when it differs from what the types generate.\n{body}{{{{- end }}}}\n"
+    );
+    let path = workspace().join("charts/mesh/templates/gateway-api-crds.yaml");
+    std::fs::write(&path, text)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn write_policy_crds() -> anyhow::Result<()> {
     let out = Command::new(workspace().join("target/debug/mesh-agent"))
         .arg("crd")
         .output()
