@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     proc::{Binaries, Place, Proc},
     sys::{self, ip},
+    waypoint::{self, Serves, Waypoint, WaypointSpec},
 };
 
 const AGENT_READY: Duration = Duration::from_secs(30);
@@ -28,6 +29,9 @@ pub struct PodSpec {
     pub enrolled: bool,
     /// Labels besides `app: <name>` and the enrollment label.
     pub labels: Vec<(String, String)>,
+    /// Its service account when not its name (a waypoint's pod runs as
+    /// its Gateway's).
+    pub service_account: Option<String>,
 }
 
 /// What to build: pods per node, by name.
@@ -49,6 +53,8 @@ pub struct ClusterSpec {
     /// facts (name, cgroup, bpffs, CA files). The agent's own type, so the
     /// test bed writes what the agent reads, defaults included.
     pub agent: AgentConfig,
+    /// Waypoints: a Gateway each, and a pod running `mesh-waypoint`.
+    pub waypoints: Vec<WaypointSpec>,
 }
 
 impl ClusterSpec {
@@ -64,6 +70,7 @@ impl ClusterSpec {
                             namespace: "default".into(),
                             enrolled: true,
                             labels: Vec::new(),
+                            service_account: None,
                         })
                         .collect()
                 })
@@ -74,7 +81,49 @@ impl ClusterSpec {
             extra_docs: String::new(),
             probes: Vec::new(),
             agent: AgentConfig::new(""),
+            waypoints: Vec::new(),
         }
+    }
+
+    /// A waypoint for namespace `namespace` serving Services
+    /// (`istio.io/waypoint-for: service`): the Gateway `name` of the
+    /// agents' waypoint class, and its pod `<name>-0` on node `node`
+    /// (labelled with the Gateway's name, running as service account
+    /// `name`), where the test bed runs `mesh-waypoint` once the agents
+    /// are up. Services, pods and namespaces bind to it with
+    /// `istio.io/use-waypoint: <name>` in the test's documents.
+    pub fn waypoint(self, name: &str, namespace: &str, node: usize) -> Self {
+        self.waypoint_for(name, namespace, node, Serves::Service)
+    }
+
+    /// A waypoint serving `serves` (see [`ClusterSpec::waypoint`]).
+    pub fn waypoint_for(
+        mut self,
+        name: &str,
+        namespace: &str,
+        node: usize,
+        serves: Serves,
+    ) -> Self {
+        assert!(
+            node < self.nodes.len(),
+            "waypoint {name}: node {node} is not one of the {} nodes",
+            self.nodes.len()
+        );
+        let spec = WaypointSpec {
+            gateway: name.into(),
+            namespace: namespace.into(),
+            node,
+            serves,
+        };
+        self.nodes[node].push(PodSpec {
+            name: spec.pod_name(),
+            namespace: namespace.into(),
+            enrolled: true,
+            labels: vec![(waypoint::GATEWAY_NAME_LABEL.into(), name.into())],
+            service_account: Some(name.into()),
+        });
+        self.waypoints.push(spec);
+        self
     }
 
     /// Gives `pod` a container whose readiness probe is an HTTP GET of
@@ -266,7 +315,8 @@ pub struct Cluster {
     ca_netns: Option<String>,
     ca: Option<Proc>,
     agents: Vec<Option<Proc>>,
-    res: Resources,
+    pub(crate) waypoints: Vec<Waypoint>,
+    pub(crate) res: Resources,
     keep: bool,
 }
 
@@ -299,6 +349,7 @@ impl Cluster {
             ca_netns: None,
             ca: None,
             agents: Vec::new(),
+            waypoints: spec.waypoints.iter().cloned().map(Waypoint::new).collect(),
             res: Resources {
                 cgroup_base: Some(cg_root.join(format!("mesh-tb-{id}"))),
                 dir: Some(dir),
@@ -306,6 +357,13 @@ impl Cluster {
             },
             keep: false,
         };
+        if !spec.waypoints.is_empty() {
+            anyhow::ensure!(
+                spec.agents && spec.mtls,
+                "a waypoint needs the agents and the CA: do not combine .waypoint() with .plaintext() or .without_agents()"
+            );
+            c.bins.waypoint()?;
+        }
         c.build(&spec).context("building the test bed")?;
         if spec.agents && spec.mtls {
             c.start_ca()?;
@@ -314,6 +372,9 @@ impl Cluster {
             for n in 0..c.nodes.len() {
                 c.start_agent(n)?;
             }
+        }
+        for w in &spec.waypoints {
+            c.start_waypoint(&w.gateway)?;
         }
         Ok(c)
     }
@@ -415,7 +476,7 @@ impl Cluster {
                     cgroup: pod_cg,
                     enrolled: p.enrolled,
                     labels: p.labels.clone(),
-                    service_account: p.name.clone(),
+                    service_account: p.service_account.clone().unwrap_or_else(|| p.name.clone()),
                     listed: true,
                 });
             }
@@ -424,6 +485,19 @@ impl Cluster {
             self.write_config(n)?;
         }
         if spec.mtls {
+            // The CA answers the waypoints, which run in pods.
+            let ca_ns = self.ca_netns.clone().context("the CA's netns")?;
+            for n in 0..self.nodes.len() {
+                ip(&[
+                    "-n",
+                    &ca_ns,
+                    "route",
+                    "add",
+                    &format!("10.244.{n}.0/24"),
+                    "via",
+                    &format!("10.0.0.{}", n + 1),
+                ])?;
+            }
             self.write_ca_config()?;
         }
         Ok(())
@@ -454,6 +528,17 @@ impl Cluster {
         self.dir.join(format!("token-{node}"))
     }
 
+    /// Writes a fresh secret to `token` unless it holds one already.
+    fn ensure_token(token: &Path) -> anyhow::Result<()> {
+        if !token.exists() {
+            let secret: String = (0..32)
+                .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap())
+                .collect();
+            std::fs::write(token, secret)?;
+        }
+        Ok(())
+    }
+
     fn write_ca_config(&self) -> anyhow::Result<()> {
         let mut s = format!(
             "kind: CaConfig\nlisten: 0.0.0.0:15012\nrootCertFile: {}\nrootKeyFile: {}\ndefaultLifetime: {lt}\nmaxLifetime: {lt}\nnodes:\n",
@@ -463,13 +548,17 @@ impl Cluster {
         );
         for node in &self.nodes {
             let token = self.token_file(&node.name);
-            if !token.exists() {
-                let secret: String = (0..32)
-                    .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap())
-                    .collect();
-                std::fs::write(&token, secret)?;
-            }
+            Self::ensure_token(&token)?;
             let _ = writeln!(s, "- name: {}\n  tokenFile: {}", node.name, token.display());
+        }
+        if !self.waypoints.is_empty() {
+            let mut workloads = Vec::new();
+            for w in &self.waypoints {
+                Self::ensure_token(&w.spec.token_file(&self.dir))?;
+                workloads.push(w.spec.ca_workload(&self.dir));
+            }
+            // Flow-style JSON is YAML: one line, nothing to indent.
+            let _ = writeln!(s, "workloads: {}", serde_json::Value::from(workloads));
         }
         s.push_str(&self.pods_yaml());
         let path = self.dir.join("ca.yaml");
@@ -774,6 +863,9 @@ impl Cluster {
                 ..k8s::Node::default()
             };
             push_doc(&mut s, &doc);
+        }
+        for w in &self.waypoints {
+            push_doc(&mut s, &w.spec.gateway_doc(&self.agent.waypoint_class));
         }
         if !self.extra_docs.is_empty() {
             s.push_str("---\n");
@@ -1157,6 +1249,7 @@ impl Cluster {
             .agents
             .iter_mut()
             .chain(std::iter::once(&mut self.ca))
+            .chain(self.waypoints.iter_mut().map(|w| &mut w.proc))
             .flatten()
         {
             // Forget the handle; the process keeps running.
@@ -1192,7 +1285,12 @@ impl Drop for Cluster {
                 logs.display()
             );
         }
-        for a in self.agents.iter_mut().flatten() {
+        for a in self
+            .agents
+            .iter_mut()
+            .chain(self.waypoints.iter_mut().map(|w| &mut w.proc))
+            .flatten()
+        {
             a.kill();
         }
         self.stop_ca();

@@ -15,9 +15,11 @@ pub mod fixtures;
 pub mod http;
 pub mod proc;
 pub mod sys;
+pub mod waypoint;
 
 pub use cluster::{Cluster, ClusterSpec, Node, Pod};
 pub use proc::{Binaries, Proc};
+pub use waypoint::{Serves, WaypointSpec};
 
 /// The first line of an end-to-end test: returns from the test, saying why
 /// on stderr, unless it runs as root. Elsewhere (a developer's unprivileged

@@ -22,10 +22,13 @@ pub struct Binaries {
     pub probe: PathBuf,
     /// The `mesh` CLI.
     pub cli: PathBuf,
+    /// `mesh-waypoint`, or why it was not found: only clusters with a
+    /// waypoint need it.
+    pub waypoint: Result<PathBuf, String>,
 }
 
 impl Binaries {
-    /// `MESH_AGENT_BIN` / `MESHTB_BIN`, else next to the running executable
+    /// `MESH_AGENT_BIN` / `MESHTB_BIN` / `MESH_WAYPOINT_BIN`, else next to the running executable
     /// (target/<profile>/ for xtask, its deps/ parent for test binaries).
     pub fn locate() -> anyhow::Result<Self> {
         let find = |env: &str, name: &str| -> anyhow::Result<PathBuf> {
@@ -50,7 +53,14 @@ impl Binaries {
             meshtb: find("MESHTB_BIN", "meshtb")?,
             probe: find("HBONEPROBE_BIN", "hboneprobe")?,
             cli: find("MESH_CLI_BIN", "mesh")?,
+            // Tests that run no waypoint must not need it built.
+            waypoint: find("MESH_WAYPOINT_BIN", "mesh-waypoint").map_err(|e| format!("{e:#}")),
         })
+    }
+
+    /// `mesh-waypoint`, or an error saying how to build it.
+    pub fn waypoint(&self) -> anyhow::Result<&Path> {
+        self.waypoint.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 
@@ -141,6 +151,13 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its exit status once it has exited (its last lines read by then).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.try_wait().ok().flatten()?;
+        self.drain_output();
+        Some(status)
     }
 
     /// Output so far: stdout lines, then the log file's lines if any.
