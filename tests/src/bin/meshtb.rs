@@ -10,6 +10,14 @@ use std::{
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
+// The crate root is src/bin/, where hboneprobe is a sibling.
+#[path = "meshtb/web.rs"]
+mod web;
+#[path = "meshtb/web_client.rs"]
+mod web_client;
+#[path = "meshtb/websocket.rs"]
+mod websocket;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -24,6 +32,9 @@ enum Mode {
     Echo,
     /// Minimal HTTP/1.1 keep-alive server with a fixed body.
     Http,
+    /// HTTP/1.1 and h2c on one port, each response naming the server;
+    /// gRPC-shaped requests and WebSocket upgrades served (see `web`).
+    Web,
 }
 
 #[derive(Subcommand)]
@@ -103,6 +114,54 @@ enum Cmd {
     Relay {
         #[arg(long = "map", value_parser = relay_map, required = true)]
         maps: Vec<(SocketAddr, SocketAddr)>,
+    },
+    /// N HTTP/1.1 GETs, one after another, over one keep-alive connection;
+    /// report which server answered each (`serve --mode web`).
+    Http1 {
+        #[arg(long)]
+        to: SocketAddr,
+        /// The Host header (default: the address).
+        #[arg(long)]
+        authority: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        requests: u32,
+        #[arg(long, default_value_t = 20)]
+        timeout_s: u64,
+    },
+    /// N h2c GETs at once over one connection (prior knowledge), and with
+    /// `--grpc MESSAGE` a gRPC-shaped unary call on it; report who answered.
+    H2c {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        authority: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        requests: u32,
+        #[arg(long)]
+        grpc: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        timeout_s: u64,
+    },
+    /// A WebSocket upgrade, one text message echoed, a close.
+    Websocket {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        authority: Option<String>,
+        #[arg(long, default_value = "hello through the mesh")]
+        message: String,
+        #[arg(long, default_value_t = 20)]
+        timeout_s: u64,
+    },
+    /// Send DATA as is (e.g. a malformed HTTP request), read until the peer
+    /// closes or the timeout; report the reply and its HTTP status.
+    Raw {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        data: String,
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
     },
 }
 
@@ -212,6 +271,58 @@ fn main() {
             seconds,
         } => println!("{}", load(to, rate, conns, Duration::from_secs(seconds))),
         Cmd::Relay { maps } => relay(maps),
+        Cmd::Http1 {
+            to,
+            authority,
+            requests,
+            timeout_s,
+        } => println!(
+            "{}",
+            web_client::http1(
+                to,
+                &web_client::default_authority(to, authority),
+                requests,
+                Duration::from_secs(timeout_s)
+            )
+        ),
+        Cmd::H2c {
+            to,
+            authority,
+            requests,
+            grpc,
+            timeout_s,
+        } => println!(
+            "{}",
+            web_client::h2c(
+                to,
+                &web_client::default_authority(to, authority),
+                requests,
+                grpc.as_deref(),
+                Duration::from_secs(timeout_s)
+            )
+        ),
+        Cmd::Websocket {
+            to,
+            authority,
+            message,
+            timeout_s,
+        } => println!(
+            "{}",
+            web_client::websocket(
+                to,
+                &web_client::default_authority(to, authority),
+                &message,
+                Duration::from_secs(timeout_s)
+            )
+        ),
+        Cmd::Raw {
+            to,
+            data,
+            timeout_s,
+        } => println!(
+            "{}",
+            web_client::raw(to, &data, Duration::from_secs(timeout_s))
+        ),
     }
 }
 
@@ -265,6 +376,9 @@ fn serve(ports: &[u16], mode: Mode, name: &str, body: usize) {
     }
     println!("{}", json!({"listening": ports.len(), "name": name}));
     std::io::stdout().flush().unwrap();
+    if mode == Mode::Web {
+        return web::serve(listeners, name);
+    }
     let handles: Vec<_> = listeners
         .into_iter()
         .map(|l| {
@@ -297,6 +411,8 @@ fn handle(mut s: TcpStream, mode: Mode, name: &str, body: usize) {
         }
         Mode::Echo => echo(s),
         Mode::Http => http(s, body),
+        // Served by `web::serve`, never by a thread per connection.
+        Mode::Web => {}
     }
 }
 
