@@ -5,7 +5,11 @@
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
 use anyhow::bail;
-use mesh_discovery::{model::Workload, view::MeshView};
+use mesh_discovery::{
+    model::{GATEWAY_NAME_LABEL, Workload},
+    view::{MeshView, WaypointRequirement},
+    waypoint::WaypointBinding,
+};
 use mesh_identity::Identity;
 use mesh_policy::{Connection, MtlsMode, Target, Verdict, model::Action};
 use mesh_telemetry::{flows::FlowSeries, labels::WorkloadLabels};
@@ -14,6 +18,7 @@ use serde::Serialize;
 use super::{
     agents::Cluster,
     output::{self, Format},
+    waypoint::describe,
 };
 
 /// At most this many peer identities are evaluated (the rest are counted).
@@ -25,6 +30,9 @@ pub struct Inspection {
     /// `service` or `workload`.
     pub kind: &'static str,
     pub identities: Vec<String>,
+    /// A Service's: where traffic to its virtual IP goes first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<WaypointBinding>,
     pub pods: Vec<PodRow>,
     pub endpoints: Vec<EndpointRow>,
     /// Policies that select the target's pods (evaluated for `evaluated_for`).
@@ -47,6 +55,13 @@ pub struct PodRow {
     pub ips: Vec<IpAddr>,
     pub identity: String,
     pub enrolled: bool,
+    /// Where traffic to the pod's own address goes first.
+    pub waypoint: WaypointBinding,
+    /// Whether only its waypoint may connect to it directly.
+    pub requires_waypoint: Option<describe::Requirement>,
+    /// The waypoint this pod runs (`<namespace>/<gateway>`), if it is one's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint_of: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,7 +118,9 @@ pub fn inspect(view: &MeshView, target: &str) -> anyhow::Result<Inspection> {
     let Some((namespace, name)) = target.split_once('/') else {
         bail!("`{target}`: name the target as <namespace>/<workload or service>");
     };
+    let mut service_waypoint = None;
     let (kind, pods, endpoints) = if let Some(route) = view.service(target) {
+        service_waypoint = Some(route.waypoint.clone());
         let mut endpoints = Vec::new();
         let mut pods: Vec<Arc<Workload>> = Vec::new();
         for p in &route.ports {
@@ -146,6 +163,7 @@ pub fn inspect(view: &MeshView, target: &str) -> anyhow::Result<Inspection> {
         target: target.to_owned(),
         kind,
         identities: identities.into_iter().collect(),
+        waypoint: service_waypoint,
         pods: pods
             .iter()
             .map(|w| PodRow {
@@ -154,6 +172,13 @@ pub fn inspect(view: &MeshView, target: &str) -> anyhow::Result<Inspection> {
                 ips: w.ips.clone(),
                 identity: identity_of(view, w),
                 enrolled: view.is_enrolled(w),
+                waypoint: view.waypoint_for_workload(w),
+                requires_waypoint: requirement(view, w).map(|r| describe::Requirement::of(r)),
+                waypoint_of: view
+                    .is_waypoint_pod(w)
+                    .then(|| w.labels.get(GATEWAY_NAME_LABEL))
+                    .flatten()
+                    .map(|g| format!("{}/{g}", w.namespace)),
             })
             .collect(),
         endpoints,
@@ -170,6 +195,11 @@ pub fn inspect(view: &MeshView, target: &str) -> anyhow::Result<Inspection> {
         inspection.outbound = outbound(view, w);
     }
     Ok(inspection)
+}
+
+/// The waypoint requirement on any of the pod's addresses.
+fn requirement<'a>(view: &'a MeshView, w: &Workload) -> Option<&'a Arc<WaypointRequirement>> {
+    w.ips.iter().find_map(|ip| view.waypoint_requirement(*ip))
 }
 
 /// The ports the target serves: its Service's target ports, else its named
@@ -227,12 +257,48 @@ fn inbound(view: &MeshView, w: &Workload, ports: &[u16], out: &mut Inspection) {
             peers.push((id, *ip));
         }
     }
+    // Only the waypoint's pods may reach a destination that requires it;
+    // they are never enrolled, so they are added here.
+    let required = requirement(view, w);
+    for id in required.iter().flat_map(|r| &r.identities) {
+        let ip = view
+            .waypoints()
+            .flat_map(|wp| &wp.endpoints)
+            .find(|e| e.identity == *id)
+            .map(|e| e.address.ip());
+        if let Some(ip) = ip
+            && !peers.iter().any(|(p, _)| p == id)
+        {
+            peers.push((id.clone(), ip));
+        }
+    }
     peers.sort_by(|a, b| a.0.cmp(&b.0));
     out.peers_not_shown = peers.len().saturating_sub(MAX_PEERS);
     peers.truncate(MAX_PEERS);
     let dst_ip = w.ips.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    // The agent's order: the waypoint requirement, then STRICT, then policy.
+    let bypass = |source: Option<&Identity>| {
+        let r = required?;
+        if source.is_some_and(|id| r.identities.contains(id)) {
+            return None;
+        }
+        let gateways: Vec<&str> = r.gateways.iter().map(String::as_str).collect();
+        Some(format!(
+            "the destination requires its waypoint ({}; mesh.io/require-waypoint) and the connection did not come through it",
+            gateways.join(", ")
+        ))
+    };
     for port in ports {
         for (id, ip) in &peers {
+            if let Some(reason) = bypass(Some(id)) {
+                out.inbound.push(VerdictRow {
+                    peer: id.to_string(),
+                    port: *port,
+                    verdict: "deny",
+                    reason,
+                });
+                continue;
+            }
             let d = policies.authorize(
                 target_of(w),
                 &Connection {
@@ -245,7 +311,14 @@ fn inbound(view: &MeshView, w: &Workload, ports: &[u16], out: &mut Inspection) {
             out.inbound
                 .push(verdict_row(id.to_string(), *port, &d.enforced));
         }
-        let row = if policies.mtls_mode(target_of(w), *port) == MtlsMode::Strict {
+        let row = if let Some(reason) = bypass(None) {
+            VerdictRow {
+                peer: "plaintext".into(),
+                port: *port,
+                verdict: "deny",
+                reason,
+            }
+        } else if policies.mtls_mode(target_of(w), *port) == MtlsMode::Strict {
             VerdictRow {
                 peer: "plaintext".into(),
                 port: *port,
@@ -362,7 +435,11 @@ pub async fn add_flows(cluster: &Cluster, inspection: &mut Inspection, view: &Me
 pub fn render(format: Format, i: &Inspection) -> anyhow::Result<String> {
     output::render(format, i, |i| {
         let mut out = format!("{} {}\n", i.kind, i.target);
-        out.push_str(&format!("identities: {}\n\n", i.identities.join(", ")));
+        out.push_str(&format!("identities: {}\n", i.identities.join(", ")));
+        if let Some(w) = &i.waypoint {
+            out.push_str(&format!("waypoint: {}\n", describe::binding(w)));
+        }
+        out.push('\n');
         out.push_str("PODS\n");
         out.push_str(&output::table(
             &["POD", "NODE", "IPS", "IDENTITY", "ENROLLED"],
@@ -379,6 +456,23 @@ pub fn render(format: Format, i: &Inspection) -> anyhow::Result<String> {
                             .join(","),
                         p.identity.clone(),
                         p.enrolled.to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ));
+        out.push_str("\nWAYPOINTS (traffic to each pod's own address)\n");
+        out.push_str(&output::table(
+            &["POD", "WAYPOINT", "REQUIRES WAYPOINT"],
+            &i.pods
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        match &p.waypoint_of {
+                            Some(g) => format!("is a pod of waypoint {g} (never enrolled)"),
+                            None => describe::binding(&p.waypoint),
+                        },
+                        describe::requirement(p.requires_waypoint.as_ref()),
                     ]
                 })
                 .collect::<Vec<_>>(),

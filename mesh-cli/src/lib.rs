@@ -1,15 +1,17 @@
-//! `mesh`, the command line: `mesh status` and `mesh inspect`, against the
-//! agents of a local-mode cluster (their config files) or of a Kubernetes
-//! cluster (the agent pods, through the API server).
+//! `mesh`, the command line: `mesh status`, `mesh inspect` and `mesh
+//! waypoint`, against the agents of a local-mode cluster (their config
+//! files) or of a Kubernetes cluster (the agent pods, through the API
+//! server).
 pub mod agents;
 pub mod inspect;
 pub mod output;
 pub mod status;
+pub mod waypoint;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use agents::Cluster;
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mesh_discovery::{
     NodeConfig, Published, Publisher, Source,
@@ -17,6 +19,7 @@ use mesh_discovery::{
     view::{MeshView, ViewSettings},
 };
 use output::Format;
+use waypoint::manifest::WaypointDeclaration;
 
 const KUBE_SYNC: Duration = Duration::from_secs(30);
 
@@ -50,6 +53,10 @@ pub struct Cli {
     pub trust_domain: String,
     #[arg(long, global = true, default_value = "istio-system")]
     pub root_namespace: String,
+    /// The GatewayClass of waypoints, as the agents' waypointClass
+    /// (default mesh-waypoint; local mode reads it from the config).
+    #[arg(long = "waypoint-class", visible_alias = "class", global = true)]
+    pub waypoint_class: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -68,6 +75,44 @@ pub enum Command {
         /// `<namespace>/<workload or service>`.
         target: String,
     },
+    /// Waypoints: declare one (a Gateway of the waypoint class) or see them.
+    #[command(subcommand)]
+    Waypoint(WaypointCommand),
+}
+
+#[derive(Subcommand)]
+pub enum WaypointCommand {
+    /// Creates or updates a waypoint's Gateway (server-side apply), as
+    /// `istioctl waypoint apply` does. With --dry-run, or in local mode,
+    /// prints it instead.
+    Apply(ApplyArgs),
+    /// Every waypoint: its ready pods, identity, what uses it, and whatever
+    /// names a waypoint that cannot be used. Exits 2 when there are problems.
+    Status {
+        /// Only waypoints in, and problems of objects in, this namespace.
+        #[arg(short = 'n', long = "waypoint-namespace", value_name = "NAMESPACE")]
+        waypoint_namespace: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ApplyArgs {
+    /// The waypoint's namespace.
+    #[arg(short = 'n', long = "waypoint-namespace", value_name = "NAMESPACE")]
+    pub waypoint_namespace: String,
+    /// The Gateway's name.
+    #[arg(long, default_value = "waypoint")]
+    pub name: String,
+    /// Which destinations it serves (istio.io/waypoint-for).
+    #[arg(long = "for", value_enum, default_value_t = waypoint::manifest::ForArg::Service)]
+    pub waypoint_for: waypoint::manifest::ForArg,
+    /// Also label the namespace istio.io/use-waypoint=<name>, sending its
+    /// traffic through the waypoint.
+    #[arg(long)]
+    pub enroll_namespace: bool,
+    /// Print the Gateway; apply nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// What the command printed and whether everything it looked at was healthy.
@@ -77,13 +122,12 @@ pub struct Outcome {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    if let Command::Waypoint(WaypointCommand::Apply(args)) = &cli.command {
+        return waypoint_apply(&cli, args).await;
+    }
     let cluster = if cli.config.is_empty() {
-        let client = kube::Client::try_default().await.context(
-            "no --config given and no Kubernetes cluster reachable (kubeconfig or in-cluster); \
-             pass --config <agent config> for a local-mode cluster",
-        )?;
         Cluster::Kubernetes {
-            client,
+            client: kube_client().await?,
             namespace: cli.namespace.clone(),
             selector: cli.selector.clone(),
             status_port: cli.status_port,
@@ -110,19 +154,118 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 ok: true,
             })
         }
+        Command::Waypoint(WaypointCommand::Apply(args)) => waypoint_apply(&cli, args).await,
+        Command::Waypoint(WaypointCommand::Status { waypoint_namespace }) => {
+            let namespace = waypoint_namespace;
+            let (view, gateways, class, no_crds) = match &cluster {
+                Cluster::Local { configs } => {
+                    let cfg = local_config(&cli, configs)?;
+                    (
+                        Arc::new(cfg.view()),
+                        waypoint::gateways::from_store(&cfg.store),
+                        cfg.agent.waypoint_class.clone(),
+                        false,
+                    )
+                }
+                Cluster::Kubernetes { client, .. } => {
+                    let view = view(&cli, &cluster).await?;
+                    match waypoint::gateways::list(client, namespace.as_deref()).await? {
+                        waypoint::gateways::Listed::Gateways(g) => {
+                            (view, g, kube_waypoint_class(&cli), false)
+                        }
+                        waypoint::gateways::Listed::NoCrds => {
+                            (view, Vec::new(), kube_waypoint_class(&cli), true)
+                        }
+                    }
+                }
+            };
+            let mut report =
+                waypoint::status::report(&view, &gateways, &class, namespace.as_deref());
+            if no_crds {
+                report.notes.push(format!(
+                    "the Gateway API CRDs are not installed, so there are no waypoints; \
+                     install them: helm upgrade mesh charts/mesh -n {} --reuse-values \
+                     --set gatewayAPI.installCRDs=true",
+                    cli.namespace
+                ));
+            }
+            Ok(Outcome {
+                text: waypoint::status::render(cli.output, &report)?,
+                ok: report.healthy(),
+            })
+        }
     }
+}
+
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.context(
+        "no --config given and no Kubernetes cluster reachable (kubeconfig or in-cluster); \
+         pass --config <agent config> for a local-mode cluster",
+    )
+}
+
+/// `mesh waypoint apply`: in local mode, or with --dry-run, the Gateway's
+/// YAML (no cluster needed); else the Gateway applied.
+async fn waypoint_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Outcome> {
+    let declare = |class: &str| {
+        WaypointDeclaration::new(
+            &args.waypoint_namespace,
+            &args.name,
+            class,
+            args.waypoint_for.into(),
+        )
+    };
+    let text = if let Some(file) = cli.config.first() {
+        let agents_class = NodeConfig::load(file, None)?.agent.waypoint_class;
+        let decl = declare(cli.waypoint_class.as_deref().unwrap_or(&agents_class))?;
+        let notes = waypoint::apply::local_notes(&decl, args.enroll_namespace, &agents_class);
+        waypoint::apply::document(cli.output, &decl, &notes)?
+    } else if args.dry_run {
+        let decl = declare(&kube_waypoint_class(cli))?;
+        let notes = waypoint::apply::dry_run_notes(&decl, args.enroll_namespace);
+        waypoint::apply::document(cli.output, &decl, &notes)?
+    } else {
+        let decl = declare(&kube_waypoint_class(cli))?;
+        let client = kube_client().await?;
+        let applied =
+            waypoint::apply::apply(&client, &decl, args.enroll_namespace, &cli.namespace).await?;
+        waypoint::apply::render(cli.output, &applied)?
+    };
+    Ok(Outcome { text, ok: true })
+}
+
+/// The waypoint class in Kubernetes mode: the flag, else the chart's default.
+fn kube_waypoint_class(cli: &Cli) -> String {
+    cli.waypoint_class
+        .clone()
+        .unwrap_or_else(|| mesh_config::DEFAULT_WAYPOINT_CLASS.into())
+}
+
+/// The first config file; `--waypoint-class` may not contradict it.
+fn local_config(cli: &Cli, configs: &[PathBuf]) -> anyhow::Result<NodeConfig> {
+    let cfg = NodeConfig::load(&configs[0], None)?;
+    if let Some(class) = &cli.waypoint_class
+        && *class != cfg.agent.waypoint_class
+    {
+        bail!(
+            "--waypoint-class {class}: in local mode the agents' class is their \
+             AgentConfig.waypointClass ({}); drop the flag or change the config",
+            cfg.agent.waypoint_class
+        );
+    }
+    Ok(cfg)
 }
 
 /// The cluster as the agents see it: from the first config file, or from
 /// the API server (one full list of every kind the agents watch).
 async fn view(cli: &Cli, cluster: &Cluster) -> anyhow::Result<Arc<MeshView>> {
     match cluster {
-        Cluster::Local { configs } => Ok(Arc::new(NodeConfig::load(&configs[0], None)?.view())),
+        Cluster::Local { configs } => Ok(Arc::new(local_config(cli, configs)?.view())),
         Cluster::Kubernetes { client, .. } => {
             let settings = ViewSettings {
                 trust_domain: cli.trust_domain.clone(),
                 root_namespace: cli.root_namespace.clone(),
-                waypoint_class: mesh_config::DEFAULT_WAYPOINT_CLASS.into(),
+                waypoint_class: kube_waypoint_class(cli),
             };
             let (publisher, mut views) = Publisher::new(
                 settings,

@@ -1,0 +1,7 @@
+//! `mesh waypoint`: declaring waypoints (`apply`) and seeing them
+//! (`status`).
+pub mod apply;
+pub mod describe;
+pub mod gateways;
+pub mod manifest;
+pub mod status;
