@@ -63,6 +63,13 @@ pub struct WaypointArgs {
     /// Where waypoints export traces (OTLP over HTTP or gRPC URL).
     #[arg(long)]
     pub waypoint_otlp_endpoint: Option<String>,
+    /// The ClusterRoleBinding of the waypoint reader ClusterRole (the
+    /// chart's <release>-waypoint-reader): the controller keeps its
+    /// subjects equal to its waypoints' ServiceAccounts, which is how they
+    /// may read what they watch. The CA needs get and update on it and
+    /// bind on its ClusterRole, nothing more.
+    #[arg(long)]
+    pub waypoint_reader_binding: Option<String>,
     /// The namespace of the leader Lease [default: $POD_NAMESPACE, else the
     /// root Secret's namespace].
     #[arg(long)]
@@ -107,6 +114,12 @@ impl WaypointArgs {
         let ca_address = self.ca_address_for_waypoints.clone().ok_or_else(|| {
             anyhow::anyhow!("--waypoint-controller needs --ca-address-for-waypoints (host:port)")
         })?;
+        let reader_binding = self.waypoint_reader_binding.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--waypoint-controller needs --waypoint-reader-binding (the ClusterRoleBinding that \
+                 lets waypoints read what they watch; the chart's is <release>-waypoint-reader)"
+            )
+        })?;
         let ca_server_name = self
             .ca_server_name_for_waypoints
             .clone()
@@ -119,6 +132,7 @@ impl WaypointArgs {
             ca_address,
             ca_server_name,
             otlp_endpoint: self.waypoint_otlp_endpoint.clone(),
+            reader_binding,
         };
         settings.validate()?;
         let set = |v: Option<String>| v.filter(|s| !s.is_empty());
@@ -216,10 +230,11 @@ pub fn run(args: CaArgs, invoked_as: &str) -> anyhow::Result<()> {
                 },
                 match &plan {
                     Some(p) => format!(
-                        "waypoint controller for class {} (image {}, CA {}, lease {}/{})",
+                        "waypoint controller for class {} (image {}, CA {}, reader binding {}, lease {}/{})",
                         p.settings.class_name,
                         p.settings.image,
                         p.settings.ca_address,
+                        p.settings.reader_binding,
                         p.lease.namespace,
                         p.lease.name
                     ),

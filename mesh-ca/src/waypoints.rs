@@ -3,9 +3,13 @@
 //! Gateway's status (Gateway API's Accepted and Programmed) how that went.
 //! It runs in the CA, which already talks to the API and holds the root
 //! the waypoints must trust, and only on the replica that holds the
-//! leader Lease (`crate::lease`).
+//! leader Lease (`crate::lease`). Each waypoint's ServiceAccount may read
+//! what the waypoint watches through the chart's reader binding, whose
+//! subjects the controller keeps (`readers`, `reader_binding`).
 pub mod acceptance;
 pub mod gateway_api;
+pub mod reader_binding;
+pub mod readers;
 pub mod reconcile;
 pub mod resources;
 pub mod settings;
@@ -81,21 +85,32 @@ pub async fn run(client: Client, settings: WaypointSettings, ca: CaFacts, lease:
             let mut rx = rx;
             let _ = rx.wait_for(|l| !*l).await;
         };
-        let gateways = Controller::new(
+        let controller = Controller::new(
             Api::<Gateway>::all(client.clone()),
             watcher::Config::default(),
         )
         .owns(
             Api::<Deployment>::all(client.clone()),
             watcher::Config::default().labels(GATEWAY_NAME_LABEL),
-        )
-        .graceful_shutdown_on(lost_for(leading.clone()))
-        .run(reconcile_gateway, retry, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "waypoint controller (Gateways)");
+        );
+        let readers = {
+            let resync = reader_binding::resync(ctx.clone(), controller.store());
+            let lost = lost_for(leading.clone());
+            async move {
+                tokio::select! {
+                    () = resync => {}
+                    () = lost => {}
+                }
             }
-        });
+        };
+        let gateways = controller
+            .graceful_shutdown_on(lost_for(leading.clone()))
+            .run(reconcile_gateway, retry, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    warn!(error = %e, "waypoint controller (Gateways)");
+                }
+            });
         let classes = Controller::new(
             Api::<GatewayClass>::all(client.clone()),
             watcher::Config::default(),
@@ -107,7 +122,7 @@ pub async fn run(client: Client, settings: WaypointSettings, ca: CaFacts, lease:
                 warn!(error = %e, "waypoint controller (GatewayClasses)");
             }
         });
-        tokio::join!(gateways, classes);
+        tokio::join!(gateways, classes, readers);
         info!("waypoint controller: stopped, this replica no longer leads");
     }
 }

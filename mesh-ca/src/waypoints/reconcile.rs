@@ -1,7 +1,9 @@
-//! The controller's I/O: for a Gateway of the waypoint class, apply the
+//! The controller's I/O: for a Gateway of the waypoint class, bind its
+//! waypoint's ServiceAccount as a reader (`reader_binding`), apply the
 //! objects `resources` builds (server-side apply, one field manager) and
-//! write the status `status` computes; for a GatewayClass naming the
-//! controller, write its Accepted condition.
+//! write the status `status` computes; unbind the account of a Gateway
+//! being deleted or refused; for a GatewayClass naming the controller,
+//! write its Accepted condition.
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{
@@ -23,6 +25,8 @@ use tracing::{info, warn};
 use super::{
     acceptance::accept,
     gateway_api::{API_VERSION, Gateway, GatewayClass},
+    reader_binding::edit_reader,
+    readers::{Edit, Reader},
     resources::{GatewayRef, MeshFacts, waypoint_objects},
     settings::WaypointSettings,
     status::{Deployed, Observed, Outcome, class_status, gateway_status},
@@ -92,18 +96,33 @@ pub async fn reconcile_gateway(
     gateway: Arc<Gateway>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    if gateway.spec.gateway_class_name != ctx.settings.class_name
-        || gateway.metadata.deletion_timestamp.is_some()
-    {
+    if gateway.spec.gateway_class_name != ctx.settings.class_name {
+        return Ok(Action::await_change());
+    }
+    let reader = Reader::of(&gateway).ok_or(ReconcileError::Incomplete(
+        "metadata.namespace or metadata.name",
+    ))?;
+    if gateway.metadata.deletion_timestamp.is_some() {
+        // Its objects go with it (owner references); its account's read
+        // access goes now, not at the next resync.
+        edit_reader(&ctx, Edit::Remove(reader)).await?;
         return Ok(Action::await_change());
     }
     let gw = GatewayRef::of(&gateway).map_err(ReconcileError::Incomplete)?;
     let outcome = match accept(&gateway) {
-        Err(refusal) => Outcome::Refused(refusal),
-        Ok(waypoint_for) => Outcome::Deployed {
-            waypoint_for,
-            deployed: deploy(&ctx, &gw).await?,
-        },
+        Err(refusal) => {
+            edit_reader(&ctx, Edit::Remove(reader)).await?;
+            Outcome::Refused(refusal)
+        }
+        Ok(waypoint_for) => {
+            // Bound before the Deployment exists, so its first pod can
+            // list what it watches.
+            edit_reader(&ctx, Edit::Add(reader)).await?;
+            Outcome::Deployed {
+                waypoint_for,
+                deployed: deploy(&ctx, &gw).await?,
+            }
+        }
     };
     let previous = gateway
         .status

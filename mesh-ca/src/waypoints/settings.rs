@@ -22,6 +22,10 @@ pub struct WaypointSettings {
     pub ca_server_name: String,
     /// Where waypoints export traces (OTLP), if anywhere.
     pub otlp_endpoint: Option<String>,
+    /// The ClusterRoleBinding whose subjects the controller keeps equal to
+    /// its waypoints' ServiceAccounts (the chart's
+    /// `<release>-waypoint-reader`, bound to the reader ClusterRole).
+    pub reader_binding: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +84,16 @@ pub fn is_dns_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
+/// What Kubernetes accepts as the name of an RBAC object: a path segment.
+fn is_path_segment_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && !s.contains(['/', '%'])
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 impl WaypointSettings {
     /// Checks the values the command line gave, naming the flag at fault.
     pub fn validate(&self) -> Result<(), SettingError> {
@@ -130,6 +144,13 @@ impl WaypointSettings {
                 "--ca-server-name-for-waypoints",
                 &self.ca_server_name,
                 "name a DNS name in the CA's serving certificate (CaConfig.serverNames)",
+            ));
+        }
+        if !is_path_segment_name(&self.reader_binding) {
+            return Err(bad(
+                "--waypoint-reader-binding",
+                &self.reader_binding,
+                "name the ClusterRoleBinding of the waypoint reader ClusterRole (the chart's <release>-waypoint-reader)",
             ));
         }
         if let Some(url) = &self.otlp_endpoint

@@ -16,6 +16,47 @@ use super::{
 use crate::api_mock::{self, Seen};
 
 const ROOT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+const BINDING: &str = "mesh-waypoint-reader";
+const BINDING_PATH: &str =
+    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/mesh-waypoint-reader";
+
+/// The reader binding as the chart creates it, with `subjects`.
+fn binding(subjects: Value) -> Value {
+    let mut b = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": BINDING, "resourceVersion": "7"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": BINDING},
+    });
+    if !subjects.is_null() {
+        b["subjects"] = subjects;
+    }
+    b
+}
+
+fn sa(namespace: &str, name: &str) -> Value {
+    json!({"kind": "ServiceAccount", "name": name, "namespace": namespace})
+}
+
+/// The binding's part of the API server: GET answers `subjects`, PUT
+/// answers what was written.
+fn binding_api(r: &Seen, subjects: &Value) -> Option<(StatusCode, Value)> {
+    if !r.path.starts_with(BINDING_PATH) {
+        return None;
+    }
+    Some(match r.method.as_str() {
+        "GET" => (StatusCode::OK, binding(subjects.clone())),
+        "PUT" => (StatusCode::OK, r.body.clone()),
+        other => panic!("unexpected {other} {}", r.path),
+    })
+}
+
+/// The requests to the reader binding.
+fn binding_requests(seen: &[Seen]) -> Vec<&Seen> {
+    seen.iter()
+        .filter(|s| s.path.starts_with(BINDING_PATH))
+        .collect()
+}
 
 fn context(client: Client) -> Arc<Context> {
     Arc::new(Context {
@@ -28,6 +69,7 @@ fn context(client: Client) -> Arc<Context> {
             ca_address: "mesh-ca.mesh-system.svc:15012".into(),
             ca_server_name: "mesh-ca.mesh-system.svc".into(),
             otlp_endpoint: None,
+            reader_binding: BINDING.into(),
         },
         mesh: MeshFacts {
             trust_domain: "example.org".into(),
@@ -56,7 +98,18 @@ fn hbone() -> Value {
 /// the server would add (the Service's cluster IP, the Deployment's
 /// available replicas).
 fn api(available: i32) -> impl Fn(&Seen) -> (StatusCode, Value) + Send + 'static {
+    api_with_readers(available, Value::Null)
+}
+
+/// [`api`], with the reader binding holding `subjects`.
+fn api_with_readers(
+    available: i32,
+    subjects: Value,
+) -> impl Fn(&Seen) -> (StatusCode, Value) + Send + 'static {
     move |r: &Seen| {
+        if let Some(answer) = binding_api(r, &subjects) {
+            return answer;
+        }
         assert_eq!(r.method, "PATCH", "{}", r.path);
         let (_, mut answer) = echo(r);
         if r.path.contains("/services/") {
@@ -114,7 +167,20 @@ async fn a_gateway_of_the_class_gets_its_waypoint_and_status() {
         .unwrap();
     assert_ne!(action, Action::await_change());
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 5, "{seen:#?}");
+    assert_eq!(seen.len(), 7, "{seen:#?}");
+
+    // The waypoint's account is bound as a reader, under the version read,
+    // before its Deployment exists.
+    let (get, put) = (&seen[0], &seen[1]);
+    assert_eq!(
+        (get.method.as_str(), put.method.as_str()),
+        ("GET", "PUT"),
+        "{seen:#?}"
+    );
+    assert!(get.path.starts_with(BINDING_PATH) && put.path.starts_with(BINDING_PATH));
+    assert_eq!(put.body["subjects"], json!([sa("shop", "waypoint")]));
+    assert_eq!(put.body["metadata"]["resourceVersion"], "7");
+    assert_eq!(put.body["roleRef"]["name"], BINDING);
 
     let cm = find(
         &seen,
@@ -124,10 +190,21 @@ async fn a_gateway_of_the_class_gets_its_waypoint_and_status() {
     owned_by_the_gateway(&cm.body, false);
     assert_eq!(manager(cm), format!("{FIELD_MANAGER}/u-1"));
 
-    let sa = find(&seen, "/api/v1/namespaces/shop/serviceaccounts/waypoint?");
-    assert_eq!(sa.body["kind"], "ServiceAccount");
-    owned_by_the_gateway(&sa.body, true);
-    assert_eq!(manager(sa), FIELD_MANAGER);
+    let account = find(&seen, "/api/v1/namespaces/shop/serviceaccounts/waypoint?");
+    assert_eq!(account.body["kind"], "ServiceAccount");
+    // The bound account is the one the waypoint runs as.
+    assert_eq!(
+        (
+            &account.body["metadata"]["namespace"],
+            &account.body["metadata"]["name"]
+        ),
+        (
+            &put.body["subjects"][0]["namespace"],
+            &put.body["subjects"][0]["name"]
+        )
+    );
+    owned_by_the_gateway(&account.body, true);
+    assert_eq!(manager(account), FIELD_MANAGER);
 
     let svc = find(&seen, "/api/v1/namespaces/shop/services/waypoint?");
     owned_by_the_gateway(&svc.body, true);
@@ -313,16 +390,24 @@ async fn a_gateway_without_the_hbone_listener_is_refused_by_name() {
         ),
         (json!([]), "spec.listeners: no listener"),
     ] {
-        let (client, seen) = api_mock::client(echo);
+        // Not a waypoint (any more): its account loses read access, the
+        // other waypoints' accounts keep it.
+        let bound = json!([sa("bank", "waypoint"), sa("shop", "waypoint")]);
+        let (client, seen) =
+            api_mock::client(move |r| binding_api(r, &bound).unwrap_or_else(|| echo(r)));
         let action = reconcile_gateway(gateway("mesh-waypoint", listeners), context(client))
             .await
             .unwrap();
         assert_eq!(action, Action::await_change());
         let seen = seen.lock().unwrap().clone();
-        // Nothing deployed: only the status is written.
-        assert_eq!(seen.len(), 1, "{seen:#?}");
-        assert!(seen[0].path.contains("/gateways/waypoint/status?"));
-        let conditions = &seen[0].body["status"]["conditions"];
+        // Nothing deployed: the binding edited, the status written.
+        assert_eq!(seen.len(), 3, "{seen:#?}");
+        let put = binding_requests(&seen)[1];
+        assert_eq!(put.method, "PUT");
+        assert_eq!(put.body["subjects"], json!([sa("bank", "waypoint")]));
+        let status = &seen[2];
+        assert!(status.path.contains("/gateways/waypoint/status?"));
+        let conditions = &status.body["status"]["conditions"];
         assert_eq!(conditions[0]["type"], "Accepted");
         assert_eq!(conditions[0]["status"], "False");
         assert_eq!(conditions[0]["reason"], "ListenersNotValid");
@@ -331,7 +416,7 @@ async fn a_gateway_without_the_hbone_listener_is_refused_by_name() {
         assert!(message.contains("protocol: HBONE"), "{message}");
         assert_eq!(conditions[1]["type"], "Programmed");
         assert_eq!(conditions[1]["status"], "False");
-        assert!(seen[0].body["status"].get("addresses").is_none());
+        assert!(status.body["status"].get("addresses").is_none());
     }
 }
 
@@ -339,13 +424,17 @@ async fn a_gateway_without_the_hbone_listener_is_refused_by_name() {
 async fn a_bad_waypoint_for_label_is_refused() {
     let mut gw = (*gateway("mesh-waypoint", hbone())).clone();
     gw.metadata.labels = Some([("istio.io/waypoint-for".into(), "pods".into())].into());
-    let (client, seen) = api_mock::client(echo);
+    // Its account was never bound: the binding is read, not written.
+    let (client, seen) = api_mock::client(|r| {
+        binding_api(r, &json!([sa("bank", "waypoint")])).unwrap_or_else(|| echo(r))
+    });
     reconcile_gateway(Arc::new(gw), context(client))
         .await
         .unwrap();
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 1);
-    let accepted = &seen[0].body["status"]["conditions"][0];
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(seen[0].method, "GET");
+    let accepted = &seen[1].body["status"]["conditions"][0];
     assert_eq!(accepted["reason"], "Invalid");
     assert!(
         accepted["message"]
@@ -450,6 +539,7 @@ fn context_settings() -> WaypointSettings {
         ca_address: "mesh-ca.mesh-system.svc:15012".into(),
         ca_server_name: "mesh-ca.mesh-system.svc".into(),
         otlp_endpoint: None,
+        reader_binding: BINDING.into(),
     }
 }
 
@@ -483,14 +573,201 @@ fn settings_are_checked_naming_the_flag() {
             |s| s.otlp_endpoint = Some("otel:4317".into()),
             "--waypoint-otlp-endpoint",
         ),
+        (
+            |s| s.reader_binding = String::new(),
+            "--waypoint-reader-binding",
+        ),
+        (
+            |s| s.reader_binding = "rbac/mesh-waypoint-reader".into(),
+            "--waypoint-reader-binding",
+        ),
+        (
+            |s| s.reader_binding = "..".into(),
+            "--waypoint-reader-binding",
+        ),
     ] {
         let mut s = context_settings();
         change(&mut s);
         assert_eq!(s.validate().unwrap_err().flag, flag);
     }
+    // A release name of Helm's longest (53) plus the suffix: longer than
+    // a DNS label, still an RBAC name.
+    let mut long = context_settings();
+    long.reader_binding = format!("{}-waypoint-reader", "r".repeat(53));
+    assert_eq!(long.validate(), Ok(()));
     assert_eq!(
         WaypointSettings::host_of("mesh-ca.mesh-system.svc:15012"),
         "mesh-ca.mesh-system.svc"
     );
     assert_eq!(WaypointSettings::host_of("[fd00::1]:15012"), "fd00::1");
+}
+
+#[tokio::test]
+async fn an_account_already_bound_is_not_written_again() {
+    let (client, seen) = api_mock::client(api_with_readers(
+        1,
+        json!([sa("shop", "waypoint"), sa("bank", "waypoint")]),
+    ));
+    reconcile_gateway(gateway("mesh-waypoint", hbone()), context(client))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let binding = binding_requests(&seen);
+    assert_eq!(binding.len(), 1, "{seen:#?}");
+    assert_eq!(binding[0].method, "GET");
+    assert_eq!(seen.len(), 6, "{seen:#?}");
+}
+
+#[tokio::test]
+async fn a_gateway_being_deleted_loses_its_reader_and_nothing_else_is_done() {
+    let mut gw = (*gateway("mesh-waypoint", hbone())).clone();
+    gw.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2025-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    let (client, seen) = api_mock::client(|r| {
+        binding_api(
+            r,
+            &json!([
+                sa("shop", "waypoint"),
+                sa("shop", "other"),
+                sa("bank", "waypoint")
+            ]),
+        )
+        .unwrap_or_else(|| panic!("unexpected {} {}", r.method, r.path))
+    });
+    let action = reconcile_gateway(Arc::new(gw), context(client))
+        .await
+        .unwrap();
+    assert_eq!(action, Action::await_change());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(seen[1].method, "PUT");
+    assert_eq!(
+        seen[1].body["subjects"],
+        json!([sa("shop", "other"), sa("bank", "waypoint")])
+    );
+}
+
+#[tokio::test]
+async fn a_concurrent_write_to_the_binding_is_redone_on_what_is_there() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let puts = Arc::new(AtomicUsize::new(0));
+    let gets = Arc::new(AtomicUsize::new(0));
+    let (p, g) = (puts.clone(), gets.clone());
+    let (client, seen) = api_mock::client(move |r| {
+        if r.path.starts_with(BINDING_PATH) {
+            return match r.method.as_str() {
+                // The second read sees another waypoint bound meanwhile.
+                "GET" => match g.fetch_add(1, Ordering::SeqCst) {
+                    0 => (StatusCode::OK, binding(json!([]))),
+                    _ => (StatusCode::OK, binding(json!([sa("bank", "waypoint")]))),
+                },
+                _ => match p.fetch_add(1, Ordering::SeqCst) {
+                    0 => api_mock::conflict(),
+                    _ => (StatusCode::OK, r.body.clone()),
+                },
+            };
+        }
+        api(1)(r)
+    });
+    reconcile_gateway(gateway("mesh-waypoint", hbone()), context(client))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let binding = binding_requests(&seen);
+    let methods: Vec<&str> = binding.iter().map(|s| s.method.as_str()).collect();
+    assert_eq!(methods, ["GET", "PUT", "GET", "PUT"]);
+    assert_eq!(
+        binding[3].body["subjects"],
+        json!([sa("bank", "waypoint"), sa("shop", "waypoint")])
+    );
+}
+
+#[tokio::test]
+async fn a_missing_binding_fails_the_reconcile_naming_the_flag() {
+    let (client, seen) = api_mock::client(|r| {
+        assert!(r.path.starts_with(BINDING_PATH), "{} {}", r.method, r.path);
+        api_mock::not_found()
+    });
+    let err = reconcile_gateway(gateway("mesh-waypoint", hbone()), context(client))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ClusterRoleBinding mesh-waypoint-reader"),
+        "{err}"
+    );
+    assert!(err.contains("--waypoint-reader-binding"), "{err}");
+    // Nothing deployed without read access for it.
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+fn named_gateway(namespace: &str, name: &str, class: &str) -> Arc<Gateway> {
+    let mut gw = (*gateway(class, hbone())).clone();
+    gw.metadata.namespace = Some(namespace.into());
+    gw.metadata.name = Some(name.into());
+    Arc::new(gw)
+}
+
+#[tokio::test]
+async fn the_resync_binds_exactly_the_current_waypoints() {
+    // Stale: a deleted Gateway's account, a hand-added user; missing: a
+    // new waypoint's.
+    let (client, seen) = api_mock::client(|r| {
+        binding_api(
+            r,
+            &json!([sa("gone", "waypoint"), sa("shop", "waypoint"),
+                    {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]),
+        )
+        .unwrap_or_else(|| panic!("unexpected {} {}", r.method, r.path))
+    });
+    let ctx = context(client);
+    let gateways = || {
+        vec![
+            named_gateway("shop", "waypoint", "mesh-waypoint"),
+            named_gateway("bank", "waypoint", "mesh-waypoint"),
+            named_gateway("shop", "ingress", "istio"),
+        ]
+    };
+    let edited = reader_binding::resync_once(&ctx, gateways).await.unwrap();
+    assert_eq!(edited, reader_binding::Edited::Written { subjects: 2 });
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert_eq!(
+        seen[1].body["subjects"],
+        json!([sa("bank", "waypoint"), sa("shop", "waypoint")])
+    );
+
+    // Already exact: read, not written.
+    let (client, seen) = api_mock::client(|r| {
+        binding_api(r, &json!([sa("shop", "waypoint"), sa("bank", "waypoint")]))
+            .unwrap_or_else(|| panic!("unexpected {} {}", r.method, r.path))
+    });
+    let edited = reader_binding::resync_once(&context(client), gateways)
+        .await
+        .unwrap();
+    assert_eq!(edited, reader_binding::Edited::Unchanged);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_resync_reads_the_gateways_after_the_binding() {
+    // A Gateway that appears between the read of the binding and the
+    // decision is in the decision: the subjects written are never older
+    // than the ones they replace.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let read = Arc::new(AtomicBool::new(false));
+    let r2 = read.clone();
+    let (client, seen) = api_mock::client(move |r| {
+        r2.store(true, Ordering::SeqCst);
+        binding_api(r, &json!([])).unwrap()
+    });
+    let edited = reader_binding::resync_once(&context(client), || {
+        assert!(read.load(Ordering::SeqCst), "the Gateways were read first");
+        vec![named_gateway("shop", "waypoint", "mesh-waypoint")]
+    })
+    .await
+    .unwrap();
+    assert_eq!(edited, reader_binding::Edited::Written { subjects: 1 });
+    assert_eq!(seen.lock().unwrap().len(), 2);
 }
