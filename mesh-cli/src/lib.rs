@@ -156,45 +156,53 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Waypoint(WaypointCommand::Apply(args)) => waypoint_apply(&cli, args).await,
         Command::Waypoint(WaypointCommand::Status { waypoint_namespace }) => {
-            let namespace = waypoint_namespace;
-            let (view, gateways, class, no_crds) = match &cluster {
-                Cluster::Local { configs } => {
-                    let cfg = local_config(&cli, configs)?;
-                    (
-                        Arc::new(cfg.view()),
-                        waypoint::gateways::from_store(&cfg.store),
-                        cfg.agent.waypoint_class.clone(),
-                        false,
-                    )
-                }
-                Cluster::Kubernetes { client, .. } => {
-                    let view = view(&cli, &cluster).await?;
-                    match waypoint::gateways::list(client, namespace.as_deref()).await? {
-                        waypoint::gateways::Listed::Gateways(g) => {
-                            (view, g, kube_waypoint_class(&cli), false)
-                        }
-                        waypoint::gateways::Listed::NoCrds => {
-                            (view, Vec::new(), kube_waypoint_class(&cli), true)
-                        }
-                    }
-                }
-            };
-            let mut report =
-                waypoint::status::report(&view, &gateways, &class, namespace.as_deref());
-            if no_crds {
-                report.notes.push(format!(
-                    "the Gateway API CRDs are not installed, so there are no waypoints; \
-                     install them: helm upgrade mesh charts/mesh -n {} --reuse-values \
-                     --set gatewayAPI.installCRDs=true",
-                    cli.namespace
-                ));
-            }
-            Ok(Outcome {
-                text: waypoint::status::render(cli.output, &report)?,
-                ok: report.healthy(),
-            })
+            waypoint_status(&cli, &cluster, waypoint_namespace.as_deref()).await
         }
     }
+}
+
+/// `mesh waypoint status`: local mode from the first config file, Kubernetes
+/// mode from one list of every kind plus the Gateways' own status.
+pub async fn waypoint_status(
+    cli: &Cli,
+    cluster: &Cluster,
+    namespace: Option<&str>,
+) -> anyhow::Result<Outcome> {
+    let (view, gateways, class, no_crds) = match cluster {
+        Cluster::Local { configs } => {
+            let cfg = local_config(cli, configs)?;
+            (
+                Arc::new(cfg.view()),
+                waypoint::gateways::from_store(&cfg.store),
+                cfg.agent.waypoint_class.clone(),
+                false,
+            )
+        }
+        Cluster::Kubernetes { client, .. } => {
+            let view = view(cli, cluster).await?;
+            match waypoint::gateways::list(client, namespace).await? {
+                waypoint::gateways::Listed::Gateways(g) => {
+                    (view, g, kube_waypoint_class(cli), false)
+                }
+                waypoint::gateways::Listed::NoCrds => {
+                    (view, Vec::new(), kube_waypoint_class(cli), true)
+                }
+            }
+        }
+    };
+    let mut report = waypoint::status::report(&view, &gateways, &class, namespace);
+    if no_crds {
+        report.notes.push(format!(
+            "the Gateway API CRDs are not installed, so there are no waypoints; \
+             install them: helm upgrade mesh charts/mesh -n {} --reuse-values \
+             --set gatewayAPI.installCRDs=true",
+            cli.namespace
+        ));
+    }
+    Ok(Outcome {
+        text: waypoint::status::render(cli.output, &report)?,
+        ok: report.healthy(),
+    })
 }
 
 async fn kube_client() -> anyhow::Result<kube::Client> {

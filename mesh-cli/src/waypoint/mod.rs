@@ -5,3 +5,6 @@ pub mod describe;
 pub mod gateways;
 pub mod manifest;
 pub mod status;
+
+#[cfg(test)]
+mod tests;
