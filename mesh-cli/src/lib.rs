@@ -180,7 +180,11 @@ pub async fn waypoint_status(
         }
         Cluster::Kubernetes { client, .. } => {
             let view = view(cli, cluster).await?;
-            match waypoint::gateways::list(client, namespace).await? {
+            let listed =
+                tokio::time::timeout(KUBE_SYNC, waypoint::gateways::list(client, namespace))
+                    .await
+                    .context("the API server did not list Gateways within 30s")??;
+            match listed {
                 waypoint::gateways::Listed::Gateways(g) => {
                     (view, g, kube_waypoint_class(cli), false)
                 }
@@ -235,8 +239,12 @@ async fn waypoint_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Outcome> 
     } else {
         let decl = declare(&kube_waypoint_class(cli))?;
         let client = kube_client().await?;
-        let applied =
-            waypoint::apply::apply(&client, &decl, args.enroll_namespace, &cli.namespace).await?;
+        let applied = tokio::time::timeout(
+            KUBE_SYNC,
+            waypoint::apply::apply(&client, &decl, args.enroll_namespace, &cli.namespace),
+        )
+        .await
+        .context("the API server did not answer within 30s")??;
         waypoint::apply::render(cli.output, &applied)?
     };
     Ok(Outcome { text, ok: true })

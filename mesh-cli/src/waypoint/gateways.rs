@@ -98,8 +98,8 @@ pub fn read(o: &DynamicObject) -> GatewayFacts {
         },
         Err(e) => GatewayFacts::Unreadable {
             key,
-            field: e.field.to_string(),
-            problem: e.problem.to_string(),
+            field: e.field,
+            problem: e.problem,
         },
     }
 }
