@@ -533,10 +533,16 @@ fn flag_value(args: &[String], flag: &str) -> Option<String> {
         .cloned()
 }
 
+/// The reader ClusterRole and ClusterRoleBinding of the release `mesh`
+/// (`<release>-waypoint-reader`).
+const READER: &str = "mesh-waypoint-reader";
+
 /// The waypoint controller: the GatewayClass, exactly the RBAC the
-/// controller uses, the CA's flags carrying the values (the CA itself
-/// checks them in `agent_accepts`), the agents' waypointClass, and
-/// nothing of it when waypoint.enabled is false.
+/// controller uses, the waypoints' reader role (exactly what discovery
+/// watches, as the agents' role) and its binding without subjects, the
+/// CA's flags carrying the values (the CA itself checks them in
+/// `agent_accepts`), the agents' waypointClass, and nothing of it when
+/// waypoint.enabled is false.
 fn waypoint_checks() -> anyhow::Result<usize> {
     let docs = render(&[
         "waypoint.className=shop-waypoints",
@@ -574,6 +580,7 @@ fn waypoint_checks() -> anyhow::Result<usize> {
             "mesh-ca.mesh-system.svc:15012",
         ),
         ("--ca-server-name-for-waypoints", "mesh-ca.mesh-system.svc"),
+        ("--waypoint-reader-binding", READER),
         ("--waypoint-otlp-endpoint", "http://otel:4318"),
         ("--leader-election-namespace", "$(POD_NAMESPACE)"),
         ("--leader-election-identity", "$(POD_NAME)"),
@@ -668,6 +675,20 @@ fn waypoint_checks() -> anyhow::Result<usize> {
             &[],
             &["get", "create", "patch"],
         ),
+        // The reader binding's subjects, by name, and naming the reader
+        // role in it: never any other binding or role.
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["clusterrolebindings"],
+            &[READER],
+            &["get", "update"],
+        ),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &["clusterroles"],
+            &[READER],
+            &["bind"],
+        ),
     ];
     let got = rules("ClusterRole", "mesh-ca-waypoints")?;
     ensure!(
@@ -684,6 +705,55 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         ),
         rule(&c, &["leases"], &[], &["create"]),
     ];
+    // What mesh-discovery's Kubernetes source lists and watches
+    // (mesh-discovery/src/kubernetes.rs), read-only: the agents' and the
+    // waypoints' discovery alike.
+    let discovery_reads = vec![
+        rule(
+            &[""],
+            &["pods", "services", "namespaces"],
+            &[],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &["discovery.k8s.io"],
+            &["endpointslices"],
+            &[],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &["security.istio.io"],
+            &["authorizationpolicies", "peerauthentications"],
+            &[],
+            &["get", "list", "watch"],
+        ),
+        rule(&g, &["gateways"], &[], &["get", "list", "watch"]),
+    ];
+    for role in [READER, "mesh-agent"] {
+        let got = rules("ClusterRole", role)?;
+        ensure!(
+            got == discovery_reads,
+            "ClusterRole {role}: {got:#?}, discovery reads exactly {discovery_reads:#?}"
+        );
+    }
+    let reader = find(&docs, "ClusterRoleBinding", READER)?;
+    ensure!(
+        reader["roleRef"]
+            == serde_yaml::to_value(serde_json::json!({
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": READER,
+            }))?,
+        "ClusterRoleBinding {READER} must bind the ClusterRole {READER}: {:?}",
+        reader["roleRef"]
+    );
+    // The controller keeps the subjects; rendered ones would be reset by
+    // every upgrade (and would grant the reads to whatever they name).
+    ensure!(
+        reader.get("subjects").is_none(),
+        "ClusterRoleBinding {READER} must render no subjects (the CA's waypoint controller keeps them): {:?}",
+        reader["subjects"]
+    );
     let got = rules("Role", "mesh-ca-leader-election")?;
     ensure!(
         got == want_lease,
@@ -705,8 +775,32 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         );
     }
     println!(
-        "chart: waypoint.enabled renders the GatewayClass, the controller's RBAC and the CA's flags"
+        "chart: waypoint.enabled renders the GatewayClass, the controller's RBAC, the waypoints' reader role and binding, and the CA's flags"
     );
+
+    // Another release's objects and flag follow its name, so two
+    // releases never share (or edit) one binding.
+    let text = helm_output(&[
+        "template",
+        "edge",
+        "charts/mesh",
+        "--namespace",
+        "edge-system",
+    ])?;
+    let mut edge = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        edge.push(Value::deserialize(doc)?);
+    }
+    let edge_args = strings(
+        &find(&edge, "Deployment", "mesh-ca")?["spec"]["template"]["spec"]["containers"][0]["args"],
+    );
+    let named = flag_value(&edge_args, "--waypoint-reader-binding");
+    ensure!(
+        named.as_deref() == Some("edge-waypoint-reader"),
+        "release edge: the CA's --waypoint-reader-binding is {named:?}, not edge-waypoint-reader"
+    );
+    find(&edge, "ClusterRole", "edge-waypoint-reader")?;
+    find(&edge, "ClusterRoleBinding", "edge-waypoint-reader")?;
 
     let off = render(&["waypoint.enabled=false"])?;
     let leftover: Vec<String> = off
@@ -714,6 +808,7 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         .filter(|d| {
             d["kind"] == "GatewayClass"
                 || d["metadata"]["name"] == "mesh-ca-waypoints"
+                || d["metadata"]["name"] == READER
                 || d["metadata"]["name"] == "mesh-ca-leader-election"
         })
         .map(|d| format!("{:?} {:?}", d["kind"], d["metadata"]["name"]))

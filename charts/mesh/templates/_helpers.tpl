@@ -10,6 +10,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{- /*
+The ClusterRole of what a waypoint's discovery reads, and the
+ClusterRoleBinding whose subjects the CA's waypoint controller keeps.
+*/ -}}
+{{- define "mesh.waypointReader" -}}
+{{ .Release.Name }}-waypoint-reader
+{{- end -}}
+
 {{- define "mesh.caHost" -}}
 mesh-ca.{{ .Release.Namespace }}.svc
 {{- end -}}
