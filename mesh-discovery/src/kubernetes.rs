@@ -238,7 +238,8 @@ pub fn gateway_resource() -> ApiResource {
     }
 }
 
-fn convert_gateway(o: &DynamicObject) -> Result<crate::model::Gateway, convert::Invalid> {
+/// A listed Gateway, read as every reader of the mesh reads it.
+pub fn convert_gateway(o: &DynamicObject) -> Result<crate::model::Gateway, convert::Invalid> {
     let value = serde_json::json!({
         "metadata": o.metadata,
         "spec": o.data.get("spec").cloned().unwrap_or_default(),

@@ -5,12 +5,7 @@ use kube::{
     Api, Client,
     api::{DynamicObject, ListParams},
 };
-use mesh_discovery::{
-    convert::{self, GatewayObject},
-    kubernetes::gateway_resource,
-    model::Gateway,
-    store::Store,
-};
+use mesh_discovery::{kubernetes::gateway_resource, model::Gateway, store::Store};
 use serde::{Deserialize, Serialize};
 
 /// Gateway API's Programmed condition, as the controller last wrote it.
@@ -81,16 +76,7 @@ pub fn read(o: &DynamicObject) -> GatewayFacts {
         o.metadata.namespace.as_deref().unwrap_or("default"),
         o.metadata.name.as_deref().unwrap_or_default()
     );
-    let value = serde_json::json!({
-        "metadata": o.metadata,
-        "spec": o.data.get("spec").cloned().unwrap_or_default(),
-    });
-    let gateway = serde_json::from_value::<GatewayObject>(value)
-        .map_err(|e| convert::Invalid {
-            field: "spec".into(),
-            problem: e.to_string(),
-        })
-        .and_then(|g| convert::gateway(&g));
+    let gateway = mesh_discovery::kubernetes::convert_gateway(o);
     match gateway {
         Ok(gateway) => GatewayFacts::Read {
             gateway,
