@@ -31,9 +31,17 @@ const USE_FLAGS: [&str; 3] = [
     "-Clink-arg=-Wl,-z,pack-relative-relocs",
 ];
 
-/// The binaries the image carries: the agent (node and CA) and the CLI,
-/// built with the profile, and the CNI plugin ([`PLUGIN`]), built apart.
-const SHIPPED: [&str; 3] = ["mesh-agent", "mesh", "mesh-ca"];
+/// The binaries the image carries built with the profile: the agent (node
+/// and CA) and the CLI. Beside them, the waypoint ([`UNPROFILED`]) and the
+/// CNI plugin ([`PLUGIN`]), built apart.
+const PROFILED: [&str; 3] = ["mesh-agent", "mesh", "mesh-ca"];
+
+/// The waypoint. The training runs only the agent, so the agent's profile
+/// has no counts for the waypoint's own code: with it, all of that code
+/// would count as never run, be optimised as cold (for size) and be moved
+/// out among the never-run functions. A plain release build until the
+/// training carries traffic through a waypoint.
+const UNPROFILED: &str = "mesh-waypoint";
 
 /// The CNI plugin. `mesh-cni install` copies it onto the node, where the
 /// container runtime execs it with the host's libraries, not the image's:
@@ -109,7 +117,8 @@ fn cargo_build(
 }
 
 /// Where the shipped binaries land, whichever way they were built:
-/// `target/dist/{mesh-agent,mesh,mesh-ca,mesh-cni}` (the Dockerfile copies them from there).
+/// `target/dist/{mesh-agent,mesh,mesh-ca,mesh-waypoint,mesh-cni}` (the
+/// Dockerfile copies them from there).
 pub fn dist() -> PathBuf {
     workspace().join("target").join("dist")
 }
@@ -179,14 +188,18 @@ fn build_for(host: &str, profile: &Path) -> anyhow::Result<PathBuf> {
         flags += " ";
         flags += f;
     }
-    let agent = cargo_build(host, &dir().join("use"), &flags, &SHIPPED)?;
+    let agent = cargo_build(host, &dir().join("use"), &flags, &PROFILED)?;
     let dist = dist();
     std::fs::create_dir_all(&dist)?;
+    let plain = cargo_build(host, &dir().join("plain"), "", &[UNPROFILED])?;
     let plugin = cargo_build(host, &dir().join("plugin"), PLUGIN_FLAGS, &[PLUGIN])?;
-    for (bin, from) in SHIPPED
+    for (bin, from) in PROFILED
         .iter()
         .map(|b| (*b, agent.with_file_name(b)))
-        .chain([(PLUGIN, plugin.with_file_name(PLUGIN))])
+        .chain([
+            (UNPROFILED, plain.with_file_name(UNPROFILED)),
+            (PLUGIN, plugin.with_file_name(PLUGIN)),
+        ])
     {
         std::fs::copy(&from, dist.join(bin))
             .with_context(|| format!("copying {}", from.display()))?;
@@ -204,6 +217,81 @@ mod tests {
         let vv = "rustc 1.95.0 (59807616e 2026-04-14)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nrelease: 1.95.0\nLLVM version: 22.1.2\n";
         assert_eq!(host_of(vv).as_deref(), Some("x86_64-unknown-linux-gnu"));
         assert_eq!(host_of("rustc 1.95.0\n"), None);
+    }
+
+    /// The Dockerfile with continued lines joined.
+    fn dockerfile() -> Vec<String> {
+        let text = std::fs::read_to_string(workspace().join("Dockerfile")).unwrap();
+        let mut lines = Vec::new();
+        let mut line = String::new();
+        for l in text.lines() {
+            match l.strip_suffix('\\') {
+                Some(head) => line.push_str(head),
+                None => {
+                    line.push_str(l);
+                    lines.push(std::mem::take(&mut line));
+                }
+            }
+        }
+        lines
+    }
+
+    fn sorted<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut v: Vec<&str> = names.into_iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn the_image_carries_what_build_release_puts_in_dist_and_builds_the_same_without_a_profile() {
+        let dist: Vec<&str> = sorted(PROFILED.into_iter().chain([UNPROFILED, PLUGIN]));
+        let lines = dockerfile();
+        let copy = lines
+            .iter()
+            .find(|l| l.starts_with("COPY --from=build"))
+            .expect("the Dockerfile's final stage copies the binaries");
+        let words: Vec<&str> = copy.split_whitespace().collect();
+        assert_eq!(words.last(), Some(&"/usr/local/bin/"), "{copy}");
+        let copied = sorted(
+            words
+                .iter()
+                .filter_map(|w| w.strip_prefix("/src/target/dist/")),
+        );
+        assert_eq!(copied, dist, "{copy}");
+
+        // The build without a profile: the same binaries, the plugin apart.
+        let build = lines
+            .iter()
+            .find(|l| l.contains("cargo xtask build-release --profile"))
+            .expect("the build stage runs build-release with a staged profile");
+        let words: Vec<&str> = build.split_whitespace().collect();
+        let cargo_bins = |after: &str| -> Vec<&str> {
+            let start = build.find(after).unwrap();
+            let mut bins = Vec::new();
+            let mut it = build[start..]
+                .split_whitespace()
+                .skip_while(|w| *w != "--bin");
+            while let (Some("--bin"), Some(bin)) = (it.next(), it.next()) {
+                bins.push(bin);
+            }
+            sorted(bins)
+        };
+        assert_eq!(
+            cargo_bins("cargo build --release --bin mesh-agent"),
+            sorted(PROFILED.into_iter().chain([UNPROFILED])),
+            "{build}"
+        );
+        assert_eq!(cargo_bins("cargo build --release --bin mesh-cni"), [PLUGIN]);
+        let into_dist = sorted(
+            words
+                .iter()
+                .filter_map(|w| w.strip_prefix("target/release/"))
+                .chain(words.iter().filter_map(|w| {
+                    w.trim_matches('"')
+                        .strip_prefix("target/static/$host/release/")
+                })),
+        );
+        assert_eq!(into_dist, dist, "{build}");
     }
 
     #[test]
