@@ -3,7 +3,9 @@
 //! (`x-served-by`, and a JSON body); a gRPC-shaped request (content-type
 //! application/grpc) gets its message back with `grpc-status` in the
 //! trailers; a WebSocket upgrade is answered and its frames echoed. One
-//! JSON line per request on stdout, so a test can tell what reached it.
+//! JSON line per request on stdout, so a test can tell what reached it,
+//! except for `/bytes/<n>`: <n> bytes of body for load generators (see
+//! [`sized_response`]).
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
@@ -121,6 +123,9 @@ async fn respond(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     let websocket = is_websocket(request.headers());
+    if let Some(len) = sized_response(&path) {
+        return Ok(sized(request, len, &name).await);
+    }
     println!(
         "{}",
         json!({"request": path, "method": method, "version": version,
@@ -150,6 +155,34 @@ async fn respond(
     })
     .to_string();
     Ok(reply(StatusCode::OK, &name, "application/json", body(text)))
+}
+
+/// The body length a `/bytes/<n>` request asks for (at most [`MAX_BODY`]),
+/// or None for any other path. Such requests are the benchmark's: sent by
+/// the ten thousand a second, they are not logged, since a line each would
+/// cost the server (and whoever keeps its output) more than the answer.
+fn sized_response(path: &str) -> Option<usize> {
+    let n: usize = path.strip_prefix("/bytes/")?.parse().ok()?;
+    (n <= MAX_BODY).then_some(n)
+}
+
+/// `len` bytes of body, once the request's body (bounded) has been read.
+async fn sized(request: Request<Incoming>, len: usize, name: &str) -> Response<Body> {
+    if let Err(e) = Limited::new(request.into_body(), MAX_BODY).collect().await {
+        let text = format!("request body: {e}\n");
+        return reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            name,
+            "text/plain",
+            body(text),
+        );
+    }
+    reply(
+        StatusCode::OK,
+        name,
+        "application/octet-stream",
+        body(vec![b'x'; len]),
+    )
 }
 
 /// A gRPC unary answer: the request's one message back, and `grpc-status`
@@ -232,6 +265,32 @@ async fn echo_frames(mut io: impl AsyncRead + AsyncWrite + Unpin) -> std::io::Re
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bytes_paths_within_the_body_limit_ask_for_a_sized_response() {
+        assert_eq!(sized_response("/bytes/1024"), Some(1024));
+        assert_eq!(sized_response("/bytes/0"), Some(0));
+        assert_eq!(
+            sized_response(&format!("/bytes/{MAX_BODY}")),
+            Some(MAX_BODY)
+        );
+        for other in [
+            "/",
+            "/bytes/",
+            "/bytes/-1",
+            "/bytes/1k",
+            "/bytes/1024?x=1",
+            "/x/bytes/1024",
+            &format!("/bytes/{}", MAX_BODY + 1),
+        ] {
+            assert_eq!(sized_response(other), None, "{other}");
         }
     }
 }
