@@ -6,7 +6,7 @@ use anyhow::Context;
 use crate::sh;
 
 /// Debian packages the tests and benchmarks run.
-const APT_PACKAGES: [&str; 11] = [
+const APT_PACKAGES: [&str; 13] = [
     "tcpdump",
     // helm comes zipped in an npm package; kubernetes-validate needs a venv.
     "unzip",
@@ -19,6 +19,10 @@ const APT_PACKAGES: [&str; 11] = [
     "sockperf",
     "wrk",
     "hey",
+    // The waypoint bench: h2load (h2c load), and HAProxy as the reference
+    // L7 hop.
+    "nghttp2-client",
+    "haproxy",
     "util-linux",
 ];
 const BPF_LINKER_VERSION: &str = "0.10.4";

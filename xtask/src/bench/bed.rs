@@ -14,13 +14,14 @@ use super::{
 };
 
 /// The test bed finds binaries next to its executable; point it at release
-/// builds, and the agent at `agent` (the `mesh` CLI is built beside it,
-/// in target/release or target/dist).
+/// builds, and the agent at `agent` (the `mesh` CLI and the waypoint are
+/// built beside it, in target/release or target/dist).
 pub fn use_release_binaries(agent: &Path) {
     let release = crate::workspace().join("target/release");
     unsafe {
         std::env::set_var("MESH_AGENT_BIN", agent);
         std::env::set_var("MESH_CLI_BIN", agent.with_file_name("mesh"));
+        std::env::set_var("MESH_WAYPOINT_BIN", agent.with_file_name("mesh-waypoint"));
         std::env::set_var("MESHTB_BIN", release.join("meshtb"));
         std::env::set_var("HBONEPROBE_BIN", release.join("hboneprobe"));
     }
@@ -104,6 +105,8 @@ impl Bed {
             Stage::Wrk => self.wrk(secs, &mut figures),
             Stage::Hey => self.hey(secs, &mut figures),
             Stage::FixedRate => self.fixed_rate(secs, &mut figures),
+            // The L7 part's alone: measure never asks for it here.
+            Stage::H2load => Ok(()),
         };
         self.samples.add(figures);
         outcome

@@ -38,7 +38,7 @@ pub fn measure(
     let stages: Vec<Stage> = <Stage as clap::ValueEnum>::value_variants()
         .iter()
         .copied()
-        .filter(|s| only.is_empty() || only.contains(s))
+        .filter(|s| s.in_datapath() && (only.is_empty() || only.contains(s)))
         .collect();
     let mut failures = Vec::new();
     for round in 1..=rounds {

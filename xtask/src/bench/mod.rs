@@ -11,10 +11,13 @@
 //!   reading their outputs;
 //! - [`metering`]: CPU and memory of processes, and host steal;
 //! - [`metric`]: the rows; [`stats`]: medians; [`render`]: the table;
+//! - [`l7`]: the waypoint part (`--only waypoint`): HTTP through the
+//!   waypoint beside direct, the L4 mesh and HAProxy, on a bed of its own;
 //! - [`train`]: the profile-gathering run `xtask pgo` uses. It is its own
 //!   module so that pgo and this one do not import each other: this one
 //!   builds the agent through pgo, pgo trains through `train`.
 mod bed;
+mod l7;
 mod measure;
 mod metering;
 mod metric;
@@ -45,16 +48,19 @@ pub struct Args {
     /// Where to write the markdown table (also printed).
     #[arg(long, default_value = "target/bench/datapath.md")]
     out: std::path::PathBuf,
-    /// Run only one part: `datapath` (traffic through the agents) or
+    /// Run only one part: `datapath` (traffic through the agents),
+    /// `waypoint` (HTTP through the waypoint, the L4 mesh and HAProxy) or
     /// `discovery` (store scale).
     #[arg(long, value_enum)]
     only: Option<Part>,
     /// Measure only these modes (repeatable); direct is always measured,
-    /// since every ratio is to it.
+    /// since every ratio is to it. The datapath part's: the waypoint part
+    /// always measures its four routes, which its ratios compare.
     #[arg(long, value_enum)]
     mode: Vec<Mode>,
     /// Run only these tools (repeatable): iperf3, sockperf, wrk, hey,
-    /// fixed-rate. For profiling one kind of load.
+    /// fixed-rate, h2load (the waypoint part runs wrk, h2load and
+    /// fixed-rate). For profiling one kind of load.
     #[arg(long, value_enum)]
     stage: Vec<Stage>,
     /// Measure the plain release build instead of the profiled one that
@@ -72,10 +78,11 @@ pub struct Args {
     profile: Option<std::path::PathBuf>,
 }
 
-/// The two parts of the benchmark, each with its own table.
-#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+/// The parts of the benchmark, each with its own table.
+#[derive(Clone, Copy, PartialEq, Debug, clap::ValueEnum)]
 enum Part {
     Datapath,
+    Waypoint,
     Discovery,
 }
 
@@ -93,8 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         crate::pgo::build()?
     };
     use_release_binaries(&agent);
-    let datapath = args.only != Some(Part::Discovery);
-    let discovery = args.only != Some(Part::Datapath);
+    let runs = |part: Part| args.only.is_none_or(|only| only == part);
     // Every mode, in the enum's order (the table's columns).
     let modes: Vec<Mode> = <Mode as clap::ValueEnum>::value_variants()
         .iter()
@@ -102,7 +108,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .filter(|m| *m == Mode::Direct || args.mode.is_empty() || args.mode.contains(m))
         .collect();
     let mut table = String::new();
-    if datapath {
+    let datapath_stages = args.stage.is_empty() || args.stage.iter().any(|s| s.in_datapath());
+    if runs(Part::Datapath) && datapath_stages {
         let (results, failures) = measure::measure(&modes, args.secs, args.rounds, &args.stage)?;
         table = render::table(&modes, &results, args.secs, args.rounds);
         if !failures.is_empty() {
@@ -111,7 +118,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             table += "\n";
         }
     }
-    if discovery {
+    let l7_stages = l7::stages(&args.stage);
+    if runs(Part::Waypoint) && !l7_stages.is_empty() {
+        if !table.is_empty() {
+            table += "\n";
+        }
+        table += &l7::run(args.secs, args.rounds, &l7_stages).context("waypoint (L7) part")?;
+    }
+    if runs(Part::Discovery) {
         eprintln!("bench: discovery scale");
         if !table.is_empty() {
             table += "\n";
@@ -165,6 +179,7 @@ mod tests {
         assert_eq!(a.out, std::path::Path::new("target/bench/datapath.md"));
         for bad in [
             &["bench", "--only", "both"][..],
+            &["bench", "--only", "l7"],
             &["bench", "--stage", "iperf"],
             &["bench", "--rounds", "10"],
             &["bench", "--no-pgo", "--profile", "p.profdata"],
@@ -179,6 +194,19 @@ mod tests {
                 s.name()
             })
             .collect();
-        assert_eq!(names, ["iperf3", "sockperf", "wrk", "hey", "fixed-rate"]);
+        assert_eq!(
+            names,
+            ["iperf3", "sockperf", "wrk", "hey", "fixed-rate", "h2load"]
+        );
+        let waypoint = Cli::try_parse_from(["bench", "--only", "waypoint", "--stage", "h2load"])
+            .unwrap()
+            .args;
+        assert_eq!(waypoint.only, Some(Part::Waypoint));
+        assert_eq!(l7::stages(&waypoint.stage), [Stage::H2load]);
+        assert_eq!(
+            l7::stages(&[]),
+            [Stage::Wrk, Stage::H2load, Stage::FixedRate]
+        );
+        assert!(l7::stages(&[Stage::Iperf3]).is_empty());
     }
 }

@@ -51,6 +51,8 @@ pub enum Stage {
     Wrk,
     Hey,
     FixedRate,
+    /// h2c, many streams on one connection: the L7 part only.
+    H2load,
 }
 
 impl Stage {
@@ -62,6 +64,12 @@ impl Stage {
             Stage::Wrk => "wrk",
             Stage::Hey => "hey",
             Stage::FixedRate => "fixed-rate",
+            Stage::H2load => "h2load",
         }
+    }
+
+    /// Whether the datapath part runs it (h2load is the L7 part's alone).
+    pub fn in_datapath(self) -> bool {
+        self != Stage::H2load
     }
 }

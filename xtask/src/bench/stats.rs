@@ -2,14 +2,20 @@
 //! or fast round (steal on a shared VM comes and goes) does not move.
 use std::collections::BTreeMap;
 
-use super::metric::{Figures, Metric};
+use super::metric::Metric;
 
-/// Every value each metric took over the rounds.
-#[derive(Default)]
-pub struct Samples(BTreeMap<Metric, Vec<f64>>);
+/// Every value each metric took over the rounds; a metric is a row of the
+/// datapath table by default, or of another table's.
+pub struct Samples<M = Metric>(BTreeMap<M, Vec<f64>>);
 
-impl Samples {
-    pub fn add(&mut self, figures: Figures) {
+impl<M> Default for Samples<M> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<M: Ord + Copy> Samples<M> {
+    pub fn add(&mut self, figures: BTreeMap<M, f64>) {
         for (metric, value) in figures {
             self.0.entry(metric).or_default().push(value);
         }
@@ -17,7 +23,7 @@ impl Samples {
 
     /// Each metric's median; a metric measured once (idle memory, at
     /// start) is its own median.
-    pub fn medians(&self) -> Figures {
+    pub fn medians(&self) -> BTreeMap<M, f64> {
         self.0
             .iter()
             .map(|(metric, values)| (*metric, median(values)))
@@ -43,6 +49,7 @@ fn median(values: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::metric::Figures;
 
     #[test]
     fn each_figure_is_the_median_of_its_rounds() {

@@ -117,14 +117,30 @@ pub struct Wrk {
 }
 
 pub fn wrk(c: &Cluster, url: &str, secs: u32, conns: u32, threads: u32) -> anyhow::Result<Wrk> {
-    let args = [
+    wrk_in(c, "client", url, secs, conns, threads, None)
+}
+
+/// wrk from `pod`, with a Lua `script` shaping its requests if given.
+pub fn wrk_in(
+    c: &Cluster,
+    pod: &str,
+    url: &str,
+    secs: u32,
+    conns: u32,
+    threads: u32,
+    script: Option<&std::path::Path>,
+) -> anyhow::Result<Wrk> {
+    let mut args = vec![
         format!("-t{threads}"),
         format!("-c{conns}"),
         format!("-d{secs}s"),
         s("--latency"),
-        s(url),
     ];
-    let out = run_in(c, "client", "wrk", &args, limit(secs))?;
+    if let Some(script) = script {
+        args.push(format!("--script={}", script.display()));
+    }
+    args.push(s(url));
+    let out = run_in(c, pod, "wrk", &args, limit(secs))?;
     let plural = if conns == 1 { "" } else { "s" };
     parse_wrk(&out).with_context(|| format!("wrk {conns} conn{plural}"))
 }
@@ -250,7 +266,7 @@ fn parse_load(out: &serde_json::Value) -> anyhow::Result<Load> {
 
 /// Runs a tool inside a pod, bounded: a tool still running after
 /// `limit` is killed and reported as failed.
-fn run_in(
+pub(super) fn run_in(
     c: &Cluster,
     pod: &str,
     program: &str,
@@ -280,7 +296,7 @@ fn background(c: &Cluster, pod: &str, program: &str, args: &[&str]) -> anyhow::R
 }
 
 /// How long a tool asked to run `secs` may take before it counts as hung.
-fn limit(secs: u32) -> Duration {
+pub(super) fn limit(secs: u32) -> Duration {
     Duration::from_secs(u64::from(secs) + 20)
 }
 
