@@ -1,0 +1,27 @@
+//! The waypoint: an L7 hop in the style of Istio ambient's. Node agents
+//! send it HBONE (mutual TLS, HTTP/2 CONNECT to port 15008) with the
+//! original destination as `:authority`; it terminates the stream, serves
+//! the HTTP inside it, balances each request over the destination's
+//! endpoints and sends it on over HBONE with its own identity. What it
+//! cannot parse as HTTP is relayed as TCP to one endpoint.
+//!
+//! Decisions are pure and live in their own modules (`binding`, `target`,
+//! `protocol`, `balancer`, `headers`, `record`); I/O is at the edges
+//! (`upstream`, `http`, `tcp`, `handler`, `admin`, `run`).
+pub mod admin;
+pub mod balancer;
+pub mod binding;
+pub mod handler;
+pub mod headers;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod record;
+pub mod run;
+pub mod target;
+pub mod tcp;
+pub mod upstream;
+pub mod waypoint;
+
+pub use binding::Gateway;
+pub use waypoint::{Limits, Parts, Waypoint};

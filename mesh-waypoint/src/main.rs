@@ -1,0 +1,132 @@
+//! `mesh-waypoint`: the waypoint binary (see the library's documentation).
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{ArgGroup, Parser};
+use mesh_config::CaSettings;
+use mesh_waypoint::{
+    Gateway,
+    run::{DiscoveryFrom, Settings},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-waypoint",
+    version,
+    about = "mesh waypoint: L7 hop for HBONE traffic"
+)]
+#[command(group(ArgGroup::new("discovery").required(true).args(["kubernetes", "local"])))]
+struct Cli {
+    /// Read Services, pods and endpoints from the Kubernetes API.
+    #[arg(long)]
+    kubernetes: bool,
+    /// Read them from a node file (AgentConfig plus Kubernetes objects),
+    /// followed as it changes.
+    #[arg(long, value_name = "FILE")]
+    local: Option<PathBuf>,
+    /// The Gateway this waypoint runs for: <namespace>/<name>.
+    #[arg(long)]
+    gateway: Gateway,
+    /// The waypoint's service account: its identity is
+    /// spiffe://<trust domain>/ns/<gateway namespace>/sa/<this>.
+    #[arg(long)]
+    service_account: String,
+    /// Trust domain (with --local, the file's AgentConfig trustDomain wins).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The mesh CA: host:port.
+    #[arg(long)]
+    ca_address: String,
+    /// The DNS name in the CA's serving certificate.
+    #[arg(long)]
+    ca_server_name: Option<String>,
+    /// The mesh's root certificate (PEM).
+    #[arg(long)]
+    ca_root_cert_file: PathBuf,
+    /// The token presented to the CA (a projected service-account token).
+    #[arg(long)]
+    ca_token_file: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    hbone_listen: SocketAddr,
+    /// /ready, /metrics, /config_dump.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    admin_listen: SocketAddr,
+    /// OTLP collector for spans.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    #[arg(long, env = "POD_NAME", default_value = "waypoint")]
+    pod_name: String,
+    /// Defaults to the gateway's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+}
+
+/// JSON lines on stderr; `MESH_LOG` sets the filter (e.g. `info,access=off`).
+fn init_logging() {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_env("MESH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A panic anywhere ends the process, so Kubernetes restarts it instead of
+/// a half-dead waypoint staying ready.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(panic = %info, "panic; aborting so the waypoint is restarted");
+        std::process::abort();
+    }));
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    abort_on_panic();
+    mesh_identity::tls::install_process_default();
+    let discovery = match cli.local {
+        Some(file) => DiscoveryFrom::Local(file),
+        None => DiscoveryFrom::Kubernetes,
+    };
+    let mut ca = CaSettings::new(cli.ca_address, cli.ca_root_cert_file, cli.ca_token_file);
+    if let Some(name) = cli.ca_server_name {
+        ca.server_name = name;
+    }
+    let settings = Settings {
+        discovery,
+        pod_namespace: cli
+            .pod_namespace
+            .unwrap_or_else(|| cli.gateway.namespace.clone()),
+        gateway: cli.gateway,
+        service_account: cli.service_account,
+        trust_domain: cli.trust_domain,
+        ca,
+        hbone_listen: cli.hbone_listen,
+        admin_listen: cli.admin_listen,
+        otlp_endpoint: cli.otlp_endpoint,
+        pod_name: cli.pod_name,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mesh-waypoint: error: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(mesh_waypoint::run::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-waypoint: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

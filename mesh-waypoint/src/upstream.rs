@@ -1,0 +1,504 @@
+//! Where requests leave: to an endpoint pod's HBONE port (podIP:15008,
+//! `:authority` = podIP:targetPort) with the waypoint's own identity,
+//! pinning the identity the view expects there; an endpoint outside the
+//! mesh gets plain TCP. HTTP connections are pooled per endpoint and
+//! identity (HTTP/1.1: idle connections kept for reuse; HTTP/2: one
+//! multiplexed connection), each inside its own tunnel, and the tunnels
+//! share pooled HBONE connections (`mesh_hbone::client`).
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_hbone::{
+    client::{Client, Dial, Origin, Tunnel},
+    io::H2Io,
+};
+use mesh_identity::{Identity, tls::CertWatch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tracing::debug;
+
+use crate::protocol::Protocol;
+
+/// Idle HTTP/1.1 connections kept per endpoint; more are closed.
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
+/// An idle HTTP/1.1 connection older than this is not reused (servers
+/// commonly close theirs after 60 s or more; reusing one just as it closes
+/// fails the request).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 keepalive to endpoints: a dead peer is noticed within this and
+/// the timeout below.
+const H2_KEEPALIVE: Duration = Duration::from_secs(10);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Dials from the waypoint's own network namespace: it is a pod like any
+/// other, so its connections need no socket factory.
+pub struct DirectDial;
+
+impl Dial for DirectDial {
+    fn dial(
+        &self,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> Pin<Box<dyn std::future::Future<Output = io::Result<TcpStream>> + Send + '_>> {
+        Box::pin(async move {
+            tokio::time::timeout(timeout, TcpStream::connect(to))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {}s", timeout.as_secs_f32()),
+                    )
+                })?
+        })
+    }
+}
+
+/// The waypoint as the origin of tunnels.
+pub struct Own {
+    pub namespace: String,
+    pub name: String,
+    pub identity: Identity,
+    pub cert: CertWatch,
+    pub dial: Arc<dyn Dial>,
+}
+
+/// An upstream request body: the client's, counted as it passes.
+pub struct CountedBody {
+    inner: Incoming,
+    bytes: Arc<AtomicU64>,
+}
+
+impl CountedBody {
+    pub fn new(inner: Incoming, bytes: Arc<AtomicU64>) -> Self {
+        Self { inner, bytes }
+    }
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A connection to an endpoint: a tunnel, or plain TCP outside the mesh.
+pub enum UpstreamIo {
+    Tunnel(Box<H2Io<Tunnel>>),
+    Plain(TcpStream),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tunnel(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tunnel(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tunnel(t) => Pin::new(t.as_mut()).poll_flush(cx),
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tunnel(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why a request did not get a response from its endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Nothing was sent: the endpoint could not be reached (another one
+    /// may be tried).
+    #[error("connecting to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    /// The request was sent (at least in part) and the endpoint reset or
+    /// closed it before a response.
+    #[error("{addr} reset the request: {source}")]
+    Reset {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+/// A request that got no response.
+pub enum Failed {
+    /// Nothing was sent: the endpoint could not be reached. The request
+    /// comes back, for another endpoint.
+    Connect {
+        error: UpstreamError,
+        request: Box<Request<CountedBody>>,
+    },
+    /// Sent (at least in part), and reset before a response.
+    Reset(UpstreamError),
+}
+
+impl Failed {
+    fn unsent(error: UpstreamError, request: Request<CountedBody>) -> Self {
+        Self::Connect {
+            error,
+            request: Box::new(request),
+        }
+    }
+
+    fn sent(error: UpstreamError) -> Self {
+        Self::Reset(error)
+    }
+}
+
+/// Pooled HTTP connections are per endpoint and per identity proven there.
+type Key = (SocketAddr, Option<Identity>);
+
+struct IdleH1 {
+    since: Instant,
+    sender: http1::SendRequest<CountedBody>,
+}
+
+/// The upstream side of the waypoint.
+pub struct Upstream {
+    hbone: Client,
+    own: Own,
+    key: String,
+    connect_timeout: Duration,
+    h1_idle: Mutex<HashMap<Key, Vec<IdleH1>>>,
+    h2: Mutex<HashMap<Key, http2::SendRequest<CountedBody>>>,
+    /// Single flight per endpoint for new HTTP/2 connections.
+    h2_connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Upstream {
+    pub fn new(hbone: Client, own: Own, connect_timeout: Duration) -> Self {
+        Self {
+            key: format!("{}/{}", own.namespace, own.name),
+            hbone,
+            own,
+            connect_timeout,
+            h1_idle: Mutex::default(),
+            h2: Mutex::default(),
+            h2_connecting: Mutex::default(),
+        }
+    }
+
+    pub fn hbone(&self) -> &Client {
+        &self.hbone
+    }
+
+    /// A fresh connection to `addr`: a tunnel when `expected` says the
+    /// endpoint is in the mesh, else plain TCP. `src` is whom the tunnel
+    /// says it is for (`forwarded`).
+    pub async fn open(
+        &self,
+        addr: SocketAddr,
+        expected: Option<&Identity>,
+        src: SocketAddr,
+    ) -> Result<UpstreamIo, UpstreamError> {
+        let failed = |reason: String| UpstreamError::Connect { addr, reason };
+        match expected {
+            Some(identity) => {
+                let origin = Origin {
+                    key: &self.key,
+                    namespace: &self.own.namespace,
+                    name: &self.own.name,
+                    identity: &self.own.identity,
+                    cert: Some(&self.own.cert),
+                    dial: self.own.dial.as_ref(),
+                };
+                let tunnel = self
+                    .hbone
+                    .open(&origin, src, addr, identity.clone(), &Bytes::new())
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                Ok(UpstreamIo::Tunnel(Box::new(H2Io::new(tunnel))))
+            }
+            None => {
+                let tcp = self
+                    .own
+                    .dial
+                    .dial(addr, self.connect_timeout)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                let _ = tcp.set_nodelay(true);
+                Ok(UpstreamIo::Plain(tcp))
+            }
+        }
+    }
+
+    /// Sends `request` to `addr` over a pooled or new connection of
+    /// `protocol` (HTTP/1.1 or HTTP/2). A pooled connection that turns out
+    /// closed before the request went out is replaced, once.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        expected: Option<Identity>,
+        protocol: Protocol,
+        src: SocketAddr,
+        request: Request<CountedBody>,
+    ) -> Result<Response<Incoming>, Failed> {
+        let key = (addr, expected);
+        match protocol {
+            Protocol::Http2 => self.send_h2(key, src, request).await,
+            _ => self.send_h1(key, src, request).await,
+        }
+    }
+
+    fn checkout_h1(&self, key: &Key) -> Option<http1::SendRequest<CountedBody>> {
+        let mut idle = self.h1_idle.lock().unwrap();
+        let list = idle.get_mut(key)?;
+        while let Some(c) = list.pop() {
+            if c.since.elapsed() < IDLE_TIMEOUT && c.sender.is_ready() {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps the connection for the next request once its response has
+    /// been read to the end (an upgraded or broken one never comes back).
+    fn checkin_h1(self: &Arc<Self>, key: Key, mut sender: http1::SendRequest<CountedBody>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let Some(this) = this.upgrade() else { return };
+            let mut idle = this.h1_idle.lock().unwrap();
+            let list = idle.entry(key).or_default();
+            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+            if list.len() < MAX_IDLE_PER_ENDPOINT {
+                list.push(IdleH1 {
+                    since: Instant::now(),
+                    sender,
+                });
+            }
+        });
+    }
+
+    async fn connect_h1(
+        &self,
+        key: &Key,
+        src: SocketAddr,
+    ) -> Result<http1::SendRequest<CountedBody>, UpstreamError> {
+        let addr = key.0;
+        let io = self.open(addr, key.1.as_ref(), src).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        key: Key,
+        src: SocketAddr,
+        request: Request<CountedBody>,
+    ) -> Result<Response<Incoming>, Failed> {
+        let addr = key.0;
+        let mut request = request;
+        if let Some(mut sender) = self.checkout_h1(&key) {
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.checkin_h1(key, sender);
+                    return Ok(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the pooled connection had closed.
+                    Some(back) => request = back,
+                    None => {
+                        return Err(Failed::sent(UpstreamError::Reset {
+                            addr,
+                            source: e.into_error(),
+                        }));
+                    }
+                },
+            }
+        }
+        let mut sender = match self.connect_h1(&key, src).await {
+            Ok(s) => s,
+            Err(e) => return Err(Failed::unsent(e, request)),
+        };
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| Failed::sent(UpstreamError::Reset { addr, source }))?;
+        self.checkin_h1(key, sender);
+        Ok(response)
+    }
+
+    async fn h2_sender(
+        &self,
+        key: &Key,
+        src: SocketAddr,
+    ) -> Result<http2::SendRequest<CountedBody>, UpstreamError> {
+        let pooled = |h2: &Mutex<HashMap<Key, http2::SendRequest<CountedBody>>>| {
+            h2.lock()
+                .unwrap()
+                .get(key)
+                .filter(|s| !s.is_closed())
+                .cloned()
+        };
+        if let Some(s) = pooled(&self.h2) {
+            return Ok(s);
+        }
+        let turn = self
+            .h2_connecting
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _turn = turn.lock().await;
+        if let Some(s) = pooled(&self.h2) {
+            return Ok(s);
+        }
+        let addr = key.0;
+        let io = self.open(addr, key.1.as_ref(), src).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEPALIVE)
+            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        self.h2.lock().unwrap().insert(key.clone(), sender.clone());
+        Ok(sender)
+    }
+
+    async fn send_h2(
+        &self,
+        key: Key,
+        src: SocketAddr,
+        request: Request<CountedBody>,
+    ) -> Result<Response<Incoming>, Failed> {
+        let addr = key.0;
+        let mut request = request;
+        for fresh in [false, true] {
+            if fresh {
+                // The pooled connection is gone: forget it, make another.
+                self.h2.lock().unwrap().remove(&key);
+            }
+            let mut sender = match self.h2_sender(&key, src).await {
+                Ok(s) => s,
+                Err(e) => return Err(Failed::unsent(e, request)),
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => request = back,
+                    None => {
+                        return Err(Failed::sent(UpstreamError::Reset {
+                            addr,
+                            source: e.into_error(),
+                        }));
+                    }
+                },
+            }
+        }
+        Err(Failed::unsent(
+            UpstreamError::Connect {
+                addr,
+                reason: "the HTTP/2 connection closed before the request could be sent".into(),
+            },
+            request,
+        ))
+    }
+
+    /// Drops idle and closed connections (HTTP and HBONE).
+    pub fn sweep(&self) {
+        self.h1_idle.lock().unwrap().retain(|_, list| {
+            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+            !list.is_empty()
+        });
+        self.h2.lock().unwrap().retain(|_, s| !s.is_closed());
+        self.h2_connecting
+            .lock()
+            .unwrap()
+            .retain(|_, turn| Arc::strong_count(turn) > 1);
+        self.hbone.pool.sweep();
+    }
+
+    /// Closes every idle connection: for the drain.
+    pub fn close_idle(&self) {
+        self.h1_idle.lock().unwrap().clear();
+        self.hbone.pool.close_idle();
+    }
+}

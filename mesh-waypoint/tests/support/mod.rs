@@ -1,0 +1,519 @@
+//! An in-process waypoint bed on loopback: a test root CA and SVIDs (rcgen),
+//! a discovery view parsed from a node file, backend pods (HTTP/1.1,
+//! HTTP/2 or TCP echo servers on their own 127.0.N.x addresses) behind an
+//! HBONE server that relays each CONNECT to its authority, the waypoint
+//! itself on 127.0.0.1:0, and a client workload that reaches it over HBONE
+//! as a node agent would. Each test passes its own N, so addresses never
+//! collide between tests running at once.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::Path,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_discovery::{NodeConfig, Published};
+use mesh_hbone::{
+    Pool,
+    buffers::BufferBudget,
+    client::{Client, Dial, Origin, Timeouts, Tunnel},
+    io::H2Io,
+    server::{self, Acceptor, Handler, Incoming as HboneIncoming, Refused},
+    stream,
+};
+use mesh_identity::{
+    Identity, WorkloadCert,
+    tls::{self, CertWatch, TrustBundle},
+};
+use mesh_waypoint::{Limits, Parts, Waypoint};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, SanType,
+};
+use rustls::pki_types::PrivatePkcs8KeyDer;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("not within {WAIT:?}: {what}"))
+}
+
+pub struct Ca {
+    key: KeyPair,
+    params: CertificateParams,
+    pem: String,
+}
+
+pub struct Svid {
+    pub identity: Identity,
+    pub cert: CertWatch,
+}
+
+impl Ca {
+    pub fn new() -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mesh root");
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self { key, params, pem }
+    }
+
+    pub fn bundle(&self) -> TrustBundle {
+        TrustBundle::from_pem(&self.pem, TRUST_DOMAIN).unwrap()
+    }
+
+    pub fn svid(&self, ns: &str, sa: &str) -> Svid {
+        let identity = Identity::new(TRUST_DOMAIN, ns, sa).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![SanType::URI(identity.to_string().try_into().unwrap())];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        let cert = WorkloadCert::new(
+            vec![cert.der().clone()],
+            PrivatePkcs8KeyDer::from(key.serialize_der()),
+            1,
+        )
+        .unwrap();
+        Svid {
+            identity,
+            cert: watch::channel(Some(Arc::new(cert))).1,
+        }
+    }
+}
+
+/// Dials the address asked for, except those mapped elsewhere (a pod's
+/// HBONE port to the test's HBONE server).
+pub struct MapDial {
+    map: HashMap<SocketAddr, SocketAddr>,
+    /// Where everything else goes, if set (the client: to the waypoint).
+    default: Option<SocketAddr>,
+}
+
+impl Dial for MapDial {
+    fn dial(
+        &self,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>> {
+        let to = self.map.get(&to).copied().or(self.default).unwrap_or(to);
+        Box::pin(async move {
+            tokio::time::timeout(timeout, TcpStream::connect(to))
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+        })
+    }
+}
+
+/// The backend pods' HBONE server: relays each CONNECT to its authority
+/// and records who asked for what.
+pub struct PodHandler {
+    pub seen: Mutex<Vec<(Identity, SocketAddr)>>,
+}
+
+impl Handler for PodHandler {
+    async fn connect(self: Arc<Self>, mut incoming: HboneIncoming) {
+        let dst = incoming.request.dst;
+        self.seen
+            .lock()
+            .unwrap()
+            .push((incoming.source.clone(), dst));
+        let app = match incoming.unless_reset(TcpStream::connect(dst)).await {
+            Ok(Ok(app)) => app,
+            Ok(Err(_)) => return incoming.refuse(StatusCode::SERVICE_UNAVAILABLE),
+            Err(_) => return,
+        };
+        let Ok((send, recv)) = incoming.accept() else {
+            return;
+        };
+        let _ = stream::relay(app, send, recv, 0, &BufferBudget::new(usize::MAX)).await;
+    }
+
+    fn refused(&self, _why: Refused) {}
+
+    fn should_log(&self) -> bool {
+        true
+    }
+}
+
+pub async fn pod_hbone_server(ca: &Ca, svid: &Svid) -> (SocketAddr, Arc<PodHandler>) {
+    let acceptor = Arc::new(Acceptor {
+        name: "shop/web".into(),
+        tls: Arc::new(tls::server_config(&ca.bundle(), svid.cert.clone()).unwrap()),
+        cert: Some(svid.cert.clone()),
+        trust_domain: TRUST_DOMAIN.into(),
+        handshake_timeout: WAIT,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(PodHandler {
+        seen: Mutex::default(),
+    });
+    let h = handler.clone();
+    let (_tx, draining) = watch::channel(false);
+    tokio::spawn(async move {
+        let _keep = _tx;
+        loop {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            tokio::spawn(server::serve_connection(
+                tcp,
+                peer,
+                acceptor.clone(),
+                h.clone(),
+                draining.clone(),
+            ));
+        }
+    });
+    (addr, handler)
+}
+
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// What a backend app answers: its name for plain requests (with what it
+/// saw of the proxy's headers), an echo with gRPC trailers for
+/// `/grpc`, and an echo after 101 for WebSocket upgrades.
+async fn app(
+    name: &'static str,
+    hits: Arc<AtomicUsize>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    if req.headers().contains_key(http::header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "websocket")
+            .body(full(Bytes::new()))
+            .unwrap());
+    }
+    let proto = header("x-forwarded-proto");
+    let trace = header("traceparent");
+    if req.uri().path() == "/grpc" {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "ok-from-backend".parse().unwrap());
+        let frames = data_then_trailers(body, trailers);
+        return Ok(Response::builder()
+            .header("content-type", "application/grpc")
+            .header("x-backend", name)
+            .body(frames)
+            .unwrap());
+    }
+    Ok(Response::builder()
+        .header("x-backend", name)
+        .header("x-seen-proto", proto)
+        .header("x-seen-traceparent", trace)
+        .body(full(name))
+        .unwrap())
+}
+
+/// A body of given frames: data, then trailers (as a gRPC server sends).
+pub struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+fn data_then_trailers(data: Bytes, trailers: http::HeaderMap) -> Body {
+    Frames(
+        [
+            hyper::body::Frame::data(data),
+            hyper::body::Frame::trailers(trailers),
+        ]
+        .into(),
+    )
+    .boxed_unsync()
+}
+
+/// An HTTP backend app at `addr`.
+pub async fn http_backend(addr: SocketAddr, name: &'static str, h2: bool) -> Arc<AtomicUsize> {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let hits = counter.clone();
+            let svc = service_fn(move |req| app(name, hits.clone(), req));
+            tokio::spawn(async move {
+                let io = TokioIo::new(tcp);
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .with_upgrades()
+                        .await;
+                }
+            });
+        }
+    });
+    hits
+}
+
+/// A TCP echo app at `addr`; counts connections.
+pub async fn tcp_backend(addr: SocketAddr) -> Arc<AtomicUsize> {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counter = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = tcp.split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                let _ = wr.shutdown().await;
+            });
+        }
+    });
+    conns
+}
+
+/// The cluster as the waypoint sees it: namespace `shop` uses waypoint
+/// `shop/wp`; Service `web` (VIP 10.96.<n>.1) has an HTTP/1.1 port (80),
+/// an HTTP/2 port (81), a TCP port (82) and an undeclared one (83), its
+/// endpoints pods web-1 and web-2 at 127.0.<n>.1 and .2.
+pub fn node_file(n: u8) -> String {
+    format!(
+        r#"
+kind: AgentConfig
+nodeName: n1
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{mesh.io/dataplane-mode: enabled, istio.io/use-waypoint: wp}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: wp, namespace: shop}}
+spec:
+  gatewayClassName: mesh-waypoint
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: wp-0, namespace: shop, labels: {{gateway.networking.k8s.io/gateway-name: wp}}}}
+spec: {{nodeName: n2, serviceAccountName: wp, containers: [{{name: c}}]}}
+status: {{podIPs: [{{ip: 127.0.{n}.9}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-1, namespace: shop, labels: {{app: web}}}}
+spec: {{nodeName: n2, serviceAccountName: web, containers: [{{name: c}}]}}
+status: {{podIPs: [{{ip: 127.0.{n}.1}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-2, namespace: shop, labels: {{app: web}}}}
+spec: {{nodeName: n2, serviceAccountName: web, containers: [{{name: c}}]}}
+status: {{podIPs: [{{ip: 127.0.{n}.2}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client-0, namespace: shop, labels: {{app: client}}}}
+spec: {{nodeName: n2, serviceAccountName: client, containers: [{{name: c}}]}}
+status: {{podIPs: [{{ip: 127.0.{n}.5}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  clusterIP: 10.96.{n}.1
+  selector: {{app: web}}
+  ports:
+  - {{name: http-web, port: 80, targetPort: 8080}}
+  - {{name: grpc-api, port: 81, targetPort: 8081}}
+  - {{name: tcp-echo, port: 82, targetPort: 8082}}
+  - {{name: other, port: 83, targetPort: 8080}}
+"#
+    )
+}
+
+pub struct Bed {
+    pub n: u8,
+    pub ca: Ca,
+    pub waypoint: Arc<Waypoint>,
+    pub waypoint_addr: SocketAddr,
+    pub pods: Arc<PodHandler>,
+    pub client: Client,
+    pub client_svid: Svid,
+    client_dial: MapDial,
+    _serve: JoinHandle<()>,
+}
+
+impl Bed {
+    pub async fn start(n: u8) -> Self {
+        mesh_identity::tls::install_process_default();
+        let ca = Ca::new();
+        let text = node_file(n);
+        let config = NodeConfig::parse(Path::new("node.yaml"), &text, None).unwrap();
+        let (_tx, views) = watch::channel(Published {
+            view: Arc::new(config.view()),
+            synced: true,
+        });
+        std::mem::forget(_tx);
+        let web = ca.svid("shop", "web");
+        let (pod_hbone, pods) = pod_hbone_server(&ca, &web).await;
+        let map = (1..=2)
+            .map(|i| (SocketAddr::from(([127, 0, n, i], 15008)), pod_hbone))
+            .collect();
+        let wp_svid = ca.svid("shop", "wp");
+        let waypoint = Waypoint::new(Parts {
+            gateway: "shop/wp".parse().unwrap(),
+            pod_namespace: "shop".into(),
+            pod_name: "wp-0".into(),
+            identity: wp_svid.identity.clone(),
+            cert: wp_svid.cert.clone(),
+            bundle: ca.bundle(),
+            views,
+            dial: Arc::new(MapDial { map, default: None }),
+            limits: Limits {
+                handshake_timeout: WAIT,
+                connect_timeout: Duration::from_secs(2),
+                response_timeout: WAIT,
+                detect_timeout: Duration::from_secs(2),
+                ..Limits::default()
+            },
+        })
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let waypoint_addr = listener.local_addr().unwrap();
+        let serve = {
+            let wp = waypoint.clone();
+            tokio::spawn(async move { wp.serve(listener).await })
+        };
+        let client_svid = ca.svid("shop", "client");
+        Self {
+            n,
+            client: Client {
+                bundle: ca.bundle(),
+                pool: Pool::default(),
+                buffers: BufferBudget::new(usize::MAX),
+                timeouts: Timeouts {
+                    connect: WAIT,
+                    handshake: WAIT,
+                },
+            },
+            client_dial: MapDial {
+                map: HashMap::new(),
+                default: Some(waypoint_addr),
+            },
+            ca,
+            waypoint,
+            waypoint_addr,
+            pods,
+            client_svid,
+            _serve: serve,
+        }
+    }
+
+    pub fn vip(&self, port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 96, self.n, 1], port))
+    }
+
+    pub fn pod(&self, i: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, self.n, i], port))
+    }
+
+    /// A tunnel from the client pod to `dst` through the waypoint, as the
+    /// client's node agent opens it.
+    pub async fn tunnel(&self, dst: SocketAddr) -> Result<Tunnel, mesh_hbone::HboneError> {
+        let origin = Origin {
+            key: "shop/client-0",
+            namespace: "shop",
+            name: "client-0",
+            identity: &self.client_svid.identity,
+            cert: Some(&self.client_svid.cert),
+            dial: &self.client_dial,
+        };
+        within(
+            "the tunnel to the waypoint",
+            self.client.open(
+                &origin,
+                SocketAddr::from(([127, 0, self.n, 5], 40000)),
+                dst,
+                self.waypoint.identity.clone(),
+                &Bytes::new(),
+            ),
+        )
+        .await
+    }
+
+    pub async fn stream(&self, dst: SocketAddr) -> H2Io<Tunnel> {
+        H2Io::new(self.tunnel(dst).await.unwrap())
+    }
+}
