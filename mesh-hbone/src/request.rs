@@ -1,10 +1,15 @@
 //! What an HBONE stream asks for, read from its request head alone: a
-//! CONNECT to `ip:port`, and the trace it belongs to. Kept apart from the
+//! CONNECT to `ip:port`, the client it carries (`forwarded`), and the trace
+//! it belongs to. Kept apart from the
 //! listener, which holds sockets, identities and policies, so that the part
 //! a peer controls byte for byte can be tested (and fuzzed) on its own.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, Method, StatusCode, Uri};
+
+/// Longest `forwarded` header read. One `for=` pair with an IPv6 address,
+/// a port and a `proto` is well under this; longer values are not ours.
+pub const MAX_FORWARDED_BYTES: usize = 256;
 
 /// A CONNECT this listener can serve, as far as the request says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +20,12 @@ pub struct ConnectRequest {
     pub dst: SocketAddr,
     /// The trace id of a W3C `traceparent` header, for the access log.
     pub trace_id: Option<String>,
+    /// The client's address from `forwarded: for=<ip>` (RFC 7239), as the
+    /// sending node agent writes it: the pod the tunnel is for. The peer
+    /// chooses it byte for byte, so it names a workload only where the
+    /// peer's verified identity agrees; `None` when absent or not exactly
+    /// one well-formed address.
+    pub forwarded_for: Option<IpAddr>,
 }
 
 /// Why a request is answered with an error before anything else is looked
@@ -62,8 +73,84 @@ impl ConnectRequest {
         Ok(Self {
             dst,
             trace_id: trace_id(headers),
+            forwarded_for: forwarded_for(headers),
         })
     }
+}
+
+/// The address in the `for=` pair of the one `forwarded` header, strictly:
+/// exactly one header of at most [`MAX_FORWARDED_BYTES`], one element (a
+/// list names several hops, and which of them is the client is the
+/// sender's business), each pair `token=value`, exactly one `for`, whose
+/// node is an IP address (IPv4 bare or quoted, IPv6 quoted in brackets, an
+/// optional port ignored). `unknown` and obfuscated nodes name no address.
+/// An IPv4-mapped IPv6 address is given as IPv4.
+pub fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
+    let mut values = headers.get_all("forwarded").iter();
+    let value = values.next()?;
+    if values.next().is_some() || value.len() > MAX_FORWARDED_BYTES {
+        return None;
+    }
+    let value = value.to_str().ok()?;
+    if value.contains(',') {
+        return None;
+    }
+    let mut found = None;
+    for pair in value.split(';') {
+        let (key, node) = pair.trim().split_once('=')?;
+        if key.is_empty() || !key.bytes().all(is_token_byte) {
+            return None;
+        }
+        if !key.eq_ignore_ascii_case("for") {
+            continue;
+        }
+        if found.is_some() {
+            return None;
+        }
+        found = Some(node_address(node)?);
+    }
+    found
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A `for` value's address: `1.2.3.4`, `"1.2.3.4"`, `"1.2.3.4:80"`,
+/// `"[fd00::1]"`, `"[fd00::1]:80"`.
+fn node_address(node: &str) -> Option<IpAddr> {
+    let (quoted, inner) = match node.strip_prefix('"') {
+        Some(rest) => (true, rest.strip_suffix('"')?),
+        None => (false, node),
+    };
+    let ip = if let Some(rest) = inner.strip_prefix('[') {
+        // Brackets need quotes (they are not token characters).
+        if !quoted {
+            return None;
+        }
+        let (v6, after) = rest.split_once(']')?;
+        if !(after.is_empty() || port(after.strip_prefix(':')?)) {
+            return None;
+        }
+        IpAddr::V6(v6.parse().ok()?)
+    } else {
+        let (v4, port_part) = match inner.split_once(':') {
+            // A port needs quotes (':' is not a token character).
+            Some((v4, p)) if quoted => (v4, Some(p)),
+            Some(_) => return None,
+            None => (inner, None),
+        };
+        if port_part.is_some_and(|p| !port(p)) {
+            return None;
+        }
+        IpAddr::V4(v4.parse().ok()?)
+    };
+    Some(ip.to_canonical())
+}
+
+fn port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok()
 }
 
 /// The second field of `traceparent` (`version-traceid-parentid-flags`),
@@ -101,6 +188,7 @@ mod tests {
             Ok(ConnectRequest {
                 dst: "10.0.0.7:8080".parse().unwrap(),
                 trace_id: None,
+                forwarded_for: None,
             })
         );
         let r = request("CONNECT", "[fd00::7]:443", &[]);
@@ -168,5 +256,64 @@ mod tests {
         );
         let r = request("CONNECT", "10.0.0.7:8080", &[("traceparent", "garbage")]);
         assert_eq!(read(&r).unwrap().trace_id, None);
+    }
+
+    fn forwarded(values: &[&str]) -> Option<IpAddr> {
+        let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("forwarded", *v)).collect();
+        read(&request("CONNECT", "10.0.0.7:8080", &pairs))
+            .unwrap()
+            .forwarded_for
+    }
+
+    #[test]
+    fn the_client_address_from_forwarded_for() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // As the node agents (and ztunnel) write it.
+        assert_eq!(forwarded(&["for=10.244.0.5"]), ip("10.244.0.5"));
+        assert_eq!(forwarded(&["for=\"[fd00::5]\""]), ip("fd00::5"));
+        // RFC 7239's other spellings.
+        assert_eq!(forwarded(&["For=\"10.244.0.5\""]), ip("10.244.0.5"));
+        assert_eq!(forwarded(&["for=\"10.244.0.5:4711\""]), ip("10.244.0.5"));
+        assert_eq!(forwarded(&["for=\"[fd00::5]:4711\""]), ip("fd00::5"));
+        assert_eq!(
+            forwarded(&["proto=http; for=10.244.0.5;by=10.0.0.1"]),
+            ip("10.244.0.5")
+        );
+        assert_eq!(forwarded(&["for=\"[::ffff:10.0.0.5]\""]), ip("10.0.0.5"));
+        assert_eq!(forwarded(&[]), None);
+    }
+
+    #[test]
+    fn a_forwarded_header_that_is_not_exactly_one_address_names_none() {
+        let long = format!("for=10.0.0.5;x={}", "a".repeat(MAX_FORWARDED_BYTES));
+        for bad in [
+            "for=10.244.0.5, for=10.244.0.6",
+            "for=10.244.0.5;for=10.244.0.6",
+            "for=unknown",
+            "for=_hidden",
+            "for=",
+            "for",
+            "for=web.shop",
+            "for=[fd00::5]",
+            "for=10.244.0.5:80",
+            "for=\"10.244.0.5:99999\"",
+            "for=\"10.244.0.5:\"",
+            "for=\"[fd00::5]x\"",
+            "for=\"[fd00::5\"",
+            "for=\"10.244.0.5",
+            "f r=10.244.0.5",
+            "proto=http",
+            "for=10.244.0.5;=x",
+            long.as_str(),
+        ] {
+            assert_eq!(forwarded(&[bad]), None, "{bad:?}");
+        }
+        assert_eq!(forwarded(&["for=10.0.0.5", "for=10.0.0.6"]), None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "forwarded",
+            http::HeaderValue::from_bytes(b"for=10.0.0.5;x=\xff").unwrap(),
+        );
+        assert_eq!(forwarded_for(&h), None);
     }
 }

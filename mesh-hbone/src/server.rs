@@ -149,7 +149,9 @@ pub struct Incoming {
     pub peer: SocketAddr,
     /// The identity the peer's certificate proved.
     pub source: Identity,
-    /// What the request asked for.
+    /// What the request asked for, and the client it says it carries
+    /// (`request.forwarded_for`: the peer's word, to be checked against
+    /// `source` before it names anyone).
     pub request: ConnectRequest,
     respond: SendResponse<Bytes>,
     body: RecvStream,
