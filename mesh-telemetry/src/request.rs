@@ -552,8 +552,9 @@ pub(crate) fn cut(s: &str) -> &str {
     &s[..end]
 }
 
-/// UTC, milliseconds, `Z`: what Envoy's `%START_TIME%` writes.
-fn rfc3339(t: SystemTime) -> String {
+/// UTC, milliseconds, `Z`: what Envoy's `%START_TIME%` writes (and what
+/// other lines of the same log stamp themselves with).
+pub fn rfc3339(t: SystemTime) -> String {
     let t = time::OffsetDateTime::from(t);
     let t = t
         .replace_nanosecond(t.millisecond() as u32 * 1_000_000)

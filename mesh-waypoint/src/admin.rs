@@ -65,7 +65,7 @@ async fn bounded(State(s): State<AppState>, request: Request, next: Next) -> Res
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
-    if s.wp.metrics.is_ready() {
+    if s.wp.telemetry.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         let why = match (s.wp.has_certificate(), s.wp.synced(), s.wp.is_draining()) {
@@ -83,7 +83,7 @@ async fn ready(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    match s.wp.metrics.encode() {
+    match s.wp.telemetry.encode() {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -149,7 +149,7 @@ pub fn dump(wp: &Waypoint) -> serde_json::Value {
         "gateway": wp.gateway,
         "identity": wp.identity.to_string(),
         "certificate": cert,
-        "ready": wp.metrics.is_ready(),
+        "ready": wp.telemetry.is_ready(),
         "discovery_synced": wp.synced(),
         "draining": wp.is_draining(),
         "open_connections": wp.open_connections(),

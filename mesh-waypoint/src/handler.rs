@@ -5,19 +5,20 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use http::StatusCode;
+use http::{Method, StatusCode};
 use mesh_hbone::{
     io::H2Io,
     server::{Handler, Incoming, Refused},
 };
+use mesh_telemetry::request::{Party, Protocol as RequestProtocol, ResponseFlag};
 use tokio::io::AsyncReadExt;
 use tracing::{debug, warn};
 
 use crate::{
-    metrics::Refusal,
     protocol::{self, Declared, Protocol, Sniffed},
-    record,
+    record::{self, ForwardedClient},
     target::{self, Target},
+    telemetry::Refusal,
     waypoint::Waypoint,
 };
 
@@ -30,17 +31,40 @@ pub struct StreamContext {
     /// The CONNECT's authority.
     pub dst: SocketAddr,
     pub target: Target,
-    pub client: record::Client,
+    /// The HBONE peer's address (a node agent's, between nodes).
+    pub peer: SocketAddr,
+    /// The client: the verified identity, and its workload when the
+    /// CONNECT's forwarded address agrees with that identity.
+    pub source: Party,
+    /// Whom the waypoint's own tunnels say they carry (`forwarded`): the
+    /// client's pod when its address was believed, else the peer.
+    pub carries: SocketAddr,
 }
 
 impl Handler for Waypoint {
     async fn connect(self: Arc<Self>, incoming: Incoming) {
         let dst = incoming.request.dst;
         let view = self.view();
+        let client =
+            record::forwarded_client(&view, &incoming.source, incoming.request.forwarded_for);
+        if let ForwardedClient::Mismatch {
+            addr,
+            workload,
+            runs_as,
+        } = &client
+        {
+            debug!(
+                forwarded_for = %addr,
+                %workload,
+                %runs_as,
+                peer_identity = %incoming.source,
+                "the CONNECT's forwarded address is another identity's workload; the client is named by its identity alone"
+            );
+        }
+        let source = record::source(&incoming.source, &client);
         let target = match target::resolve(&view, dst, &self.gateway) {
             Ok(t) => t,
             Err(why) => {
-                self.metrics.refused(Refusal::UnknownAuthority);
                 warn!(
                     authority = %dst,
                     src = %incoming.peer,
@@ -48,14 +72,21 @@ impl Handler for Waypoint {
                     reason = %why,
                     "CONNECT refused (404): nothing this waypoint serves at the authority"
                 );
+                refused_connect(&self, dst, incoming.peer, source);
                 incoming.refuse(StatusCode::NOT_FOUND);
                 return;
             }
         };
-        let client = record::Client {
-            peer: Some(incoming.peer),
-            identity: Some(incoming.source.to_string()),
-            workload: view.workload(incoming.peer.ip()).map(|w| w.key()),
+        let carries = match (&client, incoming.request.forwarded_for) {
+            (ForwardedClient::Trusted(_), Some(ip)) => SocketAddr::new(ip, incoming.peer.port()),
+            _ => incoming.peer,
+        };
+        let stream = StreamContext {
+            dst,
+            target,
+            peer: incoming.peer,
+            source,
+            carries,
         };
         let halves = match incoming.accept() {
             Ok(h) => h,
@@ -65,16 +96,11 @@ impl Handler for Waypoint {
             }
         };
         let mut io = H2Io::new(halves);
-        let protocol = match target.declared_protocol() {
+        let protocol = match stream.target.declared_protocol() {
             Declared::Known(p) => p,
             Declared::Undeclared => detect(&mut io, self.limits.detect_timeout).await,
         };
-        self.metrics.stream(protocol);
-        let context = Arc::new(StreamContext {
-            dst,
-            target,
-            client,
-        });
+        let context = Arc::new(stream);
         match protocol {
             Protocol::Tcp => crate::tcp::relay(self, io, context).await,
             http => crate::http::serve(self, io, http, context).await,
@@ -82,12 +108,41 @@ impl Handler for Waypoint {
     }
 
     fn refused(&self, why: Refused) {
-        self.metrics.refused(Refusal::Hbone(why.label()));
+        self.telemetry.refused(Refusal::Hbone(why.label()));
     }
 
     fn should_log(&self) -> bool {
         Waypoint::should_log(self)
     }
+}
+
+/// The record of a CONNECT answered 404: Istio counts it as a request
+/// with no route (`NR`), as Envoy does for a destination it does not know.
+fn refused_connect(wp: &Waypoint, dst: SocketAddr, peer: SocketAddr, source: Party) {
+    let rec = mesh_telemetry::request::RequestRecord {
+        reporter: mesh_telemetry::request::Reporter::Waypoint,
+        started: std::time::SystemTime::now(),
+        duration: Duration::ZERO,
+        method: Method::CONNECT,
+        authority: dst.to_string(),
+        path: String::new(),
+        protocol: RequestProtocol::Http2,
+        response_code: Some(StatusCode::NOT_FOUND),
+        grpc_status: None,
+        request_bytes: 0,
+        response_bytes: 0,
+        downstream: Some(peer),
+        upstream: None,
+        source,
+        destination: Party::default(),
+        service: None,
+        route: None,
+        attempts: 0,
+        response_flags: ResponseFlag::NoRouteFound.into(),
+        security: mesh_telemetry::connection::Security::MutualTls,
+        trace_id: None,
+    };
+    wp.telemetry.request(&rec, None);
 }
 
 /// Reads the client's first bytes until they say which protocol it is,

@@ -1,7 +1,7 @@
 //! What a proxy changes in a request's and a response's head: the
 //! hop-by-hop headers (RFC 9110, 7.6.1) end at each hop, except what an
-//! upgrade needs; `x-forwarded-proto` says how the client spoke; the W3C
-//! trace context continues through the waypoint as a span of its own.
+//! upgrade needs; `x-forwarded-proto` says how the client spoke. (The W3C
+//! trace context is `mesh_telemetry::trace`'s.)
 use http::{
     HeaderMap, HeaderName, HeaderValue,
     header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE},
@@ -10,7 +10,6 @@ use http::{
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Whether a request asks to switch protocols (HTTP/1.1 `Upgrade`, e.g.
 /// WebSocket): `Connection` names `upgrade` and an `Upgrade` is present.
@@ -66,83 +65,6 @@ pub fn forwarded_proto(headers: &mut HeaderMap) {
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-}
-
-/// The trace context of one request through the waypoint.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TraceContext {
-    /// 32 lowercase hex digits.
-    pub trace_id: String,
-    /// The waypoint's span for this request (16 hex digits): the parent
-    /// the upstream sees.
-    pub span_id: String,
-    /// The client's span, when the request carried one.
-    pub parent_span_id: Option<String>,
-    pub sampled: bool,
-}
-
-impl TraceContext {
-    pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{}",
-            self.trace_id,
-            self.span_id,
-            if self.sampled { "01" } else { "00" }
-        )
-    }
-}
-
-/// A W3C `traceparent` as (trace id, parent id, flags), when well formed:
-/// version 00 (or a later one, read by its first four fields), ids of the
-/// right length in lowercase hex and not all zeros.
-fn parse_traceparent(value: &str) -> Option<(&str, &str, u8)> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    if !hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
-        return None;
-    }
-    if !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
-        return None;
-    }
-    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
-        return None;
-    }
-    Some((trace, parent, u8::from_str_radix(flags, 16).ok()?))
-}
-
-/// Continues the request's trace (a new span under the client's) or starts
-/// one, and writes the waypoint's `traceparent` for the upstream.
-pub fn continue_trace(headers: &mut HeaderMap) -> TraceContext {
-    let incoming = headers
-        .get(TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_traceparent)
-        .map(|(t, p, f)| (t.to_owned(), p.to_owned(), f));
-    let span_id = format!("{:016x}", fastrand::u64(1..));
-    let context = match incoming {
-        Some((trace_id, parent, flags)) => TraceContext {
-            trace_id,
-            span_id,
-            parent_span_id: Some(parent),
-            sampled: flags & 1 == 1,
-        },
-        None => TraceContext {
-            trace_id: format!("{:032x}", fastrand::u128(1..)),
-            span_id,
-            parent_span_id: None,
-            sampled: true,
-        },
-    };
-    if let Ok(v) = HeaderValue::from_str(&context.traceparent()) {
-        headers.insert(TRACEPARENT, v);
-    }
-    context
 }
 
 #[cfg(test)]
@@ -210,49 +132,5 @@ mod tests {
         let mut h = headers(&[("x-forwarded-proto", "https")]);
         forwarded_proto(&mut h);
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "https");
-    }
-
-    #[test]
-    fn a_trace_continues_with_a_new_span_under_the_client_span() {
-        let mut h = headers(&[(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )]);
-        let t = continue_trace(&mut h);
-        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
-        assert_ne!(t.span_id, "00f067aa0ba902b7");
-        assert!(t.sampled);
-        let sent = h.get(TRACEPARENT).unwrap().to_str().unwrap();
-        assert_eq!(
-            sent,
-            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", t.span_id)
-        );
-        let mut unsampled = headers(&[(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
-        )]);
-        assert!(!continue_trace(&mut unsampled).sampled);
-    }
-
-    #[test]
-    fn a_missing_or_malformed_traceparent_starts_a_trace() {
-        for bad in [
-            None,
-            Some("garbage"),
-            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
-            Some("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x"),
-        ] {
-            let mut h = HeaderMap::new();
-            if let Some(v) = bad {
-                h.insert(TRACEPARENT, HeaderValue::from_static(v));
-            }
-            let t = continue_trace(&mut h);
-            assert_eq!(t.parent_span_id, None, "{bad:?}");
-            assert_eq!(t.trace_id.len(), 32);
-            assert!(parse_traceparent(h.get(TRACEPARENT).unwrap().to_str().unwrap()).is_some());
-        }
     }
 }

@@ -1,8 +1,8 @@
 //! HTTP inside an accepted stream: HTTP/1.1 (keep-alive, chunked bodies,
 //! upgrades passed through) or HTTP/2 (h2c with prior knowledge, gRPC and
 //! its trailers) served by hyper; each request balanced over the target's
-//! ready endpoints and sent on, and one `RequestRecord` written when it
-//! ends.
+//! ready endpoints and sent on, and one `RequestRecord` (with its spans)
+//! written when it ends.
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -12,7 +12,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -24,6 +24,10 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_telemetry::{
+    request::{GrpcStatus, RequestRecord, ResponseFlag},
+    trace::SpanContext,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
@@ -31,9 +35,9 @@ use crate::{
     balancer::InFlight,
     handler::StreamContext,
     headers,
-    metrics::Refusal,
     protocol::Protocol,
-    record::{RequestRecord, ResponseFlag},
+    record,
+    spans::{Attempt, RequestTrace},
     upstream::{CountedBody, Failed},
     waypoint::Waypoint,
 };
@@ -93,18 +97,22 @@ where
     if let Err(e) = result {
         if e.is_parse() || e.is_parse_too_large() {
             // hyper has answered 400 (431, 414) and closed; nothing went on.
-            wp.metrics.refused(Refusal::BadRequest);
-            let mut record = RequestRecord::new(protocol, ctx.dst.to_string(), ctx.client.clone());
-            record.destination_service = ctx.target.service();
-            record.destination_workload = ctx.target.workload();
-            record.status = StatusCode::BAD_REQUEST.as_u16();
-            record.flag(ResponseFlag::DownstreamProtocolError);
-            wp.metrics.request(&record);
-            record.log();
+            let view = wp.view();
+            let mut rec = record::start(
+                &ctx,
+                &view,
+                record::request_protocol(protocol, &http::HeaderMap::new()),
+                unread_method(),
+                ctx.dst.to_string(),
+                String::new(),
+            );
+            rec.response_code = Some(StatusCode::BAD_REQUEST);
+            rec.response_flags = ResponseFlag::DownstreamProtocolError.into();
+            wp.telemetry.request(&rec, None);
             warn!(
                 authority = %ctx.dst,
-                src = ?ctx.client.peer,
-                peer_identity = ?ctx.client.identity,
+                src = %ctx.peer,
+                peer_identity = ?ctx.source.principal,
                 error = %e,
                 "HTTP request refused (400): it does not parse"
             );
@@ -112,6 +120,11 @@ where
             debug!(authority = %ctx.dst, error = %e, "downstream HTTP connection ended");
         }
     }
+}
+
+/// The method of a request that did not parse: `-`, as Envoy logs it.
+fn unread_method() -> http::Method {
+    http::Method::from_bytes(b"-").unwrap_or(http::Method::GET)
 }
 
 /// Resolves once the drain has started.
@@ -170,33 +183,46 @@ fn upstream_head(
     Ok(())
 }
 
-/// A response made here (no upstream answered), with its record written.
-fn local(
-    wp: &Waypoint,
-    mut record: RequestRecord,
+/// A request on its way: its record and trace, and when it started.
+struct Open {
+    wp: Arc<Waypoint>,
+    record: RequestRecord,
+    trace: RequestTrace,
     started: Instant,
-    status: StatusCode,
-    flag: Option<ResponseFlag>,
-) -> Response<ResponseBody> {
-    record.status = status.as_u16();
-    if let Some(flag) = flag {
-        record.flag(flag);
+}
+
+impl Open {
+    /// Written once: counted, logged, its spans sent.
+    fn finish(mut self) {
+        self.record.duration = self.started.elapsed();
+        self.wp.telemetry.request(&self.record, Some(&self.trace));
     }
-    record.duration = started.elapsed();
-    wp.metrics.request(&record);
-    record.log();
-    let text = format!(
-        "{}{}\n",
-        status.canonical_reason().unwrap_or("error"),
-        flag.map(|f| format!(" ({})", f.code())).unwrap_or_default()
-    );
-    let mut response = Response::new(
-        Full::new(Bytes::from(text))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    response
+
+    /// The last attempt failed now, with `flag`.
+    fn attempt_failed(&mut self, flag: ResponseFlag) {
+        if let Some(a) = self.trace.attempts.last_mut() {
+            a.failed = Some((flag, SystemTime::now()));
+        }
+    }
+
+    /// A response made here (no endpoint answered), with its record written.
+    fn local(mut self, status: StatusCode, flag: ResponseFlag) -> Response<ResponseBody> {
+        self.record.response_code = Some(status);
+        self.record.response_flags.insert(flag);
+        self.finish();
+        let text = format!(
+            "{} ({})\n",
+            status.canonical_reason().unwrap_or("error"),
+            flag.as_str()
+        );
+        let mut response = Response::new(
+            Full::new(Bytes::from(text))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *response.status_mut() = status;
+        response
+    }
 }
 
 async fn proxy(
@@ -206,37 +232,47 @@ async fn proxy(
     mut request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
+    let view = wp.view();
     let authority = authority(&request, ctx.dst);
-    let mut record = RequestRecord::new(protocol, authority.clone(), ctx.client.clone());
-    record.method = Some(request.method().to_string());
-    record.path = request.uri().path_and_query().map(|p| p.to_string());
-    record.destination_service = ctx.target.service();
-    record.destination_workload = ctx.target.workload();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.to_string());
+    let mut rng = fastrand::Rng::new();
+    let server = SpanContext::from_headers(request.headers(), true, &mut rng);
+    let mut record = record::start(
+        &ctx,
+        &view,
+        record::request_protocol(protocol, request.headers()),
+        request.method().clone(),
+        authority.clone(),
+        path,
+    );
+    record.trace_id = Some(server.trace_id);
+    let mut open = Open {
+        wp: wp.clone(),
+        record,
+        trace: RequestTrace::new(server),
+        started,
+    };
     let upgrade = protocol == Protocol::Http1 && headers::is_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::forwarded_proto(&mut parts.headers);
-    record.trace = Some(headers::continue_trace(&mut parts.headers));
     if let Err(e) = upstream_head(&mut parts, protocol, &authority) {
         warn!(authority = %authority, error = %e, "HTTP request refused (400): its authority or path cannot be forwarded");
-        wp.metrics.refused(Refusal::BadRequest);
-        return local(
-            &wp,
-            record,
-            started,
+        return open.local(
             StatusCode::BAD_REQUEST,
-            Some(ResponseFlag::DownstreamProtocolError),
+            ResponseFlag::DownstreamProtocolError,
         );
     }
     let request_bytes = Arc::new(AtomicU64::new(0));
     let mut request = Request::from_parts(parts, CountedBody::new(body, request_bytes.clone()));
-    let view = wp.view();
     let endpoints = ctx.target.endpoints(&view);
     let mut tried = Vec::new();
-    let src = ctx.client.peer.unwrap_or(ctx.dst);
     let (response, place) = loop {
-        let Some(place) = (record.attempts < MAX_ATTEMPTS)
+        let Some(place) = (open.record.attempts < MAX_ATTEMPTS)
             .then(|| wp.balancer.choose(&endpoints, &tried))
             .flatten()
         else {
@@ -244,88 +280,76 @@ async fn proxy(
                 warn!(authority = %authority, destination = %ctx.target.describe(), "no ready endpoint (503 UH)");
                 ResponseFlag::NoHealthyUpstream
             } else {
-                ResponseFlag::UpstreamConnectFailure
+                ResponseFlag::UpstreamConnectionFailure
             };
-            return local(
-                &wp,
-                record,
-                started,
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(flag),
-            );
+            return open.local(StatusCode::SERVICE_UNAVAILABLE, flag);
         };
-        record.attempts += 1;
-        record.upstream = Some(place.addr);
+        open.record.attempts += 1;
+        open.record.upstream = Some(place.addr);
+        open.record.destination = record::destination(&view, place.addr.ip());
         tried.push(place.addr);
+        let attempt = open.trace.server.child(&mut rng);
+        attempt.inject(request.headers_mut());
+        open.trace.attempts.push(Attempt {
+            context: attempt,
+            upstream: place.addr,
+            started: SystemTime::now(),
+            failed: None,
+        });
         let expected = view.expected_identity(place.addr.ip());
         let send = wp
             .upstream
-            .send(place.addr, expected, protocol, src, request);
+            .send(place.addr, expected, protocol, ctx.carries, request);
         match tokio::time::timeout(wp.limits.response_timeout, send).await {
             Ok(Ok(response)) => break (response, place),
             Ok(Err(Failed::Connect {
                 error,
                 request: back,
             })) => {
-                warn!(authority = %authority, upstream = %place.addr, attempt = record.attempts, error = %error, "upstream unreachable");
-                record.flag(ResponseFlag::UpstreamConnectFailure);
+                warn!(authority = %authority, upstream = %place.addr, attempt = open.record.attempts, error = %error, "upstream unreachable");
+                open.attempt_failed(ResponseFlag::UpstreamConnectionFailure);
                 request = *back;
             }
             Ok(Err(Failed::Reset(error))) => {
-                warn!(authority = %authority, upstream = %place.addr, error = %error, "upstream reset the request (502 UR)");
-                record.request_bytes = request_bytes.load(Ordering::Relaxed);
-                return local(
-                    &wp,
-                    record,
-                    started,
-                    StatusCode::BAD_GATEWAY,
-                    Some(ResponseFlag::UpstreamReset),
+                // Envoy's answer to a reset before the response head: 503
+                // with UR ("upstream connect error or disconnect/reset
+                // before headers").
+                warn!(authority = %authority, upstream = %place.addr, error = %error, "upstream reset the request before its response (503 UR)");
+                open.record.request_bytes = request_bytes.load(Ordering::Relaxed);
+                open.attempt_failed(ResponseFlag::UpstreamRemoteReset);
+                return open.local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlag::UpstreamRemoteReset,
                 );
             }
             Err(_) => {
                 warn!(authority = %authority, upstream = %place.addr, timeout_s = wp.limits.response_timeout.as_secs_f32(), "upstream did not answer in time (504 UT)");
-                record.request_bytes = request_bytes.load(Ordering::Relaxed);
-                return local(
-                    &wp,
-                    record,
-                    started,
+                open.record.request_bytes = request_bytes.load(Ordering::Relaxed);
+                open.attempt_failed(ResponseFlag::UpstreamRequestTimeout);
+                return open.local(
                     StatusCode::GATEWAY_TIMEOUT,
-                    Some(ResponseFlag::UpstreamTimeout),
+                    ResponseFlag::UpstreamRequestTimeout,
                 );
             }
         }
     };
-    // A request that got through after failed attempts is not a failure.
-    record
-        .flags
-        .retain(|f| *f != ResponseFlag::UpstreamConnectFailure);
-    respond(
-        wp,
-        record,
-        started,
-        request_bytes,
-        response,
-        place,
-        downstream_upgrade,
-    )
+    respond(open, request_bytes, response, place, downstream_upgrade)
 }
 
 fn respond(
-    wp: Arc<Waypoint>,
-    mut record: RequestRecord,
-    started: Instant,
+    mut open: Open,
     request_bytes: Arc<AtomicU64>,
     mut response: Response<Incoming>,
     place: InFlight,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResponseBody> {
-    record.status = response.status().as_u16();
-    record.grpc_status = grpc_status(response.headers());
+    open.record.response_code = Some(response.status());
+    open.record.grpc_status = grpc_status(response.headers());
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(downstream)) = (switching, downstream_upgrade) {
         let upstream = hyper::upgrade::on(&mut response);
         headers::strip_hop_by_hop(response.headers_mut(), true);
-        tokio::spawn(tunnel(wp, record, started, downstream, upstream, place));
+        tokio::spawn(tunnel(open, downstream, upstream, place));
         let (parts, _) = response.into_parts();
         return Response::from_parts(
             parts,
@@ -339,9 +363,7 @@ fn respond(
     let body = Recorded {
         inner: body,
         finish: Some(Finish {
-            wp,
-            record,
-            started,
+            open,
             request_bytes,
             _place: place,
         }),
@@ -350,18 +372,15 @@ fn respond(
     Response::from_parts(parts, body.boxed_unsync())
 }
 
-fn grpc_status(headers: &http::HeaderMap) -> Option<String> {
+fn grpc_status(headers: &http::HeaderMap) -> Option<GrpcStatus> {
     headers
         .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+        .and_then(|v| GrpcStatus::from_header(v.as_bytes()))
 }
 
 /// An upgraded connection (WebSocket): bytes both ways until both end.
 async fn tunnel(
-    wp: Arc<Waypoint>,
-    mut record: RequestRecord,
-    started: Instant,
+    mut open: Open,
     downstream: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     _place: InFlight,
@@ -371,30 +390,30 @@ async fn tunnel(
             let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
             match tokio::io::copy_bidirectional(&mut down, &mut up).await {
                 Ok((sent, received)) => {
-                    record.request_bytes = sent;
-                    record.response_bytes = received;
+                    open.record.request_bytes = sent;
+                    open.record.response_bytes = received;
                 }
                 Err(e) => {
-                    debug!(authority = %record.authority, error = %e, "upgraded connection broke");
-                    record.flag(ResponseFlag::UpstreamReset);
+                    debug!(authority = %open.record.authority, error = %e, "upgraded connection broke");
+                    open.record
+                        .response_flags
+                        .insert(ResponseFlag::UpstreamRemoteReset);
                 }
             }
         }
         Err(e) => {
-            warn!(authority = %record.authority, error = %e, "upgrade did not complete");
-            record.flag(ResponseFlag::UpstreamReset);
+            warn!(authority = %open.record.authority, error = %e, "upgrade did not complete");
+            open.record
+                .response_flags
+                .insert(ResponseFlag::UpstreamRemoteReset);
         }
     }
-    record.duration = started.elapsed();
-    wp.metrics.request(&record);
-    record.log();
+    open.finish();
 }
 
 /// What is written when a proxied response ends.
 struct Finish {
-    wp: Arc<Waypoint>,
-    record: RequestRecord,
-    started: Instant,
+    open: Open,
     request_bytes: Arc<AtomicU64>,
     /// The request counts as in flight to its endpoint until its response
     /// has been passed on.
@@ -411,15 +430,18 @@ struct Recorded {
 
 impl Recorded {
     fn finish(&mut self, flag: Option<ResponseFlag>) {
-        if let Some(mut f) = self.finish.take() {
+        if let Some(Finish {
+            mut open,
+            request_bytes,
+            _place,
+        }) = self.finish.take()
+        {
             if let Some(flag) = flag {
-                f.record.flag(flag);
+                open.record.response_flags.insert(flag);
             }
-            f.record.response_bytes = self.bytes;
-            f.record.request_bytes = f.request_bytes.load(Ordering::Relaxed);
-            f.record.duration = f.started.elapsed();
-            f.wp.metrics.request(&f.record);
-            f.record.log();
+            open.record.response_bytes = self.bytes;
+            open.record.request_bytes = request_bytes.load(Ordering::Relaxed);
+            open.finish();
         }
     }
 }
@@ -441,13 +463,15 @@ impl Body for Recorded {
                     && let Some(status) = grpc_status(trailers)
                     && let Some(f) = self.finish.as_mut()
                 {
-                    f.record.grpc_status = Some(status);
+                    f.open.record.grpc_status = Some(status);
                 }
                 if self.inner.is_end_stream() {
                     self.finish(None);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.finish(Some(ResponseFlag::UpstreamReset)),
+            // Mid-response: the client already has the status; the record
+            // keeps it, flagged UR, and the client's stream is reset.
+            Poll::Ready(Some(Err(_))) => self.finish(Some(ResponseFlag::UpstreamRemoteReset)),
             Poll::Ready(None) => self.finish(None),
             Poll::Pending => {}
         }
@@ -467,7 +491,7 @@ impl Drop for Recorded {
     fn drop(&mut self) {
         // Dropped before its end: the client stopped reading or reset.
         let unfinished = self.finish.is_some() && !self.inner.is_end_stream();
-        self.finish(unfinished.then_some(ResponseFlag::DownstreamReset));
+        self.finish(unfinished.then_some(ResponseFlag::DownstreamConnectionTermination));
     }
 }
 

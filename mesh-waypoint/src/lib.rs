@@ -6,20 +6,24 @@
 //! cannot parse as HTTP is relayed as TCP to one endpoint.
 //!
 //! Decisions are pure and live in their own modules (`binding`, `target`,
-//! `protocol`, `balancer`, `headers`, `record`); I/O is at the edges
-//! (`upstream`, `http`, `tcp`, `handler`, `admin`, `run`).
+//! `protocol`, `balancer`, `headers`, `record`, `spans`); I/O is at the
+//! edges (`upstream`, `http`, `tcp`, `handler`, `access`, `telemetry`,
+//! `admin`, `run`). The request record, Istio's metric families, the W3C
+//! trace context and the OTLP export are `mesh_telemetry`'s.
+pub mod access;
 pub mod admin;
 pub mod balancer;
 pub mod binding;
 pub mod handler;
 pub mod headers;
 pub mod http;
-pub mod metrics;
 pub mod protocol;
 pub mod record;
 pub mod run;
+pub mod spans;
 pub mod target;
 pub mod tcp;
+pub mod telemetry;
 pub mod upstream;
 pub mod waypoint;
 

@@ -50,9 +50,14 @@ struct Cli {
     /// /ready, /metrics, /config_dump.
     #[arg(long, default_value = "0.0.0.0:15020")]
     admin_listen: SocketAddr,
-    /// OTLP collector for spans.
+    /// OTLP/gRPC collector for spans, http://<host>:<port> (plaintext, as
+    /// a collector in the cluster listens on 4317).
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// From sending a request to an endpoint until its response head:
+    /// past it the client gets 504 (UT). E.g. 60s, 1500ms, 2m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    request_timeout: std::time::Duration,
     #[arg(long, env = "POD_NAME", default_value = "waypoint")]
     pod_name: String,
     /// Defaults to the gateway's namespace.
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
         hbone_listen: cli.hbone_listen,
         admin_listen: cli.admin_listen,
         otlp_endpoint: cli.otlp_endpoint,
+        request_timeout: cli.request_timeout,
         pod_name: cli.pod_name,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

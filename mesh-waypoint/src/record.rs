@@ -1,205 +1,277 @@
-//! One value per request (or per TCP stream) that the waypoint served:
-//! what was asked, where it went, how it ended. Written to the access log
-//! as one JSON line (target `access`), and kept whole so that metrics and
-//! spans can be made from the same value.
-use std::{net::SocketAddr, time::Duration};
+//! How the waypoint fills in `mesh_telemetry::request::RequestRecord`, the
+//! one record of a request that metrics, the access log and spans are made
+//! from: who the client is, which Service and endpoint the request went
+//! to, how it was spoken. Pure: the view and what the CONNECT proved in,
+//! values out.
+use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
-use serde::Serialize;
-use tracing::info;
+use http::{HeaderMap, Method, header::CONTENT_TYPE};
+use mesh_discovery::{model::Workload, view::MeshView};
+use mesh_identity::Identity;
+use mesh_telemetry::{
+    connection::Security,
+    labels::WorkloadLabels,
+    request::{Party, Protocol as RequestProtocol, Reporter, RequestRecord, ServiceName},
+};
 
-use crate::{headers::TraceContext, protocol::Protocol};
-
-/// Envoy's response flags, for the cases the waypoint meets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum ResponseFlag {
-    /// No ready endpoint (503).
-    #[serde(rename = "UH")]
-    NoHealthyUpstream,
-    /// The upstream could not be reached (503).
-    #[serde(rename = "UF")]
-    UpstreamConnectFailure,
-    /// The upstream reset or closed the request's stream (502 when no
-    /// response had started).
-    #[serde(rename = "UR")]
-    UpstreamReset,
-    /// No response within the deadline (504).
-    #[serde(rename = "UT")]
-    UpstreamTimeout,
-    /// The client's stream ended before the response did.
-    #[serde(rename = "DC")]
-    DownstreamReset,
-    /// The authority names nothing this waypoint serves (404).
-    #[serde(rename = "NR")]
-    NoRoute,
-    /// The request could not be parsed (400).
-    #[serde(rename = "DPE")]
-    DownstreamProtocolError,
-}
-
-impl ResponseFlag {
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::NoHealthyUpstream => "UH",
-            Self::UpstreamConnectFailure => "UF",
-            Self::UpstreamReset => "UR",
-            Self::UpstreamTimeout => "UT",
-            Self::DownstreamReset => "DC",
-            Self::NoRoute => "NR",
-            Self::DownstreamProtocolError => "DPE",
-        }
-    }
-}
-
-/// Flags joined as Envoy prints them (`UF,URX`), `-` when none.
-pub fn flags_text(flags: &[ResponseFlag]) -> String {
-    if flags.is_empty() {
-        "-".to_owned()
-    } else {
-        flags.iter().map(|f| f.code()).collect::<Vec<_>>().join(",")
-    }
-}
-
-/// Who sent the request, as far as the waypoint can tell.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Client {
-    /// The HBONE peer's address.
-    pub peer: Option<SocketAddr>,
-    /// The identity the HBONE peer's certificate proved.
-    pub identity: Option<String>,
-    /// `<namespace>/<name>` of the pod at the peer's address, if known.
-    pub workload: Option<String>,
-}
-
-/// One request through the waypoint, as it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RequestRecord {
-    pub protocol: Protocol,
-    /// Absent for TCP streams.
-    pub method: Option<String>,
-    /// The request's authority (`Host` or `:authority`), else the CONNECT's.
-    pub authority: String,
-    pub path: Option<String>,
-    /// 0 when no response was sent (a TCP stream, a reset).
-    pub status: u16,
-    #[serde(serialize_with = "millis")]
-    pub duration: Duration,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    pub upstream: Option<SocketAddr>,
-    pub client: Client,
-    pub destination_service: Option<String>,
-    pub destination_workload: Option<String>,
-    pub route: String,
-    pub attempts: u32,
-    pub grpc_status: Option<String>,
-    pub flags: Vec<ResponseFlag>,
-    pub trace: Option<TraceContext>,
-}
-
-fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1000.0)
-}
+use crate::{handler::StreamContext, protocol::Protocol, target::Target};
 
 /// The route name when no route object matched: the Service itself.
 pub const DEFAULT_ROUTE: &str = "default";
 
-impl RequestRecord {
-    /// A record for a request to `authority`, before anything happened.
-    pub fn new(protocol: Protocol, authority: String, client: Client) -> Self {
-        Self {
-            protocol,
-            method: None,
-            authority,
-            path: None,
-            status: 0,
-            duration: Duration::ZERO,
-            request_bytes: 0,
-            response_bytes: 0,
-            upstream: None,
-            client,
-            destination_service: None,
-            destination_workload: None,
-            route: DEFAULT_ROUTE.to_owned(),
-            attempts: 0,
-            grpc_status: None,
-            flags: Vec::new(),
-            trace: None,
+/// What the address a CONNECT is forwarded for says about its client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardedClient {
+    /// No usable `forwarded: for=` in the CONNECT.
+    Absent,
+    /// The view's workload there runs as the verified identity.
+    Trusted(Arc<Workload>),
+    /// No workload the view knows (or one that has finished) is there.
+    Unknown(IpAddr),
+    /// The workload there runs as someone else than the peer proved: the
+    /// address is not believed.
+    Mismatch {
+        addr: IpAddr,
+        workload: String,
+        runs_as: String,
+    },
+}
+
+/// The client workload named by `forwarded_for`, believed only when the
+/// view's workload at that address runs as `identity` (same namespace and
+/// service account): the peer writes the header, the certificate is what
+/// it proved.
+pub fn forwarded_client(
+    view: &MeshView,
+    identity: &Identity,
+    forwarded_for: Option<IpAddr>,
+) -> ForwardedClient {
+    let Some(addr) = forwarded_for else {
+        return ForwardedClient::Absent;
+    };
+    let Some(workload) = view.workload(addr).filter(|w| !w.finished) else {
+        return ForwardedClient::Unknown(addr);
+    };
+    if workload.namespace == identity.namespace()
+        && workload.service_account == identity.service_account()
+    {
+        ForwardedClient::Trusted(workload.clone())
+    } else {
+        ForwardedClient::Mismatch {
+            addr,
+            workload: workload.key(),
+            runs_as: format!("{}/{}", workload.namespace, workload.service_account),
         }
     }
+}
 
-    pub fn flag(&mut self, flag: ResponseFlag) {
-        if !self.flags.contains(&flag) {
-            self.flags.push(flag);
-        }
+/// The client as records name it: always the verified identity, and the
+/// workload only when the forwarded address was believed.
+pub fn source(identity: &Identity, client: &ForwardedClient) -> Party {
+    Party {
+        workload: match client {
+            ForwardedClient::Trusted(w) => Some(WorkloadLabels::of_workload(w)),
+            _ => None,
+        },
+        principal: Some(identity.to_string()),
+        cluster: None,
     }
+}
 
-    /// The access log line.
-    pub fn log(&self) {
-        let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-        info!(
-            target: "access",
-            protocol = self.protocol.as_str(),
-            method = %text(&self.method),
-            authority = %self.authority,
-            path = %text(&self.path),
-            status = self.status,
-            duration_ms = self.duration.as_secs_f64() * 1000.0,
-            request_bytes = self.request_bytes,
-            response_bytes = self.response_bytes,
-            upstream = %self.upstream.map_or_else(|| "-".to_owned(), |a| a.to_string()),
-            client_identity = %text(&self.client.identity),
-            client_address = %self.client.peer.map_or_else(|| "-".to_owned(), |a| a.to_string()),
-            source_workload = %text(&self.client.workload),
-            destination_service = %text(&self.destination_service),
-            destination_workload = %text(&self.destination_workload),
-            route = %self.route,
-            attempts = self.attempts,
-            grpc_status = %text(&self.grpc_status),
-            response_flags = %flags_text(&self.flags),
-            trace_id = %self.trace.as_ref().map_or("-", |t| t.trace_id.as_str()),
-            span_id = %self.trace.as_ref().map_or("-", |t| t.span_id.as_str()),
-            "request"
-        );
+/// The endpoint at `ip` as records name it: the view's workload there and
+/// the identity the waypoint pinned for it (none for an endpoint outside
+/// the mesh, reached in plaintext).
+pub fn destination(view: &MeshView, ip: IpAddr) -> Party {
+    Party {
+        workload: view.workload(ip).map(|w| WorkloadLabels::of_workload(w)),
+        principal: view.expected_identity(ip).map(|i| i.to_string()),
+        cluster: None,
+    }
+}
+
+/// Istio's name of the target's Service, if it is one.
+pub fn service(target: &Target) -> Option<ServiceName> {
+    match target {
+        Target::Service { route, .. } => Some(ServiceName {
+            host: format!(
+                "{}.{}.svc.cluster.local",
+                route.service.name, route.service.namespace
+            ),
+            name: route.service.name.clone(),
+            namespace: route.service.namespace.clone(),
+        }),
+        Target::Workload { .. } => None,
+    }
+}
+
+/// The request's protocol as records name it: gRPC is HTTP/2 with a
+/// `application/grpc` content type.
+pub fn request_protocol(protocol: Protocol, headers: &HeaderMap) -> RequestProtocol {
+    let grpc = headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    match protocol {
+        Protocol::Http2 if grpc => RequestProtocol::Grpc,
+        Protocol::Http2 => RequestProtocol::Http2,
+        _ => RequestProtocol::Http1,
+    }
+}
+
+/// A record for a request on `stream`, before anything happened: no
+/// response, no endpoint, no attempt. For a Workload target the
+/// destination is known already.
+pub fn start(
+    stream: &StreamContext,
+    view: &MeshView,
+    protocol: RequestProtocol,
+    method: Method,
+    authority: String,
+    path: String,
+) -> RequestRecord {
+    let destination = match &stream.target {
+        Target::Workload { addr, .. } => destination(view, addr.ip()),
+        Target::Service { .. } => Party::default(),
+    };
+    RequestRecord {
+        reporter: Reporter::Waypoint,
+        started: SystemTime::now(),
+        duration: Default::default(),
+        method,
+        authority,
+        path,
+        protocol,
+        response_code: None,
+        grpc_status: None,
+        request_bytes: 0,
+        response_bytes: 0,
+        downstream: Some(stream.peer),
+        upstream: None,
+        source: stream.source.clone(),
+        destination,
+        service: service(&stream.target),
+        route: matches!(stream.target, Target::Service { .. }).then(|| DEFAULT_ROUTE.to_owned()),
+        attempts: 0,
+        response_flags: Default::default(),
+        security: Security::MutualTls,
+        trace_id: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use mesh_discovery::NodeConfig;
+
     use super::*;
 
+    const FILE: &str = r#"
+kind: AgentConfig
+nodeName: n1
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {mesh.io/dataplane-mode: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-7d4b9c-x2kq9, namespace: shop, labels: {app: client, pod-template-hash: 7d4b9c}}
+spec: {nodeName: n2, serviceAccountName: client, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.5}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec: {nodeName: n2, serviceAccountName: web, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.1}]}
+"#;
+
+    fn view() -> MeshView {
+        NodeConfig::parse(Path::new("f.yaml"), FILE, None)
+            .unwrap()
+            .view()
+    }
+
+    fn client() -> Identity {
+        Identity::new("cluster.local", "shop", "client").unwrap()
+    }
+
     #[test]
-    fn flags_print_as_envoy_does() {
-        assert_eq!(flags_text(&[]), "-");
+    fn a_forwarded_address_names_the_workload_that_runs_as_the_peer() {
+        let v = view();
+        let found = forwarded_client(&v, &client(), Some("10.1.0.5".parse().unwrap()));
+        let ForwardedClient::Trusted(w) = &found else {
+            panic!("{found:?}");
+        };
+        assert_eq!(w.name, "client-7d4b9c-x2kq9");
+        let party = source(&client(), &found);
+        let labels = party.workload.unwrap();
+        assert_eq!(labels.workload, "client");
+        assert_eq!(labels.namespace, "shop");
         assert_eq!(
-            flags_text(&[
-                ResponseFlag::UpstreamConnectFailure,
-                ResponseFlag::NoHealthyUpstream
-            ]),
-            "UF,UH"
+            party.principal.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/client")
         );
     }
 
     #[test]
-    fn a_record_serializes_with_flag_codes_and_milliseconds() {
-        let mut r = RequestRecord::new(
-            Protocol::Http1,
-            "web.shop:80".into(),
-            Client {
-                identity: Some("spiffe://cluster.local/ns/shop/sa/client".into()),
-                ..Client::default()
-            },
-        );
-        r.flag(ResponseFlag::UpstreamReset);
-        r.flag(ResponseFlag::UpstreamReset);
-        r.duration = Duration::from_micros(1500);
-        let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(v["flags"], serde_json::json!(["UR"]));
-        assert_eq!(v["duration"], serde_json::json!(1.5));
-        assert_eq!(v["protocol"], "http1");
-        assert_eq!(v["route"], "default");
+    fn a_forwarded_address_of_someone_else_names_no_workload() {
+        let v = view();
+        let lie = forwarded_client(&v, &client(), Some("10.1.0.1".parse().unwrap()));
         assert_eq!(
-            v["client"]["identity"],
-            "spiffe://cluster.local/ns/shop/sa/client"
+            lie,
+            ForwardedClient::Mismatch {
+                addr: "10.1.0.1".parse().unwrap(),
+                workload: "shop/web-1".into(),
+                runs_as: "shop/web".into(),
+            }
+        );
+        let other_ns = Identity::new("cluster.local", "other", "client").unwrap();
+        assert!(matches!(
+            forwarded_client(&v, &other_ns, Some("10.1.0.5".parse().unwrap())),
+            ForwardedClient::Mismatch { .. }
+        ));
+        for client_of in [
+            forwarded_client(&v, &client(), None),
+            forwarded_client(&v, &client(), Some("10.9.9.9".parse().unwrap())),
+            lie,
+        ] {
+            let party = source(&client(), &client_of);
+            assert_eq!(party.workload, None, "{client_of:?}");
+            // The verified identity is the principal whatever the header.
+            assert_eq!(
+                party.principal.as_deref(),
+                Some("spiffe://cluster.local/ns/shop/sa/client")
+            );
+        }
+    }
+
+    #[test]
+    fn a_destination_is_the_endpoints_workload_and_pinned_identity() {
+        let d = destination(&view(), "10.1.0.1".parse().unwrap());
+        assert_eq!(d.workload.unwrap().workload, "web-1");
+        assert_eq!(
+            d.principal.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/web")
+        );
+        assert_eq!(
+            destination(&view(), "192.0.2.1".parse().unwrap()),
+            Party::default()
+        );
+    }
+
+    #[test]
+    fn grpc_is_http2_with_a_grpc_content_type() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            request_protocol(Protocol::Http2, &h),
+            RequestProtocol::Http2
+        );
+        h.insert(CONTENT_TYPE, "application/grpc+proto".parse().unwrap());
+        assert_eq!(request_protocol(Protocol::Http2, &h), RequestProtocol::Grpc);
+        assert_eq!(
+            request_protocol(Protocol::Http1, &h),
+            RequestProtocol::Http1
         );
     }
 }

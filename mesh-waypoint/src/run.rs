@@ -16,8 +16,12 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use mesh_telemetry::otlp::ExporterConfig;
+
 use crate::{
     Gateway,
+    access::Stderr,
+    telemetry::Telemetry,
     upstream::DirectDial,
     waypoint::{Limits, Parts, Waypoint},
 };
@@ -41,6 +45,8 @@ pub struct Settings {
     pub hbone_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub otlp_endpoint: Option<String>,
+    /// From sending a request upstream to its response head; past it, 504.
+    pub request_timeout: Duration,
     pub pod_name: String,
     pub pod_namespace: String,
 }
@@ -80,7 +86,10 @@ enum Discovery {
 }
 
 pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
-    let mut limits = Limits::default();
+    let mut limits = Limits {
+        response_timeout: settings.request_timeout,
+        ..Limits::default()
+    };
     let (discovery, publisher, views) = match &settings.discovery {
         DiscoveryFrom::Local(path) => {
             let text = mesh_discovery::file::read(path)?;
@@ -156,9 +165,17 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let admin = TcpListener::bind(settings.admin_listen)
         .await
         .with_context(|| format!("--admin-listen {}: cannot listen", settings.admin_listen))?;
-    if let Some(endpoint) = &settings.otlp_endpoint {
-        warn!(%endpoint, "--otlp-endpoint: spans are not exported by this build; requests are in the access log with their trace ids");
-    }
+    let otlp = settings
+        .otlp_endpoint
+        .as_deref()
+        .map(|endpoint| {
+            // The resource name Istio's waypoints report under.
+            let service = format!("{}.{}", settings.gateway.name, settings.gateway.namespace);
+            ExporterConfig::new(endpoint, service)
+        })
+        .transpose()
+        .context("--otlp-endpoint")?;
+    let (telemetry, export) = Telemetry::new(Arc::new(Stderr), otlp).context("--otlp-endpoint")?;
     let wp = Waypoint::new(Parts {
         gateway: settings.gateway.clone(),
         pod_namespace: settings.pod_namespace.clone(),
@@ -169,6 +186,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         views,
         dial: Arc::new(DirectDial),
         limits,
+        telemetry,
     })
     .context("the waypoint's TLS configuration")?;
     info!(gateway = %settings.gateway, %identity, hbone = %settings.hbone_listen, admin = %settings.admin_listen, "waypoint starting");
@@ -184,6 +202,13 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
             "discovery"
         }),
     };
+    if let Some(export) = export {
+        info!(collector = ?settings.otlp_endpoint, "exporting spans over OTLP/gRPC");
+        tasks.spawn(async move {
+            export.run().await;
+            "OTLP export"
+        });
+    }
     {
         let wp = wp.clone();
         tasks.spawn(async move {
@@ -216,8 +241,8 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let mut not_ready_log = tokio::time::interval(NOT_READY_LOG);
     not_ready_log.reset();
     loop {
-        if !wp.metrics.is_ready() && wp.has_certificate() && wp.synced() {
-            wp.metrics.set_ready(true);
+        if !wp.telemetry.is_ready() && wp.has_certificate() && wp.synced() {
+            wp.telemetry.set_ready(true);
             info!(gateway = %settings.gateway, %identity, "waypoint ready");
         }
         tokio::select! {
@@ -229,7 +254,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
             changed = views.changed() => if changed.is_err() {
                 anyhow::bail!("discovery stopped publishing; exiting so the waypoint is restarted");
             },
-            _ = not_ready_log.tick(), if !wp.metrics.is_ready() => {
+            _ = not_ready_log.tick(), if !wp.telemetry.is_ready() => {
                 warn!(certificate = wp.has_certificate(), discovery_synced = wp.synced(), "waypoint not ready");
             }
             Some(done) = tasks.join_next() => {

@@ -1,67 +1,114 @@
 //! TCP passthrough: a stream that is not HTTP goes, whole, to one endpoint
 //! chosen by the same balancer, over HBONE when the endpoint is in the
-//! mesh. A failure on either side resets the other.
-use std::{sync::Arc, time::Instant};
+//! mesh. A failure on either side resets the other. Told as Istio's TCP
+//! families (reporter `waypoint`) and one access line when it ends.
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use h2::Reason;
+use mesh_telemetry::{
+    labels::{UNKNOWN, WorkloadLabels},
+    request::{Party, ResponseFlag, ResponseFlags},
+    tcp::{Peer, TcpLabels},
+};
 use tracing::{debug, warn};
 
 use crate::{
+    access::TcpStreamEnd,
     handler::{DownstreamIo, StreamContext},
-    protocol::Protocol,
-    record::{RequestRecord, ResponseFlag},
+    record,
     waypoint::Waypoint,
 };
 
 /// Endpoints tried when they cannot be reached.
 const MAX_ATTEMPTS: u32 = 3;
 
+/// Istio's TCP labels for a stream between `source` and `destination`.
+fn labels(ctx: &StreamContext, destination: &Party, flags: ResponseFlags) -> TcpLabels {
+    let peer = |p: &Party| Peer {
+        labels: p.workload.clone().unwrap_or_else(WorkloadLabels::unknown),
+        principal: p.principal.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
+    };
+    let service = record::service(&ctx.target).map(|s| format!("{}/{}", s.namespace, s.name));
+    TcpLabels::new(
+        "waypoint",
+        &peer(&ctx.source),
+        &peer(destination),
+        service.as_deref(),
+        flags_label(flags),
+        "mutual_tls",
+    )
+}
+
+/// The flags a relayed stream can end with, as Istio's label.
+fn flags_label(flags: ResponseFlags) -> &'static str {
+    [
+        ResponseFlag::NoHealthyUpstream,
+        ResponseFlag::UpstreamConnectionFailure,
+        ResponseFlag::UpstreamRemoteReset,
+    ]
+    .into_iter()
+    .find(|f| flags.contains(*f))
+    .map_or("-", ResponseFlag::as_str)
+}
+
 pub async fn relay(wp: Arc<Waypoint>, mut io: DownstreamIo, ctx: Arc<StreamContext>) {
     let started = Instant::now();
-    let mut record = RequestRecord::new(Protocol::Tcp, ctx.dst.to_string(), ctx.client.clone());
-    record.destination_service = ctx.target.service();
-    record.destination_workload = ctx.target.workload();
+    let started_at = SystemTime::now();
     let view = wp.view();
     let endpoints = ctx.target.endpoints(&view);
-    let src = ctx.client.peer.unwrap_or(ctx.dst);
     let mut tried = Vec::new();
+    let mut attempts = 0;
+    let mut destination = Party::default();
+    let mut upstream_addr = None;
     let connected = loop {
-        let Some(place) = (record.attempts < MAX_ATTEMPTS)
+        let Some(place) = (attempts < MAX_ATTEMPTS)
             .then(|| wp.balancer.choose(&endpoints, &tried))
             .flatten()
         else {
             break None;
         };
-        record.attempts += 1;
-        record.upstream = Some(place.addr);
+        attempts += 1;
+        upstream_addr = Some(place.addr);
+        destination = record::destination(&view, place.addr.ip());
         tried.push(place.addr);
         let expected = view.expected_identity(place.addr.ip());
-        match wp.upstream.open(place.addr, expected.as_ref(), src).await {
+        match wp
+            .upstream
+            .open(place.addr, expected.as_ref(), ctx.carries)
+            .await
+        {
             Ok(upstream) => break Some((upstream, place)),
             Err(e) => {
-                warn!(authority = %ctx.dst, upstream = %place.addr, attempt = record.attempts, error = %e, "TCP upstream unreachable");
-                record.flag(ResponseFlag::UpstreamConnectFailure);
+                warn!(authority = %ctx.dst, upstream = %place.addr, attempt = attempts, error = %e, "TCP upstream unreachable");
             }
         }
     };
+    let mut flags = ResponseFlags::NONE;
+    let (mut sent, mut received) = (0, 0);
     match connected {
         None => {
-            if tried.is_empty() {
+            flags.insert(if tried.is_empty() {
                 warn!(authority = %ctx.dst, destination = %ctx.target.describe(), "no ready endpoint for a TCP stream (UH)");
-                record.flag(ResponseFlag::NoHealthyUpstream);
-            }
+                ResponseFlag::NoHealthyUpstream
+            } else {
+                ResponseFlag::UpstreamConnectionFailure
+            });
             io.reset(Reason::REFUSED_STREAM);
         }
         Some((mut upstream, _place)) => {
-            record.flags.clear();
+            wp.telemetry
+                .tcp_opened(&labels(&ctx, &destination, ResponseFlags::NONE));
             match tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
-                Ok((sent, received)) => {
-                    record.request_bytes = sent;
-                    record.response_bytes = received;
+                Ok((to_upstream, from_upstream)) => {
+                    received = to_upstream;
+                    sent = from_upstream;
                 }
                 Err(e) => {
                     debug!(authority = %ctx.dst, error = %e, "TCP stream broke");
-                    record.flag(ResponseFlag::UpstreamReset);
+                    flags.insert(ResponseFlag::UpstreamRemoteReset);
                     io.reset(Reason::CANCEL);
                     if let crate::upstream::UpstreamIo::Plain(tcp) = upstream {
                         mesh_hbone::relay::reset(tcp);
@@ -70,7 +117,21 @@ pub async fn relay(wp: Arc<Waypoint>, mut io: DownstreamIo, ctx: Arc<StreamConte
             }
         }
     }
-    record.duration = started.elapsed();
-    wp.metrics.request(&record);
-    record.log();
+    let service = record::service(&ctx.target);
+    let end = TcpStreamEnd {
+        started: started_at,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        authority: ctx.dst,
+        flags,
+        sent,
+        received,
+        downstream: ctx.peer,
+        upstream: upstream_addr,
+        attempts,
+        source: &ctx.source,
+        destination: &destination,
+        service_host: service.as_ref().map(|s| s.host.as_str()),
+    };
+    wp.telemetry
+        .tcp_closed(&labels(&ctx, &destination, flags), &end);
 }

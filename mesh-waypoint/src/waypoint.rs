@@ -26,7 +26,7 @@ use tracing::{Instrument, debug_span, info, warn};
 use crate::{
     balancer::Balancer,
     binding::Gateway,
-    metrics::{Metrics, Refusal},
+    telemetry::{Refusal, Telemetry},
     upstream::{Own, Upstream},
 };
 
@@ -86,6 +86,8 @@ pub struct Parts {
     /// How TCP connections to endpoints (and their HBONE ports) are made.
     pub dial: Arc<dyn Dial>,
     pub limits: Limits,
+    /// Metrics, access log and spans (`Telemetry::new`).
+    pub telemetry: Telemetry,
 }
 
 pub struct Waypoint {
@@ -94,7 +96,7 @@ pub struct Waypoint {
     pub limits: Limits,
     pub cert: CertWatch,
     pub balancer: Balancer,
-    pub metrics: Metrics,
+    pub telemetry: Telemetry,
     pub upstream: Arc<Upstream>,
     views: watch::Receiver<Published>,
     acceptor: Arc<Acceptor>,
@@ -120,6 +122,7 @@ impl Waypoint {
             views,
             dial,
             limits,
+            telemetry,
         } = parts;
         let acceptor = Arc::new(Acceptor {
             name: format!("waypoint {gateway}"),
@@ -152,7 +155,7 @@ impl Waypoint {
             limits,
             cert,
             balancer: Balancer::default(),
-            metrics: Metrics::default(),
+            telemetry,
             views,
             acceptor,
             draining: watch::Sender::new(false),
@@ -190,7 +193,7 @@ impl Waypoint {
     /// Stops accepting, sends GOAWAY on open connections and lets their
     /// streams finish.
     pub fn drain(&self) {
-        self.metrics.set_ready(false);
+        self.telemetry.set_ready(false);
         self.draining.send_replace(true);
         self.upstream.close_idle();
     }
@@ -233,7 +236,7 @@ impl Waypoint {
                 }
             };
             let Ok(place) = self.connections.clone().try_acquire_owned() else {
-                self.metrics.refused(Refusal::ConnectionLimit);
+                self.telemetry.refused(Refusal::ConnectionLimit);
                 if self.should_log() {
                     warn!(src = %peer, limit = self.limits.max_connections, "HBONE connection refused: the waypoint holds its limit of connections");
                 }

@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_hbone::HboneError;
-use mesh_waypoint::metrics::Refusal;
 use support::{Bed, http_backend, tcp_backend, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -231,7 +230,23 @@ async fn malformed_http1_gets_400_and_reaches_no_backend() {
         bed.pods.seen.lock().unwrap().is_empty(),
         "no tunnel to a pod"
     );
-    assert_eq!(bed.waypoint.metrics.refusals(Refusal::BadRequest), 1);
+    let line = &bed.wait_access(1, |l| l["status"] == 400).await[0];
+    assert_eq!(line["response_flags"], "DPE", "{line}");
+    assert_eq!(
+        line["source_principal"], "spiffe://cluster.local/ns/shop/sa/client",
+        "{line}"
+    );
+    assert_eq!(
+        bed.metric(
+            "istio_requests_total",
+            &[
+                "response_code=\"400\"",
+                "response_flags=\"DPE\"",
+                "reporter=\"waypoint\""
+            ]
+        ),
+        Some(1.0)
+    );
 }
 
 /// A CONNECT to an authority the waypoint does not serve is refused 404.
@@ -253,5 +268,18 @@ async fn an_unknown_authority_is_refused_404() {
         refused,
         HboneError::Refused(StatusCode::NOT_FOUND)
     ));
-    assert_eq!(bed.waypoint.metrics.refusals(Refusal::UnknownAuthority), 2);
+    let lines = bed.wait_access(2, |l| l["status"] == 404).await;
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["response_flags"] == "NR" && l["method"] == "CONNECT"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        bed.metric(
+            "istio_requests_total",
+            &["response_code=\"404\"", "response_flags=\"NR\""]
+        ),
+        Some(2.0)
+    );
 }

@@ -40,7 +40,8 @@ use mesh_identity::{
     Identity, WorkloadCert,
     tls::{self, CertWatch, TrustBundle},
 };
-use mesh_waypoint::{Limits, Parts, Waypoint};
+use mesh_telemetry::otlp::ExporterConfig;
+use mesh_waypoint::{Limits, Parts, Waypoint, access::AccessLog, telemetry::Telemetry};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, SanType,
@@ -90,7 +91,12 @@ impl Ca {
     }
 
     pub fn svid(&self, ns: &str, sa: &str) -> Svid {
-        let identity = Identity::new(TRUST_DOMAIN, ns, sa).unwrap();
+        self.svid_in(TRUST_DOMAIN, ns, sa)
+    }
+
+    /// A workload certificate for an identity of `trust_domain`.
+    pub fn svid_in(&self, trust_domain: &str, ns: &str, sa: &str) -> Svid {
+        let identity = Identity::new(trust_domain, ns, sa).unwrap();
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
         p.distinguished_name = DistinguishedName::new();
@@ -399,12 +405,51 @@ spec:
   - {{name: grpc-api, port: 81, targetPort: 8081}}
   - {{name: tcp-echo, port: 82, targetPort: 8082}}
   - {{name: other, port: 83, targetPort: 8080}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: idle, namespace: shop}}
+spec:
+  clusterIP: 10.96.{n}.2
+  selector: {{app: nobody}}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080}}
 "#
     )
 }
 
+/// The waypoint's access lines, kept.
+#[derive(Default)]
+pub struct Lines(Mutex<Vec<String>>);
+
+impl AccessLog for Lines {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn write(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_owned());
+    }
+}
+
+/// What a test changes in the waypoint it starts.
+pub struct Options {
+    pub response_timeout: Duration,
+    pub otlp: Option<ExporterConfig>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            response_timeout: WAIT,
+            otlp: None,
+        }
+    }
+}
+
 pub struct Bed {
     pub n: u8,
+    pub access: Arc<Lines>,
     pub ca: Ca,
     pub waypoint: Arc<Waypoint>,
     pub waypoint_addr: SocketAddr,
@@ -417,6 +462,10 @@ pub struct Bed {
 
 impl Bed {
     pub async fn start(n: u8) -> Self {
+        Self::start_with(n, Options::default()).await
+    }
+
+    pub async fn start_with(n: u8, options: Options) -> Self {
         mesh_identity::tls::install_process_default();
         let ca = Ca::new();
         let text = node_file(n);
@@ -432,6 +481,11 @@ impl Bed {
             .map(|i| (SocketAddr::from(([127, 0, n, i], 15008)), pod_hbone))
             .collect();
         let wp_svid = ca.svid("shop", "wp");
+        let access = Arc::new(Lines::default());
+        let (telemetry, export) = Telemetry::new(access.clone(), options.otlp).unwrap();
+        if let Some(export) = export {
+            tokio::spawn(export.run());
+        }
         let waypoint = Waypoint::new(Parts {
             gateway: "shop/wp".parse().unwrap(),
             pod_namespace: "shop".into(),
@@ -444,10 +498,11 @@ impl Bed {
             limits: Limits {
                 handshake_timeout: WAIT,
                 connect_timeout: Duration::from_secs(2),
-                response_timeout: WAIT,
+                response_timeout: options.response_timeout,
                 detect_timeout: Duration::from_secs(2),
                 ..Limits::default()
             },
+            telemetry,
         })
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -459,6 +514,7 @@ impl Bed {
         let client_svid = ca.svid("shop", "client");
         Self {
             n,
+            access,
             client: Client {
                 bundle: ca.bundle(),
                 pool: Pool::default(),
@@ -492,25 +548,86 @@ impl Bed {
     /// A tunnel from the client pod to `dst` through the waypoint, as the
     /// client's node agent opens it.
     pub async fn tunnel(&self, dst: SocketAddr) -> Result<Tunnel, mesh_hbone::HboneError> {
+        self.tunnel_as(&self.client_svid, self.pod(5, 40000), dst)
+            .await
+    }
+
+    /// A tunnel with `svid`'s certificate, forwarded for `src`.
+    pub async fn tunnel_as(
+        &self,
+        svid: &Svid,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Result<Tunnel, mesh_hbone::HboneError> {
         let origin = Origin {
             key: "shop/client-0",
             namespace: "shop",
             name: "client-0",
-            identity: &self.client_svid.identity,
-            cert: Some(&self.client_svid.cert),
+            identity: &svid.identity,
+            cert: Some(&svid.cert),
             dial: &self.client_dial,
         };
         within(
             "the tunnel to the waypoint",
             self.client.open(
                 &origin,
-                SocketAddr::from(([127, 0, self.n, 5], 40000)),
+                src,
                 dst,
                 self.waypoint.identity.clone(),
                 &Bytes::new(),
             ),
         )
         .await
+    }
+
+    /// The access lines so far, as JSON.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.access
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("an access line is JSON"))
+            .collect()
+    }
+
+    /// Waits until `n` access lines match `pred`; returns them.
+    pub async fn wait_access(
+        &self,
+        n: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let lines: Vec<_> = self
+                .access_lines()
+                .into_iter()
+                .filter(|l| pred(l))
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} access lines not within {WAIT:?}; have {:#?}",
+                self.access_lines()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The value of the one series of `family` whose labels include every
+    /// one of `labels` (`name="value"`), from the waypoint's exposition.
+    pub fn metric(&self, family: &str, labels: &[&str]) -> Option<f64> {
+        let text = self.waypoint.telemetry.encode().unwrap();
+        let found: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(found.len() <= 1, "several series match {labels:?}:\n{text}");
+        found.first().copied()
     }
 
     pub async fn stream(&self, dst: SocketAddr) -> H2Io<Tunnel> {

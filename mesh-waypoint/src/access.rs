@@ -1,0 +1,149 @@
+//! The access log: one JSON line per request (`mesh_telemetry::request::
+//! access_log_line`) or relayed TCP stream, stamped like the process's
+//! other log lines (`timestamp`, `level`, `target: "access"`, `message`)
+//! so that one log pipeline reads them all. `MESH_LOG`'s filter for
+//! target `access` (e.g. `info,access=off`) turns it off.
+use std::{io::Write, net::SocketAddr, time::SystemTime};
+
+use mesh_telemetry::request::{Party, ResponseFlags, rfc3339};
+use serde::Serialize;
+
+/// Where access lines go.
+pub trait AccessLog: Send + Sync {
+    /// Whether lines are wanted now; when not, none is even made.
+    fn enabled(&self) -> bool;
+    /// Writes one line (no newline in it).
+    fn write(&self, line: &str);
+}
+
+/// Standard error, beside the process's other lines, as the log filter
+/// allows.
+pub struct Stderr;
+
+impl AccessLog for Stderr {
+    fn enabled(&self) -> bool {
+        tracing::enabled!(target: "access", tracing::Level::INFO)
+    }
+
+    fn write(&self, line: &str) {
+        // One write of the whole line: lines of other threads do not
+        // interleave with it. A closed stderr loses the line, as it would
+        // lose any other.
+        let mut out = Vec::with_capacity(line.len() + 1);
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+        let _ = std::io::stderr().lock().write_all(&out);
+    }
+}
+
+/// `fields` (a JSON object) with the stamp of a log line in front.
+pub fn stamped(at: SystemTime, message: &str, fields: &str) -> String {
+    let head = serde_json::json!({
+        "timestamp": rfc3339(at),
+        "level": "INFO",
+        "target": "access",
+        "message": message,
+    })
+    .to_string();
+    let rest = fields.strip_prefix('{').unwrap_or("}");
+    let head = head.strip_suffix('}').unwrap_or(&head);
+    if rest.trim_start() == "}" {
+        format!("{head}}}")
+    } else {
+        format!("{head},{rest}")
+    }
+}
+
+/// A TCP stream relayed whole to one endpoint, as it ended. Its fields are
+/// named as a request line's, so the same queries read both.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpLine<'a> {
+    pub start_time: String,
+    pub reporter: &'static str,
+    /// The CONNECT's authority.
+    pub authority: String,
+    pub protocol: &'static str,
+    pub response_flags: String,
+    pub duration_ms: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub downstream: Option<String>,
+    pub upstream: Option<String>,
+    pub attempts: u32,
+    pub source_principal: Option<&'a str>,
+    pub source_workload: Option<String>,
+    pub destination_service: Option<&'a str>,
+    pub destination_workload: Option<String>,
+    pub destination_principal: Option<&'a str>,
+    pub connection_security: &'static str,
+}
+
+/// What a relayed TCP stream's line is made from.
+pub struct TcpStreamEnd<'a> {
+    pub started: SystemTime,
+    pub duration_ms: u64,
+    pub authority: SocketAddr,
+    pub flags: ResponseFlags,
+    pub sent: u64,
+    pub received: u64,
+    pub downstream: SocketAddr,
+    pub upstream: Option<SocketAddr>,
+    pub attempts: u32,
+    pub source: &'a Party,
+    pub destination: &'a Party,
+    pub service_host: Option<&'a str>,
+}
+
+impl<'a> TcpLine<'a> {
+    pub fn new(end: &TcpStreamEnd<'a>) -> Self {
+        let workload = |p: &Party| {
+            p.workload
+                .as_ref()
+                .map(|w| format!("{}/{}", w.namespace, w.workload))
+        };
+        Self {
+            start_time: rfc3339(end.started),
+            reporter: "waypoint",
+            authority: end.authority.to_string(),
+            protocol: "tcp",
+            response_flags: end.flags.to_string(),
+            duration_ms: end.duration_ms,
+            bytes_received: end.received,
+            bytes_sent: end.sent,
+            downstream: Some(end.downstream.to_string()),
+            upstream: end.upstream.map(|u| u.to_string()),
+            attempts: end.attempts,
+            source_principal: end.source.principal.as_deref(),
+            source_workload: workload(end.source),
+            destination_service: end.service_host,
+            destination_workload: workload(end.destination),
+            destination_principal: end.destination.principal.as_deref(),
+            connection_security: "mutual_tls",
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Strings and numbers into a String: cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamped_line_is_one_object_with_the_stamp_and_the_fields() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let line = stamped(at, "request", r#"{"status":200,"path":"/a"}"#);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["timestamp"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "access");
+        assert_eq!(v["message"], "request");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["path"], "/a");
+        let empty: serde_json::Value = serde_json::from_str(&stamped(at, "request", "{}")).unwrap();
+        assert_eq!(empty["message"], "request");
+    }
+}

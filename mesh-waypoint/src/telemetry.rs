@@ -1,0 +1,247 @@
+//! What the waypoint tells: Istio's request families
+//! (`mesh_telemetry::request`, reporter `waypoint`) and TCP families for
+//! relayed streams, the access log, spans to an OTLP collector when one is
+//! set, and its own counters that Istio has no family for (refusals before
+//! any request, readiness). One registry, served at the admin `/metrics`.
+use std::{sync::Arc, time::SystemTime};
+
+use mesh_telemetry::{
+    otlp::{ExportTask, Exporter, ExporterConfig, OtlpError},
+    request::{RequestMetrics, RequestRecord, access_log_line},
+    tcp::{TcpLabels, TcpMetrics},
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{
+    access::{self, AccessLog},
+    spans::RequestTrace,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why the waypoint refused a connection or a stream before any request
+/// in it could be read (so no request record counts it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the connection cap.
+    ConnectionLimit,
+    /// Refused by the HBONE server (`mesh_hbone::server::Refused`).
+    Hbone(&'static str),
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::Hbone(why) => why,
+        }
+    }
+}
+
+pub struct Telemetry {
+    registry: Registry,
+    requests: RequestMetrics,
+    tcp: TcpMetrics,
+    refused: Family<ReasonLabels, Counter>,
+    ready: Gauge,
+    access: Arc<dyn AccessLog>,
+    spans: Option<Exporter>,
+}
+
+impl Telemetry {
+    /// The registry with every family, the access log to `access`, and
+    /// with `otlp` an exporter whose task the caller runs (and supervises).
+    pub fn new(
+        access: Arc<dyn AccessLog>,
+        otlp: Option<ExporterConfig>,
+    ) -> Result<(Self, Option<ExportTask>), OtlpError> {
+        let mut registry = Registry::default();
+        let requests = RequestMetrics::new(&mut registry);
+        let tcp = TcpMetrics::default();
+        tcp.register(&mut registry);
+        let (spans, task) = match otlp {
+            Some(config) => {
+                let (exporter, task) = Exporter::new(config, &mut registry)?;
+                (Some(exporter), Some(task))
+            }
+            None => (None, None),
+        };
+        let own = registry.sub_registry_with_prefix("mesh_waypoint");
+        let refused = Family::<ReasonLabels, Counter>::default();
+        own.register(
+            "refused",
+            "HBONE connections and streams refused before a request was read, by reason",
+            refused.clone(),
+        );
+        let ready = Gauge::default();
+        own.register(
+            "ready",
+            "1 once the certificate is issued and discovery has synced, 0 while draining",
+            ready.clone(),
+        );
+        Ok((
+            Self {
+                registry,
+                requests,
+                tcp,
+                refused,
+                ready,
+                access,
+                spans,
+            },
+            task,
+        ))
+    }
+
+    /// A finished request: counted, logged, and its spans exported when
+    /// its trace is sampled and a collector is set.
+    pub fn request(&self, rec: &RequestRecord, trace: Option<&RequestTrace>) {
+        self.requests.record(rec);
+        if self.access.enabled() {
+            let line = access::stamped(SystemTime::now(), "request", &access_log_line(rec));
+            self.access.write(&line);
+        }
+        if let (Some(exporter), Some(trace)) = (&self.spans, trace)
+            && trace.server.is_sampled()
+        {
+            for span in trace.spans(rec) {
+                exporter.send(span);
+            }
+        }
+    }
+
+    /// A relayed TCP stream reached its endpoint.
+    pub fn tcp_opened(&self, labels: &TcpLabels) {
+        self.tcp.opened(labels);
+    }
+
+    /// A relayed TCP stream ended (or never reached an endpoint): Istio's
+    /// TCP families and its access line.
+    pub fn tcp_closed(&self, labels: &TcpLabels, end: &access::TcpStreamEnd<'_>) {
+        self.tcp.closed(labels, end.received, end.sent);
+        if self.access.enabled() {
+            let fields = access::TcpLine::new(end).to_json();
+            let line = access::stamped(SystemTime::now(), "connection closed", &fields);
+            self.access.write(&line);
+        }
+    }
+
+    pub fn refused(&self, why: Refusal) {
+        self.refused
+            .get_or_create(&ReasonLabels {
+                reason: why.label(),
+            })
+            .inc();
+    }
+
+    pub fn refusals(&self, why: Refusal) -> u64 {
+        self.refused
+            .get_or_create(&ReasonLabels {
+                reason: why.label(),
+            })
+            .get()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.get() == 1
+    }
+
+    /// Whether spans go to a collector.
+    pub fn exports_spans(&self) -> bool {
+        self.spans.is_some()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http::{Method, StatusCode};
+    use mesh_telemetry::{
+        connection::Security,
+        request::{Party, Protocol, Reporter, ResponseFlag},
+    };
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<String>>);
+
+    impl AccessLog for Lines {
+        fn enabled(&self) -> bool {
+            true
+        }
+        fn write(&self, line: &str) {
+            self.0.lock().unwrap().push(line.to_owned());
+        }
+    }
+
+    #[test]
+    fn a_request_is_counted_in_istios_family_and_logged_once() {
+        let lines = Arc::new(Lines::default());
+        let (t, task) = Telemetry::new(lines.clone(), None).unwrap();
+        assert!(task.is_none() && !t.exports_spans());
+        let rec = RequestRecord {
+            reporter: Reporter::Waypoint,
+            started: SystemTime::now(),
+            duration: Default::default(),
+            method: Method::GET,
+            authority: "web".into(),
+            path: "/".into(),
+            protocol: Protocol::Http1,
+            response_code: Some(StatusCode::SERVICE_UNAVAILABLE),
+            grpc_status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            downstream: None,
+            upstream: None,
+            source: Party::default(),
+            destination: Party::default(),
+            service: None,
+            route: None,
+            attempts: 0,
+            response_flags: ResponseFlag::NoHealthyUpstream.into(),
+            security: Security::MutualTls,
+            trace_id: None,
+        };
+        t.request(&rec, None);
+        t.refused(Refusal::ConnectionLimit);
+        t.set_ready(true);
+        let text = t.encode().unwrap();
+        assert!(
+            text.lines().any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"waypoint\"")
+                && l.contains("response_code=\"503\"")
+                && l.contains("response_flags=\"UH\"")
+                && l.ends_with(" 1")),
+            "{text}"
+        );
+        assert!(text.contains("mesh_waypoint_refused_total{reason=\"connection_limit\"} 1"));
+        assert!(text.contains("mesh_waypoint_ready 1"));
+        assert!(!text.contains("mesh_waypoint_requests"), "{text}");
+        let lines = lines.0.lock().unwrap();
+        assert_eq!(lines.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["target"], "access");
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["response_flags"], "UH");
+    }
+}
