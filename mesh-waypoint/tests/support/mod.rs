@@ -616,8 +616,9 @@ impl Bed {
         }
     }
 
-    /// The value of the one series of `family` whose labels include every
-    /// one of `labels` (`name="value"`), from the waypoint's exposition.
+    /// The sum of the series of `family` whose labels include every one
+    /// of `labels` (`name="value"`), from the waypoint's exposition;
+    /// `None` when no series matches.
     pub fn metric(&self, family: &str, labels: &[&str]) -> Option<f64> {
         let text = self.waypoint.telemetry.encode().unwrap();
         let found: Vec<f64> = text
@@ -626,8 +627,7 @@ impl Bed {
             .filter(|l| labels.iter().all(|want| l.contains(want)))
             .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
             .collect();
-        assert!(found.len() <= 1, "several series match {labels:?}:\n{text}");
-        found.first().copied()
+        (!found.is_empty()).then(|| found.iter().sum())
     }
 
     pub async fn stream(&self, dst: SocketAddr) -> H2Io<Tunnel> {
