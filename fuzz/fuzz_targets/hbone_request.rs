@@ -60,7 +60,7 @@ fuzz_target!(|head: Head<'_>| {
     };
     let authority = request.uri().authority().map(|a| a.as_str());
     match ConnectRequest::parse(request.method(), request.uri(), request.headers()) {
-        Ok(ConnectRequest { dst, trace_id }) => {
+        Ok(ConnectRequest { dst, trace_id, .. }) => {
             assert_eq!(request.method(), Method::CONNECT);
             let written: SocketAddr = authority.unwrap().parse().unwrap();
             assert_eq!(dst.ip(), written.ip().to_canonical());
