@@ -67,6 +67,9 @@ where
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(wp.limits.max_concurrent_streams)
+                // A client's header block is bounded as on the HBONE
+                // listener itself (a CONTINUATION flood ends the stream).
+                .max_header_list_size(mesh_hbone::MAX_HEADER_LIST)
                 .serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {
