@@ -45,9 +45,11 @@ pub struct Args {
     /// req/s), so a single run can make a ratio by itself.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     rounds: u32,
-    /// Where to write the markdown table (also printed).
-    #[arg(long, default_value = "target/bench/datapath.md")]
-    out: std::path::PathBuf,
+    /// Where to write the markdown table (also printed); by default
+    /// target/bench/datapath.md, or target/bench/waypoint.md with `--only
+    /// waypoint`, so that the waypoint's table leaves the datapath's alone.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
     /// Run only one part: `datapath` (traffic through the agents),
     /// `waypoint` (HTTP through the waypoint, the L4 mesh and HAProxy) or
     /// `discovery` (store scale).
@@ -84,6 +86,18 @@ enum Part {
     Datapath,
     Waypoint,
     Discovery,
+}
+
+impl Args {
+    fn out_path(&self) -> std::path::PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            let name = match self.only {
+                Some(Part::Waypoint) => "waypoint.md",
+                _ => "datapath.md",
+            };
+            std::path::Path::new("target/bench").join(name)
+        })
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -133,7 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         table += &crate::bench_discovery::run().context("discovery scale")?;
     }
     println!("{table}");
-    let out = crate::workspace().join(&args.out);
+    let out = crate::workspace().join(args.out_path());
     std::fs::create_dir_all(out.parent().unwrap())?;
     std::fs::write(&out, &table)?;
     eprintln!("bench: table written to {}", out.display());
@@ -176,7 +190,10 @@ mod tests {
         assert!(a.mode == [Mode::Mtls, Mode::MeshSplice]);
         assert!(a.stage == [Stage::Sockperf, Stage::FixedRate]);
         assert_eq!((a.rounds, a.secs, a.no_pgo), (1, 5, true));
-        assert_eq!(a.out, std::path::Path::new("target/bench/datapath.md"));
+        assert_eq!(
+            a.out_path(),
+            std::path::Path::new("target/bench/datapath.md")
+        );
         for bad in [
             &["bench", "--only", "both"][..],
             &["bench", "--only", "l7"],
@@ -202,6 +219,14 @@ mod tests {
             .unwrap()
             .args;
         assert_eq!(waypoint.only, Some(Part::Waypoint));
+        assert_eq!(
+            waypoint.out_path(),
+            std::path::Path::new("target/bench/waypoint.md")
+        );
+        let elsewhere = Cli::try_parse_from(["bench", "--only", "waypoint", "--out", "/tmp/w.md"])
+            .unwrap()
+            .args;
+        assert_eq!(elsewhere.out_path(), std::path::Path::new("/tmp/w.md"));
         assert_eq!(l7::stages(&waypoint.stage), [Stage::H2load]);
         assert_eq!(
             l7::stages(&[]),
