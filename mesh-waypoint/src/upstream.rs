@@ -60,14 +60,19 @@ impl Dial for DirectDial {
         timeout: Duration,
     ) -> Pin<Box<dyn std::future::Future<Output = io::Result<TcpStream>> + Send + '_>> {
         Box::pin(async move {
-            tokio::time::timeout(timeout, TcpStream::connect(to))
+            let tcp = tokio::time::timeout(timeout, TcpStream::connect(to))
                 .await
                 .map_err(|_| {
                     io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("no answer within {}s", timeout.as_secs_f32()),
                     )
-                })?
+                })??;
+            // Requests and responses are small writes each waiting on the
+            // other side's answer: with Nagle, one in flight holds the next
+            // until the peer's delayed ACK (40 ms).
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
         })
     }
 }
