@@ -21,10 +21,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 use super::model::{
-    Endpoint, EndpointSlice, Gateway, Labels, MAX_METADATA_BYTES, NAMESPACE_LABELS,
-    POD_ANNOTATIONS, SERVICE_LABELS, SERVICE_NAME_LABEL, Service, ServiceKind, ServicePort,
-    TargetPort, WAYPOINT_FOR_LABEL, WAYPOINT_LISTENER_PORT, WAYPOINT_LISTENER_PROTOCOL,
-    WaypointFor, Workload, metadata_bytes,
+    AllowedNamespaces, Endpoint, EndpointSlice, Gateway, Labels, MAX_METADATA_BYTES,
+    NAMESPACE_LABELS, POD_ANNOTATIONS, SERVICE_LABELS, SERVICE_NAME_LABEL, Service, ServiceKind,
+    ServicePort, TargetPort, WAYPOINT_FOR_LABEL, WAYPOINT_LISTENER_PORT,
+    WAYPOINT_LISTENER_PROTOCOL, WaypointFor, Workload, metadata_bytes,
 };
 
 /// A field of an object that cannot be used, and why.
@@ -375,6 +375,55 @@ pub struct GatewayListener {
     pub port: i32,
     #[serde(default)]
     pub protocol: String,
+    #[serde(default)]
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedRoutes {
+    #[serde(default)]
+    pub namespaces: Option<RouteNamespaces>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteNamespaces {
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+/// The HBONE listener's `allowedRoutes.namespaces`; a value Gateway API
+/// does not define names its field.
+fn allowed_namespaces(index: usize, l: &GatewayListener) -> Result<AllowedNamespaces, Invalid> {
+    let Some(ns) = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|r| r.namespaces.as_ref())
+    else {
+        return Ok(AllowedNamespaces::Same);
+    };
+    let field = format!("spec.listeners[{index}].allowedRoutes.namespaces.from");
+    Ok(match ns.from.as_deref().unwrap_or("Same") {
+        "Same" => AllowedNamespaces::Same,
+        "All" => AllowedNamespaces::All,
+        "Selector" => {
+            let selector = ns.selector.clone().unwrap_or_default();
+            if selector.match_expressions.is_some_and(|e| !e.is_empty()) {
+                AllowedNamespaces::Selector(None)
+            } else {
+                AllowedNamespaces::Selector(Some(selector.match_labels.unwrap_or_default()))
+            }
+        }
+        other => {
+            return Err(invalid(
+                field,
+                format!("`{other}` is not one of Same, All, Selector"),
+            ));
+        }
+    })
 }
 
 /// The Gateway's waypoint declaration. `istio.io/waypoint-for` is read
@@ -400,14 +449,19 @@ pub fn gateway(gw: &GatewayObject) -> Result<Gateway, Invalid> {
             )
         })?,
     };
+    let hbone = gw.spec.listeners.iter().enumerate().find(|(_, l)| {
+        l.port == i32::from(WAYPOINT_LISTENER_PORT) && l.protocol == WAYPOINT_LISTENER_PROTOCOL
+    });
     Ok(Gateway {
         name: meta.name.clone().unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
         class: gw.spec.gateway_class_name.clone(),
         waypoint_for,
-        hbone_listener: gw.spec.listeners.iter().any(|l| {
-            l.port == i32::from(WAYPOINT_LISTENER_PORT) && l.protocol == WAYPOINT_LISTENER_PROTOCOL
-        }),
+        hbone_listener: hbone.is_some(),
+        allowed_namespaces: match hbone {
+            Some((i, l)) => allowed_namespaces(i, l)?,
+            None => AllowedNamespaces::Same,
+        },
     })
 }
 
@@ -658,6 +712,32 @@ spec:
         assert_eq!(
             gateway(&bad).unwrap_err().field,
             "metadata.annotations.istio.io/waypoint-for"
+        );
+        let cross: GatewayObject = serde_yaml::from_str(
+            r#"
+metadata: {name: wp}
+spec:
+  gatewayClassName: mesh-waypoint
+  listeners:
+  - {name: other, port: 80, protocol: HTTP}
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: a}}}}
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            gateway(&cross).unwrap().allowed_namespaces,
+            AllowedNamespaces::Selector(Some([("team".to_owned(), "a".to_owned())].into()))
+        );
+        let typo: GatewayObject = serde_yaml::from_str(
+            "metadata: {name: wp}\nspec: {listeners: [{port: 15008, protocol: HBONE, allowedRoutes: {namespaces: {from: Everyone}}}]}",
+        )
+        .unwrap();
+        assert_eq!(
+            gateway(&typo).unwrap_err().field,
+            "spec.listeners[0].allowedRoutes.namespaces.from"
         );
     }
 }

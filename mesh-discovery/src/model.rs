@@ -232,6 +232,55 @@ pub struct Gateway {
     /// Whether it has the `{port: 15008, protocol: HBONE}` listener a
     /// waypoint needs; one without it is not used.
     pub hbone_listener: bool,
+    /// Which namespaces' Services and pods may use it: the HBONE
+    /// listener's `allowedRoutes.namespaces`, as Istio reads it for
+    /// waypoints (`Same` unless it says otherwise).
+    pub allowed_namespaces: AllowedNamespaces,
+}
+
+/// `allowedRoutes.namespaces` of a waypoint's HBONE listener.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllowedNamespaces {
+    /// Only the Gateway's own namespace.
+    #[default]
+    Same,
+    All,
+    /// Namespaces whose labels match. Only the labels the mesh keeps of a
+    /// namespace (`NAMESPACE_LABELS`) and `kubernetes.io/metadata.name`
+    /// can match; `None` is a selector the mesh cannot evaluate
+    /// (`matchExpressions`), which matches nothing: a waypoint is not
+    /// opened wider than its owner can be shown to have meant.
+    Selector(Option<Labels>),
+}
+
+/// The label Kubernetes puts on every namespace with its own name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+impl AllowedNamespaces {
+    /// Whether objects in `namespace` (with its kept labels) may use a
+    /// waypoint of `gateway_namespace`. Its own namespace always may.
+    pub fn allows(
+        &self,
+        gateway_namespace: &str,
+        namespace: &str,
+        labels: Option<&Labels>,
+    ) -> bool {
+        if namespace == gateway_namespace {
+            return true;
+        }
+        match self {
+            Self::Same => false,
+            Self::All => true,
+            Self::Selector(None) => false,
+            Self::Selector(Some(want)) => want.iter().all(|(k, v)| {
+                if k == NAMESPACE_NAME_LABEL {
+                    return v == namespace;
+                }
+                labels.and_then(|l| l.get(k)) == Some(v)
+            }),
+        }
+    }
 }
 
 impl Gateway {

@@ -130,6 +130,10 @@ impl MeshView {
             let binding = waypoint::bind(
                 wanted,
                 DestinationKind::Service,
+                waypoint::Origin {
+                    namespace: &svc.namespace,
+                    labels: ns_labels,
+                },
                 &settings.waypoint_class,
                 |k| gateways.get(k),
                 |k| waypoints.get(k),
@@ -140,13 +144,12 @@ impl MeshView {
                 waypoint: binding,
             });
             if requires_waypoint(&svc.labels, ns_labels) {
+                // Every address behind it, ready or not: a pod that is
+                // starting or failing its probe is still reachable.
                 require(
                     &mut required,
                     &route.waypoint,
-                    route
-                        .ports
-                        .iter()
-                        .flat_map(|p| p.endpoints.iter().map(SocketAddr::ip)),
+                    all_addresses(svc, own_slices, pods),
                 );
             }
             if let ServiceKind::ClusterIp(vips) = &svc.kind {
@@ -164,13 +167,23 @@ impl MeshView {
         // Pods that use a workload waypoint in a namespace that requires it.
         for w in by_uid.values() {
             let ns_labels = namespaces.get(&w.namespace).map(|l| l.as_ref());
-            if !requires_waypoint(&w.labels, ns_labels) {
+            if w.finished
+                || !requires_waypoint(&w.labels, ns_labels)
+                || waypoint::is_waypoint_pod(w, |k| waypoints.contains_key(k))
+            {
                 continue;
             }
             let binding = workload_binding(w, ns_labels, settings, &gateways, &waypoints);
-            if binding != WaypointBinding::Direct {
-                require(&mut required, &binding, w.ips.iter().copied());
+            // A pod no workload waypoint serves is still reachable through
+            // its Services' waypoints (added above); only those may reach it.
+            let covered = w
+                .ips
+                .iter()
+                .any(|ip| required.contains_key(&ip.to_canonical()));
+            if binding == WaypointBinding::Direct && covered {
+                continue;
             }
+            require(&mut required, &binding, w.ips.iter().copied());
         }
         Self {
             trust_domain: settings.trust_domain.clone(),
@@ -303,17 +316,21 @@ fn waypoints(
         .iter()
         .filter(|(_, g)| g.class == settings.waypoint_class && g.hbone_listener)
         .map(|(key, g)| {
+            // A waypoint's pods run as its service account (named after
+            // the Gateway, as Istio's are): a pod that only carries the
+            // label is not one of them (`waypoint::is_waypoint_pod`).
+            let identity = Identity::new(&settings.trust_domain, &g.namespace, &g.name).ok();
             let mut endpoints: Vec<WaypointEndpoint> = pods_by_ns
                 .get(g.namespace.as_str())
                 .into_iter()
                 .flatten()
                 .filter(|p| {
-                    p.ready && p.labels.get(crate::model::GATEWAY_NAME_LABEL) == Some(&g.name)
+                    p.ready
+                        && p.service_account == g.name
+                        && p.labels.get(crate::model::GATEWAY_NAME_LABEL) == Some(&g.name)
                 })
                 .filter_map(|p| {
-                    let identity =
-                        Identity::new(&settings.trust_domain, &p.namespace, &p.service_account)
-                            .ok()?;
+                    let identity = identity.clone()?;
                     Some(p.ips.iter().map(move |ip| WaypointEndpoint {
                         address: SocketAddr::new(*ip, crate::model::WAYPOINT_LISTENER_PORT),
                         identity: identity.clone(),
@@ -348,6 +365,10 @@ fn workload_binding(
     waypoint::bind(
         wanted,
         DestinationKind::Workload,
+        waypoint::Origin {
+            namespace: &w.namespace,
+            labels: ns_labels,
+        },
         &settings.waypoint_class,
         |k| gateways.get(k),
         |k| waypoints.get(k),
@@ -355,14 +376,16 @@ fn workload_binding(
 }
 
 /// Records that `addresses` may be reached directly only from the
-/// binding's waypoint (or from nothing, if it cannot be used).
+/// binding's waypoint (or from nothing, if it cannot be used or none is
+/// bound: requiring a waypoint that is not there refuses, it does not
+/// lapse).
 fn require(
     required: &mut HashMap<IpAddr, WaypointRequirement>,
     binding: &WaypointBinding,
     addresses: impl Iterator<Item = IpAddr>,
 ) {
     let (gateway, identities): (String, Vec<Identity>) = match binding {
-        WaypointBinding::Direct => return,
+        WaypointBinding::Direct => (NO_WAYPOINT_BOUND.to_owned(), Vec::new()),
         WaypointBinding::Through(w) => (
             w.gateway.key(),
             w.endpoints.iter().map(|e| e.identity.clone()).collect(),
@@ -374,6 +397,32 @@ fn require(
         r.gateways.insert(gateway.clone());
         r.identities.extend(identities.iter().cloned());
     }
+}
+
+/// What `WaypointRequirement::gateways` says when a destination requires
+/// a waypoint and none is bound to it.
+pub const NO_WAYPOINT_BOUND: &str = "no waypoint is bound (istio.io/use-waypoint)";
+
+/// Every address behind a Service, ready or not: its slices' endpoints,
+/// else the pods its selector picks.
+fn all_addresses<'a>(
+    svc: &'a Service,
+    slices: &'a [&'a EndpointSlice],
+    pods: &'a [&'a Arc<Workload>],
+) -> impl Iterator<Item = IpAddr> + 'a {
+    let from_slices = slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .flat_map(|e| e.addresses.iter().copied());
+    let selector = svc.selector.as_ref().filter(|s| !s.is_empty());
+    let from_pods = pods
+        .iter()
+        .filter(move |p| {
+            slices.is_empty()
+                && selector.is_some_and(|sel| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+        })
+        .flat_map(|p| p.ips.iter().copied());
+    from_slices.chain(from_pods)
 }
 
 /// Endpoints per service port: from the Service's EndpointSlices when it
@@ -676,5 +725,52 @@ spec: {clusterIP: 10.96.0.3, selector: {app: db}, ports: [{port: 5432}]}
             v.waypoint_requirement("10.1.0.2".parse().unwrap())
                 .is_none()
         );
+    }
+
+    #[test]
+    fn requiring_a_waypoint_covers_unready_pods_ignores_impostors_and_fails_closed_unbound() {
+        let text = WAYPOINTS.to_owned()
+            + r#"
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: shop, labels: {app: web}}
+spec: {nodeName: n2, containers: [{name: c}]}
+status:
+  podIPs: [{ip: 10.1.0.3}]
+  conditions: [{type: Ready, status: "False"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: impostor, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: wp}}
+spec: {nodeName: n2, serviceAccountName: default, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.4}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bare, namespace: shop, labels: {mesh.io/require-waypoint: "true", istio.io/use-waypoint: none}}
+spec: {clusterIP: 10.96.0.4, selector: {app: db}, ports: [{port: 5432}]}
+"#;
+        let v = NodeConfig::parse(Path::new("f.yaml"), &text, None)
+            .unwrap()
+            .view();
+        // Not ready, not an endpoint, still guarded.
+        assert!(
+            v.service("shop/web").unwrap().ports[0]
+                .endpoints
+                .iter()
+                .all(|e| e.ip() != "10.1.0.3".parse::<std::net::IpAddr>().unwrap())
+        );
+        let r = v.waypoint_requirement("10.1.0.3".parse().unwrap()).unwrap();
+        assert_eq!(r.identities.len(), 1);
+        // The label without the waypoint's service account: neither an
+        // endpoint of the waypoint nor out of the mesh.
+        let impostor = v.workload("10.1.0.4".parse().unwrap()).unwrap();
+        assert!(v.is_enrolled(impostor) && !v.is_waypoint_pod(impostor));
+        assert_eq!(v.waypoint("shop/wp").unwrap().endpoints.len(), 1);
+        // Required, but no waypoint bound: nothing may connect.
+        let r = v.waypoint_requirement("10.1.0.2".parse().unwrap()).unwrap();
+        assert!(r.identities.is_empty());
+        assert!(r.gateways.contains(super::NO_WAYPOINT_BOUND));
     }
 }

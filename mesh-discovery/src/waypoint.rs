@@ -99,6 +99,9 @@ pub enum Unusable {
     OtherClass,
     /// A Gateway of the class without the `{port: 15008, protocol: HBONE}` listener.
     NoHboneListener,
+    /// The waypoint's listener does not admit the destination's namespace
+    /// (`allowedRoutes.namespaces`: `Same` unless it says otherwise).
+    NamespaceNotAllowed,
 }
 
 impl std::fmt::Display for Unusable {
@@ -109,6 +112,7 @@ impl std::fmt::Display for Unusable {
                 "the Gateway is not of the mesh's waypoint class (AgentConfig.waypointClass)"
             }
             Self::NoHboneListener => "the Gateway has no listener {port: 15008, protocol: HBONE}",
+            Self::NamespaceNotAllowed => "the Gateway's HBONE listener does not allow this namespace (allowedRoutes.namespaces.from)",
         })
     }
 }
@@ -138,11 +142,19 @@ pub enum DestinationKind {
     Workload,
 }
 
-/// Binds a destination whose labels (with its namespace's) ask for
-/// `wanted`, given how to look up a Gateway and a waypoint by key.
+/// Where the destination is: its namespace and that namespace's labels.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub namespace: &'a str,
+    pub labels: Option<&'a Labels>,
+}
+
+/// Binds a destination in `from` whose labels (with its namespace's) ask
+/// for `wanted`, given how to look up a Gateway and a waypoint by key.
 pub fn bind<'a>(
     wanted: UseWaypoint,
     kind: DestinationKind,
+    from: Origin<'_>,
     class: &str,
     gateway: impl Fn(&str) -> Option<&'a Arc<Gateway>>,
     waypoint: impl Fn(&str) -> Option<&'a Arc<Waypoint>>,
@@ -161,6 +173,11 @@ pub fn bind<'a>(
         Unusable::OtherClass
     } else if !gw.hbone_listener {
         Unusable::NoHboneListener
+    } else if !gw
+        .allowed_namespaces
+        .allows(&gw.namespace, from.namespace, from.labels)
+    {
+        Unusable::NamespaceNotAllowed
     } else {
         let serves = match kind {
             DestinationKind::Service => gw.waypoint_for.serves_services(),
@@ -184,19 +201,27 @@ pub fn bind<'a>(
     WaypointBinding::Unusable { gateway: key, why }
 }
 
-/// Whether `w` is one of a waypoint's pods (by the label the waypoint's
-/// Deployment puts on them); `is_waypoint` says whether a Gateway key is a
-/// waypoint. Waypoints are never captured by a node agent.
+/// Whether `w` is one of a waypoint's pods: labelled with a waypoint's
+/// name (as the waypoint's Deployment labels them) and running as the
+/// waypoint's service account, which is named after its Gateway (as
+/// Istio's are). The label alone is not enough: any pod may carry it, and
+/// a waypoint's pods are trusted as the waypoint (and never enrolled).
+/// `is_waypoint` says whether a Gateway key is a waypoint.
 pub fn is_waypoint_pod(w: &Workload, is_waypoint: impl Fn(&str) -> bool) -> bool {
-    w.labels
-        .get(GATEWAY_NAME_LABEL)
-        .is_some_and(|name| is_waypoint(&format!("{}/{name}", w.namespace)))
+    w.labels.get(GATEWAY_NAME_LABEL).is_some_and(|name| {
+        *name == w.service_account && is_waypoint(&format!("{}/{name}", w.namespace))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::WaypointFor;
+    use crate::model::{AllowedNamespaces, WaypointFor};
+
+    const SHOP: Origin<'static> = Origin {
+        namespace: "shop",
+        labels: None,
+    };
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
@@ -212,6 +237,7 @@ mod tests {
             class: class.into(),
             waypoint_for: serves,
             hbone_listener: hbone,
+            allowed_namespaces: Default::default(),
         })
     }
 
@@ -259,6 +285,7 @@ mod tests {
             bind(
                 named(name),
                 DestinationKind::Service,
+                SHOP,
                 "mesh-waypoint",
                 find,
                 |_| None,
@@ -294,6 +321,7 @@ mod tests {
             bind(
                 wanted.clone(),
                 kind,
+                SHOP,
                 "mesh-waypoint",
                 |_| Some(&g),
                 |_| Some(&w),
@@ -308,6 +336,7 @@ mod tests {
             bind(
                 UseWaypoint::OptOut,
                 DestinationKind::Workload,
+                SHOP,
                 "mesh-waypoint",
                 |_| Some(&g),
                 |_| Some(&w)
@@ -325,5 +354,73 @@ mod tests {
             Some(&ns)
         ));
         assert!(!requires_waypoint(&Labels::new(), None));
+    }
+
+    #[test]
+    fn another_namespace_uses_a_waypoint_only_as_its_listener_allows() {
+        let mut g = (*gw("wp", "mesh-waypoint", true, WaypointFor::Service)).clone();
+        let team: Labels = [("team".to_owned(), "a".to_owned())].into();
+        let other = Origin {
+            namespace: "web",
+            labels: Some(&team),
+        };
+        let wanted = UseWaypoint::Named {
+            namespace: "shop".into(),
+            name: "wp".into(),
+        };
+        let w = |g: &Gateway| {
+            Arc::new(Waypoint {
+                gateway: Arc::new(g.clone()),
+                endpoints: vec![],
+            })
+        };
+        let b = |g: &Gateway| {
+            let (g, w) = (Arc::new(g.clone()), w(g));
+            bind(
+                wanted.clone(),
+                DestinationKind::Service,
+                other,
+                "mesh-waypoint",
+                |_| Some(&g),
+                |_| Some(&w),
+            )
+        };
+        let refused = WaypointBinding::Unusable {
+            gateway: "shop/wp".into(),
+            why: Unusable::NamespaceNotAllowed,
+        };
+        assert_eq!(b(&g), refused);
+        g.allowed_namespaces = AllowedNamespaces::All;
+        assert!(matches!(b(&g), WaypointBinding::Through(_)));
+        g.allowed_namespaces = AllowedNamespaces::Selector(Some(team.clone()));
+        assert!(matches!(b(&g), WaypointBinding::Through(_)));
+        g.allowed_namespaces = AllowedNamespaces::Selector(Some(
+            [("kubernetes.io/metadata.name".to_owned(), "web".to_owned())].into(),
+        ));
+        assert!(matches!(b(&g), WaypointBinding::Through(_)));
+        g.allowed_namespaces = AllowedNamespaces::Selector(None);
+        assert_eq!(b(&g), refused);
+    }
+
+    #[test]
+    fn the_gateway_name_label_alone_does_not_make_a_waypoint_pod() {
+        let mut pod = Workload {
+            uid: "u".into(),
+            name: "impostor".into(),
+            namespace: "shop".into(),
+            service_account: "default".into(),
+            node: None,
+            ips: vec![],
+            labels: [(GATEWAY_NAME_LABEL.to_owned(), "wp".to_owned())].into(),
+            annotations: Labels::new(),
+            host_network: false,
+            ready: true,
+            finished: false,
+            ports: Default::default(),
+            probe_ports: vec![],
+        };
+        assert!(!is_waypoint_pod(&pod, |k| k == "shop/wp"));
+        pod.service_account = "wp".into();
+        assert!(is_waypoint_pod(&pod, |k| k == "shop/wp"));
     }
 }
