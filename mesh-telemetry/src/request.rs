@@ -3,7 +3,7 @@
 //!
 //! The proxy fills in a [`RequestRecord`] when the response ends (or the
 //! request fails) and hands it to [`RequestMetrics::record`] and
-//! [`access_log_line`]. Metric labels carry only values from bounded sets
+//! [`access_log_fields`]. Metric labels carry only values from bounded sets
 //! (workloads, identities, services, codes, flags), never the path, the
 //! authority or the method, which callers choose freely.
 use std::{
@@ -474,7 +474,9 @@ impl RequestMetrics {
     }
 }
 
-/// The access log's fields; `None` is written as `null`.
+/// The access log's fields; `None` is written as `null`. Fields that are
+/// not strings already are written through their `Display` straight into
+/// the line: no `String` is made for them.
 #[derive(Serialize)]
 struct LogLine<'a> {
     start_time: String,
@@ -485,33 +487,51 @@ struct LogLine<'a> {
     protocol: &'static str,
     status: Option<u16>,
     grpc_status: Option<u8>,
-    response_flags: String,
+    response_flags: Shown<ResponseFlags>,
     duration_ms: u64,
     bytes_received: u64,
     bytes_sent: u64,
-    downstream: Option<String>,
-    upstream: Option<String>,
+    downstream: Option<Shown<SocketAddr>>,
+    upstream: Option<Shown<SocketAddr>>,
     attempts: u32,
     route: Option<&'a str>,
     source_principal: Option<&'a str>,
-    source_workload: Option<String>,
+    source_workload: Option<Shown<WorkloadKey<'a>>>,
     destination_service: Option<&'a str>,
-    destination_workload: Option<String>,
+    destination_workload: Option<Shown<WorkloadKey<'a>>>,
     destination_principal: Option<&'a str>,
     connection_security: &'static str,
-    trace_id: Option<String>,
+    trace_id: Option<Shown<TraceId>>,
 }
 
-/// The request's access-log line: one JSON object, no newline. Free-text
-/// fields are cut to [`MAX_LOG_FIELD_BYTES`]; JSON escaping keeps a
-/// hostile path or authority from breaking the line.
-pub fn access_log_line(rec: &RequestRecord) -> String {
-    let workload = |p: &Party| {
-        p.workload
-            .as_ref()
-            .map(|w| format!("{}/{}", w.namespace, w.workload))
-    };
-    let line = LogLine {
+/// A value serialized as the string its `Display` writes.
+struct Shown<T>(T);
+
+impl<T: fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// A workload as the access log names it: `namespace/workload`.
+struct WorkloadKey<'a>(&'a WorkloadLabels);
+
+impl fmt::Display for WorkloadKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.0.namespace, self.0.workload)
+    }
+}
+
+fn workload_key(party: &Party) -> Option<Shown<WorkloadKey<'_>>> {
+    party.workload.as_ref().map(|w| Shown(WorkloadKey(w)))
+}
+
+/// The request's access-log fields, to serialize as one JSON object (a
+/// proxy adds its own stamp beside them and writes the line in one pass).
+/// Free-text fields are cut to [`MAX_LOG_FIELD_BYTES`]; JSON escaping
+/// keeps a hostile path or authority from breaking the line.
+pub fn access_log_fields(rec: &RequestRecord) -> impl Serialize + '_ {
+    LogLine {
         start_time: rfc3339(rec.started),
         reporter: rec.reporter.as_str(),
         method: cut(rec.method.as_str()),
@@ -520,24 +540,29 @@ pub fn access_log_line(rec: &RequestRecord) -> String {
         protocol: rec.protocol.as_str(),
         status: rec.response_code.map(|c| c.as_u16()),
         grpc_status: rec.grpc_status.map(GrpcStatus::code),
-        response_flags: rec.response_flags.to_string(),
+        response_flags: Shown(rec.response_flags),
         duration_ms: u64::try_from(rec.duration.as_millis()).unwrap_or(u64::MAX),
         bytes_received: rec.request_bytes,
         bytes_sent: rec.response_bytes,
-        downstream: rec.downstream.map(|d| d.to_string()),
-        upstream: rec.upstream.map(|u| u.to_string()),
+        downstream: rec.downstream.map(Shown),
+        upstream: rec.upstream.map(Shown),
         attempts: rec.attempts,
         route: rec.route.as_deref().map(cut),
         source_principal: rec.source.principal.as_deref().map(cut),
-        source_workload: workload(&rec.source),
+        source_workload: workload_key(&rec.source),
         destination_service: rec.service.as_ref().map(|s| cut(&s.host)),
-        destination_workload: workload(&rec.destination),
+        destination_workload: workload_key(&rec.destination),
         destination_principal: rec.destination.principal.as_deref().map(cut),
         connection_security: rec.security.as_str(),
-        trace_id: rec.trace_id.map(|t| t.to_string()),
-    };
+        trace_id: rec.trace_id.map(Shown),
+    }
+}
+
+/// The request's access-log line: [`access_log_fields`] as one JSON
+/// object, no newline.
+pub fn access_log_line(rec: &RequestRecord) -> String {
     // Serializing strings and numbers into a String cannot fail.
-    serde_json::to_string(&line).unwrap_or_default()
+    serde_json::to_string(&access_log_fields(rec)).unwrap_or_default()
 }
 
 /// `s` cut to at most [`MAX_LOG_FIELD_BYTES`], at a character boundary.

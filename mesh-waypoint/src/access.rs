@@ -1,5 +1,5 @@
 //! The access log: one JSON line per request (`mesh_telemetry::request::
-//! access_log_line`) or relayed TCP stream, stamped like the process's
+//! access_log_fields`) or relayed TCP stream, stamped like the process's
 //! other log lines (`timestamp`, `level`, `target: "access"`, `message`)
 //! so that one log pipeline reads them all. `MESH_LOG`'s filter for
 //! target `access` (e.g. `info,access=off`) turns it off.
@@ -36,22 +36,39 @@ impl AccessLog for Stderr {
     }
 }
 
-/// `fields` (a JSON object) with the stamp of a log line in front.
-pub fn stamped(at: SystemTime, message: &str, fields: &str) -> String {
-    let head = serde_json::json!({
-        "timestamp": rfc3339(at),
-        "level": "INFO",
-        "target": "access",
-        "message": message,
-    })
-    .to_string();
-    let rest = fields.strip_prefix('{').unwrap_or("}");
-    let head = head.strip_suffix('}').unwrap_or(&head);
-    if rest.trim_start() == "}" {
-        format!("{head}}}")
-    } else {
-        format!("{head},{rest}")
+/// Room for a whole line, so that serializing one does not grow it.
+const LINE_CAPACITY: usize = 1024;
+
+/// The stamp of a log line, then `fields` (a struct or map): one JSON
+/// object, serialized once into one buffer. The stamp's keys come first in
+/// the order they always had, so the lines read the same.
+#[derive(Serialize)]
+struct Stamped<'a, T> {
+    level: &'static str,
+    message: &'a str,
+    target: &'static str,
+    timestamp: String,
+    #[serde(flatten)]
+    fields: &'a T,
+}
+
+/// `fields` with the stamp of a log line in front: one JSON object, no
+/// newline.
+pub fn stamped<T: Serialize>(at: SystemTime, message: &str, fields: &T) -> String {
+    let line = Stamped {
+        level: "INFO",
+        message,
+        target: "access",
+        timestamp: rfc3339(at),
+        fields,
+    };
+    let mut out = Vec::with_capacity(LINE_CAPACITY);
+    // Strings and numbers into memory: cannot fail, and serde_json writes
+    // only UTF-8.
+    if serde_json::to_writer(&mut out, &line).is_err() {
+        return String::new();
     }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A TCP stream relayed whole to one endpoint, as it ended. Its fields are
@@ -121,11 +138,6 @@ impl<'a> TcpLine<'a> {
             connection_security: "mutual_tls",
         }
     }
-
-    pub fn to_json(&self) -> String {
-        // Strings and numbers into a String: cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
-    }
 }
 
 #[cfg(test)]
@@ -135,7 +147,8 @@ mod tests {
     #[test]
     fn a_stamped_line_is_one_object_with_the_stamp_and_the_fields() {
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
-        let line = stamped(at, "request", r#"{"status":200,"path":"/a"}"#);
+        let fields = serde_json::json!({"status": 200, "path": "/a"});
+        let line = stamped(at, "request", &fields);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["timestamp"], "2023-11-14T22:13:20.123Z");
         assert_eq!(v["level"], "INFO");
@@ -143,7 +156,8 @@ mod tests {
         assert_eq!(v["message"], "request");
         assert_eq!(v["status"], 200);
         assert_eq!(v["path"], "/a");
-        let empty: serde_json::Value = serde_json::from_str(&stamped(at, "request", "{}")).unwrap();
+        let empty: serde_json::Value =
+            serde_json::from_str(&stamped(at, "request", &serde_json::json!({}))).unwrap();
         assert_eq!(empty["message"], "request");
     }
 }

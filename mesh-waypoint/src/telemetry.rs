@@ -7,7 +7,7 @@ use std::{sync::Arc, time::SystemTime};
 
 use mesh_telemetry::{
     otlp::{ExportTask, Exporter, ExporterConfig, OtlpError},
-    request::{RequestMetrics, RequestRecord, access_log_line},
+    request::{RequestMetrics, RequestRecord, access_log_fields},
     tcp::{TcpLabels, TcpMetrics},
 };
 use prometheus_client::{
@@ -105,7 +105,7 @@ impl Telemetry {
     pub fn request(&self, rec: &RequestRecord, trace: Option<&RequestTrace>) {
         self.requests.record(rec);
         if self.access.enabled() {
-            let line = access::stamped(SystemTime::now(), "request", &access_log_line(rec));
+            let line = access::stamped(SystemTime::now(), "request", &access_log_fields(rec));
             self.access.write(&line);
         }
         if let (Some(exporter), Some(trace)) = (&self.spans, trace)
@@ -127,7 +127,7 @@ impl Telemetry {
     pub fn tcp_closed(&self, labels: &TcpLabels, end: &access::TcpStreamEnd<'_>) {
         self.tcp.closed(labels, end.received, end.sent);
         if self.access.enabled() {
-            let fields = access::TcpLine::new(end).to_json();
+            let fields = access::TcpLine::new(end);
             let line = access::stamped(SystemTime::now(), "connection closed", &fields);
             self.access.write(&line);
         }
@@ -243,5 +243,61 @@ mod tests {
         assert_eq!(v["target"], "access");
         assert_eq!(v["status"], 503);
         assert_eq!(v["response_flags"], "UH");
+    }
+
+    #[test]
+    fn a_request_line_is_the_stamp_then_the_records_fields_in_one_object() {
+        let lines = Arc::new(Lines::default());
+        let (t, _) = Telemetry::new(lines.clone(), None).unwrap();
+        let rec = RequestRecord {
+            reporter: Reporter::Waypoint,
+            started: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+            duration: std::time::Duration::from_micros(2_500),
+            method: Method::POST,
+            authority: "web\"x".into(),
+            path: "/a?b=1".into(),
+            protocol: Protocol::Http1,
+            response_code: Some(StatusCode::OK),
+            grpc_status: None,
+            request_bytes: 1024,
+            response_bytes: 2048,
+            downstream: Some("10.0.0.1:4000".parse().unwrap()),
+            upstream: Some("10.0.0.2:8080".parse().unwrap()),
+            source: Party {
+                workload: None,
+                principal: Some("spiffe://td/ns/a/sa/b".into()),
+                cluster: None,
+            },
+            destination: Party::default(),
+            service: None,
+            route: Some("default".into()),
+            attempts: 1,
+            response_flags: ResponseFlag::UpstreamRemoteReset.into(),
+            security: Security::MutualTls,
+            trace_id: None,
+        };
+        t.request(&rec, None);
+        let lines = lines.0.lock().unwrap();
+        let line = &lines[0];
+        let (stamp, fields) = line.split_once(",\"start_time\"").unwrap();
+        assert!(
+            stamp.starts_with(
+                r#"{"level":"INFO","message":"request","target":"access","timestamp":""#
+            ),
+            "{line}"
+        );
+        assert_eq!(
+            fields,
+            concat!(
+                r#":"2023-11-14T22:13:20.123Z","reporter":"waypoint","method":"POST","#,
+                r#""authority":"web\"x","path":"/a?b=1","protocol":"http/1.1","status":200,"#,
+                r#""grpc_status":null,"response_flags":"UR","duration_ms":2,"#,
+                r#""bytes_received":1024,"bytes_sent":2048,"downstream":"10.0.0.1:4000","#,
+                r#""upstream":"10.0.0.2:8080","attempts":1,"route":"default","#,
+                r#""source_principal":"spiffe://td/ns/a/sa/b","source_workload":null,"#,
+                r#""destination_service":null,"destination_workload":null,"#,
+                r#""destination_principal":null,"connection_security":"mutual_tls","trace_id":null}"#,
+            )
+        );
     }
 }
