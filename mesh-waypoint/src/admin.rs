@@ -121,7 +121,7 @@ pub fn dump(wp: &Waypoint) -> serde_json::Value {
         for port in &route.ports {
             let addr = std::net::SocketAddr::new(vip, port.port);
             if !matches!(
-                crate::target::resolve(&view, addr, &wp.gateway),
+                crate::target::resolve(&view, addr, &wp.gateway, &wp.own),
                 Ok(Target::Service { .. })
             ) {
                 continue;

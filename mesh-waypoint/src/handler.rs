@@ -62,7 +62,7 @@ impl Handler for Waypoint {
             );
         }
         let source = record::source(&incoming.source, &client);
-        let target = match target::resolve(&view, dst, &self.gateway) {
+        let target = match target::resolve(&view, dst, &self.gateway, &self.own) {
             Ok(t) => t,
             Err(why) => {
                 warn!(

@@ -272,7 +272,7 @@ async fn proxy(
     }
     let request_bytes = Arc::new(AtomicU64::new(0));
     let mut request = Request::from_parts(parts, CountedBody::new(body, request_bytes.clone()));
-    let endpoints = ctx.target.endpoints(&view);
+    let endpoints = ctx.target.endpoints(&view, &wp.own);
     let mut tried = Vec::new();
     let (response, place) = loop {
         let Some(place) = (open.record.attempts < MAX_ATTEMPTS)

@@ -180,6 +180,10 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         gateway: settings.gateway.clone(),
         pod_namespace: settings.pod_namespace.clone(),
         pod_name: settings.pod_name.clone(),
+        listens: [&hbone, &admin]
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect(),
         identity: identity.clone(),
         cert: lease.watch().clone(),
         bundle,

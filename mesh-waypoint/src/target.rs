@@ -38,10 +38,64 @@ pub enum Unserved {
     NoSuchPort { service: String, port: u16 },
     #[error("{what} does not use waypoint {gateway}")]
     OtherWaypoint { what: String, gateway: String },
+    /// A pod outside the mesh: the waypoint would reach it in plaintext,
+    /// with no identity to pin, so its own address is not a destination.
+    #[error("workload {0} is not enrolled in the mesh")]
+    NotEnrolled(String),
+    /// Another replica of a waypoint (or this one): its admin port and
+    /// HBONE listener are not destinations.
+    #[error("workload {0} is a waypoint's pod")]
+    WaypointPod(String),
+    #[error("{0} is one of this waypoint's own addresses")]
+    Own(SocketAddr),
+}
+
+/// What this waypoint itself answers at: its listeners and its pod. Never
+/// a destination, whatever the view says.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OwnAddrs {
+    /// `<namespace>/<name>` of the waypoint's pod.
+    pub pod: Option<(String, String)>,
+    /// The listeners (HBONE, admin) as bound; an unspecified address
+    /// (`0.0.0.0`) stands for every address of the pod.
+    pub listens: Vec<SocketAddr>,
+}
+
+impl OwnAddrs {
+    /// Whether `addr` reaches this process: loopback or unspecified, a
+    /// listener's address, or any port of its own pod.
+    pub fn contains(&self, view: &MeshView, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        if ip.is_loopback() && self.listens.iter().any(|l| l.port() == addr.port()) {
+            return true;
+        }
+        if ip.is_unspecified() {
+            return true;
+        }
+        if self
+            .listens
+            .iter()
+            .any(|l| l.ip().to_canonical() == ip && l.port() == addr.port())
+        {
+            return true;
+        }
+        self.pod.as_ref().is_some_and(|(ns, name)| {
+            view.workload(ip)
+                .is_some_and(|w| &w.namespace == ns && &w.name == name)
+        })
+    }
 }
 
 /// The target of a CONNECT to `dst`, by the view.
-pub fn resolve(view: &MeshView, dst: SocketAddr, me: &Gateway) -> Result<Target, Unserved> {
+pub fn resolve(
+    view: &MeshView,
+    dst: SocketAddr,
+    me: &Gateway,
+    own: &OwnAddrs,
+) -> Result<Target, Unserved> {
+    if own.contains(view, dst) {
+        return Err(Unserved::Own(dst));
+    }
     if let Some(route) = view.service_at(dst.ip()) {
         let Some(port) = route.port(dst.port()) else {
             return Err(Unserved::NoSuchPort {
@@ -67,6 +121,14 @@ pub fn resolve(view: &MeshView, dst: SocketAddr, me: &Gateway) -> Result<Target,
                 gateway: me.to_string(),
             });
         }
+        // A waypoint's pod is never enrolled; both are said apart for the
+        // log. Either would be reached in plaintext (no identity to pin).
+        if view.is_waypoint_pod(workload) {
+            return Err(Unserved::WaypointPod(workload.key()));
+        }
+        if !view.is_enrolled(workload) {
+            return Err(Unserved::NotEnrolled(workload.key()));
+        }
         return Ok(Target::Workload {
             workload: workload.clone(),
             addr: dst,
@@ -78,15 +140,26 @@ pub fn resolve(view: &MeshView, dst: SocketAddr, me: &Gateway) -> Result<Target,
 impl Target {
     /// The ready endpoints as of `view`: a long-lived connection's requests
     /// follow the Service as it scales, not the endpoints at its CONNECT.
-    pub fn endpoints(&self, view: &MeshView) -> Vec<SocketAddr> {
-        match self {
+    /// A waypoint's pod (a Service selecting it by mistake or on purpose)
+    /// and this waypoint's own addresses are never endpoints. Endpoints
+    /// outside the mesh stay: they are reached in plaintext, as Istio's
+    /// waypoint reaches them, since they have no identity to pin.
+    pub fn endpoints(&self, view: &MeshView, own: &OwnAddrs) -> Vec<SocketAddr> {
+        let mut endpoints = match self {
             Target::Service { route, port } => view
                 .service(&route.service.key())
                 .and_then(|r| r.port(port.port))
                 .map(|p| p.endpoints.clone())
                 .unwrap_or_default(),
             Target::Workload { addr, .. } => vec![*addr],
-        }
+        };
+        endpoints.retain(|e| {
+            !own.contains(view, *e)
+                && !view
+                    .workload(e.ip())
+                    .is_some_and(|w| view.is_waypoint_pod(w))
+        });
+        endpoints
     }
 
     /// What the destination declares about its protocol.
@@ -169,6 +242,28 @@ spec: {nodeName: n2, containers: [{name: c}]}
 status: {podIPs: [{ip: 10.1.0.2}]}
 ---
 apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-0, namespace: shop, labels: {app: web, gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: n2, serviceAccountName: waypoint, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.9}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-1, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {nodeName: n2, serviceAccountName: waypoint, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.8}]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain, labels: {istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy, namespace: shop, labels: {mesh.io/dataplane-mode: none}}
+spec: {nodeName: n2, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.1.0.7}]}
+---
+apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
 spec:
@@ -187,6 +282,77 @@ spec:
         "shop/waypoint".parse().unwrap()
     }
 
+    fn resolve(view: &MeshView, dst: SocketAddr, me: &Gateway) -> Result<Target, Unserved> {
+        super::resolve(view, dst, me, &own())
+    }
+
+    /// As the waypoint runs: pod waypoint-0, listeners on every address.
+    fn own() -> OwnAddrs {
+        OwnAddrs {
+            pod: Some(("shop".into(), "waypoint-0".into())),
+            listens: vec![
+                "0.0.0.0:15008".parse().unwrap(),
+                "0.0.0.0:15020".parse().unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_waypoints_own_pods_are_no_destination() {
+        let v = view();
+        // Its own admin port (config dump, metrics), and any other port.
+        for dst in ["10.1.0.9:15020", "10.1.0.9:15008", "10.1.0.9:8080"] {
+            let e = resolve(&v, dst.parse().unwrap(), &me()).unwrap_err();
+            assert_eq!(e, Unserved::Own(dst.parse().unwrap()), "{dst}");
+        }
+        // Another replica of the waypoint.
+        let e = resolve(&v, "10.1.0.8:15020".parse().unwrap(), &me()).unwrap_err();
+        assert_eq!(e, Unserved::WaypointPod("shop/waypoint-1".into()));
+        for dst in ["127.0.0.1:15020", "0.0.0.0:15008"] {
+            let e = resolve(&v, dst.parse().unwrap(), &me()).unwrap_err();
+            assert_eq!(e, Unserved::Own(dst.parse().unwrap()), "{dst}");
+        }
+    }
+
+    #[test]
+    fn a_pod_outside_the_mesh_is_no_workload_destination() {
+        let e = resolve(&view(), "10.1.0.7:80".parse().unwrap(), &me()).unwrap_err();
+        assert_eq!(e, Unserved::NotEnrolled("shop/legacy".into()));
+        assert_eq!(
+            e.to_string(),
+            "workload shop/legacy is not enrolled in the mesh"
+        );
+    }
+
+    #[test]
+    fn a_service_selecting_a_waypoint_pod_does_not_send_there() {
+        let v = view();
+        let t = resolve(&v, "10.96.0.1:80".parse().unwrap(), &me()).unwrap();
+        let Target::Service { port, .. } = &t else {
+            panic!("{t:?}")
+        };
+        // Discovery lists it: the Service selects it.
+        assert!(
+            port.endpoints
+                .iter()
+                .any(|e| e.ip().to_string() == "10.1.0.9")
+        );
+        let eps: Vec<String> = t
+            .endpoints(&v, &own())
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(!eps.iter().any(|e| e.starts_with("10.1.0.9")), "{eps:?}");
+        assert_eq!(eps, ["10.1.0.1:8080", "10.1.0.2:8080"]);
+        // Nor another replica, when this one is not named.
+        let t = resolve(&v, "10.96.0.1:80".parse().unwrap(), &me()).unwrap();
+        let eps = t.endpoints(&v, &OwnAddrs::default());
+        assert!(
+            !eps.iter().any(|e| e.ip().to_string() == "10.1.0.9"),
+            "{eps:?}"
+        );
+    }
+
     #[test]
     fn a_service_vip_and_port_is_that_service_port_with_its_endpoints() {
         let v = view();
@@ -195,7 +361,11 @@ spec:
         assert_eq!(t.service().as_deref(), Some("shop/web"));
         assert_eq!(t.workload(), None);
         assert_eq!(t.describe(), "shop/web:80");
-        let eps: Vec<String> = t.endpoints(&v).iter().map(|e| e.to_string()).collect();
+        let eps: Vec<String> = t
+            .endpoints(&v, &own())
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(eps, ["10.1.0.1:8080", "10.1.0.2:8080"]);
         assert_eq!(
             t.declared_protocol(),
@@ -221,7 +391,7 @@ spec:
         let v = view();
         let t = resolve(&v, "10.1.0.2:9000".parse().unwrap(), &me()).unwrap();
         assert_eq!(t.workload().as_deref(), Some("shop/web-2"));
-        assert_eq!(t.endpoints(&v), ["10.1.0.2:9000".parse().unwrap()]);
+        assert_eq!(t.endpoints(&v, &own()), ["10.1.0.2:9000".parse().unwrap()]);
         assert_eq!(t.declared_protocol(), Declared::Undeclared);
     }
 
@@ -258,8 +428,12 @@ spec:
         )
         .unwrap()
         .view();
-        let eps: Vec<String> = t.endpoints(&scaled).iter().map(|e| e.to_string()).collect();
+        let eps: Vec<String> = t
+            .endpoints(&scaled, &own())
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(eps, ["10.1.0.1:8080", "10.1.0.3:8080"]);
-        assert!(t.endpoints(&MeshView::default()).is_empty());
+        assert!(t.endpoints(&MeshView::default(), &own()).is_empty());
     }
 }

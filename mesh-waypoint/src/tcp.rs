@@ -58,7 +58,7 @@ pub async fn relay(wp: Arc<Waypoint>, mut io: DownstreamIo, ctx: Arc<StreamConte
     let started = Instant::now();
     let started_at = SystemTime::now();
     let view = wp.view();
-    let endpoints = ctx.target.endpoints(&view);
+    let endpoints = ctx.target.endpoints(&view, &wp.own);
     let mut tried = Vec::new();
     let mut attempts = 0;
     let mut destination = Party::default();

@@ -250,7 +250,10 @@ impl Upstream {
 
     /// A fresh connection to `addr`: a tunnel when `expected` says the
     /// endpoint is in the mesh, else plain TCP. `src` is whom the tunnel
-    /// says it is for (`forwarded`).
+    /// says it is for (`forwarded`). Plain TCP is only ever reached for a
+    /// Service endpoint outside the mesh (as Istio's waypoint does: it has
+    /// no identity to pin): `target` refuses unenrolled pods as workload
+    /// destinations, and never lists a waypoint's pod or this process.
     pub async fn open(
         &self,
         addr: SocketAddr,

@@ -2,6 +2,7 @@
 //! and request consults (the view, the balancer, the upstream pools, the
 //! counters), the connection cap, and the drain.
 use std::{
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -26,6 +27,7 @@ use tracing::{Instrument, debug_span, info, warn};
 use crate::{
     balancer::Balancer,
     binding::Gateway,
+    target::OwnAddrs,
     telemetry::{Refusal, Telemetry},
     upstream::{Own, Upstream},
 };
@@ -79,6 +81,9 @@ pub struct Parts {
     /// tunnels' origin.
     pub pod_namespace: String,
     pub pod_name: String,
+    /// The addresses its listeners are bound to (HBONE, admin): never
+    /// destinations.
+    pub listens: Vec<SocketAddr>,
     pub identity: Identity,
     pub cert: CertWatch,
     pub bundle: TrustBundle,
@@ -98,6 +103,8 @@ pub struct Waypoint {
     pub balancer: Balancer,
     pub telemetry: Telemetry,
     pub upstream: Arc<Upstream>,
+    /// Its own pod and listeners, refused as destinations.
+    pub own: OwnAddrs,
     views: watch::Receiver<Published>,
     acceptor: Arc<Acceptor>,
     draining: watch::Sender<bool>,
@@ -116,6 +123,7 @@ impl Waypoint {
             gateway,
             pod_namespace,
             pod_name,
+            listens,
             identity,
             cert,
             bundle,
@@ -140,6 +148,10 @@ impl Waypoint {
                 handshake: limits.handshake_timeout,
             },
         };
+        let own_addrs = OwnAddrs {
+            pod: Some((pod_namespace.clone(), pod_name.clone())),
+            listens,
+        };
         let own = Own {
             namespace: pod_namespace,
             name: pod_name,
@@ -150,6 +162,7 @@ impl Waypoint {
         Ok(Arc::new(Self {
             upstream: Arc::new(Upstream::new(client, own, limits.connect_timeout)),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            own: own_addrs,
             gateway,
             identity,
             limits,

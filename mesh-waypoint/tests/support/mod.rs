@@ -486,10 +486,13 @@ impl Bed {
         if let Some(export) = export {
             tokio::spawn(export.run());
         }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let waypoint_addr = listener.local_addr().unwrap();
         let waypoint = Waypoint::new(Parts {
             gateway: "shop/wp".parse().unwrap(),
             pod_namespace: "shop".into(),
             pod_name: "wp-0".into(),
+            listens: vec![waypoint_addr],
             identity: wp_svid.identity.clone(),
             cert: wp_svid.cert.clone(),
             bundle: ca.bundle(),
@@ -505,8 +508,6 @@ impl Bed {
             telemetry,
         })
         .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let waypoint_addr = listener.local_addr().unwrap();
         let serve = {
             let wp = waypoint.clone();
             tokio::spawn(async move { wp.serve(listener).await })
