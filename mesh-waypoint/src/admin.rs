@@ -129,6 +129,7 @@ pub fn dump(wp: &Waypoint) -> serde_json::Value {
             let protocol = match crate::protocol::declared(port.app_protocol.as_deref(), &port.name)
             {
                 Declared::Known(p) => p.as_str(),
+                Declared::Http => "http",
                 Declared::Undeclared => "detect",
             };
             services.push(json!({

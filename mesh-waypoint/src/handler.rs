@@ -98,7 +98,24 @@ impl Handler for Waypoint {
         let mut io = H2Io::new(halves);
         let protocol = match stream.target.declared_protocol() {
             Declared::Known(p) => p,
-            Declared::Undeclared => detect(&mut io, self.limits.detect_timeout).await,
+            Declared::Http => {
+                detect(
+                    &mut io,
+                    self.limits.detect_timeout,
+                    protocol::sniff_http,
+                    Protocol::Http1,
+                )
+                .await
+            }
+            Declared::Undeclared => {
+                detect(
+                    &mut io,
+                    self.limits.detect_timeout,
+                    protocol::sniff,
+                    Protocol::Tcp,
+                )
+                .await
+            }
         };
         let context = Arc::new(stream);
         match protocol {
@@ -145,25 +162,31 @@ fn refused_connect(wp: &Waypoint, dst: SocketAddr, peer: SocketAddr, source: Par
     wp.telemetry.request(&rec, None);
 }
 
-/// Reads the client's first bytes until they say which protocol it is,
-/// within `protocol::DETECT_BYTES` and `wait`, and puts them back.
-pub async fn detect(io: &mut DownstreamIo, wait: Duration) -> Protocol {
+/// Reads the client's first bytes until `sniff` says which protocol it is,
+/// within `protocol::DETECT_BYTES` and `wait` (past them, or at the end of
+/// the stream, `otherwise`), and puts them back.
+pub async fn detect(
+    io: &mut DownstreamIo,
+    wait: Duration,
+    sniff: fn(&[u8]) -> Sniffed,
+    otherwise: Protocol,
+) -> Protocol {
     let mut first = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + wait;
     let protocol = loop {
-        if let Sniffed::Is(p) = protocol::sniff(&first) {
+        if let Sniffed::Is(p) = sniff(&first) {
             break p;
         }
         let room = protocol::DETECT_BYTES.saturating_sub(first.len());
         if room == 0 {
-            break protocol::decide(&first);
+            break otherwise;
         }
         let mut limited = (&mut *io).take(room as u64);
         match tokio::time::timeout_at(deadline, limited.read_buf(&mut first)).await {
             Ok(Ok(n)) if n > 0 => continue,
             // End of stream, a broken stream, or the deadline: what was
             // read decides (the relay meets a broken stream again).
-            _ => break protocol::decide(&first),
+            _ => break otherwise,
         }
     };
     io.unread(first.freeze());

@@ -30,6 +30,10 @@ impl Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Declared {
     Known(Protocol),
+    /// HTTP: HTTP/1.1, or HTTP/2 when the client opens with the
+    /// prior-knowledge preface (h2c, gRPC), as Envoy serves either on a
+    /// port declared `http`.
+    Http,
     /// Nothing said: detect.
     Undeclared,
 }
@@ -38,12 +42,16 @@ pub enum Declared {
 /// know) or, as Istio reads them, its name's prefix (`http-web`, `grpc`).
 pub fn declared(app_protocol: Option<&str>, port_name: &str) -> Declared {
     if let Some(p) = app_protocol.and_then(from_app_protocol) {
-        return Declared::Known(p);
+        return p;
     }
     let name = port_name.to_ascii_lowercase();
+    // gRPC-Web runs over HTTP/1.1 (and may over HTTP/2): not `grpc`.
+    if name == "grpc-web" || name.starts_with("grpc-web-") {
+        return Declared::Http;
+    }
     let prefix = name.split_once('-').map_or(name.as_str(), |(p, _)| p);
     match prefix {
-        "http" => Declared::Known(Protocol::Http1),
+        "http" => Declared::Http,
         "http2" | "grpc" => Declared::Known(Protocol::Http2),
         // TLS the waypoint cannot read, and protocols that are not HTTP.
         "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Declared::Known(Protocol::Tcp),
@@ -51,11 +59,11 @@ pub fn declared(app_protocol: Option<&str>, port_name: &str) -> Declared {
     }
 }
 
-fn from_app_protocol(value: &str) -> Option<Protocol> {
+fn from_app_protocol(value: &str) -> Option<Declared> {
     match value.to_ascii_lowercase().as_str() {
-        "http" | "kubernetes.io/ws" => Some(Protocol::Http1),
-        "kubernetes.io/h2c" | "http2" | "grpc" => Some(Protocol::Http2),
-        "tcp" | "tls" | "https" | "kubernetes.io/wss" => Some(Protocol::Tcp),
+        "http" | "grpc-web" | "kubernetes.io/ws" => Some(Declared::Http),
+        "kubernetes.io/h2c" | "http2" | "grpc" => Some(Declared::Known(Protocol::Http2)),
+        "tcp" | "tls" | "https" | "kubernetes.io/wss" => Some(Declared::Known(Protocol::Tcp)),
         _ => None,
     }
 }
@@ -121,6 +129,19 @@ pub fn sniff(first: &[u8]) -> Sniffed {
     }
 }
 
+/// Which HTTP a client of a port declared HTTP speaks: HTTP/2 when its
+/// first bytes are the prior-knowledge preface, else HTTP/1.1 (hyper then
+/// answers what does not parse with 400).
+pub fn sniff_http(first: &[u8]) -> Sniffed {
+    if first.starts_with(H2_PREFACE) {
+        Sniffed::Is(Protocol::Http2)
+    } else if H2_PREFACE.starts_with(first) {
+        Sniffed::NeedMore
+    } else {
+        Sniffed::Is(Protocol::Http1)
+    }
+}
+
 /// The final decision once reading has stopped (at the byte bound, at the
 /// deadline, or at the end of the stream).
 pub fn decide(first: &[u8]) -> Protocol {
@@ -142,7 +163,8 @@ mod tests {
     #[test]
     fn app_protocol_wins_over_the_port_name() {
         use Protocol::*;
-        assert_eq!(declared(Some("http"), "tcp-x"), Declared::Known(Http1));
+        assert_eq!(declared(Some("http"), "tcp-x"), Declared::Http);
+        assert_eq!(declared(Some("grpc-web"), "grpc"), Declared::Http);
         assert_eq!(
             declared(Some("kubernetes.io/h2c"), ""),
             Declared::Known(Http2)
@@ -160,9 +182,12 @@ mod tests {
     fn istio_port_name_prefixes() {
         use Protocol::*;
         for (name, want) in [
-            ("http", Declared::Known(Http1)),
-            ("http-web", Declared::Known(Http1)),
-            ("HTTP-web", Declared::Known(Http1)),
+            ("http", Declared::Http),
+            ("http-web", Declared::Http),
+            ("HTTP-web", Declared::Http),
+            ("grpc-web", Declared::Http),
+            ("grpc-web-api", Declared::Http),
+            ("grpc-webx", Declared::Known(Http2)),
             ("http2-api", Declared::Known(Http2)),
             ("grpc", Declared::Known(Http2)),
             ("grpc-api", Declared::Known(Http2)),
@@ -196,6 +221,26 @@ mod tests {
         assert_eq!(sniff(&more), Sniffed::Is(Protocol::Http2));
         assert_eq!(sniff(b"PRI * HTT"), Sniffed::NeedMore);
         assert_eq!(sniff(b""), Sniffed::NeedMore);
+    }
+
+    #[test]
+    fn a_declared_http_port_serves_http2_on_its_preface_and_http1_otherwise() {
+        assert_eq!(sniff_http(H2_PREFACE), Sniffed::Is(Protocol::Http2));
+        assert_eq!(sniff_http(b"PRI * HTTP/2.0"), Sniffed::NeedMore);
+        assert_eq!(sniff_http(b""), Sniffed::NeedMore);
+        for first in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"P",
+            b"PRI * HTTP/1.1\r\n",
+            b"\x16\x03",
+        ] {
+            let want = if first == b"P" {
+                Sniffed::NeedMore
+            } else {
+                Sniffed::Is(Protocol::Http1)
+            };
+            assert_eq!(sniff_http(first), want, "{first:?}");
+        }
     }
 
     #[test]

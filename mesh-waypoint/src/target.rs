@@ -367,10 +367,7 @@ spec:
             .map(|e| e.to_string())
             .collect();
         assert_eq!(eps, ["10.1.0.1:8080", "10.1.0.2:8080"]);
-        assert_eq!(
-            t.declared_protocol(),
-            Declared::Known(protocol::Protocol::Http1)
-        );
+        assert_eq!(t.declared_protocol(), Declared::Http);
     }
 
     #[test]

@@ -283,3 +283,28 @@ async fn an_unknown_authority_is_refused_404() {
         Some(2.0)
     );
 }
+
+/// A port declared `http-*` still serves an h2c client (gRPC, prior
+/// knowledge) as HTTP/2, as Envoy does, instead of answering it 400.
+#[tokio::test]
+async fn an_h2c_client_on_a_declared_http_port_is_served_http2() {
+    let bed = Bed::start(60).await;
+    let one = http_backend(bed.pod(1, 8080), "web-1", true).await;
+    let two = http_backend(bed.pod(2, 8080), "web-2", true).await;
+    let io = bed.stream(bed.vip(80)).await;
+    let (mut sender, conn) = within(
+        "HTTP/2 handshake",
+        http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get("http://web.shop.svc/hello")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = within("the response", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(one.load(Ordering::SeqCst) + two.load(Ordering::SeqCst), 1);
+}
