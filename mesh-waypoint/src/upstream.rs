@@ -3,7 +3,8 @@
 //! pinning the identity the view expects there; an endpoint outside the
 //! mesh gets plain TCP. HTTP connections are pooled per endpoint and
 //! identity (HTTP/1.1: idle connections kept for reuse; HTTP/2: one
-//! multiplexed connection), each inside its own tunnel, and the tunnels
+//! multiplexed connection), idle ones let go after 30 s and the whole pool
+//! capped, each inside its own tunnel, and the tunnels
 //! share pooled HBONE connections (`mesh_hbone::client`).
 use std::{
     collections::HashMap,
@@ -40,9 +41,16 @@ use crate::protocol::Protocol;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
+/// HTTP connections pooled at once, both kinds together: the keys are
+/// (endpoint, identity) and a workload target's port is the client's
+/// choice, so without a cap clients could make the waypoint hold one
+/// connection per port they name. Past it, the least recently used
+/// HTTP/2 connection is let go, and an HTTP/1.1 one is not kept.
+const MAX_POOLED: usize = 1024;
 /// An idle HTTP/1.1 connection older than this is not reused (servers
 /// commonly close theirs after 60 s or more; reusing one just as it closes
-/// fails the request).
+/// fails the request). An HTTP/2 connection no request has used for this
+/// long is let go too (its open streams finish on it).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// HTTP/2 keepalive to endpoints: a dead peer is noticed within this and
 /// the timeout below.
@@ -219,6 +227,30 @@ struct IdleH1 {
     sender: http1::SendRequest<CountedBody>,
 }
 
+/// A pooled HTTP/2 connection and when a request last took it.
+struct PooledH2 {
+    last_used: Instant,
+    sender: http2::SendRequest<CountedBody>,
+}
+
+/// Whether a connection last used at `last_used` has been idle too long.
+fn expired(last_used: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(last_used) >= IDLE_TIMEOUT
+}
+
+/// Which HTTP/2 connections to let go, least recently used first, so that
+/// one more fits under `cap` beside `others` pooled HTTP/1.1 connections.
+fn to_evict<K: Clone>(
+    last_used: impl Iterator<Item = (K, Instant)>,
+    others: usize,
+    cap: usize,
+) -> Vec<K> {
+    let mut by_age: Vec<(K, Instant)> = last_used.collect();
+    let over = (by_age.len() + others + 1).saturating_sub(cap);
+    by_age.sort_by_key(|(_, t)| *t);
+    by_age.into_iter().take(over).map(|(k, _)| k).collect()
+}
+
 /// The upstream side of the waypoint.
 pub struct Upstream {
     hbone: Client,
@@ -226,7 +258,7 @@ pub struct Upstream {
     key: String,
     connect_timeout: Duration,
     h1_idle: Mutex<HashMap<Key, Vec<IdleH1>>>,
-    h2: Mutex<HashMap<Key, http2::SendRequest<CountedBody>>>,
+    h2: Mutex<HashMap<Key, PooledH2>>,
     /// Single flight per endpoint for new HTTP/2 connections.
     h2_connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -330,9 +362,10 @@ impl Upstream {
             }
             let Some(this) = this.upgrade() else { return };
             let mut idle = this.h1_idle.lock().unwrap();
+            let pooled = idle.values().map(Vec::len).sum::<usize>() + this.h2.lock().unwrap().len();
             let list = idle.entry(key).or_default();
             list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
-            if list.len() < MAX_IDLE_PER_ENDPOINT {
+            if list.len() < MAX_IDLE_PER_ENDPOINT && pooled < MAX_POOLED {
                 list.push(IdleH1 {
                     since: Instant::now(),
                     sender,
@@ -406,12 +439,11 @@ impl Upstream {
         key: &Key,
         src: SocketAddr,
     ) -> Result<http2::SendRequest<CountedBody>, UpstreamError> {
-        let pooled = |h2: &Mutex<HashMap<Key, http2::SendRequest<CountedBody>>>| {
-            h2.lock()
-                .unwrap()
-                .get(key)
-                .filter(|s| !s.is_closed())
-                .cloned()
+        let pooled = |h2: &Mutex<HashMap<Key, PooledH2>>| {
+            let mut h2 = h2.lock().unwrap();
+            let p = h2.get_mut(key).filter(|p| !p.sender.is_closed())?;
+            p.last_used = Instant::now();
+            Some(p.sender.clone())
         };
         if let Some(s) = pooled(&self.h2) {
             return Ok(s);
@@ -444,8 +476,40 @@ impl Upstream {
                 debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        self.h2.lock().unwrap().insert(key.clone(), sender.clone());
+        self.pool_h2(key.clone(), sender.clone());
         Ok(sender)
+    }
+
+    /// Keeps `sender` for the next requests to `key`, letting the least
+    /// recently used HTTP/2 connections go when the pool is full.
+    fn pool_h2(&self, key: Key, sender: http2::SendRequest<CountedBody>) {
+        let h1 = self.h1_idle.lock().unwrap().values().map(Vec::len).sum();
+        let mut h2 = self.h2.lock().unwrap();
+        h2.remove(&key);
+        let evict = to_evict(
+            h2.iter().map(|(k, p)| (k.clone(), p.last_used)),
+            h1,
+            MAX_POOLED,
+        );
+        if !evict.is_empty() {
+            debug!(
+                evicted = evict.len(),
+                limit = MAX_POOLED,
+                "upstream pool full: least recently used HTTP/2 connections let go"
+            );
+        }
+        for k in &evict {
+            h2.remove(k);
+        }
+        if h2.len() + h1 < MAX_POOLED {
+            h2.insert(
+                key,
+                PooledH2 {
+                    last_used: Instant::now(),
+                    sender,
+                },
+            );
+        }
     }
 
     async fn send_h2(
@@ -496,7 +560,11 @@ impl Upstream {
             list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
             !list.is_empty()
         });
-        self.h2.lock().unwrap().retain(|_, s| !s.is_closed());
+        let now = Instant::now();
+        self.h2
+            .lock()
+            .unwrap()
+            .retain(|_, p| !p.sender.is_closed() && !expired(p.last_used, now));
         self.h2_connecting
             .lock()
             .unwrap()
@@ -507,6 +575,41 @@ impl Upstream {
     /// Closes every idle connection: for the drain.
     pub fn close_idle(&self) {
         self.h1_idle.lock().unwrap().clear();
+        let now = Instant::now();
+        self.h2
+            .lock()
+            .unwrap()
+            .retain(|_, p| !p.sender.is_closed() && !expired(p.last_used, now));
         self.hbone.pool.close_idle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http2_connection_unused_for_the_idle_timeout_expires() {
+        let now = Instant::now() + IDLE_TIMEOUT * 2;
+        assert!(expired(now - IDLE_TIMEOUT, now));
+        assert!(!expired(now - IDLE_TIMEOUT + Duration::from_millis(1), now));
+        // A clock read before the connection's last use is not idleness.
+        assert!(!expired(now + Duration::from_secs(1), now));
+    }
+
+    #[test]
+    fn a_full_pool_lets_the_least_recently_used_go() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let pooled = [("c", at(3)), ("a", at(1)), ("b", at(2))];
+        // Room for one more: nothing goes.
+        assert!(to_evict(pooled.into_iter(), 0, 4).is_empty());
+        // Full: the oldest goes.
+        assert_eq!(to_evict(pooled.into_iter(), 0, 3), ["a"]);
+        // HTTP/1.1 connections count too.
+        assert_eq!(to_evict(pooled.into_iter(), 1, 3), ["a", "b"]);
+        // More HTTP/1.1 than the cap: every HTTP/2 one goes, and the new
+        // one is not kept (the caller checks).
+        assert_eq!(to_evict(pooled.into_iter(), 5, 3), ["a", "b", "c"]);
     }
 }
