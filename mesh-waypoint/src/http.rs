@@ -9,10 +9,10 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -28,13 +28,17 @@ use mesh_telemetry::{
     request::{GrpcStatus, RequestRecord, ResponseFlag},
     trace::SpanContext,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::OwnedSemaphorePermit,
+};
 use tracing::{debug, warn};
 
 use crate::{
     balancer::InFlight,
     handler::StreamContext,
     headers,
+    idle::{self, End},
     protocol::Protocol,
     record,
     spans::{Attempt, RequestTrace},
@@ -53,19 +57,26 @@ pub async fn serve<I>(wp: Arc<Waypoint>, io: I, protocol: Protocol, ctx: Arc<Str
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let active = Arc::new(AtomicUsize::new(0));
     let service = {
-        let (wp, ctx) = (wp.clone(), ctx.clone());
+        let (wp, ctx, active) = (wp.clone(), ctx.clone(), active.clone());
         service_fn(move |request| {
             let (wp, ctx) = (wp.clone(), ctx.clone());
-            async move { Ok::<_, Infallible>(proxy(wp, ctx, protocol, request).await) }
+            let active = Active::new(active.clone());
+            async move { Ok::<_, Infallible>(proxy(wp, ctx, protocol, request, active).await) }
         })
     };
     let mut draining = wp.draining();
+    let idle = wp.limits.http_idle_timeout;
     let io = TokioIo::new(io);
     let result = match protocol {
         Protocol::Http2 => {
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                // A client gone without a word (its node lost) is noticed
+                // within these, as on the upstream side.
+                .keep_alive_interval(H2_KEEPALIVE)
+                .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
                 .max_concurrent_streams(wp.limits.max_concurrent_streams)
                 // A client's header block is bounded as on the HBONE
                 // listener itself (a CONTINUATION flood ends the stream).
@@ -75,6 +86,11 @@ where
             tokio::select! {
                 done = &mut conn => done,
                 () = drained(&mut draining) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = idle_for(&active, idle) => {
+                    debug!(authority = %ctx.dst, idle_s = idle.as_secs_f32(), "downstream HTTP connection idle: closed");
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -91,6 +107,11 @@ where
             tokio::select! {
                 done = &mut conn => done,
                 () = drained(&mut draining) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = idle_for(&active, idle) => {
+                    debug!(authority = %ctx.dst, idle_s = idle.as_secs_f32(), "downstream HTTP connection idle: closed");
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -121,6 +142,43 @@ where
             );
         } else {
             debug!(authority = %ctx.dst, error = %e, "downstream HTTP connection ended");
+        }
+    }
+}
+
+/// HTTP/2 keepalive to clients: a dead peer is noticed within the interval
+/// and the timeout.
+const H2_KEEPALIVE: Duration = Duration::from_secs(10);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One request open on a downstream connection, for its idle close.
+pub struct Active(Arc<AtomicUsize>);
+
+impl Active {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Resolves once no request has been open on the connection for `idle`
+/// (looked at every quarter of it).
+async fn idle_for(active: &AtomicUsize, idle: Duration) {
+    let mut check = tokio::time::interval(idle / 4);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut since: Option<tokio::time::Instant> = None;
+    loop {
+        let now = check.tick().await;
+        if active.load(Ordering::Acquire) > 0 {
+            since = None;
+        } else if now.duration_since(*since.get_or_insert(now)) >= idle {
+            return;
         }
     }
 }
@@ -192,6 +250,10 @@ struct Open {
     record: RequestRecord,
     trace: RequestTrace,
     started: Instant,
+    /// Held until the record is written: the request counts as open on
+    /// its connection, and against `Limits::max_requests`.
+    _active: Active,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Open {
@@ -233,6 +295,7 @@ async fn proxy(
     ctx: Arc<StreamContext>,
     protocol: Protocol,
     mut request: Request<Incoming>,
+    active: Active,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let view = wp.view();
@@ -257,7 +320,21 @@ async fn proxy(
         record,
         trace: RequestTrace::new(server),
         started,
+        _active: active,
+        permit: None,
     };
+    match wp.requests.clone().try_acquire_owned() {
+        Ok(permit) => open.permit = Some(permit),
+        Err(_) => {
+            if wp.should_log() {
+                warn!(authority = %authority, limit = wp.limits.max_requests, "the waypoint holds its limit of requests in flight (503 UO)");
+            }
+            return open.local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::UpstreamOverflow,
+            );
+        }
+    }
     let upgrade = protocol == Protocol::Http1 && headers::is_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
@@ -391,12 +468,19 @@ async fn tunnel(
     match tokio::try_join!(downstream, upstream) {
         Ok((down, up)) => {
             let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-            match tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                Ok((sent, received)) => {
-                    open.record.request_bytes = sent;
-                    open.record.response_bytes = received;
+            let idle = open.wp.limits.stream_idle_timeout;
+            let relayed = idle::relay(&mut down, &mut up, idle).await;
+            open.record.request_bytes = relayed.from_a;
+            open.record.response_bytes = relayed.from_b;
+            match relayed.end {
+                End::Done => {}
+                End::Idle => {
+                    debug!(authority = %open.record.authority, idle_s = idle.as_secs_f32(), "upgraded connection idle: closed (SI)");
+                    open.record
+                        .response_flags
+                        .insert(ResponseFlag::StreamIdleTimeout);
                 }
-                Err(e) => {
+                End::Failed(e) => {
                     debug!(authority = %open.record.authority, error = %e, "upgraded connection broke");
                     open.record
                         .response_flags

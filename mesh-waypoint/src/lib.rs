@@ -17,6 +17,7 @@ pub mod binding;
 pub mod handler;
 pub mod headers;
 pub mod http;
+pub mod idle;
 pub mod protocol;
 pub mod record;
 pub mod run;

@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use crate::{
     access::TcpStreamEnd,
     handler::{DownstreamIo, StreamContext},
+    idle::{self, End},
     record,
     waypoint::Waypoint,
 };
@@ -48,6 +49,7 @@ fn flags_label(flags: ResponseFlags) -> &'static str {
         ResponseFlag::NoHealthyUpstream,
         ResponseFlag::UpstreamConnectionFailure,
         ResponseFlag::UpstreamRemoteReset,
+        ResponseFlag::StreamIdleTimeout,
     ]
     .into_iter()
     .find(|f| flags.contains(*f))
@@ -101,18 +103,27 @@ pub async fn relay(wp: Arc<Waypoint>, mut io: DownstreamIo, ctx: Arc<StreamConte
         Some((mut upstream, _place)) => {
             wp.telemetry
                 .tcp_opened(&labels(&ctx, &destination, ResponseFlags::NONE));
-            match tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
-                Ok((to_upstream, from_upstream)) => {
-                    received = to_upstream;
-                    sent = from_upstream;
+            let idle = wp.limits.tcp_idle_timeout;
+            let relayed = idle::relay(&mut io, &mut upstream, idle).await;
+            received = relayed.from_a;
+            sent = relayed.from_b;
+            let reset = match relayed.end {
+                End::Done => false,
+                End::Idle => {
+                    debug!(authority = %ctx.dst, idle_s = idle.as_secs_f32(), "TCP stream idle: closed (SI)");
+                    flags.insert(ResponseFlag::StreamIdleTimeout);
+                    true
                 }
-                Err(e) => {
+                End::Failed(e) => {
                     debug!(authority = %ctx.dst, error = %e, "TCP stream broke");
                     flags.insert(ResponseFlag::UpstreamRemoteReset);
-                    io.reset(Reason::CANCEL);
-                    if let crate::upstream::UpstreamIo::Plain(tcp) = upstream {
-                        mesh_hbone::relay::reset(tcp);
-                    }
+                    true
+                }
+            };
+            if reset {
+                io.reset(Reason::CANCEL);
+                if let crate::upstream::UpstreamIo::Plain(tcp) = upstream {
+                    mesh_hbone::relay::reset(tcp);
                 }
             }
         }

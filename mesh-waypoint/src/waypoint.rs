@@ -54,7 +54,28 @@ pub struct Limits {
     pub drain_grace: Duration,
     /// What stuck tunnel streams may hold together.
     pub buffer_budget_bytes: usize,
+    /// Requests in flight to endpoints at once, over every connection;
+    /// past it, 503 `UO` (Envoy's circuit breaker `max_requests`).
+    pub max_requests: usize,
+    /// A downstream HTTP connection with no request open this long is
+    /// closed (gracefully: GOAWAY on HTTP/2).
+    pub http_idle_timeout: Duration,
+    /// An upgraded connection (WebSocket) with no byte either way this
+    /// long is closed (`SI`).
+    pub stream_idle_timeout: Duration,
+    /// A relayed TCP stream with no byte either way this long is closed.
+    pub tcp_idle_timeout: Duration,
 }
+
+/// Envoy's default circuit breaker `max_requests`.
+pub const MAX_REQUESTS: usize = 1024;
+/// As the HBONE listener's idle close: the connection below an idle HTTP
+/// connection is an open HBONE stream, which that close never sees.
+pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Envoy's `stream_idle_timeout` default, which covers upgraded streams.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Envoy's TCP proxy `idle_timeout` default, what Istio's waypoint uses.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -69,6 +90,10 @@ impl Default for Limits {
             max_concurrent_streams: 1000,
             drain_grace: agent.drain_grace,
             buffer_budget_bytes: agent.buffer_budget_bytes,
+            max_requests: MAX_REQUESTS,
+            http_idle_timeout: HTTP_IDLE_TIMEOUT,
+            stream_idle_timeout: STREAM_IDLE_TIMEOUT,
+            tcp_idle_timeout: TCP_IDLE_TIMEOUT,
         }
     }
 }
@@ -109,6 +134,8 @@ pub struct Waypoint {
     acceptor: Arc<Acceptor>,
     draining: watch::Sender<bool>,
     connections: Arc<Semaphore>,
+    /// Requests in flight to endpoints (`Limits::max_requests`).
+    pub requests: Arc<Semaphore>,
     last_log: Mutex<Option<Instant>>,
 }
 
@@ -162,6 +189,7 @@ impl Waypoint {
         Ok(Arc::new(Self {
             upstream: Arc::new(Upstream::new(client, own, limits.connect_timeout)),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            requests: Arc::new(Semaphore::new(limits.max_requests)),
             own: own_addrs,
             gateway,
             identity,

@@ -436,6 +436,8 @@ impl AccessLog for Lines {
 pub struct Options {
     pub response_timeout: Duration,
     pub otlp: Option<ExporterConfig>,
+    /// Changes to the waypoint's limits beyond the bed's own.
+    pub limits: fn(&mut Limits),
 }
 
 impl Default for Options {
@@ -443,6 +445,7 @@ impl Default for Options {
         Self {
             response_timeout: WAIT,
             otlp: None,
+            limits: |_| {},
         }
     }
 }
@@ -488,6 +491,14 @@ impl Bed {
         }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let waypoint_addr = listener.local_addr().unwrap();
+        let mut limits = Limits {
+            handshake_timeout: WAIT,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: options.response_timeout,
+            detect_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        };
+        (options.limits)(&mut limits);
         let waypoint = Waypoint::new(Parts {
             gateway: "shop/wp".parse().unwrap(),
             pod_namespace: "shop".into(),
@@ -498,13 +509,7 @@ impl Bed {
             bundle: ca.bundle(),
             views,
             dial: Arc::new(MapDial { map, default: None }),
-            limits: Limits {
-                handshake_timeout: WAIT,
-                connect_timeout: Duration::from_secs(2),
-                response_timeout: options.response_timeout,
-                detect_timeout: Duration::from_secs(2),
-                ..Limits::default()
-            },
+            limits,
             telemetry,
         })
         .unwrap();
