@@ -1,0 +1,23 @@
+//! Gateway API routes for the mesh (GAMMA: an HTTPRoute or GRPCRoute whose
+//! parent is a Service), as pure types and decisions.
+//!
+//! `spec` is the object as the API serves it; `compile` checks one route and
+//! turns it into typed rules (or a `RouteError` naming the field, which the
+//! route's status reports as not Accepted); `table` orders every rule attached
+//! to one Service port by Gateway API's precedence; `matcher` finds the rule
+//! for a request; `split`, `redirect`, `rewrite` and `headers` compute what
+//! the chosen rule does. Nothing here does I/O.
+
+pub mod compile;
+pub mod duration;
+pub mod headers;
+pub mod matcher;
+pub mod redirect;
+pub mod rewrite;
+pub mod spec;
+pub mod split;
+pub mod table;
+
+pub use compile::{CompiledRoute, RouteError, compile_grpc_route, compile_http_route};
+pub use matcher::{Matched, Request};
+pub use table::RouteTable;
