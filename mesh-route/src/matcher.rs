@@ -422,6 +422,32 @@ mod tests {
     }
 
     #[test]
+    fn conformance_grpc_exact_method_matching() {
+        // conformance/tests/grpcroute-exact-method-matching.yaml and .go
+        // (kubernetes-sigs/gateway-api): EchoThree matches nothing.
+        let t = grpc_table(
+            r#"{"rules":[
+              {"matches":[{"method":{"service":"gateway_api_conformance.grpc_echo.grpcecho.GrpcEcho","method":"Echo"}}],
+               "backendRefs":[{"name":"grpc-infra-backend-v1","port":8080}]},
+              {"matches":[{"method":{"service":"gateway_api_conformance.grpc_echo.grpcecho.GrpcEcho","method":"EchoTwo"}}],
+               "backendRefs":[{"name":"grpc-infra-backend-v2","port":8080}]}]}"#,
+        );
+        let call = |m: &'static str| req(m).method(Method::POST).backend(&t);
+        assert_eq!(
+            call("/gateway_api_conformance.grpc_echo.grpcecho.GrpcEcho/Echo").as_deref(),
+            Some("grpc-infra-backend-v1")
+        );
+        assert_eq!(
+            call("/gateway_api_conformance.grpc_echo.grpcecho.GrpcEcho/EchoTwo").as_deref(),
+            Some("grpc-infra-backend-v2")
+        );
+        assert_eq!(
+            call("/gateway_api_conformance.grpc_echo.grpcecho.GrpcEcho/EchoThree"),
+            None
+        );
+    }
+
+    #[test]
     fn grpc_matching() {
         let t = grpc_table(
             r#"{"rules":[
