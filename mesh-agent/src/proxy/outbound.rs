@@ -138,20 +138,7 @@ async fn handle(
             Upstream::Local(target_pod, outcome) => {
                 inbound::deliver(downstream, conn, outcome, &target_pod, &state).await;
             }
-            Upstream::Tunnel(tunnel) => {
-                conn.trace_id = Some(tunnel.trace_id.clone());
-                let mesh_hbone::client::Tunnel {
-                    send,
-                    recv,
-                    early,
-                    budget,
-                    ..
-                } = tunnel;
-                conn.opened();
-                conn.closed(
-                    &mesh_hbone::stream::relay(downstream, send, recv, early, &budget).await,
-                );
-            }
+            Upstream::Tunnel(tunnel) => relay_tunnel(downstream, &mut conn, tunnel).await,
             Upstream::Plain(mut upstream) => {
                 conn.opened();
                 conn.closed(&pod.relay.relay(&mut downstream, &mut upstream).await);
@@ -164,6 +151,25 @@ async fn handle(
         conn.connect_failed(&e);
     }
     relay::reset(downstream);
+}
+
+/// Relays an app's connection through an open tunnel, and tells the
+/// connection's end.
+async fn relay_tunnel(
+    downstream: TcpStream,
+    conn: &mut Connection<'_>,
+    tunnel: mesh_hbone::client::Tunnel,
+) {
+    conn.trace_id = Some(tunnel.trace_id.clone());
+    let mesh_hbone::client::Tunnel {
+        send,
+        recv,
+        early,
+        budget,
+        ..
+    } = tunnel;
+    conn.opened();
+    conn.closed(&mesh_hbone::stream::relay(downstream, send, recv, early, &budget).await);
 }
 
 /// Tunnels the connection to one of the waypoint's pods (each tried in
@@ -200,18 +206,7 @@ async fn through_waypoint(
             .await
         {
             Ok(tunnel) => {
-                conn.trace_id = Some(tunnel.trace_id.clone());
-                let mesh_hbone::client::Tunnel {
-                    send,
-                    recv,
-                    early,
-                    budget,
-                    ..
-                } = tunnel;
-                conn.opened();
-                conn.closed(
-                    &mesh_hbone::stream::relay(downstream, send, recv, early, &budget).await,
-                );
+                relay_tunnel(downstream, &mut conn, tunnel).await;
                 drop(load);
                 return;
             }
