@@ -250,25 +250,7 @@ mod tests {
                 .unwrap();
             (send, request.into_body())
         });
-        let (sender, conn) = h2::client::Builder::new()
-            .initial_window_size(window)
-            .initial_connection_window_size(window)
-            .handshake::<_, Bytes>(client_io)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let request = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri("10.0.0.1:80")
-            .body(())
-            .unwrap();
-        let (response, send) = sender
-            .ready()
-            .await
-            .unwrap()
-            .send_request(request, false)
-            .unwrap();
-        let recv = response.await.unwrap().into_body();
+        let (send, recv) = crate::testing::connect(client_io, window).await;
         ((send, recv), server.await.unwrap())
     }
 

@@ -11,6 +11,8 @@ pub mod relay;
 pub mod request;
 pub mod server;
 pub mod stream;
+#[cfg(test)]
+mod testing;
 
 use std::time::Duration;
 

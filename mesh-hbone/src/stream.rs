@@ -361,25 +361,7 @@ mod tests {
                 }
             }
         });
-        let (sender, conn) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW_FOR_TEST)
-            .initial_connection_window_size(STREAM_WINDOW_FOR_TEST)
-            .handshake::<_, Bytes>(client_io)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let request = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri("10.0.0.1:80")
-            .body(())
-            .unwrap();
-        let (response, send) = sender
-            .ready()
-            .await
-            .unwrap()
-            .send_request(request, false)
-            .unwrap();
-        let recv = response.await.unwrap().into_body();
+        let (send, recv) = crate::testing::connect(client_io, STREAM_WINDOW_FOR_TEST).await;
         let budget = BufferBudget::new(1024 * 1024);
         let result = tokio::time::timeout(
             Duration::from_secs(20),
