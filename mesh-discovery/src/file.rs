@@ -1,5 +1,6 @@
 //! The Kubernetes objects of a local-mode file (Namespace, Pod, Service,
-//! EndpointSlice, AuthorizationPolicy, PeerAuthentication, Gateway) in their usual
+//! EndpointSlice, AuthorizationPolicy, PeerAuthentication, Gateway,
+//! HTTPRoute, GRPCRoute, ReferenceGrant) in their usual
 //! shape, plus one document of the program's own kind. Errors name the file, the line and
 //! the field.
 use std::{
@@ -136,7 +137,7 @@ fn invalid_at(file: &Path, line: usize, field: String, problem: impl Into<String
 }
 
 /// The Kubernetes kinds a local file may hold.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 11] = [
     "Namespace",
     "Node",
     "Pod",
@@ -145,6 +146,9 @@ pub const KINDS: [&str; 8] = [
     "AuthorizationPolicy",
     "PeerAuthentication",
     "Gateway",
+    "HTTPRoute",
+    "GRPCRoute",
+    "ReferenceGrant",
 ];
 
 /// What a policy document that cannot be read or enforced does to the file.
@@ -448,6 +452,37 @@ pub fn parse_with(
                 gw.namespace = namespace.clone();
                 store.gateways.apply(key, gw);
             }
+            "HTTPRoute" => {
+                let mut route: mesh_route::spec::HttpRoute = doc.typed(value, file, &what)?;
+                route.metadata.namespace = Some(namespace.clone());
+                let compiled = mesh_route::compile_http_route(&route).map_err(|e| {
+                    invalid_at(
+                        file,
+                        doc.line,
+                        format!("{what}: {}", e.field),
+                        e.problem.to_string(),
+                    )
+                })?;
+                store.http_routes.apply(key, compiled);
+            }
+            "GRPCRoute" => {
+                let mut route: mesh_route::spec::GrpcRoute = doc.typed(value, file, &what)?;
+                route.metadata.namespace = Some(namespace.clone());
+                let compiled = mesh_route::compile_grpc_route(&route).map_err(|e| {
+                    invalid_at(
+                        file,
+                        doc.line,
+                        format!("{what}: {}", e.field),
+                        e.problem.to_string(),
+                    )
+                })?;
+                store.grpc_routes.apply(key, compiled);
+            }
+            "ReferenceGrant" => {
+                let mut grant: mesh_route::grant::ReferenceGrant = doc.typed(value, file, &what)?;
+                grant.metadata.namespace = Some(namespace.clone());
+                store.reference_grants.apply(key, grant);
+            }
             _ => unreachable!("kinds are checked above"),
         }
     }
@@ -544,5 +579,37 @@ mod tests {
             problem.contains("19500 bytes") && problem.contains("16384"),
             "{problem}"
         );
+    }
+
+    const SERVICE: &str = "kind: Service\nmetadata: {name: echo, namespace: mesh}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}\n";
+
+    #[test]
+    fn routes_and_grants_are_read_and_compiled() {
+        let text = format!(
+            "kind: AgentConfig\n---\n{SERVICE}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: mesh}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: echo, port: 80}}]\n  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]\n---\nkind: GRPCRoute\nmetadata: {{name: r, namespace: mesh}}\nspec: {{parentRefs: [{{group: \"\", kind: Service, name: echo}}]}}\n---\nkind: ReferenceGrant\nmetadata: {{name: g, namespace: mesh}}\nspec: {{from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: other}}], to: [{{group: \"\", kind: Service}}]}}\n"
+        );
+        let (store, _) = parse(Path::new("f.yaml"), &text, "AgentConfig").unwrap();
+        let http = store.http_routes.get("mesh/r").unwrap();
+        assert_eq!(http.id.to_string(), "mesh/r");
+        assert_eq!(http.rules[0].backends[0].target.name, "echo");
+        assert!(store.grpc_routes.get("mesh/r").is_some());
+        assert!(store.reference_grants.get("mesh/g").is_some());
+    }
+
+    #[test]
+    fn a_route_that_does_not_compile_refuses_the_file_naming_line_and_field() {
+        let text = format!(
+            "kind: AgentConfig\n---\n{SERVICE}---\nkind: HTTPRoute\nmetadata: {{name: bad, namespace: mesh}}\nspec:\n  rules:\n  - matches: [{{path: {{type: RegularExpression, value: \"(\"}}}}]\n"
+        );
+        let e = parse(Path::new("f.yaml"), &text, "AgentConfig").unwrap_err();
+        let ConfigError::Invalid { line, field, .. } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(*line, 7);
+        assert_eq!(
+            field,
+            "HTTPRoute mesh/bad: spec.rules[0].matches[0].path.value"
+        );
+        assert!(e.to_string().contains("regular expression"), "{e}");
     }
 }

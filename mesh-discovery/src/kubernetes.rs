@@ -62,9 +62,12 @@ enum Change {
     Authorization(Box<watcher::Event<DynamicObject>>),
     PeerAuthentication(Box<watcher::Event<DynamicObject>>),
     Gateway(Box<watcher::Event<DynamicObject>>),
+    HttpRoute(Box<watcher::Event<DynamicObject>>),
+    GrpcRoute(Box<watcher::Event<DynamicObject>>),
+    ReferenceGrant(Box<watcher::Event<DynamicObject>>),
 }
 
-const KINDS: usize = 7;
+const KINDS: usize = 10;
 
 fn watch<K>(
     client: &Client,
@@ -252,6 +255,52 @@ pub fn convert_gateway(o: &DynamicObject) -> Result<crate::model::Gateway, conve
     convert::gateway(&object)
 }
 
+/// A Gateway API kind, watched untyped like Gateways.
+pub fn gateway_api_resource(version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: version.into(),
+        api_version: format!("gateway.networking.k8s.io/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// A listed object as `T` (`metadata` and `spec`, which is all the route
+/// and grant types read).
+fn from_dynamic<T: DeserializeOwned>(o: &DynamicObject) -> Result<T, convert::Invalid> {
+    let value = serde_json::json!({
+        "metadata": o.metadata,
+        "spec": o.data.get("spec").cloned().unwrap_or_default(),
+    });
+    serde_json::from_value(value).map_err(|e| convert::Invalid {
+        field: "spec".into(),
+        problem: e.to_string(),
+    })
+}
+
+/// An HTTPRoute, compiled. One that does not compile is left out here and
+/// reported in its status by the route controller.
+pub fn convert_http_route(
+    o: &DynamicObject,
+) -> Result<mesh_route::CompiledRoute, convert::Invalid> {
+    let route: mesh_route::spec::HttpRoute = from_dynamic(o)?;
+    mesh_route::compile_http_route(&route).map_err(|e| convert::Invalid {
+        field: e.field,
+        problem: e.problem.to_string(),
+    })
+}
+
+pub fn convert_grpc_route(
+    o: &DynamicObject,
+) -> Result<mesh_route::CompiledRoute, convert::Invalid> {
+    let route: mesh_route::spec::GrpcRoute = from_dynamic(o)?;
+    mesh_route::compile_grpc_route(&route).map_err(|e| convert::Invalid {
+        field: e.field,
+        problem: e.problem.to_string(),
+    })
+}
+
 #[derive(Default)]
 struct Watchers {
     store: Store,
@@ -262,6 +311,9 @@ struct Watchers {
     authorization: KindState<CompiledPolicy>,
     peer_authentication: KindState<mesh_policy::PeerAuthentication>,
     gateways: KindState<crate::model::Gateway>,
+    http_routes: KindState<mesh_route::CompiledRoute>,
+    grpc_routes: KindState<mesh_route::CompiledRoute>,
+    reference_grants: KindState<mesh_route::grant::ReferenceGrant>,
     /// Kinds the API server does not serve (their CRD is not installed).
     /// Policy kinds never count as absent for enforcement (see `policy_sync`).
     absent: [bool; KINDS],
@@ -279,6 +331,9 @@ impl Watchers {
             self.authorization.synced,
             self.peer_authentication.synced,
             self.gateways.synced,
+            self.http_routes.synced,
+            self.grpc_routes.synced,
+            self.reference_grants.synced,
         ];
         synced.iter().zip(self.absent).all(|(s, a)| *s || a)
     }
@@ -357,6 +412,30 @@ impl Watchers {
                 ns_name,
                 convert_gateway,
             ),
+            Ok(Change::HttpRoute(e)) => apply(
+                *e,
+                "HTTPRoute",
+                &mut s.http_routes,
+                &mut self.http_routes,
+                ns_name,
+                convert_http_route,
+            ),
+            Ok(Change::GrpcRoute(e)) => apply(
+                *e,
+                "GRPCRoute",
+                &mut s.grpc_routes,
+                &mut self.grpc_routes,
+                ns_name,
+                convert_grpc_route,
+            ),
+            Ok(Change::ReferenceGrant(e)) => apply(
+                *e,
+                "ReferenceGrant",
+                &mut s.reference_grants,
+                &mut self.reference_grants,
+                ns_name,
+                from_dynamic,
+            ),
             Err(e) if index == AUTHZ || index == PEER => {
                 let synced = match index {
                     AUTHZ => self.authorization.synced,
@@ -415,6 +494,9 @@ const KIND_NAMES: [&str; KINDS] = [
     "AuthorizationPolicy",
     "PeerAuthentication",
     "Gateway",
+    "HTTPRoute",
+    "GRPCRoute",
+    "ReferenceGrant",
 ];
 
 fn all_watches(
@@ -444,6 +526,24 @@ fn all_watches(
             gateway_resource(),
             |e| Change::Gateway(Box::new(e)),
             GATEWAY,
+        ),
+        watch_untyped(
+            client,
+            gateway_api_resource("v1", "HTTPRoute", "httproutes"),
+            |e| Change::HttpRoute(Box::new(e)),
+            7,
+        ),
+        watch_untyped(
+            client,
+            gateway_api_resource("v1", "GRPCRoute", "grpcroutes"),
+            |e| Change::GrpcRoute(Box::new(e)),
+            8,
+        ),
+        watch_untyped(
+            client,
+            gateway_api_resource("v1beta1", "ReferenceGrant", "referencegrants"),
+            |e| Change::ReferenceGrant(Box::new(e)),
+            9,
         ),
     ])
 }

@@ -108,6 +108,15 @@ pub struct Store {
     /// Gateway API Gateways of any class, by `<namespace>/<name>`; the
     /// view keeps those of the waypoint class.
     pub gateways: Collection<Gateway>,
+    /// Gateway API HTTPRoutes, compiled, by `<namespace>/<name>`. A route
+    /// that does not compile is ignored here (absent, counted) and
+    /// reported in its status.
+    pub http_routes: Collection<mesh_route::CompiledRoute>,
+    /// GRPCRoutes, likewise.
+    pub grpc_routes: Collection<mesh_route::CompiledRoute>,
+    /// ReferenceGrants by `<namespace>/<name>`: which routes may send to
+    /// Services in their namespace.
+    pub reference_grants: Collection<mesh_route::grant::ReferenceGrant>,
     /// Node name → addresses. Local files only: they tell `mesh status`
     /// where the other nodes' agents are (the agent itself needs no Nodes).
     pub nodes: Collection<Vec<std::net::IpAddr>>,
@@ -126,6 +135,7 @@ pub struct StoreSizes {
     pub authorization_policies: usize,
     pub peer_authentications: usize,
     pub gateways: usize,
+    pub routes: usize,
     /// Objects of any kind that exist but could not be used (each logged).
     pub ignored: usize,
 }
@@ -140,13 +150,17 @@ impl Store {
             authorization_policies: self.authorization.len(),
             peer_authentications: self.peer_authentication.len(),
             gateways: self.gateways.len(),
+            routes: self.http_routes.len() + self.grpc_routes.len(),
             ignored: self.pods.ignored()
                 + self.services.ignored()
                 + self.slices.ignored()
                 + self.namespaces.ignored()
                 + self.authorization.ignored()
                 + self.peer_authentication.ignored()
-                + self.gateways.ignored(),
+                + self.gateways.ignored()
+                + self.http_routes.ignored()
+                + self.grpc_routes.ignored()
+                + self.reference_grants.ignored(),
         }
     }
 }

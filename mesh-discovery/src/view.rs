@@ -12,6 +12,7 @@ use mesh_policy::PolicySet;
 
 use super::{
     model::{EndpointSlice, Gateway, Labels, Service, ServiceKind, TargetPort, Workload},
+    routes::Routes,
     store::{Store, StoreSizes},
     waypoint::{
         self, DestinationKind, UseWaypoint, Waypoint, WaypointBinding, WaypointEndpoint,
@@ -76,6 +77,8 @@ pub struct MeshView {
     gateways: HashMap<String, Arc<Gateway>>,
     waypoints: BTreeMap<String, Arc<Waypoint>>,
     required: HashMap<IpAddr, Arc<WaypointRequirement>>,
+    /// Gateway API routes attached to Services (applied by waypoints).
+    pub routes: Routes,
     pub policies: PolicySet,
     pub sizes: StoreSizes,
 }
@@ -185,6 +188,16 @@ impl MeshView {
             }
             require(&mut required, &binding, w.ips.iter().copied());
         }
+        let services: HashMap<String, Arc<Service>> = store
+            .services
+            .iter()
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        let routes = Routes::build(
+            store.http_routes.values().chain(store.grpc_routes.values()),
+            &store.reference_grants,
+            &services,
+        );
         Self {
             trust_domain: settings.trust_domain.clone(),
             by_ip,
@@ -199,6 +212,7 @@ impl MeshView {
                 .into_iter()
                 .map(|(ip, r)| (ip, Arc::new(r)))
                 .collect(),
+            routes,
             policies: PolicySet {
                 root_namespace: settings.root_namespace.clone(),
                 authorization: store
