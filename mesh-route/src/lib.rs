@@ -17,6 +17,7 @@ pub mod redirect;
 pub mod rewrite;
 pub mod spec;
 pub mod split;
+pub mod status;
 pub mod table;
 
 pub use compile::{CompiledRoute, RouteError, compile_grpc_route, compile_http_route};

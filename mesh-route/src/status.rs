@@ -1,0 +1,1195 @@
+//! The status a route carries for each Service it names as a parent
+//! (`status.parents[]`), as a pure function of the route, its compile
+//! result and what the cluster holds: Gateway API's Accepted and
+//! ResolvedRefs conditions with the reasons the spec defines.
+//!
+//! Only parentRefs to core Services are ours; a Gateway (or any other
+//! kind) is its own controller's to report on, and is left out here.
+//! A route this mesh cannot apply is reported (Accepted False), never
+//! left without a word.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::compile::{BackendRef, CompiledRoute, Problem, RouteError, RouteKind};
+use crate::grant::{ReferenceGrant, permits};
+use crate::spec::{self, BackendObjectRef, GROUP, ObjectMeta, ParentRef};
+
+pub const ACCEPTED: &str = "Accepted";
+pub const RESOLVED_REFS: &str = "ResolvedRefs";
+
+/// `metav1.Condition`'s limit on `message`.
+const MAX_MESSAGE: usize = 32 * 1024;
+/// Problems named one by one in a ResolvedRefs message; the rest are
+/// counted.
+const MAX_LISTED: usize = 4;
+
+/// Why a route is or is not Accepted by a parent (Gateway API's
+/// `RouteConditionReason` for the Accepted condition).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcceptedReason {
+    Accepted,
+    /// No such Service, or no port of it matches `port`/`sectionName`.
+    NoMatchingParent,
+    /// The route holds a value this mesh cannot apply.
+    UnsupportedValue,
+    /// RequestRedirect and URLRewrite in one rule: the reason the spec
+    /// names for exactly that combination.
+    IncompatibleFilters,
+}
+
+impl AcceptedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcceptedReason::Accepted => "Accepted",
+            AcceptedReason::NoMatchingParent => "NoMatchingParent",
+            AcceptedReason::UnsupportedValue => "UnsupportedValue",
+            AcceptedReason::IncompatibleFilters => "IncompatibleFilters",
+        }
+    }
+}
+
+/// Whether every backend reference resolved (Gateway API's
+/// `RouteConditionReason` for the ResolvedRefs condition).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResolvedReason {
+    ResolvedRefs,
+    /// The Service, or the port of it, does not exist.
+    BackendNotFound,
+    /// Another namespace's Service without a ReferenceGrant there.
+    RefNotPermitted,
+    /// Not a core Service.
+    InvalidKind,
+}
+
+impl ResolvedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolvedReason::ResolvedRefs => "ResolvedRefs",
+            ResolvedReason::BackendNotFound => "BackendNotFound",
+            ResolvedReason::RefNotPermitted => "RefNotPermitted",
+            ResolvedReason::InvalidKind => "InvalidKind",
+        }
+    }
+}
+
+/// `metav1.Condition`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339: when `status` or `reason` last changed.
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One entry of a route's `status.parents`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentStatus {
+    pub parent_ref: ParentRef,
+    pub controller_name: String,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub number: u16,
+    pub name: Option<String>,
+}
+
+/// What a route's status needs of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub ports: Vec<Port>,
+    /// Has a virtual IP (type ClusterIP, NodePort or LoadBalancer, not
+    /// headless): GAMMA attaches routes to such Services only, since the
+    /// waypoint finds a route's Service by the address clients dial.
+    pub cluster_ip: bool,
+}
+
+/// The Services and ReferenceGrants of the cluster, kept up to date by
+/// the caller; every change says whether anything changed, so that the
+/// caller recomputes statuses only then.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cluster {
+    services: BTreeMap<(String, String), Service>,
+    /// Sorted by (namespace, name), one per object.
+    grants: Vec<ReferenceGrant>,
+}
+
+fn grant_key(g: &ReferenceGrant) -> (&str, &str) {
+    (
+        g.metadata.namespace.as_deref().unwrap_or("default"),
+        g.metadata.name.as_str(),
+    )
+}
+
+impl Cluster {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn grants(&self) -> &[ReferenceGrant] {
+        &self.grants
+    }
+
+    /// Adds or replaces a Service; true when that changed anything.
+    pub fn set_service(&mut self, namespace: &str, name: &str, service: Service) -> bool {
+        let key = (namespace.to_string(), name.to_string());
+        if self.services.get(&key) == Some(&service) {
+            return false;
+        }
+        self.services.insert(key, service);
+        true
+    }
+
+    pub fn remove_service(&mut self, namespace: &str, name: &str) -> bool {
+        self.services
+            .remove(&(namespace.to_string(), name.to_string()))
+            .is_some()
+    }
+
+    /// Puts every Service anew (after a re-list); true when that changed
+    /// anything.
+    pub fn replace_services(
+        &mut self,
+        all: impl IntoIterator<Item = (String, String, Service)>,
+    ) -> bool {
+        let services: BTreeMap<_, _> = all
+            .into_iter()
+            .map(|(namespace, name, s)| ((namespace, name), s))
+            .collect();
+        let changed = services != self.services;
+        self.services = services;
+        changed
+    }
+
+    /// Adds or replaces a grant (by namespace and name).
+    pub fn set_grant(&mut self, grant: ReferenceGrant) -> bool {
+        match self
+            .grants
+            .binary_search_by(|g| grant_key(g).cmp(&grant_key(&grant)))
+        {
+            Ok(i) if self.grants[i] == grant => false,
+            Ok(i) => {
+                self.grants[i] = grant;
+                true
+            }
+            Err(i) => {
+                self.grants.insert(i, grant);
+                true
+            }
+        }
+    }
+
+    pub fn remove_grant(&mut self, namespace: &str, name: &str) -> bool {
+        match self
+            .grants
+            .binary_search_by(|g| grant_key(g).cmp(&(namespace, name)))
+        {
+            Ok(i) => {
+                self.grants.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Puts every grant anew (after a re-list).
+    pub fn replace_grants(&mut self, all: impl IntoIterator<Item = ReferenceGrant>) -> bool {
+        let mut grants: Vec<ReferenceGrant> = all.into_iter().collect();
+        grants.sort_by(|a, b| grant_key(a).cmp(&grant_key(b)));
+        grants.dedup_by(|a, b| grant_key(a) == grant_key(b));
+        let changed = grants != self.grants;
+        self.grants = grants;
+        changed
+    }
+}
+
+/// Who writes the status, of which generation, when, and what the route
+/// carried before (every controller's entries; only ours are read).
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    pub controller_name: &'a str,
+    pub generation: Option<i64>,
+    pub previous: &'a [RouteParentStatus],
+    /// RFC 3339, the time of a condition that changes now.
+    pub now: &'a str,
+}
+
+impl Observed<'_> {
+    fn condition(
+        &self,
+        before: Option<&RouteParentStatus>,
+        type_: &str,
+        ok: bool,
+        reason: &str,
+        message: String,
+    ) -> Condition {
+        let status = if ok { "True" } else { "False" };
+        let since = before
+            .and_then(|b| {
+                b.conditions
+                    .iter()
+                    .find(|c| c.type_ == type_ && c.status == status && c.reason == reason)
+            })
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| self.now.to_string());
+        Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message: bounded(message),
+            last_transition_time: since,
+            observed_generation: self.generation,
+        }
+    }
+
+    fn before(&self, parent: &ParentRef) -> Option<&RouteParentStatus> {
+        self.previous
+            .iter()
+            .find(|p| p.controller_name == self.controller_name && p.parent_ref == *parent)
+    }
+}
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
+/// Which parentRefs are ours: a Service, in the core group or (a common
+/// slip, reported rather than ignored) with the group left to its
+/// default, Gateway API's own, where no Service kind exists.
+fn is_service_parent(parent: &ParentRef) -> bool {
+    parent.kind == "Service"
+        && (parent.group.is_empty() || parent.group == "core" || parent.group == GROUP)
+}
+
+/// The status entries `observed.controller_name` writes for an HTTPRoute.
+pub fn http_route_parents(
+    route: &spec::HttpRoute,
+    compiled: &Result<CompiledRoute, RouteError>,
+    cluster: &Cluster,
+    observed: &Observed<'_>,
+) -> Vec<RouteParentStatus> {
+    let mut refs = Vec::new();
+    for (i, rule) in route.spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        mirrors(&at, &rule.filters, &mut refs);
+        backends(&at, &rule.backend_refs, &mut refs);
+    }
+    parents(
+        RouteKind::Http,
+        &route.metadata,
+        &route.spec.parent_refs,
+        &refs,
+        compiled.as_ref().err(),
+        cluster,
+        observed,
+    )
+}
+
+/// The status entries `observed.controller_name` writes for a GRPCRoute.
+pub fn grpc_route_parents(
+    route: &spec::GrpcRoute,
+    compiled: &Result<CompiledRoute, RouteError>,
+    cluster: &Cluster,
+    observed: &Observed<'_>,
+) -> Vec<RouteParentStatus> {
+    let mut refs = Vec::new();
+    for (i, rule) in route.spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        mirrors(&at, &rule.filters, &mut refs);
+        backends(&at, &rule.backend_refs, &mut refs);
+    }
+    parents(
+        RouteKind::Grpc,
+        &route.metadata,
+        &route.spec.parent_refs,
+        &refs,
+        compiled.as_ref().err(),
+        cluster,
+        observed,
+    )
+}
+
+/// The entries for a route whose spec could not even be read (`problem`
+/// says why): not Accepted by any of its Service parents.
+pub fn unreadable_route_parents(
+    parent_refs: &[ParentRef],
+    problem: &str,
+    observed: &Observed<'_>,
+) -> Vec<RouteParentStatus> {
+    distinct_service_parents(parent_refs)
+        .map(|parent| {
+            let before = observed.before(parent);
+            RouteParentStatus {
+                parent_ref: parent.clone(),
+                controller_name: observed.controller_name.to_string(),
+                conditions: vec![observed.condition(
+                    before,
+                    ACCEPTED,
+                    false,
+                    AcceptedReason::UnsupportedValue.as_str(),
+                    format!("the route cannot be read: {problem}"),
+                )],
+            }
+        })
+        .collect()
+}
+
+fn distinct_service_parents(parent_refs: &[ParentRef]) -> impl Iterator<Item = &ParentRef> {
+    parent_refs
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| is_service_parent(p) && !parent_refs[..*i].contains(p))
+        .map(|(_, p)| p)
+}
+
+fn mirrors<'a>(
+    at: &str,
+    filters: &'a [spec::HttpRouteFilter],
+    out: &mut Vec<(String, &'a BackendObjectRef)>,
+) {
+    for (k, f) in filters.iter().enumerate() {
+        if f.kind == "RequestMirror"
+            && let Some(m) = &f.request_mirror
+        {
+            out.push((
+                format!("{at}.filters[{k}].requestMirror.backendRef"),
+                &m.backend_ref,
+            ));
+        }
+    }
+}
+
+fn backends<'a>(
+    at: &str,
+    list: &'a [spec::HttpBackendRef],
+    out: &mut Vec<(String, &'a BackendObjectRef)>,
+) {
+    for (j, b) in list.iter().enumerate() {
+        let field = format!("{at}.backendRefs[{j}]");
+        out.push((field.clone(), &b.target));
+        mirrors(&field, &b.filters, out);
+    }
+}
+
+fn parents(
+    kind: RouteKind,
+    meta: &ObjectMeta,
+    parent_refs: &[ParentRef],
+    refs: &[(String, &BackendObjectRef)],
+    invalid: Option<&RouteError>,
+    cluster: &Cluster,
+    observed: &Observed<'_>,
+) -> Vec<RouteParentStatus> {
+    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    // The same for every parent: backends do not depend on the parent.
+    let (resolved, resolved_message) = resolve(kind, namespace, refs, cluster);
+    distinct_service_parents(parent_refs)
+        .map(|parent| {
+            let before = observed.before(parent);
+            let (accepted, accepted_message) = accept(namespace, parent, invalid, cluster);
+            RouteParentStatus {
+                parent_ref: parent.clone(),
+                controller_name: observed.controller_name.to_string(),
+                conditions: vec![
+                    observed.condition(
+                        before,
+                        ACCEPTED,
+                        accepted == AcceptedReason::Accepted,
+                        accepted.as_str(),
+                        accepted_message,
+                    ),
+                    observed.condition(
+                        before,
+                        RESOLVED_REFS,
+                        resolved == ResolvedReason::ResolvedRefs,
+                        resolved.as_str(),
+                        resolved_message.clone(),
+                    ),
+                ],
+            }
+        })
+        .collect()
+}
+
+/// The Accepted condition for one Service parent: the parent must exist
+/// first; then the route must compile.
+fn accept(
+    route_namespace: &str,
+    parent: &ParentRef,
+    invalid: Option<&RouteError>,
+    cluster: &Cluster,
+) -> (AcceptedReason, String) {
+    let namespace = parent.namespace.as_deref().unwrap_or(route_namespace);
+    let name = &parent.name;
+    let parent_problem = if parent.group == GROUP {
+        Some(format!(
+            "parentRef {namespace}/{name}: a Service is in the core group: set group to \"\" \
+             (left out, it defaults to {GROUP}, which has no kind Service)"
+        ))
+    } else {
+        match cluster.service(namespace, name) {
+            None => Some(format!("Service {namespace}/{name} not found")),
+            Some(s) if !s.cluster_ip => Some(format!(
+                "Service {namespace}/{name} has no cluster IP (headless or ExternalName): \
+                 routes attach to ClusterIP Services only"
+            )),
+            Some(s) if !s.ports.iter().any(|p| port_matches(parent, p)) => Some(format!(
+                "Service {namespace}/{name} has no {}",
+                wanted_port(parent)
+            )),
+            Some(_) => None,
+        }
+    };
+    match (parent_problem, invalid) {
+        (Some(problem), None) => (AcceptedReason::NoMatchingParent, problem),
+        (Some(problem), Some(e)) => (
+            AcceptedReason::NoMatchingParent,
+            format!("{problem}; besides, the route cannot be applied: {e}"),
+        ),
+        (None, Some(e)) => {
+            let reason = if is_incompatible_filters(e) {
+                AcceptedReason::IncompatibleFilters
+            } else {
+                AcceptedReason::UnsupportedValue
+            };
+            (reason, format!("the route cannot be applied: {e}"))
+        }
+        (None, None) => (
+            AcceptedReason::Accepted,
+            format!(
+                "attached to Service {namespace}/{name} ({})",
+                attached_port(parent)
+            ),
+        ),
+    }
+}
+
+/// compile reports the RequestRedirect + URLRewrite combination as a
+/// conflict among a rule's `filters` (the other conflicts name a field
+/// inside one filter).
+fn is_incompatible_filters(e: &RouteError) -> bool {
+    matches!(e.problem, Problem::Conflict(_)) && e.field.ends_with(".filters")
+}
+
+fn port_matches(parent: &ParentRef, port: &Port) -> bool {
+    parent.port.is_none_or(|p| p == i64::from(port.number))
+        && parent
+            .section_name
+            .as_deref()
+            .is_none_or(|s| port.name.as_deref() == Some(s))
+}
+
+/// The port a parentRef asks for; with neither port nor sectionName, any.
+fn wanted_port(parent: &ParentRef) -> String {
+    match (parent.port, parent.section_name.as_deref()) {
+        (None, None) => "port at all".to_string(),
+        (Some(p), None) => format!("port {p}"),
+        (None, Some(s)) => format!("port named {s:?}"),
+        (Some(p), Some(s)) => format!("port {p} named {s:?}"),
+    }
+}
+
+fn attached_port(parent: &ParentRef) -> String {
+    match (parent.port, &parent.section_name) {
+        (None, None) => "every port".to_string(),
+        _ => wanted_port(parent),
+    }
+}
+
+/// The ResolvedRefs condition: every backend reference, in the order the
+/// route gives them; the first problem gives the reason, the message
+/// names them all (up to `MAX_LISTED`).
+fn resolve(
+    kind: RouteKind,
+    route_namespace: &str,
+    refs: &[(String, &BackendObjectRef)],
+    cluster: &Cluster,
+) -> (ResolvedReason, String) {
+    let problems: Vec<(ResolvedReason, String)> = refs
+        .iter()
+        .filter_map(|(field, r)| check_backend(kind, route_namespace, field, r, cluster))
+        .collect();
+    let Some((reason, _)) = problems.first() else {
+        let message = if refs.is_empty() {
+            "no backend references".to_string()
+        } else {
+            format!("all {} backend references resolved", refs.len())
+        };
+        return (ResolvedReason::ResolvedRefs, message);
+    };
+    let mut message = problems
+        .iter()
+        .take(MAX_LISTED)
+        .map(|(_, m)| m.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > MAX_LISTED {
+        message.push_str(&format!("; and {} more", problems.len() - MAX_LISTED));
+    }
+    (*reason, message)
+}
+
+fn check_backend(
+    kind: RouteKind,
+    route_namespace: &str,
+    field: &str,
+    r: &BackendObjectRef,
+    cluster: &Cluster,
+) -> Option<(ResolvedReason, String)> {
+    if !(r.group.is_empty() || r.group == "core") || r.kind != "Service" {
+        let group = if r.group.is_empty() { "core" } else { &r.group };
+        return Some((
+            ResolvedReason::InvalidKind,
+            format!(
+                "{field}: kind {} of group {group} is not supported: only core Services are backends",
+                r.kind
+            ),
+        ));
+    }
+    let namespace = r.namespace.as_deref().unwrap_or(route_namespace);
+    let target = BackendRef {
+        namespace: namespace.to_string(),
+        name: r.name.clone(),
+        // Grants do not name ports.
+        port: 0,
+    };
+    // Checked before existence: without a grant, whether a Service exists
+    // in another namespace is not the route author's to learn.
+    if !permits(cluster.grants(), kind, route_namespace, &target) {
+        return Some((
+            ResolvedReason::RefNotPermitted,
+            format!(
+                "{field}: Service {namespace}/{} is in another namespace and no ReferenceGrant \
+                 in {namespace} allows {}s from {route_namespace} to use it",
+                r.name,
+                kind.kind_name()
+            ),
+        ));
+    }
+    let service = match cluster.service(namespace, &r.name) {
+        Some(s) => s,
+        None => {
+            return Some((
+                ResolvedReason::BackendNotFound,
+                format!("{field}: Service {namespace}/{} not found", r.name),
+            ));
+        }
+    };
+    // A missing port is the route's own error (compile reports it).
+    match r.port {
+        Some(p) if !service.ports.iter().any(|sp| i64::from(sp.number) == p) => Some((
+            ResolvedReason::BackendNotFound,
+            format!("{field}: Service {namespace}/{} has no port {p}", r.name),
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{compile_grpc_route, compile_http_route};
+    use crate::grant::{GrantFrom, GrantTo, ReferenceGrantSpec};
+
+    const ME: &str = "mesh.io/waypoint-controller";
+    const NOW: &str = "2025-01-02T03:04:05Z";
+    const EARLIER: &str = "2024-12-31T00:00:00Z";
+
+    fn http(spec: serde_json::Value) -> spec::HttpRoute {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "r", "namespace": "shop"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn grpc(spec: serde_json::Value) -> spec::GrpcRoute {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "g", "namespace": "shop"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn service(ports: &[(u16, Option<&str>)]) -> Service {
+        Service {
+            ports: ports
+                .iter()
+                .map(|(number, name)| Port {
+                    number: *number,
+                    name: name.map(str::to_owned),
+                })
+                .collect(),
+            cluster_ip: true,
+        }
+    }
+
+    /// shop/web (80 "http"), shop/api (8080), pay/ledger (9000).
+    fn cluster() -> Cluster {
+        let mut c = Cluster::default();
+        c.set_service("shop", "web", service(&[(80, Some("http"))]));
+        c.set_service("shop", "api", service(&[(8080, None)]));
+        c.set_service("pay", "ledger", service(&[(9000, None)]));
+        c
+    }
+
+    fn grant(namespace: &str, from: &str, kind: &str) -> ReferenceGrant {
+        ReferenceGrant {
+            metadata: ObjectMeta {
+                name: format!("from-{from}"),
+                namespace: Some(namespace.into()),
+                creation_timestamp: None,
+            },
+            spec: ReferenceGrantSpec {
+                from: vec![GrantFrom {
+                    group: GROUP.into(),
+                    kind: kind.into(),
+                    namespace: from.into(),
+                }],
+                to: vec![GrantTo {
+                    group: String::new(),
+                    kind: "Service".into(),
+                    name: None,
+                }],
+            },
+        }
+    }
+
+    fn observed(previous: &[RouteParentStatus]) -> Observed<'_> {
+        Observed {
+            controller_name: ME,
+            generation: Some(4),
+            previous,
+            now: NOW,
+        }
+    }
+
+    fn statuses(route: &spec::HttpRoute, cluster: &Cluster) -> Vec<RouteParentStatus> {
+        http_route_parents(route, &compile_http_route(route), cluster, &observed(&[]))
+    }
+
+    /// (type, status, reason) of each condition of the only entry.
+    fn conditions(entries: &[RouteParentStatus]) -> Vec<(String, String, String)> {
+        assert_eq!(entries.len(), 1, "{entries:#?}");
+        entries[0]
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    }
+
+    fn cond(t: &str, s: &str, r: &str) -> (String, String, String) {
+        (t.into(), s.into(), r.into())
+    }
+
+    fn message<'a>(entries: &'a [RouteParentStatus], type_: &str) -> &'a str {
+        &entries[0]
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap()
+            .message
+    }
+
+    fn to_web(backends: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+            "rules": [{"backendRefs": backends}],
+        })
+    }
+
+    #[test]
+    fn a_valid_route_is_accepted_with_its_refs_resolved() {
+        let route = http(to_web(serde_json::json!([{"name": "api", "port": 8080}])));
+        let got = statuses(&route, &cluster());
+        assert_eq!(
+            conditions(&got),
+            [
+                cond(ACCEPTED, "True", "Accepted"),
+                cond(RESOLVED_REFS, "True", "ResolvedRefs")
+            ]
+        );
+        let entry = &got[0];
+        assert_eq!(entry.controller_name, ME);
+        assert_eq!(entry.parent_ref, route.spec.parent_refs[0]);
+        for c in &entry.conditions {
+            assert_eq!(c.observed_generation, Some(4));
+            assert_eq!(c.last_transition_time, NOW);
+        }
+    }
+
+    #[test]
+    fn the_parent_ref_is_echoed_as_written() {
+        let route = http(to_web(serde_json::json!([])));
+        let json = serde_json::to_value(&statuses(&route, &cluster())[0]).unwrap();
+        assert_eq!(
+            json["parentRef"],
+            serde_json::json!({"group": "", "kind": "Service", "name": "web", "port": 80})
+        );
+        assert_eq!(json["controllerName"], ME);
+        assert_eq!(json["conditions"][0]["observedGeneration"], 4);
+        assert_eq!(json["conditions"][0]["lastTransitionTime"], NOW);
+    }
+
+    #[test]
+    fn only_service_parents_are_ours() {
+        let route = http(serde_json::json!({
+            "parentRefs": [
+                {"name": "gw"},
+                {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw2"},
+                {"group": "example.com", "kind": "Service", "name": "web"},
+                {"group": "", "kind": "Service", "name": "web", "port": 80},
+                {"group": "", "kind": "Service", "name": "web", "port": 80},
+            ],
+        }));
+        let got = statuses(&route, &cluster());
+        // Gateways and another group's kinds are left to their
+        // controllers; a repeated parentRef gets one entry.
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert_eq!(got[0].parent_ref.name, "web");
+        assert_eq!(got[0].parent_ref.group, "");
+    }
+
+    #[test]
+    fn a_missing_service_is_no_matching_parent() {
+        let mut route = http(to_web(serde_json::json!([])));
+        route.spec.parent_refs[0].name = "gone".into();
+        let got = statuses(&route, &cluster());
+        assert_eq!(
+            conditions(&got),
+            [
+                cond(ACCEPTED, "False", "NoMatchingParent"),
+                cond(RESOLVED_REFS, "True", "ResolvedRefs")
+            ]
+        );
+        assert_eq!(message(&got, ACCEPTED), "Service shop/gone not found");
+    }
+
+    #[test]
+    fn a_port_or_section_the_service_lacks_is_no_matching_parent() {
+        let cases = [
+            (Some(81), None, Some("has no port 81")),
+            (None, Some("grpc"), Some("has no port named \"grpc\"")),
+            (
+                Some(80),
+                Some("other"),
+                Some("has no port 80 named \"other\""),
+            ),
+            (Some(80), Some("http"), None),
+            (None, Some("http"), None),
+            (None, None, None),
+        ];
+        for (port, section, problem) in cases {
+            let mut route = http(to_web(serde_json::json!([])));
+            route.spec.parent_refs[0].port = port;
+            route.spec.parent_refs[0].section_name = section.map(str::to_owned);
+            let got = statuses(&route, &cluster());
+            let accepted = &got[0].conditions[0];
+            match problem {
+                Some(p) => {
+                    assert_eq!(accepted.reason, "NoMatchingParent", "{port:?} {section:?}");
+                    assert!(accepted.message.contains(p), "{}", accepted.message);
+                }
+                None => assert_eq!(accepted.reason, "Accepted", "{port:?} {section:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_headless_service_or_a_service_in_the_gateway_group_is_no_matching_parent() {
+        let mut c = cluster();
+        c.set_service(
+            "shop",
+            "web",
+            Service {
+                ports: vec![Port {
+                    number: 80,
+                    name: None,
+                }],
+                cluster_ip: false,
+            },
+        );
+        let route = http(to_web(serde_json::json!([])));
+        let got = statuses(&route, &c);
+        assert_eq!(got[0].conditions[0].reason, "NoMatchingParent");
+        assert!(message(&got, ACCEPTED).contains("no cluster IP"));
+
+        let route = http(serde_json::json!({
+            "parentRefs": [{"kind": "Service", "name": "web", "port": 80}],
+        }));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[0].reason, "NoMatchingParent");
+        assert!(
+            message(&got, ACCEPTED).contains("set group to \"\""),
+            "{}",
+            message(&got, ACCEPTED)
+        );
+    }
+
+    #[test]
+    fn a_parent_in_another_namespace_is_looked_up_there() {
+        let route = http(serde_json::json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "ledger",
+                            "namespace": "pay", "port": 9000}],
+        }));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[0].reason, "Accepted");
+        assert_eq!(
+            message(&got, ACCEPTED),
+            "attached to Service pay/ledger (port 9000)"
+        );
+    }
+
+    #[test]
+    fn a_route_that_does_not_compile_is_unsupported_value_naming_the_field() {
+        let route = http(serde_json::json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+            "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "(["}}]}],
+        }));
+        let got = statuses(&route, &cluster());
+        assert_eq!(
+            conditions(&got),
+            [
+                cond(ACCEPTED, "False", "UnsupportedValue"),
+                cond(RESOLVED_REFS, "True", "ResolvedRefs")
+            ]
+        );
+        let m = message(&got, ACCEPTED);
+        assert!(
+            m.starts_with("the route cannot be applied: spec.rules[0].matches[0].path.value: invalid regular expression"),
+            "{m}"
+        );
+        // An unknown enum value too.
+        let route = http(serde_json::json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+            "rules": [{"matches": [{"path": {"type": "Glob", "value": "/*"}}]}],
+        }));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[0].reason, "UnsupportedValue");
+        assert!(message(&got, ACCEPTED).contains("spec.rules[0].matches[0].path.type"));
+    }
+
+    #[test]
+    fn redirect_with_rewrite_is_incompatible_filters() {
+        let route = http(serde_json::json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+            "rules": [{"filters": [
+                {"type": "RequestRedirect", "requestRedirect": {"scheme": "https"}},
+                {"type": "URLRewrite", "urlRewrite": {"hostname": "x.example"}},
+            ]}],
+        }));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[0].reason, "IncompatibleFilters");
+        assert!(
+            message(&got, ACCEPTED).contains("spec.rules[0].filters"),
+            "{}",
+            message(&got, ACCEPTED)
+        );
+        // The other conflict compile reports is about one filter's field:
+        // an unsupported value, not a combination of filters.
+        let route = http(serde_json::json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+            "rules": [{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+                       "filters": [{"type": "URLRewrite", "urlRewrite": {"path":
+                           {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]}],
+        }));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[0].reason, "UnsupportedValue");
+    }
+
+    #[test]
+    fn a_missing_parent_outranks_an_invalid_route_and_both_are_said() {
+        let route = http(serde_json::json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "gone"}],
+            "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "(["}}]}],
+        }));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[0].reason, "NoMatchingParent");
+        let m = message(&got, ACCEPTED);
+        assert!(
+            m.contains("shop/gone not found") && m.contains("spec.rules[0].matches[0].path.value"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_missing_backend_service_or_port_is_backend_not_found() {
+        let route = http(to_web(serde_json::json!([{"name": "nope", "port": 80}])));
+        let got = statuses(&route, &cluster());
+        assert_eq!(
+            conditions(&got),
+            [
+                cond(ACCEPTED, "True", "Accepted"),
+                cond(RESOLVED_REFS, "False", "BackendNotFound")
+            ]
+        );
+        assert_eq!(
+            message(&got, RESOLVED_REFS),
+            "spec.rules[0].backendRefs[0]: Service shop/nope not found"
+        );
+        let route = http(to_web(serde_json::json!([{"name": "api", "port": 9999}])));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[1].reason, "BackendNotFound");
+        assert!(message(&got, RESOLVED_REFS).contains("has no port 9999"));
+    }
+
+    #[test]
+    fn a_mirror_backend_is_resolved_too() {
+        let route = http(serde_json::json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+            "rules": [{"filters": [{"type": "RequestMirror",
+                                    "requestMirror": {"backendRef": {"name": "shadow", "port": 80}}}],
+                       "backendRefs": [{"name": "api", "port": 8080}]}],
+        }));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[1].reason, "BackendNotFound");
+        assert!(
+            message(&got, RESOLVED_REFS).starts_with(
+                "spec.rules[0].filters[0].requestMirror.backendRef: Service shop/shadow"
+            ),
+            "{}",
+            message(&got, RESOLVED_REFS)
+        );
+    }
+
+    #[test]
+    fn a_cross_namespace_backend_needs_a_grant() {
+        let backends = serde_json::json!([{"name": "ledger", "namespace": "pay", "port": 9000}]);
+        let route = http(to_web(backends.clone()));
+        let got = statuses(&route, &cluster());
+        assert_eq!(
+            conditions(&got),
+            [
+                cond(ACCEPTED, "True", "Accepted"),
+                cond(RESOLVED_REFS, "False", "RefNotPermitted")
+            ]
+        );
+        assert!(
+            message(&got, RESOLVED_REFS)
+                .contains("no ReferenceGrant in pay allows HTTPRoutes from shop")
+        );
+
+        let mut granted = cluster();
+        assert!(granted.set_grant(grant("pay", "shop", "HTTPRoute")));
+        let got = statuses(&route, &granted);
+        assert_eq!(got[0].conditions[1].reason, "ResolvedRefs");
+
+        // A grant for GRPCRoutes does not cover an HTTPRoute, nor one in
+        // the route's own namespace.
+        let mut other = cluster();
+        other.set_grant(grant("pay", "shop", "GRPCRoute"));
+        other.set_grant(grant("shop", "shop", "HTTPRoute"));
+        assert_eq!(
+            statuses(&route, &other)[0].conditions[1].reason,
+            "RefNotPermitted"
+        );
+    }
+
+    #[test]
+    fn without_a_grant_a_missing_service_elsewhere_is_not_revealed() {
+        let route = http(to_web(
+            serde_json::json!([{"name": "nothing", "namespace": "pay", "port": 1}]),
+        ));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[1].reason, "RefNotPermitted");
+        let mut granted = cluster();
+        granted.set_grant(grant("pay", "shop", "HTTPRoute"));
+        assert_eq!(
+            statuses(&route, &granted)[0].conditions[1].reason,
+            "BackendNotFound"
+        );
+    }
+
+    #[test]
+    fn a_backend_of_another_kind_is_invalid_kind() {
+        let route = http(to_web(serde_json::json!([
+            {"group": "example.com", "kind": "Bucket", "name": "b", "port": 80}
+        ])));
+        let got = statuses(&route, &cluster());
+        // compile refuses the backend as well: the route is not applied.
+        assert_eq!(
+            conditions(&got),
+            [
+                cond(ACCEPTED, "False", "UnsupportedValue"),
+                cond(RESOLVED_REFS, "False", "InvalidKind")
+            ]
+        );
+        assert!(message(&got, RESOLVED_REFS).contains("kind Bucket of group example.com"));
+    }
+
+    #[test]
+    fn the_first_problem_gives_the_reason_and_all_are_counted() {
+        let route = http(to_web(serde_json::json!([
+            {"name": "a", "port": 1}, {"name": "ledger", "namespace": "pay", "port": 9000},
+            {"name": "c", "port": 1}, {"name": "d", "port": 1},
+            {"name": "e", "port": 1}, {"name": "f", "port": 1},
+        ])));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[1].reason, "BackendNotFound");
+        let m = message(&got, RESOLVED_REFS);
+        assert!(
+            m.contains("backendRefs[1]: Service pay/ledger is in another namespace"),
+            "{m}"
+        );
+        assert!(m.ends_with("; and 2 more"), "{m}");
+    }
+
+    #[test]
+    fn grpc_routes_get_the_same_conditions() {
+        let route = grpc(serde_json::json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 8080}],
+            "rules": [{"backendRefs": [{"name": "ledger", "namespace": "pay", "port": 9000}]}],
+        }));
+        let compiled = compile_grpc_route(&route);
+        let mut c = cluster();
+        let got = grpc_route_parents(&route, &compiled, &c, &observed(&[]));
+        assert_eq!(got[0].conditions[0].reason, "Accepted");
+        assert_eq!(got[0].conditions[1].reason, "RefNotPermitted");
+        assert!(message(&got, RESOLVED_REFS).contains("allows GRPCRoutes from shop"));
+        c.set_grant(grant("pay", "shop", "GRPCRoute"));
+        let got = grpc_route_parents(&route, &compiled, &c, &observed(&[]));
+        assert_eq!(got[0].conditions[1].reason, "ResolvedRefs");
+
+        let bad = grpc(serde_json::json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "api"}],
+            "rules": [{"matches": [{"method": {"type": "RegularExpression", "service": "(["}}]}],
+        }));
+        let got = grpc_route_parents(&bad, &compile_grpc_route(&bad), &c, &observed(&[]));
+        assert_eq!(got[0].conditions[0].reason, "UnsupportedValue");
+        assert!(message(&got, ACCEPTED).contains("spec.rules[0].matches[0].method.service"));
+    }
+
+    #[test]
+    fn an_unchanged_condition_keeps_its_transition_time() {
+        let route = http(to_web(serde_json::json!([{"name": "api", "port": 8080}])));
+        let mut previous = statuses(&route, &cluster());
+        for c in &mut previous[0].conditions {
+            c.last_transition_time = EARLIER.into();
+        }
+        // Another controller's entry for the same parent is not ours to read.
+        let mut theirs = previous[0].clone();
+        theirs.controller_name = "example.com/other".into();
+        let both = [theirs, previous[0].clone()];
+        let again = http_route_parents(
+            &route,
+            &compile_http_route(&route),
+            &cluster(),
+            &observed(&both),
+        );
+        assert!(
+            again[0]
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time == EARLIER),
+            "{again:#?}"
+        );
+
+        // ResolvedRefs turns False: it moves to now, Accepted stays.
+        let mut c = cluster();
+        c.remove_service("shop", "api");
+        let changed = http_route_parents(&route, &compile_http_route(&route), &c, &observed(&both));
+        assert_eq!(changed[0].conditions[0].last_transition_time, EARLIER);
+        assert_eq!(changed[0].conditions[1].last_transition_time, NOW);
+
+        // Same status, another reason: a transition as well.
+        let mut reasons = previous.clone();
+        reasons[0].conditions[0].reason = "Pending".into();
+        let got = http_route_parents(
+            &route,
+            &compile_http_route(&route),
+            &cluster(),
+            &observed(&reasons),
+        );
+        assert_eq!(got[0].conditions[0].last_transition_time, NOW);
+    }
+
+    #[test]
+    fn a_previous_entry_of_another_parent_is_not_taken() {
+        let route = http(to_web(serde_json::json!([])));
+        let mut previous = statuses(&route, &cluster());
+        previous[0].parent_ref.port = Some(81);
+        previous[0].conditions[0].last_transition_time = EARLIER.into();
+        let got = http_route_parents(
+            &route,
+            &compile_http_route(&route),
+            &cluster(),
+            &observed(&previous),
+        );
+        assert_eq!(got[0].conditions[0].last_transition_time, NOW);
+    }
+
+    #[test]
+    fn an_unreadable_route_is_not_accepted_by_its_service_parents() {
+        let parents: Vec<ParentRef> = serde_json::from_value(serde_json::json!([
+            {"group": "", "kind": "Service", "name": "web"}, {"name": "gw"}
+        ]))
+        .unwrap();
+        let got = unreadable_route_parents(&parents, "spec.rules: invalid type", &observed(&[]));
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            conditions(&got),
+            [cond(ACCEPTED, "False", "UnsupportedValue")]
+        );
+        assert_eq!(
+            message(&got, ACCEPTED),
+            "the route cannot be read: spec.rules: invalid type"
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_the_condition_limit() {
+        let long = "é".repeat(MAX_MESSAGE);
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_MESSAGE && cut.ends_with("..."));
+        assert_eq!(bounded("short".into()), "short");
+    }
+
+    #[test]
+    fn the_cluster_reports_changes_only() {
+        let mut c = Cluster::default();
+        assert!(c.set_service("a", "s", service(&[(80, None)])));
+        assert!(!c.set_service("a", "s", service(&[(80, None)])));
+        assert!(c.set_service("a", "s", service(&[(81, None)])));
+        assert!(c.remove_service("a", "s"));
+        assert!(!c.remove_service("a", "s"));
+        assert!(c.replace_services([("a".into(), "s".into(), service(&[(1, None)]))]));
+        assert!(!c.replace_services([("a".into(), "s".into(), service(&[(1, None)]))]));
+
+        assert!(c.set_grant(grant("b", "a", "HTTPRoute")));
+        assert!(!c.set_grant(grant("b", "a", "HTTPRoute")));
+        assert!(c.set_grant(grant("a", "a", "HTTPRoute")));
+        assert_eq!(c.grants().len(), 2);
+        // Kept in (namespace, name) order.
+        assert_eq!(c.grants()[0].metadata.namespace.as_deref(), Some("a"));
+        assert!(c.set_grant(grant("b", "a", "GRPCRoute")));
+        assert_eq!(c.grants().len(), 2);
+        assert!(c.remove_grant("b", "from-a"));
+        assert!(!c.remove_grant("b", "from-a"));
+        assert!(!c.replace_grants([grant("a", "a", "HTTPRoute")]));
+        assert!(c.replace_grants([]));
+        assert!(c.grants().is_empty());
+    }
+}
