@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 
 use crate::{
     config::CaFile,
-    lease::LeaseSettings,
-    root, server,
+    lease::{Elector, LeaseSettings},
+    root, routes, server,
     waypoints::{
         self, CaFacts, WaypointSettings, gateway_api,
         settings::{DEFAULT_CONTROLLER_NAME, PullPolicy},
@@ -37,7 +37,9 @@ pub struct CaArgs {
 pub struct WaypointArgs {
     /// Run the waypoint controller: each Gateway of --waypoint-class gets
     /// a mesh-waypoint Deployment, Service and ServiceAccount, and its
-    /// status. Needs Kubernetes mode (CaConfig.kubernetes).
+    /// status; each HTTPRoute and GRPCRoute whose parent is a Service gets
+    /// its status for that Service (Accepted, ResolvedRefs). Needs
+    /// Kubernetes mode (CaConfig.kubernetes).
     #[arg(long)]
     pub waypoint_controller: bool,
     /// The gatewayClassName of waypoint Gateways.
@@ -260,7 +262,16 @@ pub fn run(args: CaArgs, invoked_as: &str) -> anyhow::Result<()> {
                     let client = kube::Client::try_default()
                         .await
                         .context("Kubernetes client (in-cluster config or KUBECONFIG)")?;
-                    tokio::spawn(waypoints::run(client, plan.settings, plan.ca, plan.lease));
+                    // One election for both controllers: two electors
+                    // under one holder identity would race on the Lease.
+                    let (elector, leading) = Elector::new(client.clone(), plan.lease);
+                    tokio::spawn(elector.run());
+                    tokio::spawn(routes::run(
+                        client.clone(),
+                        plan.settings.controller_name.clone(),
+                        leading.clone(),
+                    ));
+                    tokio::spawn(waypoints::run(client, plan.settings, plan.ca, leading));
                 }
                 server::run(&config).await
             })

@@ -8,6 +8,7 @@ pub mod error;
 pub mod kubernetes;
 pub mod lease;
 pub mod root;
+pub mod routes;
 pub mod server;
 pub mod service;
 pub mod signer;

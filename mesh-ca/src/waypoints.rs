@@ -26,10 +26,7 @@ use kube::{
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::{
-    kubernetes::{CERT_KEY, SecretRef},
-    lease::{Elector, LeaseSettings},
-};
+use crate::kubernetes::{CERT_KEY, SecretRef};
 use gateway_api::{Gateway, GatewayClass};
 use reconcile::{Context, ReconcileError, reconcile_class, reconcile_gateway};
 use resources::{GATEWAY_NAME_LABEL, MeshFacts};
@@ -50,11 +47,14 @@ pub struct CaFacts {
     pub root_secret: SecretRef,
 }
 
-/// Runs the controller whenever this replica leads, until the process
-/// ends.
-pub async fn run(client: Client, settings: WaypointSettings, ca: CaFacts, lease: LeaseSettings) {
-    let (elector, leading) = Elector::new(client.clone(), lease);
-    tokio::spawn(elector.run());
+/// Runs the controller whenever `leading` says this replica leads (the
+/// process' one `Elector`), until that channel closes.
+pub async fn run(
+    client: Client,
+    settings: WaypointSettings,
+    ca: CaFacts,
+    leading: watch::Receiver<bool>,
+) {
     loop {
         let mut wait = leading.clone();
         if wait.wait_for(|l| *l).await.is_err() {

@@ -1,0 +1,81 @@
+//! The Gateway API kinds the route status controller reads, watched
+//! untyped (as discovery watches Gateways) so that a route is decoded one
+//! object at a time into `mesh_route::spec`, and whether the API server
+//! serves them: Gateway API's CRDs are optional, and without them there
+//! is nothing to report on.
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
+};
+use mesh_route::{compile::RouteKind, spec::GROUP};
+
+pub fn http_route() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GROUP, "v1", "HTTPRoute"),
+        "httproutes",
+    )
+}
+
+pub fn grpc_route() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GROUP, "v1", "GRPCRoute"),
+        "grpcroutes",
+    )
+}
+
+/// ReferenceGrant is still v1beta1 in Gateway API's standard channel.
+pub fn reference_grant() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GROUP, "v1beta1", "ReferenceGrant"),
+        "referencegrants",
+    )
+}
+
+pub fn route_resource(kind: RouteKind) -> ApiResource {
+    match kind {
+        RouteKind::Http => http_route(),
+        RouteKind::Grpc => grpc_route(),
+    }
+}
+
+/// Which of the kinds the API server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    pub http_routes: bool,
+    pub grpc_routes: bool,
+    pub reference_grants: bool,
+}
+
+impl Served {
+    pub fn any_route(&self) -> bool {
+        self.http_routes || self.grpc_routes
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = RouteKind> + use<> {
+        let (http, grpc) = (self.http_routes, self.grpc_routes);
+        [(RouteKind::Http, http), (RouteKind::Grpc, grpc)]
+            .into_iter()
+            .filter(|(_, served)| *served)
+            .map(|(kind, _)| kind)
+    }
+
+    /// Asks the API server for one object of each kind: a 404 means the
+    /// kind's CRD is not installed; any other failure is an error (a
+    /// forbidden list is a missing permission, not a missing kind).
+    pub async fn probe(client: &Client) -> Result<Served, kube::Error> {
+        Ok(Served {
+            http_routes: served(client, &http_route()).await?,
+            grpc_routes: served(client, &grpc_route()).await?,
+            reference_grants: served(client, &reference_grant()).await?,
+        })
+    }
+}
+
+async fn served(client: &Client, resource: &ApiResource) -> Result<bool, kube::Error> {
+    let api = Api::<DynamicObject>::all_with(client.clone(), resource);
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
