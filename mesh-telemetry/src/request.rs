@@ -319,6 +319,8 @@ pub struct RequestRecord {
     pub service: Option<ServiceName>,
     /// The route (`<namespace>/<HTTPRoute name>`, say) that matched.
     pub route: Option<String>,
+    /// The rule of the route that matched: its `name`, else its index.
+    pub route_rule: Option<String>,
     /// Upstream attempts made, retries included; 0 when none was.
     pub attempts: u32,
     pub response_flags: ResponseFlags,
@@ -357,6 +359,11 @@ pub struct RequestLabels {
     pub grpc_response_status: String,
     pub response_flags: String,
     pub connection_security_policy: &'static str,
+    /// The route that matched (`<namespace>/<name>`), `default` for a
+    /// Service without routes; empty when nothing routed the request.
+    pub route_name: String,
+    /// The rule of that route: its name, else its index.
+    pub route_rule: String,
 }
 
 impl RequestLabels {
@@ -403,6 +410,8 @@ impl RequestLabels {
                 .unwrap_or_default(),
             response_flags: rec.response_flags.to_string(),
             connection_security_policy: rec.security.policy_label(),
+            route_name: rec.route.clone().unwrap_or_default(),
+            route_rule: rec.route_rule.clone().unwrap_or_default(),
         }
     }
 }
@@ -495,6 +504,7 @@ struct LogLine<'a> {
     upstream: Option<Shown<SocketAddr>>,
     attempts: u32,
     route: Option<&'a str>,
+    route_rule: Option<&'a str>,
     source_principal: Option<&'a str>,
     source_workload: Option<Shown<WorkloadKey<'a>>>,
     destination_service: Option<&'a str>,
@@ -548,6 +558,7 @@ pub fn access_log_fields(rec: &RequestRecord) -> impl Serialize + '_ {
         upstream: rec.upstream.map(Shown),
         attempts: rec.attempts,
         route: rec.route.as_deref().map(cut),
+        route_rule: rec.route_rule.as_deref().map(cut),
         source_principal: rec.source.principal.as_deref().map(cut),
         source_workload: workload_key(&rec.source),
         destination_service: rec.service.as_ref().map(|s| cut(&s.host)),
@@ -630,6 +641,7 @@ pub(crate) mod tests {
                 namespace: "shop".into(),
             }),
             route: Some("shop/web".into()),
+            route_rule: None,
             attempts: 1,
             response_flags: ResponseFlags::NONE,
             security: Security::MutualTls,

@@ -116,6 +116,7 @@ fn record(status: Option<StatusCode>) -> RequestRecord {
         destination: Party::default(),
         service: None,
         route: None,
+        route_rule: None,
         attempts: 1,
         response_flags: if status.is_some() {
             ResponseFlags::NONE

@@ -36,6 +36,9 @@ pub struct StreamContext {
     /// The client: the verified identity, and its workload when the
     /// CONNECT's forwarded address agrees with that identity.
     pub source: Party,
+    /// The namespace of the client's verified identity: whose consumer
+    /// routes apply.
+    pub client_namespace: String,
     /// Whom the waypoint's own tunnels say they carry (`forwarded`): the
     /// client's pod when its address was believed, else the peer.
     pub carries: SocketAddr,
@@ -82,6 +85,7 @@ impl Handler for Waypoint {
             _ => incoming.peer,
         };
         let stream = StreamContext {
+            client_namespace: incoming.source.namespace().to_owned(),
             dst,
             target,
             peer: incoming.peer,
@@ -154,6 +158,7 @@ fn refused_connect(wp: &Waypoint, dst: SocketAddr, peer: SocketAddr, source: Par
         destination: Party::default(),
         service: None,
         route: None,
+        route_rule: None,
         attempts: 0,
         response_flags: ResponseFlag::NoRouteFound.into(),
         security: mesh_telemetry::connection::Security::MutualTls,

@@ -34,6 +34,9 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
+use mesh_discovery::view::MeshView;
+use mesh_route::{compile::Timeout, redirect::Redirection};
+
 use crate::{
     balancer::InFlight,
     handler::StreamContext,
@@ -41,7 +44,9 @@ use crate::{
     idle::{self, End},
     protocol::Protocol,
     record,
+    routing::{self, Action, Decision},
     spans::{Attempt, RequestTrace},
+    target,
     upstream::{CountedBody, Failed},
     waypoint::Waypoint,
 };
@@ -270,6 +275,32 @@ impl Open {
         }
     }
 
+    /// A redirect made here, as the route says, with its record written.
+    fn redirect(mut self, r: Redirection) -> Response<ResponseBody> {
+        let location = match HeaderValue::from_str(&r.location) {
+            Ok(location) => location,
+            Err(e) => {
+                warn!(location = %r.location, error = %e, "a redirect's Location is not a valid header value (500)");
+                return self.local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ResponseFlag::NoClusterFound,
+                );
+            }
+        };
+        self.record.response_code = Some(r.status);
+        self.finish();
+        let mut response = Response::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *response.status_mut() = r.status;
+        response
+            .headers_mut()
+            .insert(http::header::LOCATION, location);
+        response
+    }
+
     /// A response made here (no endpoint answered), with its record written.
     fn local(mut self, status: StatusCode, flag: ResponseFlag) -> Response<ResponseBody> {
         self.record.response_code = Some(status);
@@ -340,7 +371,11 @@ async fn proxy(
     let (mut parts, body) = request.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::forwarded_proto(&mut parts.headers);
-    if let Err(e) = upstream_head(&mut parts, protocol, &authority) {
+    let (mut open, plan) = match route(&wp, &view, &ctx, open, &mut parts, &authority, &mut rng) {
+        Ok(routed) => routed,
+        Err(response) => return *response,
+    };
+    if let Err(e) = upstream_head(&mut parts, protocol, &plan.authority) {
         warn!(authority = %authority, error = %e, "HTTP request refused (400): its authority or path cannot be forwarded");
         return open.local(
             StatusCode::BAD_REQUEST,
@@ -349,9 +384,12 @@ async fn proxy(
     }
     let request_bytes = Arc::new(AtomicU64::new(0));
     let mut request = Request::from_parts(parts, CountedBody::new(body, request_bytes.clone()));
-    let endpoints = ctx.target.endpoints(&view, &wp.own);
+    let endpoints = plan.endpoints;
+    let deadline = plan
+        .request_timeout
+        .map(|t| tokio::time::Instant::now() + t);
     let mut tried = Vec::new();
-    let (response, place) = loop {
+    let (mut response, place) = loop {
         let Some(place) = (open.record.attempts < MAX_ATTEMPTS)
             .then(|| wp.balancer.choose(&endpoints, &tried))
             .flatten()
@@ -380,7 +418,13 @@ async fn proxy(
         let send = wp
             .upstream
             .send(place.addr, expected, protocol, ctx.carries, request);
-        match tokio::time::timeout(wp.limits.response_timeout, send).await {
+        let attempt_timeout = match deadline {
+            Some(d) => plan
+                .attempt_timeout
+                .min(d.saturating_duration_since(tokio::time::Instant::now())),
+            None => plan.attempt_timeout,
+        };
+        match tokio::time::timeout(attempt_timeout, send).await {
             Ok(Ok(response)) => break (response, place),
             Ok(Err(Failed::Connect {
                 error,
@@ -403,7 +447,7 @@ async fn proxy(
                 );
             }
             Err(_) => {
-                warn!(authority = %authority, upstream = %place.addr, timeout_s = wp.limits.response_timeout.as_secs_f32(), "upstream did not answer in time (504 UT)");
+                warn!(authority = %authority, upstream = %place.addr, timeout_s = attempt_timeout.as_secs_f32(), "upstream did not answer in time (504 UT)");
                 open.record.request_bytes = request_bytes.load(Ordering::Relaxed);
                 open.attempt_failed(ResponseFlag::UpstreamRequestTimeout);
                 return open.local(
@@ -413,8 +457,134 @@ async fn proxy(
             }
         }
     };
+    for m in &plan.response_headers {
+        mesh_route::headers::apply(m, response.headers_mut());
+    }
     respond(open, request_bytes, response, place, downstream_upgrade)
 }
+
+/// Where a request goes, after its route (if any) had its say.
+struct Plan {
+    endpoints: Vec<SocketAddr>,
+    /// Host / `:authority` sent upstream.
+    authority: String,
+    response_headers: Vec<mesh_route::compile::HeaderModifier>,
+    /// For each attempt's response head.
+    attempt_timeout: Duration,
+    /// For the whole request, attempts included.
+    request_timeout: Option<Duration>,
+}
+
+/// Routes the request: applies what its rule changes to `parts`, and
+/// returns where it goes, or the response made here (no rule matches, a
+/// redirect, a rule that cannot send anywhere, no endpoint).
+fn route(
+    wp: &Waypoint,
+    view: &MeshView,
+    ctx: &StreamContext,
+    mut open: Open,
+    parts: &mut http::request::Parts,
+    authority: &str,
+    rng: &mut fastrand::Rng,
+) -> Result<(Open, Plan), Box<Response<ResponseBody>>> {
+    let table = routing::table(view, &ctx.target, Some(&ctx.client_namespace));
+    let decision = {
+        let head = routing::Head {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            host: routing::host_of(authority),
+        };
+        routing::decide(view, table, &head, ctx.dst.port(), rng.u32(..))
+    };
+    let mut plan = Plan {
+        endpoints: Vec::new(),
+        authority: authority.to_owned(),
+        response_headers: Vec::new(),
+        attempt_timeout: wp.limits.response_timeout,
+        request_timeout: None,
+    };
+    let (rule, action) = match decision {
+        Decision::Default => {
+            plan.endpoints = ctx.target.endpoints(view, &wp.own);
+            return Ok((open, plan));
+        }
+        Decision::NoMatch => {
+            open.record.route = None;
+            if wp.should_log() {
+                warn!(authority = %authority, destination = %ctx.target.describe(), path = %parts.uri.path(), "no route rule matches the request (404 NR)");
+            }
+            return Err(Box::new(
+                open.local(StatusCode::NOT_FOUND, ResponseFlag::NoRouteFound),
+            ));
+        }
+        Decision::Routed { rule, action } => (rule, action),
+    };
+    open.record.route = Some(rule.route.clone());
+    open.record.route_rule = Some(rule.rule.clone());
+    let forward = match action {
+        Action::Redirect(r) => return Err(Box::new(open.redirect(r))),
+        Action::Unroutable(why) => {
+            if wp.should_log() {
+                warn!(authority = %authority, route = %rule.route, rule = %rule.rule, reason = %why, "the matched rule cannot send the request anywhere (500 NC)");
+            }
+            return Err(Box::new(
+                open.local(why.status(), ResponseFlag::NoClusterFound),
+            ));
+        }
+        Action::Forward(f) => f,
+    };
+    for m in &forward.request_headers {
+        mesh_route::headers::apply(m, &mut parts.headers);
+    }
+    if let Some(path) = &forward.path {
+        let with_query = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        match with_query.parse() {
+            Ok(uri) => parts.uri = uri,
+            Err(e) => {
+                warn!(authority = %authority, route = %rule.route, path = %with_query, error = %e, "the rewritten path is not a valid URI (500)");
+                return Err(Box::new(open.local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ResponseFlag::NoClusterFound,
+                )));
+            }
+        }
+    }
+    if let Some(host) = &forward.authority {
+        // A rewritten hostname replaces Host too (HTTP/1.1 keeps Host).
+        parts.headers.remove(HOST);
+        plan.authority = host.clone();
+    }
+    open.record.service = Some(record::service_name(
+        &forward.backend.namespace,
+        &forward.backend.name,
+    ));
+    let forward = *forward;
+    plan.endpoints = target::usable(view, &wp.own, forward.endpoints);
+    plan.response_headers = forward.response_headers;
+    match forward.timeouts.backend_request {
+        Some(Timeout::After(d)) => plan.attempt_timeout = d,
+        Some(Timeout::Disabled) => plan.attempt_timeout = NO_TIMEOUT,
+        None => {}
+    }
+    match forward.timeouts.request {
+        Some(Timeout::After(d)) => plan.request_timeout = Some(d),
+        // "0s" turns the route's timeout off, and the waypoint's own
+        // response timeout with it.
+        Some(Timeout::Disabled) if forward.timeouts.backend_request.is_none() => {
+            plan.attempt_timeout = NO_TIMEOUT
+        }
+        _ => {}
+    }
+    Ok((open, plan))
+}
+
+/// A timeout that does not fire: a route turned it off.
+const NO_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn respond(
     mut open: Open,

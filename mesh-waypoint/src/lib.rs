@@ -6,7 +6,7 @@
 //! cannot parse as HTTP is relayed as TCP to one endpoint.
 //!
 //! Decisions are pure and live in their own modules (`binding`, `target`,
-//! `protocol`, `balancer`, `headers`, `record`, `spans`); I/O is at the
+//! `routing`, `protocol`, `balancer`, `headers`, `record`, `spans`); I/O is at the
 //! edges (`upstream`, `http`, `tcp`, `handler`, `access`, `telemetry`,
 //! `admin`, `run`). The request record, Istio's metric families, the W3C
 //! trace context and the OTLP export are `mesh_telemetry`'s.
@@ -20,6 +20,7 @@ pub mod http;
 pub mod idle;
 pub mod protocol;
 pub mod record;
+pub mod routing;
 pub mod run;
 pub mod spans;
 pub mod target;

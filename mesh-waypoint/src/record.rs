@@ -89,17 +89,21 @@ pub fn destination(view: &MeshView, ip: IpAddr) -> Party {
     }
 }
 
+/// Istio's name of a Service.
+pub fn service_name(namespace: &str, name: &str) -> ServiceName {
+    ServiceName {
+        host: format!("{name}.{namespace}.svc.cluster.local"),
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+    }
+}
+
 /// Istio's name of the target's Service, if it is one.
 pub fn service(target: &Target) -> Option<ServiceName> {
     match target {
-        Target::Service { route, .. } => Some(ServiceName {
-            host: format!(
-                "{}.{}.svc.cluster.local",
-                route.service.name, route.service.namespace
-            ),
-            name: route.service.name.clone(),
-            namespace: route.service.namespace.clone(),
-        }),
+        Target::Service { route, .. } => {
+            Some(service_name(&route.service.namespace, &route.service.name))
+        }
         Target::Workload { .. } => None,
     }
 }
@@ -150,6 +154,7 @@ pub fn start(
         destination,
         service: service(&stream.target),
         route: matches!(stream.target, Target::Service { .. }).then(|| DEFAULT_ROUTE.to_owned()),
+        route_rule: None,
         attempts: 0,
         response_flags: Default::default(),
         security: Security::MutualTls,

@@ -110,6 +110,7 @@ mod tests {
             },
             service: None,
             route: None,
+            route_rule: None,
             attempts: 2,
             response_flags: ResponseFlags::NONE,
             security: Security::MutualTls,

@@ -137,15 +137,27 @@ pub fn resolve(
     Err(Unserved::Unknown(dst))
 }
 
+/// `endpoints` without a waypoint's pod (a Service selecting it by mistake
+/// or on purpose) and this waypoint's own addresses, which are never
+/// endpoints. Endpoints outside the mesh stay: they are reached in
+/// plaintext, as Istio's waypoint reaches them, since they have no
+/// identity to pin.
+pub fn usable(view: &MeshView, own: &OwnAddrs, mut endpoints: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    endpoints.retain(|e| {
+        !own.contains(view, *e)
+            && !view
+                .workload(e.ip())
+                .is_some_and(|w| view.is_waypoint_pod(w))
+    });
+    endpoints
+}
+
 impl Target {
     /// The ready endpoints as of `view`: a long-lived connection's requests
-    /// follow the Service as it scales, not the endpoints at its CONNECT.
-    /// A waypoint's pod (a Service selecting it by mistake or on purpose)
-    /// and this waypoint's own addresses are never endpoints. Endpoints
-    /// outside the mesh stay: they are reached in plaintext, as Istio's
-    /// waypoint reaches them, since they have no identity to pin.
+    /// follow the Service as it scales, not the endpoints at its CONNECT
+    /// (see `usable` for which are left out).
     pub fn endpoints(&self, view: &MeshView, own: &OwnAddrs) -> Vec<SocketAddr> {
-        let mut endpoints = match self {
+        let endpoints = match self {
             Target::Service { route, port } => view
                 .service(&route.service.key())
                 .and_then(|r| r.port(port.port))
@@ -153,13 +165,7 @@ impl Target {
                 .unwrap_or_default(),
             Target::Workload { addr, .. } => vec![*addr],
         };
-        endpoints.retain(|e| {
-            !own.contains(view, *e)
-                && !view
-                    .workload(e.ip())
-                    .is_some_and(|w| view.is_waypoint_pod(w))
-        });
-        endpoints
+        usable(view, own, endpoints)
     }
 
     /// What the destination declares about its protocol.

@@ -251,6 +251,19 @@ async fn app(
     }
     let proto = header("x-forwarded-proto");
     let trace = header("traceparent");
+    // What routing changed on the way: the path, Host, and `x-test-*`
+    // headers come back as `x-seen-*`.
+    let mut seen = Response::builder()
+        .header(
+            "x-seen-path",
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        )
+        .header("x-seen-host", header("host"));
+    for (name, value) in req.headers() {
+        if let Some(rest) = name.as_str().strip_prefix("x-test-") {
+            seen = seen.header(format!("x-seen-{rest}"), value);
+        }
+    }
     if req.uri().path() == "/grpc" {
         let body = req
             .into_body()
@@ -268,7 +281,7 @@ async fn app(
             .body(frames)
             .unwrap());
     }
-    Ok(Response::builder()
+    Ok(seen
         .header("x-backend", name)
         .header("x-seen-proto", proto)
         .header("x-seen-traceparent", trace)
@@ -352,7 +365,8 @@ pub async fn tcp_backend(addr: SocketAddr) -> Arc<AtomicUsize> {
 /// The cluster as the waypoint sees it: namespace `shop` uses waypoint
 /// `shop/wp`; Service `web` (VIP 10.96.<n>.1) has an HTTP/1.1 port (80),
 /// an HTTP/2 port (81), a TCP port (82) and an undeclared one (83), its
-/// endpoints pods web-1 and web-2 at 127.0.<n>.1 and .2.
+/// endpoints pods web-1 and web-2 at 127.0.<n>.1 and .2; Service `web-v2`
+/// (10.96.<n>.3:80) has pod web-3 (127.0.<n>.3).
 pub fn node_file(n: u8) -> String {
     format!(
         r#"
@@ -407,6 +421,21 @@ spec:
   - {{name: other, port: 83, targetPort: 8080}}
 ---
 apiVersion: v1
+kind: Pod
+metadata: {{name: web-3, namespace: shop, labels: {{app: web-v2}}}}
+spec: {{nodeName: n2, serviceAccountName: web, containers: [{{name: c}}]}}
+status: {{podIPs: [{{ip: 127.0.{n}.3}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-v2, namespace: shop}}
+spec:
+  clusterIP: 10.96.{n}.3
+  selector: {{app: web-v2}}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080}}
+---
+apiVersion: v1
 kind: Service
 metadata: {{name: idle, namespace: shop}}
 spec:
@@ -438,6 +467,8 @@ pub struct Options {
     pub otlp: Option<ExporterConfig>,
     /// Changes to the waypoint's limits beyond the bed's own.
     pub limits: fn(&mut Limits),
+    /// Documents added to the node file (routes, say).
+    pub extra: String,
 }
 
 impl Default for Options {
@@ -446,6 +477,7 @@ impl Default for Options {
             response_timeout: WAIT,
             otlp: None,
             limits: |_| {},
+            extra: String::new(),
         }
     }
 }
@@ -460,6 +492,7 @@ pub struct Bed {
     pub client: Client,
     pub client_svid: Svid,
     client_dial: MapDial,
+    views: watch::Sender<Published>,
     _serve: JoinHandle<()>,
 }
 
@@ -471,16 +504,15 @@ impl Bed {
     pub async fn start_with(n: u8, options: Options) -> Self {
         mesh_identity::tls::install_process_default();
         let ca = Ca::new();
-        let text = node_file(n);
+        let text = format!("{}{}", node_file(n), options.extra);
         let config = NodeConfig::parse(Path::new("node.yaml"), &text, None).unwrap();
-        let (_tx, views) = watch::channel(Published {
+        let (views_tx, views) = watch::channel(Published {
             view: Arc::new(config.view()),
             synced: true,
         });
-        std::mem::forget(_tx);
         let web = ca.svid("shop", "web");
         let (pod_hbone, pods) = pod_hbone_server(&ca, &web).await;
-        let map = (1..=2)
+        let map = (1..=3)
             .map(|i| (SocketAddr::from(([127, 0, n, i], 15008)), pod_hbone))
             .collect();
         let wp_svid = ca.svid("shop", "wp");
@@ -539,8 +571,20 @@ impl Bed {
             waypoint_addr,
             pods,
             client_svid,
+            views: views_tx,
             _serve: serve,
         }
+    }
+
+    /// Publishes the node file with `extra` in place of what it had, as a
+    /// changed file or API object would: requests from now on see it.
+    pub fn reconfigure(&self, extra: &str) {
+        let text = format!("{}{extra}", node_file(self.n));
+        let config = NodeConfig::parse(Path::new("node.yaml"), &text, None).unwrap();
+        self.views.send_replace(Published {
+            view: Arc::new(config.view()),
+            synced: true,
+        });
     }
 
     pub fn vip(&self, port: u16) -> SocketAddr {
@@ -565,8 +609,11 @@ impl Bed {
         src: SocketAddr,
         dst: SocketAddr,
     ) -> Result<Tunnel, mesh_hbone::HboneError> {
+        // Pooled connections are per identity: one client's connection is
+        // never another's.
+        let key = svid.identity.to_string();
         let origin = Origin {
-            key: "shop/client-0",
+            key: &key,
             namespace: "shop",
             name: "client-0",
             identity: &svid.identity,
@@ -638,5 +685,10 @@ impl Bed {
 
     pub async fn stream(&self, dst: SocketAddr) -> H2Io<Tunnel> {
         H2Io::new(self.tunnel(dst).await.unwrap())
+    }
+
+    /// A stream from a client with `svid`'s identity.
+    pub async fn stream_as(&self, svid: &Svid, dst: SocketAddr) -> H2Io<Tunnel> {
+        H2Io::new(self.tunnel_as(svid, self.pod(5, 40001), dst).await.unwrap())
     }
 }

@@ -1,0 +1,278 @@
+//! Which route rule a request takes and what that rule does with it,
+//! decided from the request's head and the view alone: no I/O, so every
+//! branch is a unit test, and `mesh inspect --request` runs the same
+//! matcher. `http` carries the decision out.
+use std::net::SocketAddr;
+
+use http::{HeaderMap, Method, StatusCode};
+use mesh_discovery::view::MeshView;
+use mesh_route::{
+    Request, RouteTable,
+    compile::{BackendRef, Filter, HeaderModifier, Mirror, Retry, RouteKind, Scheme, Timeouts},
+    grant,
+    redirect::{self, Original, Redirection},
+    rewrite,
+    split::{self, Pick},
+};
+
+use crate::target::Target;
+
+/// The parts of a request's head routing reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub method: &'a Method,
+    /// Without the query.
+    pub path: &'a str,
+    /// Without `?`.
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// Host / `:authority` without its port.
+    pub host: &'a str,
+}
+
+/// Which rule matched, as metrics and logs name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleName {
+    /// `<namespace>/<name>` of the route.
+    pub route: String,
+    /// The rule's `name`, else its index in the route.
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// No route applies to this destination and client: the Service's own
+    /// endpoints (or the workload's address).
+    Default,
+    /// Routes are attached and none matches: 404 (`NR`).
+    NoMatch,
+    Routed {
+        rule: RuleName,
+        action: Action,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Redirect(Redirection),
+    /// 500 as Gateway API prescribes it: the rule cannot send anywhere.
+    Unroutable(Unroutable),
+    Forward(Box<Forward>),
+}
+
+/// Why a matched rule cannot send the request on (each answered 500).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unroutable {
+    #[error("the rule has no backend with a weight above 0")]
+    NoBackend,
+    #[error("backend Service {0} does not exist")]
+    NoSuchService(String),
+    #[error("backend Service {service} has no port {port}")]
+    NoSuchPort { service: String, port: u16 },
+    #[error(
+        "no ReferenceGrant in namespace {namespace} lets {kind}s from {from} use Service {service}"
+    )]
+    NotPermitted {
+        namespace: String,
+        kind: &'static str,
+        from: String,
+        service: String,
+    },
+}
+
+/// Where a routed request goes and what is changed on its way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    /// The backend Service chosen by weight (`<namespace>/<name>`), and
+    /// the port of it.
+    pub backend: BackendRef,
+    pub endpoints: Vec<SocketAddr>,
+    /// Request header changes, the rule's then the backend's, in order.
+    pub request_headers: Vec<HeaderModifier>,
+    pub response_headers: Vec<HeaderModifier>,
+    /// A new path (the query kept) from URLRewrite.
+    pub path: Option<String>,
+    /// A new Host / `:authority` from URLRewrite.
+    pub authority: Option<String>,
+    pub mirrors: Vec<Mirror>,
+    pub timeouts: Timeouts,
+    pub retry: Option<Retry>,
+}
+
+/// The table that routes a client of `client_namespace` to `target`, if
+/// any route applies.
+pub fn table<'v>(
+    view: &'v MeshView,
+    target: &Target,
+    client_namespace: Option<&str>,
+) -> Option<&'v RouteTable> {
+    match target {
+        Target::Service { route, port } => view
+            .routes
+            .port(&route.service.key(), port.port)?
+            .for_client(client_namespace),
+        // Routes attach to Services (GAMMA); a workload's own address has
+        // none.
+        Target::Workload { .. } => None,
+    }
+}
+
+/// The decision for one request. `roll` is a uniform random number, for
+/// the weighted choice of a backend; `port` is the destination port (the
+/// Service port), which a redirect keeps unless the rule changes it.
+pub fn decide(
+    view: &MeshView,
+    table: Option<&RouteTable>,
+    head: &Head<'_>,
+    port: u16,
+    roll: u32,
+) -> Decision {
+    let Some(table) = table else {
+        return Decision::Default;
+    };
+    let query = query_pairs(head.query);
+    let request = Request {
+        method: head.method,
+        path: head.path,
+        query: &query,
+        headers: head.headers,
+    };
+    let Some(matched) = table.find(&request) else {
+        return Decision::NoMatch;
+    };
+    let kind = table.kind().unwrap_or(RouteKind::Http);
+    let rule = RuleName {
+        route: matched.route.to_string(),
+        rule: matched
+            .rule_name()
+            .map_or_else(|| matched.rule_index().to_string(), str::to_owned),
+    };
+    let mut forward = Forward {
+        backend: BackendRef {
+            namespace: String::new(),
+            name: String::new(),
+            port: 0,
+        },
+        endpoints: Vec::new(),
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+        path: None,
+        authority: None,
+        mirrors: Vec::new(),
+        timeouts: matched.rule.timeouts,
+        retry: matched.rule.retry.clone(),
+    };
+    for filter in matched.filters() {
+        if let Filter::Redirect(r) = filter {
+            let original = Original {
+                scheme: Scheme::Http,
+                host: head.host,
+                port,
+                path: head.path,
+                query: head.query,
+            };
+            let action = Action::Redirect(redirect::redirect(r, matched.prefix, &original));
+            return Decision::Routed { rule, action };
+        }
+        take_filter(&mut forward, filter, matched.prefix, head.path);
+    }
+    let backend = match split::pick(matched.backends(), roll) {
+        Pick::Backend(b) => b,
+        Pick::NoBackend => {
+            let action = Action::Unroutable(Unroutable::NoBackend);
+            return Decision::Routed { rule, action };
+        }
+    };
+    if let Err(why) = resolve(view, kind, &matched.route.namespace, &backend.target)
+        .map(|endpoints| forward.endpoints = endpoints)
+    {
+        return Decision::Routed {
+            rule,
+            action: Action::Unroutable(why),
+        };
+    }
+    for filter in &backend.filters {
+        take_filter(&mut forward, filter, matched.prefix, head.path);
+    }
+    forward.backend = backend.target.clone();
+    Decision::Routed {
+        rule,
+        action: Action::Forward(Box::new(forward)),
+    }
+}
+
+/// A filter's effect, added to what is forwarded. Redirects are handled
+/// before (they end the request here).
+fn take_filter(forward: &mut Forward, filter: &Filter, prefix: Option<&str>, path: &str) {
+    match filter {
+        Filter::RequestHeaders(m) => forward.request_headers.push(m.clone()),
+        Filter::ResponseHeaders(m) => forward.response_headers.push(m.clone()),
+        Filter::Rewrite(r) => {
+            let done = rewrite::rewrite(r, prefix, path);
+            if done.path.is_some() {
+                forward.path = done.path;
+            }
+            if done.authority.is_some() {
+                forward.authority = done.authority;
+            }
+        }
+        Filter::Mirror(m) => forward.mirrors.push(m.clone()),
+        Filter::Redirect(_) => {}
+    }
+}
+
+/// The ready endpoints of a backend Service port, if the route may use it.
+pub fn resolve(
+    view: &MeshView,
+    kind: RouteKind,
+    route_namespace: &str,
+    backend: &BackendRef,
+) -> Result<Vec<SocketAddr>, Unroutable> {
+    if !grant::permits(view.routes.grants(), kind, route_namespace, backend) {
+        return Err(Unroutable::NotPermitted {
+            namespace: backend.namespace.clone(),
+            kind: kind.kind_name(),
+            from: route_namespace.to_owned(),
+            service: backend.name.clone(),
+        });
+    }
+    let key = format!("{}/{}", backend.namespace, backend.name);
+    let service = view
+        .service(&key)
+        .ok_or_else(|| Unroutable::NoSuchService(key.clone()))?;
+    let port = service
+        .port(backend.port)
+        .ok_or(Unroutable::NoSuchPort {
+            service: key,
+            port: backend.port,
+        })?;
+    Ok(port.endpoints.clone())
+}
+
+/// `a=1&b=2` as pairs, in order; a parameter without `=` has an empty
+/// value. Not percent-decoded: Gateway API compares values as sent.
+pub fn query_pairs(query: Option<&str>) -> Vec<(&str, &str)> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect()
+}
+
+impl Unroutable {
+    pub fn status(&self) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+/// The host of an authority: `[v6]:port`, `name:port` or a bare name.
+pub fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
