@@ -1202,6 +1202,11 @@ impl Cluster {
     fn listening(&self, pod: &str, what: &str, args: &[&str]) -> anyhow::Result<Proc> {
         let mut cmd = self.pod_command(pod, &self.bins.meshtb)?;
         cmd.args(args);
+        // The pod's name and namespace, as Kubernetes' downward API hands
+        // them to a container (the conformance echo reports them).
+        let named = self.pod(pod);
+        cmd.env(crate::echo::server::POD_NAME_ENV, &named.name)
+            .env(crate::echo::server::NAMESPACE_ENV, &named.namespace);
         let mut p = Proc::spawn(&format!("{what} in {pod}"), cmd, None)?;
         p.wait_json("listening", Duration::from_secs(10), |v| {
             v.get("listening").is_some()

@@ -11,6 +11,7 @@
 //! the node's. All names carry a per-cluster id, everything is removed on
 //! drop (and so on panic), and every wait is bounded.
 pub mod cluster;
+pub mod echo;
 pub mod fixtures;
 pub mod http;
 pub mod proc;

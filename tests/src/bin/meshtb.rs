@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 // The crate root is src/bin/, where hboneprobe is a sibling.
+#[path = "meshtb/conformance_echo.rs"]
+mod conformance_echo;
 #[path = "meshtb/web.rs"]
 mod web;
 #[path = "meshtb/web_client.rs"]
@@ -35,6 +37,10 @@ enum Mode {
     /// HTTP/1.1 and h2c on one port, each response naming the server;
     /// gRPC-shaped requests and WebSocket upgrades served (see `web`).
     Web,
+    /// The Gateway API conformance echo (`mesh_testbed::echo`): HTTP/1.1,
+    /// h2c and gRPC, each request answered with what arrived and the pod
+    /// (POD_NAME, NAMESPACE) that answered.
+    ConformanceEcho,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +158,20 @@ enum Cmd {
         message: String,
         #[arg(long, default_value_t = 20)]
         timeout_s: u64,
+    },
+    /// One call to a conformance echo (`serve --mode conformance-echo`),
+    /// COUNT times over one connection; prints `{"exchanges": [...]}`.
+    EchoRequest {
+        #[arg(long)]
+        to: SocketAddr,
+        /// The call, as `mesh_testbed::echo::Call` in JSON.
+        #[arg(long)]
+        call: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Per request, connecting included.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
     },
     /// Send DATA as is (e.g. a malformed HTTP request), read until the peer
     /// closes or the timeout; report the reply and its HTTP status.
@@ -315,6 +335,17 @@ fn main() {
                 Duration::from_secs(timeout_s)
             )
         ),
+        Cmd::EchoRequest {
+            to,
+            call,
+            count,
+            timeout_ms,
+        } => {
+            let (out, status) =
+                conformance_echo::request(to, &call, count, Duration::from_millis(timeout_ms));
+            println!("{out}");
+            std::process::exit(status);
+        }
         Cmd::Raw {
             to,
             data,
@@ -369,6 +400,18 @@ fn relay_on(listeners: Vec<(TcpListener, SocketAddr)>) {
 }
 
 fn serve(ports: &[u16], mode: Mode, name: &str, body: usize) {
+    // Before listening: a test waits for that line, and should instead
+    // see why the echo cannot run.
+    let workload = match mode {
+        Mode::ConformanceEcho => match conformance_echo::workload() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                println!("{}", json!({"error": format!("{e:#}")}));
+                std::process::exit(2);
+            }
+        },
+        _ => None,
+    };
     let mut listeners = Vec::new();
     for p in ports {
         let l = TcpListener::bind(("0.0.0.0", *p)).unwrap_or_else(|e| panic!("bind {p}: {e}"));
@@ -378,6 +421,13 @@ fn serve(ports: &[u16], mode: Mode, name: &str, body: usize) {
     std::io::stdout().flush().unwrap();
     if mode == Mode::Web {
         return web::serve(listeners, name);
+    }
+    if let Some(w) = workload {
+        if let Err(e) = conformance_echo::serve(listeners, w) {
+            println!("{}", json!({"error": format!("{e:#}")}));
+            std::process::exit(1);
+        }
+        return;
     }
     let handles: Vec<_> = listeners
         .into_iter()
@@ -411,8 +461,9 @@ fn handle(mut s: TcpStream, mode: Mode, name: &str, body: usize) {
         }
         Mode::Echo => echo(s),
         Mode::Http => http(s, body),
-        // Served by `web::serve`, never by a thread per connection.
-        Mode::Web => {}
+        // Served by `web::serve` and `conformance_echo::serve`, never by a
+        // thread per connection.
+        Mode::Web | Mode::ConformanceEcho => {}
     }
 }
 
