@@ -24,6 +24,7 @@ const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const NAMESPACES: &str = "/api/v1/namespaces";
 const AUTHZ: &str = "/apis/security.istio.io/v1/authorizationpolicies";
 const PEER: &str = "/apis/security.istio.io/v1/peerauthentications";
+const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 
 /// Scripted answers per (path, is_watch); unscripted kinds list empty,
 /// unless their lists are held (never answered) or always fail.
@@ -104,7 +105,7 @@ async fn run_until(script: Script, until: impl Fn(&Published) -> bool) -> (Publi
             let mut s = server_script.lock().unwrap();
             s.seen
                 .push(format!("{path}{}", if is_watch { " watch" } else { "" }));
-            let key = [PODS, SERVICES, SLICES, NAMESPACES, AUTHZ, PEER]
+            let key = [PODS, SERVICES, SLICES, NAMESPACES, AUTHZ, PEER, HTTP_ROUTES]
                 .into_iter()
                 .find(|p| *p == path);
             let answer = key.and_then(|k| s.answers.get_mut(&(k, is_watch))?.pop_front());
@@ -551,4 +552,48 @@ async fn an_unusable_object_counts_as_ignored_until_it_is_fixed_or_deleted() {
     })
     .await;
     assert!(names(&deleted).is_empty());
+}
+
+/// HTTPRoutes are listed and watched untyped and compiled into the
+/// view's tables; one that does not compile is left out and counted.
+#[tokio::test]
+async fn http_routes_reach_the_view_and_a_bad_one_is_ignored() {
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "1"},
+        "spec": {"clusterIP": "10.96.0.5", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}});
+    let route = |name: &str, path_type: &str, value: &str| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "shop", "resourceVersion": "1",
+                         "creationTimestamp": "2026-01-02T03:04:05Z"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                     "rules": [{"matches": [{"path": {"type": path_type, "value": value}}],
+                                "backendRefs": [{"name": "web", "port": 80}]}]}})
+    };
+    let mut s = Script::default();
+    s.list(
+        SERVICES,
+        StatusCode::OK,
+        list_of("Service", "v1", "1", vec![service]),
+    )
+    .list(
+        HTTP_ROUTES,
+        StatusCode::OK,
+        list_of(
+            "HTTPRoute",
+            "gateway.networking.k8s.io/v1",
+            "1",
+            vec![
+                route("good", "PathPrefix", "/api"),
+                route("bad", "RegularExpression", "("),
+            ],
+        ),
+    );
+    let (published, seen) = run_until(s, |p| p.synced && p.view.routes.ports() > 0).await;
+    assert!(seen.iter().any(|r| r == HTTP_ROUTES), "{seen:?}");
+    let port = published.view.routes.port("shop/web", 80).unwrap();
+    let table = port.for_client(Some("shop")).unwrap();
+    let names: Vec<String> = table.routes().iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(names, ["shop/good"]);
+    assert_eq!(published.view.sizes.routes, 1);
+    assert_eq!(published.view.sizes.ignored, 1);
 }
