@@ -240,12 +240,10 @@ pub fn resolve(
     let service = view
         .service(&key)
         .ok_or_else(|| Unroutable::NoSuchService(key.clone()))?;
-    let port = service
-        .port(backend.port)
-        .ok_or(Unroutable::NoSuchPort {
-            service: key,
-            port: backend.port,
-        })?;
+    let port = service.port(backend.port).ok_or(Unroutable::NoSuchPort {
+        service: key,
+        port: backend.port,
+    })?;
     Ok(port.endpoints.clone())
 }
 

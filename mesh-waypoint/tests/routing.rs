@@ -238,7 +238,8 @@ async fn unusable_backends_get_the_specs_500_and_no_endpoint_503() {
 #[tokio::test]
 async fn a_consumer_route_applies_to_its_namespace_only() {
     // A route in namespace `shop` is the producer's; one in `client-ns`
-    // applies only to clients whose identity is in `client-ns`.
+    // applies only to clients whose identity is in `client-ns`, and sends
+    // to the Service in `shop` without a ReferenceGrant (GEP-1294).
     let consumer = r#"
 ---
 apiVersion: v1
@@ -255,13 +256,6 @@ spec:
     - type: RequestHeaderModifier
       requestHeaderModifier: {set: [{name: x-test-consumer, value: "yes"}]}
     backendRefs: [{name: web, namespace: shop, port: 80}]
----
-apiVersion: gateway.networking.k8s.io/v1beta1
-kind: ReferenceGrant
-metadata: {name: from-client-ns, namespace: shop}
-spec:
-  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: client-ns}]
-  to: [{group: "", kind: Service}]
 "#;
     let bed = bed(83, consumer.into()).await;
     http_backend(bed.pod(1, 8080), "web-1", false).await;
