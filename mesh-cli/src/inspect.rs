@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::{
     agents::Cluster,
     output::{self, Format},
+    routing::{self, tables::ServiceRoutes},
     waypoint::describe,
 };
 
@@ -35,6 +36,10 @@ pub struct Inspection {
     pub waypoint: Option<WaypointBinding>,
     pub pods: Vec<PodRow>,
     pub endpoints: Vec<EndpointRow>,
+    /// A Service's routes: each attached route's status and each port's
+    /// tables in the order they are tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<ServiceRoutes>,
     /// Policies that select the target's pods (evaluated for `evaluated_for`).
     pub inbound_policies: Vec<PolicyRow>,
     pub evaluated_for: Option<String>,
@@ -119,8 +124,10 @@ pub fn inspect(view: &MeshView, target: &str) -> anyhow::Result<Inspection> {
         bail!("`{target}`: name the target as <namespace>/<workload or service>");
     };
     let mut service_waypoint = None;
+    let mut routes = None;
     let (kind, pods, endpoints) = if let Some(route) = view.service(target) {
         service_waypoint = Some(route.waypoint.clone());
+        routes = Some(routing::tables::service_routes(view, route));
         let mut endpoints = Vec::new();
         let mut pods: Vec<Arc<Workload>> = Vec::new();
         for p in &route.ports {
@@ -182,6 +189,7 @@ pub fn inspect(view: &MeshView, target: &str) -> anyhow::Result<Inspection> {
             })
             .collect(),
         endpoints,
+        routes,
         inbound_policies: Vec::new(),
         evaluated_for: representative.as_ref().map(|w| w.key()),
         inbound: Vec::new(),
@@ -493,6 +501,10 @@ pub fn render(format: Format, i: &Inspection) -> anyhow::Result<String> {
                     })
                     .collect::<Vec<_>>(),
             ));
+        }
+        if let Some(r) = &i.routes {
+            out.push('\n');
+            out.push_str(&routing::render::service_routes(r));
         }
         out.push_str(&format!(
             "\nINBOUND POLICIES (evaluated for {})\n",

@@ -5,7 +5,10 @@
 pub mod agents;
 pub mod inspect;
 pub mod output;
+pub mod routing;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod waypoint;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -70,10 +73,24 @@ pub enum Command {
     /// Exits non-zero when an agent is unhealthy or unreachable.
     Status,
     /// A workload or Service: identity, endpoints, policies in and out with
-    /// their verdicts, current flows.
+    /// their verdicts, current flows; a Service's routes (HTTPRoute,
+    /// GRPCRoute) with their status, in the order they are tried. With
+    /// --request, only which rule that request takes and where it goes.
     Inspect {
         /// `<namespace>/<workload or service>`.
         target: String,
+        /// A request to the Service, e.g. 'GET /api?x=1 -H version:2': the
+        /// rule that would take it (by the waypoint's matcher), its filters,
+        /// and where it would go.
+        #[arg(long, value_name = "'METHOD /PATH?QUERY -H NAME:VALUE ...'")]
+        request: Option<String>,
+        /// The Service port the request is sent to (default: its only port).
+        #[arg(long, requires = "request")]
+        port: Option<u16>,
+        /// The client's namespace, whose own (consumer) routes replace the
+        /// Service's for its clients (default: the Service's namespace).
+        #[arg(long, value_name = "NAMESPACE", requires = "request")]
+        from: Option<String>,
     },
     /// Waypoints: declare one (a Gateway of the waypoint class) or see them.
     #[command(subcommand)]
@@ -125,6 +142,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     if let Command::Waypoint(WaypointCommand::Apply(args)) = &cli.command {
         return waypoint_apply(&cli, args).await;
     }
+    // A mistake in --request is reported before any cluster is looked for.
+    let request = match &cli.command {
+        Command::Inspect {
+            request: Some(text),
+            ..
+        } => Some(routing::request::parse(text)?),
+        _ => None,
+    };
     let cluster = if cli.config.is_empty() {
         Cluster::Kubernetes {
             client: kube_client().await?,
@@ -137,15 +162,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             configs: cli.config.clone(),
         }
     };
-    match &cli.command {
-        Command::Status => {
+    match (&cli.command, &request) {
+        (Command::Status, _) => {
             let report = status::collect(&cluster).await?;
             Ok(Outcome {
                 text: status::render(cli.output, &report)?,
                 ok: report.healthy,
             })
         }
-        Command::Inspect { target } => {
+        (
+            Command::Inspect {
+                target, port, from, ..
+            },
+            Some(request),
+        ) => {
+            let view = view(&cli, &cluster).await?;
+            let answer = routing::answer::answer(
+                &view,
+                target,
+                routing::answer::Question {
+                    request,
+                    port: *port,
+                    from: from.as_deref(),
+                },
+            )?;
+            Ok(Outcome {
+                text: output::render(cli.output, &answer, routing::render::answer)?,
+                ok: true,
+            })
+        }
+        (Command::Inspect { target, .. }, None) => {
             let view = view(&cli, &cluster).await?;
             let mut inspection = inspect::inspect(&view, target)?;
             inspect::add_flows(&cluster, &mut inspection, &view).await;
@@ -154,8 +200,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 ok: true,
             })
         }
-        Command::Waypoint(WaypointCommand::Apply(args)) => waypoint_apply(&cli, args).await,
-        Command::Waypoint(WaypointCommand::Status { waypoint_namespace }) => {
+        (Command::Waypoint(WaypointCommand::Apply(args)), _) => waypoint_apply(&cli, args).await,
+        (Command::Waypoint(WaypointCommand::Status { waypoint_namespace }), _) => {
             waypoint_status(&cli, &cluster, waypoint_namespace.as_deref()).await
         }
     }

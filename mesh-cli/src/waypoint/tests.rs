@@ -2,14 +2,10 @@
 //! against node files with Gateways; Kubernetes mode against kube's
 //! tower_test mock (the requests `apply` sends, and `status` from lists of
 //! every kind the agents watch plus the Gateways' status).
-use std::{
-    path::Path,
-    sync::{Arc, Mutex},
-};
+use std::path::Path;
 
 use clap::Parser;
-use http::{Method, Request, Response, StatusCode};
-use kube::{Client, client::Body};
+use http::{Method, StatusCode};
 use mesh_discovery::{NodeConfig, model::WaypointFor};
 use serde_json::{Value, json};
 
@@ -19,7 +15,11 @@ use super::{
     manifest::WaypointDeclaration,
     status,
 };
-use crate::{Cli, agents::Cluster, inspect, output::Format};
+use crate::{
+    Cli, inspect,
+    output::Format,
+    testing::{kube_cluster, list, mock, not_found},
+};
 
 const NODE_FILE: &str = r#"
 kind: AgentConfig
@@ -278,67 +278,6 @@ async fn local_apply_prints_the_gateway_with_what_to_do_with_it() {
     assert!(view.waypoint("shop/edge").is_some());
 }
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-/// One request as the mock saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    uri: String,
-    content_type: String,
-    body: Value,
-}
-
-fn not_found(message: &str, details: Value) -> (StatusCode, Value) {
-    (
-        StatusCode::NOT_FOUND,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
-               "reason": "NotFound", "details": details, "code": 404}),
-    )
-}
-
-/// A mock API server: `answer` decides each request's reply by method and
-/// path; `None` holds the request open (as an idle watch is).
-fn mock(
-    answer: impl Fn(&Method, &str, bool) -> Option<(StatusCode, Value)> + Send + 'static,
-) -> (Client, Arc<Mutex<Vec<Seen>>>) {
-    let (service, mut handle): (_, Handle) = tower_test::mock::pair();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Some((request, send)) = handle.next_request().await {
-            let (parts, body) = request.into_parts();
-            let bytes = http_body_util::BodyExt::collect(body)
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let watch = parts.uri.query().is_some_and(|q| q.contains("watch=true"));
-            log.lock().unwrap().push(Seen {
-                method: parts.method.clone(),
-                uri: parts.uri.to_string(),
-                content_type: parts
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned(),
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            });
-            match answer(&parts.method, parts.uri.path(), watch) {
-                Some((code, body)) => send.send_response(
-                    Response::builder()
-                        .status(code)
-                        .body(Body::from(body.to_string().into_bytes()))
-                        .unwrap(),
-                ),
-                None => held.push(send),
-            }
-        }
-    });
-    (Client::new(service, "default"), seen)
-}
-
 fn decl(name: &str) -> WaypointDeclaration {
     WaypointDeclaration::new("shop", name, "mesh-waypoint", WaypointFor::Service).unwrap()
 }
@@ -444,11 +383,6 @@ async fn apply_without_gateway_crds_or_namespace_says_what_to_do() {
     );
 }
 
-fn list(kind: &str, api_version: &str, items: Vec<Value>) -> Value {
-    json!({"apiVersion": api_version, "kind": format!("{kind}List"),
-           "metadata": {"resourceVersion": "1"}, "items": items})
-}
-
 fn pod(name: &str, ip: &str, sa: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
@@ -527,15 +461,6 @@ fn kube_answer(method: &Method, path: &str, watch: bool) -> Option<(StatusCode, 
         )),
         ("GET", p) if p.starts_with("/api") => ok(list("Any", "v1", vec![])),
         _ => Some(not_found("unexpected", json!({}))),
-    }
-}
-
-fn kube_cluster(client: Client) -> Cluster {
-    Cluster::Kubernetes {
-        client,
-        namespace: "mesh-system".into(),
-        selector: "app.kubernetes.io/name=mesh-agent".into(),
-        status_port: 15021,
     }
 }
 
