@@ -8,8 +8,7 @@ use http::{HeaderMap, Method, StatusCode};
 use mesh_discovery::view::MeshView;
 use mesh_route::{
     Request, RouteTable,
-    compile::{BackendRef, Filter, HeaderModifier, Mirror, Retry, RouteKind, Scheme, Timeouts},
-    grant,
+    compile::{BackendRef, Filter, HeaderModifier, Mirror, Retry, Scheme, Timeouts},
     redirect::{self, Original, Redirection},
     rewrite,
     split::{self, Pick},
@@ -69,15 +68,6 @@ pub enum Unroutable {
     NoSuchService(String),
     #[error("backend Service {service} has no port {port}")]
     NoSuchPort { service: String, port: u16 },
-    #[error(
-        "no ReferenceGrant in namespace {namespace} lets {kind}s from {from} use Service {service}"
-    )]
-    NotPermitted {
-        namespace: String,
-        kind: &'static str,
-        from: String,
-        service: String,
-    },
 }
 
 /// Where a routed request goes and what is changed on its way.
@@ -140,7 +130,6 @@ pub fn decide(
     let Some(matched) = table.find(&request) else {
         return Decision::NoMatch;
     };
-    let kind = table.kind().unwrap_or(RouteKind::Http);
     let rule = RuleName {
         route: matched.route.to_string(),
         rule: matched
@@ -183,8 +172,7 @@ pub fn decide(
             return Decision::Routed { rule, action };
         }
     };
-    if let Err(why) = resolve(view, kind, &matched.route.namespace, &backend.target)
-        .map(|endpoints| forward.endpoints = endpoints)
+    if let Err(why) = resolve(view, &backend.target).map(|endpoints| forward.endpoints = endpoints)
     {
         return Decision::Routed {
             rule,
@@ -221,21 +209,11 @@ fn take_filter(forward: &mut Forward, filter: &Filter, prefix: Option<&str>, pat
     }
 }
 
-/// The ready endpoints of a backend Service port, if the route may use it.
-pub fn resolve(
-    view: &MeshView,
-    kind: RouteKind,
-    route_namespace: &str,
-    backend: &BackendRef,
-) -> Result<Vec<SocketAddr>, Unroutable> {
-    if !grant::permits(view.routes.grants(), kind, route_namespace, backend) {
-        return Err(Unroutable::NotPermitted {
-            namespace: backend.namespace.clone(),
-            kind: kind.kind_name(),
-            from: route_namespace.to_owned(),
-            service: backend.name.clone(),
-        });
-    }
+/// The ready endpoints of a backend Service port. A mesh route may send to
+/// a Service in any namespace without a ReferenceGrant (GEP-1294: unlike a
+/// Gateway's routes, a mesh route reaches nothing its clients could not
+/// reach themselves), so none is asked for.
+pub fn resolve(view: &MeshView, backend: &BackendRef) -> Result<Vec<SocketAddr>, Unroutable> {
     let key = format!("{}/{}", backend.namespace, backend.name);
     let service = view
         .service(&key)
