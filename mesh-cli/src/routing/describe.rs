@@ -554,6 +554,87 @@ pub fn duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_route::{compile_grpc_route, compile_http_route};
+
+    fn http_rule(rule: &str) -> Rule {
+        let text = format!(r#"{{"metadata":{{"name":"r"}},"spec":{{"rules":[{rule}]}}}}"#);
+        let route = compile_http_route(&serde_json::from_str(&text).unwrap()).unwrap();
+        route.rules[0].clone()
+    }
+
+    #[test]
+    fn matches_read_as_one_line() {
+        let rule = http_rule(
+            r#"{"matches":[{"path":{"type":"RegularExpression","value":"/r/[0-9]+"},
+                "headers":[{"type":"RegularExpression","name":"X-Id","value":"[a-f]+"},{"name":"v","value":"2"}]},
+               {"path":{"value":"/p/"}}, {}]}"#,
+        );
+        let line = |i| MatchView::of(&rule, i).unwrap().to_string();
+        assert_eq!(
+            line(0),
+            "RegularExpression /r/[0-9]+, header x-id=~[a-f]+, header v=2"
+        );
+        // A prefix's trailing '/' is not kept; the default match is `/`.
+        assert_eq!(line(1), "PathPrefix /p");
+        assert_eq!(line(2), "PathPrefix /");
+        assert_eq!(MatchView::of(&rule, 3), None);
+
+        let grpc = compile_grpc_route(
+            &serde_json::from_str(
+                r#"{"metadata":{"name":"g"},"spec":{"rules":[{"matches":[
+                    {"method":{"type":"RegularExpression","service":"pkg\\..*"}},
+                    {"headers":[{"name":"x","value":"1"}]}]}]}}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let g = |i| MatchView::of(&grpc.rules[0], i).unwrap().to_string();
+        assert_eq!(g(0), r"service=~pkg\..*");
+        assert_eq!(g(1), "any gRPC method, header x=1");
+    }
+
+    #[test]
+    fn filters_and_backends_read_as_one_line() {
+        let rule = http_rule(
+            r#"{"filters":[
+                {"type":"RequestHeaderModifier","requestHeaderModifier":{"set":[{"name":"a","value":"1"}],"add":[{"name":"b","value":"2"}],"remove":["c"]}},
+                {"type":"RequestRedirect","requestRedirect":{"scheme":"https","hostname":"x.example","port":8443}},
+                {"type":"RequestMirror","requestMirror":{"backendRef":{"name":"m","port":80},"percent":25}}],
+               "backendRefs":[{"name":"b","port":80,"weight":3,"filters":[
+                 {"type":"ResponseHeaderModifier","responseHeaderModifier":{"remove":["server"]}}]},
+                 {"name":"c","namespace":"other","port":81,"weight":0}]}"#,
+        );
+        let filters: Vec<String> = FilterView::list(&rule.filters)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            filters,
+            [
+                "RequestHeaderModifier(set a: 1; add b: 2; remove c)",
+                "RequestRedirect(302, scheme https, hostname x.example, port 8443)",
+                "RequestMirror(default/m:80, 25/100)",
+            ]
+        );
+        let backends = BackendView::list(&rule.backends, |b| {
+            (b.target.namespace == "other").then(|| Unresolved {
+                reason: "RefNotPermitted",
+                message: "not granted".into(),
+            })
+        });
+        let lines: Vec<String> = backends.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "default/b:80 weight 3 (100%) ResponseHeaderModifier(remove server)",
+                "other/c:81 weight 0 (0%) [500: RefNotPermitted]",
+            ]
+        );
+        assert_eq!(
+            backends[1].explained(),
+            "other/c:81 weight 0 (0%): answered 500, not granted"
+        );
+    }
 
     #[test]
     fn shares_round_to_a_tenth() {

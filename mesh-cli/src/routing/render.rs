@@ -161,11 +161,14 @@ pub fn answer(a: &Answer) -> String {
                     headers,
                     backends,
                 } => {
-                    out.push_str(&format!("sent as: {path}"));
+                    out.push_str(&format!("forwarded with path: {path}"));
                     if let Some(a) = authority {
-                        out.push_str(&format!(" (authority {a})"));
+                        out.push_str(&format!(", authority: {a}"));
                     }
                     out.push('\n');
+                    if !headers.is_empty() {
+                        out.push_str("and headers:\n");
+                    }
                     for h in headers {
                         out.push_str(&format!("  {}: {}\n", h.name, h.value));
                     }
@@ -201,6 +204,81 @@ fn ordinal(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::{
+        answer::MatchedRule,
+        describe::{MatchView, PathView},
+        tables::Audience,
+    };
+
+    fn answer(outcome: Outcome) -> Answer {
+        Answer {
+            service: "shop/web".into(),
+            port: 8080,
+            from: "client".into(),
+            request: "GET /a".into(),
+            table: Some(Audience::Consumer {
+                namespace: "client".into(),
+            }),
+            outcome,
+        }
+    }
+
+    fn matched(action: Action) -> Outcome {
+        Outcome::Matched(Box::new(MatchedRule {
+            route: "client/r".into(),
+            kind: "HTTPRoute",
+            rule: 2,
+            name: None,
+            match_index: 1,
+            order: 12,
+            matches: MatchView::Http {
+                path: PathView {
+                    kind: "Exact",
+                    value: "/a".into(),
+                },
+                method: None,
+                headers: vec![],
+                query: vec![],
+            },
+            filters: vec![],
+            action,
+            timeouts: None,
+            retry: None,
+        }))
+    }
+
+    #[test]
+    fn each_outcome_reads_as_one_answer() {
+        let head = "request: GET /a\n\
+                    to: shop/web port 8080, from namespace client\n\
+                    routed by: consumer routes of namespace client, for its clients only\n";
+        let matched_line =
+            "matched: HTTPRoute client/r rule 2, match 1: Exact /a (tried 12th in the table)\n";
+        assert_eq!(
+            super::answer(&answer(Outcome::NoMatch { status: 404 })),
+            format!("{head}no rule matches: 404\n")
+        );
+        assert_eq!(
+            super::answer(&answer(matched(Action::NoBackend { status: 500 }))),
+            format!(
+                "{head}{matched_line}no backend: 500 (the rule has no backendRef of weight above 0)\n"
+            )
+        );
+        assert_eq!(
+            super::answer(&answer(matched(Action::Redirect {
+                status: 302,
+                location: "https://x/b".into()
+            }))),
+            format!("{head}{matched_line}redirect: 302 location https://x/b\n")
+        );
+        let mut none = answer(Outcome::NoRoutes { endpoints: vec![] });
+        none.table = None;
+        assert_eq!(
+            super::answer(&none),
+            "request: GET /a\nto: shop/web port 8080, from namespace client\n\
+             no routes: the Service's own endpoints (none ready)\n"
+        );
+    }
 
     #[test]
     fn ordinals() {

@@ -623,7 +623,7 @@ async fn local_mode_cli_answers_requests_and_refuses_bad_ones() {
          to: shop/web port 80, from namespace shop\n\
          routed by: producer routes, for clients in every namespace without routes of its own\n\
          matched: HTTPRoute shop/web-routes rule 0 (default), match 0: PathPrefix / (tried 7th in the table)\n\
-         sent as: /shop?tier=silver\n\
+         forwarded with path: /shop?tier=silver\n\
          to one of (by weight):\n\
          \x20 shop/web-v1:80 weight 90 (90%)\n\
          \x20 shop/web-v2:80 weight 10 (10%)\n"
