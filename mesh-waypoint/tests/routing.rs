@@ -17,8 +17,11 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::{body::Incoming, client::conn::http1};
-use hyper_util::rt::TokioIo;
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{Bed, Options, http_backend, within};
 
 /// The routes of the tests: attached to Service web's port 80.
@@ -327,4 +330,62 @@ async fn a_split_changed_under_load_fails_no_request() {
         "after the change requests go to v2: {} of {after}",
         v2.load(Ordering::SeqCst)
     );
+}
+
+/// A GRPCRoute on the HTTP/2 port: the method match (exact, then a
+/// service regex) picks the backend Service, a header is set on the way,
+/// and a method no rule matches gets 404.
+#[tokio::test]
+async fn a_grpc_route_matches_methods() {
+    let route = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: web-grpc, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 81}]
+  rules:
+  - matches: [{method: {service: svc.Echo, method: Call}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-test-grpc, value: call}]}
+    backendRefs: [{name: web-v2, port: 81}]
+  - matches: [{method: {type: RegularExpression, service: "svc\\..*"}}]
+    backendRefs: [{name: web, port: 81}]
+"#;
+    let bed = bed(85, route.into()).await;
+    http_backend(bed.pod(1, 8081), "web-1", true).await;
+    http_backend(bed.pod(2, 8081), "web-2", true).await;
+    http_backend(bed.pod(3, 8081), "web-3", true).await;
+    let io = bed.stream(bed.vip(81)).await;
+    let (mut sender, conn) = within(
+        "HTTP/2 handshake",
+        http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut call = async |path: &str| {
+        let request = Request::post(format!("http://web.shop.svc:81{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        within("a response", sender.send_request(request))
+            .await
+            .unwrap()
+    };
+    let r = call("/svc.Echo/Call").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "x-backend"), "web-3");
+    assert_eq!(header(&r, "x-seen-grpc"), "call");
+    drain(r).await;
+    let r = call("/svc.Other/Do").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(["web-1", "web-2"].contains(&header(&r, "x-backend")));
+    assert_eq!(header(&r, "x-seen-grpc"), "");
+    drain(r).await;
+    let r = call("/other.Svc/Do").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    drain(r).await;
 }

@@ -366,7 +366,7 @@ pub async fn tcp_backend(addr: SocketAddr) -> Arc<AtomicUsize> {
 /// `shop/wp`; Service `web` (VIP 10.96.<n>.1) has an HTTP/1.1 port (80),
 /// an HTTP/2 port (81), a TCP port (82) and an undeclared one (83), its
 /// endpoints pods web-1 and web-2 at 127.0.<n>.1 and .2; Service `web-v2`
-/// (10.96.<n>.3:80) has pod web-3 (127.0.<n>.3).
+/// (10.96.<n>.3:80, and :81 for HTTP/2) has pod web-3 (127.0.<n>.3).
 pub fn node_file(n: u8) -> String {
     format!(
         r#"
@@ -434,6 +434,7 @@ spec:
   selector: {{app: web-v2}}
   ports:
   - {{name: http, port: 80, targetPort: 8080}}
+  - {{name: grpc-api, port: 81, targetPort: 8081}}
 ---
 apiVersion: v1
 kind: Service
