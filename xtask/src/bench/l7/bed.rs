@@ -1,14 +1,16 @@
-//! The L7 test bed: one cluster carrying all four routes at once, so that
+//! The L7 test bed: one cluster carrying all five routes at once, so that
 //! each load runs over every route moments apart on the same nodes.
 //!
 //! ```text
 //! node 0: client (enrolled), plain (not enrolled)
-//! node 1: b1 b2 (enrolled, Services web-wp and web-l4), d1 d2 (not enrolled)
-//! node 2: wp-0 (the waypoint of web-wp), haproxy (not enrolled)
+//! node 1: b1 b2 (enrolled, Services web-wp, web-routes and web-l4), d1 d2 (not enrolled)
+//! node 2: wp-0 (the waypoint of web-wp, web-routes and routed-NN), haproxy (not enrolled)
 //! ```
 //! Every backend runs the same server (`meshtb serve --mode web`); the
 //! mesh's routes reach b1/b2, the mesh-free ones d1/d2, so no agent sits on
-//! a path that is meant to be without one.
+//! a path that is meant to be without one. The view holds 1,000 HTTPRoutes
+//! ([`routes`]), ten on web-routes and ten on each of 99 Services without
+//! endpoints; web-wp has none.
 use std::{
     net::{Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
@@ -21,6 +23,8 @@ use super::{
     haproxy,
     load::{self, Inputs},
     metric::{Figures, Row},
+    observed::{self, RuleCount, ViewBuilt, Views},
+    routes,
 };
 use crate::bench::{
     metering::{AgentMeter, Metered},
@@ -34,12 +38,16 @@ pub const FIXED_RATE: u32 = 1000;
 const WAYPOINT: &str = "wp";
 const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 const L4_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 41);
+const ROUTES_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 42);
 /// The backends' web server, behind the Services' ports 80 (HTTP/1.1) and
 /// 81 (h2c).
 const SERVER_PORT: u16 = 8080;
 const MESH_BACKENDS: [&str; 2] = ["b1", "b2"];
 const PLAIN_BACKENDS: [&str; 2] = ["d1", "d2"];
 const HAPROXY_READY: Duration = Duration::from_secs(10);
+/// From the routes written to the file to the waypoint's view with them:
+/// a poll of the file (100 ms) and a build.
+const ROUTES_APPLIED: Duration = Duration::from_secs(30);
 
 /// The table's columns: how a request gets from the client to a backend.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -49,17 +57,21 @@ pub enum Route {
     /// The agents over HBONE mTLS to the Service's backends, no waypoint.
     L4Mesh,
     /// The Service uses the waypoint on node 2: client → waypoint →
-    /// backend, both hops HBONE mTLS.
+    /// backend, both hops HBONE mTLS. The Service has no route.
     Waypoint,
+    /// The same through the same waypoint to a Service with ten routes of
+    /// its own, 1,000 in the view ([`routes`]).
+    WaypointRoutes,
     /// HAProxy on node 2 as the same L7 hop in plaintext, no mesh.
     Haproxy,
 }
 
 impl Route {
-    pub const ALL: [Route; 4] = [
+    pub const ALL: [Route; 5] = [
         Route::Direct,
         Route::L4Mesh,
         Route::Waypoint,
+        Route::WaypointRoutes,
         Route::Haproxy,
     ];
 
@@ -68,6 +80,7 @@ impl Route {
             Route::Direct => "direct",
             Route::L4Mesh => "L4 mesh (HBONE mTLS)",
             Route::Waypoint => "through the waypoint",
+            Route::WaypointRoutes => "through the waypoint, 1,000 routes",
             Route::Haproxy => "HAProxy (plaintext L7 hop)",
         }
     }
@@ -75,16 +88,23 @@ impl Route {
     /// The pod the load runs in: an enrolled one where the mesh carries it.
     fn client(self) -> &'static str {
         match self {
-            Route::L4Mesh | Route::Waypoint => "client",
+            Route::L4Mesh | Route::Waypoint | Route::WaypointRoutes => "client",
             Route::Direct | Route::Haproxy => "plain",
         }
     }
 }
 
-/// The Services: the same backends and ports, one through the waypoint and
-/// one without.
+/// The Services: the same backends and ports through the waypoint
+/// without routes (web-wp), with them (web-routes), and without the
+/// waypoint (web-l4); then the other Services with routes, through the
+/// waypoint, with no endpoints (no selector).
 fn services() -> String {
-    let service = |name: &str, vip: Ipv4Addr, labels: &str| {
+    let service = |name: &str, vip: Ipv4Addr, labels: &str, backends: bool| {
+        let selector = if backends {
+            "\n  selector: {tier: web}"
+        } else {
+            ""
+        };
         format!(
             "apiVersion: v1
 kind: Service
@@ -93,8 +113,7 @@ metadata:
   namespace: default
   labels: {{{labels}}}
 spec:
-  clusterIP: {vip}
-  selector: {{tier: web}}
+  clusterIP: {vip}{selector}
   ports:
   - {{name: http, port: {h1}, targetPort: {SERVER_PORT}}}
   - {{name: api, port: {h2}, targetPort: {SERVER_PORT}, appProtocol: kubernetes.io/h2c}}
@@ -103,19 +122,33 @@ spec:
             h2 = haproxy::H2C_PORT,
         )
     };
-    [
-        service(
-            "web-wp",
-            WAYPOINT_VIP,
-            &format!("istio.io/use-waypoint: {WAYPOINT}"),
-        ),
-        service("web-l4", L4_VIP, ""),
-    ]
-    .join("---\n")
+    let waypoint = format!("istio.io/use-waypoint: {WAYPOINT}");
+    let mut docs = vec![
+        service("web-wp", WAYPOINT_VIP, &waypoint, true),
+        service(routes::ROUTED, ROUTES_VIP, &waypoint, true),
+        service("web-l4", L4_VIP, "", true),
+    ];
+    docs.extend(
+        routes::other_services()
+            .iter()
+            .map(|(name, vip)| service(name, *vip, &waypoint, false)),
+    );
+    docs.join("---\n")
+}
+
+/// The Services and the 1,000 routes.
+fn services_and_routes() -> String {
+    format!(
+        "{}---\n{}",
+        services(),
+        routes::http_routes([haproxy::H1_PORT, haproxy::H2C_PORT])
+    )
 }
 
 pub struct L7Bed {
     pub cluster: Cluster,
+    /// The waypoint's view before the routes and with them.
+    pub views: Views,
     inputs: Inputs,
     haproxy_ip: Ipv4Addr,
     waypoint_pid: u32,
@@ -145,7 +178,8 @@ impl L7Bed {
         for p in ["plain", "haproxy", PLAIN_BACKENDS[0], PLAIN_BACKENDS[1]] {
             spec = spec.unenrolled(p);
         }
-        let cluster = Cluster::start(spec.with_docs(&services()))?;
+        let mut cluster = Cluster::start(spec.with_docs(&services()))?;
+        let views = add_routes(&mut cluster)?;
         let mut procs = Vec::new();
         for b in MESH_BACKENDS.into_iter().chain(PLAIN_BACKENDS) {
             procs.push(cluster.serve(b, &SERVER_PORT.to_string(), "web")?);
@@ -160,6 +194,7 @@ impl L7Bed {
         let haproxy_pid = haproxy.pid();
         procs.push(haproxy);
         Ok(Self {
+            views,
             inputs: Inputs::write(cluster.log_dir())?,
             haproxy_ip: cluster.pod("haproxy").ip,
             cluster,
@@ -177,6 +212,8 @@ impl L7Bed {
             (Route::L4Mesh, true) => (L4_VIP, haproxy::H2C_PORT),
             (Route::Waypoint, false) => (WAYPOINT_VIP, haproxy::H1_PORT),
             (Route::Waypoint, true) => (WAYPOINT_VIP, haproxy::H2C_PORT),
+            (Route::WaypointRoutes, false) => (ROUTES_VIP, haproxy::H1_PORT),
+            (Route::WaypointRoutes, true) => (ROUTES_VIP, haproxy::H2C_PORT),
             (Route::Haproxy, false) => (self.haproxy_ip, haproxy::H1_PORT),
             (Route::Haproxy, true) => (self.haproxy_ip, haproxy::H2C_PORT),
         };
@@ -186,10 +223,17 @@ impl L7Bed {
     /// The L7 hop whose CPU and memory are reported, if the route has one.
     fn hop(&self, route: Route) -> Option<u32> {
         match route {
-            Route::Waypoint => Some(self.waypoint_pid),
+            Route::Waypoint | Route::WaypointRoutes => Some(self.waypoint_pid),
             Route::Haproxy => Some(self.haproxy_pid),
             Route::Direct | Route::L4Mesh => None,
         }
+    }
+
+    /// The requests to web-routes so far, by the route rule that took
+    /// them, from the waypoint's metrics.
+    pub fn routed_requests(&self) -> anyhow::Result<Vec<RuleCount>> {
+        let text = self.cluster.waypoint_metrics(WAYPOINT)?;
+        Ok(observed::requests_by_rule(&text, routes::ROUTED))
     }
 
     /// Runs one stage over one route; what it measured (even before a
@@ -258,6 +302,41 @@ impl L7Bed {
     }
 }
 
+/// Adds the routes to every node's file, the Services unchanged, and waits
+/// (bounded) for the waypoint's first view with them. The view before is
+/// the last one it built from the Services alone.
+fn add_routes(c: &mut Cluster) -> anyhow::Result<Views> {
+    let log = c.waypoint_log(WAYPOINT);
+    let without_routes = ViewBuilt::last(&log);
+    let built = observed::views_built(&log);
+    c.set_docs(&services_and_routes())
+        .context("writing the routes")?;
+    let deadline = Instant::now() + ROUTES_APPLIED;
+    loop {
+        let log = c.waypoint_log(WAYPOINT);
+        if observed::views_built(&log) > built {
+            let with_routes = ViewBuilt::last(&log)
+                .context("the waypoint's \"discovery view built\" line has no build_us or sizes")?;
+            return Ok(Views {
+                without_routes,
+                with_routes,
+            });
+        }
+        if Instant::now() >= deadline {
+            let warnings: Vec<String> = log
+                .iter()
+                .filter(|l| l["level"] == "WARN" || l["level"] == "ERROR")
+                .map(|l| l.to_string())
+                .collect();
+            bail!(
+                "the waypoint built no view with the routes in {ROUTES_APPLIED:?}; its warnings and errors:\n{}",
+                warnings.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The one process in a pod's cgroup (the waypoint runs alone in its pod).
 fn only_process(cgroup: &std::path::Path) -> anyhow::Result<u32> {
     let procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))
@@ -311,20 +390,72 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_service_uses_the_waypoint_and_the_other_does_not() {
+    fn the_services_with_backends_and_the_ones_that_only_hold_routes() {
         let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&services())
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
-        assert_eq!(docs.len(), 2);
+        assert_eq!(docs.len(), 3 + routes::SERVICES - 1);
         let label =
             |d: &serde_yaml::Value| d["metadata"]["labels"]["istio.io/use-waypoint"].clone();
-        assert_eq!(docs[0]["spec"]["clusterIP"], "10.96.0.40");
-        assert_eq!(label(&docs[0]), serde_yaml::Value::from(WAYPOINT));
-        assert_eq!(docs[1]["spec"]["clusterIP"], "10.96.0.41");
-        assert!(label(&docs[1]).is_null());
-        for d in &docs {
+        let waypoint = serde_yaml::Value::from(WAYPOINT);
+        let (with_backends, others) = docs.split_at(3);
+        let names: Vec<&str> = with_backends
+            .iter()
+            .map(|d| d["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["web-wp", routes::ROUTED, "web-l4"]);
+        assert_eq!(with_backends[0]["spec"]["clusterIP"], "10.96.0.40");
+        assert_eq!(with_backends[1]["spec"]["clusterIP"], "10.96.0.42");
+        assert_eq!(with_backends[2]["spec"]["clusterIP"], "10.96.0.41");
+        assert_eq!(label(&with_backends[0]), waypoint);
+        assert_eq!(label(&with_backends[1]), waypoint);
+        assert!(label(&with_backends[2]).is_null());
+        for d in with_backends {
             assert_eq!(d["spec"]["selector"]["tier"], "web");
+        }
+        for (d, (name, vip)) in others.iter().zip(routes::other_services()) {
+            assert_eq!(d["metadata"]["name"].as_str(), Some(name.as_str()));
+            assert_eq!(
+                d["spec"]["clusterIP"].as_str(),
+                Some(vip.to_string().as_str())
+            );
+            assert_eq!(label(d), waypoint);
+            assert!(d["spec"]["selector"].is_null(), "{name} has no endpoints");
+        }
+        for d in &docs {
+            assert_eq!(d["spec"]["ports"][0]["port"], haproxy::H1_PORT);
+            assert_eq!(d["spec"]["ports"][1]["port"], haproxy::H2C_PORT);
             assert_eq!(d["spec"]["ports"][1]["appProtocol"], "kubernetes.io/h2c");
         }
+    }
+
+    #[test]
+    fn the_routes_come_after_the_same_services() {
+        let all = services_and_routes();
+        assert!(all.starts_with(&services()));
+        let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&all)
+            .map(|d| {
+                let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap();
+                v["kind"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let routes = kinds.iter().filter(|k| *k == "HTTPRoute").count();
+        assert_eq!(routes, routes::SERVICES * routes::ROUTES_PER_SERVICE);
+        assert_eq!(kinds.len() - routes, 3 + routes::SERVICES - 1);
+    }
+
+    #[test]
+    fn every_route_has_a_label_a_client_and_an_address() {
+        let labels: std::collections::BTreeSet<&str> =
+            Route::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), Route::ALL.len());
+        assert_eq!(Route::WaypointRoutes.client(), Route::Waypoint.client());
+        assert_eq!(routes::SERVICES * routes::ROUTES_PER_SERVICE, 1000);
+        assert!(Route::WaypointRoutes.label().ends_with(" 1,000 routes"));
+        assert_eq!(
+            Route::ALL[3],
+            Route::WaypointRoutes,
+            "measured right after the waypoint without routes"
+        );
     }
 }

@@ -1,8 +1,13 @@
 //! The L7 part of `cargo xtask bench` (`--only waypoint`): HTTP through
-//! the waypoint against direct, the L4 mesh and HAProxy as the same hop,
-//! on one bed, in one run; the waypoint's CPU, memory and added latency
-//! against its goals. A benchmark: it reports and fails on no number.
-//! - [`bed`]: the cluster, its routes and what each stage records;
+//! the waypoint, to a Service without HTTPRoutes and to one with ten of
+//! 1,000, against direct, the L4 mesh and HAProxy as the same hop, on one
+//! bed, in one run; the waypoint's CPU, memory and added latency against
+//! its goals, and what the routes cost it per request and to build. A
+//! benchmark: it reports and fails on no number.
+//! - [`bed`]: the cluster, the paths requests take (`Route`, the table's
+//!   columns) and what each stage records;
+//! - [`routes`]: the 1,000 HTTPRoutes of the "1,000 routes" column;
+//! - [`observed`]: what the waypoint logs and counts of its routes;
 //! - [`load`]: wrk and h2load, and their outputs;
 //! - [`haproxy`]: HAProxy's configuration;
 //! - [`metric`]: the rows; [`render`]: the table and the goals.
@@ -10,11 +15,13 @@ mod bed;
 mod haproxy;
 mod load;
 mod metric;
+mod observed;
 mod render;
+mod routes;
 
 use self::{
     bed::{L7Bed, Route},
-    render::RouteResult,
+    render::{RouteResult, Routing},
 };
 use super::{metering::Steal, mode::Stage, stats::Samples};
 
@@ -32,21 +39,22 @@ pub fn stages(only: &[Stage]) -> Vec<Stage> {
 /// when this returns.
 pub fn run(secs: u32, rounds: u32, stages: &[Stage]) -> anyhow::Result<String> {
     let bed = L7Bed::start()?;
-    let mut samples: Vec<(Samples<metric::Row>, Steal)> = Route::ALL
+    // Per route, each measurement's figures (one stage of one round).
+    let mut measured: Vec<(Vec<metric::Figures>, Steal)> = Route::ALL
         .iter()
-        .map(|_| (Samples::default(), Steal::default()))
+        .map(|_| (Vec::new(), Steal::default()))
         .collect();
     let mut failures = Vec::new();
     for round in 1..=rounds {
         for &stage in stages {
-            for (route, (samples, steal)) in Route::ALL.iter().zip(&mut samples) {
+            for (route, (measurements, steal)) in Route::ALL.iter().zip(&mut measured) {
                 let name = stage.name();
                 eprintln!("bench: round {round}/{rounds}, {name}, {}", route.label());
                 let mut figures = metric::Figures::new();
                 let before = Steal::read();
                 let outcome = bed.stage(*route, stage, secs, &mut figures);
                 steal.add(before, Steal::read());
-                samples.add(figures);
+                measurements.push(figures);
                 if let Err(e) = outcome {
                     failures.push(format!(
                         "- {}: {name} (round {round}): {e:#}",
@@ -56,21 +64,34 @@ pub fn run(secs: u32, rounds: u32, stages: &[Stage]) -> anyhow::Result<String> {
             }
         }
     }
+    let taken = bed.routed_requests().unwrap_or_else(|e| {
+        failures.push(format!("- the waypoint's request counts: {e:#}"));
+        Vec::new()
+    });
+    let routing = Routing {
+        views: bed.views,
+        taken,
+    };
     drop(bed);
     let results: Vec<(Route, RouteResult)> = Route::ALL
         .iter()
-        .zip(samples)
-        .map(|(route, (samples, steal))| {
+        .zip(measured)
+        .map(|(route, (measurements, steal))| {
+            let mut samples = Samples::default();
+            for figures in &measurements {
+                samples.add(figures.clone());
+            }
             (
                 *route,
                 RouteResult {
                     figures: samples.medians(),
+                    measurements,
                     steal: steal.percent(),
                 },
             )
         })
         .collect();
-    let mut table = render::table(&results, secs, rounds);
+    let mut table = render::table(&results, secs, rounds, &routing);
     if !failures.is_empty() {
         table += "\nFailed measurements:\n";
         table += &failures.join("\n");

@@ -1,17 +1,29 @@
 //! The L7 table: a row per figure, a column per route with its ratio to
-//! direct; then the waypoint's figures against its goals, and the steal.
+//! direct; then the waypoint's figures against its goals, the waypoint
+//! with 1,000 routes against without, its view's build time, and the steal.
 use std::fmt::Write;
 
 use super::{
     bed::{FIXED_RATE, Route},
     metric::{Figures, Row},
+    observed::{RuleCount, ViewBuilt, Views},
+    routes,
 };
 
-/// One route's medians over the rounds, and the host steal while it was
-/// measured.
+/// One route's medians over the rounds, what each measurement (one stage
+/// of one round) recorded, and the host steal while it was measured.
 pub struct RouteResult {
     pub figures: Figures,
+    pub measurements: Vec<Figures>,
     pub steal: Option<f64>,
+}
+
+/// What the waypoint said of its routes: the views it built before and
+/// with them (its log), and the rules that took the requests to
+/// web-routes (its metrics, after the last load).
+pub struct Routing {
+    pub views: Views,
+    pub taken: Vec<RuleCount>,
 }
 
 /// A figure the waypoint is held to, with its goal. Reported, never
@@ -38,13 +50,13 @@ pub fn goals(by_route: &[(Route, &Figures)]) -> Vec<Goal> {
             .find(|(r, _)| *r == route)
             .and_then(|(_, f)| f.get(&row).copied())
     };
-    // vCPU seconds per request: CPU % / 100 / achieved req/s.
-    let cpu_per_request = |route: Route| {
-        let cpu = get(route, Row::HopCpuFixed)?;
-        let rate = get(route, Row::FixedAchieved).filter(|r| *r > 0.0)?;
-        Some(cpu / 100.0 / rate)
+    let per_request = |route: Route| {
+        by_route
+            .iter()
+            .find(|(r, _)| *r == route)
+            .and_then(|(_, f)| cpu_per_request(f))
     };
-    let waypoint_per_request = cpu_per_request(Route::Waypoint);
+    let waypoint_per_request = per_request(Route::Waypoint);
     let rss = match (
         get(Route::Waypoint, Row::HopRssFixed),
         get(Route::Waypoint, Row::HopRss64Conns),
@@ -56,7 +68,7 @@ pub fn goals(by_route: &[(Route, &Figures)]) -> Vec<Goal> {
         .zip(get(Route::L4Mesh, Row::FixedP99))
         .map(|(wp, l4)| (wp - l4) / 1000.0);
     let versus_haproxy = waypoint_per_request
-        .zip(cpu_per_request(Route::Haproxy).filter(|h| *h > 0.0))
+        .zip(per_request(Route::Haproxy).filter(|h| *h > 0.0))
         .map(|(wp, h)| wp / h);
     vec![
         Goal {
@@ -86,7 +98,203 @@ pub fn goals(by_route: &[(Route, &Figures)]) -> Vec<Goal> {
     ]
 }
 
-pub fn table(results: &[(Route, RouteResult)], secs: u32, rounds: u32) -> String {
+/// vCPU seconds per request at the fixed rate: CPU % / 100 / achieved
+/// req/s.
+fn cpu_per_request(f: &Figures) -> Option<f64> {
+    let cpu = f.get(&Row::HopCpuFixed)?;
+    let rate = f.get(&Row::FixedAchieved).filter(|r| **r > 0.0)?;
+    Some(cpu / 100.0 / rate)
+}
+
+/// One figure of the waypoint with 1,000 routes (requests to web-routes)
+/// beside without (requests to web-wp, which has none), through the same
+/// waypoint in the same run.
+#[derive(Debug, PartialEq)]
+pub struct RouteCost {
+    /// With its unit.
+    pub label: &'static str,
+    /// Decimals it is written with.
+    pub decimals: usize,
+    pub without: Spread,
+    pub with: Spread,
+}
+
+/// A figure from the medians, and the lowest and highest of its rounds
+/// (each measured in one stage of a round).
+#[derive(Debug, PartialEq)]
+pub struct Spread {
+    pub median: Option<f64>,
+    /// (lowest, highest, rounds measured).
+    pub range: Option<(f64, f64, usize)>,
+}
+
+impl Spread {
+    fn of(result: Option<&RouteResult>, figure: fn(&Figures) -> Option<f64>) -> Spread {
+        let Some(r) = result else {
+            return Spread {
+                median: None,
+                range: None,
+            };
+        };
+        let values: Vec<f64> = r.measurements.iter().filter_map(figure).collect();
+        let range = values.iter().copied().fold(None, |acc, v| match acc {
+            None => Some((v, v, 1)),
+            Some((lo, hi, n)) => Some((f64::min(lo, v), f64::max(hi, v), n + 1)),
+        });
+        Spread {
+            median: figure(&r.figures),
+            range,
+        }
+    }
+}
+
+impl RouteCost {
+    /// With routes over without.
+    pub fn ratio(&self) -> Option<f64> {
+        let (with, without) = self.with.median.zip(self.without.median)?;
+        (without > 0.0).then(|| with / without)
+    }
+
+    /// Whether the two figures' rounds overlap (the lowest of each at most
+    /// the highest of the other); `None` unless both were measured in at
+    /// least two rounds, as one round has no spread.
+    pub fn rounds_overlap(&self) -> Option<bool> {
+        let (lo_a, hi_a, n_a) = self.without.range?;
+        let (lo_b, hi_b, n_b) = self.with.range?;
+        (n_a >= 2 && n_b >= 2).then_some(lo_a <= hi_b && lo_b <= hi_a)
+    }
+}
+
+/// CPU per 1000 req/s and p99 at the fixed rate, through the waypoint with
+/// 1,000 routes and without.
+pub fn route_cost(results: &[(Route, RouteResult)]) -> Vec<RouteCost> {
+    let result = |route: Route| results.iter().find(|(r, _)| *r == route).map(|(_, r)| r);
+    let cost = |label, decimals, figure: fn(&Figures) -> Option<f64>| RouteCost {
+        label,
+        decimals,
+        without: Spread::of(result(Route::Waypoint), figure),
+        with: Spread::of(result(Route::WaypointRoutes), figure),
+    };
+    vec![
+        cost("waypoint CPU per 1000 req/s (vCPU)", 3, |f| {
+            cpu_per_request(f).map(|c| c * 1000.0)
+        }),
+        cost(Row::FixedP99.label(), 0, |f| f.get(&Row::FixedP99).copied()),
+    ]
+}
+
+fn spread_cell(s: &Spread, decimals: usize) -> String {
+    match (s.median, s.range) {
+        (Some(m), Some((lo, hi, n))) if n >= 2 => {
+            format!("{m:.decimals$} ({lo:.decimals$}–{hi:.decimals$})")
+        }
+        (Some(m), _) => format!("{m:.decimals$}"),
+        (None, _) => "–".to_owned(),
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+fn view_sizes(v: &ViewBuilt) -> String {
+    format!(
+        "{} Services, {} pods, {} EndpointSlices, {} namespaces, {} AuthorizationPolicies",
+        v.services, v.pods, v.endpoint_slices, v.namespaces, v.authorization_policies
+    )
+}
+
+/// The waypoint with 1,000 routes against without, the build time of its
+/// view with them, and which rules took web-routes' requests.
+fn routing_section(out: &mut String, results: &[(Route, RouteResult)], routing: &Routing) {
+    let (route, rule) = routes::taken(routes::ROUTED);
+    let total = routes::SERVICES * routes::ROUTES_PER_SERVICE;
+    let _ = write!(
+        out,
+        "\nThe waypoint with {total} routes against without (same run, same waypoint): requests to {routed} ({per} routes of its own, {total} in the view; they take {route} rule {rule}, which the precedence tries after {before} others) beside requests to web-wp (no route). Each figure is the median, with the lowest and highest round in brackets; \"rounds overlap\" is whether the two figures' rounds overlap. No threshold is applied:\n\n| figure | without routes | with {total} routes | with / without | rounds overlap |\n|---|---|---|---|---|\n",
+        routed = routes::ROUTED,
+        per = routes::ROUTES_PER_SERVICE,
+        before = routes::TRIED_BEFORE_TAKEN,
+    );
+    for c in route_cost(results) {
+        let ratio = c
+            .ratio()
+            .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
+        let overlap = match c.rounds_overlap() {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "– (one round)",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {ratio} | {overlap} |",
+            c.label,
+            spread_cell(&c.without, c.decimals),
+            spread_cell(&c.with, c.decimals),
+        );
+    }
+    let views = &routing.views;
+    let _ = write!(
+        out,
+        "\nRoute table build: the waypoint built its view with the {total} routes in {} ({}).",
+        ms(views.with_routes.build_us),
+        view_sizes(&views.with_routes)
+    );
+    if let Some(before) = &views.without_routes {
+        let _ = write!(
+            out,
+            " Its last view before they were added: {} ({}).",
+            ms(before.build_us),
+            view_sizes(before)
+        );
+    }
+    out.push_str(
+        " One build each, as the waypoint logs it (\"discovery view built\", build_us): the whole view, route tables included.\n",
+    );
+    let counted: f64 = routing.taken.iter().map(|c| c.requests).sum();
+    if counted > 0.0 {
+        let by_rule: Vec<String> = routing
+            .taken
+            .iter()
+            .map(|c| {
+                let route = if c.route.is_empty() {
+                    "no route"
+                } else {
+                    c.route.as_str()
+                };
+                let rule = if c.rule.is_empty() {
+                    "–"
+                } else {
+                    c.rule.as_str()
+                };
+                format!(
+                    "{route} rule {rule}: {:.0} ({:.1} %)",
+                    c.requests,
+                    100.0 * c.requests / counted
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nRequests to {} by the rule that took them (the waypoint's istio_requests_total): {}.",
+            routes::ROUTED,
+            by_rule.join(", ")
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\nThe waypoint counted no request to {}.",
+            routes::ROUTED
+        );
+    }
+}
+
+pub fn table(
+    results: &[(Route, RouteResult)],
+    secs: u32,
+    rounds: u32,
+    routing: &Routing,
+) -> String {
     let mut out = format!(
         "L7 hop: client (node 0) → backends b1/b2 (node 1), through the waypoint or HAProxy on node 2; {secs} s per measurement, median of {rounds} rounds (each round runs every load over every route, round-robin); ratio = route / direct\n\n| metric |"
     );
@@ -152,6 +360,7 @@ pub fn table(results: &[(Route, RouteResult)], secs: u32, rounds: u32) -> String
             g.label, g.unit, g.limit, g.unit
         );
     }
+    routing_section(&mut out, results, routing);
     let steal: Vec<String> = results
         .iter()
         .filter_map(|(route, r)| r.steal.map(|v| format!("{} {v:.1} %", route.label())))
@@ -172,6 +381,186 @@ mod tests {
 
     fn figures(pairs: &[(Row, f64)]) -> Figures {
         pairs.iter().copied().collect()
+    }
+
+    /// A route measured once per entry of `measurements`, with its
+    /// medians.
+    fn result(measurements: Vec<Figures>) -> RouteResult {
+        let mut samples = crate::bench::stats::Samples::default();
+        for f in &measurements {
+            samples.add(f.clone());
+        }
+        RouteResult {
+            figures: samples.medians(),
+            measurements,
+            steal: None,
+        }
+    }
+
+    fn view(build_us: u64, services: u64) -> ViewBuilt {
+        ViewBuilt {
+            build_us,
+            pods: 11,
+            services,
+            endpoint_slices: 3,
+            namespaces: 1,
+            authorization_policies: 0,
+        }
+    }
+
+    fn routing(taken: Vec<RuleCount>) -> Routing {
+        Routing {
+            views: Views {
+                without_routes: Some(view(850, 102)),
+                with_routes: view(4321, 102),
+            },
+            taken,
+        }
+    }
+
+    /// The fixed-rate figures of one round: CPU %, achieved rate, p99.
+    fn fixed(cpu: f64, rate: f64, p99: f64) -> Figures {
+        figures(&[
+            (Row::HopCpuFixed, cpu),
+            (Row::FixedAchieved, rate),
+            (Row::FixedP99, p99),
+        ])
+    }
+
+    #[test]
+    fn routes_cost_with_against_without_from_the_same_rounds() {
+        let results = vec![
+            (
+                Route::Waypoint,
+                result(vec![
+                    fixed(10.0, 1000.0, 2000.0),
+                    fixed(12.0, 1000.0, 2600.0),
+                    fixed(11.0, 1000.0, 2200.0),
+                ]),
+            ),
+            (
+                Route::WaypointRoutes,
+                result(vec![
+                    fixed(11.0, 1000.0, 2900.0),
+                    fixed(13.0, 1000.0, 3100.0),
+                    fixed(12.0, 1000.0, 3000.0),
+                ]),
+            ),
+        ];
+        let c = route_cost(&results);
+        assert_eq!(c.len(), 2);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // CPU: 11 % and 12 % at 1000 req/s, rounds 10–12 % and 11–13 %.
+        assert_eq!(c[0].label, "waypoint CPU per 1000 req/s (vCPU)");
+        assert!(close(c[0].without.median.unwrap(), 0.11));
+        assert!(close(c[0].with.median.unwrap(), 0.12));
+        let (lo, hi, n) = c[0].with.range.unwrap();
+        assert!(close(lo, 0.11) && close(hi, 0.13) && n == 3, "{:?}", c[0]);
+        assert!(close(c[0].ratio().unwrap(), 0.12 / 0.11));
+        assert_eq!(c[0].rounds_overlap(), Some(true));
+        // p99: 2200 against 3000, rounds 2000–2600 and 2900–3100.
+        assert_eq!(c[1].label, Row::FixedP99.label());
+        assert_eq!(c[1].without.median, Some(2200.0));
+        assert_eq!(c[1].with.median, Some(3000.0));
+        assert_eq!(c[1].without.range, Some((2000.0, 2600.0, 3)));
+        assert_eq!(c[1].rounds_overlap(), Some(false));
+    }
+
+    #[test]
+    fn one_round_has_no_spread_and_a_missing_route_no_figures() {
+        let results = vec![
+            (Route::Waypoint, result(vec![fixed(10.0, 1000.0, 2000.0)])),
+            (
+                Route::WaypointRoutes,
+                result(vec![fixed(10.0, 1000.0, 2000.0)]),
+            ),
+        ];
+        let c = route_cost(&results);
+        assert_eq!(c[1].ratio(), Some(1.0));
+        assert_eq!(c[1].rounds_overlap(), None, "one round each: no spread");
+        let only_one = vec![(Route::Waypoint, result(vec![fixed(10.0, 1000.0, 2000.0)]))];
+        let c = route_cost(&only_one);
+        assert_eq!(c[0].with.median, None);
+        assert_eq!(c[0].with.range, None);
+        assert_eq!(c[0].ratio(), None);
+        assert_eq!(c[0].rounds_overlap(), None);
+        // A round whose rate is missing gives that round no CPU figure.
+        let gap = vec![(
+            Route::WaypointRoutes,
+            result(vec![
+                fixed(10.0, 1000.0, 2000.0),
+                figures(&[(Row::HopCpuFixed, 50.0)]),
+            ]),
+        )];
+        assert_eq!(route_cost(&gap)[0].with.range.map(|r| r.2), Some(1));
+    }
+
+    #[test]
+    fn the_routing_section_gives_both_figures_the_build_times_and_the_rules_taken() {
+        let results = vec![
+            (
+                Route::Waypoint,
+                result(vec![
+                    fixed(10.0, 1000.0, 2000.0),
+                    fixed(12.0, 1000.0, 2600.0),
+                ]),
+            ),
+            (
+                Route::WaypointRoutes,
+                result(vec![
+                    fixed(11.0, 1000.0, 2900.0),
+                    fixed(13.0, 1000.0, 3100.0),
+                ]),
+            ),
+        ];
+        let taken = vec![
+            RuleCount {
+                route: "default/web-routes-bytes".into(),
+                rule: "bytes".into(),
+                requests: 1998.0,
+            },
+            RuleCount {
+                route: String::new(),
+                rule: String::new(),
+                requests: 2.0,
+            },
+        ];
+        let out = table(&results, 2, 2, &routing(taken));
+        assert!(
+            out.contains("| metric | through the waypoint | ratio | through the waypoint, 1,000 routes | ratio |\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "| figure | without routes | with 1000 routes | with / without | rounds overlap |\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("they take default/web-routes-bytes rule bytes, which the precedence tries after 6 others"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| waypoint CPU per 1000 req/s (vCPU) | 0.110 (0.100–0.120) | 0.120 (0.110–0.130) | 1.09× | yes |\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| latency at 1000 req/s p99 (us) | 2300 (2000–2600) | 3000 (2900–3100) | 1.30× | no |\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("view with the 1000 routes in 4.32 ms (102 Services, 11 pods, 3 EndpointSlices, 1 namespaces, 0 AuthorizationPolicies). Its last view before they were added: 0.85 ms (102 Services,"),
+            "{out}"
+        );
+        assert!(
+            out.contains("by the rule that took them (the waypoint's istio_requests_total): default/web-routes-bytes rule bytes: 1998 (99.9 %), no route rule –: 2 (0.1 %).\n"),
+            "{out}"
+        );
+        let out = table(&results, 2, 2, &routing(Vec::new()));
+        assert!(
+            out.contains("The waypoint counted no request to web-routes."),
+            "{out}"
+        );
     }
 
     #[test]
@@ -221,6 +610,7 @@ mod tests {
                 Route::Direct,
                 RouteResult {
                     figures: figures(&[(Row::H1Rate1Conn, 4000.0)]),
+                    measurements: vec![figures(&[(Row::H1Rate1Conn, 4000.0)])],
                     steal: Some(0.5),
                 },
             ),
@@ -232,11 +622,12 @@ mod tests {
                         (Row::HopCpuFixed, 10.0),
                         (Row::FixedAchieved, 1000.0),
                     ]),
+                    measurements: Vec::new(),
                     steal: None,
                 },
             ),
         ];
-        let out = table(&results, 5, 3);
+        let out = table(&results, 5, 3, &routing(Vec::new()));
         assert!(
             out.contains("| metric | direct | through the waypoint | ratio |\n|---|---|---|---|\n"),
             "{out}"
