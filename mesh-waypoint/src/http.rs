@@ -39,20 +39,19 @@ use mesh_route::{compile::Timeout, redirect::Redirection};
 
 use crate::{
     balancer::InFlight,
+    body::{self, Read, RequestBody},
     handler::StreamContext,
     headers,
     idle::{self, End},
+    mirror,
     protocol::Protocol,
-    record,
+    record, retry,
     routing::{self, Action, Decision},
     spans::{Attempt, RequestTrace},
     target,
     upstream::{CountedBody, Failed},
     waypoint::Waypoint,
 };
-
-/// Endpoints one request may be tried on when they cannot be reached.
-const MAX_ATTEMPTS: u32 = 3;
 
 pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -371,7 +370,8 @@ async fn proxy(
     let (mut parts, body) = request.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::forwarded_proto(&mut parts.headers);
-    let (mut open, plan) = match route(&wp, &view, &ctx, open, &mut parts, &authority, &mut rng) {
+    let (mut open, mut plan) = match route(&wp, &view, &ctx, open, &mut parts, &authority, &mut rng)
+    {
         Ok(routed) => routed,
         Err(response) => return *response,
     };
@@ -383,24 +383,77 @@ async fn proxy(
         );
     }
     let request_bytes = Arc::new(AtomicU64::new(0));
-    let mut request = Request::from_parts(parts, CountedBody::new(body, request_bytes.clone()));
-    let endpoints = plan.endpoints;
     let deadline = plan
         .request_timeout
         .map(|t| tokio::time::Instant::now() + t);
+    if upgrade {
+        // An upgraded connection cannot be copied: it is a stream of its
+        // own once answered.
+        plan.mirrors.clear();
+    }
+    // A request whose rule neither retries nor mirrors streams its body as
+    // it comes; one whose rule does is read first, and copied for each
+    // attempt and mirror when it was kept whole.
+    let (mut request, copies) = if plan.retry.is_none() && plan.mirrors.is_empty() {
+        let body = CountedBody::new(body, request_bytes.clone());
+        (Request::from_parts(parts, body), None)
+    } else {
+        let bound = body::Bound {
+            bytes: body::KEEP_LIMIT,
+            wait: plan
+                .request_timeout
+                .map_or(wp.limits.header_read_timeout, |t| {
+                    t.min(wp.limits.header_read_timeout)
+                }),
+            gap: body::KEEP_GAP,
+        };
+        match body::read(body, bound).await {
+            Ok(Read::Kept(kept)) => {
+                request_bytes.store(kept.len() as u64, Ordering::Relaxed);
+                let source = mirror::Source {
+                    protocol,
+                    src: ctx.carries,
+                    head: &parts,
+                    body: &kept,
+                };
+                for target in &plan.mirrors {
+                    mirror::send(&wp, &view, &source, target, wp.limits.response_timeout);
+                }
+                let copies = Copies {
+                    head: parts,
+                    body: kept,
+                };
+                (copies.request(), Some(copies))
+            }
+            Ok(Read::Unkept { body, why }) => {
+                debug!(authority = %authority, reason = why.label(), limit_bytes = bound.bytes, "request body not kept: sent once, with no retry and no mirror");
+                wp.telemetry.unreplayable(why);
+                plan.retry = None;
+                let body = CountedBody::new(RequestBody::Resumed(body), request_bytes.clone());
+                (Request::from_parts(parts, body), None)
+            }
+            Err(e) => {
+                debug!(authority = %authority, error = %e, "request body broke before it could be sent (400)");
+                return open.local(
+                    StatusCode::BAD_REQUEST,
+                    ResponseFlag::DownstreamProtocolError,
+                );
+            }
+        }
+    };
+    let policy = plan.retry.as_ref().map(retry::Policy::new);
+    let endpoints = plan.endpoints;
     let mut tried = Vec::new();
     let (mut response, place) = loop {
-        let Some(place) = (open.record.attempts < MAX_ATTEMPTS)
-            .then(|| wp.balancer.choose(&endpoints, &tried))
-            .flatten()
+        let Some(place) = wp
+            .balancer
+            .choose(&endpoints, retry::avoid(&endpoints, &tried))
         else {
-            let flag = if tried.is_empty() {
-                warn!(authority = %authority, destination = %ctx.target.describe(), "no ready endpoint (503 UH)");
-                ResponseFlag::NoHealthyUpstream
-            } else {
-                ResponseFlag::UpstreamConnectionFailure
-            };
-            return open.local(StatusCode::SERVICE_UNAVAILABLE, flag);
+            warn!(authority = %authority, destination = %ctx.target.describe(), "no ready endpoint (503 UH)");
+            return open.local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlag::NoHealthyUpstream,
+            );
         };
         open.record.attempts += 1;
         open.record.upstream = Some(place.addr);
@@ -424,36 +477,81 @@ async fn proxy(
                 .min(d.saturating_duration_since(tokio::time::Instant::now())),
             None => plan.attempt_timeout,
         };
-        match tokio::time::timeout(attempt_timeout, send).await {
-            Ok(Ok(response)) => break (response, place),
+        let mut unsent = None;
+        let ended = match tokio::time::timeout(attempt_timeout, send).await {
+            Ok(Ok(response)) => Ended::Answered(response),
             Ok(Err(Failed::Connect {
                 error,
                 request: back,
             })) => {
                 warn!(authority = %authority, upstream = %place.addr, attempt = open.record.attempts, error = %error, "upstream unreachable");
                 open.attempt_failed(ResponseFlag::UpstreamConnectionFailure);
-                request = *back;
+                unsent = Some(*back);
+                Ended::Failed(retry::Outcome::ConnectFailed)
             }
             Ok(Err(Failed::Reset(error))) => {
-                // Envoy's answer to a reset before the response head: 503
-                // with UR ("upstream connect error or disconnect/reset
-                // before headers").
-                warn!(authority = %authority, upstream = %place.addr, error = %error, "upstream reset the request before its response (503 UR)");
-                open.record.request_bytes = request_bytes.load(Ordering::Relaxed);
+                warn!(authority = %authority, upstream = %place.addr, attempt = open.record.attempts, error = %error, "upstream reset the request before its response");
                 open.attempt_failed(ResponseFlag::UpstreamRemoteReset);
-                return open.local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ResponseFlag::UpstreamRemoteReset,
-                );
+                Ended::Failed(retry::Outcome::Reset)
             }
             Err(_) => {
-                warn!(authority = %authority, upstream = %place.addr, timeout_s = attempt_timeout.as_secs_f32(), "upstream did not answer in time (504 UT)");
-                open.record.request_bytes = request_bytes.load(Ordering::Relaxed);
+                warn!(authority = %authority, upstream = %place.addr, attempt = open.record.attempts, timeout_s = attempt_timeout.as_secs_f32(), "upstream did not answer in time");
                 open.attempt_failed(ResponseFlag::UpstreamRequestTimeout);
-                return open.local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    ResponseFlag::UpstreamRequestTimeout,
-                );
+                Ended::Failed(retry::Outcome::TimedOut)
+            }
+        };
+        let outcome = ended.outcome();
+        let done = retry::Done {
+            attempts: open.record.attempts,
+            untried: endpoints.iter().any(|e| !tried.contains(e)),
+            left: deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now())),
+        };
+        match retry::next(policy.as_ref(), outcome, done, rng.u32(..)) {
+            retry::Next::Retry { after } => {
+                // The same request when it was not sent, else a new copy;
+                // a body that was not kept has no policy, so no copy is
+                // asked of it.
+                if let Some(next) = unsent.or_else(|| copies.as_ref().map(Copies::request)) {
+                    debug!(authority = %authority, upstream = %place.addr, attempt = open.record.attempts, after = outcome.label(), backoff_ms = after.as_millis() as u64, "retrying the request");
+                    wp.telemetry.retried(outcome);
+                    drop((ended, place));
+                    if !after.is_zero() {
+                        tokio::time::sleep(after).await;
+                    }
+                    request = next;
+                    continue;
+                }
+            }
+            retry::Next::Exhausted => {
+                open.record
+                    .response_flags
+                    .insert(ResponseFlag::UpstreamRetryLimitExceeded);
+            }
+            retry::Next::Deliver => {}
+        }
+        match ended {
+            Ended::Answered(response) => break (response, place),
+            Ended::Failed(outcome) => {
+                let (status, flag) = match outcome {
+                    retry::Outcome::TimedOut => (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        ResponseFlag::UpstreamRequestTimeout,
+                    ),
+                    retry::Outcome::Reset => (
+                        // Envoy's answer to a reset before the response
+                        // head: 503 UR ("upstream connect error or
+                        // disconnect/reset before headers").
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ResponseFlag::UpstreamRemoteReset,
+                    ),
+                    _ => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ResponseFlag::UpstreamConnectionFailure,
+                    ),
+                };
+                debug!(authority = %authority, attempts = open.record.attempts, status = status.as_u16(), flag = flag.as_str(), "no response from upstream: answered here");
+                open.record.request_bytes = request_bytes.load(Ordering::Relaxed);
+                return open.local(status, flag);
             }
         }
     };
@@ -473,6 +571,41 @@ struct Plan {
     attempt_timeout: Duration,
     /// For the whole request, attempts included.
     request_timeout: Option<Duration>,
+    /// The rule's retry, while the request may still be retried.
+    retry: Option<mesh_route::compile::Retry>,
+    /// Mirrors the request is copied to (the roll made, the Service
+    /// resolved).
+    mirrors: Vec<mirror::Target>,
+}
+
+/// The head and the kept body each attempt of a request gets a copy of.
+struct Copies {
+    head: http::request::Parts,
+    body: body::Kept,
+}
+
+impl Copies {
+    fn request(&self) -> Request<CountedBody> {
+        Request::from_parts(
+            self.head.clone(),
+            CountedBody::copy(RequestBody::Replayed(self.body.copy())),
+        )
+    }
+}
+
+/// How one attempt ended.
+enum Ended {
+    Answered(Response<Incoming>),
+    Failed(retry::Outcome),
+}
+
+impl Ended {
+    fn outcome(&self) -> retry::Outcome {
+        match self {
+            Ended::Answered(r) => retry::Outcome::Status(r.status()),
+            Ended::Failed(o) => *o,
+        }
+    }
 }
 
 /// Routes the request: applies what its rule changes to `parts`, and
@@ -504,6 +637,8 @@ fn route(
         response_headers: Vec::new(),
         attempt_timeout: wp.limits.response_timeout,
         request_timeout: None,
+        retry: None,
+        mirrors: Vec::new(),
     };
     let (rule, action) = match decision {
         Decision::Default => {
@@ -566,6 +701,27 @@ fn route(
     let forward = *forward;
     plan.endpoints = target::usable(view, &wp.own, forward.endpoints);
     plan.response_headers = forward.response_headers;
+    plan.retry = forward.retry;
+    for m in &forward.mirrors {
+        if !mirror::chosen(m.numerator, m.denominator, rng.u32(..)) {
+            continue;
+        }
+        let service = format!("{}/{}", m.backend.namespace, m.backend.name);
+        let endpoints = match routing::resolve(view, &m.backend) {
+            Ok(endpoints) => target::usable(view, &wp.own, endpoints),
+            Err(why) => {
+                debug!(authority = %authority, route = %rule.route, mirror = %service, reason = %why, "the rule's mirror cannot be used: no copy sent");
+                wp.telemetry.mirrored(mirror::Outcome::Unresolved);
+                continue;
+            }
+        };
+        if endpoints.is_empty() {
+            debug!(authority = %authority, route = %rule.route, mirror = %service, "the rule's mirror has no ready endpoint: no copy sent");
+            wp.telemetry.mirrored(mirror::Outcome::Unresolved);
+            continue;
+        }
+        plan.mirrors.push(mirror::Target { service, endpoints });
+    }
     match forward.timeouts.backend_request {
         Some(Timeout::After(d)) => plan.attempt_timeout = d,
         Some(Timeout::Disabled) => plan.attempt_timeout = NO_TIMEOUT,

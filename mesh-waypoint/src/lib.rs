@@ -6,20 +6,23 @@
 //! cannot parse as HTTP is relayed as TCP to one endpoint.
 //!
 //! Decisions are pure and live in their own modules (`binding`, `target`,
-//! `routing`, `protocol`, `balancer`, `headers`, `record`, `spans`); I/O is at the
-//! edges (`upstream`, `http`, `tcp`, `handler`, `access`, `telemetry`,
-//! `admin`, `run`). The request record, Istio's metric families, the W3C
+//! `routing`, `retry`, `protocol`, `balancer`, `headers`, `record`,
+//! `spans`); I/O is at the edges (`upstream`, `http`, `body`, `mirror`,
+//! `tcp`, `handler`, `access`, `telemetry`, `admin`, `run`). The request record, Istio's metric families, the W3C
 //! trace context and the OTLP export are `mesh_telemetry`'s.
 pub mod access;
 pub mod admin;
 pub mod balancer;
 pub mod binding;
+pub mod body;
 pub mod handler;
 pub mod headers;
 pub mod http;
 pub mod idle;
+pub mod mirror;
 pub mod protocol;
 pub mod record;
+pub mod retry;
 pub mod routing;
 pub mod run;
 pub mod spans;

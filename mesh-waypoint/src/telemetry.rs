@@ -18,12 +18,19 @@ use prometheus_client::{
 
 use crate::{
     access::{self, AccessLog},
+    body::Unkept,
+    mirror, retry,
     spans::RequestTrace,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 /// Why the waypoint refused a connection or a stream before any request
@@ -50,6 +57,9 @@ pub struct Telemetry {
     requests: RequestMetrics,
     tcp: TcpMetrics,
     refused: Family<ReasonLabels, Counter>,
+    unkept: Family<ReasonLabels, Counter>,
+    retries: Family<ReasonLabels, Counter>,
+    mirrors: Family<OutcomeLabels, Counter>,
     ready: Gauge,
     access: Arc<dyn AccessLog>,
     spans: Option<Exporter>,
@@ -80,6 +90,24 @@ impl Telemetry {
             "HBONE connections and streams refused before a request was read, by reason",
             refused.clone(),
         );
+        let unkept = Family::<ReasonLabels, Counter>::default();
+        own.register(
+            "unreplayable_requests",
+            "Requests whose route rule retries or mirrors them but whose body was not kept whole (over 64 KiB, or not in time): sent once, with no retry and no mirror, by reason",
+            unkept.clone(),
+        );
+        let retries = Family::<ReasonLabels, Counter>::default();
+        own.register(
+            "retries",
+            "Requests sent again, by what the attempt before met (status, connect_failure, reset, timeout)",
+            retries.clone(),
+        );
+        let mirrors = Family::<OutcomeLabels, Counter>::default();
+        own.register(
+            "mirrored_requests",
+            "Copies of requests for a route's RequestMirror, by outcome (answered, failed, overflow: over the in-flight bound, unresolved: no usable Service or endpoint)",
+            mirrors.clone(),
+        );
         let ready = Gauge::default();
         own.register(
             "ready",
@@ -92,6 +120,9 @@ impl Telemetry {
                 requests,
                 tcp,
                 refused,
+                unkept,
+                retries,
+                mirrors,
                 ready,
                 access,
                 spans,
@@ -147,6 +178,34 @@ impl Telemetry {
                 reason: why.label(),
             })
             .get()
+    }
+
+    /// A request that its rule would retry or mirror went once, its body
+    /// not kept.
+    pub fn unreplayable(&self, why: Unkept) {
+        self.unkept
+            .get_or_create(&ReasonLabels {
+                reason: why.label(),
+            })
+            .inc();
+    }
+
+    /// A request is sent again after `after`.
+    pub fn retried(&self, after: retry::Outcome) {
+        self.retries
+            .get_or_create(&ReasonLabels {
+                reason: after.label(),
+            })
+            .inc();
+    }
+
+    /// A mirrored copy ended (or was not sent).
+    pub fn mirrored(&self, outcome: mirror::Outcome) {
+        self.mirrors
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -225,6 +284,10 @@ mod tests {
         };
         t.request(&rec, None);
         t.refused(Refusal::ConnectionLimit);
+        t.unreplayable(Unkept::TooLarge);
+        t.retried(retry::Outcome::Status(StatusCode::SERVICE_UNAVAILABLE));
+        t.retried(retry::Outcome::Reset);
+        t.mirrored(mirror::Outcome::Overflow);
         t.set_ready(true);
         let text = t.encode().unwrap();
         assert!(
@@ -237,6 +300,14 @@ mod tests {
         );
         assert!(text.contains("mesh_waypoint_refused_total{reason=\"connection_limit\"} 1"));
         assert!(text.contains("mesh_waypoint_ready 1"));
+        assert!(
+            text.contains(
+                "mesh_waypoint_unreplayable_requests_total{reason=\"body_over_limit\"} 1"
+            )
+        );
+        assert!(text.contains("mesh_waypoint_retries_total{reason=\"status\"} 1"));
+        assert!(text.contains("mesh_waypoint_retries_total{reason=\"reset\"} 1"));
+        assert!(text.contains("mesh_waypoint_mirrored_requests_total{outcome=\"overflow\"} 1"));
         assert!(!text.contains("mesh_waypoint_requests"), "{text}");
         let lines = lines.0.lock().unwrap();
         assert_eq!(lines.len(), 1);

@@ -37,7 +37,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use crate::protocol::Protocol;
+use crate::{body::RequestBody, protocol::Protocol};
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
@@ -94,15 +94,27 @@ pub struct Own {
     pub dial: Arc<dyn Dial>,
 }
 
-/// An upstream request body: the client's, counted as it passes.
+/// An upstream request body: the client's, counted as it passes, or a
+/// copy of a body kept for retries and mirrors (`body`), counted once
+/// when it was read.
 pub struct CountedBody {
-    inner: Incoming,
-    bytes: Arc<AtomicU64>,
+    inner: RequestBody,
+    bytes: Option<Arc<AtomicU64>>,
 }
 
 impl CountedBody {
-    pub fn new(inner: Incoming, bytes: Arc<AtomicU64>) -> Self {
-        Self { inner, bytes }
+    /// The client's body (as it arrives, or what was read of it then the
+    /// rest), its bytes added to `bytes` as they pass.
+    pub fn new(inner: impl Into<RequestBody>, bytes: Arc<AtomicU64>) -> Self {
+        Self {
+            inner: inner.into(),
+            bytes: Some(bytes),
+        }
+    }
+
+    /// A copy of a kept body, not counted again.
+    pub fn copy(inner: RequestBody) -> Self {
+        Self { inner, bytes: None }
     }
 }
 
@@ -117,8 +129,9 @@ impl Body for CountedBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
+            && let Some(bytes) = &self.bytes
         {
-            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         polled
     }
