@@ -64,7 +64,7 @@ async fn lead(client: &Client, controller_name: &str) {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, retry_s = RECHECK.as_secs(),
-                    "route status: cannot tell whether HTTPRoute, GRPCRoute and ReferenceGrant are served");
+                    "route status: cannot tell whether HTTPRoute and GRPCRoute are served");
                 tokio::time::sleep(RECHECK).await;
                 continue;
             }
@@ -83,7 +83,6 @@ async fn lead(client: &Client, controller_name: &str) {
         info!(
             http_routes = served.http_routes,
             grpc_routes = served.grpc_routes,
-            reference_grants = served.reference_grants,
             "route status: reporting on routes"
         );
         tokio::select! {
@@ -112,13 +111,7 @@ async fn report(client: &Client, controller_name: &str, served: Served) {
     let cluster = Arc::new(RwLock::new(Cluster::default()));
     let (changed, changes) = watch::channel(());
     let (synced_tx, mut synced) = watch::channel(false);
-    let follow = facts::follow(
-        client.clone(),
-        served.reference_grants,
-        cluster.clone(),
-        changed,
-        synced_tx,
-    );
+    let follow = facts::follow(client.clone(), cluster.clone(), changed, synced_tx);
     let controllers = async {
         // Before the facts are listed every backend would look missing.
         if synced.wait_for(|s| *s).await.is_err() {

@@ -1,11 +1,12 @@
 //! The Kubernetes objects of a local-mode file (Namespace, Pod, Service,
 //! EndpointSlice, AuthorizationPolicy, PeerAuthentication, Gateway,
-//! HTTPRoute, GRPCRoute, ReferenceGrant) in their usual
-//! shape, plus one document of the program's own kind. Errors name the file, the line and
-//! the field.
+//! HTTPRoute, GRPCRoute) in their usual shape, plus one document of the
+//! program's own kind; ReferenceGrants are accepted and ignored. Errors
+//! name the file, the line and the field.
 use std::{
     collections::{BTreeMap, HashSet},
     path::Path,
+    sync::Once,
 };
 
 use k8s_openapi::api::{
@@ -21,7 +22,7 @@ use mesh_policy::{
     model,
 };
 use serde::{Deserialize, de::DeserializeOwned};
-use tracing::warn;
+use tracing::{info, warn};
 
 pub use crate::model::{Labels, Workload};
 use crate::{convert, store::Store};
@@ -478,10 +479,22 @@ pub fn parse_with(
                 })?;
                 store.grpc_routes.apply(key, compiled);
             }
+            // Accepted and ignored rather than refused as an unknown kind:
+            // Istio accepts ReferenceGrants (its Gateways use them), so
+            // manifests carried over from Istio hold them, and a mesh route
+            // needs none (GEP-1294). Local mode has no Gateways but
+            // waypoints, so there is nothing else a grant could allow.
+            // Said once per process: a reload reads the same file again.
             "ReferenceGrant" => {
-                let mut grant: mesh_route::grant::ReferenceGrant = doc.typed(value, file, &what)?;
-                grant.metadata.namespace = Some(namespace.clone());
-                store.reference_grants.apply(key, grant);
+                static SAID: Once = Once::new();
+                SAID.call_once(|| {
+                    info!(
+                        file = %file.display(),
+                        line = doc.line,
+                        object = %what,
+                        "ReferenceGrant is not needed by mesh routes (GEP-1294); ignored"
+                    );
+                });
             }
             _ => unreachable!("kinds are checked above"),
         }
@@ -584,7 +597,7 @@ mod tests {
     const SERVICE: &str = "kind: Service\nmetadata: {name: echo, namespace: mesh}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}\n";
 
     #[test]
-    fn routes_and_grants_are_read_and_compiled() {
+    fn routes_are_read_and_compiled_and_reference_grants_ignored() {
         let text = format!(
             "kind: AgentConfig\n---\n{SERVICE}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: mesh}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: echo, port: 80}}]\n  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]\n---\nkind: GRPCRoute\nmetadata: {{name: r, namespace: mesh}}\nspec: {{parentRefs: [{{group: \"\", kind: Service, name: echo}}]}}\n---\nkind: ReferenceGrant\nmetadata: {{name: g, namespace: mesh}}\nspec: {{from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: other}}], to: [{{group: \"\", kind: Service}}]}}\n"
         );
@@ -593,7 +606,19 @@ mod tests {
         assert_eq!(http.id.to_string(), "mesh/r");
         assert_eq!(http.rules[0].backends[0].target.name, "echo");
         assert!(store.grpc_routes.get("mesh/r").is_some());
-        assert!(store.reference_grants.get("mesh/g").is_some());
+        let sizes = store.sizes();
+        assert_eq!((sizes.routes, sizes.ignored), (2, 0), "{sizes:?}");
+        // Ignored whatever it holds, but still a document of the file: a
+        // second one of the same name is refused like any other.
+        let twice = format!(
+            "{text}---\nkind: ReferenceGrant\nmetadata: {{name: g, namespace: mesh}}\nspec: {{from: nobody}}\n"
+        );
+        let e = parse(Path::new("f.yaml"), &twice, "AgentConfig").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("ReferenceGrant mesh/g: metadata.name"),
+            "{e}"
+        );
     }
 
     #[test]

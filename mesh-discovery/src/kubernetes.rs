@@ -64,10 +64,9 @@ enum Change {
     Gateway(Box<watcher::Event<DynamicObject>>),
     HttpRoute(Box<watcher::Event<DynamicObject>>),
     GrpcRoute(Box<watcher::Event<DynamicObject>>),
-    ReferenceGrant(Box<watcher::Event<DynamicObject>>),
 }
 
-const KINDS: usize = 10;
+const KINDS: usize = 9;
 
 fn watch<K>(
     client: &Client,
@@ -267,7 +266,7 @@ pub fn gateway_api_resource(version: &str, kind: &str, plural: &str) -> ApiResou
 }
 
 /// A listed object as `T` (`metadata` and `spec`, which is all the route
-/// and grant types read).
+/// types read).
 fn from_dynamic<T: DeserializeOwned>(o: &DynamicObject) -> Result<T, convert::Invalid> {
     let value = serde_json::json!({
         "metadata": o.metadata,
@@ -313,7 +312,6 @@ struct Watchers {
     gateways: KindState<crate::model::Gateway>,
     http_routes: KindState<mesh_route::CompiledRoute>,
     grpc_routes: KindState<mesh_route::CompiledRoute>,
-    reference_grants: KindState<mesh_route::grant::ReferenceGrant>,
     /// Kinds the API server does not serve (their CRD is not installed).
     /// Policy kinds never count as absent for enforcement (see `policy_sync`).
     absent: [bool; KINDS],
@@ -333,7 +331,6 @@ impl Watchers {
             self.gateways.synced,
             self.http_routes.synced,
             self.grpc_routes.synced,
-            self.reference_grants.synced,
         ];
         synced.iter().zip(self.absent).all(|(s, a)| *s || a)
     }
@@ -428,14 +425,6 @@ impl Watchers {
                 ns_name,
                 convert_grpc_route,
             ),
-            Ok(Change::ReferenceGrant(e)) => apply(
-                *e,
-                "ReferenceGrant",
-                &mut s.reference_grants,
-                &mut self.reference_grants,
-                ns_name,
-                from_dynamic,
-            ),
             Err(e) if index == AUTHZ || index == PEER => {
                 let synced = match index {
                     AUTHZ => self.authorization.synced,
@@ -496,7 +485,6 @@ const KIND_NAMES: [&str; KINDS] = [
     "Gateway",
     "HTTPRoute",
     "GRPCRoute",
-    "ReferenceGrant",
 ];
 
 fn all_watches(
@@ -538,12 +526,6 @@ fn all_watches(
             gateway_api_resource("v1", "GRPCRoute", "grpcroutes"),
             |e| Change::GrpcRoute(Box::new(e)),
             8,
-        ),
-        watch_untyped(
-            client,
-            gateway_api_resource("v1beta1", "ReferenceGrant", "referencegrants"),
-            |e| Change::ReferenceGrant(Box::new(e)),
-            9,
         ),
     ])
 }

@@ -7,9 +7,9 @@ use std::{
     sync::Arc,
 };
 
-use mesh_route::{CompiledRoute, RouteTable, grant::ReferenceGrant, table::ServicePort};
+use mesh_route::{CompiledRoute, RouteTable, table::ServicePort};
 
-use crate::{model::Service, store::Collection};
+use crate::model::Service;
 
 /// The routes of one Service port.
 #[derive(Debug, Default)]
@@ -33,20 +33,18 @@ impl PortRoutes {
     }
 }
 
-/// Every Service port's routes, and the grants backends are checked by.
+/// Every Service port's routes.
 #[derive(Debug, Default)]
 pub struct Routes {
     by_port: HashMap<String, BTreeMap<u16, Arc<PortRoutes>>>,
     /// `<namespace>/<name>` of a Service → the routes attached to any of
     /// its ports (for `mesh inspect`), in table order.
     by_service: HashMap<String, Vec<Arc<CompiledRoute>>>,
-    grants: Vec<ReferenceGrant>,
 }
 
 impl Routes {
     pub fn build<'r>(
         routes: impl IntoIterator<Item = &'r Arc<CompiledRoute>>,
-        grants: &Collection<ReferenceGrant>,
         services: &HashMap<String, Arc<Service>>,
     ) -> Routes {
         // (service key, port) → (route namespace or None for producer) → routes
@@ -121,7 +119,6 @@ impl Routes {
         Routes {
             by_port,
             by_service,
-            grants: grants.values().map(|g| g.as_ref().clone()).collect(),
         }
     }
 
@@ -136,10 +133,6 @@ impl Routes {
             .get(service)
             .map(Vec::as_slice)
             .unwrap_or_default()
-    }
-
-    pub fn grants(&self) -> &[ReferenceGrant] {
-        &self.grants
     }
 
     /// How many Service ports have routes.
@@ -203,7 +196,7 @@ mod tests {
                 r#"{"group":"","kind":"Service","name":"echo","namespace":"mesh","port":80}"#,
             ),
         ];
-        let built = Routes::build(routes.iter(), &Collection::default(), &services);
+        let built = Routes::build(routes.iter(), &services);
         let p80 = built.port("mesh/echo", 80).unwrap();
         assert_eq!(names(p80.for_client(Some("mesh")).unwrap()), ["mesh/p"]);
         assert_eq!(names(p80.for_client(None).unwrap()), ["mesh/p"]);
@@ -237,7 +230,7 @@ mod tests {
                 r#"{"group":"","kind":"Service","name":"echo"}"#,
             ),
         ];
-        let built = Routes::build(routes.iter(), &Collection::default(), &services);
+        let built = Routes::build(routes.iter(), &services);
         assert!(built.port("mesh/echo", 80).is_none());
         let alt = built.port("mesh/echo", 8080).unwrap();
         assert_eq!(names(alt.for_client(None).unwrap()), ["mesh/section"]);

@@ -114,9 +114,6 @@ pub struct Store {
     pub http_routes: Collection<mesh_route::CompiledRoute>,
     /// GRPCRoutes, likewise.
     pub grpc_routes: Collection<mesh_route::CompiledRoute>,
-    /// ReferenceGrants by `<namespace>/<name>`: which routes may send to
-    /// Services in their namespace.
-    pub reference_grants: Collection<mesh_route::grant::ReferenceGrant>,
     /// Node name → addresses. Local files only: they tell `mesh status`
     /// where the other nodes' agents are (the agent itself needs no Nodes).
     pub nodes: Collection<Vec<std::net::IpAddr>>,
@@ -159,8 +156,7 @@ impl Store {
                 + self.peer_authentication.ignored()
                 + self.gateways.ignored()
                 + self.http_routes.ignored()
-                + self.grpc_routes.ignored()
-                + self.reference_grants.ignored(),
+                + self.grpc_routes.ignored(),
         }
     }
 }

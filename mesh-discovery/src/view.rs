@@ -195,7 +195,6 @@ impl MeshView {
             .collect();
         let routes = Routes::build(
             store.http_routes.values().chain(store.grpc_routes.values()),
-            &store.reference_grants,
             &services,
         );
         Self {

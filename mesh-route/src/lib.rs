@@ -10,7 +10,6 @@
 
 pub mod compile;
 pub mod duration;
-pub mod grant;
 pub mod headers;
 pub mod matcher;
 pub mod redirect;

@@ -12,8 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::compile::{BackendRef, CompiledRoute, Problem, RouteError, RouteKind};
-use crate::grant::{ReferenceGrant, permits};
+use crate::compile::{CompiledRoute, Problem, RouteError, RouteKind};
 use crate::spec::{self, BackendObjectRef, GROUP, ObjectMeta, ParentRef};
 
 pub const ACCEPTED: &str = "Accepted";
@@ -24,6 +23,17 @@ const MAX_MESSAGE: usize = 32 * 1024;
 /// Problems named one by one in a ResolvedRefs message; the rest are
 /// counted.
 const MAX_LISTED: usize = 4;
+
+impl RouteKind {
+    /// The kind as the API server names it, for whoever reports on a
+    /// route (its status, logs, `mesh inspect`).
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
 
 /// Why a route is or is not Accepted by a parent (Gateway API's
 /// `RouteConditionReason` for the Accepted condition).
@@ -57,8 +67,6 @@ pub enum ResolvedReason {
     ResolvedRefs,
     /// The Service, or the port of it, does not exist.
     BackendNotFound,
-    /// Another namespace's Service without a ReferenceGrant there.
-    RefNotPermitted,
     /// Not a core Service.
     InvalidKind,
 }
@@ -68,7 +76,6 @@ impl ResolvedReason {
         match self {
             ResolvedReason::ResolvedRefs => "ResolvedRefs",
             ResolvedReason::BackendNotFound => "BackendNotFound",
-            ResolvedReason::RefNotPermitted => "RefNotPermitted",
             ResolvedReason::InvalidKind => "InvalidKind",
         }
     }
@@ -118,31 +125,18 @@ pub struct Service {
     pub cluster_ip: bool,
 }
 
-/// The Services and ReferenceGrants of the cluster, kept up to date by
-/// the caller; every change says whether anything changed, so that the
-/// caller recomputes statuses only then.
+/// The Services of the cluster, kept up to date by the caller; every
+/// change says whether anything changed, so that the caller recomputes
+/// statuses only then.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
     services: BTreeMap<(String, String), Service>,
-    /// Sorted by (namespace, name), one per object.
-    grants: Vec<ReferenceGrant>,
-}
-
-fn grant_key(g: &ReferenceGrant) -> (&str, &str) {
-    (
-        g.metadata.namespace.as_deref().unwrap_or("default"),
-        g.metadata.name.as_str(),
-    )
 }
 
 impl Cluster {
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
         self.services
             .get(&(namespace.to_string(), name.to_string()))
-    }
-
-    pub fn grants(&self) -> &[ReferenceGrant] {
-        &self.grants
     }
 
     /// Adds or replaces a Service; true when that changed anything.
@@ -173,47 +167,6 @@ impl Cluster {
             .collect();
         let changed = services != self.services;
         self.services = services;
-        changed
-    }
-
-    /// Adds or replaces a grant (by namespace and name).
-    pub fn set_grant(&mut self, grant: ReferenceGrant) -> bool {
-        match self
-            .grants
-            .binary_search_by(|g| grant_key(g).cmp(&grant_key(&grant)))
-        {
-            Ok(i) if self.grants[i] == grant => false,
-            Ok(i) => {
-                self.grants[i] = grant;
-                true
-            }
-            Err(i) => {
-                self.grants.insert(i, grant);
-                true
-            }
-        }
-    }
-
-    pub fn remove_grant(&mut self, namespace: &str, name: &str) -> bool {
-        match self
-            .grants
-            .binary_search_by(|g| grant_key(g).cmp(&(namespace, name)))
-        {
-            Ok(i) => {
-                self.grants.remove(i);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Puts every grant anew (after a re-list).
-    pub fn replace_grants(&mut self, all: impl IntoIterator<Item = ReferenceGrant>) -> bool {
-        let mut grants: Vec<ReferenceGrant> = all.into_iter().collect();
-        grants.sort_by(|a, b| grant_key(a).cmp(&grant_key(b)));
-        grants.dedup_by(|a, b| grant_key(a) == grant_key(b));
-        let changed = grants != self.grants;
-        self.grants = grants;
         changed
     }
 }
@@ -298,7 +251,6 @@ pub fn http_route_parents(
         backends(&at, &rule.backend_refs, &mut refs);
     }
     parents(
-        RouteKind::Http,
         &route.metadata,
         &route.spec.parent_refs,
         &refs,
@@ -322,7 +274,6 @@ pub fn grpc_route_parents(
         backends(&at, &rule.backend_refs, &mut refs);
     }
     parents(
-        RouteKind::Grpc,
         &route.metadata,
         &route.spec.parent_refs,
         &refs,
@@ -395,7 +346,6 @@ fn backends<'a>(
 }
 
 fn parents(
-    kind: RouteKind,
     meta: &ObjectMeta,
     parent_refs: &[ParentRef],
     refs: &[(String, &BackendObjectRef)],
@@ -405,7 +355,7 @@ fn parents(
 ) -> Vec<RouteParentStatus> {
     let namespace = meta.namespace.as_deref().unwrap_or("default");
     // The same for every parent: backends do not depend on the parent.
-    let (resolved, resolved_message) = resolve(kind, namespace, refs, cluster);
+    let (resolved, resolved_message) = resolve(namespace, refs, cluster);
     distinct_service_parents(parent_refs)
         .map(|parent| {
             let before = observed.before(parent);
@@ -523,14 +473,13 @@ fn attached_port(parent: &ParentRef) -> String {
 /// route gives them; the first problem gives the reason, the message
 /// names them all (up to `MAX_LISTED`).
 fn resolve(
-    kind: RouteKind,
     route_namespace: &str,
     refs: &[(String, &BackendObjectRef)],
     cluster: &Cluster,
 ) -> (ResolvedReason, String) {
     let problems: Vec<(ResolvedReason, String)> = refs
         .iter()
-        .filter_map(|(field, r)| check_backend(kind, route_namespace, field, r, cluster))
+        .filter_map(|(field, r)| check_backend(route_namespace, field, r, cluster))
         .collect();
     let Some((reason, _)) = problems.first() else {
         let message = if refs.is_empty() {
@@ -552,8 +501,10 @@ fn resolve(
     (*reason, message)
 }
 
+/// A backend in another namespace needs no ReferenceGrant (GEP-1294):
+/// a mesh route may name any Service, as its clients may connect to any,
+/// so whether one exists elsewhere is no secret to keep from its author.
 fn check_backend(
-    kind: RouteKind,
     route_namespace: &str,
     field: &str,
     r: &BackendObjectRef,
@@ -570,25 +521,6 @@ fn check_backend(
         ));
     }
     let namespace = r.namespace.as_deref().unwrap_or(route_namespace);
-    let target = BackendRef {
-        namespace: namespace.to_string(),
-        name: r.name.clone(),
-        // Grants do not name ports.
-        port: 0,
-    };
-    // Checked before existence: without a grant, whether a Service exists
-    // in another namespace is not the route author's to learn.
-    if !permits(cluster.grants(), kind, route_namespace, &target) {
-        return Some((
-            ResolvedReason::RefNotPermitted,
-            format!(
-                "{field}: Service {namespace}/{} is in another namespace and no ReferenceGrant \
-                 in {namespace} allows {}s from {route_namespace} to use it",
-                r.name,
-                kind.kind_name()
-            ),
-        ));
-    }
     let service = match cluster.service(namespace, &r.name) {
         Some(s) => s,
         None => {
@@ -612,7 +544,6 @@ fn check_backend(
 mod tests {
     use super::*;
     use crate::compile::{compile_grpc_route, compile_http_route};
-    use crate::grant::{GrantFrom, GrantTo, ReferenceGrantSpec};
 
     const ME: &str = "mesh.io/waypoint-controller";
     const NOW: &str = "2025-01-02T03:04:05Z";
@@ -654,28 +585,6 @@ mod tests {
         c.set_service("shop", "api", service(&[(8080, None)]));
         c.set_service("pay", "ledger", service(&[(9000, None)]));
         c
-    }
-
-    fn grant(namespace: &str, from: &str, kind: &str) -> ReferenceGrant {
-        ReferenceGrant {
-            metadata: ObjectMeta {
-                name: format!("from-{from}"),
-                namespace: Some(namespace.into()),
-                creation_timestamp: None,
-            },
-            spec: ReferenceGrantSpec {
-                from: vec![GrantFrom {
-                    group: GROUP.into(),
-                    kind: kind.into(),
-                    namespace: from.into(),
-                }],
-                to: vec![GrantTo {
-                    group: String::new(),
-                    kind: "Service".into(),
-                    name: None,
-                }],
-            },
-        }
     }
 
     fn observed(previous: &[RouteParentStatus]) -> Observed<'_> {
@@ -976,50 +885,47 @@ mod tests {
     }
 
     #[test]
-    fn a_cross_namespace_backend_needs_a_grant() {
-        let backends = serde_json::json!([{"name": "ledger", "namespace": "pay", "port": 9000}]);
-        let route = http(to_web(backends.clone()));
+    fn a_cross_namespace_backend_needs_no_grant() {
+        let route = http(to_web(
+            serde_json::json!([{"name": "ledger", "namespace": "pay", "port": 9000}]),
+        ));
         let got = statuses(&route, &cluster());
         assert_eq!(
             conditions(&got),
             [
                 cond(ACCEPTED, "True", "Accepted"),
-                cond(RESOLVED_REFS, "False", "RefNotPermitted")
+                cond(RESOLVED_REFS, "True", "ResolvedRefs")
             ]
         );
-        assert!(
-            message(&got, RESOLVED_REFS)
-                .contains("no ReferenceGrant in pay allows HTTPRoutes from shop")
-        );
-
-        let mut granted = cluster();
-        assert!(granted.set_grant(grant("pay", "shop", "HTTPRoute")));
-        let got = statuses(&route, &granted);
-        assert_eq!(got[0].conditions[1].reason, "ResolvedRefs");
-
-        // A grant for GRPCRoutes does not cover an HTTPRoute, nor one in
-        // the route's own namespace.
-        let mut other = cluster();
-        other.set_grant(grant("pay", "shop", "GRPCRoute"));
-        other.set_grant(grant("shop", "shop", "HTTPRoute"));
         assert_eq!(
-            statuses(&route, &other)[0].conditions[1].reason,
-            "RefNotPermitted"
+            message(&got, RESOLVED_REFS),
+            "all 1 backend references resolved"
         );
     }
 
     #[test]
-    fn without_a_grant_a_missing_service_elsewhere_is_not_revealed() {
+    fn a_missing_service_elsewhere_is_backend_not_found() {
+        // Said as it is: a mesh route may name any Service, as its clients
+        // may connect to any, so there is nothing to hide from its author.
         let route = http(to_web(
             serde_json::json!([{"name": "nothing", "namespace": "pay", "port": 1}]),
         ));
         let got = statuses(&route, &cluster());
-        assert_eq!(got[0].conditions[1].reason, "RefNotPermitted");
-        let mut granted = cluster();
-        granted.set_grant(grant("pay", "shop", "HTTPRoute"));
+        assert_eq!(got[0].conditions[1].reason, "BackendNotFound");
         assert_eq!(
-            statuses(&route, &granted)[0].conditions[1].reason,
-            "BackendNotFound"
+            message(&got, RESOLVED_REFS),
+            "spec.rules[0].backendRefs[0]: Service pay/nothing not found"
+        );
+        // Its port, likewise.
+        let route = http(to_web(
+            serde_json::json!([{"name": "ledger", "namespace": "pay", "port": 80}]),
+        ));
+        let got = statuses(&route, &cluster());
+        assert_eq!(got[0].conditions[1].reason, "BackendNotFound");
+        assert!(
+            message(&got, RESOLVED_REFS).contains("Service pay/ledger has no port 80"),
+            "{}",
+            message(&got, RESOLVED_REFS)
         );
     }
 
@@ -1043,15 +949,19 @@ mod tests {
     #[test]
     fn the_first_problem_gives_the_reason_and_all_are_counted() {
         let route = http(to_web(serde_json::json!([
-            {"name": "a", "port": 1}, {"name": "ledger", "namespace": "pay", "port": 9000},
-            {"name": "c", "port": 1}, {"name": "d", "port": 1},
-            {"name": "e", "port": 1}, {"name": "f", "port": 1},
+            {"group": "example.com", "kind": "Bucket", "name": "b", "port": 80},
+            {"name": "ledger", "namespace": "pay", "port": 9000},
+            {"name": "c", "port": 1}, {"name": "d", "namespace": "pay", "port": 1},
+            {"name": "e", "port": 1}, {"name": "f", "port": 1}, {"name": "g", "port": 1},
         ])));
         let got = statuses(&route, &cluster());
-        assert_eq!(got[0].conditions[1].reason, "BackendNotFound");
+        assert_eq!(got[0].conditions[1].reason, "InvalidKind");
         let m = message(&got, RESOLVED_REFS);
         assert!(
-            m.contains("backendRefs[1]: Service pay/ledger is in another namespace"),
+            m.starts_with("spec.rules[0].backendRefs[0]: kind Bucket")
+                && m.contains("; spec.rules[0].backendRefs[2]: Service shop/c not found")
+                && m.contains("; spec.rules[0].backendRefs[3]: Service pay/d not found")
+                && !m.contains("backendRefs[1]"),
             "{m}"
         );
         assert!(m.ends_with("; and 2 more"), "{m}");
@@ -1067,11 +977,14 @@ mod tests {
         let mut c = cluster();
         let got = grpc_route_parents(&route, &compiled, &c, &observed(&[]));
         assert_eq!(got[0].conditions[0].reason, "Accepted");
-        assert_eq!(got[0].conditions[1].reason, "RefNotPermitted");
-        assert!(message(&got, RESOLVED_REFS).contains("allows GRPCRoutes from shop"));
-        c.set_grant(grant("pay", "shop", "GRPCRoute"));
-        let got = grpc_route_parents(&route, &compiled, &c, &observed(&[]));
         assert_eq!(got[0].conditions[1].reason, "ResolvedRefs");
+        c.remove_service("pay", "ledger");
+        let got = grpc_route_parents(&route, &compiled, &c, &observed(&[]));
+        assert_eq!(got[0].conditions[1].reason, "BackendNotFound");
+        assert_eq!(
+            message(&got, RESOLVED_REFS),
+            "spec.rules[0].backendRefs[0]: Service pay/ledger not found"
+        );
 
         let bad = grpc(serde_json::json!({
             "parentRefs": [{"group": "", "kind": "Service", "name": "api"}],
@@ -1177,19 +1090,11 @@ mod tests {
         assert!(!c.remove_service("a", "s"));
         assert!(c.replace_services([("a".into(), "s".into(), service(&[(1, None)]))]));
         assert!(!c.replace_services([("a".into(), "s".into(), service(&[(1, None)]))]));
+    }
 
-        assert!(c.set_grant(grant("b", "a", "HTTPRoute")));
-        assert!(!c.set_grant(grant("b", "a", "HTTPRoute")));
-        assert!(c.set_grant(grant("a", "a", "HTTPRoute")));
-        assert_eq!(c.grants().len(), 2);
-        // Kept in (namespace, name) order.
-        assert_eq!(c.grants()[0].metadata.namespace.as_deref(), Some("a"));
-        assert!(c.set_grant(grant("b", "a", "GRPCRoute")));
-        assert_eq!(c.grants().len(), 2);
-        assert!(c.remove_grant("b", "from-a"));
-        assert!(!c.remove_grant("b", "from-a"));
-        assert!(!c.replace_grants([grant("a", "a", "HTTPRoute")]));
-        assert!(c.replace_grants([]));
-        assert!(c.grants().is_empty());
+    #[test]
+    fn kinds_are_named_as_the_api_names_them() {
+        assert_eq!(RouteKind::Http.kind_name(), "HTTPRoute");
+        assert_eq!(RouteKind::Grpc.kind_name(), "GRPCRoute");
     }
 }

@@ -1,25 +1,21 @@
 //! What route statuses depend on besides the routes: every Service (its
-//! ports and whether it has a cluster IP) and every ReferenceGrant, kept
-//! in one `mesh_route::status::Cluster` from two watches. Only the facts
-//! are kept, not the objects; a change that alters no fact (a label, an
-//! annotation, a load balancer's status) wakes nobody.
+//! ports and whether it has a cluster IP), kept in one
+//! `mesh_route::status::Cluster` from a watch. Only the facts are kept,
+//! not the objects; a change that alters no fact (a label, an annotation,
+//! a load balancer's status) wakes nobody. ReferenceGrants are not among
+//! them: a mesh route needs none (GEP-1294).
 use std::sync::{Arc, PoisonError, RwLock};
 
-use futures::{StreamExt, stream::BoxStream};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api, Client,
-    api::{DynamicObject, ObjectMeta},
+    api::ObjectMeta,
     runtime::{WatchStreamExt, watcher},
 };
-use mesh_route::{
-    grant::ReferenceGrant,
-    status::{self, Cluster},
-};
+use mesh_route::status::{self, Cluster};
 use tokio::sync::watch;
 use tracing::warn;
-
-use super::kinds;
 
 /// The facts one object gives, keyed by namespace and name; None when
 /// the object cannot be used (it is then treated as absent).
@@ -49,23 +45,6 @@ pub fn service_facts(service: &Service) -> Keyed<status::Service> {
             .and_then(|s| s.cluster_ip.as_deref())
             .is_some_and(|ip| !ip.is_empty() && ip != "None");
     Some((namespace, name, status::Service { ports, cluster_ip }))
-}
-
-/// A ReferenceGrant as mesh-route reads it. One that does not decode
-/// grants nothing: a reference it was meant to allow stays refused.
-pub fn grant_facts(object: &DynamicObject) -> Keyed<ReferenceGrant> {
-    let (namespace, name) = key(&object.metadata)?;
-    let value = serde_json::json!({
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": object.data.get("spec").cloned().unwrap_or_default(),
-    });
-    match serde_json::from_value(value) {
-        Ok(grant) => Some((namespace, name, grant)),
-        Err(e) => {
-            warn!(%namespace, %name, error = %e, "ReferenceGrant not readable; it allows nothing");
-            None
-        }
-    }
 }
 
 fn key(meta: &ObjectMeta) -> Option<(String, String)> {
@@ -145,82 +124,37 @@ pub fn apply_service(cluster: &mut Cluster, change: Change<status::Service>) -> 
     }
 }
 
-pub fn apply_grant(cluster: &mut Cluster, change: Change<ReferenceGrant>) -> bool {
-    match change {
-        Change::Set(_, _, g) => cluster.set_grant(g),
-        Change::Remove(ns, name) => cluster.remove_grant(&ns, &name),
-        Change::Replace(all) => cluster.replace_grants(all.into_iter().map(|(_, _, g)| g)),
-        Change::None => false,
-    }
-}
-
-enum Event {
-    Service(Box<watcher::Event<Service>>),
-    Grant(Box<watcher::Event<DynamicObject>>),
-}
-
-/// Follows Services and (when `grants` is served) ReferenceGrants into
-/// `cluster` until dropped. `changed` is bumped whenever a fact changes;
-/// `synced` turns true once both kinds have been listed.
+/// Follows Services into `cluster` until dropped. `changed` is bumped
+/// whenever a fact changes; `synced` turns true once they have been
+/// listed.
 pub async fn follow(
     client: Client,
-    grants: bool,
     cluster: Arc<RwLock<Cluster>>,
     changed: watch::Sender<()>,
     synced: watch::Sender<bool>,
 ) {
-    let mut streams: Vec<BoxStream<'static, Result<Event, watcher::Error>>> = vec![
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
+    let mut events = watcher(Api::<Service>::all(client), watcher::Config::default())
         .default_backoff()
-        .map(|e| e.map(|e| Event::Service(Box::new(e))))
-        .boxed(),
-    ];
-    if grants {
-        streams.push(
-            watcher(
-                Api::<DynamicObject>::all_with(client, &kinds::reference_grant()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .map(|e| e.map(|e| Event::Grant(Box::new(e))))
-            .boxed(),
-        );
-    }
-    let mut events = futures::stream::select_all(streams);
+        .boxed();
     let mut services = Relist::default();
-    // Not served: no grant exists, and none is awaited.
-    let mut granted = Relist::<ReferenceGrant> {
-        synced: !grants,
-        ..Relist::default()
-    };
     while let Some(event) = events.next().await {
         let moved = match event {
-            Ok(Event::Service(e)) => {
-                let change = services.follow(*e, service_facts, |s: &Service| key(&s.metadata));
+            Ok(e) => {
+                let change = services.follow(e, service_facts, |s: &Service| key(&s.metadata));
                 apply_service(
                     &mut cluster.write().unwrap_or_else(PoisonError::into_inner),
                     change,
                 )
             }
-            Ok(Event::Grant(e)) => {
-                let change = granted.follow(*e, grant_facts, |g: &DynamicObject| key(&g.metadata));
-                apply_grant(
-                    &mut cluster.write().unwrap_or_else(PoisonError::into_inner),
-                    change,
-                )
-            }
             Err(e) => {
-                warn!(error = %e, "route status: watch of Services or ReferenceGrants failed; retrying with backoff");
+                warn!(error = %e, "route status: watch of Services failed; retrying with backoff");
                 false
             }
         };
         if moved {
             changed.send_replace(());
         }
-        if services.synced && granted.synced {
+        if services.synced {
             synced.send_if_modified(|s| !std::mem::replace(s, true));
         }
     }

@@ -23,14 +23,6 @@ pub fn grpc_route() -> ApiResource {
     )
 }
 
-/// ReferenceGrant is still v1beta1 in Gateway API's standard channel.
-pub fn reference_grant() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(GROUP, "v1beta1", "ReferenceGrant"),
-        "referencegrants",
-    )
-}
-
 pub fn route_resource(kind: RouteKind) -> ApiResource {
     match kind {
         RouteKind::Http => http_route(),
@@ -43,7 +35,6 @@ pub fn route_resource(kind: RouteKind) -> ApiResource {
 pub struct Served {
     pub http_routes: bool,
     pub grpc_routes: bool,
-    pub reference_grants: bool,
 }
 
 impl Served {
@@ -66,7 +57,6 @@ impl Served {
         Ok(Served {
             http_routes: served(client, &http_route()).await?,
             grpc_routes: served(client, &grpc_route()).await?,
-            reference_grants: served(client, &reference_grant()).await?,
         })
     }
 }

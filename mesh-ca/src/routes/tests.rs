@@ -1,7 +1,7 @@
 //! The route status controller against kube's mock API server: the status
 //! it writes for a route, what it keeps of other controllers, when it
-//! writes nothing; the facts it keeps of Services and ReferenceGrants; how
-//! it tells a missing CRD.
+//! writes nothing; the facts it keeps of Services; how it tells a missing
+//! CRD.
 use std::sync::{Arc, RwLock};
 
 use http::StatusCode;
@@ -13,13 +13,12 @@ use kube::{
 };
 use mesh_route::{
     compile::RouteKind,
-    grant::ReferenceGrant,
     status::{self, Cluster, Port},
 };
 use serde_json::{Value, json};
 
 use super::{
-    facts::{Change, Relist, apply_grant, apply_service, grant_facts, service_facts},
+    facts::{Change, Relist, apply_service, service_facts},
     kinds::{self, Served},
     reconcile::{CONFLICT_RETRY, Context, FIELD_MANAGER, RETRY, reconcile_route, retry},
 };
@@ -42,22 +41,13 @@ fn svc(ports: &[u16]) -> status::Service {
     }
 }
 
-/// shop/web (80), shop/api (8080), pay/ledger (9000); no grants.
+/// shop/web (80), shop/api (8080), pay/ledger (9000).
 fn cluster() -> Cluster {
     let mut c = Cluster::default();
     c.set_service("shop", "web", svc(&[80]));
     c.set_service("shop", "api", svc(&[8080]));
     c.set_service("pay", "ledger", svc(&[9000]));
     c
-}
-
-fn grant_from_shop(kind: &str) -> ReferenceGrant {
-    serde_json::from_value(json!({
-        "metadata": {"name": "shop-routes", "namespace": "pay"},
-        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": kind, "namespace": "shop"}],
-                 "to": [{"group": "", "kind": "Service"}]},
-    }))
-    .unwrap()
 }
 
 fn context(client: Client, kind: RouteKind, cluster: Cluster) -> Arc<Context> {
@@ -227,18 +217,9 @@ async fn a_missing_backend_is_backend_not_found() {
 }
 
 #[tokio::test]
-async fn a_cross_namespace_backend_needs_a_reference_grant() {
+async fn a_cross_namespace_backend_needs_no_reference_grant() {
     let spec = to_web(json!([{"name": "ledger", "namespace": "pay", "port": 9000}]));
     let seen = reconcile(RouteKind::Http, http_route(spec.clone()), cluster()).await;
-    let entry = &the_write(&seen, HTTP_STATUS)[0];
-    assert_eq!(
-        conditions(entry)[1],
-        cond("ResolvedRefs", "False", "RefNotPermitted")
-    );
-
-    let mut granted = cluster();
-    granted.set_grant(grant_from_shop("HTTPRoute"));
-    let seen = reconcile(RouteKind::Http, http_route(spec), granted).await;
     let entry = &the_write(&seen, HTTP_STATUS)[0];
     assert_eq!(
         conditions(entry),
@@ -246,6 +227,19 @@ async fn a_cross_namespace_backend_needs_a_reference_grant() {
             cond("Accepted", "True", "Accepted"),
             cond("ResolvedRefs", "True", "ResolvedRefs")
         ]
+    );
+
+    let mut gone = cluster();
+    gone.remove_service("pay", "ledger");
+    let seen = reconcile(RouteKind::Http, http_route(spec), gone).await;
+    let entry = &the_write(&seen, HTTP_STATUS)[0];
+    assert_eq!(
+        conditions(entry)[1],
+        cond("ResolvedRefs", "False", "BackendNotFound")
+    );
+    assert_eq!(
+        message(entry, "ResolvedRefs"),
+        "spec.rules[0].backendRefs[0]: Service pay/ledger not found"
     );
 }
 
@@ -415,19 +409,27 @@ async fn a_kind_without_its_crd_is_not_served() {
         Served {
             http_routes: true,
             grpc_routes: false,
-            reference_grants: false
         }
     );
     assert_eq!(served.routes().collect::<Vec<_>>(), [RouteKind::Http]);
+    // The route kinds only: ReferenceGrants are not read.
     let paths: Vec<String> = seen
         .lock()
         .unwrap()
         .iter()
-        .map(|s| s.path.clone())
+        .map(|s| {
+            s.path
+                .split_once('?')
+                .map_or(&*s.path, |(p, _)| p)
+                .to_owned()
+        })
         .collect();
-    assert!(
-        paths[2].starts_with("/apis/gateway.networking.k8s.io/v1beta1/referencegrants?"),
-        "{paths:?}"
+    assert_eq!(
+        paths,
+        [
+            "/apis/gateway.networking.k8s.io/v1/httproutes",
+            "/apis/gateway.networking.k8s.io/v1/grpcroutes"
+        ]
     );
 
     // Forbidden is a missing permission, not a missing kind.
@@ -513,35 +515,25 @@ fn a_relist_replaces_the_facts_at_once_and_events_change_them() {
 }
 
 #[test]
-fn a_grant_that_does_not_decode_grants_nothing() {
-    let object = |spec: Value| -> DynamicObject {
-        serde_json::from_value(json!({
-            "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
-            "metadata": {"name": "shop-routes", "namespace": "pay"}, "spec": spec,
-        }))
-        .unwrap()
+fn an_object_whose_facts_are_unusable_now_takes_its_old_facts_away() {
+    // A facts function that refuses some objects: what such an object
+    // said before no longer holds, so it is removed, not kept stale.
+    let with_ip = |s: &Service| service_facts(s).filter(|(_, _, f)| f.cluster_ip);
+    let key = |s: &Service| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?));
+    let web = |ip: &str| {
+        service(json!({"metadata": {"name": "web", "namespace": "shop"},
+                       "spec": {"clusterIP": ip, "ports": [{"port": 80}]}}))
     };
-    let good = object(json!({
-        "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}],
-        "to": [{"group": "", "kind": "Service"}],
-    }));
-    let (ns, name, grant) = grant_facts(&good).unwrap();
-    assert_eq!((ns.as_str(), name.as_str()), ("pay", "shop-routes"));
-    assert_eq!(grant, grant_from_shop("HTTPRoute"));
-    assert!(grant_facts(&object(json!({"from": "everyone"}))).is_none());
-
-    // An update that no longer decodes takes the old grant away.
     let mut c = cluster();
     let mut relist = Relist::default();
-    let key = |g: &DynamicObject| Some((g.metadata.namespace.clone()?, g.metadata.name.clone()?));
-    let change = relist.follow(watcher::Event::Apply(good), grant_facts, key);
-    assert!(apply_grant(&mut c, change));
-    assert_eq!(c.grants().len(), 1);
-    let change = relist.follow(
-        watcher::Event::Apply(object(json!({"from": "everyone"}))),
-        grant_facts,
-        key,
+    let change = relist.follow(watcher::Event::Apply(web("None")), with_ip, key);
+    assert_eq!(change, Change::Remove("shop".into(), "web".into()));
+    assert!(apply_service(&mut c, change));
+    assert!(c.service("shop", "web").is_none());
+    // Without a key there is nothing to remove.
+    let nameless = service(json!({"metadata": {}, "spec": {"clusterIP": "None"}}));
+    assert_eq!(
+        relist.follow(watcher::Event::Apply(nameless), with_ip, key),
+        Change::None
     );
-    assert!(apply_grant(&mut c, change));
-    assert!(c.grants().is_empty());
 }
