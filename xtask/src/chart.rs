@@ -538,7 +538,7 @@ fn flag_value(args: &[String], flag: &str) -> Option<String> {
 const READER: &str = "mesh-waypoint-reader";
 
 /// The waypoint controller: the GatewayClass, exactly the RBAC the
-/// controller uses, the waypoints' reader role (exactly what discovery
+/// controller and the route status controller use, the waypoints' reader role (exactly what discovery
 /// watches, as the agents' role) and its binding without subjects, the
 /// CA's flags carrying the values (the CA itself checks them in
 /// `agent_accepts`), the agents' waypointClass, and nothing of it when
@@ -695,6 +695,28 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         got == want_cluster,
         "ClusterRole mesh-ca-waypoints: {got:#?}, the controller needs {want_cluster:#?}"
     );
+    // The route status controller (mesh-ca/src/routes): lists and watches
+    // the route kinds and Services, patches the routes' status only.
+    let want_routes = vec![
+        rule(
+            &g,
+            &["httproutes", "grpcroutes"],
+            &[],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &g,
+            &["httproutes/status", "grpcroutes/status"],
+            &[],
+            &["patch"],
+        ),
+        rule(&[""], &["services"], &[], &["get", "list", "watch"]),
+    ];
+    let got = rules("ClusterRole", "mesh-ca-routes")?;
+    ensure!(
+        got == want_routes,
+        "ClusterRole mesh-ca-routes: {got:#?}, the route status controller needs {want_routes:#?}"
+    );
     let c = ["coordination.k8s.io"];
     let want_lease = vec![
         rule(
@@ -766,6 +788,7 @@ fn waypoint_checks() -> anyhow::Result<usize> {
     );
     for (kind, name) in [
         ("ClusterRoleBinding", "mesh-ca-waypoints"),
+        ("ClusterRoleBinding", "mesh-ca-routes"),
         ("RoleBinding", "mesh-ca-leader-election"),
     ] {
         let b = find(&docs, kind, name)?;
@@ -775,7 +798,7 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         );
     }
     println!(
-        "chart: waypoint.enabled renders the GatewayClass, the controller's RBAC, the waypoints' reader role and binding, and the CA's flags"
+        "chart: waypoint.enabled renders the GatewayClass, the waypoint and route status controllers' RBAC, the waypoints' reader role and binding, and the CA's flags"
     );
 
     // Another release's objects and flag follow its name, so two
@@ -808,6 +831,7 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         .filter(|d| {
             d["kind"] == "GatewayClass"
                 || d["metadata"]["name"] == "mesh-ca-waypoints"
+                || d["metadata"]["name"] == "mesh-ca-routes"
                 || d["metadata"]["name"] == READER
                 || d["metadata"]["name"] == "mesh-ca-leader-election"
         })
