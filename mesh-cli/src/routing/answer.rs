@@ -255,8 +255,7 @@ pub fn answer(view: &MeshView, service: &str, q: Question<'_>) -> anyhow::Result
                 })
                 .collect(),
             backends: BackendView::list(found.backends(), |b| {
-                refs::problem(view, route.kind, &route.id.namespace, &b.target)
-                    .map(|p| p.unresolved())
+                refs::problem(view, &b.target).map(|p| p.unresolved())
             }),
         }
     };

@@ -618,8 +618,8 @@ mod tests {
         );
         let backends = BackendView::list(&rule.backends, |b| {
             (b.target.namespace == "other").then(|| Unresolved {
-                reason: "RefNotPermitted",
-                message: "not granted".into(),
+                reason: "BackendNotFound",
+                message: "no such Service".into(),
             })
         });
         let lines: Vec<String> = backends.iter().map(ToString::to_string).collect();
@@ -627,12 +627,12 @@ mod tests {
             lines,
             [
                 "default/b:80 weight 3 (100%) ResponseHeaderModifier(remove server)",
-                "other/c:81 weight 0 (0%) [500: RefNotPermitted]",
+                "other/c:81 weight 0 (0%) [500: BackendNotFound]",
             ]
         );
         assert_eq!(
             backends[1].explained(),
-            "other/c:81 weight 0 (0%): answered 500, not granted"
+            "other/c:81 weight 0 (0%): answered 500, no such Service"
         );
     }
 

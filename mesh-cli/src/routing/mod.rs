@@ -2,8 +2,8 @@
 //! routes with their conditions, its route tables in the order the matcher
 //! tries them, and where a given request goes (`--request`). Every decision
 //! is mesh-route's (`RouteTable::find`, `redirect`, `rewrite`, `headers`,
-//! `grant::permits`) over the view the waypoint is given; this module only
-//! asks and describes.
+//! `status`) over the view the waypoint is given; this module only asks and
+//! describes.
 pub mod answer;
 pub mod describe;
 pub mod refs;

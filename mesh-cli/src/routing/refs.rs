@@ -1,45 +1,30 @@
-//! Whether a route's backendRef can be used: the Service and its port
-//! exist, and a Service in another namespace has a ReferenceGrant letting
-//! the route's namespace use it (`mesh_route::grant::permits`). A request
-//! the waypoint would send to a ref that cannot be used is answered 500.
+//! Whether a backendRef can be sent to, as the waypoint decides it
+//! (`mesh_waypoint::routing::resolve`): the Service and its port exist, in
+//! whatever namespace (a mesh route needs no ReferenceGrant, GEP-1294). A
+//! request the waypoint would send to one that does not is answered 500.
 use std::fmt;
 
 use mesh_discovery::view::MeshView;
-use mesh_route::{
-    compile::{BackendRef, RouteKind},
-    grant,
-};
+use mesh_route::compile::BackendRef;
+
+use super::describe::{Unresolved, backend_name};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefProblem {
-    /// In another namespace, and no ReferenceGrant there allows it.
-    NotPermitted {
-        kind: RouteKind,
-        from: String,
-        backend: String,
-    },
-    NoService {
-        backend: String,
-    },
-    NoPort {
-        backend: String,
-        ports: Vec<u16>,
-    },
+    NoService { backend: String },
+    NoPort { backend: String, ports: Vec<u16> },
 }
 
 impl RefProblem {
-    pub fn unresolved(&self) -> super::describe::Unresolved {
-        super::describe::Unresolved {
-            reason: self.reason(),
-            message: self.to_string(),
-        }
-    }
-
     /// Gateway API's ResolvedRefs reason.
     pub fn reason(&self) -> &'static str {
-        match self {
-            RefProblem::NotPermitted { .. } => "RefNotPermitted",
-            RefProblem::NoService { .. } | RefProblem::NoPort { .. } => "BackendNotFound",
+        "BackendNotFound"
+    }
+
+    pub fn unresolved(&self) -> Unresolved {
+        Unresolved {
+            reason: self.reason(),
+            message: self.to_string(),
         }
     }
 }
@@ -47,15 +32,6 @@ impl RefProblem {
 impl fmt::Display for RefProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RefProblem::NotPermitted {
-                kind,
-                from,
-                backend,
-            } => write!(
-                f,
-                "{backend}: no ReferenceGrant in its namespace lets {}s of namespace {from} use it",
-                kind.kind_name()
-            ),
             RefProblem::NoService { backend } => write!(f, "{backend}: no such Service"),
             RefProblem::NoPort { backend, ports } => {
                 let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
@@ -73,23 +49,10 @@ impl fmt::Display for RefProblem {
     }
 }
 
-/// Why `backend`, named in a route of `kind` in `route_namespace`, cannot
-/// be used; `None` when it can. The grant is checked first, so a Service
-/// the route may not use is never reported as present or absent.
-pub fn problem(
-    view: &MeshView,
-    kind: RouteKind,
-    route_namespace: &str,
-    backend: &BackendRef,
-) -> Option<RefProblem> {
-    let name = super::describe::backend_name(backend);
-    if !grant::permits(view.routes.grants(), kind, route_namespace, backend) {
-        return Some(RefProblem::NotPermitted {
-            kind,
-            from: route_namespace.to_owned(),
-            backend: name,
-        });
-    }
+/// Why requests sent to `backend` are answered 500; `None` when they are
+/// forwarded to its endpoints.
+pub fn problem(view: &MeshView, backend: &BackendRef) -> Option<RefProblem> {
+    let name = backend_name(backend);
     let key = format!("{}/{}", backend.namespace, backend.name);
     let Some(svc) = view.service(&key) else {
         return Some(RefProblem::NoService { backend: name });

@@ -60,8 +60,7 @@ pub struct RouteStatus {
     pub left_out: Vec<String>,
 }
 
-/// The Services and ReferenceGrants of the view, as `mesh_route::status`
-/// reads them.
+/// The Services of the view, as `mesh_route::status` reads them.
 pub fn cluster(view: &MeshView) -> Cluster {
     let mut cluster = Cluster::default();
     cluster.replace_services(view.services().map(|s| {
@@ -79,7 +78,6 @@ pub fn cluster(view: &MeshView) -> Cluster {
         };
         (svc.namespace.clone(), svc.name.clone(), facts)
     }));
-    cluster.replace_grants(view.routes.grants().iter().cloned());
     cluster
 }
 

@@ -143,8 +143,7 @@ pub fn table_rows(view: &MeshView, audience: Audience, table: &RouteTable) -> Ta
                 matches: MatchView::of(rule, match_index)?,
                 filters: FilterView::list(&rule.filters),
                 backends: BackendView::list(&rule.backends, |b| {
-                    refs::problem(view, route.kind, &route.id.namespace, &b.target)
-                        .map(|p| p.unresolved())
+                    refs::problem(view, &b.target).map(|p| p.unresolved())
                 }),
                 redirects: rule
                     .filters

@@ -117,7 +117,7 @@ spec:
   parentRefs: [{group: "", kind: Service, name: web, port: 80}]
   rules:
   - matches: [{path: {type: Exact, value: /legacy}}]
-    backendRefs: [{name: legacy, namespace: other, port: 80}, {name: missing, port: 80}]
+    backendRefs: [{name: legacy, namespace: other, port: 81}, {name: missing, port: 80}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -132,13 +132,6 @@ metadata: {name: pin, namespace: client}
 spec:
   parentRefs: [{group: "", kind: Service, name: web, namespace: shop, port: 80}]
   rules: [{backendRefs: [{name: web-v1, namespace: shop, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1beta1
-kind: ReferenceGrant
-metadata: {name: client-to-web-v1, namespace: shop}
-spec:
-  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: client}]
-  to: [{group: "", kind: Service, name: web-v1}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -277,9 +270,8 @@ fn inspect_shows_routes_with_status_and_tables() {
     );
     assert_eq!(
         row("shop/broken "),
-        "shop/broken HTTPRoute shop/web:80 True Accepted False RefNotPermitted: \
-         spec.rules[0].backendRefs[0]: Service other/legacy is in another namespace and no \
-         ReferenceGrant in other allows HTTPRoutes from shop to use it; \
+        "shop/broken HTTPRoute shop/web:80 True Accepted False BackendNotFound: \
+         spec.rules[0].backendRefs[0]: Service other/legacy has no port 81; \
          spec.rules[0].backendRefs[1]: Service shop/missing not found"
     );
     // Accepted by its parent, yet left out of the port's table.
@@ -327,7 +319,7 @@ fn inspect_shows_routes_with_status_and_tables() {
             "0",
             "Exact /legacy",
             "-",
-            "other/legacy:80 weight 1 (50%) [500: RefNotPermitted], shop/missing:80 weight 1 (50%) [500: BackendNotFound]",
+            "other/legacy:81 weight 1 (50%) [500: BackendNotFound], shop/missing:80 weight 1 (50%) [500: BackendNotFound]",
             "-",
             "-"
         ]
@@ -536,6 +528,18 @@ fn requests_take_the_rule_the_matcher_finds() {
     // The consumer's route replaces the producer's for its clients only.
     let pinned = ask(&view, "shop/web", "GET /login", None, Some("client"));
     assert_eq!(rule_of(&pinned), some("client/pin", 0));
+    // Another namespace's Service, with no ReferenceGrant: sent there all
+    // the same, as the waypoint does (GEP-1294).
+    let answer::Outcome::Matched(m) = &pinned.outcome else {
+        unreachable!()
+    };
+    let answer::Action::Forward { backends, .. } = &m.action else {
+        panic!("{m:?}")
+    };
+    assert_eq!(
+        (backends[0].backend.as_str(), &backends[0].unresolved),
+        ("shop/web-v1:80", &None)
+    );
     assert_eq!(
         pinned.table,
         Some(tables::Audience::Consumer {
@@ -645,8 +649,8 @@ async fn local_mode_cli_answers_requests_and_refuses_bad_ones() {
     assert!(
         legacy.text.contains(
             "to one of (by weight):\n  \
-             other/legacy:80 weight 1 (50%): answered 500, other/legacy:80: no ReferenceGrant \
-             in its namespace lets HTTPRoutes of namespace shop use it\n  \
+             other/legacy:81 weight 1 (50%): answered 500, other/legacy:81: the Service has no such \
+             port (it has 80)\n  \
              shop/missing:80 weight 1 (50%): answered 500, shop/missing:80: no such Service\n"
         ),
         "{}",
