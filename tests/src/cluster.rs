@@ -318,6 +318,9 @@ pub struct Cluster {
     pub(crate) waypoints: Vec<Waypoint>,
     pub(crate) res: Resources,
     keep: bool,
+    /// Keep the logs on drop as a panic does: a harness that catches its
+    /// cases' failures drops the bed without panicking.
+    keep_logs: bool,
 }
 
 impl Cluster {
@@ -356,6 +359,7 @@ impl Cluster {
                 ..Resources::default()
             },
             keep: false,
+            keep_logs: false,
         };
         if !spec.waypoints.is_empty() {
             anyhow::ensure!(
@@ -1263,6 +1267,12 @@ impl Cluster {
         self.res.clone()
     }
 
+    /// Keeps the logs (agents, CA, waypoints) when the bed is dropped,
+    /// as a failed test's: for a harness that caught a case's failure.
+    pub fn keep_logs(&mut self) {
+        self.keep_logs = true;
+    }
+
     pub fn resources(&self) -> &Resources {
         &self.res
     }
@@ -1277,7 +1287,7 @@ impl Drop for Cluster {
         if self.keep {
             return;
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || self.keep_logs {
             // Keep the agents' logs of a failed test, and say where they are.
             let logs = self
                 .dir

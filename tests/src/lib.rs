@@ -11,8 +11,10 @@
 //! the node's. All names carry a per-cluster id, everything is removed on
 //! drop (and so on panic), and every wait is bounded.
 pub mod cluster;
+pub mod conformance;
 pub mod echo;
 pub mod fixtures;
+pub mod harness;
 pub mod http;
 pub mod proc;
 pub mod sys;
