@@ -343,6 +343,130 @@ pub async fn http_backend(addr: SocketAddr, name: &'static str, h2: bool) -> Arc
     hits
 }
 
+/// What a scripted backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub backend: &'static str,
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub body: Bytes,
+}
+
+/// How scripted backends answer, shared by every backend given it: the
+/// statuses of the next answers in turn, then 200 (0: the connection is
+/// dropped with no answer); a wait before each answer (in turn, then the
+/// standing one); and what each request was, its body read whole.
+#[derive(Default)]
+pub struct Script {
+    statuses: Mutex<std::collections::VecDeque<u16>>,
+    waits: Mutex<std::collections::VecDeque<Duration>>,
+    standing_wait: Mutex<Duration>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+impl Script {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The statuses of the next answers.
+    pub fn answer(&self, statuses: &[u16]) {
+        self.statuses.lock().unwrap().extend(statuses);
+    }
+
+    /// The waits before the next answers.
+    pub fn wait(&self, waits: &[Duration]) {
+        self.waits.lock().unwrap().extend(waits);
+    }
+
+    /// The wait before every answer with no wait of its own.
+    pub fn always_wait(&self, wait: Duration) {
+        *self.standing_wait.lock().unwrap() = wait;
+    }
+
+    /// The requests so far, in the order their bodies ended.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests have been seen; returns them.
+    pub async fn wait_seen(&self, n: usize) -> Vec<Seen> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} requests not seen within {WAIT:?}; have {seen:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn scripted(
+    name: &'static str,
+    script: Arc<Script>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, io::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    script.seen.lock().unwrap().push(Seen {
+        backend: name,
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        host,
+        body,
+    });
+    let wait = script
+        .waits
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(*script.standing_wait.lock().unwrap());
+    let status = script.statuses.lock().unwrap().pop_front().unwrap_or(200);
+    tokio::time::sleep(wait).await;
+    if status == 0 {
+        // hyper drops the connection of a service that fails.
+        return Err(io::Error::other("scripted: no answer"));
+    }
+    Ok(Response::builder()
+        .status(status)
+        .header("x-backend", name)
+        .body(full(name))
+        .unwrap())
+}
+
+/// An HTTP/1.1 backend app at `addr` that answers as `script` says.
+pub async fn scripted_backend(addr: SocketAddr, name: &'static str, script: Arc<Script>) {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let script = script.clone();
+            let svc = service_fn(move |req| scripted(name, script.clone(), req));
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+}
+
 /// A TCP echo app at `addr`; counts connections.
 pub async fn tcp_backend(addr: SocketAddr) -> Arc<AtomicUsize> {
     let listener = TcpListener::bind(addr).await.unwrap();
