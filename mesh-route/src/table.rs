@@ -71,13 +71,19 @@ impl RouteTable {
     }
 
     /// The table of the given routes, all attached to one port. HTTPRoutes
-    /// and GRPCRoutes on one port conflict: as in every Gateway API
-    /// conflict, the oldest route wins, and routes of the other kind are
-    /// left out and listed by [`RouteTable::conflicts`] for their status.
+    /// and GRPCRoutes on one port conflict: GEP-1426 ranks the kinds
+    /// (GRPCRoute over HTTPRoute, whatever their age), so with any
+    /// GRPCRoute the HTTPRoutes are left out and listed by
+    /// [`RouteTable::conflicts`] for their status (`Conflicted`).
     pub fn new(mut routes: Vec<CompiledRoute>) -> RouteTable {
         routes.sort_by(route_order);
         let mut conflicts = Vec::new();
-        if let Some(kind) = routes.first().map(|r| r.kind) {
+        let kind = if routes.iter().any(|r| r.kind == RouteKind::Grpc) {
+            Some(RouteKind::Grpc)
+        } else {
+            routes.first().map(|r| r.kind)
+        };
+        if let Some(kind) = kind {
             routes.retain(|r| {
                 let keep = r.kind == kind;
                 if !keep {
@@ -302,10 +308,10 @@ mod tests {
     }
 
     #[test]
-    fn routes_of_the_other_kind_conflict_and_the_oldest_kind_wins() {
+    fn a_grpc_route_wins_the_port_over_http_routes_whatever_their_age() {
         let t = RouteTable::new(vec![
-            http("h", Some("2024-02-01T00:00:00Z"), "{}"),
-            grpc("g", Some("2024-01-01T00:00:00Z"), "{}"),
+            http("h", Some("2024-01-01T00:00:00Z"), "{}"),
+            grpc("g", Some("2024-02-01T00:00:00Z"), "{}"),
         ]);
         assert_eq!(t.kind(), Some(RouteKind::Grpc));
         assert_eq!(
