@@ -33,7 +33,7 @@ pub fn service_routes(r: &ServiceRoutes) -> String {
     for route in &r.routes {
         for why in &route.left_out {
             out.push_str(&format!(
-                "note: {} {} is left out of {why}; HTTPRoutes and GRPCRoutes cannot share a Service port\n",
+                "note: {} {} is left out of {why}; HTTPRoutes and GRPCRoutes cannot share a Service port, and GRPCRoutes take it\n",
                 route.kind, route.route
             ));
         }

@@ -55,7 +55,8 @@ pub struct RouteStatus {
     pub kind: &'static str,
     pub parents: Vec<ParentStatus>,
     /// Ports whose table leaves the route out, and why: an HTTPRoute and a
-    /// GRPCRoute cannot share a Service port, and the older one holds it.
+    /// GRPCRoute cannot share a Service port, and the GRPCRoute holds it
+    /// (GEP-1426 ranks GRPCRoute above HTTPRoute).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
 }
@@ -174,7 +175,7 @@ fn left_out(view: &MeshView, svc: &Service, route: &CompiledRoute) -> Vec<String
             let holder = table
                 .kind()
                 .map_or("route of the other kind", |k| k.kind_name());
-            Some(format!("port {port}: an older {holder} holds it"))
+            Some(format!("port {port}: a {holder} holds it"))
         })
         .collect()
 }
