@@ -749,7 +749,14 @@ fn waypoint_checks() -> anyhow::Result<usize> {
             &[],
             &["get", "list", "watch"],
         ),
-        rule(&g, &["gateways"], &[], &["get", "list", "watch"]),
+        // Discovery watches routes too: a kind it may not list would keep
+        // agents and waypoints from ever syncing.
+        rule(
+            &g,
+            &["gateways", "httproutes", "grpcroutes"],
+            &[],
+            &["get", "list", "watch"],
+        ),
     ];
     for role in [READER, "mesh-agent"] {
         let got = rules("ClusterRole", role)?;
