@@ -6,11 +6,7 @@
 //! the mirror's Service from a task of its own: its answer is read and
 //! thrown away, and it never delays or fails the request it copies.
 //! Copies in flight are bounded; past the bound they are not made.
-use std::{
-    net::SocketAddr,
-    sync::{Arc, LazyLock},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderValue, Request, Uri, header::HOST, request::Parts};
 use http_body_util::BodyExt;
@@ -25,8 +21,7 @@ use crate::{
     waypoint::Waypoint,
 };
 
-/// Mirrored requests in flight at once from this process (one waypoint
-/// per process). Each holds a copy of a body of up to `body::KEEP_LIMIT`.
+/// Mirrored requests in flight at once from one waypoint. Each holds a copy of a body of up to `body::KEEP_LIMIT`.
 pub const MAX_IN_FLIGHT: usize = 128;
 
 /// Whether a request is mirrored, for a share of `numerator /
@@ -122,8 +117,6 @@ impl Limiter {
     }
 }
 
-static IN_FLIGHT: LazyLock<Limiter> = LazyLock::new(|| Limiter::new(MAX_IN_FLIGHT));
-
 /// The request copies are made of.
 pub struct Source<'a> {
     /// The protocol the request is sent upstream with.
@@ -145,7 +138,7 @@ pub fn send(
     target: &Target,
     limit: Duration,
 ) {
-    let Some(permit) = IN_FLIGHT.try_take() else {
+    let Some(permit) = wp.mirrors.try_take() else {
         debug!(mirror = %target.service, limit = MAX_IN_FLIGHT, "mirrored requests at their limit: copy not sent");
         wp.telemetry.mirrored(Outcome::Overflow);
         return;

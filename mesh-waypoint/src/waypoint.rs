@@ -136,6 +136,8 @@ pub struct Waypoint {
     connections: Arc<Semaphore>,
     /// Requests in flight to endpoints (`Limits::max_requests`).
     pub requests: Arc<Semaphore>,
+    /// Mirrored copies in flight (`mirror::MAX_IN_FLIGHT`).
+    pub mirrors: crate::mirror::Limiter,
     last_log: Mutex<Option<Instant>>,
 }
 
@@ -190,6 +192,7 @@ impl Waypoint {
             upstream: Arc::new(Upstream::new(client, own, limits.connect_timeout)),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             requests: Arc::new(Semaphore::new(limits.max_requests)),
+            mirrors: crate::mirror::Limiter::new(crate::mirror::MAX_IN_FLIGHT),
             own: own_addrs,
             gateway,
             identity,
