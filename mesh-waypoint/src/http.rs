@@ -466,6 +466,7 @@ async fn proxy(
             upstream: place.addr,
             started: SystemTime::now(),
             failed: None,
+            retried: None,
         });
         let expected = view.expected_identity(place.addr.ip());
         let send = wp
@@ -513,6 +514,11 @@ async fn proxy(
                 // asked of it.
                 if let Some(next) = unsent.or_else(|| copies.as_ref().map(Copies::request)) {
                     debug!(authority = %authority, upstream = %place.addr, attempt = open.record.attempts, after = outcome.label(), backoff_ms = after.as_millis() as u64, "retrying the request");
+                    if let (Ended::Answered(response), Some(a)) =
+                        (&ended, open.trace.attempts.last_mut())
+                    {
+                        a.retried = Some((response.status(), SystemTime::now()));
+                    }
                     wp.telemetry.retried(outcome);
                     drop((ended, place));
                     if !after.is_zero() {

@@ -24,6 +24,9 @@ pub struct Attempt {
     /// How it failed, and when; `None` when it got the response the
     /// request ended with.
     pub failed: Option<(ResponseFlag, SystemTime)>,
+    /// The status it got, and when, when a route's retry sent the request
+    /// on again after it.
+    pub retried: Option<(http::StatusCode, SystemTime)>,
 }
 
 /// The waypoint's spans of one request.
@@ -58,15 +61,22 @@ impl RequestTrace {
                 r.destination = Party::default();
             }
             r.upstream = Some(attempt.upstream);
-            let until = match attempt.failed {
-                Some((flag, at)) => {
+            let until = match (attempt.failed, attempt.retried) {
+                (Some((flag, at)), _) => {
                     r.response_code = None;
                     r.grpc_status = None;
                     r.response_bytes = 0;
                     r.response_flags = flag.into();
                     at
                 }
-                None => end,
+                (None, Some((status, at))) => {
+                    r.response_code = Some(status);
+                    r.grpc_status = None;
+                    r.response_bytes = 0;
+                    r.response_flags = Default::default();
+                    at
+                }
+                (None, None) => end,
             };
             r.duration = until
                 .duration_since(attempt.started)
@@ -138,6 +148,7 @@ mod tests {
                     context: first.clone(),
                     upstream: "10.1.0.1:8080".parse().unwrap(),
                     started: rec.started,
+                    retried: None,
                     failed: Some((
                         ResponseFlag::UpstreamConnectionFailure,
                         rec.started + Duration::from_millis(10),
@@ -148,6 +159,7 @@ mod tests {
                     upstream: "10.1.0.2:8080".parse().unwrap(),
                     started: rec.started + Duration::from_millis(10),
                     failed: None,
+                    retried: None,
                 },
             ],
         };
@@ -179,5 +191,39 @@ mod tests {
                 .attributes
                 .contains(&("http.request.resend_count", AttributeValue::Int(1)))
         );
+    }
+
+    /// An attempt a route retried after its 503 keeps that status and
+    /// ends when the retry began, not with the request.
+    #[test]
+    fn a_retried_attempt_keeps_its_own_status_and_end() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let server = SpanContext::root(true, &mut rng);
+        let rec = record();
+        let at = rec.started + Duration::from_millis(4);
+        let trace = RequestTrace {
+            server: server.clone(),
+            attempts: vec![
+                Attempt {
+                    context: server.child(&mut rng),
+                    upstream: "10.1.0.1:8080".parse().unwrap(),
+                    started: rec.started,
+                    failed: None,
+                    retried: Some((http::StatusCode::SERVICE_UNAVAILABLE, at)),
+                },
+                Attempt {
+                    context: server.child(&mut rng),
+                    upstream: "10.1.0.2:8080".parse().unwrap(),
+                    started: at,
+                    failed: None,
+                    retried: None,
+                },
+            ],
+        };
+        let spans = trace.spans(&rec);
+        assert_eq!(code(&spans[1]), Some(&AttributeValue::Int(503)));
+        assert_eq!(spans[1].end, at);
+        assert_eq!(code(&spans[2]), Some(&AttributeValue::Int(200)));
+        assert_eq!(spans[2].end, rec.started + rec.duration);
     }
 }
