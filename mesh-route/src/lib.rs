@@ -18,6 +18,7 @@ pub mod spec;
 pub mod split;
 pub mod status;
 pub mod table;
+pub mod uri;
 
 pub use compile::{CompiledRoute, RouteError, compile_grpc_route, compile_http_route};
 pub use matcher::{Matched, Request};

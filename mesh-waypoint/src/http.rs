@@ -633,7 +633,7 @@ fn route(
             path: parts.uri.path(),
             query: parts.uri.query(),
             headers: &parts.headers,
-            host: routing::host_of(authority),
+            host: mesh_route::uri::host_of(authority),
         };
         routing::decide(view, table, &head, ctx.dst.port(), rng.u32(..))
     };

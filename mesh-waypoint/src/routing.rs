@@ -120,7 +120,7 @@ pub fn decide(
     let Some(table) = table else {
         return Decision::Default;
     };
-    let query = query_pairs(head.query);
+    let query = mesh_route::uri::query_pairs(head.query);
     let request = Request {
         method: head.method,
         path: head.path,
@@ -225,30 +225,8 @@ pub fn resolve(view: &MeshView, backend: &BackendRef) -> Result<Vec<SocketAddr>,
     Ok(port.endpoints.clone())
 }
 
-/// `a=1&b=2` as pairs, in order; a parameter without `=` has an empty
-/// value. Not percent-decoded: Gateway API compares values as sent.
-pub fn query_pairs(query: Option<&str>) -> Vec<(&str, &str)> {
-    query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect()
-}
-
 impl Unroutable {
     pub fn status(&self) -> StatusCode {
         StatusCode::INTERNAL_SERVER_ERROR
-    }
-}
-
-/// The host of an authority: `[v6]:port`, `name:port` or a bare name.
-pub fn host_of(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
     }
 }

@@ -225,19 +225,13 @@ impl RequestSpec {
     /// first `=`, compared as sent (no percent-decoding); empty pieces
     /// (`a=1&&b=2`) are skipped and a bare name has the empty value.
     pub fn query_pairs(&self) -> Vec<(&str, &str)> {
-        self.query
-            .as_deref()
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| p.split_once('=').unwrap_or((p, "")))
-            .collect()
+        mesh_route::uri::query_pairs(self.query.as_deref())
     }
 
     /// The `host` header without its port, if given.
     pub fn host(&self) -> Option<&str> {
         let host = self.headers.get(http::header::HOST)?.to_str().ok()?;
-        Some(strip_port(host))
+        Some(mesh_route::uri::host_of(host))
     }
 
     /// The request as it reads back: `GET /p?q -H name:value`.
@@ -254,17 +248,6 @@ impl RequestSpec {
             ));
         }
         out
-    }
-}
-
-/// `host:80` → `host`, `[::1]:80` → `::1`, `[::1]` → `::1`.
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split_once(']').map_or(rest, |(h, _)| h);
-    }
-    match host.rsplit_once(':') {
-        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
     }
 }
 
