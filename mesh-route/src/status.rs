@@ -7,12 +7,17 @@
 //! kind) is its own controller's to report on, and is left out here.
 //! A route this mesh cannot apply is reported (Accepted False), never
 //! left without a word.
+//!
+//! Routes are not quite computed alone: an HTTPRoute on a Service port a
+//! GRPCRoute of its audience holds is left out of that port's table
+//! (`table::RouteTable::new`, GEP-1426), so `Cluster` knows the GRPCRoutes'
+//! parents as well as the Services.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::compile::{CompiledRoute, Problem, RouteError, RouteKind};
+use crate::compile::{CompiledRoute, Problem, RouteError, RouteId, RouteKind};
 use crate::spec::{self, BackendObjectRef, GROUP, ObjectMeta, ParentRef};
 
 pub const ACCEPTED: &str = "Accepted";
@@ -47,6 +52,12 @@ pub enum AcceptedReason {
     /// RequestRedirect and URLRewrite in one rule: the reason the spec
     /// names for exactly that combination.
     IncompatibleFilters,
+    /// An HTTPRoute on Service ports that GRPCRoutes hold, each of them:
+    /// GEP-1426 applies one kind per port, GRPCRoute first, and names the
+    /// reason `RouteReasonConflicted`. Gateway API's Go API has no such
+    /// constant; its `RouteReason<X>` constants all have the value `<X>`,
+    /// hence `Conflicted`.
+    Conflicted,
 }
 
 impl AcceptedReason {
@@ -56,6 +67,7 @@ impl AcceptedReason {
             AcceptedReason::NoMatchingParent => "NoMatchingParent",
             AcceptedReason::UnsupportedValue => "UnsupportedValue",
             AcceptedReason::IncompatibleFilters => "IncompatibleFilters",
+            AcceptedReason::Conflicted => "Conflicted",
         }
     }
 }
@@ -125,12 +137,38 @@ pub struct Service {
     pub cluster_ip: bool,
 }
 
-/// The Services of the cluster, kept up to date by the caller; every
-/// change says whether anything changed, so that the caller recomputes
-/// statuses only then.
+/// What decides which Service ports a GRPCRoute holds: its parentRefs,
+/// for a GRPCRoute that compiled (one that does not is in no table, and
+/// holds nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcAttachment {
+    id: RouteId,
+    parents: Vec<ParentRef>,
+}
+
+impl GrpcAttachment {
+    /// A compiled GRPCRoute's; `None` for an HTTPRoute, which holds no
+    /// port over a route of the other kind.
+    pub fn of(route: &CompiledRoute) -> Option<GrpcAttachment> {
+        (route.kind == RouteKind::Grpc).then(|| GrpcAttachment {
+            id: route.id.clone(),
+            parents: route.parents.clone(),
+        })
+    }
+
+    pub fn id(&self) -> &RouteId {
+        &self.id
+    }
+}
+
+/// The Services of the cluster and the GRPCRoutes that compiled, kept up
+/// to date by the caller; every change says whether anything changed, so
+/// that the caller recomputes statuses only then.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cluster {
     services: BTreeMap<(String, String), Service>,
+    /// By route, so that one audience's (one namespace's) are a range.
+    grpc_routes: BTreeMap<RouteId, Vec<ParentRef>>,
 }
 
 impl Cluster {
@@ -168,6 +206,88 @@ impl Cluster {
         let changed = services != self.services;
         self.services = services;
         changed
+    }
+
+    /// Adds or replaces a GRPCRoute; true when that changed anything.
+    pub fn set_grpc_route(&mut self, route: GrpcAttachment) -> bool {
+        if self.grpc_routes.get(&route.id) == Some(&route.parents) {
+            return false;
+        }
+        self.grpc_routes.insert(route.id, route.parents);
+        true
+    }
+
+    pub fn remove_grpc_route(&mut self, namespace: &str, name: &str) -> bool {
+        self.grpc_routes
+            .remove(&RouteId {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
+            .is_some()
+    }
+
+    /// Puts every GRPCRoute anew (after a re-list); true when that changed
+    /// anything.
+    pub fn replace_grpc_routes(&mut self, all: impl IntoIterator<Item = GrpcAttachment>) -> bool {
+        let routes: BTreeMap<_, _> = all.into_iter().map(|r| (r.id, r.parents)).collect();
+        let changed = routes != self.grpc_routes;
+        self.grpc_routes = routes;
+        changed
+    }
+
+    /// The GRPCRoutes holding port `port` of Service `namespace/service`
+    /// against HTTPRoutes of namespace `audience`, by name. Each audience
+    /// has its own table of a port (the producer's, in the Service's
+    /// namespace; one per consumer namespace), so only GRPCRoutes of that
+    /// namespace count. A GRPCRoute holds a port it is Accepted by: a
+    /// parentRef to the Service in the core group that names the port (or
+    /// no port and no sectionName: every port), on a Service with a
+    /// cluster IP.
+    pub fn grpc_holders(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: u16,
+        audience: &str,
+    ) -> Vec<&RouteId> {
+        let Some(svc) = self.service(namespace, service) else {
+            return Vec::new();
+        };
+        match svc.ports.iter().find(|p| p.number == port) {
+            Some(p) => self.holders(namespace, service, svc, p, audience),
+            None => Vec::new(),
+        }
+    }
+
+    fn holders(
+        &self,
+        namespace: &str,
+        service: &str,
+        svc: &Service,
+        port: &Port,
+        audience: &str,
+    ) -> Vec<&RouteId> {
+        if !svc.cluster_ip {
+            return Vec::new();
+        }
+        let from = RouteId {
+            namespace: audience.to_string(),
+            name: String::new(),
+        };
+        self.grpc_routes
+            .range(from..)
+            .take_while(|(id, _)| id.namespace == audience)
+            .filter(|(id, parents)| {
+                parents.iter().any(|p| {
+                    (p.group.is_empty() || p.group == "core")
+                        && p.kind == "Service"
+                        && p.name == service
+                        && p.namespace.as_deref().unwrap_or(&id.namespace) == namespace
+                        && port_matches(p, port)
+                })
+            })
+            .map(|(id, _)| id)
+            .collect()
     }
 }
 
@@ -251,6 +371,7 @@ pub fn http_route_parents(
         backends(&at, &rule.backend_refs, &mut refs);
     }
     parents(
+        RouteKind::Http,
         &route.metadata,
         &route.spec.parent_refs,
         &refs,
@@ -274,6 +395,7 @@ pub fn grpc_route_parents(
         backends(&at, &rule.backend_refs, &mut refs);
     }
     parents(
+        RouteKind::Grpc,
         &route.metadata,
         &route.spec.parent_refs,
         &refs,
@@ -346,6 +468,7 @@ fn backends<'a>(
 }
 
 fn parents(
+    kind: RouteKind,
     meta: &ObjectMeta,
     parent_refs: &[ParentRef],
     refs: &[(String, &BackendObjectRef)],
@@ -359,7 +482,7 @@ fn parents(
     distinct_service_parents(parent_refs)
         .map(|parent| {
             let before = observed.before(parent);
-            let (accepted, accepted_message) = accept(namespace, parent, invalid, cluster);
+            let (accepted, accepted_message) = accept(kind, namespace, parent, invalid, cluster);
             RouteParentStatus {
                 parent_ref: parent.clone(),
                 controller_name: observed.controller_name.to_string(),
@@ -385,8 +508,10 @@ fn parents(
 }
 
 /// The Accepted condition for one Service parent: the parent must exist
-/// first; then the route must compile.
+/// first; then the route must compile; then an HTTPRoute needs a port no
+/// GRPCRoute holds.
 fn accept(
+    kind: RouteKind,
     route_namespace: &str,
     parent: &ParentRef,
     invalid: Option<&RouteError>,
@@ -394,32 +519,32 @@ fn accept(
 ) -> (AcceptedReason, String) {
     let namespace = parent.namespace.as_deref().unwrap_or(route_namespace);
     let name = &parent.name;
-    let parent_problem = if parent.group == GROUP {
-        Some(format!(
+    let found = if parent.group == GROUP {
+        Err(format!(
             "parentRef {namespace}/{name}: a Service is in the core group: set group to \"\" \
              (left out, it defaults to {GROUP}, which has no kind Service)"
         ))
     } else {
         match cluster.service(namespace, name) {
-            None => Some(format!("Service {namespace}/{name} not found")),
-            Some(s) if !s.cluster_ip => Some(format!(
+            None => Err(format!("Service {namespace}/{name} not found")),
+            Some(s) if !s.cluster_ip => Err(format!(
                 "Service {namespace}/{name} has no cluster IP (headless or ExternalName): \
                  routes attach to ClusterIP Services only"
             )),
-            Some(s) if !s.ports.iter().any(|p| port_matches(parent, p)) => Some(format!(
+            Some(s) if !s.ports.iter().any(|p| port_matches(parent, p)) => Err(format!(
                 "Service {namespace}/{name} has no {}",
                 wanted_port(parent)
             )),
-            Some(_) => None,
+            Some(s) => Ok(s),
         }
     };
-    match (parent_problem, invalid) {
-        (Some(problem), None) => (AcceptedReason::NoMatchingParent, problem),
-        (Some(problem), Some(e)) => (
+    match (found, invalid) {
+        (Err(problem), None) => (AcceptedReason::NoMatchingParent, problem),
+        (Err(problem), Some(e)) => (
             AcceptedReason::NoMatchingParent,
             format!("{problem}; besides, the route cannot be applied: {e}"),
         ),
-        (None, Some(e)) => {
+        (Ok(_), Some(e)) => {
             let reason = if is_incompatible_filters(e) {
                 AcceptedReason::IncompatibleFilters
             } else {
@@ -427,14 +552,84 @@ fn accept(
             };
             (reason, format!("the route cannot be applied: {e}"))
         }
-        (None, None) => (
-            AcceptedReason::Accepted,
-            format!(
+        (Ok(service), None) => {
+            let attached = format!(
                 "attached to Service {namespace}/{name} ({})",
                 attached_port(parent)
-            ),
-        ),
+            );
+            if kind == RouteKind::Grpc {
+                return (AcceptedReason::Accepted, attached);
+            }
+            let ports: Vec<&Port> = service
+                .ports
+                .iter()
+                .filter(|p| port_matches(parent, p))
+                .collect();
+            let held: Vec<(u16, Vec<&RouteId>)> = ports
+                .iter()
+                .filter_map(|p| {
+                    let by = cluster.holders(namespace, name, service, p, route_namespace);
+                    (!by.is_empty()).then_some((p.number, by))
+                })
+                .collect();
+            if held.is_empty() {
+                return (AcceptedReason::Accepted, attached);
+            }
+            let held_by = held_by(&held);
+            if held.len() == ports.len() {
+                return (
+                    AcceptedReason::Conflicted,
+                    format!(
+                        "Service {namespace}/{name}: {held_by}; a GRPCRoute takes a Service \
+                         port over HTTPRoutes (GEP-1426), so this route applies to none of \
+                         the ports it names"
+                    ),
+                );
+            }
+            let free: Vec<String> = ports
+                .iter()
+                .filter(|p| !held.iter().any(|(n, _)| *n == p.number))
+                .map(|p| p.number.to_string())
+                .collect();
+            let free = if free.len() == 1 {
+                format!("port {}", free[0])
+            } else {
+                format!("ports {}", free.join(", "))
+            };
+            (
+                AcceptedReason::Accepted,
+                format!(
+                    "{attached}, applied to {free} only: {held_by}; a GRPCRoute takes a \
+                     Service port over HTTPRoutes (GEP-1426)"
+                ),
+            )
+        }
     }
+}
+
+/// `port 9090 is held by GRPCRoute shop/echo; port 9091 is held by
+/// GRPCRoutes shop/a, shop/b`, up to `MAX_LISTED` routes a port.
+fn held_by(held: &[(u16, Vec<&RouteId>)]) -> String {
+    held.iter()
+        .map(|(port, by)| {
+            let kind = if by.len() == 1 {
+                "GRPCRoute"
+            } else {
+                "GRPCRoutes"
+            };
+            let mut names = by
+                .iter()
+                .take(MAX_LISTED)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if by.len() > MAX_LISTED {
+                names.push_str(&format!(" and {} more", by.len() - MAX_LISTED));
+            }
+            format!("port {port} is held by {kind} {names}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// compile reports the RequestRedirect + URLRewrite combination as a
@@ -1090,6 +1285,239 @@ mod tests {
         assert!(!c.remove_service("a", "s"));
         assert!(c.replace_services([("a".into(), "s".into(), service(&[(1, None)]))]));
         assert!(!c.replace_services([("a".into(), "s".into(), service(&[(1, None)]))]));
+    }
+
+    /// `cluster()` with shop/echo (80 "http", 9090 "grpc", 9091).
+    fn with_echo() -> Cluster {
+        let mut c = cluster();
+        c.set_service(
+            "shop",
+            "echo",
+            service(&[(80, Some("http")), (9090, Some("grpc")), (9091, None)]),
+        );
+        c
+    }
+
+    /// A GRPCRoute `namespace/name` with `parents`, compiled, as the
+    /// cluster keeps it.
+    fn grpc_on(namespace: &str, name: &str, parents: serde_json::Value) -> GrpcAttachment {
+        let route: spec::GrpcRoute = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"parentRefs": parents},
+        }))
+        .unwrap();
+        GrpcAttachment::of(&compile_grpc_route(&route).unwrap()).unwrap()
+    }
+
+    fn echo(port: Option<u16>) -> serde_json::Value {
+        match port {
+            Some(p) => {
+                serde_json::json!([{"group": "", "kind": "Service", "name": "echo", "port": p}])
+            }
+            None => serde_json::json!([{"group": "", "kind": "Service", "name": "echo"}]),
+        }
+    }
+
+    #[test]
+    fn an_http_route_on_a_port_a_grpc_route_holds_is_conflicted() {
+        let mut c = with_echo();
+        c.set_grpc_route(grpc_on("shop", "g", echo(Some(9090))));
+        let route = http(serde_json::json!({"parentRefs": echo(Some(9090))}));
+        let got = statuses(&route, &c);
+        assert_eq!(
+            conditions(&got),
+            [
+                cond(ACCEPTED, "False", "Conflicted"),
+                cond(RESOLVED_REFS, "True", "ResolvedRefs")
+            ]
+        );
+        assert_eq!(
+            message(&got, ACCEPTED),
+            "Service shop/echo: port 9090 is held by GRPCRoute shop/g; a GRPCRoute takes a \
+             Service port over HTTPRoutes (GEP-1426), so this route applies to none of the \
+             ports it names"
+        );
+        // Its other ports are free.
+        let route = http(serde_json::json!({"parentRefs": echo(Some(80))}));
+        assert_eq!(statuses(&route, &c)[0].conditions[0].reason, "Accepted");
+        // The GRPCRoute gone, the port is the HTTPRoute's again.
+        assert!(c.remove_grpc_route("shop", "g"));
+        let route = http(serde_json::json!({"parentRefs": echo(Some(9090))}));
+        assert_eq!(
+            conditions(&statuses(&route, &c)),
+            [
+                cond(ACCEPTED, "True", "Accepted"),
+                cond(RESOLVED_REFS, "True", "ResolvedRefs")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_route_on_some_held_ports_stays_accepted_and_says_which() {
+        let mut c = with_echo();
+        c.set_grpc_route(grpc_on("shop", "g", echo(Some(9090))));
+        let route = http(serde_json::json!({"parentRefs": echo(None)}));
+        let got = statuses(&route, &c);
+        assert_eq!(got[0].conditions[0].reason, "Accepted");
+        assert_eq!(got[0].conditions[0].status, "True");
+        assert_eq!(
+            message(&got, ACCEPTED),
+            "attached to Service shop/echo (every port), applied to ports 80, 9091 only: \
+             port 9090 is held by GRPCRoute shop/g; a GRPCRoute takes a Service port over \
+             HTTPRoutes (GEP-1426)"
+        );
+        // A GRPCRoute without port or sectionName holds every port.
+        c.set_grpc_route(grpc_on("shop", "all", echo(None)));
+        let got = statuses(&route, &c);
+        assert_eq!(got[0].conditions[0].reason, "Conflicted");
+        let m = message(&got, ACCEPTED);
+        assert!(
+            m.starts_with(
+                "Service shop/echo: port 80 is held by GRPCRoute shop/all; \
+                 port 9090 is held by GRPCRoutes shop/all, shop/g; \
+                 port 9091 is held by GRPCRoute shop/all; "
+            ),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_grpc_route_holds_the_ports_it_is_accepted_by() {
+        let mut c = with_echo();
+        let on = |parents: serde_json::Value| grpc_on("shop", "g", parents);
+        // By sectionName: that port only.
+        c.set_grpc_route(on(serde_json::json!(
+            [{"group": "", "kind": "Service", "name": "echo", "sectionName": "grpc"}]
+        )));
+        assert_eq!(c.grpc_holders("shop", "echo", 9090, "shop").len(), 1);
+        assert!(c.grpc_holders("shop", "echo", 80, "shop").is_empty());
+        // Not Accepted: group left to Gateway API's, another Service, a
+        // port the Service lacks. None holds anything.
+        for parents in [
+            serde_json::json!([{"kind": "Service", "name": "echo"}]),
+            serde_json::json!([{"group": "", "kind": "Service", "name": "web"}]),
+            serde_json::json!([{"group": "", "kind": "Service", "name": "echo", "port": 81}]),
+            serde_json::json!([{"name": "echo"}]),
+        ] {
+            c.set_grpc_route(on(parents.clone()));
+            for port in [80, 9090, 9091] {
+                assert!(
+                    c.grpc_holders("shop", "echo", port, "shop").is_empty(),
+                    "{parents} {port}"
+                );
+            }
+        }
+        // A headless Service: no route is Accepted by it.
+        c.set_grpc_route(on(echo(None)));
+        assert_eq!(c.grpc_holders("shop", "echo", 80, "shop").len(), 1);
+        let mut headless = service(&[(80, Some("http"))]);
+        headless.cluster_ip = false;
+        c.set_service("shop", "echo", headless);
+        assert!(c.grpc_holders("shop", "echo", 80, "shop").is_empty());
+        assert!(c.grpc_holders("shop", "gone", 80, "shop").is_empty());
+    }
+
+    #[test]
+    fn producer_and_consumer_routes_conflict_within_their_audience_only() {
+        let mut c = with_echo();
+        let consumer_http = |c: &Cluster| {
+            let route: spec::HttpRoute = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "r", "namespace": "client"},
+                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo",
+                                         "namespace": "shop", "port": 9090}]},
+            }))
+            .unwrap();
+            statuses(&route, c)[0].conditions[0].reason.clone()
+        };
+        let producer_http = |c: &Cluster| {
+            statuses(
+                &http(serde_json::json!({"parentRefs": echo(Some(9090))})),
+                c,
+            )[0]
+            .conditions[0]
+                .reason
+                .clone()
+        };
+        // The producer's GRPCRoute takes the producer table's port only:
+        // a consumer namespace's routes form a table of their own.
+        c.set_grpc_route(grpc_on("shop", "g", echo(Some(9090))));
+        assert_eq!(producer_http(&c), "Conflicted");
+        assert_eq!(consumer_http(&c), "Accepted");
+        c.remove_grpc_route("shop", "g");
+        c.set_grpc_route(grpc_on(
+            "client",
+            "g",
+            serde_json::json!([{"group": "", "kind": "Service", "name": "echo",
+                                "namespace": "shop", "port": 9090}]),
+        ));
+        assert_eq!(producer_http(&c), "Accepted");
+        assert_eq!(consumer_http(&c), "Conflicted");
+        // A third namespace's GRPCRoute is neither's.
+        c.remove_grpc_route("client", "g");
+        c.set_grpc_route(grpc_on(
+            "other",
+            "g",
+            serde_json::json!([{"group": "", "kind": "Service", "name": "echo",
+                                "namespace": "shop"}]),
+        ));
+        assert_eq!(producer_http(&c), "Accepted");
+        assert_eq!(consumer_http(&c), "Accepted");
+    }
+
+    #[test]
+    fn a_grpc_route_is_never_conflicted_and_an_invalid_http_route_says_so_first() {
+        let mut c = with_echo();
+        c.set_grpc_route(grpc_on("shop", "other", echo(Some(9090))));
+        // GRPCRoutes on one port merge.
+        let route = grpc(serde_json::json!({"parentRefs": echo(Some(9090))}));
+        let got = grpc_route_parents(&route, &compile_grpc_route(&route), &c, &observed(&[]));
+        assert_eq!(got[0].conditions[0].reason, "Accepted");
+        // An HTTPRoute that does not compile is in no table: why is said.
+        let route = http(serde_json::json!({
+            "parentRefs": echo(Some(9090)),
+            "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "(["}}]}],
+        }));
+        assert_eq!(
+            statuses(&route, &c)[0].conditions[0].reason,
+            "UnsupportedValue"
+        );
+    }
+
+    #[test]
+    fn many_holders_of_a_port_are_counted_past_the_first_few() {
+        let mut c = with_echo();
+        for i in 0..MAX_LISTED + 2 {
+            c.set_grpc_route(grpc_on("shop", &format!("g{i}"), echo(Some(9090))));
+        }
+        let route = http(serde_json::json!({"parentRefs": echo(Some(9090))}));
+        let got = statuses(&route, &c);
+        let m = message(&got, ACCEPTED);
+        assert!(
+            m.starts_with(
+                "Service shop/echo: port 9090 is held by GRPCRoutes shop/g0, shop/g1, \
+                 shop/g2, shop/g3 and 2 more; "
+            ),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn the_cluster_reports_grpc_route_changes_only() {
+        let mut c = with_echo();
+        let g = || grpc_on("shop", "g", echo(Some(9090)));
+        assert!(c.set_grpc_route(g()));
+        assert!(!c.set_grpc_route(g()));
+        assert!(c.set_grpc_route(grpc_on("shop", "g", echo(None))));
+        assert!(c.remove_grpc_route("shop", "g"));
+        assert!(!c.remove_grpc_route("shop", "g"));
+        assert!(c.replace_grpc_routes([g()]));
+        assert!(!c.replace_grpc_routes([g()]));
+        assert_eq!(g().id().to_string(), "shop/g");
+        assert!(c.replace_grpc_routes([]));
+        assert!(c.grpc_holders("shop", "echo", 9090, "shop").is_empty());
+        // Only a GRPCRoute holds a port over routes of the other kind.
+        let h = http(serde_json::json!({"parentRefs": echo(None)}));
+        assert!(GrpcAttachment::of(&compile_http_route(&h).unwrap()).is_none());
     }
 
     #[test]
