@@ -23,7 +23,7 @@ use super::{
     haproxy,
     load::{self, Inputs},
     metric::{Figures, Row},
-    observed::{self, RuleCount, ViewBuilt, Views},
+    observed::{self, RuleCount, ViewBuilt, ViewHeld, Views},
     routes,
 };
 use crate::bench::{
@@ -45,9 +45,12 @@ const SERVER_PORT: u16 = 8080;
 const MESH_BACKENDS: [&str; 2] = ["b1", "b2"];
 const PLAIN_BACKENDS: [&str; 2] = ["d1", "d2"];
 const HAPROXY_READY: Duration = Duration::from_secs(10);
-/// From the routes written to the file to the waypoint's view with them:
-/// a poll of the file (100 ms) and a build.
-const ROUTES_APPLIED: Duration = Duration::from_secs(30);
+/// From documents written to the file to the waypoint's view with them: a
+/// poll of the file (100 ms), a parse and a build.
+const VIEW_APPLIED: Duration = Duration::from_secs(30);
+/// From a view built to the waypoint's memory read: the proxy has taken
+/// the new view and dropped the old one.
+const VIEW_SETTLED: Duration = Duration::from_secs(1);
 
 /// The table's columns: how a request gets from the client to a backend.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -94,19 +97,17 @@ impl Route {
     }
 }
 
-/// The Services: the same backends and ports through the waypoint
-/// without routes (web-wp), with them (web-routes), and without the
-/// waypoint (web-l4); then the other Services with routes, through the
-/// waypoint, with no endpoints (no selector).
-fn services() -> String {
-    let service = |name: &str, vip: Ipv4Addr, labels: &str, backends: bool| {
-        let selector = if backends {
-            "\n  selector: {tier: web}"
-        } else {
-            ""
-        };
-        format!(
-            "apiVersion: v1
+/// A Service of the bed: ports 80 (HTTP/1.1) and 81 (h2c) to the web
+/// server, its `labels` (YAML flow), and b1/b2 as its endpoints if it has
+/// `backends`.
+fn service(name: &str, vip: Ipv4Addr, labels: &str, backends: bool) -> String {
+    let selector = if backends {
+        "\n  selector: {tier: web}"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1
 kind: Service
 metadata:
   name: {name}
@@ -118,31 +119,52 @@ spec:
   - {{name: http, port: {h1}, targetPort: {SERVER_PORT}}}
   - {{name: api, port: {h2}, targetPort: {SERVER_PORT}, appProtocol: kubernetes.io/h2c}}
 ",
-            h1 = haproxy::H1_PORT,
-            h2 = haproxy::H2C_PORT,
-        )
-    };
-    let waypoint = format!("istio.io/use-waypoint: {WAYPOINT}");
-    let mut docs = vec![
-        service("web-wp", WAYPOINT_VIP, &waypoint, true),
-        service(routes::ROUTED, ROUTES_VIP, &waypoint, true),
-        service("web-l4", L4_VIP, "", true),
-    ];
-    docs.extend(
-        routes::other_services()
-            .iter()
-            .map(|(name, vip)| service(name, *vip, &waypoint, false)),
-    );
-    docs.join("---\n")
+        h1 = haproxy::H1_PORT,
+        h2 = haproxy::H2C_PORT,
+    )
 }
 
-/// The Services and the 1,000 routes.
-fn services_and_routes() -> String {
-    format!(
-        "{}---\n{}",
-        services(),
-        routes::http_routes([haproxy::H1_PORT, haproxy::H2C_PORT])
-    )
+fn uses_waypoint() -> String {
+    format!("istio.io/use-waypoint: {WAYPOINT}")
+}
+
+/// The Services the loads go to: the same backends and ports through the
+/// waypoint without routes (web-wp), with them (web-routes), and without
+/// the waypoint (web-l4).
+fn services() -> String {
+    [
+        service("web-wp", WAYPOINT_VIP, &uses_waypoint(), true),
+        service(routes::ROUTED, ROUTES_VIP, &uses_waypoint(), true),
+        service("web-l4", L4_VIP, "", true),
+    ]
+    .join("---\n")
+}
+
+/// The file's documents at each step of the bed's start: the Services the
+/// loads go to; then the 99 other Services with routes (through the
+/// waypoint, no endpoints); then the 1,000 routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Docs {
+    Services,
+    RouteHolders,
+    Routes,
+}
+
+impl Docs {
+    fn text(self) -> String {
+        let mut docs = vec![services()];
+        if self != Docs::Services {
+            docs.extend(
+                routes::other_services()
+                    .iter()
+                    .map(|(name, vip)| service(name, *vip, &uses_waypoint(), false)),
+            );
+        }
+        if self == Docs::Routes {
+            docs.push(routes::http_routes([haproxy::H1_PORT, haproxy::H2C_PORT]));
+        }
+        docs.join("---\n")
+    }
 }
 
 pub struct L7Bed {
@@ -178,14 +200,14 @@ impl L7Bed {
         for p in ["plain", "haproxy", PLAIN_BACKENDS[0], PLAIN_BACKENDS[1]] {
             spec = spec.unenrolled(p);
         }
-        let mut cluster = Cluster::start(spec.with_docs(&services()))?;
-        let views = add_routes(&mut cluster)?;
+        let mut cluster = Cluster::start(spec.with_docs(&Docs::Services.text()))?;
         let mut procs = Vec::new();
         for b in MESH_BACKENDS.into_iter().chain(PLAIN_BACKENDS) {
             procs.push(cluster.serve(b, &SERVER_PORT.to_string(), "web")?);
         }
         let waypoint_pid = only_process(&cluster.waypoint_pod(WAYPOINT).cgroup)
             .context("the waypoint's process")?;
+        let views = add_routes(&mut cluster, waypoint_pid)?;
         let servers: Vec<(Ipv4Addr, u16)> = PLAIN_BACKENDS
             .iter()
             .map(|b| (cluster.pod(b).ip, SERVER_PORT))
@@ -302,24 +324,40 @@ impl L7Bed {
     }
 }
 
-/// Adds the routes to every node's file, the Services unchanged, and waits
-/// (bounded) for the waypoint's first view with them. The view before is
-/// the last one it built from the Services alone.
-fn add_routes(c: &mut Cluster) -> anyhow::Result<Views> {
-    let log = c.waypoint_log(WAYPOINT);
-    let without_routes = ViewBuilt::last(&log);
-    let built = observed::views_built(&log);
-    c.set_docs(&services_and_routes())
-        .context("writing the routes")?;
-    let deadline = Instant::now() + ROUTES_APPLIED;
+/// Adds the other Services with routes to every node's file, then the
+/// routes, and waits for the waypoint's view after each: the same
+/// Services without routes and with them. (Its first view, built as it
+/// starts, is not logged.)
+fn add_routes(c: &mut Cluster, waypoint_pid: u32) -> anyhow::Result<Views> {
+    let without_routes = next_view(c, waypoint_pid, Docs::RouteHolders)
+        .context("the waypoint's view with the Services that hold routes")?;
+    let with_routes =
+        next_view(c, waypoint_pid, Docs::Routes).context("the waypoint's view with the routes")?;
+    Ok(Views {
+        without_routes,
+        with_routes,
+    })
+}
+
+/// Writes `docs` to every node's file and waits (bounded) for the
+/// waypoint's next view: its log line, and the waypoint's memory a moment
+/// later, once the view it replaced is dropped.
+fn next_view(c: &mut Cluster, waypoint_pid: u32, docs: Docs) -> anyhow::Result<ViewHeld> {
+    let built = observed::views_built(&c.waypoint_log(WAYPOINT));
+    c.set_docs(&docs.text())?;
+    let deadline = Instant::now() + VIEW_APPLIED;
     loop {
         let log = c.waypoint_log(WAYPOINT);
         if observed::views_built(&log) > built {
-            let with_routes = ViewBuilt::last(&log)
+            let view = ViewBuilt::last(&log)
                 .context("the waypoint's \"discovery view built\" line has no build_us or sizes")?;
-            return Ok(Views {
-                without_routes,
-                with_routes,
+            std::thread::sleep(VIEW_SETTLED);
+            // An instant's reading: only the memory figures are used.
+            let memory = AgentMeter::start(&[waypoint_pid]).stop();
+            return Ok(ViewHeld {
+                view,
+                rss_mib: memory.rss_mib,
+                anon_mib: memory.anon_mib,
             });
         }
         if Instant::now() >= deadline {
@@ -329,7 +367,7 @@ fn add_routes(c: &mut Cluster) -> anyhow::Result<Views> {
                 .map(|l| l.to_string())
                 .collect();
             bail!(
-                "the waypoint built no view with the routes in {ROUTES_APPLIED:?}; its warnings and errors:\n{}",
+                "no new view in {VIEW_APPLIED:?}; the waypoint's warnings and errors:\n{}",
                 warnings.join("\n")
             );
         }
@@ -389,59 +427,69 @@ fn start_haproxy(c: &Cluster, config: &str) -> anyhow::Result<Proc> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_services_with_backends_and_the_ones_that_only_hold_routes() {
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&services())
+    fn docs(yaml: &str) -> Vec<serde_yaml::Value> {
+        serde_yaml::Deserializer::from_str(yaml)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .collect();
-        assert_eq!(docs.len(), 3 + routes::SERVICES - 1);
-        let label =
-            |d: &serde_yaml::Value| d["metadata"]["labels"]["istio.io/use-waypoint"].clone();
-        let waypoint = serde_yaml::Value::from(WAYPOINT);
-        let (with_backends, others) = docs.split_at(3);
-        let names: Vec<&str> = with_backends
+            .collect()
+    }
+
+    fn label(d: &serde_yaml::Value) -> serde_yaml::Value {
+        d["metadata"]["labels"]["istio.io/use-waypoint"].clone()
+    }
+
+    #[test]
+    fn the_services_the_loads_go_to_share_backends_and_ports() {
+        let docs = docs(&services());
+        let names: Vec<&str> = docs
             .iter()
             .map(|d| d["metadata"]["name"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["web-wp", routes::ROUTED, "web-l4"]);
-        assert_eq!(with_backends[0]["spec"]["clusterIP"], "10.96.0.40");
-        assert_eq!(with_backends[1]["spec"]["clusterIP"], "10.96.0.42");
-        assert_eq!(with_backends[2]["spec"]["clusterIP"], "10.96.0.41");
-        assert_eq!(label(&with_backends[0]), waypoint);
-        assert_eq!(label(&with_backends[1]), waypoint);
-        assert!(label(&with_backends[2]).is_null());
-        for d in with_backends {
-            assert_eq!(d["spec"]["selector"]["tier"], "web");
-        }
-        for (d, (name, vip)) in others.iter().zip(routes::other_services()) {
-            assert_eq!(d["metadata"]["name"].as_str(), Some(name.as_str()));
-            assert_eq!(
-                d["spec"]["clusterIP"].as_str(),
-                Some(vip.to_string().as_str())
-            );
-            assert_eq!(label(d), waypoint);
-            assert!(d["spec"]["selector"].is_null(), "{name} has no endpoints");
-        }
+        assert_eq!(docs[0]["spec"]["clusterIP"], "10.96.0.40");
+        assert_eq!(docs[1]["spec"]["clusterIP"], "10.96.0.42");
+        assert_eq!(docs[2]["spec"]["clusterIP"], "10.96.0.41");
+        let waypoint = serde_yaml::Value::from(WAYPOINT);
+        assert_eq!(label(&docs[0]), waypoint);
+        assert_eq!(label(&docs[1]), waypoint);
+        assert!(label(&docs[2]).is_null());
         for d in &docs {
+            assert_eq!(d["spec"]["selector"]["tier"], "web");
             assert_eq!(d["spec"]["ports"][0]["port"], haproxy::H1_PORT);
             assert_eq!(d["spec"]["ports"][1]["port"], haproxy::H2C_PORT);
             assert_eq!(d["spec"]["ports"][1]["appProtocol"], "kubernetes.io/h2c");
         }
     }
 
+    /// Each step keeps what the one before wrote, so the views before and
+    /// after the routes hold the same Services.
     #[test]
-    fn the_routes_come_after_the_same_services() {
-        let all = services_and_routes();
-        assert!(all.starts_with(&services()));
-        let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&all)
-            .map(|d| {
-                let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap();
-                v["kind"].as_str().unwrap().to_owned()
-            })
-            .collect();
-        let routes = kinds.iter().filter(|k| *k == "HTTPRoute").count();
+    fn the_file_gains_the_route_holders_then_the_routes() {
+        let steps = [Docs::Services, Docs::RouteHolders, Docs::Routes].map(Docs::text);
+        assert!(steps[1].starts_with(&steps[0]));
+        assert!(steps[2].starts_with(&steps[1]));
+        let kinds = |yaml: &str| -> Vec<String> {
+            docs(yaml)
+                .iter()
+                .map(|d| d["kind"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(kinds(&steps[0]), ["Service"; 3]);
+        let holders = docs(&steps[1]);
+        assert_eq!(holders.len(), 3 + routes::SERVICES - 1);
+        for (d, (name, vip)) in holders[3..].iter().zip(routes::other_services()) {
+            assert_eq!(d["kind"], "Service");
+            assert_eq!(d["metadata"]["name"].as_str(), Some(name.as_str()));
+            assert_eq!(
+                d["spec"]["clusterIP"].as_str(),
+                Some(vip.to_string().as_str())
+            );
+            assert_eq!(label(d), serde_yaml::Value::from(WAYPOINT));
+            assert!(d["spec"]["selector"].is_null(), "{name} has no endpoints");
+        }
+        let all = kinds(&steps[2]);
+        let routes = all.iter().filter(|k| *k == "HTTPRoute").count();
         assert_eq!(routes, routes::SERVICES * routes::ROUTES_PER_SERVICE);
-        assert_eq!(kinds.len() - routes, 3 + routes::SERVICES - 1);
+        assert_eq!(all.len() - routes, holders.len());
     }
 
     #[test]

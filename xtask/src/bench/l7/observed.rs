@@ -42,12 +42,21 @@ pub fn views_built(log: &[Value]) -> usize {
     log.iter().filter(|l| l["message"] == VIEW_BUILT).count()
 }
 
-/// The waypoint's view just before the routes were added to the file, and
-/// the first one built with them (the same Services and pods).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A view the waypoint built, and the waypoint's memory once it held it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewHeld {
+    pub view: ViewBuilt,
+    pub rss_mib: f64,
+    /// RssAnon: heap and stacks, without the binary's pages.
+    pub anon_mib: f64,
+}
+
+/// The waypoint's views of the same Services and pods without the routes
+/// and with them.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Views {
-    pub without_routes: Option<ViewBuilt>,
-    pub with_routes: ViewBuilt,
+    pub without_routes: ViewHeld,
+    pub with_routes: ViewHeld,
 }
 
 /// Requests that one route rule took.

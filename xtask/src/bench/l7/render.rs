@@ -233,23 +233,18 @@ fn routing_section(out: &mut String, results: &[(Route, RouteResult)], routing: 
             spread_cell(&c.with, c.decimals),
         );
     }
-    let views = &routing.views;
-    let _ = write!(
+    let (with, without) = (&routing.views.with_routes, &routing.views.without_routes);
+    let _ = writeln!(
         out,
-        "\nRoute table build: the waypoint built its view with the {total} routes in {} ({}).",
-        ms(views.with_routes.build_us),
-        view_sizes(&views.with_routes)
-    );
-    if let Some(before) = &views.without_routes {
-        let _ = write!(
-            out,
-            " Its last view before they were added: {} ({}).",
-            ms(before.build_us),
-            view_sizes(before)
-        );
-    }
-    out.push_str(
-        " One build each, as the waypoint logs it (\"discovery view built\", build_us): the whole view, route tables included.\n",
+        "\nRoute table build: the waypoint built its view with the {total} routes in {} ({}), and the same view without them in {} ({}). One build each, as the waypoint logs it (\"discovery view built\", build_us): the whole view, route tables included. Its memory a second after each, RSS (RssAnon): {:.1} MiB ({:.1} MiB) with the routes, {:.1} MiB ({:.1} MiB) without.",
+        ms(with.view.build_us),
+        view_sizes(&with.view),
+        ms(without.view.build_us),
+        view_sizes(&without.view),
+        with.rss_mib,
+        with.anon_mib,
+        without.rss_mib,
+        without.anon_mib,
     );
     let counted: f64 = routing.taken.iter().map(|c| c.requests).sum();
     if counted > 0.0 {
@@ -378,6 +373,7 @@ pub fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::l7::observed::ViewHeld;
 
     fn figures(pairs: &[(Row, f64)]) -> Figures {
         pairs.iter().copied().collect()
@@ -411,8 +407,16 @@ mod tests {
     fn routing(taken: Vec<RuleCount>) -> Routing {
         Routing {
             views: Views {
-                without_routes: Some(view(850, 102)),
-                with_routes: view(4321, 102),
+                without_routes: ViewHeld {
+                    view: view(850, 102),
+                    rss_mib: 19.2,
+                    anon_mib: 6.5,
+                },
+                with_routes: ViewHeld {
+                    view: view(4321, 102),
+                    rss_mib: 24.0,
+                    anon_mib: 11.3,
+                },
             },
             taken,
         }
@@ -549,7 +553,13 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("view with the 1000 routes in 4.32 ms (102 Services, 11 pods, 3 EndpointSlices, 1 namespaces, 0 AuthorizationPolicies). Its last view before they were added: 0.85 ms (102 Services,"),
+            out.contains("view with the 1000 routes in 4.32 ms (102 Services, 11 pods, 3 EndpointSlices, 1 namespaces, 0 AuthorizationPolicies), and the same view without them in 0.85 ms (102 Services,"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "RSS (RssAnon): 24.0 MiB (11.3 MiB) with the routes, 19.2 MiB (6.5 MiB) without.\n"
+            ),
             "{out}"
         );
         assert!(
