@@ -5,6 +5,10 @@
 //! (`mesh_route::status`), so that a route the waypoint cannot apply says
 //! why instead of being ignored. Other controllers' entries are kept.
 //!
+//! An HTTPRoute's status depends on the GRPCRoutes besides the Services:
+//! on a port a GRPCRoute holds it is Conflicted (GEP-1426), so a change
+//! of a GRPCRoute's parents reconciles the HTTPRoutes again.
+//!
 //! It runs beside the waypoint controller, under the same leader Lease
 //! (`crate::lease`): only the leader writes. Without Gateway API's route
 //! CRDs there is nothing to do: it checks now and then whether they have
@@ -25,7 +29,7 @@ use kube::{
     api::DynamicObject,
     runtime::{Controller, controller, watcher},
 };
-use mesh_route::status::Cluster;
+use mesh_route::{compile::RouteKind, status::Cluster};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -109,11 +113,22 @@ async fn until_changed(client: &Client, served: Served) {
 /// served route kind. Never returns on its own.
 async fn report(client: &Client, controller_name: &str, served: Served) {
     let cluster = Arc::new(RwLock::new(Cluster::default()));
-    let (changed, changes) = watch::channel(());
+    let (services, services_changed) = watch::channel(());
+    let (grpc_routes, grpc_routes_changed) = watch::channel(());
     let (synced_tx, mut synced) = watch::channel(false);
-    let follow = facts::follow(client.clone(), cluster.clone(), changed, synced_tx);
+    let follow = facts::follow(
+        client.clone(),
+        cluster.clone(),
+        served.grpc_routes,
+        facts::Signals {
+            services,
+            grpc_routes,
+            synced: synced_tx,
+        },
+    );
     let controllers = async {
-        // Before the facts are listed every backend would look missing.
+        // Before the facts are listed every backend would look missing,
+        // and every HTTPRoute on a GRPCRoute's port accepted.
         if synced.wait_for(|s| *s).await.is_err() {
             return;
         }
@@ -125,14 +140,25 @@ async fn report(client: &Client, controller_name: &str, served: Served) {
                 resource: kinds::route_resource(kind),
                 cluster: cluster.clone(),
             });
-            control(ctx, changes.clone())
+            // An HTTPRoute's status depends on the GRPCRoutes too; a
+            // GRPCRoute's on no other route.
+            let on = match kind {
+                RouteKind::Http => futures::stream::select(
+                    triggers(services_changed.clone()),
+                    triggers(grpc_routes_changed.clone()),
+                )
+                .boxed(),
+                RouteKind::Grpc => triggers(services_changed.clone()).boxed(),
+            };
+            control(ctx, on)
         });
         futures::future::join_all(runs).await;
     };
     tokio::join!(follow, controllers);
 }
 
-/// Every change of the facts, as a trigger to reconcile every route.
+/// Every change of some facts, as a trigger to reconcile every route of
+/// a kind.
 fn triggers(changes: watch::Receiver<()>) -> impl Stream<Item = ()> + Send + 'static {
     futures::stream::unfold(changes, |mut rx| async move {
         rx.changed().await.ok()?;
@@ -140,7 +166,7 @@ fn triggers(changes: watch::Receiver<()>) -> impl Stream<Item = ()> + Send + 'st
     })
 }
 
-async fn control(ctx: Arc<Context>, changes: watch::Receiver<()>) {
+async fn control(ctx: Arc<Context>, on: impl Stream<Item = ()> + Send + 'static) {
     let kind = ctx.kind;
     Controller::new_with(
         Api::<DynamicObject>::all_with(ctx.client.clone(), &ctx.resource),
@@ -148,7 +174,7 @@ async fn control(ctx: Arc<Context>, changes: watch::Receiver<()>) {
         ctx.resource.clone(),
     )
     .with_config(controller::Config::default().debounce(DEBOUNCE))
-    .reconcile_all_on(triggers(changes))
+    .reconcile_all_on(on)
     .run(reconcile_route, retry, ctx)
     .for_each(|result| async move {
         match result {

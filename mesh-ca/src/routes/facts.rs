@@ -1,21 +1,29 @@
-//! What route statuses depend on besides the routes: every Service (its
-//! ports and whether it has a cluster IP), kept in one
-//! `mesh_route::status::Cluster` from a watch. Only the facts are kept,
-//! not the objects; a change that alters no fact (a label, an annotation,
-//! a load balancer's status) wakes nobody. ReferenceGrants are not among
-//! them: a mesh route needs none (GEP-1294).
+//! What route statuses depend on besides the route itself: every Service
+//! (its ports and whether it has a cluster IP) and every GRPCRoute that
+//! compiles (its parentRefs: an HTTPRoute on a port a GRPCRoute holds is
+//! Conflicted), kept in one `mesh_route::status::Cluster` from watches.
+//! Only the facts are kept, not the objects; a change that alters no fact
+//! (a label, an annotation, a load balancer's status, a route's own
+//! status) wakes nobody. ReferenceGrants are not among them: a mesh route
+//! needs none (GEP-1294).
 use std::sync::{Arc, PoisonError, RwLock};
 
-use futures::StreamExt;
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api, Client,
-    api::ObjectMeta,
+    api::{DynamicObject, ObjectMeta},
     runtime::{WatchStreamExt, watcher},
 };
-use mesh_route::status::{self, Cluster};
+use mesh_route::{
+    compile::compile_grpc_route,
+    spec::GrpcRoute,
+    status::{self, Cluster, GrpcAttachment},
+};
 use tokio::sync::watch;
 use tracing::warn;
+
+use super::kinds;
 
 /// The facts one object gives, keyed by namespace and name; None when
 /// the object cannot be used (it is then treated as absent).
@@ -45,6 +53,15 @@ pub fn service_facts(service: &Service) -> Keyed<status::Service> {
             .and_then(|s| s.cluster_ip.as_deref())
             .is_some_and(|ip| !ip.is_empty() && ip != "None");
     Some((namespace, name, status::Service { ports, cluster_ip }))
+}
+
+/// A GRPCRoute's facts: its parentRefs, if it decodes and compiles (one
+/// that does not is in no table of the data plane, so it holds no port).
+pub fn grpc_route_facts(route: &DynamicObject) -> Keyed<GrpcAttachment> {
+    let (namespace, name) = key(&route.metadata)?;
+    let spec: GrpcRoute = serde_json::from_value(kinds::route_object(route)).ok()?;
+    let compiled = compile_grpc_route(&spec).ok()?;
+    Some((namespace, name, GrpcAttachment::of(&compiled)?))
 }
 
 fn key(meta: &ObjectMeta) -> Option<(String, String)> {
@@ -124,38 +141,94 @@ pub fn apply_service(cluster: &mut Cluster, change: Change<status::Service>) -> 
     }
 }
 
-/// Follows Services into `cluster` until dropped. `changed` is bumped
-/// whenever a fact changes; `synced` turns true once they have been
-/// listed.
+pub fn apply_grpc_route(cluster: &mut Cluster, change: Change<GrpcAttachment>) -> bool {
+    match change {
+        Change::Set(_, _, route) => cluster.set_grpc_route(route),
+        Change::Remove(ns, name) => cluster.remove_grpc_route(&ns, &name),
+        Change::Replace(all) => cluster.replace_grpc_routes(all.into_iter().map(|(_, _, r)| r)),
+        Change::None => false,
+    }
+}
+
+/// Who is told when the facts move.
+pub struct Signals {
+    /// A Service's facts changed: every route's status may have.
+    pub services: watch::Sender<()>,
+    /// A GRPCRoute's facts changed: an HTTPRoute's status may have.
+    pub grpc_routes: watch::Sender<()>,
+    /// Turns true once every kind followed has been listed.
+    pub synced: watch::Sender<bool>,
+}
+
+/// One event of either watch, boxed: both are large, and of sizes far
+/// apart.
+enum Event {
+    Service(Box<Result<watcher::Event<Service>, watcher::Error>>),
+    GrpcRoute(Box<Result<watcher::Event<DynamicObject>, watcher::Error>>),
+}
+
+/// Follows Services, and GRPCRoutes when `grpc_routes` (the kind is
+/// served), into `cluster` until dropped, telling `signals`.
 pub async fn follow(
     client: Client,
     cluster: Arc<RwLock<Cluster>>,
-    changed: watch::Sender<()>,
-    synced: watch::Sender<bool>,
+    grpc_routes: bool,
+    signals: Signals,
 ) {
-    let mut events = watcher(Api::<Service>::all(client), watcher::Config::default())
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| Event::Service(Box::new(e)))
+    .boxed();
+    let grpcs = if grpc_routes {
+        let resource = kinds::grpc_route();
+        watcher(
+            Api::<DynamicObject>::all_with(client, &resource),
+            watcher::Config::default(),
+        )
         .default_backoff()
-        .boxed();
-    let mut services = Relist::default();
+        .map(|e| Event::GrpcRoute(Box::new(e)))
+        .boxed()
+    } else {
+        stream::pending().boxed()
+    };
+    let mut events = stream::select(services, grpcs);
+    let mut service_list = Relist::default();
+    let mut grpc_list = Relist::default();
     while let Some(event) = events.next().await {
-        let moved = match event {
-            Ok(e) => {
-                let change = services.follow(e, service_facts, |s: &Service| key(&s.metadata));
-                apply_service(
-                    &mut cluster.write().unwrap_or_else(PoisonError::into_inner),
-                    change,
-                )
-            }
-            Err(e) => {
-                warn!(error = %e, "route status: watch of Services failed; retrying with backoff");
-                false
-            }
-        };
-        if moved {
-            changed.send_replace(());
+        let cluster_now = || cluster.write().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            Event::Service(e) => match *e {
+                Ok(e) => {
+                    let change =
+                        service_list.follow(e, service_facts, |s: &Service| key(&s.metadata));
+                    if apply_service(&mut cluster_now(), change) {
+                        signals.services.send_replace(());
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "route status: watch of Services failed; retrying with backoff");
+                }
+            },
+            Event::GrpcRoute(e) => match *e {
+                Ok(e) => {
+                    let change =
+                        grpc_list.follow(e, grpc_route_facts, |r: &DynamicObject| key(&r.metadata));
+                    if apply_grpc_route(&mut cluster_now(), change) {
+                        signals.grpc_routes.send_replace(());
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "route status: watch of GRPCRoutes failed; retrying with backoff");
+                }
+            },
         }
-        if services.synced {
-            synced.send_if_modified(|s| !std::mem::replace(s, true));
+        if service_list.synced && (grpc_list.synced || !grpc_routes) {
+            signals
+                .synced
+                .send_if_modified(|s| !std::mem::replace(s, true));
         }
     }
 }

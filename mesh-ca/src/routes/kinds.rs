@@ -8,6 +8,7 @@ use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
 };
 use mesh_route::{compile::RouteKind, spec::GROUP};
+use serde_json::{Value, json};
 
 pub fn http_route() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -28,6 +29,19 @@ pub fn route_resource(kind: RouteKind) -> ApiResource {
         RouteKind::Http => http_route(),
         RouteKind::Grpc => grpc_route(),
     }
+}
+
+/// The parts of a route object `mesh_route::spec` reads (its name,
+/// namespace and age, and its spec), ready to decode into either kind.
+pub fn route_object(route: &DynamicObject) -> Value {
+    json!({
+        "metadata": {
+            "name": route.metadata.name,
+            "namespace": route.metadata.namespace,
+            "creationTimestamp": route.metadata.creation_timestamp,
+        },
+        "spec": route.data.get("spec").cloned().unwrap_or_else(|| json!({})),
+    })
 }
 
 /// Which of the kinds the API server serves.

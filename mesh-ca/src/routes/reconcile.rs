@@ -31,7 +31,10 @@ use mesh_route::{
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
-use super::merge::{merge_parents, previous_ours};
+use super::{
+    kinds::route_object,
+    merge::{merge_parents, previous_ours},
+};
 
 /// The field manager of the status writes.
 pub const FIELD_MANAGER: &str = "mesh-route-status";
@@ -85,14 +88,7 @@ pub fn our_entries(
     cluster: &Cluster,
     observed: &Observed<'_>,
 ) -> Vec<RouteParentStatus> {
-    let value = json!({
-        "metadata": {
-            "name": route.metadata.name,
-            "namespace": route.metadata.namespace,
-            "creationTimestamp": route.metadata.creation_timestamp,
-        },
-        "spec": route.data.get("spec").cloned().unwrap_or_else(|| json!({})),
-    });
+    let value = route_object(route);
     let decoded = match kind {
         RouteKind::Http => serde_json::from_value::<HttpRoute>(value).map(|r| {
             let compiled = compile_http_route(&r);

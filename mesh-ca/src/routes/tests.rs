@@ -1,8 +1,15 @@
 //! The route status controller against kube's mock API server: the status
 //! it writes for a route, what it keeps of other controllers, when it
-//! writes nothing; the facts it keeps of Services; how it tells a missing
-//! CRD.
-use std::sync::{Arc, RwLock};
+//! writes nothing; the facts it keeps of Services and GRPCRoutes, and an
+//! HTTPRoute written again when a GRPCRoute takes or frees its port; how
+//! it tells a missing CRD.
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use http::StatusCode;
 use k8s_openapi::api::core::v1::Service;
@@ -16,9 +23,13 @@ use mesh_route::{
     status::{self, Cluster, Port},
 };
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use super::{
-    facts::{Change, Relist, apply_service, service_facts},
+    facts::{
+        self, Change, Relist, Signals, apply_grpc_route, apply_service, grpc_route_facts,
+        service_facts,
+    },
     kinds::{self, Served},
     reconcile::{CONFLICT_RETRY, Context, FIELD_MANAGER, RETRY, reconcile_route, retry},
 };
@@ -536,4 +547,336 @@ fn an_object_whose_facts_are_unusable_now_takes_its_old_facts_away() {
         relist.follow(watcher::Event::Apply(nameless), with_ip, key),
         Change::None
     );
+}
+
+/// A GRPCRoute shop/`name` with `spec`, as the API serves it.
+fn grpc_object(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": name, "namespace": "shop", "resourceVersion": "7"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn on_api_8080() -> Value {
+    json!({
+        "parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 8080}],
+        "rules": [{"backendRefs": [{"name": "api", "port": 8080}]}],
+    })
+}
+
+fn grpc_key(r: &DynamicObject) -> Option<(String, String)> {
+    Some((r.metadata.namespace.clone()?, r.metadata.name.clone()?))
+}
+
+#[tokio::test]
+async fn an_http_route_on_a_port_a_grpc_route_holds_is_conflicted_until_it_goes() {
+    let mut c = cluster();
+    let mut grpcs = Relist::default();
+    let g = grpc_object("g", on_api_8080());
+    let change = grpcs.follow(watcher::Event::Apply(g.clone()), grpc_route_facts, grpc_key);
+    assert!(apply_grpc_route(&mut c, change));
+
+    let spec = json!({
+        "parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 8080}],
+        "rules": [{"backendRefs": [{"name": "api", "port": 8080}]}],
+    });
+    let seen = reconcile(RouteKind::Http, http_route(spec.clone()), c.clone()).await;
+    let written = the_write(&seen, HTTP_STATUS).clone();
+    let entry = &written[0];
+    assert_eq!(
+        conditions(entry),
+        [
+            cond("Accepted", "False", "Conflicted"),
+            cond("ResolvedRefs", "True", "ResolvedRefs")
+        ]
+    );
+    assert_eq!(
+        message(entry, "Accepted"),
+        "Service shop/api: port 8080 is held by GRPCRoute shop/g; a GRPCRoute takes a \
+         Service port over HTTPRoutes (GEP-1426), so this route applies to none of the \
+         ports it names"
+    );
+    // The GRPCRoute itself is Accepted.
+    let seen = reconcile(
+        RouteKind::Grpc,
+        route("GRPCRoute", on_api_8080(), Value::Null),
+        c.clone(),
+    )
+    .await;
+    assert_eq!(
+        conditions(&the_write(&seen, GRPC_STATUS)[0])[0],
+        cond("Accepted", "True", "Accepted")
+    );
+
+    // Its status written, the GRPCRoute comes again: no fact moved, so
+    // no HTTPRoute is reconciled for it.
+    let mut with_status = g.clone();
+    with_status.data["status"] = json!({"parents": []});
+    let change = grpcs.follow(
+        watcher::Event::Apply(with_status),
+        grpc_route_facts,
+        grpc_key,
+    );
+    assert!(!apply_grpc_route(&mut c, change));
+
+    // The GRPCRoute deleted: the port is the HTTPRoute's again.
+    let change = grpcs.follow(watcher::Event::Delete(g), grpc_route_facts, grpc_key);
+    assert!(apply_grpc_route(&mut c, change));
+    let r = route("HTTPRoute", spec, json!({"parents": written}));
+    let seen = reconcile(RouteKind::Http, r, c).await;
+    let entry = &the_write(&seen, HTTP_STATUS)[0];
+    assert_eq!(
+        conditions(entry),
+        [
+            cond("Accepted", "True", "Accepted"),
+            cond("ResolvedRefs", "True", "ResolvedRefs")
+        ]
+    );
+    assert_eq!(
+        message(entry, "Accepted"),
+        "attached to Service shop/api (port 8080)"
+    );
+}
+
+#[test]
+fn a_grpc_route_that_does_not_compile_holds_no_port() {
+    let mut c = cluster();
+    let mut grpcs = Relist::default();
+    let good = grpc_object("g", on_api_8080());
+    let change = grpcs.follow(watcher::Event::Apply(good), grpc_route_facts, grpc_key);
+    assert!(apply_grpc_route(&mut c, change));
+    assert_eq!(c.grpc_holders("shop", "api", 8080, "shop").len(), 1);
+    // Edited into one the data plane leaves out: what it held is free.
+    let mut bad = on_api_8080();
+    bad["rules"][0]["matches"] =
+        json!([{"method": {"type": "RegularExpression", "service": "(["}}]);
+    let bad = grpc_object("g", bad);
+    assert!(grpc_route_facts(&bad).is_none());
+    let change = grpcs.follow(watcher::Event::Apply(bad), grpc_route_facts, grpc_key);
+    assert_eq!(change, Change::Remove("shop".into(), "g".into()));
+    assert!(apply_grpc_route(&mut c, change));
+    assert!(c.grpc_holders("shop", "api", 8080, "shop").is_empty());
+    // A spec that does not even decode, likewise.
+    let unreadable = grpc_object("g", json!({"parentRefs": "api"}));
+    assert!(grpc_route_facts(&unreadable).is_none());
+}
+
+/// The API server for the facts' watches and the controllers: Services
+/// are listed; GRPCRoutes too, at the second try (well after the
+/// Services), at resourceVersion 1 (later lists, the GRPCRoute
+/// controller's, at 2); a watch from 1 brings the GRPCRoute's deletion
+/// once `deliver` is set; HTTPRoutes are listed (shop/r on api:8080);
+/// every other watch fails (and backs off); a status write answers with
+/// what was written.
+fn cluster_api(deliver: Arc<AtomicBool>) -> impl Fn(&Seen) -> (StatusCode, Value) + Send + 'static {
+    let delivered = AtomicBool::new(false);
+    let grpc_lists = std::sync::atomic::AtomicUsize::new(0);
+    move |r: &Seen| {
+        if r.method == "PATCH" {
+            return api(r);
+        }
+        assert_eq!(r.method, "GET", "{}", r.path);
+        let watch = r.path.contains("watch=true");
+        let list = |version: &str, items: Value| {
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "List",
+                       "metadata": {"resourceVersion": version}, "items": items}),
+            )
+        };
+        let failed = (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "InternalError", "code": 500, "message": "not now"}),
+        );
+        let routes = "/apis/gateway.networking.k8s.io/v1/";
+        if r.path.starts_with("/api/v1/services") {
+            if watch {
+                return failed;
+            }
+            return list(
+                "1",
+                json!([{
+                    "metadata": {"name": "api", "namespace": "shop", "resourceVersion": "1"},
+                    "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 8080}]},
+                }]),
+            );
+        }
+        if r.path.starts_with(&format!("{routes}httproutes")) {
+            if watch {
+                return failed;
+            }
+            return list("1", json!([*http_route(on_api_8080())]));
+        }
+        assert!(
+            r.path.starts_with(&format!("{routes}grpcroutes")),
+            "{}",
+            r.path
+        );
+        let g = serde_json::to_value(grpc_object("g", on_api_8080())).unwrap();
+        if !watch {
+            return match grpc_lists.fetch_add(1, Ordering::SeqCst) {
+                0 => failed,
+                1 => list("1", json!([g])),
+                _ => list("2", json!([g])),
+            };
+        }
+        let from_first_list = r.path.split(['?', '&']).any(|q| q == "resourceVersion=1");
+        if from_first_list
+            && deliver.load(Ordering::SeqCst)
+            && !delivered.swap(true, Ordering::SeqCst)
+        {
+            return (StatusCode::OK, json!({"type": "DELETED", "object": g}));
+        }
+        failed
+    }
+}
+
+#[tokio::test]
+async fn following_grpc_routes_holds_back_the_controllers_and_tells_of_changes() {
+    let deliver = Arc::new(AtomicBool::new(false));
+    let (client, _) = api_mock::client(cluster_api(deliver.clone()));
+    let cluster = Arc::new(RwLock::new(Cluster::default()));
+    let (services, mut services_changed) = watch::channel(());
+    let (grpc_routes, mut grpc_routes_changed) = watch::channel(());
+    let (synced, mut is_synced) = watch::channel(false);
+    let follow = tokio::spawn(facts::follow(
+        client,
+        cluster.clone(),
+        true,
+        Signals {
+            services,
+            grpc_routes,
+            synced,
+        },
+    ));
+    let bound = Duration::from_secs(20);
+    tokio::time::timeout(bound, is_synced.wait_for(|s| *s))
+        .await
+        .expect("synced in time")
+        .unwrap();
+    // Synced means the GRPCRoutes are listed as well as the Services.
+    let holders: Vec<String> = cluster
+        .read()
+        .unwrap()
+        .grpc_holders("shop", "api", 8080, "shop")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(holders, ["shop/g"]);
+    assert!(services_changed.has_changed().unwrap());
+    assert!(grpc_routes_changed.has_changed().unwrap());
+    services_changed.mark_unchanged();
+    grpc_routes_changed.mark_unchanged();
+
+    deliver.store(true, Ordering::SeqCst);
+    tokio::time::timeout(bound, grpc_routes_changed.changed())
+        .await
+        .expect("the deletion told in time")
+        .unwrap();
+    assert!(
+        cluster
+            .read()
+            .unwrap()
+            .grpc_holders("shop", "api", 8080, "shop")
+            .is_empty()
+    );
+    // Services did not move.
+    assert!(!services_changed.has_changed().unwrap());
+    follow.abort();
+}
+
+#[tokio::test]
+async fn without_the_grpc_route_kind_services_alone_are_followed() {
+    let (client, seen) = api_mock::client(cluster_api(Arc::new(AtomicBool::new(false))));
+    let (services, _services_changed) = watch::channel(());
+    let (grpc_routes, _grpc_routes_changed) = watch::channel(());
+    let (synced, mut is_synced) = watch::channel(false);
+    let follow = tokio::spawn(facts::follow(
+        client,
+        Arc::new(RwLock::new(Cluster::default())),
+        false,
+        Signals {
+            services,
+            grpc_routes,
+            synced,
+        },
+    ));
+    tokio::time::timeout(Duration::from_secs(20), is_synced.wait_for(|s| *s))
+        .await
+        .expect("synced in time")
+        .unwrap();
+    follow.abort();
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.path.starts_with("/api/v1/services")),
+        "{:#?}",
+        seen.lock().unwrap()
+    );
+}
+
+/// The whole of it: facts followed, then the controllers; the HTTPRoute
+/// on the GRPCRoute's port is written Conflicted, and once the GRPCRoute
+/// is deleted, written Accepted again without any change of its own.
+#[tokio::test]
+async fn a_grpc_route_deleted_gives_the_http_route_its_port_back() {
+    let deliver = Arc::new(AtomicBool::new(false));
+    let (client, seen) = api_mock::client(cluster_api(deliver.clone()));
+    let report = tokio::spawn(async move {
+        super::report(
+            &client,
+            ME,
+            Served {
+                http_routes: true,
+                grpc_routes: true,
+            },
+        )
+        .await;
+    });
+    let writes = |seen: &Arc<std::sync::Mutex<Vec<Seen>>>| -> Vec<Value> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.method == "PATCH" && s.path.starts_with(HTTP_STATUS))
+            .map(|s| s.body["status"]["parents"][0].clone())
+            .collect()
+    };
+    let wait_for = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            for _ in 0..400 {
+                if writes(&seen).len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!(
+                "{n} status writes of shop/r not seen: {:#?}",
+                seen.lock().unwrap()
+            );
+        }
+    };
+    wait_for(1).await;
+    let first = &writes(&seen)[0];
+    assert_eq!(
+        conditions(first)[0],
+        cond("Accepted", "False", "Conflicted")
+    );
+    deliver.store(true, Ordering::SeqCst);
+    wait_for(2).await;
+    report.abort();
+    let second = &writes(&seen)[1];
+    assert_eq!(conditions(second)[0], cond("Accepted", "True", "Accepted"));
+    // The GRPCRoute's own status was written too, Accepted.
+    assert!(seen.lock().unwrap().iter().any(|s| {
+        s.method == "PATCH"
+            && s.path.starts_with(
+                "/apis/gateway.networking.k8s.io/v1/namespaces/shop/grpcroutes/g/status",
+            )
+            && s.body["status"]["parents"][0]["conditions"][0]["reason"] == "Accepted"
+    }));
 }
