@@ -1,9 +1,11 @@
 //! The conditions of each route attached to a Service, for each parentRef
 //! naming that Service: Accepted and ResolvedRefs as `mesh_route::status`
 //! computes them (what the CA's route status controller writes), over the
-//! facts the view holds. A route that did not compile is not in the view
-//! (a local file refuses it, the API's watch leaves it out), so it is never
-//! listed here; its status on the API server says why.
+//! facts the view holds: its Services and its GRPCRoutes (an HTTPRoute on
+//! ports GRPCRoutes hold is Conflicted). A route that did not compile is
+//! not in the view (a local file refuses it, the API's watch leaves it
+//! out), so it is never listed here; its status on the API server says
+//! why.
 use mesh_discovery::{
     model::{Service, ServiceKind},
     view::MeshView,
@@ -12,7 +14,7 @@ use mesh_route::{
     CompiledRoute,
     compile::{BackendRef, Filter, RouteKind},
     spec::{self, BackendObjectRef, ParentRef},
-    status::{self, Cluster, Observed, RouteParentStatus},
+    status::{self, Cluster, GrpcAttachment, Observed, RouteParentStatus},
 };
 use serde::Serialize;
 
@@ -56,14 +58,24 @@ pub struct RouteStatus {
     pub parents: Vec<ParentStatus>,
     /// Ports whose table leaves the route out, and why: an HTTPRoute and a
     /// GRPCRoute cannot share a Service port, and the GRPCRoute holds it
-    /// (GEP-1426 ranks GRPCRoute above HTTPRoute).
+    /// (GEP-1426 ranks GRPCRoute above HTTPRoute). Read from the waypoint's
+    /// tables, so it says where the route is partly left out too, which
+    /// Accepted (True then) shows only in its message.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
 }
 
-/// The Services of the view, as `mesh_route::status` reads them.
+/// The Services and GRPCRoutes of the view, as `mesh_route::status`
+/// reads them.
 pub fn cluster(view: &MeshView) -> Cluster {
     let mut cluster = Cluster::default();
+    // A GRPCRoute attached to no Service holds no port: those attached
+    // to some are all there is to know (listed once per Service).
+    cluster.replace_grpc_routes(
+        view.services()
+            .flat_map(|s| view.routes.of_service(&s.service.key()))
+            .filter_map(|r| GrpcAttachment::of(r)),
+    );
     cluster.replace_services(view.services().map(|s| {
         let svc = &s.service;
         let facts = status::Service {
@@ -172,10 +184,12 @@ fn left_out(view: &MeshView, svc: &Service, route: &CompiledRoute) -> Vec<String
             if !table.conflicts().contains(&route.id) {
                 return None;
             }
-            let holder = table
-                .kind()
-                .map_or("route of the other kind", |k| k.kind_name());
-            Some(format!("port {port}: a {holder} holds it"))
+            let holders: Vec<String> = table.routes().iter().map(|r| r.id.to_string()).collect();
+            let kind = table.kind().map_or("route", |k| k.kind_name());
+            Some(match holders.as_slice() {
+                [one] => format!("port {port}: {kind} {one} holds it"),
+                many => format!("port {port}: {kind}s {} hold it", many.join(", ")),
+            })
         })
         .collect()
 }

@@ -381,6 +381,8 @@ fn inspect_shows_routes_with_status_and_tables() {
 
 /// An HTTPRoute older than the GRPCRoute on the same port is still left
 /// out of it: GEP-1426 ranks GRPCRoute above HTTPRoute whatever their age.
+/// Its status says so (Conflicted, as the CA writes it) and so does the
+/// note read from the waypoint's table.
 #[test]
 fn an_http_route_loses_a_port_a_grpc_route_holds() {
     let view = view();
@@ -388,12 +390,77 @@ fn an_http_route_loses_a_port_a_grpc_route_holds() {
     let text = inspect::render(Format::Table, &api).unwrap();
     assert!(
         text.lines().any(|l| l
-            == "note: HTTPRoute shop/api-http is left out of port 9090: a GRPCRoute holds it; \
+            == "note: HTTPRoute shop/api-http is left out of port 9090: GRPCRoute shop/echo holds it; \
                 HTTPRoutes and GRPCRoutes cannot share a Service port, and GRPCRoutes take it"),
         "{text}"
     );
+    let row = |route: &str| {
+        text.lines()
+            .find(|l| l.starts_with(route))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| panic!("no row {route} in\n{text}"))
+    };
+    assert_eq!(
+        row("shop/api-http "),
+        "shop/api-http HTTPRoute shop/api#grpc False Conflicted: Service shop/api: port 9090 \
+         is held by GRPCRoute shop/echo; a GRPCRoute takes a Service port over HTTPRoutes \
+         (GEP-1426), so this route applies to none of the ports it names True ResolvedRefs"
+    );
+    assert_eq!(
+        row("shop/echo "),
+        "shop/echo GRPCRoute shop/api#grpc True Accepted True ResolvedRefs"
+    );
     let say = ask(&view, "shop/api", "POST /pkg.Echo/Say", Some(9090), None);
     assert_eq!(rule_of(&say), Some(("shop/echo".into(), 0)));
+}
+
+/// An HTTPRoute on every port of the Service, one of which a GRPCRoute
+/// holds: applied on the others, so Accepted, its message and the note
+/// naming the port it is left out of.
+#[test]
+fn an_http_route_on_ports_some_of_which_a_grpc_route_holds_stays_accepted() {
+    let file = format!(
+        "{NODE_FILE}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api-all, namespace: shop}}
+spec:
+  parentRefs: [{{group: \"\", kind: Service, name: api}}]
+  rules: [{{backendRefs: [{{name: api, port: 80}}]}}]
+"
+    );
+    let view = NodeConfig::parse(Path::new("node.yaml"), &file, None)
+        .unwrap()
+        .view();
+    let api = inspect::inspect(&view, "shop/api").unwrap();
+    let json: Value = serde_json::from_str(&inspect::render(Format::Json, &api).unwrap()).unwrap();
+    let all = json["routes"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "shop/api-all")
+        .unwrap_or_else(|| panic!("{json:#}"));
+    assert_eq!(
+        all["parents"][0]["accepted"],
+        json!({"status": true, "reason": "Accepted",
+               "message": "attached to Service shop/api (every port), applied to port 80 only: \
+                           port 9090 is held by GRPCRoute shop/echo; a GRPCRoute takes a Service \
+                           port over HTTPRoutes (GEP-1426)"})
+    );
+    assert_eq!(
+        all["leftOut"],
+        json!(["port 9090: GRPCRoute shop/echo holds it"])
+    );
+    let text = inspect::render(Format::Table, &api).unwrap();
+    assert!(
+        text.contains(
+            "note: HTTPRoute shop/api-all is left out of port 9090: GRPCRoute shop/echo holds it;"
+        ),
+        "{text}"
+    );
+    // On port 80 the route is the table.
+    let get = ask(&view, "shop/api", "GET /", Some(80), None);
+    assert_eq!(rule_of(&get), Some(("shop/api-all".into(), 0)));
 }
 
 #[test]
