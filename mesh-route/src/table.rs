@@ -137,7 +137,7 @@ impl RouteTable {
         &self.routes
     }
 
-    /// Routes left out because an older route of the other kind holds the port.
+    /// HTTPRoutes left out because a GRPCRoute holds the port (GEP-1426).
     pub fn conflicts(&self) -> &[RouteId] {
         &self.conflicts
     }
