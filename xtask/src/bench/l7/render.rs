@@ -193,6 +193,19 @@ fn spread_cell(s: &Spread, decimals: usize) -> String {
     }
 }
 
+/// `1000` as `1,000`, as the column's label writes it.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }
@@ -208,7 +221,7 @@ fn view_sizes(v: &ViewBuilt) -> String {
 /// view with them, and which rules took web-routes' requests.
 fn routing_section(out: &mut String, results: &[(Route, RouteResult)], routing: &Routing) {
     let (route, rule) = routes::taken(routes::ROUTED);
-    let total = routes::SERVICES * routes::ROUTES_PER_SERVICE;
+    let total = thousands(routes::SERVICES * routes::ROUTES_PER_SERVICE);
     let _ = write!(
         out,
         "\nThe waypoint with {total} routes against without (same run, same waypoint): requests to {routed} ({per} routes of its own, {total} in the view; they take {route} rule {rule}, which the precedence tries after {before} others) beside requests to web-wp (no route). Each figure is the median, with the lowest and highest round in brackets; \"rounds overlap\" is whether the two figures' rounds overlap. No threshold is applied:\n\n| figure | without routes | with {total} routes | with / without | rounds overlap |\n|---|---|---|---|---|\n",
@@ -432,6 +445,14 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_written_with_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
     fn routes_cost_with_against_without_from_the_same_rounds() {
         let results = vec![
             (
@@ -536,7 +557,7 @@ mod tests {
         );
         assert!(
             out.contains(
-                "| figure | without routes | with 1000 routes | with / without | rounds overlap |\n"
+                "| figure | without routes | with 1,000 routes | with / without | rounds overlap |\n"
             ),
             "{out}"
         );
@@ -553,7 +574,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("view with the 1000 routes in 4.32 ms (102 Services, 11 pods, 3 EndpointSlices, 1 namespaces, 0 AuthorizationPolicies), and the same view without them in 0.85 ms (102 Services,"),
+            out.contains("view with the 1,000 routes in 4.32 ms (102 Services, 11 pods, 3 EndpointSlices, 1 namespaces, 0 AuthorizationPolicies), and the same view without them in 0.85 ms (102 Services,"),
             "{out}"
         );
         assert!(
