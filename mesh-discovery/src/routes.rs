@@ -94,7 +94,7 @@ impl Routes {
         for ((svc, number), audiences) in groups {
             let mut port = PortRoutes::default();
             for (audience, list) in audiences {
-                let table = RouteTable::new(list.into_iter().map(|r| r.as_ref().clone()).collect());
+                let table = RouteTable::new(list.into_iter().cloned());
                 match audience {
                     None => port.producer = table,
                     Some(ns) => {

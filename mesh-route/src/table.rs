@@ -2,7 +2,10 @@
 //! precedence. Each match is ranked on its own (a rule's matches are ORed,
 //! and one of them may outrank another rule while its sibling does not).
 
-use std::cmp::{Ordering, Reverse};
+use std::{
+    cmp::{Ordering, Reverse},
+    sync::Arc,
+};
 
 use crate::compile::{
     CompiledRoute, GrpcMatch, GrpcMethodMatch, HttpMatch, Matches, PathMatch, RouteId, RouteKind,
@@ -55,7 +58,9 @@ pub(crate) struct Entry {
 
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    pub(crate) routes: Vec<CompiledRoute>,
+    /// Shared with the store and with the other ports' tables: a route
+    /// attached to many ports is held once.
+    pub(crate) routes: Vec<Arc<CompiledRoute>>,
     pub(crate) entries: Vec<Entry>,
     conflicts: Vec<RouteId>,
 }
@@ -67,7 +72,7 @@ impl RouteTable {
         port: &ServicePort,
         routes: impl IntoIterator<Item = CompiledRoute>,
     ) -> RouteTable {
-        RouteTable::new(routes.into_iter().filter(|r| port.is_attached(r)).collect())
+        RouteTable::new(routes.into_iter().filter(|r| port.is_attached(r)))
     }
 
     /// The table of the given routes, all attached to one port. HTTPRoutes
@@ -75,8 +80,9 @@ impl RouteTable {
     /// (GRPCRoute over HTTPRoute, whatever their age), so with any
     /// GRPCRoute the HTTPRoutes are left out and listed by
     /// [`RouteTable::conflicts`] for their status (`Conflicted`).
-    pub fn new(mut routes: Vec<CompiledRoute>) -> RouteTable {
-        routes.sort_by(route_order);
+    pub fn new<R: Into<Arc<CompiledRoute>>>(routes: impl IntoIterator<Item = R>) -> RouteTable {
+        let mut routes: Vec<Arc<CompiledRoute>> = routes.into_iter().map(Into::into).collect();
+        routes.sort_by(|a, b| route_order(a, b));
         let mut conflicts = Vec::new();
         let kind = if routes.iter().any(|r| r.kind == RouteKind::Grpc) {
             Some(RouteKind::Grpc)
@@ -133,7 +139,7 @@ impl RouteTable {
         self.routes.first().map(|r| r.kind)
     }
 
-    pub fn routes(&self) -> &[CompiledRoute] {
+    pub fn routes(&self) -> &[Arc<CompiledRoute>] {
         &self.routes
     }
 
@@ -322,7 +328,7 @@ mod tests {
             }]
         );
         assert_eq!(order(&t), ["g:0:0"]);
-        assert!(RouteTable::new(vec![]).is_empty());
+        assert!(RouteTable::new(Vec::<CompiledRoute>::new()).is_empty());
     }
 
     #[test]
