@@ -278,15 +278,19 @@ fn from_dynamic<T: DeserializeOwned>(o: &DynamicObject) -> Result<T, convert::In
     })
 }
 
-/// An HTTPRoute, compiled. One that does not compile is left out here and
-/// reported in its status by the route controller.
+/// An HTTPRoute, compiled. A rule whose filters or backends cannot be
+/// applied is kept and answers 500 (Gateway API's answer); a route that
+/// cannot be placed at all (bad metadata or matches) is left out. Either
+/// way the route controller reports it in the route's status.
 pub fn convert_http_route(
     o: &DynamicObject,
 ) -> Result<mesh_route::CompiledRoute, convert::Invalid> {
     let route: mesh_route::spec::HttpRoute = from_dynamic(o)?;
-    mesh_route::compile_http_route(&route).map_err(|e| convert::Invalid {
-        field: e.field,
-        problem: e.problem.to_string(),
+    mesh_route::compile_http_route_with(&route, mesh_route::Strictness::KeepRules).map_err(|e| {
+        convert::Invalid {
+            field: e.field,
+            problem: e.problem.to_string(),
+        }
     })
 }
 
@@ -294,9 +298,11 @@ pub fn convert_grpc_route(
     o: &DynamicObject,
 ) -> Result<mesh_route::CompiledRoute, convert::Invalid> {
     let route: mesh_route::spec::GrpcRoute = from_dynamic(o)?;
-    mesh_route::compile_grpc_route(&route).map_err(|e| convert::Invalid {
-        field: e.field,
-        problem: e.problem.to_string(),
+    mesh_route::compile_grpc_route_with(&route, mesh_route::Strictness::KeepRules).map_err(|e| {
+        convert::Invalid {
+            field: e.field,
+            problem: e.problem.to_string(),
+        }
     })
 }
 

@@ -368,6 +368,23 @@ pub struct Rule {
     pub backends: Vec<Backend>,
     pub timeouts: Timeouts,
     pub retry: Option<Retry>,
+    /// Set when the rule's matches are good but what it does cannot be
+    /// applied (filters that cannot go together, a backend of a kind that
+    /// is not a Service, ...), in a route compiled with
+    /// [`Strictness::KeepRules`]: the requests it takes get 500, as Gateway
+    /// API prescribes, rather than falling through to another rule.
+    /// Filters, backends, timeouts and retry are then empty.
+    pub invalid: Option<RouteError>,
+}
+
+/// What a problem in one rule's filters or backends does to the route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strictness {
+    /// The route is refused (a local file naming the field: fix it first).
+    RefuseRoute,
+    /// The rule is kept as `Rule::invalid` and answers 500; the route's
+    /// status reports the problem (routes from the Kubernetes API).
+    KeepRules,
 }
 
 #[derive(Clone, Debug)]
@@ -419,11 +436,18 @@ fn at_most<T>(field: &str, items: &[T], max: usize) -> Result<(), RouteError> {
 }
 
 pub fn compile_http_route(route: &spec::HttpRoute) -> Result<CompiledRoute, RouteError> {
+    compile_http_route_with(route, Strictness::RefuseRoute)
+}
+
+pub fn compile_http_route_with(
+    route: &spec::HttpRoute,
+    strictness: Strictness,
+) -> Result<CompiledRoute, RouteError> {
     let (id, created) = route_header(&route.metadata)?;
     at_most("spec.rules", &route.spec.rules, MAX_RULES)?;
     let mut rules = Vec::with_capacity(route.spec.rules.len());
     for (index, rule) in route.spec.rules.iter().enumerate() {
-        rules.push(http_rule(&id, index, rule)?);
+        rules.push(http_rule(&id, index, rule, strictness)?);
     }
     Ok(CompiledRoute {
         id,
@@ -435,16 +459,28 @@ pub fn compile_http_route(route: &spec::HttpRoute) -> Result<CompiledRoute, Rout
 }
 
 pub fn compile_grpc_route(route: &spec::GrpcRoute) -> Result<CompiledRoute, RouteError> {
+    compile_grpc_route_with(route, Strictness::RefuseRoute)
+}
+
+pub fn compile_grpc_route_with(
+    route: &spec::GrpcRoute,
+    strictness: Strictness,
+) -> Result<CompiledRoute, RouteError> {
     let (id, created) = route_header(&route.metadata)?;
     at_most("spec.rules", &route.spec.rules, MAX_RULES)?;
     let mut rules = Vec::with_capacity(route.spec.rules.len().max(1));
     for (index, rule) in route.spec.rules.iter().enumerate() {
-        rules.push(grpc_rule(&id, index, rule)?);
+        rules.push(grpc_rule(&id, index, rule, strictness)?);
     }
     // No rule at all: the route matches every request and sends it nowhere,
     // which the caller answers as a rule without backends.
     if rules.is_empty() {
-        rules.push(grpc_rule(&id, 0, &spec::GrpcRouteRule::default())?);
+        rules.push(grpc_rule(
+            &id,
+            0,
+            &spec::GrpcRouteRule::default(),
+            strictness,
+        )?);
     }
     Ok(CompiledRoute {
         id,
@@ -455,7 +491,41 @@ pub fn compile_grpc_route(route: &spec::GrpcRoute) -> Result<CompiledRoute, Rout
     })
 }
 
-fn http_rule(id: &RouteId, index: usize, rule: &spec::HttpRouteRule) -> Result<Rule, RouteError> {
+/// What a rule does, once its matches are known.
+struct Action {
+    filters: Vec<Filter>,
+    backends: Vec<Backend>,
+    timeouts: Timeouts,
+    retry: Option<Retry>,
+}
+
+/// `action`'s result as the rule keeps it: its problem refuses the route,
+/// or makes the rule one that answers 500.
+fn keep(
+    action: Result<Action, RouteError>,
+    strictness: Strictness,
+) -> Result<(Action, Option<RouteError>), RouteError> {
+    match (action, strictness) {
+        (Ok(a), _) => Ok((a, None)),
+        (Err(e), Strictness::RefuseRoute) => Err(e),
+        (Err(e), Strictness::KeepRules) => Ok((
+            Action {
+                filters: Vec::new(),
+                backends: Vec::new(),
+                timeouts: Timeouts::default(),
+                retry: None,
+            },
+            Some(e),
+        )),
+    }
+}
+
+fn http_rule(
+    id: &RouteId,
+    index: usize,
+    rule: &spec::HttpRouteRule,
+    strictness: Strictness,
+) -> Result<Rule, RouteError> {
     let at = format!("spec.rules[{index}]");
     at_most(&format!("{at}.matches"), &rule.matches, MAX_MATCHES)?;
     let mut matches = Vec::with_capacity(rule.matches.len().max(1));
@@ -468,29 +538,44 @@ fn http_rule(id: &RouteId, index: usize, rule: &spec::HttpRouteRule) -> Result<R
             &spec::HttpRouteMatch::default(),
         )?);
     }
-    let filters = rule_filters(&at, id, &rule.filters, FilterScope::HttpRule)?;
-    check_filter_combination(&at, &rule.filters, &matches)?;
-    let backends = backends(&at, id, &rule.backend_refs)?;
-    let timeouts = match &rule.timeouts {
-        None => Timeouts::default(),
-        Some(t) => timeouts(&format!("{at}.timeouts"), t)?,
-    };
-    let retry = match &rule.retry {
-        None => None,
-        Some(r) => Some(retry(&format!("{at}.retry"), r)?),
-    };
+    let action = (|| {
+        let filters = rule_filters(&at, id, &rule.filters, FilterScope::HttpRule)?;
+        check_filter_combination(&at, &rule.filters, &matches)?;
+        let backends = backends(&at, id, &rule.backend_refs)?;
+        let timeouts = match &rule.timeouts {
+            None => Timeouts::default(),
+            Some(t) => timeouts(&format!("{at}.timeouts"), t)?,
+        };
+        let retry = match &rule.retry {
+            None => None,
+            Some(r) => Some(retry(&format!("{at}.retry"), r)?),
+        };
+        Ok(Action {
+            filters,
+            backends,
+            timeouts,
+            retry,
+        })
+    })();
+    let (action, invalid) = keep(action, strictness)?;
     Ok(Rule {
         index,
         name: rule.name.clone(),
         matches: Matches::Http(matches),
-        filters,
-        backends,
-        timeouts,
-        retry,
+        filters: action.filters,
+        backends: action.backends,
+        timeouts: action.timeouts,
+        retry: action.retry,
+        invalid,
     })
 }
 
-fn grpc_rule(id: &RouteId, index: usize, rule: &spec::GrpcRouteRule) -> Result<Rule, RouteError> {
+fn grpc_rule(
+    id: &RouteId,
+    index: usize,
+    rule: &spec::GrpcRouteRule,
+    strictness: Strictness,
+) -> Result<Rule, RouteError> {
     let at = format!("spec.rules[{index}]");
     at_most(&format!("{at}.matches"), &rule.matches, MAX_MATCHES)?;
     let mut matches = Vec::with_capacity(rule.matches.len().max(1));
@@ -503,16 +588,24 @@ fn grpc_rule(id: &RouteId, index: usize, rule: &spec::GrpcRouteRule) -> Result<R
             headers: Vec::new(),
         });
     }
-    let filters = rule_filters(&at, id, &rule.filters, FilterScope::GrpcRule)?;
-    let backends = backends(&at, id, &rule.backend_refs)?;
+    let action = (|| {
+        Ok(Action {
+            filters: rule_filters(&at, id, &rule.filters, FilterScope::GrpcRule)?,
+            backends: backends(&at, id, &rule.backend_refs)?,
+            timeouts: Timeouts::default(),
+            retry: None,
+        })
+    })();
+    let (action, invalid) = keep(action, strictness)?;
     Ok(Rule {
         index,
         name: rule.name.clone(),
         matches: Matches::Grpc(matches),
-        filters,
-        backends,
-        timeouts: Timeouts::default(),
-        retry: None,
+        filters: action.filters,
+        backends: action.backends,
+        timeouts: action.timeouts,
+        retry: action.retry,
+        invalid,
     })
 }
 
@@ -1544,5 +1637,36 @@ mod tests {
         for (spec, field) in cases {
             assert_eq!(grpc(spec).expect_err(spec).field, field, "{spec}");
         }
+    }
+
+    /// From the API, a rule whose filters cannot go together is kept and
+    /// answers 500 (its status says why); from a local file the route is
+    /// refused. The other rules stay as they are.
+    #[test]
+    fn keep_rules_makes_a_bad_rule_answer_500_instead_of_refusing_the_route() {
+        let route: spec::HttpRoute = serde_json::from_str(
+            r#"{"metadata":{"name":"r","namespace":"ns"},"spec":{"rules":[
+              {"matches":[{"path":{"type":"PathPrefix","value":"/a"}}],
+               "filters":[{"type":"RequestRedirect","requestRedirect":{"hostname":"x"}},
+                          {"type":"URLRewrite","urlRewrite":{"hostname":"y"}}]},
+              {"backendRefs":[{"name":"b","port":80}]}]}}"#,
+        )
+        .unwrap();
+        let refused = compile_http_route(&route).unwrap_err();
+        assert_eq!(refused.field, "spec.rules[0].filters");
+        let kept = compile_http_route_with(&route, Strictness::KeepRules).unwrap();
+        assert_eq!(kept.rules.len(), 2);
+        let bad = kept.rules[0].invalid.as_ref().unwrap();
+        assert_eq!(bad, &refused);
+        assert!(kept.rules[0].filters.is_empty() && kept.rules[0].backends.is_empty());
+        assert!(matches!(&kept.rules[0].matches, Matches::Http(m) if m.len() == 1));
+        assert!(kept.rules[1].invalid.is_none());
+        assert_eq!(kept.rules[1].backends.len(), 1);
+        // A bad match still refuses the route: it cannot be placed.
+        let bad_match: spec::HttpRoute = serde_json::from_str(
+            r#"{"metadata":{"name":"r"},"spec":{"rules":[{"matches":[{"path":{"type":"RegularExpression","value":"("}}]}]}}"#,
+        )
+        .unwrap();
+        assert!(compile_http_route_with(&bad_match, Strictness::KeepRules).is_err());
     }
 }

@@ -20,6 +20,9 @@ pub mod status;
 pub mod table;
 pub mod uri;
 
-pub use compile::{CompiledRoute, RouteError, compile_grpc_route, compile_http_route};
+pub use compile::{
+    CompiledRoute, RouteError, Strictness, compile_grpc_route, compile_grpc_route_with,
+    compile_http_route, compile_http_route_with,
+};
 pub use matcher::{Matched, Request};
 pub use table::RouteTable;

@@ -64,6 +64,9 @@ pub enum Action {
 pub enum Unroutable {
     #[error("the rule has no backend with a weight above 0")]
     NoBackend,
+    /// The route's status reports it too.
+    #[error("the rule cannot be applied: {0}")]
+    InvalidRule(String),
     #[error("backend Service {0} does not exist")]
     NoSuchService(String),
     #[error("backend Service {service} has no port {port}")]
@@ -136,6 +139,12 @@ pub fn decide(
             .rule_name()
             .map_or_else(|| matched.rule_index().to_string(), str::to_owned),
     };
+    if let Some(why) = &matched.rule.invalid {
+        return Decision::Routed {
+            rule,
+            action: Action::Unroutable(Unroutable::InvalidRule(why.to_string())),
+        };
+    }
     let mut forward = Forward {
         backend: BackendRef {
             namespace: String::new(),
@@ -228,5 +237,90 @@ pub fn resolve(view: &MeshView, backend: &BackendRef) -> Result<Vec<SocketAddr>,
 impl Unroutable {
     pub fn status(&self) -> StatusCode {
         StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use mesh_discovery::{
+        model::{Service, ServiceKind, ServicePort, TargetPort},
+        store::Store,
+        view::{MeshView, ViewSettings},
+    };
+    use mesh_route::{Strictness, compile_http_route_with, spec::HttpRoute};
+
+    use super::*;
+
+    /// Service shop/web (port 80) with one route from the API whose first
+    /// rule cannot be applied (RequestRedirect with URLRewrite).
+    fn view() -> MeshView {
+        let mut store = Store::default();
+        store.services.apply(
+            "shop/web".into(),
+            Service {
+                name: "web".into(),
+                namespace: "shop".into(),
+                kind: ServiceKind::ClusterIp(vec!["10.96.0.1".parse::<IpAddr>().unwrap()]),
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    target: TargetPort::Number(8080),
+                    app_protocol: None,
+                }],
+                selector: None,
+                labels: Default::default(),
+            },
+        );
+        let route: HttpRoute = serde_json::from_str(
+            r#"{"metadata":{"name":"r","namespace":"shop"},"spec":{
+              "parentRefs":[{"group":"","kind":"Service","name":"web"}],
+              "rules":[
+                {"name":"bad","matches":[{"path":{"type":"PathPrefix","value":"/a"}}],
+                 "filters":[{"type":"RequestRedirect","requestRedirect":{"hostname":"x"}},
+                            {"type":"URLRewrite","urlRewrite":{"hostname":"y"}}]},
+                {"backendRefs":[{"name":"web","port":80}]}]}}"#,
+        )
+        .unwrap();
+        let compiled = compile_http_route_with(&route, Strictness::KeepRules).unwrap();
+        store.http_routes.apply("shop/r".into(), compiled);
+        MeshView::build(&store, &ViewSettings::default())
+    }
+
+    fn decision(view: &MeshView, path: &str) -> Decision {
+        let table = view
+            .routes
+            .port("shop/web", 80)
+            .and_then(|p| p.for_client(Some("shop")));
+        let headers = HeaderMap::new();
+        let head = Head {
+            method: &Method::GET,
+            path,
+            query: None,
+            headers: &headers,
+            host: "web.shop",
+        };
+        decide(view, table, &head, 80, 0)
+    }
+
+    #[test]
+    fn a_rule_that_cannot_be_applied_answers_500_and_the_others_still_route() {
+        let view = view();
+        let Decision::Routed { rule, action } = decision(&view, "/a/x") else {
+            panic!("routed");
+        };
+        assert_eq!(rule.rule, "bad");
+        let Action::Unroutable(Unroutable::InvalidRule(why)) = action else {
+            panic!("{action:?}");
+        };
+        assert!(why.contains("spec.rules[0].filters"), "{why}");
+        let Decision::Routed { action, .. } = decision(&view, "/b") else {
+            panic!("routed");
+        };
+        let Action::Forward(f) = action else {
+            panic!("{action:?}");
+        };
+        assert_eq!((f.backend.name.as_str(), f.backend.port), ("web", 80));
     }
 }

@@ -102,6 +102,12 @@ pub enum Action {
     NoBackend {
         status: u16,
     },
+    /// The rule's filters or backends cannot be applied (a route from the
+    /// API, kept with the rule marked): the waypoint answers 500.
+    InvalidRule {
+        status: u16,
+        problem: String,
+    },
 }
 
 /// The Service's port the question is about: the one given (which the
@@ -200,7 +206,12 @@ pub fn answer(view: &MeshView, service: &str, q: Question<'_>) -> anyhow::Result
             svc.service.name, svc.service.namespace
         )
     });
-    let action = if let Some(r) = found.filters().iter().find_map(|f| match f {
+    let action = if let Some(problem) = &found.rule.invalid {
+        Action::InvalidRule {
+            status: StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
+            problem: problem.to_string(),
+        }
+    } else if let Some(r) = found.filters().iter().find_map(|f| match f {
         Filter::Redirect(r) => Some(r),
         _ => None,
     }) {

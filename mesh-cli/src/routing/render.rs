@@ -155,6 +155,9 @@ pub fn answer(a: &Answer) -> String {
                         "no backend: {status} (the rule has no backendRef of weight above 0)\n"
                     ));
                 }
+                Action::InvalidRule { status, problem } => {
+                    out.push_str(&format!("rule cannot be applied: {status} ({problem})\n"));
+                }
                 Action::Forward {
                     path,
                     authority,
