@@ -364,12 +364,13 @@ pub fn http_route_parents(
     cluster: &Cluster,
     observed: &Observed<'_>,
 ) -> Vec<RouteParentStatus> {
-    let mut refs = Vec::new();
-    for (i, rule) in route.spec.rules.iter().enumerate() {
-        let at = format!("spec.rules[{i}]");
-        mirrors(&at, &rule.filters, &mut refs);
-        backends(&at, &rule.backend_refs, &mut refs);
-    }
+    let refs = rule_refs(
+        route
+            .spec
+            .rules
+            .iter()
+            .map(|r| (r.filters.as_slice(), r.backend_refs.as_slice())),
+    );
     parents(
         RouteKind::Http,
         &route.metadata,
@@ -388,12 +389,13 @@ pub fn grpc_route_parents(
     cluster: &Cluster,
     observed: &Observed<'_>,
 ) -> Vec<RouteParentStatus> {
-    let mut refs = Vec::new();
-    for (i, rule) in route.spec.rules.iter().enumerate() {
-        let at = format!("spec.rules[{i}]");
-        mirrors(&at, &rule.filters, &mut refs);
-        backends(&at, &rule.backend_refs, &mut refs);
-    }
+    let refs = rule_refs(
+        route
+            .spec
+            .rules
+            .iter()
+            .map(|r| (r.filters.as_slice(), r.backend_refs.as_slice())),
+    );
     parents(
         RouteKind::Grpc,
         &route.metadata,
@@ -436,6 +438,20 @@ fn distinct_service_parents(parent_refs: &[ParentRef]) -> impl Iterator<Item = &
         .enumerate()
         .filter(|(i, p)| is_service_parent(p) && !parent_refs[..*i].contains(p))
         .map(|(_, p)| p)
+}
+
+/// Every backend a route's rules name (RequestMirror's and backendRefs'),
+/// with the field that names it; HTTPRoute and GRPCRoute rules alike.
+fn rule_refs<'a>(
+    rules: impl Iterator<Item = (&'a [spec::HttpRouteFilter], &'a [spec::HttpBackendRef])>,
+) -> Vec<(String, &'a BackendObjectRef)> {
+    let mut refs = Vec::new();
+    for (i, (filters, backend_refs)) in rules.enumerate() {
+        let at = format!("spec.rules[{i}]");
+        mirrors(&at, filters, &mut refs);
+        backends(&at, backend_refs, &mut refs);
+    }
+    refs
 }
 
 fn mirrors<'a>(
