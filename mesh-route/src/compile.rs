@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use regex::{Regex, RegexBuilder};
 
 use crate::duration;
+use crate::fault::{self, FaultRef};
 use crate::spec;
 
 /// The CRD's `maxItems`: enforced here too, since a route read from a file
@@ -365,6 +366,10 @@ pub struct Rule {
     pub name: Option<String>,
     pub matches: Matches,
     pub filters: Vec<Filter>,
+    /// The HTTPFaultInjection objects the rule's ExtensionRef filters name,
+    /// in order; resolved per request, and one that is missing or invalid
+    /// makes the rule answer 500 (an unresolvable filter is never skipped).
+    pub faults: Vec<FaultRef>,
     pub backends: Vec<Backend>,
     pub timeouts: Timeouts,
     pub retry: Option<Retry>,
@@ -494,6 +499,7 @@ pub fn compile_grpc_route_with(
 /// What a rule does, once its matches are known.
 struct Action {
     filters: Vec<Filter>,
+    faults: Vec<FaultRef>,
     backends: Vec<Backend>,
     timeouts: Timeouts,
     retry: Option<Retry>,
@@ -511,6 +517,7 @@ fn keep(
         (Err(e), Strictness::KeepRules) => Ok((
             Action {
                 filters: Vec::new(),
+                faults: Vec::new(),
                 backends: Vec::new(),
                 timeouts: Timeouts::default(),
                 retry: None,
@@ -539,7 +546,7 @@ fn http_rule(
         )?);
     }
     let action = (|| {
-        let filters = rule_filters(&at, id, &rule.filters, FilterScope::HttpRule)?;
+        let (filters, faults) = rule_filters(&at, id, &rule.filters, FilterScope::HttpRule)?;
         check_filter_combination(&at, &rule.filters, &matches)?;
         let backends = backends(&at, id, &rule.backend_refs)?;
         let timeouts = match &rule.timeouts {
@@ -552,6 +559,7 @@ fn http_rule(
         };
         Ok(Action {
             filters,
+            faults,
             backends,
             timeouts,
             retry,
@@ -563,6 +571,7 @@ fn http_rule(
         name: rule.name.clone(),
         matches: Matches::Http(matches),
         filters: action.filters,
+        faults: action.faults,
         backends: action.backends,
         timeouts: action.timeouts,
         retry: action.retry,
@@ -589,8 +598,10 @@ fn grpc_rule(
         });
     }
     let action = (|| {
+        let (filters, faults) = rule_filters(&at, id, &rule.filters, FilterScope::GrpcRule)?;
         Ok(Action {
-            filters: rule_filters(&at, id, &rule.filters, FilterScope::GrpcRule)?,
+            filters,
+            faults,
             backends: backends(&at, id, &rule.backend_refs)?,
             timeouts: Timeouts::default(),
             retry: None,
@@ -602,6 +613,7 @@ fn grpc_rule(
         name: rule.name.clone(),
         matches: Matches::Grpc(matches),
         filters: action.filters,
+        faults: action.faults,
         backends: action.backends,
         timeouts: action.timeouts,
         retry: action.retry,
@@ -811,11 +823,16 @@ fn rule_filters(
     id: &RouteId,
     list: &[spec::HttpRouteFilter],
     scope: FilterScope,
-) -> Result<Vec<Filter>, RouteError> {
+) -> Result<(Vec<Filter>, Vec<FaultRef>), RouteError> {
     at_most(&format!("{at}.filters"), list, MAX_LIST)?;
     let mut out: Vec<Filter> = Vec::with_capacity(list.len());
+    let mut faults = Vec::new();
     for (i, f) in list.iter().enumerate() {
         let field = format!("{at}.filters[{i}]");
+        if f.kind == "ExtensionRef" && scope != FilterScope::Backend {
+            faults.push(fault_ref(&field, id, f)?);
+            continue;
+        }
         let filter = filter(&field, id, f, scope)?;
         // Every type but RequestMirror may appear once per list.
         let repeated = out.iter().any(|o| {
@@ -830,7 +847,39 @@ fn rule_filters(
         }
         out.push(filter);
     }
-    Ok(out)
+    Ok((out, faults))
+}
+
+/// An ExtensionRef filter: the only extension is an HTTPFaultInjection in
+/// the route's own namespace (a local object reference has no namespace).
+fn fault_ref(field: &str, id: &RouteId, f: &spec::HttpRouteFilter) -> Result<FaultRef, RouteError> {
+    let others = [
+        f.request_header_modifier.is_some(),
+        f.response_header_modifier.is_some(),
+        f.request_redirect.is_some(),
+        f.url_rewrite.is_some(),
+        f.request_mirror.is_some(),
+    ];
+    if others.contains(&true) {
+        return invalid(field, "only the field of type ExtensionRef may be set");
+    }
+    let Some(r) = &f.extension_ref else {
+        return invalid(field, "type ExtensionRef needs the field extensionRef");
+    };
+    let at = format!("{field}.extensionRef");
+    if r.group != fault::GROUP {
+        return unsupported(format!("{at}.group"), &r.group, "mesh.io");
+    }
+    if r.kind != fault::KIND {
+        return unsupported(format!("{at}.kind"), &r.kind, "HTTPFaultInjection");
+    }
+    if r.name.is_empty() {
+        return invalid(format!("{at}.name"), "empty");
+    }
+    Ok(FaultRef {
+        namespace: id.namespace.clone(),
+        name: r.name.clone(),
+    })
 }
 
 fn check_filter_combination(
@@ -1171,7 +1220,8 @@ fn backends(
                 format!("{} is not within 0 to {MAX_WEIGHT}", b.weight),
             );
         }
-        let filters = rule_filters(&field, id, &b.filters, FilterScope::Backend)?;
+        // The Backend scope diverts no filter to faults.
+        let (filters, _) = rule_filters(&field, id, &b.filters, FilterScope::Backend)?;
         out.push(Backend {
             target,
             weight: b.weight as u32,
@@ -1432,7 +1482,19 @@ mod tests {
             ),
             (
                 r#"{"rules":[{"filters":[{"type":"ExtensionRef","extensionRef":{"group":"x","kind":"y","name":"z"}}]}]}"#,
-                "spec.rules[0].filters[0].type",
+                "spec.rules[0].filters[0].extensionRef.group",
+            ),
+            (
+                r#"{"rules":[{"filters":[{"type":"ExtensionRef","extensionRef":{"group":"mesh.io","kind":"y","name":"z"}}]}]}"#,
+                "spec.rules[0].filters[0].extensionRef.kind",
+            ),
+            (
+                r#"{"rules":[{"filters":[{"type":"ExtensionRef"}]}]}"#,
+                "spec.rules[0].filters[0]",
+            ),
+            (
+                r#"{"rules":[{"backendRefs":[{"name":"b","port":80,"filters":[{"type":"ExtensionRef","extensionRef":{"group":"mesh.io","kind":"HTTPFaultInjection","name":"z"}}]}]}]}"#,
+                "spec.rules[0].backendRefs[0].filters[0].type",
             ),
             (
                 r#"{"rules":[{"filters":[{"type":"CORS"}]}]}"#,
@@ -1668,5 +1730,27 @@ mod tests {
         )
         .unwrap();
         assert!(compile_http_route_with(&bad_match, Strictness::KeepRules).is_err());
+    }
+
+    #[test]
+    fn an_extension_ref_names_a_fault_in_the_routes_namespace() {
+        let r = compile(
+            r#"{"rules":[{"filters":[{"type":"ExtensionRef","extensionRef":{"group":"mesh.io","kind":"HTTPFaultInjection","name":"slow"}}],
+                          "backendRefs":[{"name":"b","port":80}]}]}"#,
+        )
+        .unwrap();
+        assert!(r.rules[0].filters.is_empty());
+        assert_eq!(
+            r.rules[0].faults,
+            vec![FaultRef {
+                namespace: "ns".into(),
+                name: "slow".into()
+            }]
+        );
+        let g = grpc(
+            r#"{"rules":[{"filters":[{"type":"ExtensionRef","extensionRef":{"group":"mesh.io","kind":"HTTPFaultInjection","name":"f"}}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(g.rules[0].faults[0].name, "f");
     }
 }

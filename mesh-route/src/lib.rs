@@ -10,6 +10,7 @@
 
 pub mod compile;
 pub mod duration;
+pub mod fault;
 pub mod headers;
 pub mod matcher;
 pub mod redirect;
