@@ -138,7 +138,7 @@ fn invalid_at(file: &Path, line: usize, field: String, problem: impl Into<String
 }
 
 /// The Kubernetes kinds a local file may hold.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 12] = [
     "Namespace",
     "Node",
     "Pod",
@@ -149,6 +149,7 @@ pub const KINDS: [&str; 11] = [
     "Gateway",
     "HTTPRoute",
     "GRPCRoute",
+    "HTTPFaultInjection",
     "ReferenceGrant",
 ];
 
@@ -479,6 +480,14 @@ pub fn parse_with(
                 })?;
                 store.grpc_routes.apply(key, compiled);
             }
+            "HTTPFaultInjection" => {
+                let object: mesh_route::fault::HttpFaultInjection =
+                    doc.typed(value, file, &what)?;
+                let fault = mesh_route::fault::compile(&object.spec).map_err(|e| {
+                    invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
+                })?;
+                store.faults.apply(key, fault);
+            }
             // Accepted and ignored rather than refused as an unknown kind:
             // Istio accepts ReferenceGrants (its Gateways use them), so
             // manifests carried over from Istio hold them, and a mesh route
@@ -636,5 +645,25 @@ mod tests {
             "HTTPRoute mesh/bad: spec.rules[0].matches[0].path.value"
         );
         assert!(e.to_string().contains("regular expression"), "{e}");
+    }
+
+    #[test]
+    fn fault_injections_are_read_and_a_bad_one_refuses_the_file_naming_line_and_field() {
+        let good = "kind: AgentConfig\n---\napiVersion: mesh.io/v1alpha1\nkind: HTTPFaultInjection\nmetadata: {name: slow, namespace: mesh}\nspec: {delay: {fixedDelay: 200ms, percentage: {value: 50}}}\n";
+        let (store, _) = parse(Path::new("f.yaml"), good, "AgentConfig").unwrap();
+        let fault = store.faults.get("mesh/slow").unwrap();
+        assert_eq!(
+            fault.delay.unwrap().fixed,
+            std::time::Duration::from_millis(200)
+        );
+        let bad = format!(
+            "{good}---\nkind: HTTPFaultInjection\nmetadata: {{name: bad, namespace: mesh}}\nspec:\n  abort: {{httpStatus: 700}}\n"
+        );
+        let e = parse(Path::new("f.yaml"), &bad, "AgentConfig").unwrap_err();
+        let ConfigError::Invalid { line, field, .. } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(*line, 8);
+        assert_eq!(field, "HTTPFaultInjection mesh/bad: spec.abort.httpStatus");
     }
 }

@@ -114,6 +114,10 @@ pub struct Store {
     pub http_routes: Collection<mesh_route::CompiledRoute>,
     /// GRPCRoutes, likewise.
     pub grpc_routes: Collection<mesh_route::CompiledRoute>,
+    /// HTTPFaultInjections (mesh.io), checked, by `<namespace>/<name>`; one
+    /// that does not validate is ignored here (absent, counted), so the
+    /// rules that name it answer 500.
+    pub faults: Collection<mesh_route::fault::Fault>,
     /// Node name → addresses. Local files only: they tell `mesh status`
     /// where the other nodes' agents are (the agent itself needs no Nodes).
     pub nodes: Collection<Vec<std::net::IpAddr>>,
@@ -156,6 +160,7 @@ impl Store {
                 + self.peer_authentication.ignored()
                 + self.gateways.ignored()
                 + self.http_routes.ignored()
+                + self.faults.ignored()
                 + self.grpc_routes.ignored(),
         }
     }

@@ -77,6 +77,8 @@ pub struct MeshView {
     gateways: HashMap<String, Arc<Gateway>>,
     waypoints: BTreeMap<String, Arc<Waypoint>>,
     required: HashMap<IpAddr, Arc<WaypointRequirement>>,
+    /// HTTPFaultInjections that validated, by `<namespace>/<name>`.
+    faults: HashMap<String, Arc<mesh_route::fault::Fault>>,
     /// Gateway API routes attached to Services (applied by waypoints).
     pub routes: Routes,
     pub policies: PolicySet,
@@ -211,6 +213,11 @@ impl MeshView {
                 .into_iter()
                 .map(|(ip, r)| (ip, Arc::new(r)))
                 .collect(),
+            faults: store
+                .faults
+                .iter()
+                .map(|(k, f)| (k.clone(), f.clone()))
+                .collect(),
             routes,
             policies: PolicySet {
                 root_namespace: settings.root_namespace.clone(),
@@ -232,6 +239,11 @@ impl MeshView {
 
     pub fn workload(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.by_ip.get(&ip.to_canonical())
+    }
+
+    /// The HTTPFaultInjection a rule names, if it exists and validated.
+    pub fn fault(&self, r: &mesh_route::fault::FaultRef) -> Option<&Arc<mesh_route::fault::Fault>> {
+        self.faults.get(&format!("{}/{}", r.namespace, r.name))
     }
 
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
