@@ -158,11 +158,15 @@ pub enum ResponseFlag {
     DownstreamProtocolError,
     /// `UPE`: the upstream broke the HTTP protocol.
     UpstreamProtocolError,
+    /// `DI`: the request was held for a delay a fault injection asked for.
+    DelayInjected,
+    /// `FI`: the request was aborted by a fault injection.
+    FaultInjected,
 }
 
 impl ResponseFlag {
     /// Every flag, in the order Envoy writes them.
-    pub const ALL: [ResponseFlag; 17] = [
+    pub const ALL: [ResponseFlag; 19] = [
         ResponseFlag::NoHealthyUpstream,
         ResponseFlag::UpstreamConnectionFailure,
         ResponseFlag::UpstreamOverflow,
@@ -175,6 +179,8 @@ impl ResponseFlag {
         ResponseFlag::UpstreamConnectionTermination,
         ResponseFlag::UpstreamRequestTimeout,
         ResponseFlag::LocalReset,
+        ResponseFlag::DelayInjected,
+        ResponseFlag::FaultInjected,
         ResponseFlag::StreamIdleTimeout,
         ResponseFlag::RateLimited,
         ResponseFlag::RbacAccessDenied,
@@ -202,6 +208,8 @@ impl ResponseFlag {
             ResponseFlag::RbacAccessDenied => "RBAC",
             ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::UpstreamProtocolError => "UPE",
+            ResponseFlag::DelayInjected => "DI",
+            ResponseFlag::FaultInjected => "FI",
         }
     }
 
