@@ -894,6 +894,14 @@ fn check_filter_combination(
             Problem::Conflict("RequestRedirect and URLRewrite cannot be used together in one rule"),
         );
     }
+    if has("RequestRedirect") && has("ExtensionRef") {
+        return err(
+            format!("{at}.filters"),
+            Problem::Conflict(
+                "a fault injection (ExtensionRef) applies to requests sent on; it cannot be used with RequestRedirect",
+            ),
+        );
+    }
     for (i, f) in list.iter().enumerate() {
         let (path, name) = match (&f.request_redirect, &f.url_rewrite) {
             (Some(r), _) if f.kind == "RequestRedirect" => (&r.path, "requestRedirect"),
@@ -1491,6 +1499,10 @@ mod tests {
             (
                 r#"{"rules":[{"filters":[{"type":"ExtensionRef"}]}]}"#,
                 "spec.rules[0].filters[0]",
+            ),
+            (
+                r#"{"rules":[{"filters":[{"type":"RequestRedirect","requestRedirect":{"hostname":"x"}},{"type":"ExtensionRef","extensionRef":{"group":"mesh.io","kind":"HTTPFaultInjection","name":"z"}}]}]}"#,
+                "spec.rules[0].filters",
             ),
             (
                 r#"{"rules":[{"backendRefs":[{"name":"b","port":80,"filters":[{"type":"ExtensionRef","extensionRef":{"group":"mesh.io","kind":"HTTPFaultInjection","name":"z"}}]}]}]}"#,
