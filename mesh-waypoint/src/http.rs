@@ -35,7 +35,11 @@ use tokio::{
 use tracing::{debug, warn};
 
 use mesh_discovery::view::MeshView;
-use mesh_route::{compile::Timeout, redirect::Redirection};
+use mesh_route::{
+    compile::Timeout,
+    fault::{AbortStatus, Injection},
+    redirect::Redirection,
+};
 
 use crate::{
     balancer::InFlight,
@@ -300,6 +304,37 @@ impl Open {
         response
     }
 
+    /// The abort a fault injection rolled, with its record written (`FI`).
+    /// A gRPC status is answered as gRPC does it: 200, trailers-only.
+    fn fault_abort(mut self, status: AbortStatus) -> Response<ResponseBody> {
+        let code = match status {
+            AbortStatus::Http(status) => return self.local(status, ResponseFlag::FaultInjected),
+            AbortStatus::Grpc(code) => code,
+        };
+        let code = code.to_string();
+        self.record.response_code = Some(StatusCode::OK);
+        self.record.grpc_status = GrpcStatus::from_header(code.as_bytes());
+        self.record
+            .response_flags
+            .insert(ResponseFlag::FaultInjected);
+        self.finish();
+        let mut response = Response::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&code) {
+            headers.insert("grpc-status", v);
+        }
+        headers.insert("grpc-message", HeaderValue::from_static("fault%20injected"));
+        response
+    }
+
     /// A response made here (no endpoint answered), with its record written.
     fn local(mut self, status: StatusCode, flag: ResponseFlag) -> Response<ResponseBody> {
         self.record.response_code = Some(status);
@@ -375,6 +410,12 @@ async fn proxy(
         Ok(routed) => routed,
         Err(response) => return *response,
     };
+    if let Some(delay) = plan.delay {
+        open.record
+            .response_flags
+            .insert(ResponseFlag::DelayInjected);
+        tokio::time::sleep(delay).await;
+    }
     if let Err(e) = upstream_head(&mut parts, protocol, &plan.authority) {
         warn!(authority = %authority, error = %e, "HTTP request refused (400): its authority or path cannot be forwarded");
         return open.local(
@@ -582,6 +623,9 @@ struct Plan {
     /// Mirrors the request is copied to (the roll made, the Service
     /// resolved).
     mirrors: Vec<mirror::Target>,
+    /// How long a fault injection holds the request before it is sent
+    /// (before the route's timeouts start, as Envoy's fault filter does).
+    delay: Option<Duration>,
 }
 
 /// The head and the kept body each attempt of a request gets a copy of.
@@ -645,6 +689,7 @@ fn route(
         request_timeout: None,
         retry: None,
         mirrors: Vec::new(),
+        delay: None,
     };
     let (rule, action) = match decision {
         Decision::Default => {
@@ -705,6 +750,17 @@ fn route(
         &forward.backend.name,
     ));
     let forward = *forward;
+    let injection = mesh_route::fault::inject(forward.faults.iter().map(|f| f.as_ref()), || {
+        rng.u32(..mesh_route::fault::ROLL_RANGE)
+    });
+    match injection {
+        Injection::None => {}
+        Injection::Abort(status) => {
+            debug!(authority = %authority, route = %rule.route, rule = %rule.rule, abort = ?status, "fault injection: request aborted (FI)");
+            return Err(Box::new(open.fault_abort(status)));
+        }
+        Injection::Delay(d) => plan.delay = Some(d),
+    }
     plan.endpoints = target::usable(view, &wp.own, forward.endpoints);
     plan.response_headers = forward.response_headers;
     plan.retry = forward.retry;

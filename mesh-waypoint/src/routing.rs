@@ -2,7 +2,7 @@
 //! decided from the request's head and the view alone: no I/O, so every
 //! branch is a unit test, and `mesh inspect --request` runs the same
 //! matcher. `http` carries the decision out.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use http::{HeaderMap, Method, StatusCode};
 use mesh_discovery::view::MeshView;
@@ -71,6 +71,9 @@ pub enum Unroutable {
     NoSuchService(String),
     #[error("backend Service {service} has no port {port}")]
     NoSuchPort { service: String, port: u16 },
+    /// An unresolvable filter is never skipped (Gateway API).
+    #[error("the ExtensionRef's HTTPFaultInjection {0} does not exist or is not valid")]
+    NoSuchFault(String),
 }
 
 /// Where a routed request goes and what is changed on its way.
@@ -90,6 +93,9 @@ pub struct Forward {
     pub mirrors: Vec<Mirror>,
     pub timeouts: Timeouts,
     pub retry: Option<Retry>,
+    /// The HTTPFaultInjections the rule names, resolved; rolled per request
+    /// by `mesh_route::fault::inject`.
+    pub faults: Vec<Arc<mesh_route::fault::Fault>>,
 }
 
 /// The table that routes a client of `client_namespace` to `target`, if
@@ -145,6 +151,16 @@ pub fn decide(
             action: Action::Unroutable(Unroutable::InvalidRule(why.to_string())),
         };
     }
+    let mut faults = Vec::with_capacity(matched.rule.faults.len());
+    for r in &matched.rule.faults {
+        match view.fault(r) {
+            Some(f) => faults.push(f.clone()),
+            None => {
+                let action = Action::Unroutable(Unroutable::NoSuchFault(r.to_string()));
+                return Decision::Routed { rule, action };
+            }
+        }
+    }
     let mut forward = Forward {
         backend: BackendRef {
             namespace: String::new(),
@@ -159,6 +175,7 @@ pub fn decide(
         mirrors: Vec::new(),
         timeouts: matched.rule.timeouts,
         retry: matched.rule.retry.clone(),
+        faults,
     };
     for filter in matched.filters() {
         if let Filter::Redirect(r) = filter {
@@ -322,5 +339,62 @@ mod tests {
             panic!("{action:?}");
         };
         assert_eq!((f.backend.name.as_str(), f.backend.port), ("web", 80));
+    }
+
+    /// A rule naming `shop/<name>` as its HTTPFaultInjection, with
+    /// `shop/slow` the only one in the store.
+    fn fault_decision(name: &str) -> Decision {
+        let mut store = Store::default();
+        store.services.apply(
+            "shop/web".into(),
+            Service {
+                name: "web".into(),
+                namespace: "shop".into(),
+                kind: ServiceKind::ClusterIp(vec!["10.96.0.1".parse::<IpAddr>().unwrap()]),
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    target: TargetPort::Number(8080),
+                    app_protocol: None,
+                }],
+                selector: None,
+                labels: Default::default(),
+            },
+        );
+        let route: HttpRoute = serde_json::from_str(&format!(
+            r#"{{"metadata":{{"name":"r","namespace":"shop"}},"spec":{{
+              "parentRefs":[{{"group":"","kind":"Service","name":"web"}}],
+              "rules":[{{"filters":[{{"type":"ExtensionRef","extensionRef":
+                  {{"group":"mesh.io","kind":"HTTPFaultInjection","name":"{name}"}}}}],
+                 "backendRefs":[{{"name":"web","port":80}}]}}]}}}}"#
+        ))
+        .unwrap();
+        let compiled = compile_http_route_with(&route, Strictness::KeepRules).unwrap();
+        store.http_routes.apply("shop/r".into(), compiled);
+        let spec = serde_json::from_str(r#"{"abort":{"httpStatus":503}}"#).unwrap();
+        store.faults.apply(
+            "shop/slow".into(),
+            mesh_route::fault::compile(&spec).unwrap(),
+        );
+        decision(&MeshView::build(&store, &ViewSettings::default()), "/")
+    }
+
+    #[test]
+    fn a_rules_fault_is_resolved_in_the_routes_namespace_and_a_missing_one_answers_500() {
+        let Decision::Routed { action, .. } = fault_decision("slow") else {
+            panic!("routed");
+        };
+        let Action::Forward(f) = action else {
+            panic!("{action:?}");
+        };
+        assert_eq!(f.faults.len(), 1);
+        assert!(f.faults[0].abort.is_some());
+        let Decision::Routed { action, .. } = fault_decision("gone") else {
+            panic!("routed");
+        };
+        assert_eq!(
+            action,
+            Action::Unroutable(Unroutable::NoSuchFault("shop/gone".into()))
+        );
     }
 }
