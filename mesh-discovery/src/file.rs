@@ -138,7 +138,7 @@ fn invalid_at(file: &Path, line: usize, field: String, problem: impl Into<String
 }
 
 /// The Kubernetes kinds a local file may hold.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 13] = [
     "Namespace",
     "Node",
     "Pod",
@@ -151,6 +151,7 @@ pub const KINDS: [&str; 12] = [
     "GRPCRoute",
     "HTTPFaultInjection",
     "ReferenceGrant",
+    "HTTPLocalRateLimitPolicy",
 ];
 
 /// What a policy document that cannot be read or enforced does to the file.
@@ -479,6 +480,14 @@ pub fn parse_with(
                     )
                 })?;
                 store.grpc_routes.apply(key, compiled);
+            }
+            "HTTPLocalRateLimitPolicy" => {
+                let policy: crate::ratelimit::Document = doc.typed(value, file, &what)?;
+                let compiled =
+                    crate::ratelimit::compile(&namespace, &name, &policy.spec).map_err(|e| {
+                        invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
+                    })?;
+                store.rate_limits.apply(key, compiled);
             }
             "HTTPFaultInjection" => {
                 let object: mesh_route::fault::HttpFaultInjection =

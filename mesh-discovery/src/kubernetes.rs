@@ -64,9 +64,10 @@ enum Change {
     Gateway(Box<watcher::Event<DynamicObject>>),
     HttpRoute(Box<watcher::Event<DynamicObject>>),
     GrpcRoute(Box<watcher::Event<DynamicObject>>),
+    RateLimit(Box<watcher::Event<DynamicObject>>),
 }
 
-const KINDS: usize = 9;
+const KINDS: usize = 10;
 
 fn watch<K>(
     client: &Client,
@@ -306,6 +307,23 @@ pub fn convert_grpc_route(
     })
 }
 
+/// An HTTPLocalRateLimitPolicy, checked. One that does not validate is
+/// left out (logged by name and field); the others apply.
+pub fn convert_rate_limit(
+    o: &DynamicObject,
+) -> Result<crate::ratelimit::RateLimitPolicy, convert::Invalid> {
+    let doc: crate::ratelimit::Document = from_dynamic(o)?;
+    crate::ratelimit::compile(
+        o.metadata.namespace.as_deref().unwrap_or("default"),
+        o.metadata.name.as_deref().unwrap_or_default(),
+        &doc.spec,
+    )
+    .map_err(|e| convert::Invalid {
+        field: e.field,
+        problem: e.problem,
+    })
+}
+
 #[derive(Default)]
 struct Watchers {
     store: Store,
@@ -318,6 +336,7 @@ struct Watchers {
     gateways: KindState<crate::model::Gateway>,
     http_routes: KindState<mesh_route::CompiledRoute>,
     grpc_routes: KindState<mesh_route::CompiledRoute>,
+    rate_limits: KindState<crate::ratelimit::RateLimitPolicy>,
     /// Kinds the API server does not serve (their CRD is not installed).
     /// Policy kinds never count as absent for enforcement (see `policy_sync`).
     absent: [bool; KINDS],
@@ -337,6 +356,7 @@ impl Watchers {
             self.gateways.synced,
             self.http_routes.synced,
             self.grpc_routes.synced,
+            self.rate_limits.synced,
         ];
         synced.iter().zip(self.absent).all(|(s, a)| *s || a)
     }
@@ -431,6 +451,14 @@ impl Watchers {
                 ns_name,
                 convert_grpc_route,
             ),
+            Ok(Change::RateLimit(e)) => apply(
+                *e,
+                "HTTPLocalRateLimitPolicy",
+                &mut s.rate_limits,
+                &mut self.rate_limits,
+                ns_name,
+                convert_rate_limit,
+            ),
             Err(e) if index == AUTHZ || index == PEER => {
                 let synced = match index {
                     AUTHZ => self.authorization.synced,
@@ -491,6 +519,7 @@ const KIND_NAMES: [&str; KINDS] = [
     "Gateway",
     "HTTPRoute",
     "GRPCRoute",
+    "HTTPLocalRateLimitPolicy",
 ];
 
 fn all_watches(
@@ -532,6 +561,13 @@ fn all_watches(
             gateway_api_resource("v1", "GRPCRoute", "grpcroutes"),
             |e| Change::GrpcRoute(Box::new(e)),
             8,
+        ),
+        // Without its CRD there are no rate limits (treated as empty).
+        watch_untyped(
+            client,
+            ApiResource::erase::<crate::ratelimit::HTTPLocalRateLimitPolicyResource>(&()),
+            |e| Change::RateLimit(Box::new(e)),
+            9,
         ),
     ])
 }

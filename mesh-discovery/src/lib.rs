@@ -7,6 +7,7 @@ pub mod kubernetes;
 pub mod local;
 pub mod model;
 pub mod node_config;
+pub mod ratelimit;
 pub mod routes;
 pub mod store;
 pub mod view;

@@ -121,6 +121,9 @@ pub struct Store {
     /// Node name → addresses. Local files only: they tell `mesh status`
     /// where the other nodes' agents are (the agent itself needs no Nodes).
     pub nodes: Collection<Vec<std::net::IpAddr>>,
+    /// HTTPLocalRateLimitPolicies, checked, by `<namespace>/<name>`; one
+    /// that does not validate is ignored here (absent, counted).
+    pub rate_limits: Collection<crate::ratelimit::RateLimitPolicy>,
     /// Whether `authorization` and `peer_authentication` are complete. A
     /// default store is not: a source says when it has read them whole.
     pub policy_sync: PolicySync,
@@ -161,7 +164,8 @@ impl Store {
                 + self.gateways.ignored()
                 + self.http_routes.ignored()
                 + self.faults.ignored()
-                + self.grpc_routes.ignored(),
+                + self.grpc_routes.ignored()
+                + self.rate_limits.ignored(),
         }
     }
 }

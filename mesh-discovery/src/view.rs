@@ -81,6 +81,9 @@ pub struct MeshView {
     faults: HashMap<String, Arc<mesh_route::fault::Fault>>,
     /// Gateway API routes attached to Services (applied by waypoints).
     pub routes: Routes,
+    /// HTTPLocalRateLimitPolicies, by `<namespace>/<name>` (enforced by
+    /// waypoints).
+    pub rate_limits: Vec<Arc<crate::ratelimit::RateLimitPolicy>>,
     pub policies: PolicySet,
     pub sizes: StoreSizes,
 }
@@ -219,6 +222,7 @@ impl MeshView {
                 .map(|(k, f)| (k.clone(), f.clone()))
                 .collect(),
             routes,
+            rate_limits: store.rate_limits.values().cloned().collect(),
             policies: PolicySet {
                 root_namespace: settings.root_namespace.clone(),
                 authorization: store

@@ -757,6 +757,13 @@ fn waypoint_checks() -> anyhow::Result<usize> {
             &[],
             &["get", "list", "watch"],
         ),
+        // HTTPLocalRateLimitPolicies (mesh-discovery/src/ratelimit.rs).
+        rule(
+            &["mesh.io"],
+            &["httplocalratelimitpolicies"],
+            &[],
+            &["get", "list", "watch"],
+        ),
     ];
     for role in [READER, "mesh-agent"] {
         let got = rules("ClusterRole", role)?;
