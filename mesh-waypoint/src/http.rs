@@ -49,7 +49,7 @@ use crate::{
     idle::{self, End},
     mirror,
     protocol::Protocol,
-    record, retry,
+    ratelimit, record, retry,
     routing::{self, Action, Decision},
     spans::{Attempt, RequestTrace},
     target,
@@ -388,6 +388,16 @@ async fn proxy(
         _active: active,
         permit: None,
     };
+    if let Some(limited) = ratelimit::check(&wp, &view, &ctx) {
+        debug!(authority = %authority, policy = %limited.policy, retry_after_ms = limited.retry_after.as_millis() as u64, "over a local rate limit (429 RL)");
+        wp.telemetry.rate_limited(&limited.policy);
+        let mut response = open.local(StatusCode::TOO_MANY_REQUESTS, ResponseFlag::RateLimited);
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(limited.retry_after_secs()),
+        );
+        return response;
+    }
     match wp.requests.clone().try_acquire_owned() {
         Ok(permit) => open.permit = Some(permit),
         Err(_) => {

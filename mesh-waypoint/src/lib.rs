@@ -9,7 +9,8 @@
 //! `routing`, `retry`, `protocol`, `balancer`, `headers`, `record`,
 //! `spans`); I/O is at the edges (`upstream`, `http`, `body`, `mirror`,
 //! `tcp`, `handler`, `access`, `telemetry`, `admin`, `run`). The request record, Istio's metric families, the W3C
-//! trace context and the OTLP export are `mesh_telemetry`'s.
+//! trace context and the OTLP export are `mesh_telemetry`'s. `ratelimit`
+//! holds the local rate limits' limiters (which policies apply is pure).
 pub mod access;
 pub mod admin;
 pub mod balancer;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod idle;
 pub mod mirror;
 pub mod protocol;
+pub mod ratelimit;
 pub mod record;
 pub mod retry;
 pub mod routing;

@@ -29,6 +29,11 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -60,6 +65,7 @@ pub struct Telemetry {
     unkept: Family<ReasonLabels, Counter>,
     retries: Family<ReasonLabels, Counter>,
     mirrors: Family<OutcomeLabels, Counter>,
+    rate_limited: Family<PolicyLabels, Counter>,
     ready: Gauge,
     access: Arc<dyn AccessLog>,
     spans: Option<Exporter>,
@@ -108,6 +114,12 @@ impl Telemetry {
             "Copies of requests for a route's RequestMirror, by outcome (answered, failed, overflow: over the in-flight bound, unresolved: no usable Service or endpoint)",
             mirrors.clone(),
         );
+        let rate_limited = Family::<PolicyLabels, Counter>::default();
+        own.register(
+            "rate_limited_requests",
+            "Requests answered 429 (RL) for being over an HTTPLocalRateLimitPolicy's limit, by policy (<namespace>/<name>)",
+            rate_limited.clone(),
+        );
         let ready = Gauge::default();
         own.register(
             "ready",
@@ -123,6 +135,7 @@ impl Telemetry {
                 unkept,
                 retries,
                 mirrors,
+                rate_limited,
                 ready,
                 access,
                 spans,
@@ -191,6 +204,15 @@ impl Telemetry {
     }
 
     /// A request is sent again after `after`.
+    /// A request refused for being over `policy`'s limit.
+    pub fn rate_limited(&self, policy: &str) {
+        self.rate_limited
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn retried(&self, after: retry::Outcome) {
         self.retries
             .get_or_create(&ReasonLabels {

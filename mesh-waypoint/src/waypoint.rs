@@ -138,6 +138,8 @@ pub struct Waypoint {
     pub requests: Arc<Semaphore>,
     /// Mirrored copies in flight (`mirror::MAX_IN_FLIGHT`).
     pub mirrors: crate::mirror::Limiter,
+    /// HTTPLocalRateLimitPolicies' limiters, kept across views.
+    pub rate_limits: crate::ratelimit::RateLimits,
     last_log: Mutex<Option<Instant>>,
 }
 
@@ -193,6 +195,7 @@ impl Waypoint {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             requests: Arc::new(Semaphore::new(limits.max_requests)),
             mirrors: crate::mirror::Limiter::new(crate::mirror::MAX_IN_FLIGHT),
+            rate_limits: Default::default(),
             own: own_addrs,
             gateway,
             identity,
