@@ -14,6 +14,8 @@
 //! others apply. Until both policy kinds have been listed once, the view
 //! says so and no inbound traffic to pods is served.
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt::Debug;
@@ -65,9 +67,10 @@ enum Change {
     HttpRoute(Box<watcher::Event<DynamicObject>>),
     GrpcRoute(Box<watcher::Event<DynamicObject>>),
     RateLimit(Box<watcher::Event<DynamicObject>>),
+    Fault(Box<watcher::Event<DynamicObject>>),
 }
 
-const KINDS: usize = 10;
+const KINDS: usize = 11;
 
 fn watch<K>(
     client: &Client,
@@ -324,6 +327,32 @@ pub fn convert_rate_limit(
     })
 }
 
+/// `mesh.io/v1alpha1 HTTPFaultInjection`, what routes' ExtensionRef
+/// filters name.
+pub fn fault_resource() -> ApiResource {
+    ApiResource {
+        group: mesh_route::fault::GROUP.into(),
+        version: mesh_route::fault::VERSION.into(),
+        api_version: format!(
+            "{}/{}",
+            mesh_route::fault::GROUP,
+            mesh_route::fault::VERSION
+        ),
+        kind: mesh_route::fault::KIND.into(),
+        plural: "httpfaultinjections".into(),
+    }
+}
+
+/// An HTTPFaultInjection, checked. One that does not validate is left out
+/// (logged by name and field), so the rules that name it answer 500.
+pub fn convert_fault(o: &DynamicObject) -> Result<mesh_route::fault::Fault, convert::Invalid> {
+    let object: mesh_route::fault::HttpFaultInjection = from_dynamic(o)?;
+    mesh_route::fault::compile(&object.spec).map_err(|e| convert::Invalid {
+        field: e.field,
+        problem: e.problem,
+    })
+}
+
 #[derive(Default)]
 struct Watchers {
     store: Store,
@@ -337,6 +366,7 @@ struct Watchers {
     http_routes: KindState<mesh_route::CompiledRoute>,
     grpc_routes: KindState<mesh_route::CompiledRoute>,
     rate_limits: KindState<crate::ratelimit::RateLimitPolicy>,
+    faults: KindState<mesh_route::fault::Fault>,
     /// Kinds the API server does not serve (their CRD is not installed).
     /// Policy kinds never count as absent for enforcement (see `policy_sync`).
     absent: [bool; KINDS],
@@ -357,6 +387,7 @@ impl Watchers {
             self.http_routes.synced,
             self.grpc_routes.synced,
             self.rate_limits.synced,
+            self.faults.synced,
         ];
         synced.iter().zip(self.absent).all(|(s, a)| *s || a)
     }
@@ -459,6 +490,14 @@ impl Watchers {
                 ns_name,
                 convert_rate_limit,
             ),
+            Ok(Change::Fault(e)) => apply(
+                *e,
+                "HTTPFaultInjection",
+                &mut s.faults,
+                &mut self.faults,
+                ns_name,
+                convert_fault,
+            ),
             Err(e) if index == AUTHZ || index == PEER => {
                 let synced = match index {
                     AUTHZ => self.authorization.synced,
@@ -520,6 +559,7 @@ const KIND_NAMES: [&str; KINDS] = [
     "HTTPRoute",
     "GRPCRoute",
     "HTTPLocalRateLimitPolicy",
+    "HTTPFaultInjection",
 ];
 
 fn all_watches(
@@ -569,6 +609,9 @@ fn all_watches(
             |e| Change::RateLimit(Box::new(e)),
             9,
         ),
+        // Without its CRD there are no fault injections: rules naming one
+        // answer 500.
+        watch_untyped(client, fault_resource(), |e| Change::Fault(Box::new(e)), 10),
     ])
 }
 

@@ -757,10 +757,11 @@ fn waypoint_checks() -> anyhow::Result<usize> {
             &[],
             &["get", "list", "watch"],
         ),
-        // HTTPLocalRateLimitPolicies (mesh-discovery/src/ratelimit.rs).
+        // HTTPLocalRateLimitPolicies (mesh-discovery/src/ratelimit.rs) and
+        // HTTPFaultInjections (mesh-route/src/fault.rs).
         rule(
             &["mesh.io"],
-            &["httplocalratelimitpolicies"],
+            &["httplocalratelimitpolicies", "httpfaultinjections"],
             &[],
             &["get", "list", "watch"],
         ),
