@@ -13,6 +13,7 @@
 //! unreadable policy becomes a fail-closed stand-in in its scope and the
 //! others apply. Until both policy kinds have been listed once, the view
 //! says so and no inbound traffic to pods is served.
+pub mod fault_crd;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
@@ -330,17 +331,7 @@ pub fn convert_rate_limit(
 /// `mesh.io/v1alpha1 HTTPFaultInjection`, what routes' ExtensionRef
 /// filters name.
 pub fn fault_resource() -> ApiResource {
-    ApiResource {
-        group: mesh_route::fault::GROUP.into(),
-        version: mesh_route::fault::VERSION.into(),
-        api_version: format!(
-            "{}/{}",
-            mesh_route::fault::GROUP,
-            mesh_route::fault::VERSION
-        ),
-        kind: mesh_route::fault::KIND.into(),
-        plural: "httpfaultinjections".into(),
-    }
+    ApiResource::erase::<fault_crd::HTTPFaultInjectionResource>(&())
 }
 
 /// An HTTPFaultInjection, checked. One that does not validate is left out

@@ -405,6 +405,12 @@ pub fn check() -> anyhow::Result<usize> {
                 .any(|d| d["metadata"]["name"] == "httplocalratelimitpolicies.mesh.io"),
             "meshAPI.installCRDs renders no HTTPLocalRateLimitPolicy CRD: {mesh_api:?}"
         );
+        ensure!(
+            mesh_api
+                .iter()
+                .any(|d| d["metadata"]["name"] == "httpfaultinjections.mesh.io"),
+            "meshAPI.installCRDs renders no HTTPFaultInjection CRD: {mesh_api:?}"
+        );
         let rendered: Vec<&Value> = docs
             .iter()
             .filter(|d| d["kind"] == "CustomResourceDefinition" && !is_mesh_api(d))
