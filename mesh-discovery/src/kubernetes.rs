@@ -344,6 +344,22 @@ pub fn convert_fault(o: &DynamicObject) -> Result<mesh_route::fault::Fault, conv
     })
 }
 
+/// `convert_fault`, except that an object changed into one that does not
+/// validate keeps its last good version in force (logged by name and
+/// field), as a local file that does not validate does.
+pub fn fault_or_last_good(
+    o: &DynamicObject,
+    last_good: Option<&mesh_route::fault::Fault>,
+) -> Result<mesh_route::fault::Fault, convert::Invalid> {
+    match (convert_fault(o), last_good) {
+        (Err(e), Some(last)) => {
+            warn!(kind = mesh_route::fault::KIND, object = %display_name(o), field = %e.field, problem = %e.problem, "object does not validate; its last good version stays in force");
+            Ok(last.clone())
+        }
+        (result, _) => result,
+    }
+}
+
 #[derive(Default)]
 struct Watchers {
     store: Store,
@@ -481,14 +497,18 @@ impl Watchers {
                 ns_name,
                 convert_rate_limit,
             ),
-            Ok(Change::Fault(e)) => apply(
-                *e,
-                "HTTPFaultInjection",
-                &mut s.faults,
-                &mut self.faults,
-                ns_name,
-                convert_fault,
-            ),
+            Ok(Change::Fault(e)) => {
+                // A handful of Arcs: what an invalid update falls back to.
+                let last_good = s.faults.clone();
+                apply(
+                    *e,
+                    "HTTPFaultInjection",
+                    &mut s.faults,
+                    &mut self.faults,
+                    ns_name,
+                    |o| fault_or_last_good(o, last_good.get(&ns_name(o)).map(|f| f.as_ref())),
+                )
+            }
             Err(e) if index == AUTHZ || index == PEER => {
                 let synced = match index {
                     AUTHZ => self.authorization.synced,

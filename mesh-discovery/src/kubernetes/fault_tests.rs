@@ -3,7 +3,7 @@
 use kube::api::DynamicObject;
 use serde_json::json;
 
-use super::convert_fault;
+use super::{convert_fault, fault_or_last_good};
 
 fn object(spec: serde_json::Value) -> DynamicObject {
     serde_json::from_value(json!({
@@ -29,4 +29,15 @@ fn a_valid_object_is_checked_and_a_bad_one_names_its_field() {
     let unknown = convert_fault(&object(json!({"abort": {"status": 503}}))).unwrap_err();
     assert_eq!(unknown.field, "spec");
     assert!(unknown.problem.contains("status"), "{}", unknown.problem);
+}
+
+/// An object changed into one that does not validate keeps its last good
+/// version; one never good is refused.
+#[test]
+fn an_invalid_update_keeps_the_last_good_version() {
+    let good = convert_fault(&object(json!({"abort": {"httpStatus": 503}}))).unwrap();
+    let bad = object(json!({"abort": {"httpStatus": 700}}));
+    assert_eq!(fault_or_last_good(&bad, Some(&good)).unwrap(), good);
+    let e = fault_or_last_good(&bad, None).unwrap_err();
+    assert_eq!(e.field, "spec.abort.httpStatus");
 }
