@@ -25,6 +25,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod record;
 pub mod retry;
+pub mod retry_budget;
 pub mod routing;
 pub mod run;
 pub mod spans;
