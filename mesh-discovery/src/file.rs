@@ -392,6 +392,14 @@ pub fn parse_with(
         let bad = |e: convert::Invalid| {
             invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
         };
+        let route_error = |e: mesh_route::RouteError| {
+            invalid_at(
+                file,
+                doc.line,
+                format!("{what}: {}", e.field),
+                e.problem.to_string(),
+            )
+        };
         match kind.as_str() {
             "Namespace" => {
                 let ns: Namespace = doc.typed(value, file, &format!("Namespace {name}"))?;
@@ -458,27 +466,13 @@ pub fn parse_with(
             "HTTPRoute" => {
                 let mut route: mesh_route::spec::HttpRoute = doc.typed(value, file, &what)?;
                 route.metadata.namespace = Some(namespace.clone());
-                let compiled = mesh_route::compile_http_route(&route).map_err(|e| {
-                    invalid_at(
-                        file,
-                        doc.line,
-                        format!("{what}: {}", e.field),
-                        e.problem.to_string(),
-                    )
-                })?;
+                let compiled = mesh_route::compile_http_route(&route).map_err(route_error)?;
                 store.http_routes.apply(key, compiled);
             }
             "GRPCRoute" => {
                 let mut route: mesh_route::spec::GrpcRoute = doc.typed(value, file, &what)?;
                 route.metadata.namespace = Some(namespace.clone());
-                let compiled = mesh_route::compile_grpc_route(&route).map_err(|e| {
-                    invalid_at(
-                        file,
-                        doc.line,
-                        format!("{what}: {}", e.field),
-                        e.problem.to_string(),
-                    )
-                })?;
+                let compiled = mesh_route::compile_grpc_route(&route).map_err(route_error)?;
                 store.grpc_routes.apply(key, compiled);
             }
             "HTTPLocalRateLimitPolicy" => {
