@@ -1,6 +1,8 @@
 //! Discovery: one in-memory store of workloads, services, endpoints,
 //! namespaces and policies, fed by a local YAML file or by the Kubernetes
 //! API, and published to the rest of the agent as immutable views.
+#[cfg(test)]
+mod chart_template;
 pub mod convert;
 pub mod file;
 pub mod kubernetes;

@@ -92,21 +92,10 @@ mod tests {
     /// The chart's template of this CRD, as the type generates it.
     #[test]
     fn the_chart_installs_the_fault_injection_crd_the_type_generates() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../charts/mesh/templates/mesh-api-fault-crd.yaml");
-        let yaml = crd_yaml().unwrap();
-        let body = yaml.strip_prefix("---\n").unwrap_or(&yaml);
-        let expected = format!(
-            "{{{{- if .Values.meshAPI.installCRDs }}}}\n# Generated from mesh-discovery's kube-derive type (mesh_discovery::kubernetes::fault_crd);\n# do not edit: its tests fail when this differs; regenerate with\n# MESH_WRITE_CRDS=1 cargo test -p mesh-discovery the_chart_installs\n{body}{{{{- end }}}}\n"
-        );
-        if std::env::var_os("MESH_WRITE_CRDS").is_some() {
-            std::fs::write(&path, &expected).unwrap();
-        }
-        let got = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            got == expected,
-            "{} differs from the CRD the type generates; regenerate it: MESH_WRITE_CRDS=1 cargo test -p mesh-discovery the_chart_installs",
-            path.display()
+        crate::chart_template::assert_generated(
+            "mesh-api-fault-crd.yaml",
+            "mesh_discovery::kubernetes::fault_crd",
+            &crd_yaml().unwrap(),
         );
     }
 
