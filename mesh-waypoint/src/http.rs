@@ -50,6 +50,7 @@ use crate::{
     mirror,
     protocol::Protocol,
     ratelimit, record, retry,
+    retry_budget::Withdrawal,
     routing::{self, Action, Decision},
     spans::{Attempt, RequestTrace},
     target,
@@ -558,7 +559,18 @@ async fn proxy(
             untried: endpoints.iter().any(|e| !tried.contains(e)),
             left: deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now())),
         };
-        match retry::next(policy.as_ref(), outcome, done, rng.u32(..)) {
+        let mut decision = retry::next(policy.as_ref(), outcome, done, rng.u32(..));
+        // A request that reached the backend is sent again only within
+        // its Service's budget; an endpoint never reached saw nothing.
+        if let (retry::Next::Retry { .. }, Some(service)) = (decision, plan.budget.as_deref())
+            && outcome != retry::Outcome::ConnectFailed
+            && wp.retry_budgets.withdraw(service, Instant::now()) == Withdrawal::Overdrawn
+        {
+            debug!(authority = %authority, service = %service, attempt = open.record.attempts, after = outcome.label(), "retry budget spent: not retried (URX)");
+            wp.telemetry.retry_budget_exhausted(service);
+            decision = retry::Next::Exhausted;
+        }
+        match decision {
             retry::Next::Retry { after } => {
                 // The same request when it was not sent, else a new copy;
                 // a body that was not kept has no policy, so no copy is
@@ -630,6 +642,9 @@ struct Plan {
     request_timeout: Option<Duration>,
     /// The rule's retry, while the request may still be retried.
     retry: Option<mesh_route::compile::Retry>,
+    /// The destination Service (`<namespace>/<name>`) whose retry budget
+    /// the rule's retries draw on; the request made its deposit.
+    budget: Option<String>,
     /// Mirrors the request is copied to (the roll made, the Service
     /// resolved).
     mirrors: Vec<mirror::Target>,
@@ -698,6 +713,7 @@ fn route(
         attempt_timeout: wp.limits.response_timeout,
         request_timeout: None,
         retry: None,
+        budget: None,
         mirrors: Vec::new(),
         delay: None,
     };
@@ -774,6 +790,11 @@ fn route(
     plan.endpoints = target::usable(view, &wp.own, forward.endpoints);
     plan.response_headers = forward.response_headers;
     plan.retry = forward.retry;
+    if plan.retry.is_some() {
+        let service = format!("{}/{}", forward.backend.namespace, forward.backend.name);
+        wp.retry_budgets.deposit(&service, Instant::now());
+        plan.budget = Some(service);
+    }
     for m in &forward.mirrors {
         if !mirror::chosen(m.numerator, m.denominator, rng.u32(..)) {
             continue;

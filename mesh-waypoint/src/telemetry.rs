@@ -38,6 +38,11 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
 /// Why the waypoint refused a connection or a stream before any request
 /// in it could be read (so no request record counts it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +69,7 @@ pub struct Telemetry {
     refused: Family<ReasonLabels, Counter>,
     unkept: Family<ReasonLabels, Counter>,
     retries: Family<ReasonLabels, Counter>,
+    budget_exhausted: Family<ServiceLabels, Counter>,
     mirrors: Family<OutcomeLabels, Counter>,
     rate_limited: Family<PolicyLabels, Counter>,
     ready: Gauge,
@@ -108,6 +114,12 @@ impl Telemetry {
             "Requests sent again, by what the attempt before met (status, connect_failure, reset, timeout)",
             retries.clone(),
         );
+        let budget_exhausted = Family::<ServiceLabels, Counter>::default();
+        own.register(
+            "retry_budget_exhausted",
+            "Retries a route rule asked for but not made: the destination Service's retry budget (20 % of its requests plus 10 per second, over 10 s) was spent, by Service (<namespace>/<name>)",
+            budget_exhausted.clone(),
+        );
         let mirrors = Family::<OutcomeLabels, Counter>::default();
         own.register(
             "mirrored_requests",
@@ -134,6 +146,7 @@ impl Telemetry {
                 refused,
                 unkept,
                 retries,
+                budget_exhausted,
                 mirrors,
                 rate_limited,
                 ready,
@@ -217,6 +230,15 @@ impl Telemetry {
         self.retries
             .get_or_create(&ReasonLabels {
                 reason: after.label(),
+            })
+            .inc();
+    }
+
+    /// A retry of a request to `service` not made: its budget was spent.
+    pub fn retry_budget_exhausted(&self, service: &str) {
+        self.budget_exhausted
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
             })
             .inc();
     }
@@ -309,6 +331,7 @@ mod tests {
         t.unreplayable(Unkept::TooLarge);
         t.retried(retry::Outcome::Status(StatusCode::SERVICE_UNAVAILABLE));
         t.retried(retry::Outcome::Reset);
+        t.retry_budget_exhausted("shop/web");
         t.mirrored(mirror::Outcome::Overflow);
         t.set_ready(true);
         let text = t.encode().unwrap();
@@ -330,6 +353,9 @@ mod tests {
         assert!(text.contains("mesh_waypoint_retries_total{reason=\"status\"} 1"));
         assert!(text.contains("mesh_waypoint_retries_total{reason=\"reset\"} 1"));
         assert!(text.contains("mesh_waypoint_mirrored_requests_total{outcome=\"overflow\"} 1"));
+        assert!(
+            text.contains("mesh_waypoint_retry_budget_exhausted_total{service=\"shop/web\"} 1")
+        );
         assert!(!text.contains("mesh_waypoint_requests"), "{text}");
         let lines = lines.0.lock().unwrap();
         assert_eq!(lines.len(), 1);

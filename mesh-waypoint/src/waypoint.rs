@@ -140,6 +140,8 @@ pub struct Waypoint {
     pub mirrors: crate::mirror::Limiter,
     /// HTTPLocalRateLimitPolicies' limiters, kept across views.
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// Retry budgets of the destination Services, kept across views.
+    pub retry_budgets: crate::retry_budget::RetryBudgets,
     last_log: Mutex<Option<Instant>>,
 }
 
@@ -196,6 +198,7 @@ impl Waypoint {
             requests: Arc::new(Semaphore::new(limits.max_requests)),
             mirrors: crate::mirror::Limiter::new(crate::mirror::MAX_IN_FLIGHT),
             rate_limits: Default::default(),
+            retry_budgets: Default::default(),
             own: own_addrs,
             gateway,
             identity,
