@@ -43,6 +43,10 @@ spec:
     matches: [{path: {type: PathPrefix, value: /few}}]
     backendRefs: [{name: web, port: 80}]
     retry: {codes: [503], attempts: 2, backoff: 10ms}
+  - name: storm
+    matches: [{path: {type: PathPrefix, value: /storm}}]
+    backendRefs: [{name: web, port: 80}]
+    retry: {codes: [503], attempts: 3, backoff: 1ms}
   - name: slow
     matches: [{path: {type: PathPrefix, value: /slow}}]
     backendRefs: [{name: web, port: 80}]
@@ -490,4 +494,83 @@ async fn a_dead_mirror_does_not_fail_the_request() {
             .iter()
             .all(|l| l["status"] == 200 && l["response_flags"] == "-")
     );
+}
+
+#[tokio::test]
+async fn a_retry_budget_stops_a_retry_storm_against_a_backend_that_always_fails() {
+    let bed = bed(120).await;
+    let script = web(&bed).await;
+    let mut c = client(&bed).await;
+    let budget = mesh_waypoint::retry_budget::Config::default();
+    let floor = budget.floor();
+    assert_eq!(floor, 100, "10 retries a second over 10 s");
+    // More 503s than any number of attempts below could use.
+    script.answer(&[503; 1000]);
+    let started = Instant::now();
+
+    // Few requests, under the floor: each is retried as its rule says.
+    const FEW: u64 = 5;
+    for i in 0..FEW {
+        let path = format!("/storm/few-{i}");
+        assert_eq!(
+            get(&mut c, &path).await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let l = line(&bed, &path).await;
+        assert_eq!(l["attempts"], 4, "the first and the rule's three retries");
+        assert_eq!(l["response_flags"], "URX");
+    }
+    assert_eq!(script.seen().len() as u64, FEW * 4);
+    assert_eq!(
+        bed.metric("mesh_waypoint_retry_budget_exhausted_total", &[]),
+        None
+    );
+
+    // A storm: without a budget 200 requests would be 800 attempts.
+    const STORM: u64 = 200;
+    for i in 0..STORM {
+        let a = get(&mut c, &format!("/storm/{i}")).await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let elapsed = started.elapsed();
+    let requests = FEW + STORM;
+    let attempts = script.seen().len() as u64;
+    // Within one window (10 s, sliding in 1 s steps: a retry counts for at
+    // least 9 s) retries are at most 20 % of the requests plus the floor;
+    // a slower run has a floor for each 9 s it took.
+    let windows = 1 + elapsed.as_secs() / 9;
+    let bound = requests + windows * (requests * 200 / 1000 + floor);
+    assert!(
+        attempts <= bound,
+        "{attempts} attempts for {requests} requests in {elapsed:?}: over {bound}"
+    );
+    if windows == 1 {
+        // attempts / requests <= 1.2 + floor / requests
+        assert!(attempts * 1000 <= requests * 1200 + floor * 1000);
+    }
+    let retries = bed
+        .metric("mesh_waypoint_retries_total", &["reason=\"status\""])
+        .unwrap();
+    assert_eq!(retries as u64, attempts - requests, "every retry counted");
+    let refused = bed
+        .metric(
+            "mesh_waypoint_retry_budget_exhausted_total",
+            &["service=\"shop/web\""],
+        )
+        .unwrap();
+    assert!(refused >= 1.0, "{refused}");
+    // Once the budget is spent most requests go once, flagged as their
+    // retries spent.
+    let lines = bed
+        .wait_access(requests as usize, |l| {
+            l["path"].as_str().is_some_and(|p| p.starts_with("/storm/"))
+        })
+        .await;
+    let once = lines
+        .iter()
+        .filter(|l| l["attempts"] == 1 && l["response_flags"] == "URX")
+        .count();
+    assert!(once >= 100, "{once} requests sent once");
+    let attempts_logged: u64 = lines.iter().map(|l| l["attempts"].as_u64().unwrap()).sum();
+    assert_eq!(attempts_logged, attempts);
 }
