@@ -6,11 +6,12 @@
 //! cannot parse as HTTP is relayed as TCP to one endpoint.
 //!
 //! Decisions are pure and live in their own modules (`binding`, `target`,
-//! `routing`, `retry`, `protocol`, `balancer`, `headers`, `record`,
-//! `spans`); I/O is at the edges (`upstream`, `http`, `body`, `mirror`,
-//! `tcp`, `handler`, `access`, `telemetry`, `admin`, `run`). The request record, Istio's metric families, the W3C
-//! trace context and the OTLP export are `mesh_telemetry`'s. `ratelimit`
-//! holds the local rate limits' limiters (which policies apply is pure).
+//! `routing`, `retry`, `retry_budget`, `protocol`, `balancer`, `headers`,
+//! `record`, `spans`); I/O is at the edges (`upstream`, `http`, `body`,
+//! `mirror`, `tcp`, `handler`, `access`, `telemetry`, `admin`, `run`).
+//! `ratelimit` holds the local rate limits' limiters (which policies apply
+//! is pure). The request record, Istio's metric families, the W3C trace
+//! context and the OTLP export are `mesh_telemetry`'s.
 pub mod access;
 pub mod admin;
 pub mod balancer;
