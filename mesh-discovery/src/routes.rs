@@ -7,7 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use mesh_route::{CompiledRoute, RouteTable, table::ServicePort};
+use mesh_route::{
+    CompiledRoute, RouteTable,
+    table::{ServicePort, route_order},
+};
 
 use crate::model::Service;
 
@@ -33,10 +36,13 @@ impl PortRoutes {
     }
 }
 
+/// Namespace → Service name → port → routes.
+type PortsByService = HashMap<String, HashMap<String, BTreeMap<u16, Arc<PortRoutes>>>>;
+
 /// Every Service port's routes.
 #[derive(Debug, Default)]
 pub struct Routes {
-    by_port: HashMap<String, BTreeMap<u16, Arc<PortRoutes>>>,
+    by_port: PortsByService,
     /// `<namespace>/<name>` of a Service → the routes attached to any of
     /// its ports (for `mesh inspect`), in table order.
     by_service: HashMap<String, Vec<Arc<CompiledRoute>>>,
@@ -47,9 +53,11 @@ impl Routes {
         routes: impl IntoIterator<Item = &'r Arc<CompiledRoute>>,
         services: &HashMap<String, Arc<Service>>,
     ) -> Routes {
-        // (service key, port) → (route namespace or None for producer) → routes
-        type Groups<'a> =
-            HashMap<(String, u16), BTreeMap<Option<&'a str>, Vec<&'a Arc<CompiledRoute>>>>;
+        // (namespace, Service, port) → (route namespace or None for producer) → routes
+        type Groups<'a> = HashMap<
+            (&'a str, &'a str, u16),
+            BTreeMap<Option<&'a str>, Vec<&'a Arc<CompiledRoute>>>,
+        >;
         let mut groups: Groups<'_> = HashMap::new();
         let mut by_service: HashMap<String, Vec<Arc<CompiledRoute>>> = HashMap::new();
         for route in routes {
@@ -73,7 +81,7 @@ impl Routes {
                     let audience = (route.id.namespace != svc.namespace)
                         .then_some(route.id.namespace.as_str());
                     let list = groups
-                        .entry((svc_key.clone(), p.port))
+                        .entry((svc.namespace.as_str(), svc.name.as_str(), p.port))
                         .or_default()
                         .entry(audience)
                         .or_default();
@@ -90,8 +98,8 @@ impl Routes {
                 by_service.entry(svc).or_default().push(route.clone());
             }
         }
-        let mut by_port: HashMap<String, BTreeMap<u16, Arc<PortRoutes>>> = HashMap::new();
-        for ((svc, number), audiences) in groups {
+        let mut by_port: PortsByService = HashMap::new();
+        for ((namespace, name, number), audiences) in groups {
             let mut port = PortRoutes::default();
             for (audience, list) in audiences {
                 let table = RouteTable::new(list.into_iter().cloned());
@@ -103,18 +111,14 @@ impl Routes {
                 }
             }
             by_port
-                .entry(svc)
+                .entry(namespace.to_owned())
+                .or_default()
+                .entry(name.to_owned())
                 .or_default()
                 .insert(number, Arc::new(port));
         }
         for list in by_service.values_mut() {
-            list.sort_by(|a, b| {
-                (a.created.is_none(), a.created, &a.id).cmp(&(
-                    b.created.is_none(),
-                    b.created,
-                    &b.id,
-                ))
-            });
+            list.sort_by(|a, b| route_order(a, b));
         }
         Routes {
             by_port,
@@ -122,9 +126,17 @@ impl Routes {
         }
     }
 
-    /// The routes of a Service port, `None` when none is attached.
+    /// The routes of a Service port (`<namespace>/<name>`), `None` when
+    /// none is attached.
     pub fn port(&self, service: &str, port: u16) -> Option<&Arc<PortRoutes>> {
-        self.by_port.get(service)?.get(&port)
+        let (namespace, name) = service.split_once('/')?;
+        self.port_of(namespace, name, port)
+    }
+
+    /// `port`, without building the Service's key: what the waypoint asks
+    /// for every request.
+    pub fn port_of(&self, namespace: &str, name: &str, port: u16) -> Option<&Arc<PortRoutes>> {
+        self.by_port.get(namespace)?.get(name)?.get(&port)
     }
 
     /// Every route attached to a port of the Service.
@@ -137,7 +149,11 @@ impl Routes {
 
     /// How many Service ports have routes.
     pub fn ports(&self) -> usize {
-        self.by_port.values().map(BTreeMap::len).sum()
+        self.by_port
+            .values()
+            .flat_map(HashMap::values)
+            .map(BTreeMap::len)
+            .sum()
     }
 }
 

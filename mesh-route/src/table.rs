@@ -166,7 +166,7 @@ impl RouteTable {
 
 /// Oldest first (a route without a timestamp after every dated one), then
 /// `{namespace}/{name}` alphabetically.
-fn route_order(a: &CompiledRoute, b: &CompiledRoute) -> Ordering {
+pub fn route_order(a: &CompiledRoute, b: &CompiledRoute) -> Ordering {
     let created = |r: &CompiledRoute| (r.created.is_none(), r.created);
     created(a).cmp(&created(b)).then_with(|| a.id.cmp(&b.id))
 }

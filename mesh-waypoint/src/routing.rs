@@ -108,7 +108,7 @@ pub fn table<'v>(
     match target {
         Target::Service { route, port } => view
             .routes
-            .port(&route.service.key(), port.port)?
+            .port_of(&route.service.namespace, &route.service.name, port.port)?
             .for_client(client_namespace),
         // Routes attach to Services (GAMMA); a workload's own address has
         // none.
