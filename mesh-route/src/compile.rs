@@ -527,6 +527,23 @@ fn keep(
     }
 }
 
+/// A rule's matches, compiled; none given is one that matches every
+/// request (the kind's default match).
+fn rule_matches<S: Default, M>(
+    at: &str,
+    list: &[S],
+    compile: impl Fn(&str, &S) -> Result<M, RouteError>,
+) -> Result<Vec<M>, RouteError> {
+    at_most(&format!("{at}.matches"), list, MAX_MATCHES)?;
+    if list.is_empty() {
+        return Ok(vec![compile(&format!("{at}.matches"), &S::default())?]);
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| compile(&format!("{at}.matches[{i}]"), m))
+        .collect()
+}
+
 fn http_rule(
     id: &RouteId,
     index: usize,
@@ -534,17 +551,7 @@ fn http_rule(
     strictness: Strictness,
 ) -> Result<Rule, RouteError> {
     let at = format!("spec.rules[{index}]");
-    at_most(&format!("{at}.matches"), &rule.matches, MAX_MATCHES)?;
-    let mut matches = Vec::with_capacity(rule.matches.len().max(1));
-    for (i, m) in rule.matches.iter().enumerate() {
-        matches.push(http_match(&format!("{at}.matches[{i}]"), m)?);
-    }
-    if matches.is_empty() {
-        matches.push(http_match(
-            &format!("{at}.matches"),
-            &spec::HttpRouteMatch::default(),
-        )?);
-    }
+    let matches = rule_matches(&at, &rule.matches, http_match)?;
     let action = (|| {
         let (filters, faults) = rule_filters(&at, id, &rule.filters, FilterScope::HttpRule)?;
         check_filter_combination(&at, &rule.filters, &matches)?;
@@ -586,17 +593,7 @@ fn grpc_rule(
     strictness: Strictness,
 ) -> Result<Rule, RouteError> {
     let at = format!("spec.rules[{index}]");
-    at_most(&format!("{at}.matches"), &rule.matches, MAX_MATCHES)?;
-    let mut matches = Vec::with_capacity(rule.matches.len().max(1));
-    for (i, m) in rule.matches.iter().enumerate() {
-        matches.push(grpc_match(&format!("{at}.matches[{i}]"), m)?);
-    }
-    if matches.is_empty() {
-        matches.push(GrpcMatch {
-            method: None,
-            headers: Vec::new(),
-        });
-    }
+    let matches = rule_matches(&at, &rule.matches, grpc_match)?;
     let action = (|| {
         let (filters, faults) = rule_filters(&at, id, &rule.filters, FilterScope::GrpcRule)?;
         Ok(Action {
