@@ -363,8 +363,13 @@ fn removing_the_use_waypoint_label_sends_traffic_direct_without_restarts() {
     let v = bed.ident(&format!("{VIP}:90"));
     assert_eq!(v["echoed"], true, "{v}");
     assert_eq!(bed.backend_inbound(9090, 0)["source_identity"], wp_id);
-    let through = bed.wp_requests().len();
-    assert!(through >= 1, "the waypoint logged the TCP stream");
+    // The waypoint writes a TCP stream's line once both of its halves have
+    // closed, which can be after the backend's agent logged its side.
+    let through = mesh_testbed::sys::wait_for("the waypoint's line for the TCP stream", T, || {
+        let n = bed.wp_requests().len();
+        (n >= 1).then_some(n)
+    })
+    .unwrap();
 
     bed.c.set_docs(&service("")).unwrap();
     let v = bed.ident(&format!("{VIP}:90"));
