@@ -5,12 +5,14 @@ pub mod authz;
 pub mod crd;
 pub mod load;
 pub mod model;
+pub mod request_auth;
 pub mod sync;
 
 use std::collections::BTreeMap;
 
 pub use authz::{AuthorizationPolicy, Connection, Verdict};
 pub use model::MtlsMode;
+pub use request_auth::RequestAuth;
 pub use sync::{NotSynced, PolicySync};
 
 /// A compiled PeerAuthentication.
