@@ -21,7 +21,7 @@ pub struct PolicyError {
     pub problem: String,
 }
 
-fn err(field: impl Into<String>, problem: impl Into<String>) -> PolicyError {
+pub(crate) fn err(field: impl Into<String>, problem: impl Into<String>) -> PolicyError {
     PolicyError {
         field: field.into(),
         problem: problem.into(),
@@ -70,7 +70,7 @@ impl Cidr {
 }
 
 /// Istio's string match: exact, "*" (any non-empty), "prefix*", "*suffix".
-fn string_match(pattern: &str, value: &str) -> bool {
+pub(crate) fn string_match(pattern: &str, value: &str) -> bool {
     if pattern == "*" {
         return !value.is_empty();
     }
@@ -168,7 +168,7 @@ pub struct AuthorizationPolicy {
     pub rules_source: Option<Vec<model::Rule>>,
 }
 
-fn cidrs(field: &str, values: &[String]) -> Result<Vec<Cidr>, PolicyError> {
+pub(crate) fn cidrs(field: &str, values: &[String]) -> Result<Vec<Cidr>, PolicyError> {
     values
         .iter()
         .map(|v| {
@@ -182,7 +182,7 @@ fn cidrs(field: &str, values: &[String]) -> Result<Vec<Cidr>, PolicyError> {
         .collect()
 }
 
-fn ports(field: &str, values: &[String]) -> Result<Vec<u16>, PolicyError> {
+pub(crate) fn ports(field: &str, values: &[String]) -> Result<Vec<u16>, PolicyError> {
     values
         .iter()
         .map(|v| {

@@ -3,6 +3,7 @@
 //! destination's agent.
 pub mod authz;
 pub mod crd;
+pub mod l7;
 pub mod load;
 pub mod model;
 pub mod request_auth;
