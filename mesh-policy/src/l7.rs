@@ -37,9 +37,10 @@ pub enum Binding {
     Gateway { namespace: String, name: String },
     /// Requests for this Service, at whichever waypoint serves it.
     Service { namespace: String, name: String },
-    /// Every request of every waypoint of this class; only from the root
-    /// namespace, as Istio allows it.
-    GatewayClass(String),
+    /// Every request of every waypoint of this class. Only a policy of the
+    /// root namespace binds a class, as Istio allows it; one elsewhere
+    /// binds nothing.
+    GatewayClass { namespace: String, name: String },
     /// Everything a waypoint serves in the namespace: the scope of a policy
     /// whose `targetRefs` cannot be read (its stand-in must not cover less
     /// than the policy meant to).
@@ -68,7 +69,9 @@ impl Binding {
             Binding::Service { namespace, name } => {
                 s.service == Some((namespace.as_str(), name.as_str()))
             }
-            Binding::GatewayClass(class) => class == s.gateway_class,
+            Binding::GatewayClass { namespace, name } => {
+                namespace == s.root_namespace && name == s.gateway_class
+            }
             Binding::Namespace(ns) => {
                 ns == s.gateway_namespace || s.service.is_some_and(|(n, _)| n == ns)
             }
@@ -78,12 +81,7 @@ impl Binding {
 
 /// One `targetRef`: `{group, kind, name}` with an optional `namespace`
 /// that, when given, must be the policy's own.
-fn binding(
-    field: &str,
-    namespace: &str,
-    root_namespace: &str,
-    v: &Value,
-) -> Result<Binding, PolicyError> {
+fn binding(field: &str, namespace: &str, v: &Value) -> Result<Binding, PolicyError> {
     let Some(obj) = v.as_object() else {
         return Err(err(field, "must be an object {group, kind, name}"));
     };
@@ -119,13 +117,7 @@ fn binding(
     match (group, kind) {
         (GATEWAY_GROUP, "Gateway") => Ok(Binding::Gateway { namespace, name }),
         ("" | "core", "Service") => Ok(Binding::Service { namespace, name }),
-        (GATEWAY_GROUP, "GatewayClass") if namespace == root_namespace => {
-            Ok(Binding::GatewayClass(name))
-        }
-        (GATEWAY_GROUP, "GatewayClass") => Err(err(
-            format!("{field}.kind"),
-            format!("a GatewayClass is bound only from the root namespace ({root_namespace})"),
-        )),
+        (GATEWAY_GROUP, "GatewayClass") => Ok(Binding::GatewayClass { namespace, name }),
         (_, "Gateway" | "GatewayClass") => Err(err(
             format!("{field}.group"),
             format!("must be `{GATEWAY_GROUP}`"),
@@ -144,7 +136,6 @@ fn binding(
 /// policy, the node agents').
 pub fn bindings(
     namespace: &str,
-    root_namespace: &str,
     spec: &model::AuthorizationPolicySpec,
 ) -> Result<Option<Vec<Binding>>, PolicyError> {
     let refs = spec.target_refs.as_deref().unwrap_or_default();
@@ -153,15 +144,10 @@ pub fn bindings(
     }
     let mut out = Vec::new();
     if let Some(r) = &spec.target_ref {
-        out.push(binding("spec.targetRef", namespace, root_namespace, r)?);
+        out.push(binding("spec.targetRef", namespace, r)?);
     }
     for (i, r) in refs.iter().enumerate() {
-        out.push(binding(
-            &format!("spec.targetRefs[{i}]"),
-            namespace,
-            root_namespace,
-            r,
-        )?);
+        out.push(binding(&format!("spec.targetRefs[{i}]"), namespace, r)?);
     }
     Ok(Some(out))
 }
@@ -693,11 +679,10 @@ impl WaypointPolicy {
     pub fn compile(
         namespace: &str,
         name: &str,
-        root_namespace: &str,
         annotations: &BTreeMap<String, String>,
         spec: &model::AuthorizationPolicySpec,
     ) -> Result<Option<Self>, PolicyError> {
-        let Some(bindings) = bindings(namespace, root_namespace, spec)? else {
+        let Some(bindings) = bindings(namespace, spec)? else {
             return Ok(None);
         };
         if spec.selector.is_some() {
@@ -774,21 +759,13 @@ impl WaypointPolicy {
 pub fn load(
     namespace: &str,
     name: &str,
-    root_namespace: &str,
     annotations: &BTreeMap<String, String>,
     spec: Option<&Value>,
 ) -> Loaded<Option<WaypointPolicy>> {
     let empty = Value::Object(Default::default());
     let raw = spec.unwrap_or(&empty);
     match decode_authorization(raw) {
-        Ok((decoded, ignored)) => compiled(
-            namespace,
-            name,
-            root_namespace,
-            annotations,
-            &decoded,
-            ignored,
-        ),
+        Ok((decoded, ignored)) => compiled(namespace, name, annotations, &decoded, ignored),
         Err(e) if names_targets(raw) => Loaded {
             policy: Some(WaypointPolicy::deny_all(
                 namespace,
@@ -810,19 +787,18 @@ pub fn load(
 pub fn compiled(
     namespace: &str,
     name: &str,
-    root_namespace: &str,
     annotations: &BTreeMap<String, String>,
     decoded: &model::AuthorizationPolicySpec,
     ignored: Vec<PolicyError>,
 ) -> Loaded<Option<WaypointPolicy>> {
-    match WaypointPolicy::compile(namespace, name, root_namespace, annotations, decoded) {
+    match WaypointPolicy::compile(namespace, name, annotations, decoded) {
         Ok(policy) => Loaded {
             policy,
             ignored,
             failure: None,
         },
         Err(e) => {
-            let scope = bindings(namespace, root_namespace, decoded)
+            let scope = bindings(namespace, decoded)
                 .ok()
                 .flatten()
                 .unwrap_or_else(|| vec![Binding::Namespace(namespace.to_owned())]);

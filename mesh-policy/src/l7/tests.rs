@@ -21,7 +21,7 @@ fn compile_in(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    WaypointPolicy::compile(ns, "p", ROOT, &ann, &spec(yaml))
+    WaypointPolicy::compile(ns, "p", &ann, &spec(yaml))
 }
 
 /// A policy of `shop` bound to Service `web`, with `body` after the binding.
@@ -158,11 +158,16 @@ fn bindings_name_the_gateway_a_service_or_from_the_root_the_class() {
     .unwrap()
     .unwrap();
     assert!(!root_gw.applies(&scope(None)));
+    // A class bound outside the root namespace binds nothing.
+    let elsewhere = compile_in(
+        "shop",
+        "targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: mesh-waypoint}]\n",
+        &[],
+    )
+    .unwrap()
+    .unwrap();
+    assert!(!elsewhere.applies(&scope(None)));
     for (yaml, field) in [
-        (
-            "targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: x}]\n",
-            "spec.targetRefs[0].kind",
-        ),
         (
             "targetRefs: [{kind: Gateway, name: wp}]\n",
             "spec.targetRefs[0].group",
@@ -550,7 +555,7 @@ fn dry_run_is_reported_not_enforced() {
 fn what_cannot_be_compiled_denies_in_its_scope() {
     let no = BTreeMap::new();
     let bad = json!({"targetRefs": [{"kind": "Service", "name": "web"}], "rules": [{"when": [{"key": "nope", "values": ["x"]}]}]});
-    let l = load("shop", "bad", ROOT, &no, Some(&bad));
+    let l = load("shop", "bad", &no, Some(&bad));
     assert!(
         matches!(l.failure, Some(Failure::Invalid(ref e)) if e.field == "spec.rules[0].when[0].key")
     );
@@ -567,7 +572,7 @@ fn what_cannot_be_compiled_denies_in_its_scope() {
     );
     // Unreadable, targets included: the whole namespace.
     let unreadable = json!({"targetRefs": [{"kind": "Service", "name": "web"}], "rules": [{"from": [{"source": {"principal": ["x"]}}]}]});
-    let l = load("shop", "u", ROOT, &no, Some(&unreadable));
+    let l = load("shop", "u", &no, Some(&unreadable));
     assert!(matches!(l.failure, Some(Failure::Unreadable(_))));
     let p = l.policy.unwrap();
     assert!(p.applies(&scope(None)) && p.applies(&scope(Some(("shop", "api")))));
@@ -578,16 +583,16 @@ fn what_cannot_be_compiled_denies_in_its_scope() {
     // A dry-run annotation does not make a broken policy log only.
     let dry: BTreeMap<String, String> = [("istio.io/dry-run".to_owned(), "true".to_owned())].into();
     assert!(
-        !load("shop", "bad", ROOT, &dry, Some(&bad))
+        !load("shop", "bad", &dry, Some(&bad))
             .policy
             .unwrap()
             .dry_run
     );
     // Not the waypoint's: nothing, whether readable or not.
     let selector = json!({"selector": {"matchLabels": {"app": "x"}}, "rules": [{"bogus": 1}]});
-    let l = load("shop", "s", ROOT, &no, Some(&selector));
+    let l = load("shop", "s", &no, Some(&selector));
     assert!(l.policy.is_none() && l.failure.is_none());
     let ok = json!({"targetRef": {"kind": "Gateway", "group": GATEWAY_GROUP, "name": "wp"}, "action": "DENY", "rules": [{}]});
-    let l = load("shop", "ok", ROOT, &no, Some(&ok));
+    let l = load("shop", "ok", &no, Some(&ok));
     assert!(l.failure.is_none() && l.policy.unwrap().compiled);
 }
