@@ -258,6 +258,29 @@ fn annotations_of(value: &serde_yaml::Value) -> Labels {
         .unwrap_or_default()
 }
 
+/// The same document as waypoints read it (`mesh_policy::l7`): nothing
+/// unless it names `targetRefs`; read as `load_authorization` reads it.
+fn load_waypoint_authorization(
+    value: &serde_yaml::Value,
+    text: &str,
+    namespace: &str,
+    name: &str,
+) -> Loaded<Option<mesh_policy::l7::WaypointPolicy>> {
+    let annotations = annotations_of(value);
+    let spec = value.get("spec").cloned().unwrap_or_default();
+    let typed = if spec.is_null() {
+        Ok(model::AuthorizationPolicySpec::default())
+    } else {
+        serde_yaml::from_value::<model::AuthorizationPolicySpec>(spec)
+            .or_else(|_| typed_from_text(text))
+    };
+    if let Ok(spec) = typed {
+        return mesh_policy::l7::compiled(namespace, name, &annotations, &spec, Vec::new());
+    }
+    let json = spec_json(value).ok().flatten();
+    mesh_policy::l7::load(namespace, name, &annotations, json.as_ref())
+}
+
 /// Loads an AuthorizationPolicy document: as YAML first (how the file has
 /// always been read), else through `mesh_policy::load`, which names the field
 /// and applies the DENY-rule leniency.
@@ -447,7 +470,20 @@ pub fn parse_with(
                     doc.parse::<PolicyDoc<model::AuthorizationPolicySpec>>(file, &what)
                         .map(drop)
                 })?;
-                store.authorization.apply(key, loaded.policy);
+                let waypoint = load_waypoint_authorization(&value, doc.text, &namespace, &name);
+                if loaded.failure.is_none() {
+                    judge(file, &doc, &what, bad_policies, &waypoint, || {
+                        doc.parse::<PolicyDoc<model::AuthorizationPolicySpec>>(file, &what)
+                            .map(drop)
+                    })?;
+                }
+                store.authorization.apply(
+                    key,
+                    crate::store::CompiledPolicy {
+                        node: loaded.policy,
+                        waypoint: waypoint.policy.map(std::sync::Arc::new),
+                    },
+                );
             }
             "PeerAuthentication" => {
                 let loaded = load_peer_authentication(&value, doc.text, &namespace, &name);

@@ -92,8 +92,14 @@ impl<T> Collection<T> {
     }
 }
 
-/// A policy object compiles to nothing (AUDIT) or one enforced policy.
-pub type CompiledPolicy = Option<AuthorizationPolicy>;
+/// An AuthorizationPolicy object compiles to what node agents enforce
+/// (`node`: nothing for AUDIT or for a policy bound by `targetRefs`) and
+/// what waypoints enforce (`waypoint`: only a policy bound by `targetRefs`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompiledPolicy {
+    pub node: Option<AuthorizationPolicy>,
+    pub waypoint: Option<Arc<mesh_policy::l7::WaypointPolicy>>,
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct Store {

@@ -85,6 +85,8 @@ pub struct MeshView {
     /// waypoints).
     pub rate_limits: Vec<Arc<crate::ratelimit::RateLimitPolicy>>,
     pub policies: PolicySet,
+    /// AuthorizationPolicies bound by `targetRefs` (enforced by waypoints).
+    pub waypoint_policies: Vec<Arc<mesh_policy::l7::WaypointPolicy>>,
     pub sizes: StoreSizes,
 }
 
@@ -228,7 +230,7 @@ impl MeshView {
                 authorization: store
                     .authorization
                     .values()
-                    .filter_map(|p| p.as_ref().clone())
+                    .filter_map(|p| p.node.clone())
                     .collect(),
                 peer_authentication: store
                     .peer_authentication
@@ -237,6 +239,11 @@ impl MeshView {
                     .collect(),
                 sync: store.policy_sync.clone(),
             },
+            waypoint_policies: store
+                .authorization
+                .values()
+                .filter_map(|p| p.waypoint.clone())
+                .collect(),
             sizes: store.sizes(),
         }
     }
