@@ -220,8 +220,7 @@ fn load_authorization(o: &DynamicObject) -> Result<CompiledPolicy, convert::Inva
     let (namespace, name) = (namespace_of(o), o.name_any());
     let loaded = load::authorization(&namespace, &name, o.annotations(), o.data.get("spec"));
     log_loaded("AuthorizationPolicy", &ns_name(o), &loaded);
-    let waypoint =
-        mesh_policy::l7::load(&namespace, &name, o.annotations(), o.data.get("spec"));
+    let waypoint = mesh_policy::l7::load(&namespace, &name, o.annotations(), o.data.get("spec"));
     if loaded.failure.is_none() {
         // One that cannot be read at all is logged once, above.
         log_loaded("AuthorizationPolicy", &ns_name(o), &waypoint);
