@@ -138,7 +138,7 @@ fn invalid_at(file: &Path, line: usize, field: String, problem: impl Into<String
 }
 
 /// The Kubernetes kinds a local file may hold.
-pub const KINDS: [&str; 13] = [
+pub const KINDS: [&str; 14] = [
     "Namespace",
     "Node",
     "Pod",
@@ -152,6 +152,7 @@ pub const KINDS: [&str; 13] = [
     "HTTPFaultInjection",
     "ReferenceGrant",
     "HTTPLocalRateLimitPolicy",
+    "DestinationRule",
 ];
 
 /// What a policy document that cannot be read or enforced does to the file.
@@ -518,6 +519,16 @@ pub fn parse_with(
                         invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
                     })?;
                 store.rate_limits.apply(key, compiled);
+            }
+            "DestinationRule" => {
+                let rule: crate::destination_rule::Document = doc.typed(value, file, &what)?;
+                let compiled =
+                    crate::destination_rule::compile(&namespace, &name, None, &rule.spec)
+                        .map_err(|e| {
+                            invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
+                        })?;
+                crate::destination_rule::log_ignored_subsets(&what, &compiled);
+                store.destination_rules.apply(key, compiled);
             }
             "HTTPFaultInjection" => {
                 let object: mesh_route::fault::HttpFaultInjection =

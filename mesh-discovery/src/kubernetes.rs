@@ -69,9 +69,10 @@ enum Change {
     GrpcRoute(Box<watcher::Event<DynamicObject>>),
     RateLimit(Box<watcher::Event<DynamicObject>>),
     Fault(Box<watcher::Event<DynamicObject>>),
+    DestinationRule(Box<watcher::Event<DynamicObject>>),
 }
 
-const KINDS: usize = 11;
+const KINDS: usize = 12;
 
 fn watch<K>(
     client: &Client,
@@ -382,6 +383,7 @@ struct Watchers {
     grpc_routes: KindState<mesh_route::CompiledRoute>,
     rate_limits: KindState<crate::ratelimit::RateLimitPolicy>,
     faults: KindState<mesh_route::fault::Fault>,
+    destination_rules: KindState<crate::destination_rule::DestinationRule>,
     /// Kinds the API server does not serve (their CRD is not installed).
     /// Policy kinds never count as absent for enforcement (see `policy_sync`).
     absent: [bool; KINDS],
@@ -403,6 +405,7 @@ impl Watchers {
             self.grpc_routes.synced,
             self.rate_limits.synced,
             self.faults.synced,
+            self.destination_rules.synced,
         ];
         synced.iter().zip(self.absent).all(|(s, a)| *s || a)
     }
@@ -517,6 +520,23 @@ impl Watchers {
                     |o| fault_or_last_good(o, last_good.get(&ns_name(o)).map(|f| f.as_ref())),
                 )
             }
+            Ok(Change::DestinationRule(e)) => {
+                // A handful of Arcs: what an invalid update falls back to.
+                let last_good = s.destination_rules.clone();
+                apply(
+                    *e,
+                    crate::destination_rule::KIND,
+                    &mut s.destination_rules,
+                    &mut self.destination_rules,
+                    ns_name,
+                    |o| {
+                        crate::destination_rule::from_api(
+                            o,
+                            last_good.get(&ns_name(o)).map(|r| r.as_ref()),
+                        )
+                    },
+                )
+            }
             Err(e) if index == AUTHZ || index == PEER => {
                 let synced = match index {
                     AUTHZ => self.authorization.synced,
@@ -579,6 +599,7 @@ const KIND_NAMES: [&str; KINDS] = [
     "GRPCRoute",
     "HTTPLocalRateLimitPolicy",
     "HTTPFaultInjection",
+    "DestinationRule",
 ];
 
 fn all_watches(
@@ -631,6 +652,14 @@ fn all_watches(
         // Without its CRD there are no fault injections: rules naming one
         // answer 500.
         watch_untyped(client, fault_resource(), |e| Change::Fault(Box::new(e)), 10),
+        // Istio's own kind: without Istio's CRDs there are no rules
+        // (treated as empty), and Services get the waypoint's defaults.
+        watch_untyped(
+            client,
+            crate::destination_rule::api_resource(),
+            |e| Change::DestinationRule(Box::new(e)),
+            11,
+        ),
     ])
 }
 

@@ -130,6 +130,9 @@ pub struct Store {
     /// HTTPLocalRateLimitPolicies, checked, by `<namespace>/<name>`; one
     /// that does not validate is ignored here (absent, counted).
     pub rate_limits: Collection<crate::ratelimit::RateLimitPolicy>,
+    /// Istio DestinationRules, checked, by `<namespace>/<name>`; one that
+    /// does not validate is ignored here (absent, counted).
+    pub destination_rules: Collection<crate::destination_rule::DestinationRule>,
     /// Whether `authorization` and `peer_authentication` are complete. A
     /// default store is not: a source says when it has read them whole.
     pub policy_sync: PolicySync,
@@ -171,7 +174,8 @@ impl Store {
                 + self.http_routes.ignored()
                 + self.faults.ignored()
                 + self.grpc_routes.ignored()
-                + self.rate_limits.ignored(),
+                + self.rate_limits.ignored()
+                + self.destination_rules.ignored(),
         }
     }
 }

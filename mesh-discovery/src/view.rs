@@ -84,6 +84,9 @@ pub struct MeshView {
     /// HTTPLocalRateLimitPolicies, by `<namespace>/<name>` (enforced by
     /// waypoints).
     pub rate_limits: Vec<Arc<crate::ratelimit::RateLimitPolicy>>,
+    /// The DestinationRule that applies to each Service, by the Service's
+    /// `<namespace>/<name>` (of several, the oldest: `destination_rule::by_service`).
+    destination_rules: HashMap<String, Arc<crate::destination_rule::DestinationRule>>,
     pub policies: PolicySet,
     /// AuthorizationPolicies bound by `targetRefs` (enforced by waypoints).
     pub waypoint_policies: Vec<Arc<mesh_policy::l7::WaypointPolicy>>,
@@ -225,6 +228,9 @@ impl MeshView {
                 .collect(),
             routes,
             rate_limits: store.rate_limits.values().cloned().collect(),
+            destination_rules: crate::destination_rule::by_service(
+                store.destination_rules.values(),
+            ),
             policies: PolicySet {
                 root_namespace: settings.root_namespace.clone(),
                 authorization: store
@@ -255,6 +261,14 @@ impl MeshView {
     /// The HTTPFaultInjection a rule names, if it exists and validated.
     pub fn fault(&self, r: &mesh_route::fault::FaultRef) -> Option<&Arc<mesh_route::fault::Fault>> {
         self.faults.get(&format!("{}/{}", r.namespace, r.name))
+    }
+
+    /// The DestinationRule that applies to Service `<namespace>/<name>`.
+    pub fn destination_rule(
+        &self,
+        service_key: &str,
+    ) -> Option<&Arc<crate::destination_rule::DestinationRule>> {
+        self.destination_rules.get(service_key)
     }
 
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {

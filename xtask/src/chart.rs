@@ -788,6 +788,13 @@ fn waypoint_checks() -> anyhow::Result<usize> {
             &[],
             &["get", "list", "watch"],
         ),
+        // Istio's DestinationRules (mesh-discovery/src/destination_rule.rs).
+        rule(
+            &["networking.istio.io"],
+            &["destinationrules"],
+            &[],
+            &["get", "list", "watch"],
+        ),
     ];
     for role in [READER, "mesh-agent"] {
         let got = rules("ClusterRole", role)?;
