@@ -40,6 +40,9 @@ pub struct Inspection {
     /// tables in the order they are tried.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routes: Option<ServiceRoutes>,
+    /// A Service's DestinationRule, as its waypoint applies it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_rule: Option<crate::destination_rules::RuleView>,
     /// Policies that select the target's pods (evaluated for `evaluated_for`).
     pub inbound_policies: Vec<PolicyRow>,
     pub evaluated_for: Option<String>,
@@ -125,9 +128,13 @@ pub fn inspect(view: &MeshView, target: &str) -> anyhow::Result<Inspection> {
     };
     let mut service_waypoint = None;
     let mut routes = None;
+    let mut destination_rule = None;
     let (kind, pods, endpoints) = if let Some(route) = view.service(target) {
         service_waypoint = Some(route.waypoint.clone());
         routes = Some(routing::tables::service_routes(view, route));
+        destination_rule = view
+            .destination_rule(target)
+            .map(|rule| crate::destination_rules::view(rule, route));
         let mut endpoints = Vec::new();
         let mut pods: Vec<Arc<Workload>> = Vec::new();
         for p in &route.ports {
@@ -190,6 +197,7 @@ pub fn inspect(view: &MeshView, target: &str) -> anyhow::Result<Inspection> {
             .collect(),
         endpoints,
         routes,
+        destination_rule,
         inbound_policies: Vec::new(),
         evaluated_for: representative.as_ref().map(|w| w.key()),
         inbound: Vec::new(),
@@ -505,6 +513,12 @@ pub fn render(format: Format, i: &Inspection) -> anyhow::Result<String> {
         if let Some(r) = &i.routes {
             out.push('\n');
             out.push_str(&routing::render::service_routes(r));
+        }
+        if i.kind == "service" {
+            out.push('\n');
+            out.push_str(&crate::destination_rules::render(
+                i.destination_rule.as_ref(),
+            ));
         }
         out.push_str(&format!(
             "\nINBOUND POLICIES (evaluated for {})\n",

@@ -3,6 +3,7 @@
 //! files) or of a Kubernetes cluster (the agent pods, through the API
 //! server).
 pub mod agents;
+pub mod destination_rules;
 pub mod inspect;
 pub mod output;
 pub mod routing;

@@ -336,6 +336,26 @@ impl Open {
         response
     }
 
+    /// A request an AuthorizationPolicy denied, with its record written
+    /// (`RBAC`): the denial's status, headers and body.
+    fn denied(mut self, denial: crate::authz::Denial) -> Response<ResponseBody> {
+        self.record.response_code = Some(denial.status);
+        self.record
+            .response_flags
+            .insert(ResponseFlag::RbacAccessDenied);
+        self.finish();
+        let mut response = Response::new(
+            Full::new(denial.body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *response.status_mut() = denial.status;
+        for (name, value) in denial.headers {
+            response.headers_mut().append(name, value);
+        }
+        response
+    }
+
     /// A response made here (no endpoint answered), with its record written.
     fn local(mut self, status: StatusCode, flag: ResponseFlag) -> Response<ResponseBody> {
         self.record.response_code = Some(status);
@@ -389,6 +409,24 @@ async fn proxy(
         _active: active,
         permit: None,
     };
+    // What a verified JWT says about the request (RequestAuthentication);
+    // none is verified yet.
+    let request_auth: Option<mesh_policy::RequestAuth> = None;
+    // Authorization after authentication (the policies read what a
+    // verified JWT says) and before a rate limit counts the request.
+    if let Err(denial) = crate::authz::check(
+        &wp,
+        &view,
+        &ctx,
+        protocol,
+        &mut request,
+        &authority,
+        request_auth.as_ref(),
+    )
+    .await
+    {
+        return open.denied(denial);
+    }
     if let Some(limited) = ratelimit::check(&wp, &view, &ctx) {
         debug!(authority = %authority, policy = %limited.policy, retry_after_ms = limited.retry_after.as_millis() as u64, "over a local rate limit (429 RL)");
         wp.telemetry.rate_limited(&limited.policy);

@@ -14,9 +14,11 @@
 //! context and the OTLP export are `mesh_telemetry`'s.
 pub mod access;
 pub mod admin;
+pub mod authz;
 pub mod balancer;
 pub mod binding;
 pub mod body;
+pub mod ext_authz;
 pub mod handler;
 pub mod headers;
 pub mod http;

@@ -39,6 +39,13 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuthzLabels {
+    policy: String,
+    action: &'static str,
+    dry_run: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ServiceLabels {
     service: String,
 }
@@ -72,6 +79,7 @@ pub struct Telemetry {
     budget_exhausted: Family<ServiceLabels, Counter>,
     mirrors: Family<OutcomeLabels, Counter>,
     rate_limited: Family<PolicyLabels, Counter>,
+    authz_denied: Family<AuthzLabels, Counter>,
     ready: Gauge,
     access: Arc<dyn AccessLog>,
     spans: Option<Exporter>,
@@ -132,6 +140,12 @@ impl Telemetry {
             "Requests answered 429 (RL) for being over an HTTPLocalRateLimitPolicy's limit, by policy (<namespace>/<name>)",
             rate_limited.clone(),
         );
+        let authz_denied = Family::<AuthzLabels, Counter>::default();
+        own.register(
+            "authorization_denied_requests",
+            "Requests an AuthorizationPolicy at the waypoint denied (403, RBAC), by policy (<namespace>/<name>, - when ALLOW policies exist and none matched), action (DENY, ALLOW, CUSTOM) and dry_run (true: a dry-run policy would have denied it, and did not)",
+            authz_denied.clone(),
+        );
         let ready = Gauge::default();
         own.register(
             "ready",
@@ -149,6 +163,7 @@ impl Telemetry {
                 budget_exhausted,
                 mirrors,
                 rate_limited,
+                authz_denied,
                 ready,
                 access,
                 spans,
@@ -222,6 +237,17 @@ impl Telemetry {
         self.rate_limited
             .get_or_create(&PolicyLabels {
                 policy: policy.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A request an AuthorizationPolicy denied (or, `dry_run`, would have).
+    pub fn authorization_denied(&self, policy: &str, action: &'static str, dry_run: bool) {
+        self.authz_denied
+            .get_or_create(&AuthzLabels {
+                policy: policy.to_owned(),
+                action,
+                dry_run: if dry_run { "true" } else { "false" },
             })
             .inc();
     }
