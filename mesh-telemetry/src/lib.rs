@@ -8,6 +8,7 @@ pub mod labels;
 pub mod otlp;
 pub mod refusals;
 pub mod request;
+mod request_series;
 pub mod status;
 pub mod tcp;
 pub mod trace;

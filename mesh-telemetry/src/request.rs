@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::{
     connection::Security,
     labels::{UNKNOWN, WorkloadLabels},
+    request_series::{Series, SeriesCache, SeriesKey},
     trace::TraceId,
 };
 
@@ -435,6 +436,9 @@ pub struct RequestMetrics {
     duration: HistogramFamily,
     request_bytes: HistogramFamily,
     response_bytes: HistogramFamily,
+    /// Each label set's series in the four families, found with one lookup
+    /// and without building the labels again.
+    series: std::sync::Arc<SeriesCache>,
 }
 
 impl RequestMetrics {
@@ -451,6 +455,7 @@ impl RequestMetrics {
             response_bytes: Family::new_with_constructor(|| {
                 Histogram::new(SIZE_BUCKETS_BYTES.iter().copied())
             }),
+            series: Default::default(),
         };
         registry.register(
             "istio_requests",
@@ -477,17 +482,19 @@ impl RequestMetrics {
 
     /// Counts one finished request in every family.
     pub fn record(&self, rec: &RequestRecord) {
-        let labels = RequestLabels::of(rec);
-        self.requests.get_or_create(&labels).inc();
-        self.duration
-            .get_or_create(&labels)
-            .observe(rec.duration.as_secs_f64() * 1000.0);
-        self.request_bytes
-            .get_or_create(&labels)
-            .observe(rec.request_bytes as f64);
-        self.response_bytes
-            .get_or_create(&labels)
-            .observe(rec.response_bytes as f64);
+        let series = self.series.get(&SeriesKey::of(rec), || {
+            let labels = RequestLabels::of(rec);
+            Series {
+                requests: self.requests.get_or_create(&labels).clone(),
+                duration: self.duration.get_or_create(&labels).clone(),
+                request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+                response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+            }
+        });
+        series.requests.inc();
+        series.duration.observe(rec.duration.as_secs_f64() * 1000.0);
+        series.request_bytes.observe(rec.request_bytes as f64);
+        series.response_bytes.observe(rec.response_bytes as f64);
     }
 }
 
@@ -674,6 +681,51 @@ pub(crate) mod tests {
             .filter(|l| l.starts_with(&format!("{series}{{")))
             .find(|l| labels.iter().all(|want| l.contains(want)))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn each_labelled_fact_has_its_own_series_and_equal_facts_share_one() {
+        let mut registry = Registry::default();
+        let metrics = RequestMetrics::new(&mut registry);
+        let base = record();
+        let mut variants = vec![base.clone()];
+        let mut vary = |f: &dyn Fn(&mut RequestRecord)| {
+            let mut r = base.clone();
+            f(&mut r);
+            variants.push(r);
+        };
+        vary(&|r| r.source.principal = None);
+        vary(&|r| r.source.workload = None);
+        vary(&|r| r.source.cluster = Some("east".into()));
+        vary(&|r| r.destination.principal = None);
+        vary(&|r| r.destination.workload.as_mut().unwrap().version = "v2".into());
+        vary(&|r| r.destination.cluster = None);
+        vary(&|r| r.service = None);
+        vary(&|r| r.protocol = Protocol::Grpc);
+        vary(&|r| r.response_code = Some(StatusCode::BAD_GATEWAY));
+        vary(&|r| r.grpc_status = GrpcStatus::new(14));
+        vary(&|r| r.response_flags.insert(ResponseFlag::UpstreamOverflow));
+        vary(&|r| r.route = Some("shop/canary".into()));
+        vary(&|r| r.route_rule = Some("1".into()));
+        for v in &variants {
+            metrics.record(v);
+        }
+        // Facts no label is made of do not make a series.
+        let mut same = base.clone();
+        same.path = "/other".into();
+        same.duration = Duration::from_millis(1);
+        metrics.record(&same);
+        assert_eq!(metrics.series.len(), variants.len());
+        let text = scrape(&registry);
+        let totals: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .collect();
+        assert_eq!(totals.len(), variants.len(), "{text}");
+        let twice: Vec<&&str> = totals.iter().filter(|l| l.ends_with(" 2")).collect();
+        assert_eq!(twice.len(), 1, "{text}");
+        assert!(twice[0].contains("route_rule=\"\""), "{text}");
+        assert!(twice[0].contains("response_code=\"201\""), "{text}");
     }
 
     #[test]
