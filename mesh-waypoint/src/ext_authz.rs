@@ -173,24 +173,29 @@ pub fn check_request(facts: &CheckFacts<'_>, provider: &Provider) -> proto::Chec
     ] {
         headers.insert(name.to_owned(), value.to_owned());
     }
-    let peer = |addr: SocketAddr, principal: Option<&str>| proto::Peer {
+    let peer = |addr: SocketAddr, principal: Option<&str>| proto::attribute_context::Peer {
         address: Some(proto::Address {
-            socket_address: Some(proto::SocketAddress {
-                address: addr.ip().to_string(),
-                port_value: u32::from(addr.port()),
-            }),
+            address: Some(proto::address::Address::SocketAddress(
+                proto::SocketAddress {
+                    address: addr.ip().to_string(),
+                    port_specifier: Some(proto::socket_address::PortSpecifier::PortValue(
+                        u32::from(addr.port()),
+                    )),
+                    ..Default::default()
+                },
+            )),
         }),
-        service: String::new(),
         principal: principal.unwrap_or_default().to_owned(),
+        ..Default::default()
     };
     let query = facts.path.split_once('?').map_or("", |(_, q)| q);
     proto::CheckRequest {
         attributes: Some(proto::AttributeContext {
             source: Some(peer(facts.source, facts.source_principal)),
             destination: Some(peer(facts.destination, None)),
-            request: Some(proto::AttributeRequest {
-                http: Some(proto::HttpRequest {
-                    id: String::new(),
+            request: Some(proto::attribute_context::Request {
+                time: None,
+                http: Some(proto::attribute_context::HttpRequest {
                     method: facts.method.to_owned(),
                     headers,
                     path: facts.path.to_owned(),
@@ -199,13 +204,16 @@ pub fn check_request(facts: &CheckFacts<'_>, provider: &Provider) -> proto::Chec
                     query: query.to_owned(),
                     size: -1,
                     protocol: facts.protocol.to_owned(),
+                    ..Default::default()
                 }),
             }),
-            context_extensions: HashMap::new(),
+            ..Default::default()
         }),
     }
 }
 
+// `append` is deprecated in Envoy's API, and still honoured by Envoy.
+#[allow(deprecated)]
 fn header_pairs(options: &[proto::HeaderValueOption]) -> Vec<(HeaderName, HeaderValue, Mode)> {
     options
         .iter()
@@ -236,18 +244,23 @@ fn header_pairs(options: &[proto::HeaderValueOption]) -> Vec<(HeaderName, Header
 pub fn answer(response: proto::CheckResponse) -> Answer {
     let ok = response.status.as_ref().is_none_or(|s| s.code == 0);
     match (ok, response.http_response) {
-        (true, Some(proto::HttpResponse::OkResponse(r))) => Answer::Allowed(HeaderChanges {
-            set: header_pairs(&r.headers),
-            remove: r
-                .headers_to_remove
-                .iter()
-                .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
-                .collect(),
-        }),
+        (true, Some(proto::check_response::HttpResponse::OkResponse(r))) => {
+            Answer::Allowed(HeaderChanges {
+                set: header_pairs(&r.headers),
+                remove: r
+                    .headers_to_remove
+                    .iter()
+                    .filter_map(|n| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
+                    .collect(),
+            })
+        }
         (true, _) => Answer::Allowed(HeaderChanges::default()),
         (false, denied) => {
             let denied = match denied {
-                Some(proto::HttpResponse::DeniedResponse(d)) => d,
+                Some(
+                    proto::check_response::HttpResponse::DeniedResponse(d)
+                    | proto::check_response::HttpResponse::ErrorResponse(d),
+                ) => d,
                 _ => proto::DeniedHttpResponse::default(),
             };
             let status = denied
@@ -458,15 +471,17 @@ mod tests {
         }
     }
 
+    #[allow(deprecated)]
     fn header(key: &str, value: &str, append: Option<bool>, action: i32) -> HeaderValueOption {
         HeaderValueOption {
             header: Some(proto::HeaderValue {
                 key: key.into(),
                 value: value.into(),
-                raw_value: Vec::new(),
+                ..Default::default()
             }),
             append: append.map(|value| BoolValue { value }),
             append_action: action,
+            ..Default::default()
         }
     }
 
@@ -490,9 +505,12 @@ mod tests {
         let a = r.attributes.unwrap();
         let src = a.source.unwrap();
         assert_eq!(src.principal, "spiffe://cluster.local/ns/shop/sa/client");
+        let Some(address::Address::SocketAddress(sa)) = src.address.unwrap().address else {
+            panic!("a socket address")
+        };
         assert_eq!(
-            src.address.unwrap().socket_address.unwrap().port_value,
-            40000
+            sa.port_specifier,
+            Some(socket_address::PortSpecifier::PortValue(40000))
         );
         let http = a.request.unwrap().http.unwrap();
         assert_eq!(
@@ -519,8 +537,8 @@ mod tests {
     #[test]
     fn ok_allows_with_its_header_changes() {
         let a = answer(CheckResponse {
-            status: Some(proto::Status::default()),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            status: Some(Status::default()),
+            http_response: Some(check_response::HttpResponse::OkResponse(OkHttpResponse {
                 headers: vec![
                     header("x-user", "alice", None, 0),
                     header("x-tag", "1", Some(true), 0),
@@ -529,7 +547,9 @@ mod tests {
                     header("host", "evil", None, 0),
                 ],
                 headers_to_remove: vec!["Authorization".into()],
+                ..Default::default()
             })),
+            ..Default::default()
         });
         let Answer::Allowed(changes) = a else {
             panic!("{a:?}")
@@ -556,15 +576,19 @@ mod tests {
     #[test]
     fn any_other_status_denies_with_the_denied_response() {
         let a = answer(CheckResponse {
-            status: Some(proto::Status {
+            status: Some(Status {
                 code: 7,
                 message: "no".into(),
+                ..Default::default()
             }),
-            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                status: Some(HttpStatus { code: 401 }),
-                headers: vec![header("www-authenticate", "Bearer", None, 0)],
-                body: "go away".into(),
-            })),
+            http_response: Some(check_response::HttpResponse::DeniedResponse(
+                DeniedHttpResponse {
+                    status: Some(HttpStatus { code: 401 }),
+                    headers: vec![header("www-authenticate", "Bearer", None, 0)],
+                    body: "go away".into(),
+                },
+            )),
+            ..Default::default()
         });
         assert_eq!(
             a,
@@ -578,11 +602,11 @@ mod tests {
             }
         );
         let bare = answer(CheckResponse {
-            status: Some(proto::Status {
+            status: Some(Status {
                 code: 16,
-                message: String::new(),
+                ..Default::default()
             }),
-            http_response: None,
+            ..Default::default()
         });
         assert!(matches!(bare, Answer::Denied { status, .. } if status == StatusCode::FORBIDDEN));
     }
