@@ -71,6 +71,12 @@ struct Cli {
     /// core.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: u16,
+    /// A YAML file of extension providers, shaped like Istio's meshConfig
+    /// (`extensionProviders: [{name, envoyExtAuthzGrpc: {service, port,
+    /// timeout, failOpen, statusOnError, includeRequestHeadersInCheck}}]`):
+    /// the external authorizers CUSTOM AuthorizationPolicies name.
+    #[arg(long, env = "MESH_EXTENSION_PROVIDERS", value_name = "FILE")]
+    extension_providers: Option<PathBuf>,
 }
 
 /// JSON lines on stderr; `MESH_LOG` sets the filter (e.g. `info,access=off`).
@@ -126,6 +132,7 @@ fn main() -> ExitCode {
         otlp_endpoint: cli.otlp_endpoint,
         request_timeout: cli.request_timeout,
         pod_name: cli.pod_name,
+        extension_providers: cli.extension_providers,
     };
     let runtime = if cli_workers == 1 {
         tokio::runtime::Builder::new_current_thread()

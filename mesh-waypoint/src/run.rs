@@ -49,6 +49,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub pod_name: String,
     pub pod_namespace: String,
+    /// The external authorizers' file (`--extension-providers`).
+    pub extension_providers: Option<PathBuf>,
 }
 
 /// How often idle upstream connections and balancer entries are swept.
@@ -193,6 +195,15 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         telemetry,
     })
     .context("the waypoint's TLS configuration")?;
+    if let Some(path) = &settings.extension_providers {
+        let what = || format!("--extension-providers {}", path.display());
+        let text = std::fs::read_to_string(path).with_context(what)?;
+        let providers =
+            crate::ext_authz::providers::Providers::parse(&text, &settings.gateway.namespace)
+                .with_context(what)?;
+        info!(file = %path.display(), "extension providers read");
+        wp.ext_authz.set_providers(providers);
+    }
     info!(gateway = %settings.gateway, %identity, hbone = %settings.hbone_listen, admin = %settings.admin_listen, "waypoint starting");
 
     let mut tasks = tokio::task::JoinSet::new();
