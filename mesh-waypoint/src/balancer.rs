@@ -1,7 +1,12 @@
-//! Per-request load balancing: power of two choices over the requests in
-//! flight to each endpoint. Two endpoints are drawn at random and the one
-//! with fewer requests in flight is taken, so a slow endpoint is avoided
-//! without every proxy herding onto the same least-loaded one.
+//! Per-request load balancing. By default (Istio's `LEAST_REQUEST`),
+//! power of two choices over the requests in flight to each endpoint: two
+//! endpoints are drawn at random and the one with fewer requests in flight
+//! is taken, so a slow endpoint is avoided without every proxy herding
+//! onto the same least-loaded one. A DestinationRule may ask for
+//! `ROUND_ROBIN`, `RANDOM`, or a consistent hash: rendezvous hashing
+//! (highest random weight), where each endpoint scores `hash(key,
+//! endpoint)` and the highest wins, so removing an endpoint moves only the
+//! keys that were on it, and a retry takes the key's next best endpoint.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -32,16 +37,77 @@ pub fn pick(
     }
 }
 
+/// How an endpoint is chosen.
+#[derive(Debug, Clone, Copy)]
+pub enum Choice<'a> {
+    /// Power of two choices over requests in flight.
+    LeastRequest,
+    /// In turn, by the Service's cursor.
+    RoundRobin(&'a AtomicUsize),
+    Random,
+    /// The endpoint this key hashes to (`hash_key`).
+    Hash(u64),
+}
+
+/// 64-bit FNV-1a, then a finalizer that spreads the bits (splitmix64's):
+/// stable across processes and releases, unlike std's hasher, so every
+/// replica of a waypoint sends a key to the same endpoint.
+fn hash64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Separates the parts: ("ab", "c") is not ("a", "bc").
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The hash of a request's key (a header's value, a cookie's, an address).
+pub fn hash_key(key: &[u8]) -> u64 {
+    hash64(&[key])
+}
+
+/// The endpoint with the highest score for `key` (rendezvous hashing).
+pub fn pick_hashed(endpoints: &[SocketAddr], key: u64) -> Option<SocketAddr> {
+    endpoints.iter().copied().max_by_key(|e| {
+        let addr = e.to_string();
+        (hash64(&[&key.to_le_bytes(), addr.as_bytes()]), *e)
+    })
+}
+
+/// The endpoint at `cursor`'s turn.
+pub fn pick_in_turn(endpoints: &[SocketAddr], cursor: usize) -> Option<SocketAddr> {
+    (!endpoints.is_empty()).then(|| endpoints[cursor % endpoints.len()])
+}
+
 /// Requests in flight per endpoint, shared by every connection.
 #[derive(Default)]
 pub struct Balancer {
     loads: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
 }
 
-/// One request's place in its endpoint's count; released on drop.
+/// One request's place in its endpoint's count; released on drop, with
+/// its place under its Service's connection pool limits.
 pub struct InFlight {
     pub addr: SocketAddr,
     count: Arc<AtomicUsize>,
+    pool: Option<crate::connection_pool::Held>,
+}
+
+impl InFlight {
+    /// Keeps the request's place under its Service's limits for as long
+    /// as it is in flight (to the end of its response).
+    pub fn hold(&mut self, place: Option<crate::connection_pool::Held>) {
+        self.pool = place;
+    }
 }
 
 impl Drop for InFlight {
@@ -53,6 +119,16 @@ impl Drop for InFlight {
 impl Balancer {
     /// An endpoint for the next request, out of those not in `tried`.
     pub fn choose(&self, endpoints: &[SocketAddr], tried: &[SocketAddr]) -> Option<InFlight> {
+        self.choose_by(endpoints, tried, Choice::LeastRequest)
+    }
+
+    /// An endpoint out of those not in `tried`, chosen as `how` says.
+    pub fn choose_by(
+        &self,
+        endpoints: &[SocketAddr],
+        tried: &[SocketAddr],
+        how: Choice<'_>,
+    ) -> Option<InFlight> {
         let candidates: Vec<SocketAddr> = endpoints
             .iter()
             .filter(|e| !tried.contains(e))
@@ -60,14 +136,25 @@ impl Balancer {
             .collect();
         let mut loads = self.loads.lock().unwrap();
         let load = |e: &SocketAddr| loads.get(e).map_or(0, |c| c.load(Ordering::Acquire));
-        let addr = pick(
-            &candidates,
-            load,
-            (fastrand::usize(..), fastrand::usize(..)),
-        )?;
+        let addr = match how {
+            Choice::LeastRequest => pick(
+                &candidates,
+                load,
+                (fastrand::usize(..), fastrand::usize(..)),
+            ),
+            Choice::RoundRobin(cursor) => {
+                pick_in_turn(&candidates, cursor.fetch_add(1, Ordering::Relaxed))
+            }
+            Choice::Random => pick_in_turn(&candidates, fastrand::usize(..)),
+            Choice::Hash(key) => pick_hashed(&candidates, key),
+        }?;
         let count = loads.entry(addr).or_default().clone();
         count.fetch_add(1, Ordering::AcqRel);
-        Some(InFlight { addr, count })
+        Some(InFlight {
+            addr,
+            count,
+            pool: None,
+        })
     }
 
     /// Requests in flight to `addr` now.
@@ -142,6 +229,56 @@ mod tests {
         assert_eq!(b.in_flight(&held), 0);
         b.sweep();
         assert!(b.loads.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_hashed_key_stays_put_and_a_removal_moves_only_its_keys() {
+        let e = eps(5);
+        let keys: Vec<u64> = (0..1000u32).map(|k| hash_key(&k.to_le_bytes())).collect();
+        let before: Vec<SocketAddr> = keys.iter().map(|k| pick_hashed(&e, *k).unwrap()).collect();
+        // Spread: each of 5 endpoints gets a fair share of 1000 keys.
+        for ep in &e {
+            let n = before.iter().filter(|a| *a == ep).count();
+            assert!((120..=280).contains(&n), "{ep}: {n} keys");
+        }
+        // The same key, the same endpoint, whatever the order given.
+        let mut reversed = e.clone();
+        reversed.reverse();
+        assert_eq!(pick_hashed(&reversed, keys[7]), Some(before[7]));
+        // Without e[2], only e[2]'s keys move.
+        let fewer: Vec<SocketAddr> = e.iter().copied().filter(|a| *a != e[2]).collect();
+        for (k, was) in keys.iter().zip(&before) {
+            let now = pick_hashed(&fewer, *k).unwrap();
+            if *was != e[2] {
+                assert_eq!(now, *was);
+            }
+        }
+        assert_eq!(pick_hashed(&[], 1), None);
+        assert_ne!(hash64(&[b"ab", b"c"]), hash64(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn round_robin_takes_each_in_turn_and_random_spreads() {
+        let b = Balancer::default();
+        let e = eps(3);
+        let cursor = AtomicUsize::new(0);
+        let picked: Vec<SocketAddr> = (0..6)
+            .map(|_| {
+                b.choose_by(&e, &[], Choice::RoundRobin(&cursor))
+                    .unwrap()
+                    .addr
+            })
+            .collect();
+        assert_eq!(picked, [e[0], e[1], e[2], e[0], e[1], e[2]]);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            seen.insert(b.choose_by(&e, &[], Choice::Random).unwrap().addr);
+        }
+        assert_eq!(seen.len(), 3);
+        // A hashed choice skips a tried endpoint for its next best.
+        let first = b.choose_by(&e, &[], Choice::Hash(42)).unwrap().addr;
+        let next = b.choose_by(&e, &[first], Choice::Hash(42)).unwrap().addr;
+        assert_ne!(first, next);
     }
 
     #[test]

@@ -533,12 +533,48 @@ async fn proxy(
     };
     let policy = plan.retry.as_ref().map(retry::Policy::new);
     let endpoints = plan.endpoints;
+    // Under the Service's DestinationRule: its pool limits first (an
+    // HTTP/1.1 request needs a connection of its own), then its balancer
+    // over the endpoints outlier detection has not ejected.
+    let destination = plan.destination.take();
+    let pooled = match &destination {
+        Some(d) => {
+            let needs_connection = protocol != Protocol::Http2;
+            match d
+                .admit(&wp.telemetry, needs_connection, plan.attempt_timeout)
+                .await
+            {
+                Ok(held) => Some(held),
+                Err(_) => {
+                    return open.local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ResponseFlag::UpstreamOverflow,
+                    );
+                }
+            }
+        }
+        None => None,
+    };
+    let hash = destination.as_ref().and_then(|d| {
+        d.hash(&crate::destination::RequestKey {
+            headers: request.headers(),
+            query: request.uri().query(),
+            source: ctx.carries.ip(),
+        })
+    });
+    let mut _retry_held = None;
     let mut tried = Vec::new();
-    let (mut response, place) = loop {
-        let Some(place) = wp
-            .balancer
-            .choose(&endpoints, retry::avoid(&endpoints, &tried))
-        else {
+    let (mut response, mut place) = loop {
+        let chosen = match &destination {
+            Some(d) => {
+                let usable = d.usable(&endpoints, Instant::now());
+                d.choose(&wp.balancer, &usable, retry::avoid(&usable, &tried), hash)
+            }
+            None => wp
+                .balancer
+                .choose(&endpoints, retry::avoid(&endpoints, &tried)),
+        };
+        let Some(place) = chosen else {
             warn!(authority = %authority, destination = %ctx.target.describe(), "no ready endpoint (503 UH)");
             return open.local(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -592,6 +628,15 @@ async fn proxy(
             }
         };
         let outcome = ended.outcome();
+        if let Some(d) = &destination {
+            d.observe(
+                &wp.telemetry,
+                &endpoints,
+                place.addr,
+                outcome.into(),
+                Instant::now(),
+            );
+        }
         let done = retry::Done {
             attempts: open.record.attempts,
             untried: endpoints.iter().any(|e| !tried.contains(e)),
@@ -607,6 +652,14 @@ async fn proxy(
             debug!(authority = %authority, service = %service, attempt = open.record.attempts, after = outcome.label(), "retry budget spent: not retried (URX)");
             wp.telemetry.retry_budget_exhausted(service);
             decision = retry::Next::Exhausted;
+        }
+        // And only while the Service's retries in flight stay within its
+        // DestinationRule's maxRetries.
+        if let (retry::Next::Retry { .. }, Some(d)) = (decision, &destination) {
+            match d.retry(&wp.telemetry) {
+                Some(held) => _retry_held = Some(held),
+                None => decision = retry::Next::Exhausted,
+            }
         }
         match decision {
             retry::Next::Retry { after } => {
@@ -665,6 +718,7 @@ async fn proxy(
     for m in &plan.response_headers {
         mesh_route::headers::apply(m, response.headers_mut());
     }
+    place.hold(pooled);
     respond(open, request_bytes, response, place, downstream_upgrade)
 }
 
@@ -689,6 +743,8 @@ struct Plan {
     /// How long a fault injection holds the request before it is sent
     /// (before the route's timeouts start, as Envoy's fault filter does).
     delay: Option<Duration>,
+    /// The backend Service port's DestinationRule, when one applies.
+    destination: Option<crate::destination::Applied>,
 }
 
 /// The head and the kept body each attempt of a request gets a copy of.
@@ -754,10 +810,19 @@ fn route(
         budget: None,
         mirrors: Vec::new(),
         delay: None,
+        destination: None,
     };
     let (rule, action) = match decision {
         Decision::Default => {
             plan.endpoints = ctx.target.endpoints(view, &wp.own);
+            if let target::Target::Service { route, port } = &ctx.target {
+                plan.destination = wp.destinations.applied(
+                    view,
+                    &route.service.namespace,
+                    &route.service.name,
+                    port.port,
+                );
+            }
             return Ok((open, plan));
         }
         Decision::NoMatch => {
@@ -826,6 +891,12 @@ fn route(
         Injection::Delay(d) => plan.delay = Some(d),
     }
     plan.endpoints = target::usable(view, &wp.own, forward.endpoints);
+    plan.destination = wp.destinations.applied(
+        view,
+        &forward.backend.namespace,
+        &forward.backend.name,
+        forward.backend.port,
+    );
     plan.response_headers = forward.response_headers;
     plan.retry = forward.retry;
     if plan.retry.is_some() {

@@ -50,6 +50,18 @@ struct ServiceLabels {
     service: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OverflowLabels {
+    service: String,
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    service: String,
+    endpoint: String,
+}
+
 /// Why the waypoint refused a connection or a stream before any request
 /// in it could be read (so no request record counts it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +89,8 @@ pub struct Telemetry {
     unkept: Family<ReasonLabels, Counter>,
     retries: Family<ReasonLabels, Counter>,
     budget_exhausted: Family<ServiceLabels, Counter>,
+    overflow: Family<OverflowLabels, Counter>,
+    ejections: Family<EndpointLabels, Counter>,
     mirrors: Family<OutcomeLabels, Counter>,
     rate_limited: Family<PolicyLabels, Counter>,
     authz_denied: Family<AuthzLabels, Counter>,
@@ -128,6 +142,18 @@ impl Telemetry {
             "Retries a route rule asked for but not made: the destination Service's retry budget (20 % of its requests plus 10 per second, over 10 s) was spent, by Service (<namespace>/<name>)",
             budget_exhausted.clone(),
         );
+        let overflow = Family::<OverflowLabels, Counter>::default();
+        own.register(
+            "upstream_overflow",
+            "Requests answered 503 (UO), and retries not made (URX), for being over a DestinationRule's connection pool limit, by Service (<namespace>/<name>) and limit (http2_max_requests, http1_max_pending_requests, max_connections_wait, max_retries)",
+            overflow.clone(),
+        );
+        let ejections = Family::<EndpointLabels, Counter>::default();
+        own.register(
+            "endpoint_ejections",
+            "Endpoints ejected by a DestinationRule's outlier detection, by Service (<namespace>/<name>) and endpoint (ip:port)",
+            ejections.clone(),
+        );
         let mirrors = Family::<OutcomeLabels, Counter>::default();
         own.register(
             "mirrored_requests",
@@ -161,6 +187,8 @@ impl Telemetry {
                 unkept,
                 retries,
                 budget_exhausted,
+                overflow,
+                ejections,
                 mirrors,
                 rate_limited,
                 authz_denied,
@@ -261,6 +289,26 @@ impl Telemetry {
     }
 
     /// A retry of a request to `service` not made: its budget was spent.
+    /// A request or retry over a DestinationRule's pool limit.
+    pub fn upstream_overflow(&self, service: &str, limit: &'static str) {
+        self.overflow
+            .get_or_create(&OverflowLabels {
+                service: service.to_owned(),
+                limit,
+            })
+            .inc();
+    }
+
+    /// An endpoint ejected by outlier detection.
+    pub fn endpoint_ejected(&self, service: &str, endpoint: std::net::SocketAddr) {
+        self.ejections
+            .get_or_create(&EndpointLabels {
+                service: service.to_owned(),
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
+    }
+
     pub fn retry_budget_exhausted(&self, service: &str) {
         self.budget_exhausted
             .get_or_create(&ServiceLabels {

@@ -142,6 +142,8 @@ pub struct Waypoint {
     pub rate_limits: crate::ratelimit::RateLimits,
     /// Retry budgets of the destination Services, kept across views.
     pub retry_budgets: crate::retry_budget::RetryBudgets,
+    /// DestinationRules' per-Service-port state, kept across views.
+    pub destinations: crate::destination::Destinations,
     /// CUSTOM authorization's providers and connections to them.
     pub ext_authz: crate::ext_authz::ExtAuthz,
     last_log: Mutex<Option<Instant>>,
@@ -201,6 +203,7 @@ impl Waypoint {
             mirrors: crate::mirror::Limiter::new(crate::mirror::MAX_IN_FLIGHT),
             rate_limits: Default::default(),
             retry_budgets: Default::default(),
+            destinations: Default::default(),
             ext_authz: Default::default(),
             own: own_addrs,
             gateway,
