@@ -138,7 +138,7 @@ fn invalid_at(file: &Path, line: usize, field: String, problem: impl Into<String
 }
 
 /// The Kubernetes kinds a local file may hold.
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 15] = [
     "Namespace",
     "Node",
     "Pod",
@@ -152,6 +152,7 @@ pub const KINDS: [&str; 14] = [
     "HTTPFaultInjection",
     "ReferenceGrant",
     "HTTPLocalRateLimitPolicy",
+    "RequestAuthentication",
     "DestinationRule",
 ];
 
@@ -529,6 +530,16 @@ pub fn parse_with(
                         })?;
                 crate::destination_rule::log_ignored_subsets(&what, &compiled);
                 store.destination_rules.apply(key, compiled);
+            }
+            "RequestAuthentication" => {
+                let policy: mesh_policy::request_authn::Document =
+                    doc.typed(value, file, &what)?;
+                let compiled =
+                    mesh_policy::request_authn::compile(&namespace, &name, &policy.spec)
+                        .map_err(|e| {
+                            invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
+                        })?;
+                store.request_authentications.apply(key, compiled);
             }
             "HTTPFaultInjection" => {
                 let object: mesh_route::fault::HttpFaultInjection =

@@ -70,9 +70,10 @@ enum Change {
     RateLimit(Box<watcher::Event<DynamicObject>>),
     Fault(Box<watcher::Event<DynamicObject>>),
     DestinationRule(Box<watcher::Event<DynamicObject>>),
+    RequestAuthentication(Box<watcher::Event<DynamicObject>>),
 }
 
-const KINDS: usize = 12;
+const KINDS: usize = 13;
 
 fn watch<K>(
     client: &Client,
@@ -337,6 +338,46 @@ pub fn convert_rate_limit(
     })
 }
 
+/// `security.istio.io/v1 RequestAuthentication`: Istio's CRD, which mesh
+/// does not install (without it the kind counts as empty).
+pub fn request_authentication_resource() -> ApiResource {
+    ApiResource {
+        group: "security.istio.io".into(),
+        version: "v1".into(),
+        api_version: "security.istio.io/v1".into(),
+        kind: "RequestAuthentication".into(),
+        plural: "requestauthentications".into(),
+    }
+}
+
+/// A RequestAuthentication, checked. One changed into something that does
+/// not validate keeps its last good version in force (logged by name and
+/// field): without it, tokens it should reject would reach the backends
+/// unverified. One never valid is left out (logged).
+pub fn request_authentication_or_last_good(
+    o: &DynamicObject,
+    last_good: Option<&mesh_policy::request_authn::RequestAuthentication>,
+) -> Result<mesh_policy::request_authn::RequestAuthentication, convert::Invalid> {
+    let checked = from_dynamic::<mesh_policy::request_authn::Document>(o).and_then(|doc| {
+        mesh_policy::request_authn::compile(
+            o.metadata.namespace.as_deref().unwrap_or("default"),
+            o.metadata.name.as_deref().unwrap_or_default(),
+            &doc.spec,
+        )
+        .map_err(|e| convert::Invalid {
+            field: e.field,
+            problem: e.problem,
+        })
+    });
+    match (checked, last_good) {
+        (Err(e), Some(last)) => {
+            warn!(kind = "RequestAuthentication", object = %display_name(o), field = %e.field, problem = %e.problem, "object does not validate; its last good version stays in force");
+            Ok(last.clone())
+        }
+        (result, _) => result,
+    }
+}
+
 /// `mesh.io/v1alpha1 HTTPFaultInjection`, what routes' ExtensionRef
 /// filters name.
 pub fn fault_resource() -> ApiResource {
@@ -384,6 +425,7 @@ struct Watchers {
     rate_limits: KindState<crate::ratelimit::RateLimitPolicy>,
     faults: KindState<mesh_route::fault::Fault>,
     destination_rules: KindState<crate::destination_rule::DestinationRule>,
+    request_authentications: KindState<mesh_policy::request_authn::RequestAuthentication>,
     /// Kinds the API server does not serve (their CRD is not installed).
     /// Policy kinds never count as absent for enforcement (see `policy_sync`).
     absent: [bool; KINDS],
@@ -406,6 +448,7 @@ impl Watchers {
             self.rate_limits.synced,
             self.faults.synced,
             self.destination_rules.synced,
+            self.request_authentications.synced,
         ];
         synced.iter().zip(self.absent).all(|(s, a)| *s || a)
     }
@@ -537,6 +580,23 @@ impl Watchers {
                     },
                 )
             }
+            Ok(Change::RequestAuthentication(e)) => {
+                // A handful of Arcs: what an invalid update falls back to.
+                let last_good = s.request_authentications.clone();
+                apply(
+                    *e,
+                    "RequestAuthentication",
+                    &mut s.request_authentications,
+                    &mut self.request_authentications,
+                    ns_name,
+                    |o| {
+                        request_authentication_or_last_good(
+                            o,
+                            last_good.get(&ns_name(o)).map(|p| p.as_ref()),
+                        )
+                    },
+                )
+            }
             Err(e) if index == AUTHZ || index == PEER => {
                 let synced = match index {
                     AUTHZ => self.authorization.synced,
@@ -600,6 +660,7 @@ const KIND_NAMES: [&str; KINDS] = [
     "HTTPLocalRateLimitPolicy",
     "HTTPFaultInjection",
     "DestinationRule",
+    "RequestAuthentication",
 ];
 
 fn all_watches(
@@ -659,6 +720,14 @@ fn all_watches(
             crate::destination_rule::api_resource(),
             |e| Change::DestinationRule(Box::new(e)),
             11,
+        ),
+        // Istio's kind, last in the list (its index is the last kind's).
+        // Without Istio's CRDs there are no RequestAuthentications.
+        watch_untyped(
+            client,
+            request_authentication_resource(),
+            |e| Change::RequestAuthentication(Box::new(e)),
+            KINDS - 1,
         ),
     ])
 }

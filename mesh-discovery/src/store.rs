@@ -124,6 +124,11 @@ pub struct Store {
     /// that does not validate is ignored here (absent, counted), so the
     /// rules that name it answer 500.
     pub faults: Collection<mesh_route::fault::Fault>,
+    /// Istio RequestAuthentications, checked (inline JWKS parsed), by
+    /// `<namespace>/<name>`; one that does not validate is ignored here
+    /// (absent, counted).
+    pub request_authentications:
+        Collection<mesh_policy::request_authn::RequestAuthentication>,
     /// Node name → addresses. Local files only: they tell `mesh status`
     /// where the other nodes' agents are (the agent itself needs no Nodes).
     pub nodes: Collection<Vec<std::net::IpAddr>>,
@@ -173,6 +178,7 @@ impl Store {
                 + self.gateways.ignored()
                 + self.http_routes.ignored()
                 + self.faults.ignored()
+                + self.request_authentications.ignored()
                 + self.grpc_routes.ignored()
                 + self.rate_limits.ignored()
                 + self.destination_rules.ignored(),

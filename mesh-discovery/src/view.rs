@@ -84,6 +84,9 @@ pub struct MeshView {
     /// HTTPLocalRateLimitPolicies, by `<namespace>/<name>` (enforced by
     /// waypoints).
     pub rate_limits: Vec<Arc<crate::ratelimit::RateLimitPolicy>>,
+    /// RequestAuthentications, by `<namespace>/<name>` (enforced by
+    /// waypoints: `mesh_waypoint::authn`).
+    pub request_authentications: Vec<Arc<mesh_policy::request_authn::RequestAuthentication>>,
     /// The DestinationRule that applies to each Service, by the Service's
     /// `<namespace>/<name>` (of several, the oldest: `destination_rule::by_service`).
     destination_rules: HashMap<String, Arc<crate::destination_rule::DestinationRule>>,
@@ -228,6 +231,7 @@ impl MeshView {
                 .collect(),
             routes,
             rate_limits: store.rate_limits.values().cloned().collect(),
+            request_authentications: store.request_authentications.values().cloned().collect(),
             destination_rules: crate::destination_rule::by_service(
                 store.destination_rules.values(),
             ),

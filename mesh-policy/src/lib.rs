@@ -7,6 +7,7 @@ pub mod l7;
 pub mod load;
 pub mod model;
 pub mod request_auth;
+pub mod request_authn;
 pub mod sync;
 
 use std::collections::BTreeMap;

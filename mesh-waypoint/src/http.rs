@@ -42,6 +42,7 @@ use mesh_route::{
 };
 
 use crate::{
+    authn,
     balancer::InFlight,
     body::{self, Read, RequestBody},
     handler::StreamContext,
@@ -356,6 +357,29 @@ impl Open {
         response
     }
 
+    /// A request refused by RequestAuthentication: 401 with Envoy's text
+    /// and challenge, its record written.
+    fn unauthenticated(
+        mut self,
+        why: &authn::Rejection,
+        authority: &str,
+        uri: &Uri,
+    ) -> Response<ResponseBody> {
+        self.record.response_code = Some(StatusCode::UNAUTHORIZED);
+        self.finish();
+        let mut response = Response::new(
+            Full::new(Bytes::from(why.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            authn::challenge(authority, uri.path()),
+        );
+        response
+    }
+
     /// A response made here (no endpoint answered), with its record written.
     fn local(mut self, status: StatusCode, flag: ResponseFlag) -> Response<ResponseBody> {
         self.record.response_code = Some(status);
@@ -409,9 +433,19 @@ async fn proxy(
         _active: active,
         permit: None,
     };
-    // What a verified JWT says about the request (RequestAuthentication);
-    // none is verified yet.
-    let request_auth: Option<mesh_policy::RequestAuth> = None;
+    // RequestAuthentication first: a request whose token does not verify
+    // is answered here, before authorization or a rate limit counts it.
+    let authenticated = match authn::check(&wp, &view, &ctx, request.headers(), request.uri()) {
+        Ok(authenticated) => authenticated,
+        Err(rejection) => {
+            debug!(authority = %authority, reason = rejection.reason(), "JWT refused (401): {rejection}");
+            return open.unauthenticated(&rejection, &authority, request.uri());
+        }
+    };
+    let request_auth: Option<mesh_policy::RequestAuth> = authenticated.auth;
+    if let Some(auth) = &request_auth {
+        debug!(authority = %authority, principal = %auth.principal, "JWT verified");
+    }
     // Authorization after authentication (the policies read what a
     // verified JWT says) and before a rate limit counts the request.
     if let Err(denial) = crate::authz::check(
@@ -454,6 +488,7 @@ async fn proxy(
     let (mut parts, body) = request.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::forwarded_proto(&mut parts.headers);
+    authenticated.edits.apply(&mut parts.headers);
     let (mut open, mut plan) = match route(&wp, &view, &ctx, open, &mut parts, &authority, &mut rng)
     {
         Ok(routed) => routed,

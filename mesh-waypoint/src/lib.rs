@@ -14,6 +14,7 @@
 //! context and the OTLP export are `mesh_telemetry`'s.
 pub mod access;
 pub mod admin;
+pub mod authn;
 pub mod authz;
 pub mod balancer;
 pub mod binding;
@@ -25,6 +26,7 @@ pub mod handler;
 pub mod headers;
 pub mod http;
 pub mod idle;
+pub mod jwks;
 pub mod mirror;
 pub mod outlier;
 pub mod protocol;

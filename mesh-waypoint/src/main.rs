@@ -71,6 +71,14 @@ struct Cli {
     /// core.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: u16,
+    /// PEM certificates trusted, besides the system's roots, for the HTTPS
+    /// servers RequestAuthentications' jwksUri name (an issuer with a
+    /// private CA).
+    #[arg(long)]
+    jwks_ca_file: Option<PathBuf>,
+    /// How often each jwksUri is fetched again (Istio's default, 20m).
+    #[arg(long, default_value = "20m", value_parser = humantime::parse_duration)]
+    jwks_refresh: std::time::Duration,
     /// A YAML file of extension providers, shaped like Istio's meshConfig
     /// (`extensionProviders: [{name, envoyExtAuthzGrpc: {service, port,
     /// timeout, failOpen, statusOnError, includeRequestHeadersInCheck}}]`):
@@ -132,6 +140,11 @@ fn main() -> ExitCode {
         otlp_endpoint: cli.otlp_endpoint,
         request_timeout: cli.request_timeout,
         pod_name: cli.pod_name,
+        jwks: mesh_waypoint::jwks::Settings {
+            refresh: cli.jwks_refresh,
+            ca_file: cli.jwks_ca_file,
+            ..Default::default()
+        },
         extension_providers: cli.extension_providers,
     };
     let runtime = if cli_workers == 1 {

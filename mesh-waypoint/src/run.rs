@@ -49,6 +49,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub pod_name: String,
     pub pod_namespace: String,
+    /// How RequestAuthentications' `jwksUri`s are fetched (`--jwks-ca-file`,
+    /// `--jwks-refresh`).
+    pub jwks: crate::jwks::Settings,
     /// The external authorizers' file (`--extension-providers`).
     pub extension_providers: Option<PathBuf>,
 }
@@ -178,6 +181,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         .transpose()
         .context("--otlp-endpoint")?;
     let (telemetry, export) = Telemetry::new(Arc::new(Stderr), otlp).context("--otlp-endpoint")?;
+    let jwks = crate::jwks::Jwks::new(settings.jwks.clone()).context("--jwks-ca-file")?;
     let wp = Waypoint::new(Parts {
         gateway: settings.gateway.clone(),
         pod_namespace: settings.pod_namespace.clone(),
@@ -193,6 +197,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         dial: Arc::new(DirectDial),
         limits,
         telemetry,
+        jwks,
     })
     .context("the waypoint's TLS configuration")?;
     if let Some(path) = &settings.extension_providers {

@@ -62,6 +62,11 @@ struct EndpointLabels {
     endpoint: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UriLabels {
+    uri: String,
+}
+
 /// Why the waypoint refused a connection or a stream before any request
 /// in it could be read (so no request record counts it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +98,7 @@ pub struct Telemetry {
     ejections: Family<EndpointLabels, Counter>,
     mirrors: Family<OutcomeLabels, Counter>,
     rate_limited: Family<PolicyLabels, Counter>,
+    jwks_fetch_failures: Family<UriLabels, Counter>,
     authz_denied: Family<AuthzLabels, Counter>,
     ready: Gauge,
     access: Arc<dyn AccessLog>,
@@ -172,6 +178,12 @@ impl Telemetry {
             "Requests an AuthorizationPolicy at the waypoint denied (403, RBAC), by policy (<namespace>/<name>, - when ALLOW policies exist and none matched), action (DENY, ALLOW, CUSTOM) and dry_run (true: a dry-run policy would have denied it, and did not)",
             authz_denied.clone(),
         );
+        let jwks_fetch_failures = Family::<UriLabels, Counter>::default();
+        own.register(
+            "jwks_fetch_failures",
+            "Fetches of a RequestAuthentication's jwksUri that failed (the last good keys stay in use), by URI",
+            jwks_fetch_failures.clone(),
+        );
         let ready = Gauge::default();
         own.register(
             "ready",
@@ -191,6 +203,7 @@ impl Telemetry {
                 ejections,
                 mirrors,
                 rate_limited,
+                jwks_fetch_failures,
                 authz_denied,
                 ready,
                 access,
@@ -276,6 +289,15 @@ impl Telemetry {
                 policy: policy.to_owned(),
                 action,
                 dry_run: if dry_run { "true" } else { "false" },
+            })
+            .inc();
+    }
+
+    /// A fetch of the JWKS at `uri` failed.
+    pub fn jwks_fetch_failed(&self, uri: &str) {
+        self.jwks_fetch_failures
+            .get_or_create(&UriLabels {
+                uri: uri.to_owned(),
             })
             .inc();
     }

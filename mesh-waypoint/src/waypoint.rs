@@ -118,6 +118,8 @@ pub struct Parts {
     pub limits: Limits,
     /// Metrics, access log and spans (`Telemetry::new`).
     pub telemetry: Telemetry,
+    /// Remote JWKS of RequestAuthentications (`jwks::Jwks::new`).
+    pub jwks: crate::jwks::Jwks,
 }
 
 pub struct Waypoint {
@@ -142,6 +144,8 @@ pub struct Waypoint {
     pub rate_limits: crate::ratelimit::RateLimits,
     /// Retry budgets of the destination Services, kept across views.
     pub retry_budgets: crate::retry_budget::RetryBudgets,
+    /// The keys of RequestAuthentications' `jwksUri`s, kept fresh.
+    pub jwks: crate::jwks::Jwks,
     /// DestinationRules' per-Service-port state, kept across views.
     pub destinations: crate::destination::Destinations,
     /// CUSTOM authorization's providers and connections to them.
@@ -168,6 +172,7 @@ impl Waypoint {
             dial,
             limits,
             telemetry,
+            jwks,
         } = parts;
         let acceptor = Arc::new(Acceptor {
             name: format!("waypoint {gateway}"),
@@ -203,6 +208,7 @@ impl Waypoint {
             mirrors: crate::mirror::Limiter::new(crate::mirror::MAX_IN_FLIGHT),
             rate_limits: Default::default(),
             retry_budgets: Default::default(),
+            jwks,
             destinations: Default::default(),
             ext_authz: Default::default(),
             own: own_addrs,
@@ -276,6 +282,7 @@ impl Waypoint {
     pub async fn serve(self: &Arc<Self>, listener: TcpListener) {
         let mut draining = self.draining();
         info!(addr = ?listener.local_addr().ok(), gateway = %self.gateway, "serving HBONE");
+        tokio::spawn(crate::jwks::run(self.clone()));
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,

@@ -594,6 +594,8 @@ pub struct Options {
     pub limits: fn(&mut Limits),
     /// Documents added to the node file (routes, say).
     pub extra: String,
+    /// How the waypoint fetches RequestAuthentications' jwksUri.
+    pub jwks: mesh_waypoint::jwks::Settings,
 }
 
 impl Default for Options {
@@ -603,6 +605,7 @@ impl Default for Options {
             otlp: None,
             limits: |_| {},
             extra: String::new(),
+            jwks: Default::default(),
         }
     }
 }
@@ -668,6 +671,7 @@ impl Bed {
             dial: Arc::new(MapDial { map, default: None }),
             limits,
             telemetry,
+            jwks: mesh_waypoint::jwks::Jwks::new(options.jwks).unwrap(),
         })
         .unwrap();
         let serve = {
