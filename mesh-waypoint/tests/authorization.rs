@@ -1,0 +1,428 @@
+//! L7 AuthorizationPolicy at the waypoint, in one process over loopback
+//! (see `in_process.rs` for the bed): ALLOW and DENY on method, path,
+//! header and source principal; dry-run and AUDIT; a policy that does not
+//! compile; a Service's policy against the Gateway's; and CUSTOM through a
+//! test external authorizer (Envoy's Authorization service, served by
+//! tonic on a pod of the bed and reached as a mesh Service over HBONE):
+//! allow, deny, and a timeout with failOpen false and true. Addresses are
+//! 127.0.<n>.x with n from 150 to 159.
+mod support;
+#[path = "support/ext_authz.rs"]
+mod test_authorizer;
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use mesh_waypoint::ext_authz::providers::Providers;
+use support::{Bed, Svid, http_backend, within};
+use test_authorizer::Verdict;
+
+fn policy(name: &str, target: &str, body: &str) -> String {
+    annotated(name, target, "{}", body)
+}
+
+fn annotated(name: &str, target: &str, annotations: &str, body: &str) -> String {
+    format!(
+        "\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: shop, annotations: {annotations}}}\nspec:\n  targetRefs: [{target}]\n{body}"
+    )
+}
+
+const WEB: &str = "{kind: Service, group: \"\", name: web}";
+const WEB_V2: &str = "{kind: Service, group: \"\", name: web-v2}";
+const GATEWAY: &str = "{kind: Gateway, group: gateway.networking.k8s.io, name: wp}";
+
+async fn bed(n: u8) -> Bed {
+    let bed = Bed::start(n).await;
+    http_backend(bed.pod(1, 8080), "web-1", false).await;
+    http_backend(bed.pod(2, 8080), "web-2", false).await;
+    bed
+}
+
+type Sender = http1::SendRequest<Empty<Bytes>>;
+
+/// An HTTP/1.1 client of `svid`'s identity on one tunnel to `dst`.
+async fn client(bed: &Bed, svid: &Svid, dst: SocketAddr) -> Sender {
+    let io = bed.stream_as(svid, dst).await;
+    let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+async fn send(c: &mut Sender, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "web.shop.svc:80");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = within(
+        "a response",
+        c.send_request(request.body(Empty::new()).unwrap()),
+    )
+    .await
+    .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = within("the body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn status(c: &mut Sender, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    send(c, method, path, headers).await.status.as_u16()
+}
+
+fn denied_total(bed: &Bed, labels: &[&str]) -> Option<f64> {
+    bed.metric("mesh_waypoint_authorization_denied_requests_total", labels)
+}
+
+#[tokio::test]
+async fn allow_and_deny_on_method_path_and_header() {
+    let bed = bed(150).await;
+    let svid = bed.ca.svid("shop", "client");
+    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    assert_eq!(
+        status(&mut c, "POST", "/private", &[]).await,
+        200,
+        "no policy yet"
+    );
+    bed.reconfigure(&format!(
+        "{}{}",
+        policy(
+            "public-reads",
+            WEB,
+            "  action: ALLOW\n  rules:\n  - to: [{operation: {methods: [GET, HEAD], paths: [\"/public/*\"]}}]\n"
+        ),
+        policy(
+            "blocked",
+            WEB,
+            "  action: DENY\n  rules:\n  - when: [{key: \"request.headers[x-block]\", values: [\"yes\"]}]\n"
+        ),
+    ));
+    assert_eq!(status(&mut c, "GET", "/public/a?x=1", &[]).await, 200);
+    let denied = send(&mut c, "POST", "/public/a", &[]).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(denied.body, "RBAC: access denied");
+    assert_eq!(status(&mut c, "GET", "/private", &[]).await, 403);
+    assert_eq!(
+        status(&mut c, "GET", "/public/../private", &[]).await,
+        403,
+        "dot segments do not walk around a rule"
+    );
+    assert_eq!(
+        status(&mut c, "GET", "/public/a", &[("x-block", "yes")]).await,
+        403,
+        "a DENY wins over an ALLOW"
+    );
+    assert_eq!(
+        status(&mut c, "GET", "/public/a", &[("x-block", "no")]).await,
+        200
+    );
+    let lines = bed.wait_access(4, |l| l["status"] == 403).await;
+    assert!(
+        lines.iter().all(|l| l["response_flags"] == "RBAC"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        denied_total(
+            &bed,
+            &["policy=\"-\"", "action=\"ALLOW\"", "dry_run=\"false\""]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        denied_total(&bed, &["policy=\"shop/blocked\"", "action=\"DENY\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        bed.metric(
+            "istio_requests_total",
+            &["response_code=\"403\"", "response_flags=\"RBAC\""]
+        ),
+        Some(4.0)
+    );
+}
+
+#[tokio::test]
+async fn allow_and_deny_on_the_source_principal() {
+    let bed = bed(151).await;
+    let client_svid = bed.ca.svid("shop", "client");
+    let batch_svid = bed.ca.svid("shop", "batch");
+    let ops_svid = bed.ca.svid("ops", "admin");
+    let mut a = client(&bed, &client_svid, bed.vip(80)).await;
+    let mut b = client(&bed, &batch_svid, bed.vip(80)).await;
+    let mut o = client(&bed, &ops_svid, bed.vip(80)).await;
+    bed.reconfigure(&format!(
+        "{}{}",
+        policy(
+            "from-shop",
+            WEB,
+            "  rules:\n  - from: [{source: {namespaces: [shop]}}]\n"
+        ),
+        policy(
+            "no-batch",
+            WEB,
+            "  action: DENY\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/shop/sa/batch]}}]\n"
+        ),
+    ));
+    assert_eq!(status(&mut a, "GET", "/", &[]).await, 200);
+    assert_eq!(
+        status(&mut b, "GET", "/", &[]).await,
+        403,
+        "denied by principal"
+    );
+    assert_eq!(status(&mut o, "GET", "/", &[]).await, 403, "not allowed");
+    assert_eq!(
+        denied_total(&bed, &["policy=\"shop/no-batch\"", "action=\"DENY\""]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn dry_run_is_counted_and_not_enforced() {
+    let bed = bed(152).await;
+    let svid = bed.ca.svid("shop", "client");
+    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    bed.reconfigure(&annotated(
+        "deny-all",
+        WEB,
+        "{istio.io/dry-run: \"true\"}",
+        "  action: DENY\n  rules: [{}]\n",
+    ));
+    assert_eq!(status(&mut c, "GET", "/", &[]).await, 200);
+    assert_eq!(status(&mut c, "POST", "/x", &[]).await, 200);
+    assert_eq!(
+        denied_total(
+            &bed,
+            &[
+                "policy=\"shop/deny-all\"",
+                "action=\"DENY\"",
+                "dry_run=\"true\""
+            ]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(denied_total(&bed, &["dry_run=\"false\""]), None);
+}
+
+#[tokio::test]
+async fn audit_only_reports() {
+    let bed = bed(153).await;
+    let svid = bed.ca.svid("shop", "client");
+    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    bed.reconfigure(&policy("audit", WEB, "  action: AUDIT\n  rules: [{}]\n"));
+    // An AUDIT policy is no ALLOW policy: requests are not denied for
+    // matching none.
+    assert_eq!(status(&mut c, "DELETE", "/anything", &[]).await, 200);
+    assert_eq!(denied_total(&bed, &[]), None);
+}
+
+#[tokio::test]
+async fn a_policy_that_does_not_compile_denies_in_its_scope() {
+    let bed = bed(154).await;
+    http_backend(bed.pod(3, 8080), "web-3", false).await;
+    let svid = bed.ca.svid("shop", "client");
+    let mut web = client(&bed, &svid, bed.vip(80)).await;
+    let mut v2 = client(&bed, &svid, SocketAddr::from(([10, 96, 154, 3], 80))).await;
+    bed.reconfigure_lenient(&policy(
+        "broken",
+        WEB,
+        "  action: ALLOW\n  rules:\n  - when: [{key: request.nope, values: [x]}]\n",
+    ));
+    let denied = send(&mut web, "GET", "/", &[]).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(denied.body, "RBAC: access denied");
+    assert_eq!(
+        denied_total(&bed, &["policy=\"shop/broken\"", "action=\"DENY\""]),
+        Some(1.0),
+        "the stand-in denies, named as the policy"
+    );
+    assert_eq!(
+        status(&mut v2, "GET", "/", &[]).await,
+        200,
+        "outside its targets nothing changes"
+    );
+}
+
+#[tokio::test]
+async fn a_service_policy_covers_its_service_and_a_gateway_policy_everything() {
+    let bed = bed(155).await;
+    http_backend(bed.pod(3, 8080), "web-3", false).await;
+    let svid = bed.ca.svid("shop", "client");
+    let mut web = client(&bed, &svid, bed.vip(80)).await;
+    let mut v2 = client(&bed, &svid, SocketAddr::from(([10, 96, 155, 3], 80))).await;
+    bed.reconfigure(&policy(
+        "v2-only-get",
+        WEB_V2,
+        "  action: DENY\n  rules: [{to: [{operation: {notMethods: [GET]}}]}]\n",
+    ));
+    assert_eq!(status(&mut web, "POST", "/", &[]).await, 200);
+    assert_eq!(status(&mut v2, "POST", "/", &[]).await, 403);
+    assert_eq!(status(&mut v2, "GET", "/", &[]).await, 200);
+    bed.reconfigure(&policy(
+        "gw-only-get",
+        GATEWAY,
+        "  action: DENY\n  rules: [{to: [{operation: {notMethods: [GET]}}]}]\n",
+    ));
+    assert_eq!(status(&mut web, "POST", "/", &[]).await, 403);
+    assert_eq!(status(&mut v2, "POST", "/", &[]).await, 403);
+    assert_eq!(status(&mut web, "GET", "/", &[]).await, 200);
+    // Another Gateway's policy is not this waypoint's; a selector policy
+    // is the node agents'.
+    bed.reconfigure(&format!(
+        "{}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: sel, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  action: DENY\n  rules: [{{}}]\n",
+        policy(
+            "other-gw",
+            "{kind: Gateway, group: gateway.networking.k8s.io, name: other}",
+            "  action: DENY\n  rules: [{}]\n"
+        )
+    ));
+    assert_eq!(status(&mut web, "POST", "/", &[]).await, 200);
+    assert_eq!(status(&mut v2, "POST", "/", &[]).await, 200);
+}
+
+/// The authorizer's Service (on pod web-3's address) and a CUSTOM policy
+/// for Service web naming provider `ext`.
+fn custom(n: u8) -> String {
+    format!(
+        "\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: authz, namespace: shop}}\nspec:\n  clusterIP: 10.96.{n}.9\n  selector: {{app: web-v2}}\n  ports:\n  - {{name: grpc, port: 9000, targetPort: 9191}}{}",
+        policy(
+            "ext-check",
+            WEB,
+            "  action: CUSTOM\n  provider: {name: ext}\n  rules: [{to: [{operation: {paths: [\"/api/*\"]}}]}]\n"
+        )
+    )
+}
+
+fn providers(extra: &str) -> Providers {
+    Providers::parse(
+        &format!(
+            "extensionProviders:\n- name: ext\n  envoyExtAuthzGrpc:\n    service: authz.shop.svc.cluster.local\n    port: 9000\n{extra}"
+        ),
+        "shop",
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_external_authorizer_allows_and_its_headers_reach_the_backend() {
+    let bed = bed(156).await;
+    let authorizer = test_authorizer::start(bed.pod(3, 9191)).await;
+    authorizer.answer(Verdict::Allow(vec![("x-test-authz", "alice")]));
+    bed.waypoint.ext_authz.set_providers(providers(""));
+    bed.reconfigure(&custom(156));
+    let svid = bed.ca.svid("shop", "client");
+    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    let ok = send(&mut c, "GET", "/api/items?q=1", &[("x-user", "u1")]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(ok.headers["x-seen-authz"], "alice", "{:?}", ok.headers);
+    let seen = authorizer.seen();
+    assert_eq!(seen.len(), 1);
+    let a = seen[0].attributes.clone().unwrap();
+    assert_eq!(
+        a.source.unwrap().principal,
+        "spiffe://cluster.local/ns/shop/sa/client"
+    );
+    let http = a.request.unwrap().http.unwrap();
+    assert_eq!(
+        (http.method.as_str(), http.path.as_str()),
+        ("GET", "/api/items?q=1")
+    );
+    assert_eq!(http.headers["x-user"], "u1");
+    // Outside the policy's rules the authorizer is not asked.
+    assert_eq!(status(&mut c, "GET", "/other", &[]).await, 200);
+    assert_eq!(authorizer.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn an_external_authorizer_denies_with_its_status_headers_and_body() {
+    let bed = bed(157).await;
+    let authorizer = test_authorizer::start(bed.pod(3, 9191)).await;
+    authorizer.answer(Verdict::Deny {
+        status: 401,
+        headers: vec![("www-authenticate", "Bearer realm=\"shop\"")],
+        body: "sign in first",
+    });
+    bed.waypoint.ext_authz.set_providers(providers(""));
+    bed.reconfigure(&custom(157));
+    let svid = bed.ca.svid("shop", "client");
+    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    let denied = send(&mut c, "GET", "/api/x", &[]).await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(denied.headers["www-authenticate"], "Bearer realm=\"shop\"");
+    assert_eq!(denied.body, "sign in first");
+    let line = bed.wait_access(1, |l| l["status"] == 401).await.remove(0);
+    assert_eq!(line["response_flags"], "RBAC", "{line}");
+    assert_eq!(
+        denied_total(&bed, &["policy=\"shop/ext-check\"", "action=\"CUSTOM\""]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn an_authorizer_that_does_not_answer_in_time_denies_unless_fail_open() {
+    let bed = bed(158).await;
+    let authorizer = test_authorizer::start(bed.pod(3, 9191)).await;
+    authorizer.answer(Verdict::Slow(Duration::from_secs(5)));
+    bed.waypoint
+        .ext_authz
+        .set_providers(providers("    timeout: 0.3s\n"));
+    bed.reconfigure(&custom(158));
+    let svid = bed.ca.svid("shop", "client");
+    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    let started = std::time::Instant::now();
+    let denied = send(&mut c, "GET", "/api/x", &[]).await;
+    assert_eq!(
+        denied.status,
+        StatusCode::FORBIDDEN,
+        "statusOnError's default"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // statusOnError is the provider's.
+    bed.waypoint
+        .ext_authz
+        .set_providers(providers("    timeout: 0.3s\n    statusOnError: \"503\"\n"));
+    assert_eq!(status(&mut c, "GET", "/api/x", &[]).await, 503);
+}
+
+#[tokio::test]
+async fn an_authorizer_that_does_not_answer_in_time_allows_with_fail_open() {
+    let bed = bed(159).await;
+    let authorizer = test_authorizer::start(bed.pod(3, 9191)).await;
+    authorizer.answer(Verdict::Slow(Duration::from_secs(5)));
+    bed.waypoint
+        .ext_authz
+        .set_providers(providers("    timeout: 0.3s\n    failOpen: true\n"));
+    bed.reconfigure(&custom(159));
+    let svid = bed.ca.svid("shop", "client");
+    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    assert_eq!(status(&mut c, "GET", "/api/x", &[]).await, 200);
+    // An authorizer nobody can reach is an error too.
+    bed.waypoint.ext_authz.set_providers(
+        Providers::parse(
+            "extensionProviders:\n- name: ext\n  envoyExtAuthzGrpc: {service: nowhere.shop.svc.cluster.local, port: 9000, failOpen: false}\n",
+            "shop",
+        )
+        .unwrap(),
+    );
+    assert_eq!(status(&mut c, "GET", "/api/x", &[]).await, 403);
+}
