@@ -155,6 +155,16 @@ impl Applied {
         self.rule.for_port(self.port)
     }
 
+    /// How the connections to the Service's endpoints are kept.
+    pub fn connection_settings(&self) -> crate::upstream::ConnectionSettings {
+        let pool = &self.policy().connection_pool;
+        crate::upstream::ConnectionSettings {
+            connect_timeout: pool.connect_timeout,
+            max_requests_per_connection: pool.max_requests_per_connection,
+            idle_timeout: pool.idle_timeout,
+        }
+    }
+
     /// The request's hash for a consistent-hash balancer, if the policy
     /// hashes and the request carries the key.
     pub fn hash(&self, request: &RequestKey<'_>) -> Option<u64> {

@@ -597,6 +597,10 @@ async fn proxy(
             source: ctx.carries.ip(),
         })
     });
+    let connections = destination
+        .as_ref()
+        .map(crate::destination::Applied::connection_settings)
+        .unwrap_or_default();
     let mut _retry_held = None;
     let mut tried = Vec::new();
     let (mut response, mut place) = loop {
@@ -630,9 +634,14 @@ async fn proxy(
             retried: None,
         });
         let expected = view.expected_identity(place.addr.ip());
-        let send = wp
-            .upstream
-            .send(place.addr, expected, protocol, ctx.carries, request);
+        let send = wp.upstream.send_with(
+            place.addr,
+            expected,
+            protocol,
+            ctx.carries,
+            request,
+            connections,
+        );
         let attempt_timeout = match deadline {
             Some(d) => plan
                 .attempt_timeout

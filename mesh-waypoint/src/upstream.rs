@@ -238,17 +238,53 @@ type Key = (SocketAddr, Option<Identity>);
 struct IdleH1 {
     since: Instant,
     sender: http1::SendRequest<CountedBody>,
+    /// Requests it has carried.
+    used: u32,
+    /// How long it may wait idle for the next.
+    idle: Duration,
 }
 
 /// A pooled HTTP/2 connection and when a request last took it.
 struct PooledH2 {
     last_used: Instant,
     sender: http2::SendRequest<CountedBody>,
+    /// Requests it has carried.
+    streams: u32,
+    idle: Duration,
 }
 
-/// Whether a connection last used at `last_used` has been idle too long.
-fn expired(last_used: Instant, now: Instant) -> bool {
-    now.saturating_duration_since(last_used) >= IDLE_TIMEOUT
+/// Whether a connection last used at `last_used` has been idle `idle`.
+fn expired_after(last_used: Instant, now: Instant, idle: Duration) -> bool {
+    now.saturating_duration_since(last_used) >= idle
+}
+
+/// How the connections a request goes over are kept, as the destination
+/// Service's DestinationRule says (`connectionPool`); by default the
+/// waypoint's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    /// A new connection (TCP, and for a tunnel TLS and HTTP/2 too) must be
+    /// made within this (`tcp.connectTimeout`), and within the waypoint's
+    /// own connect timeout whatever this says.
+    pub connect_timeout: Option<Duration>,
+    /// A connection carries at most this many requests
+    /// (`http.maxRequestsPerConnection`).
+    pub max_requests_per_connection: Option<std::num::NonZeroU32>,
+    /// A connection idle this long is not used again (`http.idleTimeout`;
+    /// 30 s by default).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl ConnectionSettings {
+    fn idle(&self) -> Duration {
+        self.idle_timeout.unwrap_or(IDLE_TIMEOUT)
+    }
+
+    /// Whether a connection that has carried `used` requests takes another.
+    fn reusable(&self, used: u32) -> bool {
+        self.max_requests_per_connection
+            .is_none_or(|max| used < max.get())
+    }
 }
 
 /// Which HTTP/2 connections to let go, least recently used first, so that
@@ -347,27 +383,91 @@ impl Upstream {
         src: SocketAddr,
         request: Request<CountedBody>,
     ) -> Result<Response<Incoming>, Failed> {
+        self.send_with(
+            addr,
+            expected,
+            protocol,
+            src,
+            request,
+            ConnectionSettings::default(),
+        )
+        .await
+    }
+
+    /// `send`, over connections kept as `settings` say.
+    pub async fn send_with(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        expected: Option<Identity>,
+        protocol: Protocol,
+        src: SocketAddr,
+        request: Request<CountedBody>,
+        settings: ConnectionSettings,
+    ) -> Result<Response<Incoming>, Failed> {
         let key = (addr, expected);
         match protocol {
-            Protocol::Http2 => self.send_h2(key, src, request).await,
-            _ => self.send_h1(key, src, request).await,
+            Protocol::Http2 => self.send_h2(key, src, request, &settings).await,
+            _ => self.send_h1(key, src, request, &settings).await,
         }
     }
 
-    fn checkout_h1(&self, key: &Key) -> Option<http1::SendRequest<CountedBody>> {
+    /// A new connection to `addr` within `settings`' connect timeout.
+    async fn open_within(
+        &self,
+        addr: SocketAddr,
+        expected: Option<&Identity>,
+        src: SocketAddr,
+        settings: &ConnectionSettings,
+    ) -> Result<UpstreamIo, UpstreamError> {
+        let Some(limit) = settings.connect_timeout else {
+            return self.open(addr, expected, src).await;
+        };
+        tokio::time::timeout(limit, self.open(addr, expected, src))
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::Connect {
+                    addr,
+                    reason: format!(
+                        "no connection within {}s (the DestinationRule's connectTimeout)",
+                        limit.as_secs_f32()
+                    ),
+                })
+            })
+    }
+
+    /// An idle connection to `key` and the requests it has carried.
+    fn checkout_h1(
+        &self,
+        key: &Key,
+        settings: &ConnectionSettings,
+    ) -> Option<(http1::SendRequest<CountedBody>, u32)> {
         let mut idle = self.h1_idle.lock().unwrap();
         let list = idle.get_mut(key)?;
         while let Some(c) = list.pop() {
-            if c.since.elapsed() < IDLE_TIMEOUT && c.sender.is_ready() {
-                return Some(c.sender);
+            if c.since.elapsed() < c.idle.min(settings.idle())
+                && c.sender.is_ready()
+                && settings.reusable(c.used)
+            {
+                return Some((c.sender, c.used));
             }
         }
         None
     }
 
     /// Keeps the connection for the next request once its response has
-    /// been read to the end (an upgraded or broken one never comes back).
-    fn checkin_h1(self: &Arc<Self>, key: Key, mut sender: http1::SendRequest<CountedBody>) {
+    /// been read to the end (an upgraded or broken one never comes back,
+    /// nor one that has carried all the requests it may).
+    fn checkin_h1(
+        self: &Arc<Self>,
+        key: Key,
+        mut sender: http1::SendRequest<CountedBody>,
+        used: u32,
+        settings: &ConnectionSettings,
+    ) {
+        if !settings.reusable(used) {
+            return;
+        }
+        let idle_for = settings.idle();
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             if sender.ready().await.is_err() {
@@ -377,11 +477,13 @@ impl Upstream {
             let mut idle = this.h1_idle.lock().unwrap();
             let pooled = idle.values().map(Vec::len).sum::<usize>() + this.h2.lock().unwrap().len();
             let list = idle.entry(key).or_default();
-            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+            list.retain(|c| c.since.elapsed() < c.idle && !c.sender.is_closed());
             if list.len() < MAX_IDLE_PER_ENDPOINT && pooled < MAX_POOLED {
                 list.push(IdleH1 {
                     since: Instant::now(),
                     sender,
+                    used,
+                    idle: idle_for,
                 });
             }
         });
@@ -391,9 +493,12 @@ impl Upstream {
         &self,
         key: &Key,
         src: SocketAddr,
+        settings: &ConnectionSettings,
     ) -> Result<http1::SendRequest<CountedBody>, UpstreamError> {
         let addr = key.0;
-        let io = self.open(addr, key.1.as_ref(), src).await?;
+        let io = self
+            .open_within(addr, key.1.as_ref(), src, settings)
+            .await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -414,13 +519,14 @@ impl Upstream {
         key: Key,
         src: SocketAddr,
         request: Request<CountedBody>,
+        settings: &ConnectionSettings,
     ) -> Result<Response<Incoming>, Failed> {
         let addr = key.0;
         let mut request = request;
-        if let Some(mut sender) = self.checkout_h1(&key) {
+        if let Some((mut sender, used)) = self.checkout_h1(&key, settings) {
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    self.checkin_h1(key, sender);
+                    self.checkin_h1(key, sender, used + 1, settings);
                     return Ok(response);
                 }
                 Err(mut e) => match e.take_message() {
@@ -435,7 +541,7 @@ impl Upstream {
                 },
             }
         }
-        let mut sender = match self.connect_h1(&key, src).await {
+        let mut sender = match self.connect_h1(&key, src, settings).await {
             Ok(s) => s,
             Err(e) => return Err(Failed::unsent(e, request)),
         };
@@ -443,7 +549,7 @@ impl Upstream {
             .send_request(request)
             .await
             .map_err(|source| Failed::sent(UpstreamError::Reset { addr, source }))?;
-        self.checkin_h1(key, sender);
+        self.checkin_h1(key, sender, 1, settings);
         Ok(response)
     }
 
@@ -451,12 +557,24 @@ impl Upstream {
         &self,
         key: &Key,
         src: SocketAddr,
+        settings: &ConnectionSettings,
     ) -> Result<http2::SendRequest<CountedBody>, UpstreamError> {
         let pooled = |h2: &Mutex<HashMap<Key, PooledH2>>| {
             let mut h2 = h2.lock().unwrap();
-            let p = h2.get_mut(key).filter(|p| !p.sender.is_closed())?;
-            p.last_used = Instant::now();
-            Some(p.sender.clone())
+            let now = Instant::now();
+            let p = h2.get_mut(key).filter(|p| {
+                !p.sender.is_closed()
+                    && !expired_after(p.last_used, now, p.idle.min(settings.idle()))
+            })?;
+            p.last_used = now;
+            p.streams = p.streams.saturating_add(1);
+            let (sender, spent) = (p.sender.clone(), !settings.reusable(p.streams));
+            if spent {
+                // Its open streams finish on it; the next request makes
+                // a new one.
+                h2.remove(key);
+            }
+            Some(sender)
         };
         if let Some(s) = pooled(&self.h2) {
             return Ok(s);
@@ -473,7 +591,9 @@ impl Upstream {
             return Ok(s);
         }
         let addr = key.0;
-        let io = self.open(addr, key.1.as_ref(), src).await?;
+        let io = self
+            .open_within(addr, key.1.as_ref(), src, settings)
+            .await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_KEEPALIVE)
@@ -489,13 +609,15 @@ impl Upstream {
                 debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        self.pool_h2(key.clone(), sender.clone());
+        if settings.reusable(1) {
+            self.pool_h2(key.clone(), sender.clone(), settings.idle());
+        }
         Ok(sender)
     }
 
     /// Keeps `sender` for the next requests to `key`, letting the least
     /// recently used HTTP/2 connections go when the pool is full.
-    fn pool_h2(&self, key: Key, sender: http2::SendRequest<CountedBody>) {
+    fn pool_h2(&self, key: Key, sender: http2::SendRequest<CountedBody>, idle: Duration) {
         let h1 = self.h1_idle.lock().unwrap().values().map(Vec::len).sum();
         let mut h2 = self.h2.lock().unwrap();
         h2.remove(&key);
@@ -520,6 +642,8 @@ impl Upstream {
                 PooledH2 {
                     last_used: Instant::now(),
                     sender,
+                    streams: 1,
+                    idle,
                 },
             );
         }
@@ -530,6 +654,7 @@ impl Upstream {
         key: Key,
         src: SocketAddr,
         request: Request<CountedBody>,
+        settings: &ConnectionSettings,
     ) -> Result<Response<Incoming>, Failed> {
         let addr = key.0;
         let mut request = request;
@@ -538,7 +663,7 @@ impl Upstream {
                 // The pooled connection is gone: forget it, make another.
                 self.h2.lock().unwrap().remove(&key);
             }
-            let mut sender = match self.h2_sender(&key, src).await {
+            let mut sender = match self.h2_sender(&key, src, settings).await {
                 Ok(s) => s,
                 Err(e) => return Err(Failed::unsent(e, request)),
             };
@@ -570,14 +695,14 @@ impl Upstream {
     /// Drops idle and closed connections (HTTP and HBONE).
     pub fn sweep(&self) {
         self.h1_idle.lock().unwrap().retain(|_, list| {
-            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+            list.retain(|c| c.since.elapsed() < c.idle && !c.sender.is_closed());
             !list.is_empty()
         });
         let now = Instant::now();
         self.h2
             .lock()
             .unwrap()
-            .retain(|_, p| !p.sender.is_closed() && !expired(p.last_used, now));
+            .retain(|_, p| !p.sender.is_closed() && !expired_after(p.last_used, now, p.idle));
         self.h2_connecting
             .lock()
             .unwrap()
@@ -592,7 +717,7 @@ impl Upstream {
         self.h2
             .lock()
             .unwrap()
-            .retain(|_, p| !p.sender.is_closed() && !expired(p.last_used, now));
+            .retain(|_, p| !p.sender.is_closed() && !expired_after(p.last_used, now, p.idle));
         self.hbone.pool.close_idle();
     }
 }
@@ -604,10 +729,27 @@ mod tests {
     #[test]
     fn an_http2_connection_unused_for_the_idle_timeout_expires() {
         let now = Instant::now() + IDLE_TIMEOUT * 2;
-        assert!(expired(now - IDLE_TIMEOUT, now));
-        assert!(!expired(now - IDLE_TIMEOUT + Duration::from_millis(1), now));
+        let expired = |last_used| expired_after(last_used, now, IDLE_TIMEOUT);
+        assert!(expired(now - IDLE_TIMEOUT));
+        assert!(!expired(now - IDLE_TIMEOUT + Duration::from_millis(1)));
         // A clock read before the connection's last use is not idleness.
-        assert!(!expired(now + Duration::from_secs(1), now));
+        assert!(!expired(now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn connection_settings_bound_reuse_and_idleness() {
+        let default = ConnectionSettings::default();
+        assert!(default.reusable(u32::MAX - 1));
+        assert_eq!(default.idle(), IDLE_TIMEOUT);
+        let one = ConnectionSettings {
+            max_requests_per_connection: std::num::NonZeroU32::new(2),
+            idle_timeout: Some(Duration::from_millis(200)),
+            ..default
+        };
+        assert!(one.reusable(1) && !one.reusable(2));
+        let now = Instant::now() + Duration::from_secs(1);
+        let expired = |ago| expired_after(now - Duration::from_millis(ago), now, one.idle());
+        assert!(expired(200) && !expired(199));
     }
 
     #[test]

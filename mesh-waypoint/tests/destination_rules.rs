@@ -400,3 +400,60 @@ async fn a_rule_that_does_not_validate_is_refused_naming_line_and_field() {
     assert_eq!(get(&mut c, "/").await.status, 200);
     assert_eq!(bed.waypoint.destinations.tracked(), 1);
 }
+
+/// Upstream connections the waypoint opened to web's pods' port 8080 (one
+/// tunnel each).
+fn connections(bed: &Bed) -> usize {
+    bed.pods
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, dst)| dst.port() == 8080)
+        .count()
+}
+
+/// `n` requests one after the other, all hashed to one endpoint, a pause
+/// after each so that its connection is back in the pool.
+async fn in_turn(bed: &Bed, n: usize, pause: Duration) {
+    let mut c = client(bed, 80).await;
+    for _ in 0..n {
+        let a = get_with(&mut c, "/", &[("x-user", "ann")]).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[tokio::test]
+async fn max_requests_per_connection_opens_a_new_connection_after_that_many() {
+    let hashed = "    loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n";
+    let bed = bed_with(138, rule(hashed)).await;
+    http_backend(bed.pod(1, 8080), "web-1", false).await;
+    http_backend(bed.pod(2, 8080), "web-2", false).await;
+    in_turn(&bed, 4, Duration::from_millis(30)).await;
+    assert_eq!(connections(&bed), 1, "one connection, reused");
+    bed.reconfigure(&rule(&format!(
+        "{hashed}    connectionPool: {{http: {{maxRequestsPerConnection: 2}}}}\n"
+    )));
+    in_turn(&bed, 4, Duration::from_millis(30)).await;
+    // The pooled connection had carried 4: a new one, then one per 2.
+    assert_eq!(connections(&bed), 3);
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_idle_timeout_is_not_used_again() {
+    let bed = bed_with(
+        139,
+        rule(
+            "    loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n    connectionPool: {http: {idleTimeout: 300ms}}\n",
+        ),
+    )
+    .await;
+    http_backend(bed.pod(1, 8080), "web-1", false).await;
+    http_backend(bed.pod(2, 8080), "web-2", false).await;
+    in_turn(&bed, 2, Duration::from_millis(30)).await;
+    assert_eq!(connections(&bed), 1, "reused within the idle timeout");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    in_turn(&bed, 1, Duration::ZERO).await;
+    assert_eq!(connections(&bed), 2, "a new one after it");
+}
