@@ -13,7 +13,9 @@
 //! (`rbac_access_denied_matched_policy[ns[<ns>]-policy[<name>]]`, `[none]`
 //! when ALLOW policies exist and none matched, `ext_authz_denied`,
 //! `ext_authz_error`). Dry-run policies are logged and counted with
-//! `dry_run="true"`, never enforced; AUDIT policies are logged.
+//! `dry_run="true"`, never enforced; AUDIT policies are logged. Until the
+//! policies have been read whole every request is denied (action
+//! `NOT_SYNCED`), as node agents refuse inbound connections then.
 use std::{borrow::Cow, net::SocketAddr};
 
 use bytes::Bytes;
@@ -135,6 +137,21 @@ pub fn rbac_denial(verdict: &Verdict) -> Option<Denial> {
     })
 }
 
+/// The denial of every request while the policies are not read whole.
+pub fn unsynced_denial() -> Denial {
+    Denial {
+        status: StatusCode::FORBIDDEN,
+        headers: vec![(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        )],
+        body: Bytes::from_static(DENIED_BODY.as_bytes()),
+        details: "rbac_access_denied_policies_not_synced".into(),
+        policy: "-".into(),
+        action: "NOT_SYNCED",
+    }
+}
+
 /// The facts of one request at the waypoint.
 struct Facts {
     source: Option<Identity>,
@@ -191,6 +208,17 @@ pub async fn check<B>(
     authority: &str,
     request_auth: Option<&RequestAuth>,
 ) -> Result<(), Denial> {
+    if let Err(why) = view.policies.sync.check() {
+        // Fail closed, as node agents do: a policy not read yet could be
+        // one that denies this request.
+        let d = unsynced_denial();
+        if wp.should_log() {
+            warn!(authority, reason = %why, "request denied (403): the authorization policies have not been read whole");
+        }
+        wp.telemetry
+            .authorization_denied(&d.policy, d.action, false);
+        return Err(d);
+    }
     if view.waypoint_policies.is_empty() {
         return Ok(());
     }
@@ -409,6 +437,13 @@ mod tests {
         assert_eq!(d.body, DENIED_BODY);
         let none = rbac_denial(&Verdict::Deny { policy: None }).unwrap();
         assert_eq!((none.action, none.policy.as_str()), ("ALLOW", "-"));
+    }
+
+    #[test]
+    fn unread_policies_deny() {
+        let d = unsynced_denial();
+        assert_eq!((d.status, d.action), (StatusCode::FORBIDDEN, "NOT_SYNCED"));
+        assert_eq!(d.body, DENIED_BODY);
     }
 
     #[test]
