@@ -10,7 +10,9 @@
 //! `record`, `spans`); I/O is at the edges (`upstream`, `http`, `body`,
 //! `mirror`, `tcp`, `handler`, `access`, `telemetry`, `admin`, `run`).
 //! `ratelimit` holds the local rate limits' limiters (which policies apply
-//! is pure). The request record, Istio's metric families, the W3C trace
+//! is pure). A DestinationRule's ejections and pool limits are decided by
+//! `outlier` and `connection_pool` (pure), and `destination` keeps their
+//! state per Service port. The request record, Istio's metric families, the W3C trace
 //! context and the OTLP export are `mesh_telemetry`'s.
 pub mod access;
 pub mod admin;
