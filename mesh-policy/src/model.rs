@@ -42,13 +42,15 @@ pub struct AuthorizationPolicySpec {
     /// nothing, a DENY policy denies nothing.
     #[serde(default)]
     pub rules: Option<Vec<Rule>>,
-    /// Only meaningful with action CUSTOM, which mesh refuses.
+    /// Only meaningful with action CUSTOM: `{name}` of the extension
+    /// provider that decides. Node agents refuse CUSTOM; waypoints ask the
+    /// provider (`l7`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::crd::any_object")]
     pub provider: Option<serde_json::Value>,
     /// Binds the policy to a gateway or waypoint instead of workloads; such
-    /// policies are the waypoint's business, the node agent skips them (as
-    /// ztunnel does).
+    /// policies are the waypoint's business (`l7`), the node agent skips
+    /// them (as ztunnel does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::crd::any_object")]
     pub target_ref: Option<serde_json::Value>,
