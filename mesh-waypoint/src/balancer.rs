@@ -78,8 +78,12 @@ pub fn hash_key(key: &[u8]) -> u64 {
 /// The endpoint with the highest score for `key` (rendezvous hashing).
 pub fn pick_hashed(endpoints: &[SocketAddr], key: u64) -> Option<SocketAddr> {
     endpoints.iter().copied().max_by_key(|e| {
-        let addr = e.to_string();
-        (hash64(&[&key.to_le_bytes(), addr.as_bytes()]), *e)
+        let ip = match e.ip().to_canonical() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let score = hash64(&[&key.to_le_bytes(), &ip, &e.port().to_be_bytes()]);
+        (score, *e)
     })
 }
 
