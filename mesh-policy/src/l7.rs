@@ -430,6 +430,21 @@ fn any(patterns: &[String], value: &str) -> bool {
 }
 
 impl Clause {
+    /// Whether the clause tests a fact only HTTP requests have.
+    fn is_http(&self) -> bool {
+        matches!(
+            self.what,
+            Match::RequestPrincipal(_)
+                | Match::Host(_)
+                | Match::Method(_)
+                | Match::Path(_)
+                | Match::Header(..)
+                | Match::AuthAudience(_)
+                | Match::AuthPresenter(_)
+                | Match::AuthClaim(..)
+        )
+    }
+
     fn matches(&self, r: &Request<'_>, path: &str) -> bool {
         let hit = match &self.what {
             Match::Principal(p) => {
@@ -477,6 +492,27 @@ impl Rule {
         (self.from.is_empty() || self.from.iter().any(all))
             && (self.to.is_empty() || self.to.iter().any(all))
             && self.when.iter().all(|x| x.matches(r, path))
+    }
+
+    /// For a TCP stream, which has no HTTP facts, as Istio translates a
+    /// rule for TCP: one with HTTP fields never matches unless it denies;
+    /// a DENY rule is applied without them (it denies at least as much).
+    fn matches_tcp(&self, r: &Request<'_>, action: Action) -> bool {
+        let clauses = || {
+            self.from
+                .iter()
+                .flatten()
+                .chain(self.to.iter().flatten())
+                .chain(&self.when)
+        };
+        if action != Action::Deny && clauses().any(Clause::is_http) {
+            return false;
+        }
+        let holds = |x: &Clause| x.is_http() || x.matches(r, "");
+        let all = |cl: &Vec<Clause>| cl.iter().all(holds);
+        (self.from.is_empty() || self.from.iter().any(all))
+            && (self.to.is_empty() || self.to.iter().any(all))
+            && self.when.iter().all(holds)
     }
 }
 
@@ -750,6 +786,14 @@ impl WaypointPolicy {
         let path = normalized_path(r.path);
         self.rules.iter().any(|rule| rule.matches(r, &path))
     }
+
+    /// Whether a rule matches a TCP stream (`r` without HTTP facts): see
+    /// `Rule::matches_tcp`.
+    pub fn matches_tcp(&self, r: &Request<'_>) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| rule.matches_tcp(r, self.action))
+    }
 }
 
 /// Loads one AuthorizationPolicy for waypoints from its stored form.
@@ -836,11 +880,11 @@ pub struct Evaluation {
 
 fn deny_then_allow<'p>(
     policies: impl Iterator<Item = &'p WaypointPolicy> + Clone,
-    r: &Request<'_>,
+    matches: impl Fn(&WaypointPolicy) -> bool,
 ) -> Verdict {
     if let Some(p) = policies
         .clone()
-        .find(|p| p.action == Action::Deny && p.matches(r))
+        .find(|p| p.action == Action::Deny && matches(p))
     {
         return Verdict::Deny {
             policy: Some(p.name.clone()),
@@ -850,11 +894,41 @@ fn deny_then_allow<'p>(
     if allows.peek().is_none() {
         return Verdict::Allow { policy: None };
     }
-    match allows.find(|p| p.matches(r)) {
+    match allows.find(|p| matches(p)) {
         Some(p) => Verdict::Allow {
             policy: Some(p.name.clone()),
         },
         None => Verdict::Deny { policy: None },
+    }
+}
+
+fn evaluate_by<'p>(
+    policies: impl Iterator<Item = &'p WaypointPolicy> + Clone,
+    matches: impl Fn(&WaypointPolicy) -> bool + Copy,
+) -> Evaluation {
+    let custom = |dry_run: bool| -> Vec<Custom> {
+        policies
+            .clone()
+            .filter(|p| p.action == Action::Custom && p.dry_run == dry_run && matches(p))
+            .filter_map(|p| {
+                Some(Custom {
+                    policy: p.name.clone(),
+                    provider: p.provider.clone()?,
+                })
+            })
+            .collect()
+    };
+    let enforced = deny_then_allow(policies.clone().filter(|p| !p.dry_run), matches);
+    let with_dry_run = deny_then_allow(policies.clone(), matches);
+    Evaluation {
+        custom: custom(false),
+        dry_run: (with_dry_run != enforced).then_some(with_dry_run),
+        enforced,
+        dry_run_custom: custom(true),
+        audited: policies
+            .filter(|p| p.action == Action::Audit && matches(p))
+            .map(|p| p.name.clone())
+            .collect(),
     }
 }
 
@@ -864,30 +938,18 @@ pub fn evaluate<'p>(
     policies: impl Iterator<Item = &'p WaypointPolicy> + Clone,
     r: &Request<'_>,
 ) -> Evaluation {
-    let custom = |dry_run: bool| -> Vec<Custom> {
-        policies
-            .clone()
-            .filter(|p| p.action == Action::Custom && p.dry_run == dry_run && p.matches(r))
-            .filter_map(|p| {
-                Some(Custom {
-                    policy: p.name.clone(),
-                    provider: p.provider.clone()?,
-                })
-            })
-            .collect()
-    };
-    let enforced = deny_then_allow(policies.clone().filter(|p| !p.dry_run), r);
-    let with_dry_run = deny_then_allow(policies.clone(), r);
-    Evaluation {
-        custom: custom(false),
-        dry_run: (with_dry_run != enforced).then_some(with_dry_run),
-        enforced,
-        dry_run_custom: custom(true),
-        audited: policies
-            .filter(|p| p.action == Action::Audit && p.matches(r))
-            .map(|p| p.name.clone())
-            .collect(),
-    }
+    evaluate_by(policies, |p| p.matches(r))
+}
+
+/// Evaluates the policies that apply to a TCP stream the waypoint relays
+/// (`r`'s HTTP facts are not read): rules with HTTP fields never match
+/// unless they deny, and deny without them, as Istio translates policies
+/// for TCP.
+pub fn evaluate_tcp<'p>(
+    policies: impl Iterator<Item = &'p WaypointPolicy> + Clone,
+    r: &Request<'_>,
+) -> Evaluation {
+    evaluate_by(policies, |p| p.matches_tcp(r))
 }
 
 #[cfg(test)]

@@ -596,3 +596,41 @@ fn what_cannot_be_compiled_denies_in_its_scope() {
     let l = load("shop", "ok", &no, Some(&ok));
     assert!(l.failure.is_none() && l.policy.unwrap().compiled);
 }
+
+#[test]
+fn tcp_streams_meet_the_l4_part_of_rules_and_http_fields_never_widen() {
+    let tcp = with(|f| {
+        f.method = String::new();
+        f.path = String::new();
+        f.host = String::new();
+    });
+    let r = tcp.request();
+    // An ALLOW rule with an HTTP field never matches a TCP stream.
+    let allow_get = policy("rules: [{to: [{operation: {methods: [GET]}}]}]\n");
+    assert!(!allow_get.matches_tcp(&r));
+    let allow_port = policy("rules: [{to: [{operation: {ports: [\"80\"]}}]}]\n");
+    assert!(allow_port.matches_tcp(&r));
+    // A DENY rule is applied without its HTTP fields: it denies more.
+    let deny_front_post = policy(
+        "action: DENY\nrules: [{from: [{source: {namespaces: [front]}}], to: [{operation: {methods: [POST]}}]}]\n",
+    );
+    assert!(deny_front_post.matches_tcp(&r));
+    assert!(!deny_front_post.matches(&r), "over HTTP the method counts");
+    let deny_other_ns = policy(
+        "action: DENY\nrules: [{from: [{source: {namespaces: [back]}}], when: [{key: \"request.headers[x]\", values: [y]}]}]\n",
+    );
+    assert!(
+        !deny_other_ns.matches_tcp(&r),
+        "its L4 part still has to match"
+    );
+    let e = evaluate_tcp([allow_get.clone()].iter(), &r);
+    assert_eq!(e.enforced, Verdict::Deny { policy: None });
+    let e = evaluate_tcp([allow_get, allow_port].iter(), &r);
+    assert!(e.enforced.allowed());
+    let custom_http = policy(
+        "action: CUSTOM\nprovider: {name: ext}\nrules: [{to: [{operation: {paths: [\"/api/*\"]}}]}]\n",
+    );
+    let custom_all = policy("action: CUSTOM\nprovider: {name: ext}\nrules: [{}]\n");
+    assert!(evaluate_tcp([custom_http].iter(), &r).custom.is_empty());
+    assert_eq!(evaluate_tcp([custom_all].iter(), &r).custom.len(), 1);
+}
