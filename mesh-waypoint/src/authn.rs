@@ -541,6 +541,16 @@ mod tests {
         }
     }
 
+    fn ed(kid: &str) -> Signer {
+        let pkcs8 =
+            aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8v1(&SystemRandom::new()).unwrap();
+        Signer {
+            key: EncodingKey::from_ed_der(pkcs8.as_ref()),
+            alg: Algorithm::EdDSA,
+            kid: kid.into(),
+        }
+    }
+
     fn key_set(signers: &[&Signer]) -> Arc<KeySet> {
         let keys: Vec<Value> = signers
             .iter()
@@ -617,6 +627,7 @@ mod tests {
             rsa(Algorithm::PS512, "p512", 0),
             ec(Algorithm::ES256, "e256"),
             ec(Algorithm::ES384, "e384"),
+            ed("ed"),
         ];
         for s in &signers {
             let r = rule(Keys::Inline(key_set(&[s])));

@@ -766,9 +766,15 @@ fn waypoint_checks() -> anyhow::Result<usize> {
             &[],
             &["get", "list", "watch"],
         ),
+        // RequestAuthentications are Istio's CRD too; discovery watches
+        // them for the waypoints (mesh-policy/src/request_authn.rs).
         rule(
             &["security.istio.io"],
-            &["authorizationpolicies", "peerauthentications"],
+            &[
+                "authorizationpolicies",
+                "peerauthentications",
+                "requestauthentications",
+            ],
             &[],
             &["get", "list", "watch"],
         ),
