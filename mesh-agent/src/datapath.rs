@@ -22,7 +22,8 @@ use aya::{
     },
 };
 use mesh_common::{
-    DatapathConfig, FlowRecord, ListenerKey, OrigDst, PodAddrKey, SockKey, counter, limits, names,
+    DatapathConfig, DeliveryKey, FlowRecord, ListenerKey, OrigDst, PodAddrKey, SockKey, counter,
+    limits, names,
 };
 use mesh_config::AgentConfig;
 
@@ -150,6 +151,9 @@ pub struct Datapath {
     /// One lookup and one delete per accepted connection; nothing else
     /// takes this lock.
     orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    /// Two writes per delivery from a client's address; nothing else
+    /// takes this lock.
+    deliveries: Mutex<HashMap<MapData, DeliveryKey, u8>>,
     fill: Mutex<Fill>,
     flow_events: Mutex<Option<RingBuf<MapData>>>,
     logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
@@ -281,6 +285,14 @@ impl Datapath {
             flows_live: take_map(&mut ebpf, names::FLOWS_LIVE)?,
         };
         let orig = take_map(&mut ebpf, names::ORIG_DST_BY_TUPLE)?;
+        let mut deliveries: HashMap<MapData, DeliveryKey, u8> =
+            take_map(&mut ebpf, names::DELIVERIES)?;
+        // A previous agent that stopped mid-delivery left its entries: each
+        // would let a SYN with that 4-tuple past capture.
+        let stale: Vec<DeliveryKey> = deliveries.keys().filter_map(Result::ok).collect();
+        for key in &stale {
+            remove_if_present(&mut deliveries, key, names::DELIVERIES)?;
+        }
         let flow_events = take_map(&mut ebpf, names::FLOW_EVENTS)?;
         Ok(Self {
             pin_dir: pin_dir.to_owned(),
@@ -288,6 +300,7 @@ impl Datapath {
             ebpf: Mutex::new(ebpf),
             maps: Mutex::new(maps),
             orig: Mutex::new(orig),
+            deliveries: Mutex::new(deliveries),
             fill: Mutex::new(fill),
             flow_events: Mutex::new(Some(flow_events)),
             logger: Mutex::new(logger),
@@ -460,6 +473,30 @@ impl Datapath {
         Some(orig_addr(value))
     }
 
+    /// Lets the SYN of a delivery from `from` (a client's address, the
+    /// socket already bound) to `to` (the app) past sk_lookup, until
+    /// `delivery_connected`. Without it the SYN would reach the agent's
+    /// own inbound listener.
+    pub fn expect_delivery(&self, from: SocketAddr, to: SocketAddr) -> Result<(), DatapathError> {
+        self.deliveries
+            .lock()
+            .unwrap()
+            .insert(delivery_key(from, to), 1, 0)
+            .map_err(map_err(names::DELIVERIES))
+    }
+
+    /// The delivery from `from` to `to` has connected, or given up.
+    pub fn delivery_connected(&self, from: SocketAddr, to: SocketAddr) {
+        let key = delivery_key(from, to);
+        if let Err(e) = remove_if_present(
+            &mut self.deliveries.lock().unwrap(),
+            &key,
+            names::DELIVERIES,
+        ) {
+            tracing::warn!(%from, %to, error = %e, "delivery entry not deleted");
+        }
+    }
+
     /// The kernel programs' counters, summed over CPUs.
     pub fn counters(&self) -> std::collections::BTreeMap<&'static str, u64> {
         let maps = self.maps.lock().unwrap();
@@ -570,6 +607,15 @@ impl Datapath {
     /// The kernel programs' log reader, when `bpfLog` is on; taken once.
     pub fn take_logger(&self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         self.logger.lock().unwrap().take()
+    }
+}
+
+fn delivery_key(from: SocketAddr, to: SocketAddr) -> DeliveryKey {
+    DeliveryKey {
+        local_ip: ip_bytes(to.ip()),
+        remote_ip: ip_bytes(from.ip()),
+        local_port: u32::from(to.port()),
+        remote_port: u32::from(from.port()),
     }
 }
 

@@ -1,7 +1,9 @@
 //! One enrolled pod as the agent runs it: its netns (held open), its
 //! certificate lease, the three listeners and their accept tasks, and its
-//! datapath entries. Dropping it stops the tasks, closes the listeners and
-//! releases the certificate; `Node` removes the datapath entries.
+//! datapath entries, and the routing that lets deliveries come from the
+//! client's address (`source_ip`). Dropping it stops the tasks, closes the
+//! listeners, releases the certificate and takes that routing back; `Node`
+//! removes the datapath entries.
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
@@ -18,6 +20,7 @@ use crate::{
     pod::{CurrentPod, PodContext},
     proxy,
     proxy::{listeners::listen_dual, state::ProxyState},
+    source_ip::{self, PreservedSource},
 };
 
 /// A netns the pod may be enrolled in: not the agent's (the host's), and
@@ -99,6 +102,8 @@ pub struct PodRuntime {
     tasks: Vec<JoinHandle<()>>,
     /// Keeps the pod's certificate renewed while the pod is enrolled.
     _cert: Option<CertLease>,
+    /// The pod's delivery routing, taken back on drop.
+    _source_ip: Option<PreservedSource>,
 }
 
 impl PodRuntime {
@@ -136,6 +141,7 @@ impl PodRuntime {
             netns_cookie: old.netns_cookie,
             sockets: old.sockets.clone(),
             relay: old.relay,
+            delivery: old.delivery,
             cert: old.cert.clone(),
             hbone_server: old.hbone_server.clone(),
         }));
@@ -152,6 +158,7 @@ impl PodRuntime {
         netns: Option<Netns>,
         trust_domain: &str,
         relay: proxy::RelayMode,
+        source_ip: mesh_config::SourceIp,
         state: &Arc<ProxyState>,
     ) -> Result<Self, PodError> {
         let key = spec.key();
@@ -177,6 +184,8 @@ impl PodRuntime {
             netns: spec.netns.clone(),
             problem,
         })?;
+        // Before any listener opens: the first delivery may follow at once.
+        let (delivery, preserved) = source_ip::prepare(&key, &sockets, &spec.ips, source_ip);
         // Dropped with the runtime, or on any error below: either way the
         // identity's certificate is released once no pod uses it.
         let (lease, hbone_server) = match &state.mtls {
@@ -201,6 +210,7 @@ impl PodRuntime {
             netns_cookie: sockets.cookie(),
             sockets,
             relay,
+            delivery,
             cert: lease.as_ref().map(|l| l.watch().clone()),
             hbone_server,
         });
@@ -221,6 +231,7 @@ impl PodRuntime {
             netns,
             tasks: Vec::new(),
             _cert: lease,
+            _source_ip: preserved,
         };
         // Bound as narrowly as the datapath allows. 15001 receives only
         // connect()s that connect4/6 rewrote to loopback. 15006 receives

@@ -154,11 +154,19 @@ impl SocketFactory {
 
     /// A new non-blocking TCP socket in the netns.
     pub fn socket(&self, domain: Domain) -> io::Result<Socket> {
+        self.within(|| new_tcp(domain))?
+    }
+
+    /// Runs `f` on this thread inside the netns: for what binds to the
+    /// namespace it is made in (a netlink socket, a /proc/sys/net file
+    /// opened). `f` must not block or await: nothing else runs on the
+    /// thread until it returns.
+    pub fn within<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
         let home = home()?;
         self.netns
             .enter()
             .map_err(|e| io::Error::other(e.to_string()))?;
-        let socket = new_tcp(domain);
+        let out = f();
         if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             // A thread stranded in a pod's netns would open other pods'
             // sockets there; stopping is the only safe answer (the
@@ -167,7 +175,7 @@ impl SocketFactory {
             tracing::error!(error = %e, "cannot return to the agent's netns; exiting");
             std::process::abort();
         }
-        socket
+        Ok(out)
     }
 }
 

@@ -436,7 +436,15 @@ impl Node {
                 continue;
             }
             let netns = handles.remove(&uid);
-            match PodRuntime::enroll(&spec, netns, &self.agent.trust_domain, relay, &self.state) {
+            let source_ip = self.agent.datapath.source_ip;
+            match PodRuntime::enroll(
+                &spec,
+                netns,
+                &self.agent.trust_domain,
+                relay,
+                source_ip,
+                &self.state,
+            ) {
                 Ok(rt) => {
                     info!(pod = %spec.key(), netns = %spec.netns.display(), netns_cookie = rt.context().netns_cookie, "pod enrolled");
                     self.pods.insert(uid, rt);

@@ -30,6 +30,8 @@ pub struct PodContext {
     pub sockets: SocketFactory,
     /// How this pod's TCP-to-TCP relays move bytes.
     pub relay: proxy::RelayMode,
+    /// Which source the pod's app sees on deliveries.
+    pub delivery: crate::source_ip::Delivery,
     /// The pod's certificate, when the agent has a CA.
     pub cert: Option<CertWatch>,
     /// TLS for the pod's HBONE listener, when the agent has a CA.

@@ -18,6 +18,16 @@ pub const HBONE_PORT: u16 = 15008;
 /// so application logs read the same). sk_lookup passes any connection whose
 /// source is loopback: only a process inside the pod's netns can send one.
 pub const INBOUND_DELIVERY_IPV4: [u8; 4] = [127, 0, 0, 6];
+/// The socket mark of the agent's deliveries from the client's own address,
+/// compared under `DELIVERY_MARK_MASK`. In the pod's netns it routes the
+/// app's replies back to the agent (`fib rule` to a table of `local` routes;
+/// the app's accepted socket inherits the mark), sock_ops leaves such hops
+/// out of flow records, and the agent refuses a marked connection that
+/// reaches its own inbound listener. It exempts nothing from capture (that
+/// is `DeliveryKey`'s): a pod that marks its own sockets only routes its own
+/// traffic to itself.
+pub const DELIVERY_MARK: u32 = 0x6d5;
+pub const DELIVERY_MARK_MASK: u32 = 0xfff;
 
 /// Map and program names: the ELF symbols, and the file names of the pins.
 pub mod names {
@@ -27,6 +37,7 @@ pub mod names {
     pub const ORIG_DST_BY_TUPLE: &str = "MESH_ORIG_BY_TUPLE";
     pub const INBOUND_LISTENERS: &str = "MESH_INBOUND_LSN";
     pub const SPLICE: &str = "MESH_SPLICE";
+    pub const DELIVERIES: &str = "MESH_DELIVERIES";
     pub const FLOWS_LIVE: &str = "MESH_FLOWS_LIVE";
     pub const FLOW_EVENTS: &str = "MESH_FLOW_EVENTS";
     pub const CONFIG: &str = "MESH_CONFIG";
@@ -46,6 +57,9 @@ pub mod limits {
     pub const ORIG_DST: u32 = 65536;
     pub const INBOUND_LISTENERS: u32 = 16384;
     pub const SPLICE: u32 = 65536;
+    /// Deliveries between bind and connect at once, node-wide; past it a
+    /// delivery comes from the reserved loopback source.
+    pub const DELIVERIES: u32 = 16384;
     pub const FLOWS_LIVE: u32 = 65536;
     /// The ring is mapped into the agent, so all of it counts in the
     /// agent's memory; the agent drains it as records arrive, and a full
@@ -59,6 +73,19 @@ pub mod limits {
 pub struct PodAddrKey {
     pub netns: u64,
     pub ip: [u8; 16],
+}
+
+/// One delivery of the agent's from a client's own address, while it
+/// connects: the app's end (`local`, a pod address) and the client's
+/// (`remote`), ports in host order. sk_lookup lets a SYN with exactly this
+/// 4-tuple reach the app; only the agent writes the map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    pub local_ip: [u8; 16],
+    pub remote_ip: [u8; 16],
+    pub local_port: u32,
+    pub remote_port: u32,
 }
 
 /// The inbound listener for connections addressed to `ip` (a pod address).
@@ -209,6 +236,7 @@ mod pod_impls {
     // SAFETY: all of these are repr(C) with explicit padding and no pointers.
     unsafe impl aya::Pod for PodAddrKey {}
     unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for DeliveryKey {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for DatapathConfig {}
@@ -224,6 +252,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockKey>(), 8 + 16 + 16 + 4 + 4);
         assert_eq!(core::mem::size_of::<OrigDst>(), 24);
         assert_eq!(core::mem::size_of::<PodAddrKey>(), 24);
+        assert_eq!(core::mem::size_of::<DeliveryKey>(), 16 + 16 + 4 + 4);
         assert_eq!(core::mem::size_of::<FlowRecord>(), 8 * 6 + 4 * 4 + 32 + 8);
         assert_eq!(core::mem::size_of::<DatapathConfig>(), 4 * 4 + 8);
         assert_eq!(core::mem::offset_of!(DatapathConfig, agent_cgroup), 16);

@@ -336,6 +336,9 @@ pub struct DatapathSettings {
     /// Forward the kernel programs' aya-log output to the agent's log.
     #[serde(default)]
     pub bpf_log: bool,
+    /// Which source address apps see on inbound connections.
+    #[serde(default)]
+    pub source_ip: SourceIp,
 }
 
 impl Default for DatapathSettings {
@@ -344,8 +347,22 @@ impl Default for DatapathSettings {
             splice: false,
             flows: true,
             bpf_log: false,
+            source_ip: SourceIp::default(),
         }
     }
+}
+
+/// The source address an app sees on a connection the agent delivers to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceIp {
+    /// The client's own address (the source pod's for mesh traffic), as
+    /// without the mesh. A pod where the agent cannot arrange it gets
+    /// `loopback`, with a line saying why.
+    #[default]
+    Preserve,
+    /// 127.0.0.6 (`::1` for IPv6) for every connection.
+    Loopback,
 }
 
 fn yes() -> bool {

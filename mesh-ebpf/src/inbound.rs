@@ -1,18 +1,23 @@
 //! sk_lookup, attached to each enrolled pod's netns: every inbound TCP
 //! connection to a pod address goes to the agent's inbound listener, except
-//! HBONE (the agent's own 15008 listener takes it as is) and connections from
+//! HBONE (the agent's own 15008 listener takes it as is), connections from
 //! loopback (the agent's deliveries from 127.0.0.6, and the pod talking to
-//! itself). With no listener registered the SYN is dropped: while the agent
-//! is away the pod is unreachable, never reachable unproxied.
+//! itself) and the agent's deliveries from a client's own address, which it
+//! names by 4-tuple in `DELIVERIES` while they connect. Nothing else tells
+//! those apart: a delivery looped over the pod's `lo` is looked up with the
+//! ingress device of the pod address (the kernel's `rt_iif`), as a packet
+//! from the network is. With no listener registered the SYN is dropped:
+//! while the agent is away the pod is unreachable, never reachable
+//! unproxied.
 use aya_ebpf::{
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
     macros::sk_lookup,
     programs::SkLookupContext,
 };
 use aya_log_ebpf::debug;
-use mesh_common::{HBONE_PORT, ListenerKey, counter, v4_mapped, v6_bytes};
+use mesh_common::{DeliveryKey, HBONE_PORT, ListenerKey, counter, v4_mapped, v6_bytes};
 
-use crate::maps::{INBOUND_LISTENERS, count, ctx_ip6, is_loopback};
+use crate::maps::{DELIVERIES, INBOUND_LISTENERS, count, ctx_ip6, is_loopback};
 
 const AF_INET: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
@@ -33,6 +38,15 @@ pub fn mesh_inbound(ctx: SkLookupContext) -> u32 {
         )
     };
     if is_loopback(&remote) || is_loopback(&local) {
+        return SK_PASS;
+    }
+    let delivery = DeliveryKey {
+        local_ip: local,
+        remote_ip: remote,
+        local_port,
+        remote_port: u32::from(u16::from_be(unsafe { (*l).remote_port })),
+    };
+    if unsafe { DELIVERIES.get(&delivery) }.is_some() {
         return SK_PASS;
     }
     match INBOUND_LISTENERS.redirect_sk_lookup(&ctx, ListenerKey { ip: local }, 0) {

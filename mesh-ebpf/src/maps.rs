@@ -4,7 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use mesh_common::{
-    DatapathConfig, FlowRecord, ListenerKey, OrigDst, PodAddrKey, SockKey, counter, limits,
+    DatapathConfig, DeliveryKey, FlowRecord, ListenerKey, OrigDst, PodAddrKey, SockKey, counter,
+    limits,
 };
 
 #[map(name = "MESH_CONFIG")]
@@ -32,6 +33,11 @@ pub static ORIG_BY_TUPLE: LruHashMap<SockKey, OrigDst> = LruHashMap::pinned(limi
 #[map(name = "MESH_INBOUND_LSN")]
 pub static INBOUND_LISTENERS: SockHash<ListenerKey> =
     SockHash::pinned(limits::INBOUND_LISTENERS, 0);
+
+/// agent → sk_lookup: the agent's deliveries from a client's address
+/// while they connect.
+#[map(name = "MESH_DELIVERIES")]
+pub static DELIVERIES: HashMap<DeliveryKey, u8> = HashMap::pinned(limits::DELIVERIES, 0);
 
 /// Both ends of every local app<->agent connection, for sk_msg splicing.
 #[map(name = "MESH_SPLICE")]

@@ -17,7 +17,8 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use mesh_common::{
-    FlowRecord, INBOUND_DELIVERY_IPV4, OUTBOUND_PORT, SockKey, counter, v4_mapped, v6_bytes,
+    DELIVERY_MARK, DELIVERY_MARK_MASK, FlowRecord, INBOUND_DELIVERY_IPV4, OUTBOUND_PORT, SockKey,
+    counter, v4_mapped, v6_bytes,
 };
 
 use crate::maps::{
@@ -100,7 +101,8 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
     let cfg = config();
     let local_lo = is_loopback(&key.local_ip);
     let remote_lo = is_loopback(&key.remote_ip);
-    if cfg.splice != 0 && is_splice_pair(&key, local_lo, remote_lo) {
+    let delivery = delivery_marked(ctx);
+    if cfg.splice != 0 && (delivery || is_splice_pair(&key, local_lo, remote_lo)) {
         let mut k = key;
         if SPLICE
             .update(&mut k, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST))
@@ -109,7 +111,7 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
             count(counter::SPLICE_INSERTED);
         }
     }
-    if cfg.flows != 0 && !local_lo && !remote_lo {
+    if cfg.flows != 0 && !local_lo && !remote_lo && !delivery {
         let rec = FlowRecord {
             cookie,
             netns,
@@ -131,6 +133,21 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
             }
         }
     }
+}
+
+/// Either end of an agent's delivery from the client's own address: the
+/// agent's socket carries the delivery mark, and the app's accepted socket
+/// inherits it (`tcp_fwmark_accept`, set in enrolled netns). Such a hop is
+/// the same connection the agent already has a flow for, seen again inside
+/// the pod.
+#[inline(always)]
+fn delivery_marked(ctx: &SockOpsContext) -> bool {
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    let mark = unsafe { (*sk).mark };
+    mark & DELIVERY_MARK_MASK == DELIVERY_MARK
 }
 
 /// The app<->agent hops inside a pod: app to the outbound listener, and the

@@ -72,11 +72,21 @@ pub async fn agent_connect(
         Domain::IPV6
     };
     let socket = sockets.socket(domain)?;
-    socket.set_tcp_nodelay(true)?;
-    keepalive(SockRef::from(&socket));
     if let Some(addr) = bind {
         socket.bind(&addr.into())?;
     }
+    connect_prepared(socket, to, timeout).await
+}
+
+/// `agent_connect` for a socket the caller made in the pod's netns and
+/// bound as it needs (see `proxy::delivery`).
+pub async fn connect_prepared(
+    socket: socket2::Socket,
+    to: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    socket.set_tcp_nodelay(true)?;
+    keepalive(SockRef::from(&socket));
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     let connect = async { established::established(socket.connect(to).await?).await };
     tokio::time::timeout(timeout, connect).await.map_err(|_| {

@@ -1,7 +1,8 @@
 //! The destination pod's HBONE listener (15008): connections accepted under
 //! the pod's admission caps and served by `mesh_hbone::server`; each CONNECT
 //! is admitted against the verified peer identity (`admit`), then delivered
-//! to the app from 127.0.0.6 inside the pod's netns and relayed.
+//! to the app inside the pod's netns, from the peer's address (or 127.0.0.6;
+//! see `delivery`), and relayed.
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -16,7 +17,7 @@ use tracing::{Instrument, debug_span, warn};
 use super::{
     access_log::{Connection, Direction, Security},
     admit::{Arrival, Rules, admit},
-    connector::agent_connect,
+    delivery::dial_app,
     inbound::{self, delivery_source},
     listeners::{self, Accepted, Listener},
     own_ports::InboundPath,
@@ -116,16 +117,18 @@ impl Handler for PodHandler {
             waypoint: view.waypoint_requirement(dst.ip()).map(|r| &**r),
         };
         let outcome = admit(&arrival, pod, &rules);
-        // The dial below goes to `dst` from `delivery_source(dst)`, which is
-        // what a delivery says.
+        // The dial below goes to `dst` from the peer's address or
+        // `delivery_source(dst)`, as the pod's delivery says.
         if let Err(why) = inbound::admitted(&mut conn, state, Listener::Hbone, pod, outcome) {
             incoming.refuse(why.status());
             return;
         }
-        let delivery = agent_connect(
-            &pod.sockets,
-            Some(delivery_source(dst)),
+        let delivery = dial_app(
+            pod,
+            &state.datapath,
+            peer,
             dst,
+            delivery_source(dst),
             state.limits.connect_timeout,
         );
         // A peer that resets the stream while the app is being dialled gets

@@ -2,8 +2,8 @@
 //! sk_lookup handed to the agent. The accepted socket's local address is the
 //! original destination. Under STRICT mTLS they are refused (but the
 //! kubelet's probes); otherwise authorized (with no peer identity) and
-//! delivered to the app from 127.0.0.6 inside the pod's netns, which
-//! sk_lookup lets through. What happens is `admit`'s decision; this module
+//! delivered to the app inside the pod's netns, from the client's address
+//! (or 127.0.0.6; see `delivery`), which sk_lookup lets through. What happens is `admit`'s decision; this module
 //! tells it (logs, metrics, access log) for every inbound path and does the
 //! delivery. It also reads what the decision needs to know the kubelet's
 //! probes: the pod's probe ports (the view) and this node's addresses (the
@@ -24,7 +24,7 @@ use super::{
     RelayMode,
     access_log::{Connection, Direction, Security},
     admit::{Admit, Arrival, Kubelet, Refusal, Rules, admit_plaintext},
-    connector::agent_connect,
+    delivery::{dial_app, is_returned_delivery},
     listeners::{self, Listener},
     own_ports::{InboundPath, SelfTraffic},
     state::ProxyState,
@@ -58,6 +58,7 @@ pub fn refuse_self_traffic(
     let reason = match why {
         SelfTraffic::OwnPort(_) => "own_port",
         SelfTraffic::LoopbackSource(_) => "loopback_source",
+        SelfTraffic::ReturnedDelivery => "returned_delivery",
     };
     state.telemetry.refusals.refused(listener.label(), reason);
     warn!(pod = %pod.key, listener = listener.label(), %src, %dst, reason = %why, "connection to the mesh itself refused");
@@ -72,6 +73,14 @@ async fn handle(
 ) {
     let src = SocketAddr::new(src.ip().to_canonical(), src.port());
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    // Delivered again, it would come back again, until the agent ran out
+    // of descriptors (see `own_ports`).
+    if is_returned_delivery(&downstream) {
+        let why = SelfTraffic::ReturnedDelivery;
+        refuse_self_traffic(&state, Listener::Inbound, &pod, src, dst, why);
+        relay::reset(downstream);
+        return;
+    }
     let view = state.view();
     let arrival = Arrival {
         path: InboundPath::Plaintext,
@@ -280,9 +289,10 @@ fn host_addresses() -> io::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-/// Delivers a connection to `target`'s app as `outcome` says (from
-/// 127.0.0.6 in the target's netns), or refuses it. Plaintext inbound and
-/// the same-node hand-over both end here.
+/// Delivers a connection to `target`'s app as `outcome` says (from the
+/// client's address, or 127.0.0.6, in the target's netns; see
+/// `delivery`), or refuses it. Plaintext inbound and the same-node
+/// hand-over both end here.
 pub async fn deliver(
     mut downstream: TcpStream,
     mut conn: Connection<'_>,
@@ -296,10 +306,12 @@ pub async fn deliver(
         return;
     };
     let _ = downstream.set_nodelay(true);
-    let delivery = agent_connect(
-        &target.sockets,
-        Some(from),
+    let delivery = dial_app(
+        target,
+        &state.datapath,
+        conn.src,
         to,
+        from,
         state.limits.connect_timeout,
     );
     let mut upstream = match delivery.await {

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod admit;
 pub mod balancer;
 pub mod connector;
+pub mod delivery;
 pub mod established;
 pub mod hbone_inbound;
 pub mod inbound;

@@ -62,6 +62,10 @@ pub enum SelfTraffic {
         "source {0} is loopback: the datapath never hands loopback connections to 15006, so this one came to the agent's listener directly (a delivery of the agent's own, or a pod dialling 15006 itself)"
     )]
     LoopbackSource(IpAddr),
+    #[error(
+        "the connection carries the mark of the agent's deliveries: a delivery came back to the agent's listener instead of reaching the app; the pod's sk_lookup program is an older one, adopted from its pins, that does not know deliveries from the client's address: set `datapath.sourceIp: loopback`, or remove the node's pins (`mesh-agent uninstall`) and restart the agent"
+    )]
+    ReturnedDelivery,
 }
 
 /// `Err` when the connection from `src` to `dst`, arriving by `path`, is
