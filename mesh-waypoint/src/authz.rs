@@ -319,8 +319,8 @@ fn log_denial(
     }
 }
 
-/// One CUSTOM policy's check: its provider's answer, or on an error its
-/// `failOpen` and `statusOnError`.
+/// One CUSTOM policy's check of an HTTP request: the provider's header
+/// changes are applied to it, or the denial returned.
 async fn custom_check<B>(
     wp: &Waypoint,
     view: &MeshView,
@@ -330,6 +330,58 @@ async fn custom_check<B>(
     authority: &str,
     custom: &l7::Custom,
 ) -> Result<(), Denial> {
+    let method = request.method().as_str().to_owned();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let headers = request.headers().clone();
+    let said = ask(
+        wp,
+        view,
+        ctx,
+        custom,
+        authority,
+        &method,
+        &path,
+        |provider| {
+            ext_authz::check_request(
+                &CheckFacts {
+                    source: ctx.carries,
+                    source_principal: ctx.source.principal.as_deref(),
+                    destination: ctx.dst,
+                    method: &method,
+                    host: authority,
+                    path: &path,
+                    protocol: match protocol {
+                        Protocol::Http2 => "HTTP/2",
+                        _ => "HTTP/1.1",
+                    },
+                    headers: &headers,
+                },
+                provider,
+            )
+        },
+    )
+    .await?;
+    said.apply(request.headers_mut());
+    Ok(())
+}
+
+/// Asks one CUSTOM policy's provider (the check built by `check`): its
+/// header changes when it allows, else the denial (its own, or on an error
+/// `failOpen` and `statusOnError` decide).
+#[allow(clippy::too_many_arguments)]
+async fn ask(
+    wp: &Waypoint,
+    view: &MeshView,
+    ctx: &StreamContext,
+    custom: &l7::Custom,
+    authority: &str,
+    method: &str,
+    path: &str,
+    check: impl FnOnce(&ext_authz::providers::Provider) -> ext_authz::proto::CheckRequest,
+) -> Result<ext_authz::HeaderChanges, Denial> {
     let providers = wp.ext_authz.providers();
     let error_denial = |status: StatusCode| Denial {
         status,
@@ -339,36 +391,16 @@ async fn custom_check<B>(
         policy: custom.policy.clone(),
         action: "CUSTOM",
     };
-    let method = request.method().as_str().to_owned();
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let provider = match providers.get(&custom.provider) {
         Ok(p) => p,
         Err(why) => {
             warn!(policy = %custom.policy, provider = %custom.provider, problem = %why, "CUSTOM policy names no usable extension provider; denying (403)");
             let d = error_denial(StatusCode::FORBIDDEN);
-            log_denial(wp, ctx, authority, &method, &path, &d);
+            log_denial(wp, ctx, authority, method, path, &d);
             return Err(d);
         }
     };
-    let check = ext_authz::check_request(
-        &CheckFacts {
-            source: ctx.carries,
-            source_principal: ctx.source.principal.as_deref(),
-            destination: ctx.dst,
-            method: &method,
-            host: authority,
-            path: &path,
-            protocol: match protocol {
-                Protocol::Http2 => "HTTP/2",
-                _ => "HTTP/1.1",
-            },
-            headers: request.headers(),
-        },
-        provider,
-    );
+    let check = check(provider);
     let asked = tokio::time::timeout(
         provider.timeout,
         wp.ext_authz.check(wp, view, provider, ctx.carries, &check),
@@ -378,8 +410,7 @@ async fn custom_check<B>(
     match asked {
         Ok(Answer::Allowed(changes)) => {
             debug!(policy = %custom.policy, provider = %provider.name, authority, "external authorizer allowed the request");
-            changes.apply(request.headers_mut());
-            Ok(())
+            Ok(changes)
         }
         Ok(Answer::Denied {
             status,
@@ -394,18 +425,110 @@ async fn custom_check<B>(
                 policy: custom.policy.clone(),
                 action: "CUSTOM",
             };
-            log_denial(wp, ctx, authority, &method, &path, &d);
+            log_denial(wp, ctx, authority, method, path, &d);
             Err(d)
         }
         Err(e) if provider.fail_open => {
             warn!(policy = %custom.policy, provider = %provider.name, error = %e, "external authorizer not asked; failOpen lets the request through");
-            Ok(())
+            Ok(ext_authz::HeaderChanges::default())
         }
         Err(e) => {
             warn!(policy = %custom.policy, provider = %provider.name, error = %e, status = provider.status_on_error.as_u16(), "external authorizer not asked; denying (statusOnError)");
             let d = error_denial(provider.status_on_error);
-            log_denial(wp, ctx, authority, &method, &path, &d);
+            log_denial(wp, ctx, authority, method, path, &d);
             Err(d)
+        }
+    }
+}
+
+/// Checks a TCP stream the waypoint relays against the policies that
+/// govern its destination, as Istio applies them to TCP
+/// (`mesh_policy::l7::evaluate_tcp`); a CUSTOM policy's provider is asked
+/// with the connection's attributes only. `Err`: reset the stream.
+pub async fn check_stream(
+    wp: &Waypoint,
+    view: &MeshView,
+    ctx: &StreamContext,
+) -> Result<(), Denial> {
+    let authority = ctx.dst.to_string();
+    if let Err(why) = view.policies.sync.check() {
+        let d = unsynced_denial();
+        if wp.should_log() {
+            warn!(authority, reason = %why, "TCP stream refused: the authorization policies have not been read whole");
+        }
+        wp.telemetry
+            .authorization_denied(&d.policy, d.action, false);
+        return Err(d);
+    }
+    if view.waypoint_policies.is_empty() {
+        return Ok(());
+    }
+    let class = view
+        .waypoint(&wp.gateway.to_string())
+        .map(|w| w.gateway.class.clone())
+        .unwrap_or_default();
+    let scope = scope(view, wp, &class, &ctx.target);
+    let policies = applicable(&view.waypoint_policies, &scope);
+    if policies.clone().next().is_none() {
+        return Ok(());
+    }
+    let facts = Facts {
+        source: ctx
+            .source
+            .principal
+            .as_deref()
+            .and_then(|p| Identity::parse(p).ok()),
+        source_ip: ctx.carries.ip(),
+        dst: ctx.dst,
+        method: String::new(),
+        path: String::new(),
+    };
+    let no_headers = HeaderMap::new();
+    let h = HeaderFacts(&no_headers);
+    let evaluation = l7::evaluate_tcp(policies, &facts.request("", &h, None));
+    for p in &evaluation.audited {
+        info!(policy = %p, authority, source = ?ctx.source.principal, "AUDIT policy matched the TCP stream");
+    }
+    for custom in &evaluation.custom {
+        ask(wp, view, ctx, custom, &authority, "", "", |provider| {
+            let mut check = ext_authz::check_request(
+                &CheckFacts {
+                    source: ctx.carries,
+                    source_principal: ctx.source.principal.as_deref(),
+                    destination: ctx.dst,
+                    method: "",
+                    host: "",
+                    path: "",
+                    protocol: "",
+                    headers: &no_headers,
+                },
+                provider,
+            );
+            if let Some(a) = check.attributes.as_mut() {
+                a.request = None;
+            }
+            check
+        })
+        .await?;
+    }
+    if let Some(would) = &evaluation.dry_run {
+        let policy = match would {
+            Verdict::Allow { policy } | Verdict::Deny { policy } => policy.as_deref(),
+        };
+        info!(authority, source = ?ctx.source.principal, enforced = %evaluation.enforced.reason(), dry_run = %would.reason(), "dry-run authorization policy would have changed the outcome for a TCP stream; not enforced");
+        if !would.allowed() {
+            wp.telemetry.authorization_denied(
+                policy.unwrap_or("-"),
+                if policy.is_some() { "DENY" } else { "ALLOW" },
+                true,
+            );
+        }
+    }
+    match rbac_denial(&evaluation.enforced) {
+        None => Ok(()),
+        Some(denial) => {
+            log_denial(wp, ctx, &authority, "", "", &denial);
+            Err(denial)
         }
     }
 }

@@ -17,7 +17,10 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use mesh_waypoint::ext_authz::providers::Providers;
+use mesh_telemetry::request::Party;
+use mesh_waypoint::{
+    authz::check_stream, ext_authz::providers::Providers, handler::StreamContext, target,
+};
 use support::{Bed, Svid, http_backend, within};
 use test_authorizer::Verdict;
 
@@ -195,6 +198,41 @@ async fn allow_and_deny_on_the_source_principal() {
         denied_total(&bed, &["policy=\"shop/no-batch\"", "action=\"DENY\""]),
         Some(1.0)
     );
+    // A TCP stream the waypoint relays (web's tcp-echo port) meets the L4
+    // part of the same policies.
+    let view = bed.waypoint.view();
+    let tcp = |svid: &Svid| stream(&bed, svid, SocketAddr::from(([10, 96, 151, 1], 82)));
+    assert_eq!(
+        check_stream(&bed.waypoint, &view, &tcp(&client_svid)).await,
+        Ok(())
+    );
+    let denied = check_stream(&bed.waypoint, &view, &tcp(&batch_svid))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (denied.policy.as_str(), denied.action),
+        ("shop/no-batch", "DENY")
+    );
+    let denied = check_stream(&bed.waypoint, &view, &tcp(&ops_svid))
+        .await
+        .unwrap_err();
+    assert_eq!((denied.policy.as_str(), denied.action), ("-", "ALLOW"));
+}
+
+/// What the waypoint knows of a stream from `svid`'s client to `dst`.
+fn stream(bed: &Bed, svid: &Svid, dst: SocketAddr) -> StreamContext {
+    let view = bed.waypoint.view();
+    StreamContext {
+        dst,
+        target: target::resolve(&view, dst, &bed.waypoint.gateway, &bed.waypoint.own).unwrap(),
+        peer: bed.pod(5, 40001),
+        source: Party {
+            principal: Some(svid.identity.to_string()),
+            ..Default::default()
+        },
+        client_namespace: svid.identity.namespace().to_owned(),
+        carries: bed.pod(5, 40001),
+    }
 }
 
 #[tokio::test]
@@ -375,6 +413,38 @@ async fn an_external_authorizer_denies_with_its_status_headers_and_body() {
     assert_eq!(
         denied_total(&bed, &["policy=\"shop/ext-check\"", "action=\"CUSTOM\""]),
         Some(1.0)
+    );
+    // A CUSTOM rule on a port asks about TCP streams too, with the
+    // connection's attributes only; one with HTTP fields does not.
+    bed.reconfigure(&format!(
+        "{}{}",
+        custom(157),
+        policy(
+            "ext-tcp",
+            WEB,
+            "  action: CUSTOM\n  provider: {name: ext}\n  rules: [{to: [{operation: {ports: [\"82\"]}}]}]\n"
+        )
+    ));
+    let view = bed.waypoint.view();
+    let asked = authorizer.seen().len();
+    let denied = check_stream(
+        &bed.waypoint,
+        &view,
+        &stream(&bed, &svid, SocketAddr::from(([10, 96, 157, 1], 82))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (denied.policy.as_str(), denied.action),
+        ("shop/ext-tcp", "CUSTOM")
+    );
+    let seen = authorizer.seen();
+    assert_eq!(seen.len(), asked + 1, "asked once, by ext-tcp only");
+    let a = seen.last().unwrap().attributes.clone().unwrap();
+    assert!(a.request.is_none(), "no HTTP attributes for a TCP stream");
+    assert_eq!(
+        a.source.unwrap().principal,
+        "spiffe://cluster.local/ns/shop/sa/client"
     );
 }
 
