@@ -5,8 +5,10 @@
 //! forwarded; no token passes. Keys inline, or fetched over HTTPS from a
 //! test server whose CA the waypoint is given: rotated keys are taken at
 //! the next refresh, the last good keys outlive the server, and before a
-//! first fetch tokens are refused. Addresses are 127.0.<n>.x with n from
-//! 140.
+//! first fetch tokens are refused; a server outside the trusted CAs, a
+//! document over the size limit and a server that never answers give no
+//! keys. An AuthorizationPolicy reads what the verified token says.
+//! Addresses are 127.0.<n>.x with n from 140 to 149.
 #[path = "support/jwt_fixtures.rs"]
 mod jwt_fixtures;
 mod support;
@@ -447,4 +449,118 @@ async fn a_server_outside_the_trusted_cas_gives_no_keys() {
         )
         .is_some_and(|f| f >= 1.0)
     );
+}
+
+#[tokio::test]
+async fn authorization_reads_the_verified_token() {
+    let bed = bed_with(146, Options::default()).await;
+    let key = Signer::new("k1");
+    // A principal required: requests without a verified token are denied.
+    let authz = "\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: need-jwt, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, group: \"\", name: web}]\n  rules:\n  - from: [{source: {requestPrincipals: [\"https://issuer.example/alice\"]}}]\n    when: [{key: \"request.auth.claims[group]\", values: [dev]}]\n";
+    bed.reconfigure(&format!("{}{authz}", policy(WEB, &inline(&[&key]))));
+    let mut c = client(&bed, bed.vip(80)).await;
+    let (r, body) = get(&mut c, "/", &[]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "no token, no principal");
+    assert_eq!(body, "RBAC: access denied");
+    let (r, _) = get(
+        &mut c,
+        "/",
+        &[("authorization", &bearer(&key.token(&claims())))],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK, "alice of group dev");
+    let mut ops = claims();
+    ops["group"] = json!("ops");
+    let (r, _) = get(&mut c, "/", &[("authorization", &bearer(&key.token(&ops)))]).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "a claim the policy does not allow"
+    );
+    let mut bob = claims();
+    bob["sub"] = json!("bob");
+    let (r, _) = get(&mut c, "/", &[("authorization", &bearer(&key.token(&bob)))]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "another principal");
+    // A bad token is refused by authentication before authorization.
+    let forged = Signer::new("k1").token(&claims());
+    let (r, body) = get(&mut c, "/", &[("authorization", &bearer(&forged))]).await;
+    assert_eq!(
+        (r.status(), body.as_str()),
+        (StatusCode::UNAUTHORIZED, "Jwt verification fails")
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_over_the_size_limit_gives_no_keys() {
+    let key = Signer::new("k1");
+    let server = JwksServer::start("large", jwks(&[&key])).await;
+    let mut options = fast_jwks(&server);
+    // One key's document is some 200 bytes.
+    options.jwks.max_bytes = 64;
+    let bed = bed_with(147, options).await;
+    bed.reconfigure(&policy(WEB, &format!("    jwksUri: {}\n", server.uri)));
+    let mut c = client(&bed, bed.vip(80)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while server.hits.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the JWKS was not fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (r, body) = get(
+        &mut c,
+        "/",
+        &[("authorization", &bearer(&key.token(&claims())))],
+    )
+    .await;
+    assert_eq!(
+        (r.status(), body.as_str()),
+        (StatusCode::UNAUTHORIZED, "Jwks remote fetch is failed")
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_server_that_never_answers_is_given_up_on_at_the_deadline() {
+    let key = Signer::new("k1");
+    // Accepts connections and says nothing (not even TLS).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.lock().unwrap().push(tcp);
+            }
+        });
+    }
+    let trusted = JwksServer::start("silent", jwks(&[&key])).await;
+    let uri = format!("https://localhost:{port}/jwks");
+    let bed = bed_with(148, fast_jwks(&trusted)).await;
+    bed.reconfigure(&policy(WEB, &format!("    jwksUri: {uri}\n")));
+    let mut c = client(&bed, bed.vip(80)).await;
+    // The deadline is 500 ms: a failure is counted well within 2 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while bed
+        .metric(
+            "mesh_waypoint_jwks_fetch_failures_total",
+            &[&format!("uri=\"{uri}\"")],
+        )
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent fetch was not given up"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(!held.lock().unwrap().is_empty(), "the waypoint did connect");
+    let (r, _) = get(
+        &mut c,
+        "/",
+        &[("authorization", &bearer(&key.token(&claims())))],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
