@@ -25,6 +25,9 @@ use crate::{handler::StreamContext, target::Target, waypoint::Waypoint};
 /// Envoy's default `clock_skew_seconds`: `exp` and `nbf` are allowed this
 /// much disagreement between the issuer's clock and ours.
 pub const CLOCK_SKEW_SECS: u64 = 60;
+/// Distinct tokens one request may carry: each is verified, so a client
+/// must not be able to make the waypoint check signatures without bound.
+pub const MAX_TOKENS: usize = 4;
 
 /// The JWT rules of the policies that apply to requests for `service`
 /// (`<namespace>/<name>`, `None` for a workload's traffic) at the
@@ -43,6 +46,8 @@ pub fn applicable(view: &MeshView, gateway: &str, service: Option<&str>) -> Vec<
 pub enum Rejection {
     #[error("Jwt verification fails")]
     TooLarge { bytes: usize },
+    #[error("Jwt verification fails")]
+    TooMany,
     #[error("Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections")]
     BadFormat,
     #[error("Jwt header is an invalid JSON")]
@@ -74,6 +79,7 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::TooLarge { .. } => "too_large",
+            Rejection::TooMany => "too_many_tokens",
             Rejection::BadFormat => "bad_format",
             Rejection::BadHeader => "bad_header",
             Rejection::BadPayload => "bad_payload",
@@ -190,18 +196,20 @@ fn find_tokens<'a>(
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejection::TooLarge { bytes: token.len() });
         }
-        match found.iter_mut().find(|f| f.token == token) {
-            Some(f) => {
-                if !f.rules.iter().any(|r| std::ptr::eq(*r, rule)) {
-                    f.rules.push(rule);
-                }
+        if let Some(f) = found.iter_mut().find(|f| f.token == token) {
+            if !f.rules.iter().any(|r| std::ptr::eq(*r, rule)) {
+                f.rules.push(rule);
             }
-            None => found.push(Found {
-                token,
-                header,
-                rules: vec![rule],
-            }),
+            return Ok(());
         }
+        if found.len() == MAX_TOKENS {
+            return Err(Rejection::TooMany);
+        }
+        found.push(Found {
+            token,
+            header,
+            rules: vec![rule],
+        });
         Ok(())
     };
     for rule in rules {
@@ -843,6 +851,14 @@ mod tests {
         let mut q = HeaderMap::new();
         q.insert("x", "y".parse().unwrap());
         let rules: Vec<Arc<JwtRule>> = r().into_iter().map(Arc::new).collect();
+        let mut many = HeaderMap::new();
+        for i in 0..=MAX_TOKENS {
+            many.append("authorization", format!("Bearer a.b.{i}").parse().unwrap());
+        }
+        assert_eq!(
+            authenticate(&rules, &many, None, &no_remote, NOW).unwrap_err(),
+            Rejection::TooMany
+        );
         let long_query = format!("access_token={}", "A".repeat(MAX_TOKEN_BYTES + 1));
         assert!(matches!(
             authenticate(&rules, &q, Some(&long_query), &no_remote, NOW).unwrap_err(),
