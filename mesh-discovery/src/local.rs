@@ -211,4 +211,61 @@ mod tests {
             text.lines().position(|l| l == "kind: Pod")
         );
     }
+
+    const WAYPOINT_POLICIES: &str = "---\nkind: AuthorizationPolicy\nmetadata: {name: at-wp, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, group: \"\", name: web}]\n  action: DENY\n  rules: [{to: [{operation: {methods: [POST]}}]}]\n---\nkind: AuthorizationPolicy\nmetadata: {name: at-node, namespace: shop}\nspec: {selector: {matchLabels: {app: web}}, action: DENY, rules: [{to: [{operation: {ports: [\"9090\"]}}]}]}\n";
+
+    #[test]
+    fn target_ref_policies_are_the_waypoints_and_selector_ones_the_agents() {
+        let c = NodeConfig::parse(
+            Path::new("f.yaml"),
+            &format!("{BASE}{WAYPOINT_POLICIES}"),
+            None,
+        )
+        .unwrap();
+        let v = c.view();
+        let node: Vec<_> = v
+            .policies
+            .authorization
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            node,
+            ["shop/at-node"],
+            "node agents skip targetRef policies"
+        );
+        let waypoint: Vec<_> = v
+            .waypoint_policies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(waypoint, ["shop/at-wp"]);
+        assert!(v.waypoint_policies[0].compiled);
+    }
+
+    #[test]
+    fn a_target_ref_policy_that_does_not_compile_stands_in_at_the_waypoint_only() {
+        let bad = WAYPOINT_POLICIES.replace(
+            "to: [{operation: {methods: [POST]}}]",
+            "when: [{key: request.nope, values: [x]}]",
+        );
+        let text = format!("{BASE}{bad}");
+        // At start the file is refused, naming the field...
+        let e = NodeConfig::parse(Path::new("f.yaml"), &text, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shop/at-wp") && e.contains("when[0].key"), "{e}");
+        // ...and on a reload the policy stands in as a DENY of its targets,
+        // for the waypoint; node agents still see only the selector policy.
+        let v = reload(Path::new("f.yaml"), &text, None).unwrap().view();
+        let node: Vec<_> = v
+            .policies
+            .authorization
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(node, ["shop/at-node"]);
+        let stand_in = &v.waypoint_policies[0];
+        assert!(!stand_in.compiled && stand_in.action == Action::Deny);
+    }
 }
