@@ -68,15 +68,16 @@ pub enum Mode {
 }
 
 impl HeaderChanges {
-    /// Applies the changes; pseudo-headers and `host` are never touched.
+    /// Applies the changes; headers that frame the message or the
+    /// connection, and `host`, are never touched (`settable`).
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
-            if name != http::header::HOST {
+            if settable(name) {
                 headers.remove(name);
             }
         }
         for (name, value, mode) in &self.set {
-            if name == http::header::HOST {
+            if !settable(name) {
                 continue;
             }
             match mode {
@@ -220,6 +221,9 @@ fn header_pairs(options: &[proto::HeaderValueOption]) -> Vec<(HeaderName, Header
         .filter_map(|o| {
             let h = o.header.as_ref()?;
             let name = HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes()).ok()?;
+            if !settable(&name) {
+                return None;
+            }
             let raw = if h.raw_value.is_empty() {
                 h.value.as_bytes()
             } else {
@@ -236,6 +240,23 @@ fn header_pairs(options: &[proto::HeaderValueOption]) -> Vec<(HeaderName, Header
             Some((name, value, mode))
         })
         .collect()
+}
+
+/// Whether an authorizer may set or remove a header: never one that
+/// frames the message or the connection (a wrong `content-length` would
+/// corrupt the exchange), nor `host`, which routing has read.
+fn settable(name: &HeaderName) -> bool {
+    use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+    ![
+        CONNECTION,
+        CONTENT_LENGTH,
+        HOST,
+        TE,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ]
+    .contains(name)
+        && !["keep-alive", "proxy-connection"].contains(&name.as_str())
 }
 
 /// What a CheckResponse decides: status OK allows (with `ok_response`'s
@@ -545,6 +566,8 @@ mod tests {
                     header("x-once", "1", None, 1),
                     header("x-only", "1", None, 3),
                     header("host", "evil", None, 0),
+                    header("content-length", "999", None, 0),
+                    header("transfer-encoding", "chunked", None, 0),
                 ],
                 headers_to_remove: vec!["Authorization".into()],
                 ..Default::default()
@@ -567,6 +590,7 @@ mod tests {
         assert!(!h.contains_key("x-only"));
         assert!(!h.contains_key("authorization"));
         assert_eq!(h["host"], "web");
+        assert!(!h.contains_key("content-length") && !h.contains_key("transfer-encoding"));
         assert_eq!(
             answer(CheckResponse::default()),
             Answer::Allowed(HeaderChanges::default())
@@ -584,7 +608,11 @@ mod tests {
             http_response: Some(check_response::HttpResponse::DeniedResponse(
                 DeniedHttpResponse {
                     status: Some(HttpStatus { code: 401 }),
-                    headers: vec![header("www-authenticate", "Bearer", None, 0)],
+                    headers: vec![
+                        header("www-authenticate", "Bearer", None, 0),
+                        header("content-length", "1", None, 0),
+                        header("connection", "close", None, 0),
+                    ],
                     body: "go away".into(),
                 },
             )),
