@@ -137,6 +137,33 @@ pub fn rbac_denial(verdict: &Verdict) -> Option<Denial> {
     })
 }
 
+/// The gRPC status a denial's HTTP status becomes for a gRPC client, as
+/// Envoy maps its local replies (`Grpc::Utility::httpToGrpcStatus`).
+pub fn grpc_status(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// `grpc-message`'s form of a text: percent-encoded outside printable
+/// ASCII and `%`, as gRPC specifies.
+pub fn grpc_message(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The denial of every request while the policies are not read whole.
 pub fn unsynced_denial() -> Denial {
     Denial {
@@ -560,6 +587,16 @@ mod tests {
         assert_eq!(d.body, DENIED_BODY);
         let none = rbac_denial(&Verdict::Deny { policy: None }).unwrap();
         assert_eq!((none.action, none.policy.as_str()), ("ALLOW", "-"));
+    }
+
+    #[test]
+    fn grpc_clients_get_envoys_status_and_an_encoded_message() {
+        assert_eq!(grpc_status(StatusCode::FORBIDDEN), 7);
+        assert_eq!(grpc_status(StatusCode::UNAUTHORIZED), 16);
+        assert_eq!(grpc_status(StatusCode::SERVICE_UNAVAILABLE), 14);
+        assert_eq!(grpc_status(StatusCode::IM_A_TEAPOT), 2);
+        assert_eq!(grpc_message(b"RBAC: access denied"), "RBAC: access denied");
+        assert_eq!(grpc_message("50% \u{e9}\n".as_bytes()), "50%25 %C3%A9%0A");
     }
 
     #[test]

@@ -339,11 +339,37 @@ impl Open {
 
     /// A request an AuthorizationPolicy denied, with its record written
     /// (`RBAC`): the denial's status, headers and body.
+    /// A gRPC client is answered as Envoy answers it: 200, trailers-only,
+    /// the status mapped (403 is PERMISSION_DENIED) and the body as
+    /// `grpc-message`.
     fn denied(mut self, denial: crate::authz::Denial) -> Response<ResponseBody> {
-        self.record.response_code = Some(denial.status);
         self.record
             .response_flags
             .insert(ResponseFlag::RbacAccessDenied);
+        if self.record.protocol == mesh_telemetry::request::Protocol::Grpc {
+            let code = crate::authz::grpc_status(denial.status);
+            self.record.response_code = Some(StatusCode::OK);
+            self.record.grpc_status = GrpcStatus::new(code);
+            self.finish();
+            let mut response = Response::new(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            );
+            let headers = response.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(code));
+            if let Ok(message) =
+                HeaderValue::from_str(&crate::authz::grpc_message(&denial.body))
+            {
+                headers.insert("grpc-message", message);
+            }
+            return response;
+        }
+        self.record.response_code = Some(denial.status);
         self.finish();
         let mut response = Response::new(
             Full::new(denial.body)
