@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_telemetry::request::Party;
 use mesh_waypoint::{
     authz::check_stream, ext_authz::providers::Providers, handler::StreamContext, target,
@@ -163,6 +163,32 @@ async fn allow_and_deny_on_method_path_and_header() {
         ),
         Some(4.0)
     );
+    // A gRPC client (web's grpc-api port) is answered as Envoy answers
+    // one: 200, trailers-only, PERMISSION_DENIED.
+    let io = bed.stream_as(&svid, bed.vip(81)).await;
+    let (mut h2, conn) = within(
+        "HTTP/2 handshake",
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let call = Request::post("http://web.shop.svc:81/shop.Cart/Add")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let r = within("a gRPC answer", h2.send_request(call))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["grpc-status"], "7", "{:?}", r.headers());
+    assert_eq!(r.headers()["grpc-message"], "RBAC: access denied");
+    let line = bed
+        .wait_access(1, |l| l["protocol"] == "grpc")
+        .await
+        .remove(0);
+    assert_eq!(line["response_flags"], "RBAC", "{line}");
 }
 
 #[tokio::test]
