@@ -357,6 +357,10 @@ impl ExtAuthz {
         }
     }
 
+    fn forget(&self, addr: SocketAddr) {
+        self.kept.lock().unwrap().remove(&addr);
+    }
+
     fn keep(&self, addr: SocketAddr, sender: http2::SendRequest<Full<Bytes>>) {
         let mut kept = self.kept.lock().unwrap();
         kept.retain(|_, s| !s.is_closed());
@@ -420,7 +424,11 @@ impl ExtAuthz {
                 sender
             }
         };
-        let call = |reason: String| CheckError::Call { addr, reason };
+        // A broken connection is not kept: the next check opens another.
+        let call = |reason: String| {
+            self.forget(addr);
+            CheckError::Call { addr, reason }
+        };
         let authority = format!(
             "{}.{}.svc:{}",
             provider.service.name, provider.service.namespace, provider.port
