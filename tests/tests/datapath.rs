@@ -40,11 +40,11 @@ fn pod_to_pod_same_node_and_across_nodes_is_captured_and_delivered() {
 
     for (to, security) in [("b", "local"), ("c", "mutual_tls")] {
         let v = ident_ok(&c, "a", to, 8080);
-        // The destination is enrolled: the app sees the agent's delivery
-        // from 127.0.0.6 inside its own netns.
+        // The destination is enrolled: the agent delivers inside its netns,
+        // from a's own address (datapath.sourceIp: preserve).
         let peer = v["peer"].as_str().unwrap();
         assert!(
-            peer.starts_with("127.0.0.6:"),
+            peer.starts_with(&format!("{}:", c.pod("a").ip)),
             "inbound delivery source: {peer}"
         );
         let dst = format!("{}:8080", c.pod(to).ip);
@@ -99,7 +99,8 @@ fn inbound_plaintext_is_captured_and_unenrolled_pods_are_not() {
     let mut c = Cluster::start(two_by_two().unenrolled("d")).unwrap();
     let _srv = c.serve("c", "9000", "ident").unwrap();
     let v = ident_ok(&c, "d", "c", 9000);
-    assert!(v["peer"].as_str().unwrap().starts_with("127.0.0.6:"), "{v}");
+    let d_ip = format!("{}:", c.pod("d").ip);
+    assert!(v["peer"].as_str().unwrap().starts_with(&d_ip), "{v}");
     let dst = format!("{}:9000", c.pod("c").ip);
     let inbound = c
         .wait_agent_log(1, "inbound capture", |l| {
@@ -130,7 +131,17 @@ fn inbound_plaintext_is_captured_and_unenrolled_pods_are_not() {
     let out = cmd.output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["server"], "c", "{v}");
-    assert!(v["peer"].as_str().unwrap().starts_with("127.0.0.6:"), "{v}");
+    // Delivered by the agent, from the node's own address (the port is the
+    // delivery's own).
+    let peer: std::net::SocketAddr = v["peer"].as_str().unwrap().parse().unwrap();
+    let from_node = format!("{}:", peer.ip());
+    c.wait_agent_log(1, "the node's connection captured", |l| {
+        l["message"] == "connection closed"
+            && l["direction"] == "inbound"
+            && l["dst"] == dst.as_str()
+            && l["src"].as_str().is_some_and(|s| s.starts_with(&from_node))
+    })
+    .unwrap();
 }
 
 #[test]
@@ -262,11 +273,20 @@ fn killed_agent_fails_closed_and_a_restarted_agent_adopts_the_pinned_datapath() 
     assert_eq!(attached["adopted"], true, "{attached}");
     ident_ok(&c, "a", "c", 8080);
     ident_ok(&c, "c", "a", 8080);
+    let from_c = format!("{}:", c.pod("c").ip);
     srv_a
         .wait_json("accept after restart", T, |v| {
-            v.get("accepted").is_some() && v["accepted"].as_str().unwrap().starts_with("127.0.0.6")
+            v.get("accepted").is_some() && v["accepted"].as_str().unwrap().starts_with(&from_c)
         })
         .unwrap();
+    // Delivered by the restarted agent.
+    c.wait_agent_log(0, "a delivery after restart", |l| {
+        l["message"] == "connection closed"
+            && l["direction"] == "inbound"
+            && l["dst"] == a_dst.as_str()
+            && l["result"] == "ok"
+    })
+    .unwrap();
 }
 
 #[test]
@@ -338,11 +358,16 @@ fn uninstall_removes_the_pinned_datapath() {
     mesh_testbed::require_root!();
     let mut c = Cluster::start(ClusterSpec::new(&[&["a", "b"]])).unwrap();
     let _srv = c.serve("b", "8080", "ident").unwrap();
-    let v = ident_ok(&c, "a", "b", 8080);
-    assert!(
-        v["peer"].as_str().unwrap().starts_with("127.0.0.6:"),
-        "captured: {v}"
-    );
+    ident_ok(&c, "a", "b", 8080);
+    // Captured: handed over by the agent.
+    let b_dst = format!("{}:8080", c.pod("b").ip);
+    c.wait_agent_log(0, "the hand-over", |l| {
+        l["message"] == "connection closed"
+            && l["direction"] == "outbound"
+            && l["security"] == "local"
+            && l["dst"] == b_dst.as_str()
+    })
+    .unwrap();
     c.kill_agent(0);
     mesh_testbed::sys::run(
         std::process::Command::new(&c.bins.agent)

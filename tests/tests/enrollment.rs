@@ -3,10 +3,21 @@
 //! node's agent was down is captured again when the agent returns.
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
+use mesh_config::SourceIp;
 use mesh_testbed::{Cluster, ClusterSpec, sys};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
+
+/// One node, pods a and b, no CA; the agent delivers from 127.0.0.6, which
+/// tells the app a delivery of the agent's from a connection that went
+/// around it (both would come from the node's address with the default
+/// `datapath.sourceIp: preserve`).
+fn one_node_loopback_delivery() -> ClusterSpec {
+    ClusterSpec::new(&[&["a", "b"]])
+        .plaintext()
+        .configure(|a| a.datapath.source_ip = SourceIp::Loopback)
+}
 
 /// A plaintext connection from the node (outside the mesh) to `pod:8080`;
 /// returns what the server says it accepted from.
@@ -31,7 +42,7 @@ fn delivered_by_agent(srv: &mesh_testbed::proc::Proc) -> bool {
 #[test]
 fn a_label_change_keeps_the_pod_captured_on_the_same_link() {
     mesh_testbed::require_root!();
-    let mut c = Cluster::start(ClusterSpec::new(&[&["a", "b"]]).plaintext()).unwrap();
+    let mut c = Cluster::start(one_node_loopback_delivery()).unwrap();
     let mut srv = c.serve("b", "8080", "ident").unwrap();
     let pins = c.nodes[0].pin_dir.clone();
     let links_before: Vec<(std::path::PathBuf, u64)> = sys::pod_links(&pins)
@@ -82,7 +93,7 @@ fn a_label_change_keeps_the_pod_captured_on_the_same_link() {
 #[test]
 fn a_pod_recreated_under_its_name_while_the_agent_was_down_is_captured_again() {
     mesh_testbed::require_root!();
-    let mut c = Cluster::start(ClusterSpec::new(&[&["a", "b"]]).plaintext()).unwrap();
+    let mut c = Cluster::start(one_node_loopback_delivery()).unwrap();
     {
         let srv = c.serve("b", "8080", "ident").unwrap();
         let v = from_node(&c, "b");
