@@ -286,6 +286,26 @@ mod tests {
     }
 
     #[test]
+    fn the_setting_reads_preserve_by_default_and_refuses_other_words() {
+        use mesh_config::DatapathSettings;
+        let read = |yaml: &str| serde_yaml::from_str::<DatapathSettings>(yaml);
+        assert_eq!(read("{}").unwrap().source_ip, SourceIp::Preserve);
+        assert_eq!(
+            read("sourceIp: loopback").unwrap().source_ip,
+            SourceIp::Loopback
+        );
+        assert_eq!(
+            read("sourceIp: preserve").unwrap().source_ip,
+            SourceIp::Preserve
+        );
+        let err = read("sourceIp: client").unwrap_err().to_string();
+        assert!(
+            err.contains("sourceIp") && err.contains("preserve") && err.contains("loopback"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn each_family_of_the_pod_gets_its_rule_and_route() {
         let v4: IpAddr = "10.244.0.5".parse().unwrap();
         let v6: IpAddr = "fd00::5".parse().unwrap();

@@ -116,3 +116,38 @@ fn transparent(socket: &Socket, ip: IpAddr) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair over loopback: the accepted end.
+    async fn accepted() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        (listener.accept().await.unwrap().0, client)
+    }
+
+    #[tokio::test]
+    async fn only_the_delivery_mark_under_its_mask_is_a_returned_delivery() {
+        let (server, _client) = accepted().await;
+        assert!(!is_returned_delivery(&server), "unmarked");
+        // Setting a mark needs CAP_NET_ADMIN or CAP_NET_RAW.
+        if let Err(e) = SockRef::from(&server).set_mark(DELIVERY_MARK) {
+            eprintln!("skipped: cannot set a socket mark here: {e}");
+            return;
+        }
+        assert!(is_returned_delivery(&server));
+        // Bits outside the mask are other components' (CNIs use them).
+        SockRef::from(&server)
+            .set_mark(DELIVERY_MARK | 0x4_0000)
+            .unwrap();
+        assert!(is_returned_delivery(&server));
+        SockRef::from(&server)
+            .set_mark(DELIVERY_MARK ^ 0x1)
+            .unwrap();
+        assert!(!is_returned_delivery(&server));
+    }
+}
