@@ -25,7 +25,8 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// An inline or fetched JWKS longer than this is refused.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Keys kept from one JWKS; beyond it the set is refused (a token names
-/// its key by `kid`, and every key without one is tried in turn).
+/// its key by `kid`; keys without one, and every key for a token without
+/// one, are tried in turn).
 pub const MAX_JWKS_KEYS: usize = 64;
 /// JWT rules in one policy.
 pub const MAX_RULES: usize = 32;
@@ -313,8 +314,9 @@ impl KeySet {
     }
 
     /// The keys that may have signed a token of `alg` naming `kid`: those
-    /// with that `kid` (all of them when the token names none) whose
-    /// family, and `alg` when they say one, fit.
+    /// with that `kid` or with none (all of them when the token names
+    /// none, as Envoy tries them) whose family, and `alg` when they say
+    /// one, fit.
     pub fn candidates<'a>(
         &'a self,
         kid: Option<&'a str>,
@@ -322,7 +324,7 @@ impl KeySet {
     ) -> impl Iterator<Item = &'a DecodingKey> + 'a {
         self.keys
             .iter()
-            .filter(move |k| kid.is_none() || k.kid.as_deref() == kid)
+            .filter(move |k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
             .filter(move |k| k.alg.is_none_or(|a| a == alg))
             .filter(move |k| k.key.family() == alg.family())
             .map(|k| &k.key)
@@ -347,6 +349,17 @@ fn usable_key(value: serde_json::Value) -> Result<VerificationKey, String> {
     let key = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
     if matches!(key.family(), jsonwebtoken::AlgorithmFamily::Hmac) {
         return Err("a shared secret (kty oct) is not accepted".into());
+    }
+    // A key whose alg is of another family than its kty could verify
+    // nothing: refused here, so that a JWKS of such keys alone is named
+    // unusable instead of refusing every token.
+    if let Some(alg) = alg
+        && alg.family() != key.family()
+    {
+        return Err(format!(
+            "alg {alg:?} does not fit its kty ({:?} key)",
+            key.family()
+        ));
     }
     Ok(VerificationKey {
         kid: jwk.common.key_id,

@@ -302,4 +302,21 @@ fn candidates_fit_the_token_s_kid_and_algorithm() {
     assert_eq!(set.candidates(None, Algorithm::RS256).count(), 0);
     // ES384 is the EC family, but k2 says ES256 only.
     assert_eq!(set.candidates(None, Algorithm::ES384).count(), 1);
+    // A key without a kid is tried for a token that names one (Envoy's
+    // way); keys naming another kid are not.
+    let mut anonymous = ec_jwk("unused");
+    anonymous.as_object_mut().unwrap().remove("kid");
+    let set = KeySet::parse(&jwks(&[anonymous, ec_jwk("k1")])).unwrap();
+    assert_eq!(set.candidates(Some("k9"), Algorithm::ES256).count(), 1);
+    assert_eq!(set.candidates(Some("k1"), Algorithm::ES256).count(), 2);
+}
+
+#[test]
+fn a_key_whose_alg_does_not_fit_its_kty_is_skipped() {
+    let mut rsa_alg = ec_jwk("k1");
+    rsa_alg["alg"] = "RS256".into();
+    let e = KeySet::parse(&jwks(&[rsa_alg.clone()])).unwrap_err();
+    assert!(e.contains("keys[0]") && e.contains("does not fit"), "{e}");
+    let set = KeySet::parse(&jwks(&[rsa_alg, ec_jwk("k2")])).unwrap();
+    assert_eq!(set.len(), 1);
 }
