@@ -50,6 +50,7 @@ fn flags_label(flags: ResponseFlags) -> &'static str {
         ResponseFlag::UpstreamConnectionFailure,
         ResponseFlag::UpstreamRemoteReset,
         ResponseFlag::StreamIdleTimeout,
+        ResponseFlag::RbacAccessDenied,
     ]
     .into_iter()
     .find(|f| flags.contains(*f))
@@ -60,13 +61,17 @@ pub async fn relay(wp: Arc<Waypoint>, mut io: DownstreamIo, ctx: Arc<StreamConte
     let started = Instant::now();
     let started_at = SystemTime::now();
     let view = wp.view();
-    let endpoints = ctx.target.endpoints(&view, &wp.own);
     let mut tried = Vec::new();
     let mut attempts = 0;
     let mut destination = Party::default();
     let mut upstream_addr = None;
+    // A stream the waypoint's authorization policies refuse never reaches
+    // an endpoint: what is not HTTP is held to the policies' TCP facts
+    // (authz::check_stream logs the denial with its policy).
+    let denied = crate::authz::check_stream(&wp, &view, &ctx).await.is_err();
+    let endpoints = ctx.target.endpoints(&view, &wp.own);
     let connected = loop {
-        let Some(place) = (attempts < MAX_ATTEMPTS)
+        let Some(place) = (!denied && attempts < MAX_ATTEMPTS)
             .then(|| wp.balancer.choose(&endpoints, &tried))
             .flatten()
         else {
@@ -91,6 +96,10 @@ pub async fn relay(wp: Arc<Waypoint>, mut io: DownstreamIo, ctx: Arc<StreamConte
     let mut flags = ResponseFlags::NONE;
     let (mut sent, mut received) = (0, 0);
     match connected {
+        None if denied => {
+            flags.insert(ResponseFlag::RbacAccessDenied);
+            io.reset(Reason::REFUSED_STREAM);
+        }
         None => {
             flags.insert(if tried.is_empty() {
                 warn!(authority = %ctx.dst, destination = %ctx.target.describe(), "no ready endpoint for a TCP stream (UH)");

@@ -21,7 +21,7 @@ use mesh_telemetry::request::Party;
 use mesh_waypoint::{
     authz::check_stream, ext_authz::providers::Providers, handler::StreamContext, target,
 };
-use support::{Bed, Svid, http_backend, within};
+use support::{Bed, Svid, http_backend, tcp_backend, within};
 use test_authorizer::Verdict;
 
 fn policy(name: &str, target: &str, body: &str) -> String {
@@ -243,6 +243,58 @@ async fn allow_and_deny_on_the_source_principal() {
         .await
         .unwrap_err();
     assert_eq!((denied.policy.as_str(), denied.action), ("-", "ALLOW"));
+    // And through the waypoint itself: the allowed client's stream is
+    // echoed, the denied ones are reset before any endpoint is dialled.
+    tcp_backend(bed.pod(1, 8082)).await;
+    tcp_backend(bed.pod(2, 8082)).await;
+    let dialled = bed.pods.seen.lock().unwrap().len();
+    assert_eq!(
+        tcp_echo(&bed, &client_svid).await.as_deref(),
+        Some(&b"ping"[..])
+    );
+    assert_eq!(bed.pods.seen.lock().unwrap().len(), dialled + 1);
+    assert_eq!(
+        tcp_echo(&bed, &batch_svid).await,
+        None,
+        "denied by principal"
+    );
+    assert_eq!(tcp_echo(&bed, &ops_svid).await, None, "not allowed");
+    assert_eq!(
+        bed.pods.seen.lock().unwrap().len(),
+        dialled + 1,
+        "a denied stream reached an endpoint"
+    );
+    // Both refused clients are in the access log, flagged.
+    for principal in [
+        "spiffe://cluster.local/ns/shop/sa/batch",
+        "spiffe://cluster.local/ns/ops/sa/admin",
+    ] {
+        bed.wait_access(1, |l| {
+            l["response_flags"] == "RBAC"
+                && l["protocol"] == "tcp"
+                && l["source_principal"] == principal
+        })
+        .await;
+    }
+}
+
+/// Writes `ping` on a TCP stream from `svid`'s client to web's tcp-echo
+/// port through the waypoint; what came back before the stream ended, or
+/// `None` when it was reset.
+async fn tcp_echo(bed: &Bed, svid: &Svid) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tunnel = bed
+        .tunnel_as(svid, bed.pod(5, 40001), bed.vip(82))
+        .await
+        .ok()?;
+    let mut io = mesh_hbone::io::H2Io::new(tunnel);
+    io.write_all(b"ping").await.ok()?;
+    io.shutdown().await.ok()?;
+    let mut back = Vec::new();
+    within("the stream's end", io.read_to_end(&mut back))
+        .await
+        .ok()?;
+    Some(back)
 }
 
 /// What the waypoint knows of a stream from `svid`'s client to `dst`.
