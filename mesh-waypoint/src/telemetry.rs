@@ -310,7 +310,6 @@ impl Telemetry {
             .inc();
     }
 
-    /// A retry of a request to `service` not made: its budget was spent.
     /// A request or retry over a DestinationRule's pool limit.
     pub fn upstream_overflow(&self, service: &str, limit: &'static str) {
         self.overflow
@@ -331,6 +330,7 @@ impl Telemetry {
             .inc();
     }
 
+    /// A retry of a request to `service` not made: its budget was spent.
     pub fn retry_budget_exhausted(&self, service: &str) {
         self.budget_exhausted
             .get_or_create(&ServiceLabels {

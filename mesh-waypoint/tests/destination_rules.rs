@@ -163,8 +163,23 @@ async fn held_pair_then_one(bed: &Bed, hold: Duration) -> (Answer, Answer, Answe
     let first = tokio::spawn(async move { get(&mut a, "/first").await });
     script.wait_seen(1).await;
     let second = tokio::spawn(async move { get(&mut b, "/second").await });
-    // Let the second reach the waypoint (and wait there, or be refused).
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The second has reached the waypoint once it waits there for a
+    // connection or has been refused: the third comes after it, however
+    // loaded the machine.
+    let view = bed.waypoint.view();
+    let web = bed
+        .waypoint
+        .destinations
+        .applied(&view, "shop", "web", 80)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while web.state.pool.in_use().2 == 0 && !second.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the second request did not reach the waypoint"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let third = get(&mut c, "/third").await;
     (first.await.unwrap(), second.await.unwrap(), third)
 }

@@ -11,7 +11,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
 
@@ -83,6 +83,9 @@ pub struct JwksServer {
     pub ca_file: PathBuf,
     document: Arc<Mutex<String>>,
     pub hits: Arc<AtomicUsize>,
+    /// Set by `stop`: a connection accepted before it is answered 503 and
+    /// not counted, so that `hits` stays as it was when it stopped.
+    stopped: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -118,25 +121,33 @@ impl JwksServer {
         let port = listener.local_addr().unwrap().port();
         let document = Arc::new(Mutex::new(document));
         let hits = Arc::new(AtomicUsize::new(0));
+        let stopped = Arc::new(AtomicBool::new(false));
         let task = {
-            let (document, hits) = (document.clone(), hits.clone());
+            let (document, hits, stopped) = (document.clone(), hits.clone(), stopped.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
                         continue;
                     };
-                    let (acceptor, document, hits) =
-                        (acceptor.clone(), document.clone(), hits.clone());
+                    let (acceptor, document, hits, stopped) = (
+                        acceptor.clone(),
+                        document.clone(),
+                        hits.clone(),
+                        stopped.clone(),
+                    );
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(tcp).await else {
                             return;
                         };
                         let svc = service_fn(move |req: Request<Incoming>| {
-                            hits.fetch_add(1, Ordering::SeqCst);
                             let body = document.lock().unwrap().clone();
-                            let status = if req.uri().path() == "/jwks" {
+                            let status = if stopped.load(Ordering::SeqCst) {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            } else if req.uri().path() == "/jwks" {
+                                hits.fetch_add(1, Ordering::SeqCst);
                                 StatusCode::OK
                             } else {
+                                hits.fetch_add(1, Ordering::SeqCst);
                                 StatusCode::NOT_FOUND
                             };
                             async move {
@@ -161,6 +172,7 @@ impl JwksServer {
             ca_file,
             document,
             hits,
+            stopped,
             task,
         }
     }
@@ -170,8 +182,10 @@ impl JwksServer {
         *self.document.lock().unwrap() = document;
     }
 
-    /// Stops listening: fetches from now on fail to connect.
+    /// Stops listening: fetches from now on fail to connect, and one whose
+    /// connection was already accepted is answered 503.
     pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
         self.task.abort();
     }
 }
