@@ -158,7 +158,7 @@ impl PodRuntime {
         netns: Option<Netns>,
         trust_domain: &str,
         relay: proxy::RelayMode,
-        source_ip: mesh_config::SourceIp,
+        source_ip: &source_ip::Settings,
         state: &Arc<ProxyState>,
     ) -> Result<Self, PodError> {
         let key = spec.key();

@@ -431,18 +431,18 @@ impl Node {
             );
         }
         let relay = RelayMode::for_sk_msg_splicing(self.agent.datapath.splice);
+        let source_ip = crate::source_ip::Settings::new(&self.agent);
         for (uid, spec) in wanted {
             if self.pods.contains_key(&uid) {
                 continue;
             }
             let netns = handles.remove(&uid);
-            let source_ip = self.agent.datapath.source_ip;
             match PodRuntime::enroll(
                 &spec,
                 netns,
                 &self.agent.trust_domain,
                 relay,
-                source_ip,
+                &source_ip,
                 &self.state,
             ) {
                 Ok(rt) => {

@@ -20,10 +20,11 @@ use std::{
     fs,
     io::{self, Write},
     net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
 };
 
 use mesh_common::{DELIVERY_MARK, DELIVERY_MARK_MASK};
-use mesh_config::SourceIp;
+use mesh_config::{AgentConfig, SourceIp};
 use tracing::{info, warn};
 
 use crate::{
@@ -38,7 +39,33 @@ pub const ROUTE_TABLE: u32 = 0x6d5;
 pub const RULE_PRIORITY: u32 = 100;
 /// `lo` is the first device of every netns.
 const LOOPBACK_IFINDEX: u32 = 1;
-const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
+/// Below a procfs mount; a net sysctl file is the opening thread's netns'.
+const FWMARK_ACCEPT: &str = "sys/net/ipv4/tcp_fwmark_accept";
+
+/// What enrollment needs to set a pod up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: SourceIp,
+    /// Where the sysctl is written: the agent's own /proc first, then the
+    /// host's (`procRoot`). In a container the runtime mounts /proc/sys
+    /// read-only; the chart mounts the host's /proc/sys/net writable under
+    /// `procRoot`.
+    pub sysctl_files: Vec<PathBuf>,
+}
+
+impl Settings {
+    pub fn new(agent: &AgentConfig) -> Self {
+        let mut sysctl_files = vec![Path::new("/proc").join(FWMARK_ACCEPT)];
+        let host = agent.proc_root.join(FWMARK_ACCEPT);
+        if !sysctl_files.contains(&host) {
+            sysctl_files.push(host);
+        }
+        Self {
+            mode: agent.datapath.source_ip,
+            sysctl_files,
+        }
+    }
+}
 
 /// How the agent delivers to one pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,8 +141,8 @@ pub enum SetupError {
     Netlink(#[from] NetlinkError),
     #[error("entering the pod's netns: {0}")]
     Enter(io::Error),
-    #[error("{FWMARK_ACCEPT} in the pod's netns: {0}")]
-    Sysctl(io::Error),
+    #[error("net.ipv4.tcp_fwmark_accept in the pod's netns: {0}")]
+    Sysctl(String),
 }
 
 /// What the agent set in one pod's netns for `Delivery::Preserve`; dropped,
@@ -125,8 +152,9 @@ pub struct PreservedSource {
     pod: String,
     sockets: SocketFactory,
     families: Vec<Family>,
-    /// `tcp_fwmark_accept` as it was, when the agent changed it.
-    fwmark_accept_was: Option<String>,
+    /// `tcp_fwmark_accept` as it was and the file it was set through,
+    /// when the agent changed it.
+    fwmark_accept_was: Option<(PathBuf, String)>,
 }
 
 /// Sets the pod's netns up for `mode`; returns how the pod is delivered to
@@ -137,9 +165,9 @@ pub fn prepare(
     pod: &str,
     sockets: &SocketFactory,
     ips: &[IpAddr],
-    mode: SourceIp,
+    settings: &Settings,
 ) -> (Delivery, Option<PreservedSource>) {
-    if mode == SourceIp::Loopback {
+    if settings.mode == SourceIp::Loopback {
         return (Delivery::Loopback, None);
     }
     let mut guard = PreservedSource {
@@ -148,7 +176,7 @@ pub fn prepare(
         families: Vec::new(),
         fwmark_accept_was: None,
     };
-    match guard.set_up(ips) {
+    match guard.set_up(ips, &settings.sysctl_files) {
         Ok(()) => (Delivery::Preserve, Some(guard)),
         Err(e) => {
             warn!(pod = %pod, error = %e, "cannot deliver to this pod from the client's address (datapath.sourceIp: preserve); its app sees 127.0.0.6 instead");
@@ -159,7 +187,7 @@ pub fn prepare(
 }
 
 impl PreservedSource {
-    fn set_up(&mut self, ips: &[IpAddr]) -> Result<(), SetupError> {
+    fn set_up(&mut self, ips: &[IpAddr], sysctl_files: &[PathBuf]) -> Result<(), SetupError> {
         let mut nl = self.netlink()?;
         for family in families(ips) {
             // Recorded first: a rule added before its route failed is
@@ -168,13 +196,13 @@ impl PreservedSource {
             nl.rule(Op::Add, &rule(family))?;
             nl.route(Op::Add, &route(family))?;
         }
-        let was = self
+        let (file, was) = self
             .sockets
-            .within(|| set_sysctl(FWMARK_ACCEPT, "1"))
+            .within(|| set_sysctl_through(sysctl_files, "1"))
             .map_err(SetupError::Enter)?
             .map_err(SetupError::Sysctl)?;
         if was.trim() != "1" {
-            self.fwmark_accept_was = Some(was);
+            self.fwmark_accept_was = Some((file, was));
         }
         Ok(())
     }
@@ -187,11 +215,11 @@ impl PreservedSource {
     }
 
     fn take_back(&mut self) -> Result<(), SetupError> {
-        if let Some(was) = self.fwmark_accept_was.take() {
+        if let Some((file, was)) = self.fwmark_accept_was.take() {
             self.sockets
-                .within(|| set_sysctl(FWMARK_ACCEPT, was.trim()))
+                .within(|| set_sysctl(&file, was.trim()))
                 .map_err(SetupError::Enter)?
-                .map_err(SetupError::Sysctl)?;
+                .map_err(|e| SetupError::Sysctl(format!("{}: {e}", file.display())))?;
         }
         if self.families.is_empty() {
             return Ok(());
@@ -222,12 +250,26 @@ impl Drop for PreservedSource {
     }
 }
 
+/// Writes `value` through the first of `files` that takes it; returns that
+/// file and what it held, or what each said.
+fn set_sysctl_through(files: &[PathBuf], value: &str) -> Result<(PathBuf, String), String> {
+    let mut said = Vec::new();
+    for file in files {
+        match set_sysctl(file, value) {
+            Ok(was) => return Ok((file.clone(), was)),
+            Err(e) => said.push(format!("{}: {e}", file.display())),
+        }
+    }
+    Err(said.join("; "))
+}
+
 /// Writes `value` to a sysctl file of the calling thread's netns; returns
 /// what it held.
-fn set_sysctl(path: &str, value: &str) -> io::Result<String> {
+fn set_sysctl(path: &Path, value: &str) -> io::Result<String> {
     let was = fs::read_to_string(path)?;
     fs::OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(path)?
         .write_all(value.as_bytes())?;
     Ok(was)
@@ -303,6 +345,34 @@ mod tests {
             err.contains("sourceIp") && err.contains("preserve") && err.contains("loopback"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_sysctl_is_tried_in_the_agents_proc_then_the_hosts() {
+        let mut agent = AgentConfig::new("node-0");
+        agent.proc_root = "/host/proc".into();
+        agent.datapath.source_ip = SourceIp::Loopback;
+        let s = Settings::new(&agent);
+        assert_eq!(s.mode, SourceIp::Loopback);
+        assert_eq!(
+            s.sysctl_files,
+            [
+                PathBuf::from("/proc/sys/net/ipv4/tcp_fwmark_accept"),
+                PathBuf::from("/host/proc/sys/net/ipv4/tcp_fwmark_accept")
+            ]
+        );
+        agent.proc_root = "/proc".into();
+        assert_eq!(Settings::new(&agent).sysctl_files.len(), 1);
+        // Each file that refuses is named.
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let file = dir.path().join("tcp_fwmark_accept");
+        fs::write(&file, "0\n").unwrap();
+        let err = set_sysctl_through(std::slice::from_ref(&missing), "1").unwrap_err();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        let (used, was) = set_sysctl_through(&[missing, file.clone()], "1").unwrap();
+        assert_eq!((used, was.as_str()), (file.clone(), "0\n"));
+        assert_eq!(fs::read_to_string(&file).unwrap(), "1");
     }
 
     #[test]
