@@ -155,6 +155,8 @@ pub enum ResponseFlag {
     RateLimited,
     /// `RBAC`: authorization policy denied the request.
     RbacAccessDenied,
+    /// `UAEX`: an external authorizer (ext_authz) denied the request.
+    UnauthorizedExternalService,
     /// `DPE`: the client broke the HTTP protocol.
     DownstreamProtocolError,
     /// `UPE`: the upstream broke the HTTP protocol.
@@ -167,7 +169,7 @@ pub enum ResponseFlag {
 
 impl ResponseFlag {
     /// Every flag, in the order Envoy writes them.
-    pub const ALL: [ResponseFlag; 19] = [
+    pub const ALL: [ResponseFlag; 20] = [
         ResponseFlag::NoHealthyUpstream,
         ResponseFlag::UpstreamConnectionFailure,
         ResponseFlag::UpstreamOverflow,
@@ -184,6 +186,7 @@ impl ResponseFlag {
         ResponseFlag::FaultInjected,
         ResponseFlag::StreamIdleTimeout,
         ResponseFlag::RateLimited,
+        ResponseFlag::UnauthorizedExternalService,
         ResponseFlag::RbacAccessDenied,
         ResponseFlag::DownstreamProtocolError,
         ResponseFlag::UpstreamProtocolError,
@@ -207,6 +210,7 @@ impl ResponseFlag {
             ResponseFlag::StreamIdleTimeout => "SI",
             ResponseFlag::RateLimited => "RL",
             ResponseFlag::RbacAccessDenied => "RBAC",
+            ResponseFlag::UnauthorizedExternalService => "UAEX",
             ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::UpstreamProtocolError => "UPE",
             ResponseFlag::DelayInjected => "DI",

@@ -338,14 +338,19 @@ impl Open {
     }
 
     /// A request an AuthorizationPolicy denied, with its record written
-    /// (`RBAC`): the denial's status, headers and body.
+    /// (`RBAC`, or Envoy's `UAEX` when an external authorizer denied): the
+    /// denial's status, headers and body.
     /// A gRPC client is answered as Envoy answers it: 200, trailers-only,
     /// the status mapped (403 is PERMISSION_DENIED) and the body as
     /// `grpc-message`.
     fn denied(mut self, denial: crate::authz::Denial) -> Response<ResponseBody> {
         self.record
             .response_flags
-            .insert(ResponseFlag::RbacAccessDenied);
+            .insert(if denial.action == "CUSTOM" {
+                ResponseFlag::UnauthorizedExternalService
+            } else {
+                ResponseFlag::RbacAccessDenied
+            });
         if self.record.protocol == mesh_telemetry::request::Protocol::Grpc {
             let code = crate::authz::grpc_status(denial.status);
             self.record.response_code = Some(StatusCode::OK);
@@ -362,9 +367,7 @@ impl Open {
                 HeaderValue::from_static("application/grpc"),
             );
             headers.insert("grpc-status", HeaderValue::from(code));
-            if let Ok(message) =
-                HeaderValue::from_str(&crate::authz::grpc_message(&denial.body))
-            {
+            if let Ok(message) = HeaderValue::from_str(&crate::authz::grpc_message(&denial.body)) {
                 headers.insert("grpc-message", message);
             }
             return response;

@@ -51,6 +51,7 @@ fn flags_label(flags: ResponseFlags) -> &'static str {
         ResponseFlag::UpstreamRemoteReset,
         ResponseFlag::StreamIdleTimeout,
         ResponseFlag::RbacAccessDenied,
+        ResponseFlag::UnauthorizedExternalService,
     ]
     .into_iter()
     .find(|f| flags.contains(*f))
@@ -68,10 +69,14 @@ pub async fn relay(wp: Arc<Waypoint>, mut io: DownstreamIo, ctx: Arc<StreamConte
     // A stream the waypoint's authorization policies refuse never reaches
     // an endpoint: what is not HTTP is held to the policies' TCP facts
     // (authz::check_stream logs the denial with its policy).
-    let denied = crate::authz::check_stream(&wp, &view, &ctx).await.is_err();
+    let denied = match crate::authz::check_stream(&wp, &view, &ctx).await {
+        Ok(()) => None,
+        Err(d) if d.action == "CUSTOM" => Some(ResponseFlag::UnauthorizedExternalService),
+        Err(_) => Some(ResponseFlag::RbacAccessDenied),
+    };
     let endpoints = ctx.target.endpoints(&view, &wp.own);
     let connected = loop {
-        let Some(place) = (!denied && attempts < MAX_ATTEMPTS)
+        let Some(place) = (denied.is_none() && attempts < MAX_ATTEMPTS)
             .then(|| wp.balancer.choose(&endpoints, &tried))
             .flatten()
         else {
@@ -96,16 +101,14 @@ pub async fn relay(wp: Arc<Waypoint>, mut io: DownstreamIo, ctx: Arc<StreamConte
     let mut flags = ResponseFlags::NONE;
     let (mut sent, mut received) = (0, 0);
     match connected {
-        None if denied => {
-            flags.insert(ResponseFlag::RbacAccessDenied);
-            io.reset(Reason::REFUSED_STREAM);
-        }
         None => {
-            flags.insert(if tried.is_empty() {
-                warn!(authority = %ctx.dst, destination = %ctx.target.describe(), "no ready endpoint for a TCP stream (UH)");
-                ResponseFlag::NoHealthyUpstream
-            } else {
-                ResponseFlag::UpstreamConnectionFailure
+            flags.insert(match denied {
+                Some(flag) => flag,
+                None if tried.is_empty() => {
+                    warn!(authority = %ctx.dst, destination = %ctx.target.describe(), "no ready endpoint for a TCP stream (UH)");
+                    ResponseFlag::NoHealthyUpstream
+                }
+                None => ResponseFlag::UpstreamConnectionFailure,
             });
             io.reset(Reason::REFUSED_STREAM);
         }

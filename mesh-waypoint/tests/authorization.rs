@@ -487,7 +487,7 @@ async fn an_external_authorizer_denies_with_its_status_headers_and_body() {
     assert_eq!(denied.headers["www-authenticate"], "Bearer realm=\"shop\"");
     assert_eq!(denied.body, "sign in first");
     let line = bed.wait_access(1, |l| l["status"] == 401).await.remove(0);
-    assert_eq!(line["response_flags"], "RBAC", "{line}");
+    assert_eq!(line["response_flags"], "UAEX", "{line}");
     assert_eq!(
         denied_total(&bed, &["policy=\"shop/ext-check\"", "action=\"CUSTOM\""]),
         Some(1.0)
