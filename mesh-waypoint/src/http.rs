@@ -471,6 +471,10 @@ async fn proxy(
             return open.unauthenticated(&rejection, &authority, request.uri());
         }
     };
+    // Its header changes come before authorization, as Envoy's jwt_authn
+    // filter makes them before RBAC: a policy on an output header must
+    // read what the verified token says, never what the client sent.
+    authenticated.edits.apply(request.headers_mut());
     let request_auth: Option<mesh_policy::RequestAuth> = authenticated.auth;
     if let Some(auth) = &request_auth {
         debug!(authority = %authority, principal = %auth.principal, "JWT verified");
@@ -517,7 +521,6 @@ async fn proxy(
     let (mut parts, body) = request.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::forwarded_proto(&mut parts.headers);
-    authenticated.edits.apply(&mut parts.headers);
     let (mut open, mut plan) = match route(&wp, &view, &ctx, open, &mut parts, &authority, &mut rng)
     {
         Ok(routed) => routed,

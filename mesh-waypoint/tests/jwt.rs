@@ -7,7 +7,8 @@
 //! the next refresh, the last good keys outlive the server, and before a
 //! first fetch tokens are refused; a server outside the trusted CAs, a
 //! document over the size limit and a server that never answers give no
-//! keys. An AuthorizationPolicy reads what the verified token says.
+//! keys. An AuthorizationPolicy reads what the verified token says, in
+//! its principal and claims and in the headers it is output to.
 //! Addresses are 127.0.<n>.x with n from 140 to 149.
 #[path = "support/jwt_fixtures.rs"]
 mod jwt_fixtures;
@@ -576,4 +577,39 @@ async fn a_jwks_server_that_never_answers_is_given_up_on_at_the_deadline() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn authorization_reads_output_headers_as_the_verified_token_sets_them() {
+    let bed = bed_with(149, Options::default()).await;
+    let key = Signer::new("k1");
+    // Only requests whose x-group header says admin are allowed; the rule
+    // outputs the token's group claim to x-group.
+    let authz = "\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: group-header, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, group: \"\", name: web}]\n  rules:\n  - when: [{key: \"request.headers[x-group]\", values: [admin]}]\n";
+    let fields = format!(
+        "{}    outputClaimToHeaders: [{{header: x-group, claim: group}}]\n",
+        inline(&[&key])
+    );
+    bed.reconfigure(&format!("{}{authz}", policy(WEB, &fields)));
+    let mut c = client(&bed, bed.vip(80)).await;
+    let forged = [("x-group", "admin")];
+    let (r, _) = get(&mut c, "/", &forged).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "no token: forged header");
+    let dev = bearer(&key.token(&claims()));
+    let (r, _) = get(&mut c, "/", &[forged[0], ("authorization", &dev)]).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "a token of group dev: the header is the token's, not the client's"
+    );
+    let mut admin = claims();
+    admin["group"] = json!("admin");
+    let (r, _) = get(
+        &mut c,
+        "/",
+        &[("authorization", &bearer(&key.token(&admin)))],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(echoed(&r, "x-group"), Some("admin"));
 }
