@@ -1,7 +1,9 @@
 //! Apps behind the mesh see the client's own address, as without it: the
 //! agent delivers from the source pod's address (same node, across nodes
-//! over mTLS) and from the plaintext client's, and the app's replies come
-//! back through the agent. L4 policy's `ipBlocks` still judge that address.
+//! over mTLS, a pod through its own Service) and from the plaintext
+//! client's, and the app's replies come back through the agent. The
+//! 4-tuples it names to sk_lookup are gone once the deliveries connected.
+//! L4 policy's `ipBlocks` still judge that address.
 //! With `datapath.sourceIp: loopback` deliveries come from 127.0.0.6.
 use std::{process::Command, time::Duration};
 
@@ -32,6 +34,19 @@ fn seen_by(c: &Cluster, from: &str, to: &str) -> String {
     peer.ip().to_string()
 }
 
+/// The entries of node n's pinned MESH_DELIVERIES map.
+fn deliveries_pending(c: &Cluster, n: usize) -> usize {
+    let map = c.nodes[n].pin_dir.join("MESH_DELIVERIES");
+    let out = Command::new("bpftool")
+        .args(["--json", "map", "dump", "pinned"])
+        .arg(&map)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array().unwrap().len()
+}
+
 /// The fib rules of a pod's netns, as `ip rule` prints them.
 fn rules(c: &Cluster, pod: &str) -> String {
     let out = Command::new("ip")
@@ -44,9 +59,21 @@ fn rules(c: &Cluster, pod: &str) -> String {
 
 const DELIVERY_RULE: &str = "fwmark 0x6d5/0xfff lookup 1749";
 
+/// A Service in front of b alone, so b can reach itself through the mesh.
+const B_SERVICE: &str = r#"---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: default}
+spec:
+  clusterIP: 10.96.0.40
+  selector: {app: b}
+  ports: [{name: echo, port: 80, targetPort: 8080}]
+"#;
+
 fn deny_from(ip: &str) -> String {
     format!(
-        r#"apiVersion: security.istio.io/v1
+        r#"{B_SERVICE}---
+apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: no-a, namespace: default}}
 spec:
@@ -63,7 +90,9 @@ spec:
 fn apps_see_the_clients_own_address_on_every_inbound_path() {
     mesh_testbed::require_root!();
     // a and b share node 0; c is on node 1 with x, which is not in the mesh.
-    let spec = ClusterSpec::new(&[&["a", "b"], &["c", "x"]]).unenrolled("x");
+    let spec = ClusterSpec::new(&[&["a", "b"], &["c", "x"]])
+        .unenrolled("x")
+        .with_docs(B_SERVICE);
     let mut c = Cluster::start(spec).unwrap();
     let _b = c.serve("b", "8080", "ident").unwrap();
     let _c = c.serve("c", "8080", "ident").unwrap();
@@ -77,6 +106,18 @@ fn apps_see_the_clients_own_address_on_every_inbound_path() {
     // Plaintext from outside the mesh, through c's 15006 and b's.
     assert_eq!(seen_by(&c, "x", "c"), x_ip);
     assert_eq!(seen_by(&c, "x", "b"), x_ip);
+    // b through its own Service, handed over to itself: its own address.
+    let v = c
+        .client(
+            "b",
+            &["ident", "--to", "10.96.0.40:80", "--timeout-s", "3"],
+            T,
+        )
+        .unwrap();
+    assert_eq!(v["server"], "b", "{v}");
+    assert_eq!(v["echoed"], true, "{v}");
+    let b_ip = format!("{}:", c.pod("b").ip);
+    assert!(v["peer"].as_str().unwrap().starts_with(&b_ip), "{v}");
     // Replies came back through the agent, never out of the pod: the
     // agents logged each connection as delivered, and none fell back.
     for n in 0..2 {
@@ -88,6 +129,9 @@ fn apps_see_the_clients_own_address_on_every_inbound_path() {
         assert!(fell_back.is_none(), "node {n}: {fell_back:?}");
     }
     assert!(rules(&c, "c").contains(DELIVERY_RULE), "{}", rules(&c, "c"));
+    for n in 0..2 {
+        assert_eq!(deliveries_pending(&c, n), 0, "node {n}");
+    }
 
     // L4 policy sees the same address: a DENY of a's address refuses a,
     // and b (same node as a, same tunnel path) still gets through, as b.
