@@ -321,21 +321,44 @@ pub fn convert_grpc_route(
     })
 }
 
-/// An HTTPLocalRateLimitPolicy, checked. One that does not validate is
-/// left out (logged by name and field); the others apply.
-pub fn convert_rate_limit(
+/// An HTTPLocalRateLimitPolicy, checked. One changed into something that
+/// does not validate keeps its last good version in force; one never
+/// valid refuses every request in its scope (`ratelimit::refusing`): left
+/// out, it would let its scope through unlimited. Both are logged by name
+/// and field.
+pub fn rate_limit_or_stand_in(
     o: &DynamicObject,
-) -> Result<crate::ratelimit::RateLimitPolicy, convert::Invalid> {
-    let doc: crate::ratelimit::Document = from_dynamic(o)?;
-    crate::ratelimit::compile(
-        o.metadata.namespace.as_deref().unwrap_or("default"),
-        o.metadata.name.as_deref().unwrap_or_default(),
-        &doc.spec,
-    )
-    .map_err(|e| convert::Invalid {
-        field: e.field,
-        problem: e.problem,
-    })
+    last_good: Option<&crate::ratelimit::RateLimitPolicy>,
+) -> crate::ratelimit::RateLimitPolicy {
+    use crate::ratelimit::{self, RateLimitError};
+    let namespace = o.metadata.namespace.as_deref().unwrap_or("default");
+    let name = o.metadata.name.as_deref().unwrap_or_default();
+    let doc = from_dynamic::<ratelimit::Document>(o);
+    let checked = match &doc {
+        Ok(doc) => ratelimit::compile(namespace, name, &doc.spec),
+        Err(e) => Err(RateLimitError {
+            field: e.field.clone(),
+            problem: e.problem.clone(),
+        }),
+    };
+    match (checked, last_good) {
+        (Ok(policy), _) => policy,
+        (Err(e), Some(last)) => {
+            warn!(kind = "HTTPLocalRateLimitPolicy", object = %display_name(o), field = %e.field, problem = %e.problem, "object does not validate; its last good version stays in force");
+            last.clone()
+        }
+        (Err(e), None) => {
+            warn!(kind = "HTTPLocalRateLimitPolicy", object = %display_name(o), field = %e.field, problem = %e.problem, "object does not validate; every request in its scope is refused (429) until it is fixed or deleted");
+            // The target as far as it can be read, even when the rest of
+            // the spec cannot.
+            let target_ref = o
+                .data
+                .get("spec")
+                .and_then(|s| s.get("targetRef"))
+                .and_then(|t| serde_json::from_value::<ratelimit::TargetRef>(t.clone()).ok());
+            ratelimit::refusing(namespace, name, target_ref.as_ref(), e)
+        }
+    }
 }
 
 /// `security.istio.io/v1 RequestAuthentication`: Istio's CRD, which mesh
@@ -543,14 +566,23 @@ impl Watchers {
                 ns_name,
                 convert_grpc_route,
             ),
-            Ok(Change::RateLimit(e)) => apply(
-                *e,
-                "HTTPLocalRateLimitPolicy",
-                &mut s.rate_limits,
-                &mut self.rate_limits,
-                ns_name,
-                convert_rate_limit,
-            ),
+            Ok(Change::RateLimit(e)) => {
+                // A handful of Arcs: what an invalid update falls back to.
+                let last_good = s.rate_limits.clone();
+                apply(
+                    *e,
+                    "HTTPLocalRateLimitPolicy",
+                    &mut s.rate_limits,
+                    &mut self.rate_limits,
+                    ns_name,
+                    |o| {
+                        Ok(rate_limit_or_stand_in(
+                            o,
+                            last_good.get(&ns_name(o)).map(|p| p.as_ref()),
+                        ))
+                    },
+                )
+            }
             Ok(Change::Fault(e)) => {
                 // A handful of Arcs: what an invalid update falls back to.
                 let last_good = s.faults.clone();

@@ -100,6 +100,9 @@ pub enum RateLimitTarget {
     Service(String),
     /// `<namespace>/<name>` of a waypoint's Gateway.
     Gateway(String),
+    /// Every Service of a namespace: the scope of a policy whose
+    /// `targetRef` cannot be read (see [`Limits::Invalid`]).
+    Namespace(String),
 }
 
 /// A client identity as a policy names it: a ServiceAccount.
@@ -145,6 +148,23 @@ pub struct RateLimitPolicy {
     /// `<namespace>/<name>`: the metric's `policy` label.
     pub key: String,
     pub target: RateLimitTarget,
+    pub limits: Limits,
+}
+
+/// What a policy enforces in its scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limits {
+    Rates(Rates),
+    /// The object does not validate and no good version of it came before
+    /// (from the API; a file that does not validate is refused whole): every
+    /// request in its scope is refused, as any policy mesh cannot apply
+    /// denies rather than allows. The error names the field.
+    Invalid(RateLimitError),
+}
+
+/// A valid policy's rates.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rates {
     pub total: Option<NonZeroU32>,
     pub identity: Option<NonZeroU32>,
     pub overrides: Vec<IdentityOverride>,
@@ -269,15 +289,40 @@ pub fn compile(
     Ok(RateLimitPolicy {
         key: format!("{namespace}/{name}"),
         target,
-        total,
-        identity,
-        overrides,
+        limits: Limits::Rates(Rates {
+            total,
+            identity,
+            overrides,
+        }),
     })
 }
 
-/// The per-client rate of `client` under `policy`: its override's, else
-/// the policy's `identity` rate; `None` when neither applies.
-pub fn client_quota(policy: &RateLimitPolicy, client: Option<&ClientIdentity>) -> ClientQuota {
+/// What stands in for a policy of `namespace`/`name` that does not
+/// validate: it refuses every request in the scope its `targetRef` gives,
+/// or in its whole namespace when the target itself cannot be read.
+pub fn refusing(
+    namespace: &str,
+    name: &str,
+    target_ref: Option<&TargetRef>,
+    error: RateLimitError,
+) -> RateLimitPolicy {
+    let key = format!("{namespace}/{}", target_ref.map_or("", |t| t.name.as_str()));
+    let target = match target_ref.map(|t| (t.kind.as_str(), t.group.as_str(), t.name.is_empty())) {
+        Some(("Service", "" | "core", false)) => RateLimitTarget::Service(key),
+        Some(("Gateway", GATEWAY_GROUP, false)) => RateLimitTarget::Gateway(key),
+        _ => RateLimitTarget::Namespace(namespace.to_owned()),
+    };
+    RateLimitPolicy {
+        key: format!("{namespace}/{name}"),
+        target,
+        limits: Limits::Invalid(error),
+    }
+}
+
+/// The per-client rate of `client` under a policy's rates: its
+/// override's, else the policy's `identity` rate; `None` when neither
+/// applies.
+pub fn client_quota(policy: &Rates, client: Option<&ClientIdentity>) -> ClientQuota {
     if let Some(c) = client
         && let Some((i, o)) = policy
             .overrides
@@ -345,9 +390,12 @@ mod tests {
         .unwrap();
         assert_eq!(p.key, "shop/rl");
         assert_eq!(p.target, RateLimitTarget::Service("shop/web".into()));
-        assert_eq!(p.total.map(NonZeroU32::get), Some(100));
-        assert_eq!(p.identity.map(NonZeroU32::get), Some(10));
-        let clients: Vec<_> = p.overrides[0].clients.iter().cloned().collect();
+        let Limits::Rates(r) = &p.limits else {
+            panic!("{p:?}")
+        };
+        assert_eq!(r.total.map(NonZeroU32::get), Some(100));
+        assert_eq!(r.identity.map(NonZeroU32::get), Some(10));
+        let clients: Vec<_> = r.overrides[0].clients.iter().cloned().collect();
         assert_eq!(
             clients,
             [
@@ -415,6 +463,9 @@ mod tests {
             ),
         )
         .unwrap();
+        let Limits::Rates(p) = p.limits else {
+            panic!("{p:?}")
+        };
         let batch = ClientIdentity::from_spiffe("spiffe://cluster.local/ns/shop/sa/batch");
         let other = ClientIdentity::from_spiffe("spiffe://cluster.local/ns/shop/sa/web");
         assert_eq!(
@@ -436,7 +487,57 @@ mod tests {
             &spec("targetRef: {kind: Service, name: web}\ntotal: {requestsPerSecond: 3}\n"),
         )
         .unwrap();
+        let Limits::Rates(only_total) = only_total.limits else {
+            panic!("{only_total:?}")
+        };
         assert_eq!(client_quota(&only_total, other.as_ref()), ClientQuota::None);
+    }
+
+    #[test]
+    fn a_policy_that_does_not_validate_refuses_its_scope() {
+        let error = || invalid("spec.total.requestsPerSecond", "0 is not a rate");
+        let service = TargetRef {
+            group: String::new(),
+            kind: "Service".into(),
+            name: "web".into(),
+        };
+        let p = refusing("shop", "rl", Some(&service), error());
+        assert_eq!(p.key, "shop/rl");
+        assert_eq!(p.target, RateLimitTarget::Service("shop/web".into()));
+        assert_eq!(p.limits, Limits::Invalid(error()));
+        let gateway = TargetRef {
+            group: GATEWAY_GROUP.into(),
+            kind: "Gateway".into(),
+            name: "wp".into(),
+        };
+        assert_eq!(
+            refusing("shop", "rl", Some(&gateway), error()).target,
+            RateLimitTarget::Gateway("shop/wp".into())
+        );
+        // A target that cannot be read: the policy's whole namespace.
+        for odd in [
+            TargetRef {
+                kind: "Pod".into(),
+                ..service.clone()
+            },
+            TargetRef {
+                name: String::new(),
+                ..service.clone()
+            },
+            TargetRef {
+                group: "apps".into(),
+                ..service.clone()
+            },
+        ] {
+            assert_eq!(
+                refusing("shop", "rl", Some(&odd), error()).target,
+                RateLimitTarget::Namespace("shop".into())
+            );
+        }
+        assert_eq!(
+            refusing("shop", "rl", None, error()).target,
+            RateLimitTarget::Namespace("shop".into())
+        );
     }
 
     #[test]
@@ -445,7 +546,10 @@ mod tests {
         let good = "kind: AgentConfig\n---\napiVersion: mesh.io/v1alpha1\nkind: HTTPLocalRateLimitPolicy\nmetadata: {name: rl, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: web}\n  total: {requestsPerSecond: 5}\n";
         let (store, _) = crate::file::parse(Path::new("f.yaml"), good, "AgentConfig").unwrap();
         let p = store.rate_limits.get("shop/rl").unwrap();
-        assert_eq!(p.total.map(NonZeroU32::get), Some(5));
+        let Limits::Rates(r) = &p.limits else {
+            panic!("{p:?}")
+        };
+        assert_eq!(r.total.map(NonZeroU32::get), Some(5));
         let bad = good.replace("requestsPerSecond: 5", "requestsPerSecond: 0");
         let e = crate::file::parse(Path::new("f.yaml"), &bad, "AgentConfig").unwrap_err();
         let mesh_config::ConfigError::Invalid { line, field, .. } = &e else {

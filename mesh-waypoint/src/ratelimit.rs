@@ -20,7 +20,9 @@ use governor::{
     clock::{Clock, DefaultClock},
 };
 use mesh_discovery::{
-    ratelimit::{ClientIdentity, ClientQuota, RateLimitPolicy, RateLimitTarget, client_quota},
+    ratelimit::{
+        ClientIdentity, ClientQuota, Limits, RateLimitPolicy, RateLimitTarget, Rates, client_quota,
+    },
     view::MeshView,
 };
 
@@ -42,6 +44,9 @@ pub fn applicable<'a>(
     policies.iter().filter(move |p| match &p.target {
         RateLimitTarget::Service(s) => Some(s.as_str()) == service,
         RateLimitTarget::Gateway(g) => g == gateway,
+        RateLimitTarget::Namespace(ns) => {
+            service.and_then(|s| s.split_once('/')).map(|(n, _)| n) == Some(ns.as_str())
+        }
     })
 }
 
@@ -77,37 +82,55 @@ fn quota(rate: NonZeroU32) -> Quota {
 /// One policy's limiters.
 struct PolicyLimiter {
     policy: Arc<RateLimitPolicy>,
+    /// `None` for a policy that does not validate: it refuses everything.
+    rates: Option<RateLimiters>,
+}
+
+struct RateLimiters {
     total: Option<DefaultDirectRateLimiter>,
     identity: Option<DefaultKeyedRateLimiter<String>>,
     overrides: Vec<DefaultKeyedRateLimiter<String>>,
 }
 
+/// How long a client refused by a policy that does not validate is told
+/// to wait: the policy may be fixed by then.
+const INVALID_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl PolicyLimiter {
     fn new(policy: Arc<RateLimitPolicy>) -> Self {
-        Self {
-            total: policy
-                .total
-                .map(|r| DefaultDirectRateLimiter::direct(quota(r))),
-            identity: policy
-                .identity
-                .map(|r| DefaultKeyedRateLimiter::keyed(quota(r))),
-            overrides: policy
-                .overrides
-                .iter()
-                .map(|o| DefaultKeyedRateLimiter::keyed(quota(o.requests_per_second)))
-                .collect(),
-            policy,
-        }
+        let rates = match &policy.limits {
+            Limits::Rates(r) => Some(RateLimiters {
+                total: r.total.map(|r| DefaultDirectRateLimiter::direct(quota(r))),
+                identity: r.identity.map(|r| DefaultKeyedRateLimiter::keyed(quota(r))),
+                overrides: r
+                    .overrides
+                    .iter()
+                    .map(|o| DefaultKeyedRateLimiter::keyed(quota(o.requests_per_second)))
+                    .collect(),
+            }),
+            Limits::Invalid(_) => None,
+        };
+        Self { policy, rates }
     }
 
-    /// Counts one request of `principal`; the wait when it is over a limit.
+    /// Counts one request of `principal`; the wait when it is over a limit
+    /// (or the policy does not validate).
+    fn check(&self, principal: Option<&str>) -> Result<(), Duration> {
+        match (&self.rates, &self.policy.limits) {
+            (Some(limiters), Limits::Rates(rates)) => limiters.check(rates, principal),
+            _ => Err(INVALID_RETRY_AFTER),
+        }
+    }
+}
+
+impl RateLimiters {
     /// The client's own quota is checked first, so that a client over its
     /// quota does not use up the total others share.
-    fn check(&self, principal: Option<&str>) -> Result<(), Duration> {
+    fn check(&self, rates: &Rates, principal: Option<&str>) -> Result<(), Duration> {
         let clock = DefaultClock::default();
         if let Some(principal) = principal {
             let client = ClientIdentity::from_spiffe(principal);
-            let keyed = match client_quota(&self.policy, client.as_ref()) {
+            let keyed = match client_quota(rates, client.as_ref()) {
                 ClientQuota::Override { index, .. } => self.overrides.get(index),
                 ClientQuota::Identity { .. } => self.identity.as_ref(),
                 ClientQuota::None => None,
@@ -231,9 +254,14 @@ mod tests {
         RateLimitPolicy {
             key: key.into(),
             target,
-            total: None,
-            identity: None,
-            overrides: Vec::new(),
+            limits: Limits::Rates(Rates::default()),
+        }
+    }
+
+    fn rates(p: &mut RateLimitPolicy) -> &mut Rates {
+        match &mut p.limits {
+            Limits::Rates(r) => r,
+            Limits::Invalid(_) => unreachable!("the tests' policies are valid"),
         }
     }
 
@@ -271,8 +299,8 @@ mod tests {
     #[test]
     fn identities_have_their_own_quota_and_overrides_a_larger_one() {
         let mut p = policy("shop/rl", RateLimitTarget::Service("shop/web".into()));
-        p.identity = Some(rate(1));
-        p.overrides = vec![IdentityOverride {
+        rates(&mut p).identity = Some(rate(1));
+        rates(&mut p).overrides = vec![IdentityOverride {
             requests_per_second: rate(3),
             clients: BTreeSet::from([ClientIdentity {
                 namespace: "shop".into(),
@@ -301,7 +329,7 @@ mod tests {
     #[test]
     fn a_total_limit_is_shared_and_survives_an_unrelated_view_change() {
         let mut p = policy("shop/rl", RateLimitTarget::Gateway("shop/wp".into()));
-        p.total = Some(rate(2));
+        rates(&mut p).total = Some(rate(2));
         let limits = RateLimits::default();
         let v1 = view(vec![p.clone()]);
         assert_eq!(limits.check(&v1, "shop/wp", None, Some(A)), None);
@@ -311,7 +339,7 @@ mod tests {
         let v2 = view(vec![p.clone()]);
         assert!(limits.check(&v2, "shop/wp", None, Some(B)).is_some());
         // A changed policy starts afresh.
-        p.total = Some(rate(5));
+        rates(&mut p).total = Some(rate(5));
         let v3 = view(vec![p]);
         assert_eq!(limits.check(&v3, "shop/wp", None, Some(B)), None);
         // Removed: nothing is limited.
@@ -319,6 +347,36 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(limits.check(&v4, "shop/wp", None, Some(B)), None);
         }
+    }
+
+    #[test]
+    fn a_policy_that_does_not_validate_refuses_its_scope_and_nothing_else() {
+        let error = || mesh_discovery::ratelimit::RateLimitError {
+            field: "spec.total.requestsPerSecond".into(),
+            problem: "0 is not a rate".into(),
+        };
+        let bad = |target| RateLimitPolicy {
+            key: "shop/bad".into(),
+            target,
+            limits: Limits::Invalid(error()),
+        };
+        let limits = RateLimits::default();
+        let v = view(vec![bad(RateLimitTarget::Service("shop/web".into()))]);
+        let over = limits
+            .check(&v, "shop/wp", Some("shop/web"), Some(A))
+            .expect("refused");
+        assert_eq!(over.policy, "shop/bad");
+        assert_eq!(over.retry_after_secs(), 1);
+        assert_eq!(limits.check(&v, "shop/wp", Some("shop/api"), Some(A)), None);
+        // Its target unreadable: every Service of its namespace.
+        let v = view(vec![bad(RateLimitTarget::Namespace("shop".into()))]);
+        assert!(
+            limits
+                .check(&v, "shop/wp", Some("shop/api"), None)
+                .is_some()
+        );
+        assert_eq!(limits.check(&v, "shop/wp", Some("web/api"), None), None);
+        assert_eq!(limits.check(&v, "shop/wp", None, None), None);
     }
 
     #[test]
