@@ -295,6 +295,26 @@ async fn until_status(
     }
 }
 
+/// Waits until at least `count` fetches of `uri` have failed, by the
+/// waypoint's counter; panics after 5 s.
+async fn until_fetches_failed(bed: &Bed, uri: &str, count: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let failed = bed.metric(
+            "mesh_waypoint_jwks_fetch_failures_total",
+            &[&format!("uri=\"{uri}\"")],
+        );
+        if failed.is_some_and(|f| f >= count) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{failed:?} failed fetches of {uri} counted, wanted {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 fn fast_jwks(server: &JwksServer) -> Options {
     Options {
         jwks: mesh_waypoint::jwks::Settings {
@@ -349,21 +369,7 @@ async fn remote_keys_are_fetched_rotated_and_kept_when_the_server_goes_away() {
     server.stop();
     let fetches = server.hits.load(Ordering::SeqCst);
     // Two refresh intervals and more: the fetches fail, the keys stay.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let failed = bed.metric(
-            "mesh_waypoint_jwks_fetch_failures_total",
-            &[&format!("uri=\"{}\"", server.uri)],
-        );
-        if failed.is_some_and(|f| f >= 2.0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no failed fetch counted: {failed:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_fetches_failed(&bed, &server.uri, 2.0).await;
     assert_eq!(
         server.hits.load(Ordering::SeqCst),
         fetches,
@@ -390,20 +396,7 @@ async fn before_a_first_fetch_succeeds_tokens_are_refused() {
     bed.reconfigure(&policy(WEB, &format!("    jwksUri: {}\n", server.uri)));
     let mut c = client(&bed, bed.vip(80)).await;
     // The server answers, with something that is not a JWKS: no keys.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while bed
-        .metric(
-            "mesh_waypoint_jwks_fetch_failures_total",
-            &[&format!("uri=\"{}\"", server.uri)],
-        )
-        .is_none()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no failed fetch counted"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    until_fetches_failed(&bed, &server.uri, 1.0).await;
     let (r, body) = get(
         &mut c,
         "/",
@@ -434,22 +427,8 @@ async fn a_server_outside_the_trusted_cas_gives_no_keys() {
     let bed = bed_with(145, fast_jwks(&other)).await;
     bed.reconfigure(&policy(WEB, &format!("    jwksUri: {}\n", server.uri)));
     let mut c = client(&bed, bed.vip(80)).await;
-    // The fetch fails at the TLS handshake: counted, however loaded the
-    // machine, well within the deadline.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while bed
-        .metric(
-            "mesh_waypoint_jwks_fetch_failures_total",
-            &[&format!("uri=\"{}\"", server.uri)],
-        )
-        .is_none()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no failed fetch counted"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    // The fetch fails at the TLS handshake.
+    until_fetches_failed(&bed, &server.uri, 1.0).await;
     let (r, body) = get(
         &mut c,
         "/",
@@ -554,21 +533,8 @@ async fn a_jwks_server_that_never_answers_is_given_up_on_at_the_deadline() {
     let bed = bed_with(148, fast_jwks(&trusted)).await;
     bed.reconfigure(&policy(WEB, &format!("    jwksUri: {uri}\n")));
     let mut c = client(&bed, bed.vip(80)).await;
-    // The deadline is 500 ms: a failure is counted well within 2 s.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while bed
-        .metric(
-            "mesh_waypoint_jwks_fetch_failures_total",
-            &[&format!("uri=\"{uri}\"")],
-        )
-        .is_none()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the silent fetch was not given up"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    // Given up at the fetch deadline (500 ms) and counted.
+    until_fetches_failed(&bed, &uri, 1.0).await;
     assert!(!held.lock().unwrap().is_empty(), "the waypoint did connect");
     let (r, _) = get(
         &mut c,
