@@ -8,10 +8,11 @@ use clap::{Args, Subcommand};
 use crate::{
     config::CaFile,
     lease::{Elector, LeaseSettings},
-    root, routes, server,
+    policy_status, root, routes, server,
     waypoints::{
         self, CaFacts, WaypointSettings, gateway_api,
         settings::{DEFAULT_CONTROLLER_NAME, PullPolicy},
+        waypoint_config::WaypointConfig,
     },
 };
 
@@ -72,6 +73,21 @@ pub struct WaypointArgs {
     /// bind on its ClusterRole, nothing more.
     #[arg(long)]
     pub waypoint_reader_binding: Option<String>,
+    /// A YAML file of Istio meshConfig-shaped `extensionProviders` (the
+    /// external authorizers CUSTOM AuthorizationPolicies name), read at
+    /// start and written into each waypoint's ConfigMap (the chart's
+    /// waypoint.extensionProviders).
+    #[arg(long, value_name = "FILE")]
+    pub waypoint_extension_providers_file: Option<PathBuf>,
+    /// PEM CA certificates waypoints trust, besides the system's, when they
+    /// fetch RequestAuthentication jwksUri keys; read at start and written
+    /// into each waypoint's ConfigMap (the chart's waypoint.jwks.caBundle).
+    #[arg(long, value_name = "FILE")]
+    pub waypoint_jwks_ca_file: Option<PathBuf>,
+    /// How often waypoints fetch each jwksUri again, e.g. 20m [default:
+    /// the waypoint's].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub waypoint_jwks_refresh: Option<std::time::Duration>,
     /// The namespace of the leader Lease [default: $POD_NAMESPACE, else the
     /// root Secret's namespace].
     #[arg(long)]
@@ -135,6 +151,11 @@ impl WaypointArgs {
             ca_server_name,
             otlp_endpoint: self.waypoint_otlp_endpoint.clone(),
             reader_binding,
+            waypoint_config: WaypointConfig::read(
+                self.waypoint_extension_providers_file.as_deref(),
+                self.waypoint_jwks_ca_file.as_deref(),
+                self.waypoint_jwks_refresh,
+            )?,
         };
         settings.validate()?;
         let set = |v: Option<String>| v.filter(|s| !s.is_empty());
@@ -232,13 +253,14 @@ pub fn run(args: CaArgs, invoked_as: &str) -> anyhow::Result<()> {
                 },
                 match &plan {
                     Some(p) => format!(
-                        "waypoint controller for class {} (image {}, CA {}, reader binding {}, lease {}/{})",
+                        "waypoint controller for class {} (image {}, CA {}, reader binding {}, lease {}/{}; {})",
                         p.settings.class_name,
                         p.settings.image,
                         p.settings.ca_address,
                         p.settings.reader_binding,
                         p.lease.namespace,
-                        p.lease.name
+                        p.lease.name,
+                        p.settings.waypoint_config.summary()
                     ),
                     None => "no waypoint controller".to_owned(),
                 }
@@ -262,7 +284,7 @@ pub fn run(args: CaArgs, invoked_as: &str) -> anyhow::Result<()> {
                     let client = kube::Client::try_default()
                         .await
                         .context("Kubernetes client (in-cluster config or KUBECONFIG)")?;
-                    // One election for both controllers: two electors
+                    // One election for every controller: two electors
                     // under one holder identity would race on the Lease.
                     let (elector, leading) = Elector::new(client.clone(), plan.lease);
                     tokio::spawn(elector.run());
@@ -271,6 +293,7 @@ pub fn run(args: CaArgs, invoked_as: &str) -> anyhow::Result<()> {
                         plan.settings.controller_name.clone(),
                         leading.clone(),
                     ));
+                    tokio::spawn(policy_status::run(client.clone(), leading.clone()));
                     tokio::spawn(waypoints::run(client, plan.settings, plan.ca, leading));
                 }
                 server::run(&config).await

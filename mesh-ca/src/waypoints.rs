@@ -14,6 +14,7 @@ pub mod reconcile;
 pub mod resources;
 pub mod settings;
 pub mod status;
+pub mod waypoint_config;
 
 use std::{sync::Arc, time::Duration};
 

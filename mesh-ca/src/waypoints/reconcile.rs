@@ -177,6 +177,10 @@ async fn deploy(ctx: &Context, gw: &GatewayRef) -> Result<Deployed, ReconcileErr
         &format!("{FIELD_MANAGER}/{}", gw.uid),
     )
     .await?;
+    if let Some(config) = &objects.waypoint_config {
+        // Before the Deployment, so its pods find the files they are told of.
+        apply::<ConfigMap>(&ctx.client, ns, config, FIELD_MANAGER).await?;
+    }
     apply::<ServiceAccount>(&ctx.client, ns, &objects.service_account, FIELD_MANAGER).await?;
     let service = apply::<Service>(&ctx.client, ns, &objects.service, FIELD_MANAGER).await?;
     let deployment =

@@ -2,7 +2,9 @@
 //! the controller's settings and the mesh's facts: a ServiceAccount (the
 //! waypoint's identity, spiffe://<td>/ns/<ns>/sa/<gateway>, as Istio
 //! names it), a Deployment of `mesh-waypoint`, a Service on 15008, and the
-//! namespace's copy of the root certificate. The Gateway owns all of them,
+//! namespace's copy of the root certificate, and the waypoint's ConfigMap
+//! of the operator's extension providers and JWKS CA when there are any
+//! (`waypoint_config`). The Gateway owns all of them,
 //! so deleting it deletes them.
 use std::collections::BTreeMap;
 
@@ -29,6 +31,7 @@ use super::{
     acceptance::HBONE_PORT,
     gateway_api::{API_VERSION, Gateway},
     settings::WaypointSettings,
+    waypoint_config::{CONFIG_DIR, HASH_ANNOTATION, config_map_name},
 };
 
 /// The label Gateway API implementations put on a Gateway's pods.
@@ -119,6 +122,9 @@ impl GatewayRef {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WaypointObjects {
     pub root_cert: ConfigMap,
+    /// The operator's extension providers and JWKS CA, when given; the
+    /// Gateway's alone.
+    pub waypoint_config: Option<ConfigMap>,
     pub service_account: ServiceAccount,
     pub service: Service,
     pub deployment: Deployment,
@@ -148,6 +154,11 @@ pub fn waypoint_objects(
             )])),
             ..Default::default()
         },
+        waypoint_config: settings.waypoint_config.data().map(|data| ConfigMap {
+            metadata: gateway.meta(&config_map_name(name), gateway.labels()),
+            data: Some(data),
+            ..Default::default()
+        }),
         service_account: ServiceAccount {
             metadata: gateway.meta(name, gateway.labels()),
             ..Default::default()
@@ -218,6 +229,7 @@ pub fn waypoint_args(
     if let Some(url) = &settings.otlp_endpoint {
         args.extend(["--otlp-endpoint".to_owned(), url.clone()]);
     }
+    args.extend(settings.waypoint_config.args());
     args
 }
 
@@ -230,7 +242,7 @@ fn deployment(gateway: &GatewayRef, settings: &WaypointSettings, mesh: &MeshFact
             ("memory".to_owned(), Quantity(memory.into())),
         ])
     };
-    let container = Container {
+    let mut container = Container {
         name: "waypoint".into(),
         image: Some(settings.image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.to_string()),
@@ -294,10 +306,58 @@ fn deployment(gateway: &GatewayRef, settings: &WaypointSettings, mesh: &MeshFact
         ]),
         ..Default::default()
     };
+    let mut volumes = vec![
+        Volume {
+            name: "ca-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: TOKEN_FILE.into(),
+                        audience: Some(mesh.token_audience.clone()),
+                        expiration_seconds: Some(TOKEN_SECONDS),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "root-cert".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ROOT_CERT_CONFIG_MAP.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
     let mut annotations = BTreeMap::new();
     annotations.insert("prometheus.io/scrape".to_owned(), "true".to_owned());
     annotations.insert("prometheus.io/port".to_owned(), ADMIN_PORT.to_string());
     annotations.insert("prometheus.io/path".to_owned(), "/metrics".to_owned());
+    if let Some(hash) = settings.waypoint_config.hash() {
+        // The waypoint reads these files at start only: a new hash rolls
+        // its pods onto the new content.
+        annotations.insert(HASH_ANNOTATION.to_owned(), hash);
+        volumes.push(Volume {
+            name: "waypoint-config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(&gateway.name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        container
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: "waypoint-config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+    }
     Deployment {
         metadata: gateway.meta(&gateway.name, gateway.labels()),
         spec: DeploymentSpec {
@@ -326,32 +386,7 @@ fn deployment(gateway: &GatewayRef, settings: &WaypointSettings, mesh: &MeshFact
                         }),
                         ..Default::default()
                     }),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "ca-token".into(),
-                            projected: Some(ProjectedVolumeSource {
-                                sources: Some(vec![VolumeProjection {
-                                    service_account_token: Some(ServiceAccountTokenProjection {
-                                        path: TOKEN_FILE.into(),
-                                        audience: Some(mesh.token_audience.clone()),
-                                        expiration_seconds: Some(TOKEN_SECONDS),
-                                        ..Default::default()
-                                    }),
-                                    ..Default::default()
-                                }]),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                        Volume {
-                            name: "root-cert".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: ROOT_CERT_CONFIG_MAP.into(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                    ]),
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },

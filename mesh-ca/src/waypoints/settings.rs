@@ -4,6 +4,8 @@
 //! the CA's own configuration.
 use std::fmt;
 
+use super::waypoint_config::WaypointConfig;
+
 /// The `controllerName` of the GatewayClasses the controller accepts.
 pub const DEFAULT_CONTROLLER_NAME: &str = "mesh.io/waypoint-controller";
 
@@ -26,6 +28,9 @@ pub struct WaypointSettings {
     /// its waypoints' ServiceAccounts (the chart's
     /// `<release>-waypoint-reader`, bound to the reader ClusterRole).
     pub reader_binding: String,
+    /// The operator's extension providers and JWKS settings, carried into
+    /// each waypoint's ConfigMap and flags.
+    pub waypoint_config: WaypointConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

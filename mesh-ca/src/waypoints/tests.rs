@@ -11,6 +11,7 @@ use super::{
     reconcile::{Context, FIELD_MANAGER, reconcile_class, reconcile_gateway},
     resources::MeshFacts,
     settings::{PullPolicy, WaypointSettings},
+    waypoint_config::WaypointConfig,
     *,
 };
 use crate::api_mock::{self, Seen};
@@ -70,6 +71,7 @@ fn context(client: Client) -> Arc<Context> {
             ca_server_name: "mesh-ca.mesh-system.svc".into(),
             otlp_endpoint: None,
             reader_binding: BINDING.into(),
+            waypoint_config: WaypointConfig::default(),
         },
         mesh: MeshFacts {
             trust_domain: "example.org".into(),
@@ -540,6 +542,7 @@ fn context_settings() -> WaypointSettings {
         ca_server_name: "mesh-ca.mesh-system.svc".into(),
         otlp_endpoint: None,
         reader_binding: BINDING.into(),
+        waypoint_config: WaypointConfig::default(),
     }
 }
 
@@ -770,4 +773,164 @@ async fn the_resync_reads_the_gateways_after_the_binding() {
     .unwrap();
     assert_eq!(edited, reader_binding::Edited::Written { subjects: 1 });
     assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+const PROVIDERS: &str = "extensionProviders:\n- name: authz\n  envoyExtAuthzGrpc:\n    service: authz.auth.svc.cluster.local\n    port: 9000\n";
+
+fn context_with(client: Client, config: WaypointConfig) -> Arc<Context> {
+    let mut ctx = Arc::into_inner(context(client)).unwrap();
+    ctx.settings.waypoint_config = config;
+    Arc::new(ctx)
+}
+
+fn providers(text: &str, refresh: Option<std::time::Duration>) -> WaypointConfig {
+    WaypointConfig::from_texts(
+        Some((text, std::path::Path::new("providers.yaml"))),
+        None,
+        refresh,
+    )
+    .unwrap()
+}
+
+/// The Deployment the controller applies for the Gateway under `config`,
+/// and the waypoint ConfigMap, if it applied one.
+async fn applied_with(config: WaypointConfig) -> (Value, Option<Value>) {
+    let (client, seen) = api_mock::client(api(1));
+    reconcile_gateway(
+        gateway("mesh-waypoint", hbone()),
+        context_with(client, config),
+    )
+    .await
+    .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let deployment = find(&seen, "/apis/apps/v1/namespaces/shop/deployments/waypoint?");
+    let config_at = seen.iter().position(|s| {
+        s.path
+            .starts_with("/api/v1/namespaces/shop/configmaps/waypoint-waypoint-config?")
+    });
+    if let Some(at) = config_at {
+        let deployment_at = seen
+            .iter()
+            .position(|s| std::ptr::eq(s, deployment))
+            .unwrap();
+        assert!(at < deployment_at, "the ConfigMap goes first: {seen:#?}");
+        assert_eq!(manager(&seen[at]), FIELD_MANAGER);
+    }
+    (
+        deployment.body.clone(),
+        config_at.map(|at| seen[at].body.clone()),
+    )
+}
+
+#[tokio::test]
+async fn extension_providers_reach_the_waypoint_through_its_own_config_map() {
+    let (deploy, config) = applied_with(providers(
+        PROVIDERS,
+        Some(std::time::Duration::from_secs(600)),
+    ))
+    .await;
+    let config = config.expect("a waypoint ConfigMap");
+    owned_by_the_gateway(&config, true);
+    assert_eq!(config["metadata"]["namespace"], "shop");
+    assert_eq!(
+        config["data"],
+        json!({"extension-providers.yaml": PROVIDERS})
+    );
+
+    let pod = &deploy["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["annotations"]["mesh.io/waypoint-config-hash"]
+            .as_str()
+            .map(str::len),
+        Some(64)
+    );
+    let c = &pod["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args[args.len() - 4..],
+        [
+            "--extension-providers",
+            "/etc/mesh/waypoint/extension-providers.yaml",
+            "--jwks-refresh",
+            "10m"
+        ]
+    );
+    assert!(!args.contains(&"--jwks-ca-file"), "{args:?}");
+    assert_eq!(
+        c["volumeMounts"][2],
+        json!({"name": "waypoint-config", "mountPath": "/etc/mesh/waypoint", "readOnly": true})
+    );
+    assert_eq!(
+        pod["spec"]["volumes"][2],
+        json!({"name": "waypoint-config", "configMap": {"name": "waypoint-waypoint-config"}})
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_ca_is_mounted_and_named() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let pem = rcgen::CertificateParams::new(vec!["issuer.example".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem();
+    let config =
+        WaypointConfig::from_texts(None, Some((&pem, std::path::Path::new("ca.pem"))), None)
+            .unwrap();
+    let (deploy, config) = applied_with(config).await;
+    assert_eq!(config.unwrap()["data"], json!({"jwks-ca.pem": pem}));
+    let args = &deploy["spec"]["template"]["spec"]["containers"][0]["args"];
+    let args: Vec<&str> = args
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args[args.len() - 2..],
+        ["--jwks-ca-file", "/etc/mesh/waypoint/jwks-ca.pem"]
+    );
+}
+
+#[tokio::test]
+async fn a_changed_provider_list_changes_the_pod_template() {
+    let (before, _) = applied_with(providers(PROVIDERS, None)).await;
+    let (same, _) = applied_with(providers(PROVIDERS, None)).await;
+    let (after, config) = applied_with(providers(&PROVIDERS.replace("9000", "9001"), None)).await;
+    let template = |d: &Value| d["spec"]["template"].clone();
+    assert_eq!(template(&before), template(&same));
+    assert_ne!(template(&before), template(&after));
+    assert_ne!(
+        before["spec"]["template"]["metadata"]["annotations"]["mesh.io/waypoint-config-hash"],
+        after["spec"]["template"]["metadata"]["annotations"]["mesh.io/waypoint-config-hash"]
+    );
+    assert!(
+        config.unwrap()["data"]["extension-providers.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("9001")
+    );
+}
+
+#[tokio::test]
+async fn without_the_settings_there_is_no_waypoint_config() {
+    let (deploy, config) = applied_with(WaypointConfig::default()).await;
+    assert_eq!(config, None);
+    let pod = &deploy["spec"]["template"];
+    assert!(
+        pod["metadata"]["annotations"]
+            .get("mesh.io/waypoint-config-hash")
+            .is_none()
+    );
+    assert_eq!(pod["spec"]["volumes"].as_array().unwrap().len(), 2);
+    let args = pod["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        !args.contains("--extension-providers") && !args.contains("--jwks"),
+        "{args}"
+    );
 }
