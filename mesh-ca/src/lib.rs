@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod kubernetes;
 pub mod lease;
+pub mod policy_status;
 pub mod root;
 pub mod routes;
 pub mod server;

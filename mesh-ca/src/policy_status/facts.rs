@@ -1,0 +1,162 @@
+//! Keeps `Targets` from watches of Services, Namespaces and (when the
+//! kind is served) Gateways. Only what targets need is kept (names, and
+//! the labels that choose a waypoint); a change that alters none of it
+//! wakes nobody. A (re-)list is applied whole once complete
+//! (`routes::facts::Relist`), so a re-list never shows a half-empty
+//! cluster.
+use std::sync::{Arc, PoisonError, RwLock};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::{
+    Api, Client,
+    api::{DynamicObject, ObjectMeta},
+    runtime::{WatchStreamExt, watcher},
+};
+use mesh_discovery::model::Labels;
+use tokio::sync::watch;
+use tracing::warn;
+
+use super::targets::Targets;
+use crate::routes::facts::{Change, Relist};
+
+fn key(meta: &ObjectMeta) -> Option<(String, String)> {
+    Some((meta.namespace.clone()?, meta.name.clone()?))
+}
+
+fn labels(meta: &ObjectMeta) -> Labels {
+    meta.labels.clone().unwrap_or_default()
+}
+
+pub fn apply_service(t: &mut Targets, change: Change<Labels>) -> bool {
+    match change {
+        Change::Set(ns, name, l) => t.set_service(&ns, &name, &l),
+        Change::Remove(ns, name) => t.remove_service(&ns, &name),
+        Change::Replace(all) => t.replace_services(all),
+        Change::None => false,
+    }
+}
+
+/// Namespaces are keyed ("", name): `Relist` keys by two parts.
+pub fn apply_namespace(t: &mut Targets, change: Change<Labels>) -> bool {
+    match change {
+        Change::Set(_, name, l) => t.set_namespace(&name, &l),
+        Change::Remove(_, name) => t.remove_namespace(&name),
+        Change::Replace(all) => {
+            t.replace_namespaces(all.into_iter().map(|(_, n, l)| (n, l)).collect())
+        }
+        Change::None => false,
+    }
+}
+
+pub fn apply_gateway(t: &mut Targets, change: Change<()>) -> bool {
+    match change {
+        Change::Set(ns, name, ()) => t.set_gateway(&ns, &name),
+        Change::Remove(ns, name) => t.remove_gateway(&ns, &name),
+        Change::Replace(all) => {
+            t.replace_gateways(all.into_iter().map(|(ns, n, ())| (ns, n)).collect())
+        }
+        Change::None => false,
+    }
+}
+
+enum Event {
+    Service(Box<Result<watcher::Event<Service>, watcher::Error>>),
+    Namespace(Box<Result<watcher::Event<Namespace>, watcher::Error>>),
+    Gateway(Box<Result<watcher::Event<DynamicObject>, watcher::Error>>),
+}
+
+/// Follows the targets into `targets` until dropped: `changed` is told
+/// of every change, `synced` turns true once every kind was listed.
+pub async fn follow(
+    client: Client,
+    targets: Arc<RwLock<Targets>>,
+    gateways: bool,
+    changed: watch::Sender<()>,
+    synced: watch::Sender<bool>,
+) {
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| Event::Service(Box::new(e)))
+    .boxed();
+    let namespaces = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|e| Event::Namespace(Box::new(e)))
+    .boxed();
+    let gws = if gateways {
+        let resource = mesh_discovery::kubernetes::gateway_resource();
+        watcher(
+            Api::<DynamicObject>::all_with(client, &resource),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|e| Event::Gateway(Box::new(e)))
+        .boxed()
+    } else {
+        stream::pending().boxed()
+    };
+    let mut events = stream::select_all([services, namespaces, gws]);
+    let (mut svc_list, mut ns_list, mut gw_list) =
+        (Relist::default(), Relist::default(), Relist::default());
+    while let Some(event) = events.next().await {
+        let now = || targets.write().unwrap_or_else(PoisonError::into_inner);
+        let moved = match event {
+            Event::Service(e) => match *e {
+                Ok(e) => {
+                    let change = svc_list.follow(
+                        e,
+                        |s: &Service| key(&s.metadata).map(|(ns, n)| (ns, n, labels(&s.metadata))),
+                        |s: &Service| key(&s.metadata),
+                    );
+                    apply_service(&mut now(), change)
+                }
+                Err(e) => {
+                    warn!(error = %e, "policy status: watch of Services failed; retrying with backoff");
+                    false
+                }
+            },
+            Event::Namespace(e) => match *e {
+                Ok(e) => {
+                    let ns_key =
+                        |n: &Namespace| n.metadata.name.clone().map(|name| (String::new(), name));
+                    let change = ns_list.follow(
+                        e,
+                        |n: &Namespace| ns_key(n).map(|(ns, name)| (ns, name, labels(&n.metadata))),
+                        ns_key,
+                    );
+                    apply_namespace(&mut now(), change)
+                }
+                Err(e) => {
+                    warn!(error = %e, "policy status: watch of Namespaces failed; retrying with backoff");
+                    false
+                }
+            },
+            Event::Gateway(e) => match *e {
+                Ok(e) => {
+                    let change = gw_list.follow(
+                        e,
+                        |g: &DynamicObject| key(&g.metadata).map(|(ns, n)| (ns, n, ())),
+                        |g: &DynamicObject| key(&g.metadata),
+                    );
+                    apply_gateway(&mut now(), change)
+                }
+                Err(e) => {
+                    warn!(error = %e, "policy status: watch of Gateways failed; retrying with backoff");
+                    false
+                }
+            },
+        };
+        if moved {
+            changed.send_replace(());
+        }
+        if svc_list.synced && ns_list.synced && (gw_list.synced || !gateways) {
+            synced.send_if_modified(|s| !std::mem::replace(s, true));
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! What a policy's targets are checked against (pure): the Services (and
+//! which waypoint each uses, by its own label or its namespace's, as
+//! `mesh_discovery::waypoint` decides it) and the Gateways that exist.
+//! Each target resolves as Istio resolves a waypoint policy's targetRef:
+//! bound to a waypoint, not found, or found but served by no waypoint.
+use std::collections::{BTreeMap, BTreeSet};
+
+use mesh_discovery::{model::Labels, waypoint::UseWaypoint};
+
+use super::condition::{Reason, Verdict};
+
+/// One target of a policy, in the policy's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Service {
+        namespace: String,
+        name: String,
+    },
+    Gateway {
+        namespace: String,
+        name: String,
+    },
+    /// Every waypoint of the class (cluster-scoped).
+    GatewayClass {
+        name: String,
+    },
+}
+
+impl Target {
+    /// Istio's name for it in a flattened message: `Kind.group:ns/name`.
+    fn ancestor(&self) -> String {
+        match self {
+            Target::Service { namespace, name } => format!("Service.core:{namespace}/{name}"),
+            Target::Gateway { namespace, name } => {
+                format!("Gateway.gateway.networking.k8s.io:{namespace}/{name}")
+            }
+            Target::GatewayClass { name } => {
+                format!("GatewayClass.gateway.networking.k8s.io:{name}")
+            }
+        }
+    }
+}
+
+/// How one target resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub ancestor: String,
+    pub bound: bool,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// The Services, namespaces and Gateways of the cluster, as far as
+/// targets need them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Targets {
+    services: BTreeMap<(String, String), UseWaypoint>,
+    namespaces: BTreeMap<String, UseWaypoint>,
+    gateways: BTreeSet<(String, String)>,
+}
+
+impl Targets {
+    /// Returns whether anything changed.
+    pub fn set_service(&mut self, namespace: &str, name: &str, labels: &Labels) -> bool {
+        let use_ = UseWaypoint::from_labels(labels, namespace);
+        self.services
+            .insert((namespace.into(), name.into()), use_.clone())
+            != Some(use_)
+    }
+
+    pub fn remove_service(&mut self, namespace: &str, name: &str) -> bool {
+        self.services
+            .remove(&(namespace.into(), name.into()))
+            .is_some()
+    }
+
+    pub fn replace_services(&mut self, all: Vec<(String, String, Labels)>) -> bool {
+        let next = all
+            .into_iter()
+            .map(|(ns, name, labels)| {
+                let use_ = UseWaypoint::from_labels(&labels, &ns);
+                ((ns, name), use_)
+            })
+            .collect();
+        std::mem::replace(&mut self.services, next) != self.services
+    }
+
+    pub fn set_namespace(&mut self, name: &str, labels: &Labels) -> bool {
+        let use_ = UseWaypoint::from_labels(labels, name);
+        self.namespaces.insert(name.into(), use_.clone()) != Some(use_)
+    }
+
+    pub fn remove_namespace(&mut self, name: &str) -> bool {
+        self.namespaces.remove(name).is_some()
+    }
+
+    pub fn replace_namespaces(&mut self, all: Vec<(String, Labels)>) -> bool {
+        let next = all
+            .into_iter()
+            .map(|(name, labels)| {
+                let use_ = UseWaypoint::from_labels(&labels, &name);
+                (name, use_)
+            })
+            .collect();
+        std::mem::replace(&mut self.namespaces, next) != self.namespaces
+    }
+
+    pub fn set_gateway(&mut self, namespace: &str, name: &str) -> bool {
+        self.gateways.insert((namespace.into(), name.into()))
+    }
+
+    pub fn remove_gateway(&mut self, namespace: &str, name: &str) -> bool {
+        self.gateways.remove(&(namespace.into(), name.into()))
+    }
+
+    pub fn replace_gateways(&mut self, all: Vec<(String, String)>) -> bool {
+        let next: BTreeSet<_> = all.into_iter().collect();
+        std::mem::replace(&mut self.gateways, next) != self.gateways
+    }
+
+    pub fn has_service(&self, namespace: &str, name: &str) -> bool {
+        self.services
+            .contains_key(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// The waypoint (`<namespace>/<name>`) that serves a Service, if any.
+    fn waypoint_of(&self, namespace: &str, name: &str) -> Option<String> {
+        let own = self
+            .services
+            .get(&(namespace.to_owned(), name.to_owned()))?
+            .clone();
+        let of_namespace = self
+            .namespaces
+            .get(namespace)
+            .cloned()
+            .unwrap_or(UseWaypoint::Unset);
+        match own.or_namespace(of_namespace) {
+            UseWaypoint::Named { namespace, name } => Some(format!("{namespace}/{name}")),
+            UseWaypoint::Unset | UseWaypoint::OptOut => None,
+        }
+    }
+
+    /// One target, resolved as Istio resolves a waypoint policy's.
+    pub fn resolve(&self, target: &Target) -> Resolved {
+        let ancestor = target.ancestor();
+        let (bound, reason, message) = match target {
+            Target::Gateway { namespace, name } => {
+                if self.gateways.contains(&(namespace.clone(), name.clone())) {
+                    (
+                        true,
+                        Reason::Accepted,
+                        format!("bound to {namespace}/{name}"),
+                    )
+                } else {
+                    (
+                        false,
+                        Reason::TargetNotFound,
+                        format!("Gateway {namespace}/{name} was not found"),
+                    )
+                }
+            }
+            Target::Service { namespace, name } => {
+                if !self.has_service(namespace, name) {
+                    (
+                        false,
+                        Reason::TargetNotFound,
+                        format!("Service {namespace}/{name} was not found"),
+                    )
+                } else if let Some(waypoint) = self.waypoint_of(namespace, name) {
+                    (true, Reason::Accepted, format!("bound to {waypoint}"))
+                } else {
+                    (
+                        false,
+                        Reason::AncestorNotBound,
+                        format!("Service {namespace}/{name} is not bound to a waypoint"),
+                    )
+                }
+            }
+            Target::GatewayClass { name } => (true, Reason::Accepted, format!("bound to {name}")),
+        };
+        Resolved {
+            ancestor,
+            bound,
+            reason,
+            message,
+        }
+    }
+
+    /// All of a policy's targets as one verdict, as Istio flattens them:
+    /// one target speaks for itself; of several, any bound makes the
+    /// policy accepted (PartiallyInvalid when some are not), and the
+    /// message lists those that are not.
+    pub fn verdict(&self, targets: &[Target]) -> Verdict {
+        let resolved: Vec<Resolved> = targets.iter().map(|t| self.resolve(t)).collect();
+        if let [one] = resolved.as_slice() {
+            return Verdict {
+                accepted: one.bound,
+                reason: one.reason,
+                message: one.message.clone(),
+            };
+        }
+        let unbound: Vec<&Resolved> = resolved.iter().filter(|r| !r.bound).collect();
+        let any_bound = unbound.len() < resolved.len();
+        if unbound.is_empty() {
+            let bound: Vec<&str> = resolved.iter().map(|r| r.message.as_str()).collect();
+            return Verdict::accepted(bound.join("; "));
+        }
+        let message = format!(
+            "Invalid targetRefs: {}",
+            unbound
+                .iter()
+                .map(|r| format!("{} ({})", r.ancestor, r.message))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if any_bound {
+            Verdict {
+                accepted: true,
+                reason: Reason::PartiallyInvalid,
+                message,
+            }
+        } else {
+            Verdict::refused(Reason::Invalid, message)
+        }
+    }
+}

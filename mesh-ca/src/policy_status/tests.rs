@@ -1,0 +1,356 @@
+//! The policy status controller against kube's mock API server: the
+//! condition it writes for a valid and an invalid object of each kind,
+//! a target that names nothing, what it keeps of other controllers, and
+//! when it writes nothing.
+use std::sync::{Arc, RwLock};
+
+use http::StatusCode;
+use kube::{Client, api::DynamicObject, runtime::controller::Action};
+use mesh_discovery::model::Labels;
+use serde_json::{Value, json};
+
+use super::{
+    kinds::PolicyKind,
+    reconcile::{CONFLICT_RETRY, Context, FIELD_MANAGER, reconcile_policy, retry},
+    targets::Targets,
+};
+use crate::api_mock::{self, Seen};
+
+const RATE_LIMIT: &str =
+    "/apis/mesh.io/v1alpha1/namespaces/shop/httplocalratelimitpolicies/p/status";
+const FAULT: &str = "/apis/mesh.io/v1alpha1/namespaces/shop/httpfaultinjections/p/status";
+const AUTHZ: &str = "/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies/p/status";
+const AUTHN: &str = "/apis/security.istio.io/v1/namespaces/shop/requestauthentications/p/status";
+const DR: &str = "/apis/networking.istio.io/v1/namespaces/shop/destinationrules/p/status";
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// shop/web (through waypoint shop/wp), shop/plain (no waypoint),
+/// Gateway shop/wp.
+fn targets() -> Targets {
+    let mut t = Targets::default();
+    t.set_service("shop", "web", &labels(&[("istio.io/use-waypoint", "wp")]));
+    t.set_service("shop", "plain", &labels(&[]));
+    t.set_gateway("shop", "wp");
+    t
+}
+
+fn context(client: Client, kind: PolicyKind) -> Arc<Context> {
+    Arc::new(Context {
+        client,
+        kind,
+        resource: kind.resource(),
+        targets: Arc::new(RwLock::new(targets())),
+    })
+}
+
+/// Object shop/p of `kind` with `spec` and `status`, as the API serves it.
+fn object(kind: PolicyKind, spec: Value, status: Value) -> Arc<DynamicObject> {
+    let r = kind.resource();
+    let mut o = json!({
+        "apiVersion": r.api_version, "kind": r.kind,
+        "metadata": {"name": "p", "namespace": "shop", "generation": 4,
+                     "resourceVersion": "42", "creationTimestamp": "2025-01-01T00:00:00Z"},
+        "spec": spec,
+    });
+    if !status.is_null() {
+        o["status"] = status;
+    }
+    Arc::new(serde_json::from_value(o).unwrap())
+}
+
+fn api(r: &Seen) -> (StatusCode, Value) {
+    assert_eq!(r.method, "PATCH", "{}", r.path);
+    (StatusCode::OK, r.body.clone())
+}
+
+async fn reconcile(kind: PolicyKind, o: Arc<DynamicObject>) -> Vec<Seen> {
+    let (client, seen) = api_mock::client(api);
+    let action = reconcile_policy(o, context(client, kind)).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    seen.lock().unwrap().clone()
+}
+
+/// The one write among `seen`: a merge patch of the status subresource,
+/// conditional on the version read; its conditions.
+fn the_write(seen: &[Seen], path: &str) -> Vec<Value> {
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    let (p, query) = seen[0].path.split_once('?').unwrap();
+    assert_eq!(p, path);
+    assert!(
+        query.contains(&format!("fieldManager={FIELD_MANAGER}")),
+        "{query}"
+    );
+    assert_eq!(seen[0].body["metadata"]["resourceVersion"], "42");
+    seen[0].body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The condition of `type_`: (status, reason, message).
+fn cond(conditions: &[Value], type_: &str) -> (String, String, String) {
+    let c = conditions
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {conditions:#?}"));
+    assert_eq!(c["observedGeneration"], 4, "{c}");
+    let t = c["lastTransitionTime"].as_str().unwrap();
+    assert!(t.len() == 20 && t.ends_with('Z'), "{t}");
+    (
+        c["status"].as_str().unwrap().into(),
+        c["reason"].as_str().unwrap().into(),
+        c["message"].as_str().unwrap().into(),
+    )
+}
+
+fn rate_limit(target: &str, rps: u32) -> Value {
+    json!({"targetRef": {"group": "", "kind": "Service", "name": target},
+           "total": {"requestsPerSecond": rps}})
+}
+
+#[tokio::test]
+async fn a_valid_rate_limit_is_accepted_and_bound_to_its_services_waypoint() {
+    let seen = reconcile(
+        PolicyKind::RateLimit,
+        object(PolicyKind::RateLimit, rate_limit("web", 10), Value::Null),
+    )
+    .await;
+    let c = the_write(&seen, RATE_LIMIT);
+    assert_eq!(c.len(), 1);
+    let (status, reason, message) = cond(&c, "Accepted");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Accepted"));
+    assert_eq!(message, "bound to shop/wp");
+}
+
+#[tokio::test]
+async fn an_invalid_rate_limit_is_refused_naming_the_field() {
+    let seen = reconcile(
+        PolicyKind::RateLimit,
+        object(PolicyKind::RateLimit, rate_limit("web", 0), Value::Null),
+    )
+    .await;
+    let (status, reason, message) = cond(&the_write(&seen, RATE_LIMIT), "Accepted");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Invalid"));
+    assert!(
+        message.starts_with("spec.total.requestsPerSecond: "),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_on_a_missing_service_is_target_not_found() {
+    let seen = reconcile(
+        PolicyKind::RateLimit,
+        object(PolicyKind::RateLimit, rate_limit("gone", 10), Value::Null),
+    )
+    .await;
+    let (status, reason, message) = cond(&the_write(&seen, RATE_LIMIT), "Accepted");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "TargetNotFound")
+    );
+    assert_eq!(message, "Service shop/gone was not found");
+}
+
+#[tokio::test]
+async fn an_unchanged_status_is_not_rewritten() {
+    let o = object(PolicyKind::RateLimit, rate_limit("web", 10), Value::Null);
+    let written = the_write(&reconcile(PolicyKind::RateLimit, o).await, RATE_LIMIT);
+    let again = object(
+        PolicyKind::RateLimit,
+        rate_limit("web", 10),
+        json!({"conditions": written}),
+    );
+    assert!(reconcile(PolicyKind::RateLimit, again).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_fault_that_does_not_check_is_refused_by_field() {
+    let bad = object(
+        PolicyKind::Fault,
+        json!({"abort": {"httpStatus": 99}}),
+        Value::Null,
+    );
+    let (status, reason, message) = cond(
+        &the_write(&reconcile(PolicyKind::Fault, bad).await, FAULT),
+        "Accepted",
+    );
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Invalid"));
+    assert!(message.starts_with("spec.abort.httpStatus"), "{message}");
+    let good = object(
+        PolicyKind::Fault,
+        json!({"abort": {"httpStatus": 503}}),
+        Value::Null,
+    );
+    let (status, ..) = cond(
+        &the_write(&reconcile(PolicyKind::Fault, good).await, FAULT),
+        "Accepted",
+    );
+    assert_eq!(status, "True");
+}
+
+fn authz(target_refs: Value) -> Value {
+    json!({"targetRefs": target_refs, "action": "ALLOW",
+           "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]})
+}
+
+#[tokio::test]
+async fn an_authorization_policy_keeps_other_conditions_and_reads_as_istios() {
+    let ztunnel = json!({"type": "ZtunnelAccepted", "status": "True", "reason": "Accepted",
+        "message": "attached to ztunnel", "lastTransitionTime": "2024-01-01T00:00:00Z"});
+    let o = object(
+        PolicyKind::Authorization,
+        authz(json!([{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "wp"}])),
+        json!({"conditions": [ztunnel]}),
+    );
+    let c = the_write(&reconcile(PolicyKind::Authorization, o).await, AUTHZ);
+    assert_eq!(c[0], ztunnel, "another controller's condition, as it was");
+    let (status, reason, message) = cond(&c, "WaypointAccepted");
+    assert_eq!(
+        (status.as_str(), reason.as_str(), message.as_str()),
+        ("True", "Accepted", "bound to shop/wp")
+    );
+}
+
+#[tokio::test]
+async fn authorization_policy_targets_resolve_as_istio_resolves_them() {
+    let one = |refs: Value| object(PolicyKind::Authorization, authz(refs), Value::Null);
+    let svc = |name: &str| json!({"group": "", "kind": "Service", "name": name});
+    let verdict = |seen: Vec<Seen>| cond(&the_write(&seen, AUTHZ), "WaypointAccepted");
+
+    let (s, r, m) = verdict(reconcile(PolicyKind::Authorization, one(json!([svc("gone")]))).await);
+    assert_eq!((s.as_str(), r.as_str()), ("False", "TargetNotFound"));
+    assert_eq!(m, "Service shop/gone was not found");
+
+    let (s, r, m) = verdict(reconcile(PolicyKind::Authorization, one(json!([svc("plain")]))).await);
+    assert_eq!((s.as_str(), r.as_str()), ("False", "AncestorNotBound"));
+    assert_eq!(m, "Service shop/plain is not bound to a waypoint");
+
+    let (s, r, m) = verdict(
+        reconcile(
+            PolicyKind::Authorization,
+            one(json!([svc("web"), svc("gone")])),
+        )
+        .await,
+    );
+    assert_eq!((s.as_str(), r.as_str()), ("True", "PartiallyInvalid"));
+    assert!(m.contains("Service.core:shop/gone"), "{m}");
+}
+
+#[tokio::test]
+async fn an_authorization_policy_that_does_not_compile_is_invalid_by_field() {
+    let mut spec = authz(json!([{"group": "", "kind": "Service", "name": "web"}]));
+    spec["rules"][0]["from"] = json!([{"source": {"ipBlocks": ["10.0.0.0/99"]}}]);
+    let o = object(PolicyKind::Authorization, spec, Value::Null);
+    let (s, r, m) = cond(
+        &the_write(&reconcile(PolicyKind::Authorization, o).await, AUTHZ),
+        "WaypointAccepted",
+    );
+    assert_eq!((s.as_str(), r.as_str()), ("False", "Invalid"));
+    assert!(m.contains("spec.rules[0].from[0].source.ipBlocks"), "{m}");
+}
+
+#[tokio::test]
+async fn a_selector_policy_gets_no_condition_of_ours_and_loses_a_stale_one() {
+    let spec = json!({"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW"});
+    let fresh = object(PolicyKind::Authorization, spec.clone(), Value::Null);
+    assert!(reconcile(PolicyKind::Authorization, fresh).await.is_empty());
+    let stale = json!({"type": "WaypointAccepted", "status": "True", "reason": "Accepted",
+        "message": "bound to shop/wp", "lastTransitionTime": "2024-01-01T00:00:00Z"});
+    let ztunnel = json!({"type": "ZtunnelAccepted", "status": "True", "reason": "Accepted",
+        "message": "attached to ztunnel", "lastTransitionTime": "2024-01-01T00:00:00Z"});
+    let was = object(
+        PolicyKind::Authorization,
+        spec,
+        json!({"conditions": [stale, ztunnel]}),
+    );
+    let c = the_write(&reconcile(PolicyKind::Authorization, was).await, AUTHZ);
+    assert_eq!(c, vec![ztunnel]);
+}
+
+#[tokio::test]
+async fn a_request_authentication_is_judged_by_field_and_target() {
+    let bad = object(
+        PolicyKind::RequestAuthentication,
+        json!({"targetRefs": [{"group": "", "kind": "Service", "name": "web"}],
+               "jwtRules": [{"issuer": ""}]}),
+        Value::Null,
+    );
+    let (s, r, m) = cond(
+        &the_write(
+            &reconcile(PolicyKind::RequestAuthentication, bad).await,
+            AUTHN,
+        ),
+        "WaypointAccepted",
+    );
+    assert_eq!((s.as_str(), r.as_str()), ("False", "Invalid"));
+    assert!(m.starts_with("spec.jwtRules[0].issuer: "), "{m}");
+    let missing = object(
+        PolicyKind::RequestAuthentication,
+        json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "nope"}]}),
+        Value::Null,
+    );
+    let (s, r, _) = cond(
+        &the_write(
+            &reconcile(PolicyKind::RequestAuthentication, missing).await,
+            AUTHN,
+        ),
+        "WaypointAccepted",
+    );
+    assert_eq!((s.as_str(), r.as_str()), ("False", "TargetNotFound"));
+}
+
+#[tokio::test]
+async fn a_destination_rule_is_judged_by_field_and_host() {
+    let bad = object(
+        PolicyKind::DestinationRule,
+        json!({"host": "web", "trafficPolicy": {"outlierDetection": {"interval": "forever"}}}),
+        Value::Null,
+    );
+    let (s, r, m) = cond(
+        &the_write(&reconcile(PolicyKind::DestinationRule, bad).await, DR),
+        "WaypointAccepted",
+    );
+    assert_eq!((s.as_str(), r.as_str()), ("False", "Invalid"));
+    assert!(
+        m.starts_with("spec.trafficPolicy.outlierDetection.interval"),
+        "{m}"
+    );
+    let missing = object(
+        PolicyKind::DestinationRule,
+        json!({"host": "gone"}),
+        Value::Null,
+    );
+    let (s, r, m) = cond(
+        &the_write(&reconcile(PolicyKind::DestinationRule, missing).await, DR),
+        "WaypointAccepted",
+    );
+    assert_eq!((s.as_str(), r.as_str()), ("False", "TargetNotFound"));
+    assert_eq!(m, "spec.host: Service shop/gone was not found");
+    let good = object(
+        PolicyKind::DestinationRule,
+        json!({"host": "plain"}),
+        Value::Null,
+    );
+    let (s, ..) = cond(
+        &the_write(&reconcile(PolicyKind::DestinationRule, good).await, DR),
+        "WaypointAccepted",
+    );
+    assert_eq!(s, "True");
+}
+
+#[tokio::test]
+async fn a_write_that_lost_a_race_is_retried_soon() {
+    let (client, _) = api_mock::client(|_| api_mock::conflict());
+    let ctx = context(client, PolicyKind::RateLimit);
+    let o = object(PolicyKind::RateLimit, rate_limit("web", 10), Value::Null);
+    let err = reconcile_policy(o.clone(), ctx.clone()).await.unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(retry(o, &err, ctx), Action::requeue(CONFLICT_RETRY));
+}
