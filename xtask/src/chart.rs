@@ -523,6 +523,7 @@ pub fn check() -> anyhow::Result<usize> {
     );
     checks += 4;
     checks += waypoint_checks()?;
+    checks += waypoint_config_checks(&dir)?;
     Ok(checks)
 }
 
@@ -918,6 +919,217 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         "chart: waypoint.enabled=false renders none of it; no Gateway API CRDs by default; a bad className is refused"
     );
     Ok(2)
+}
+
+/// Renders the chart with `values` (a values file's text) written to
+/// `dir`.
+fn render_values(dir: &Path, name: &str, values: &str) -> anyhow::Result<Vec<Value>> {
+    let file = dir.join(name);
+    std::fs::write(&file, values)?;
+    let file = file.display().to_string();
+    let text = helm_output(&[
+        "template",
+        "mesh",
+        "charts/mesh",
+        "--namespace",
+        "mesh-system",
+        "-f",
+        &file,
+    ])?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = Value::deserialize(doc)?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+/// The values of waypoint.extensionProviders and waypoint.jwks, with the
+/// CA bundle `ca_pem` and the first provider on `port`.
+fn waypoint_config_values(ca_pem: &str, port: u16) -> String {
+    let bundle: String = ca_pem.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "waypoint:\n  extensionProviders:\n    - name: ext-authz\n      envoyExtAuthzGrpc:\n        \
+         service: ext-authz.auth.svc.cluster.local\n        port: {port}\n        timeout: 0.5s\n    \
+         - name: opa\n      envoyExtAuthzGrpc:\n        service: opa.opa.svc.cluster.local\n        \
+         port: 9191\n        failOpen: true\n  jwks:\n    refresh: 5m\n    caBundle: |\n{bundle}"
+    )
+}
+
+/// waypoint.extensionProviders and waypoint.jwks: the chart writes them
+/// into mesh-waypoint-config, mounts it into the CA where its flags say,
+/// the CA's `--check-config` accepts what it renders, a change of the
+/// providers changes the CA's pod template (so the CA restarts and rolls
+/// the waypoints), lint stays clean, and none of it is rendered by
+/// default.
+fn waypoint_config_checks(dir: &Path) -> anyhow::Result<usize> {
+    let agent = workspace().join("target/debug/mesh-agent");
+    // A real certificate for the bundle: the CA's own root generator.
+    let (cert, key) = (dir.join("jwks-ca.pem"), dir.join("jwks-ca.key"));
+    for f in [&cert, &key] {
+        if f.exists() {
+            std::fs::remove_file(f)?;
+        }
+    }
+    let out = Command::new(&agent)
+        .args(["ca", "init", "--trust-domain", "issuer.example", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .context("run `cargo build` first")?;
+    ensure!(
+        out.status.success(),
+        "mesh-agent ca init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca_pem = std::fs::read_to_string(&cert)?;
+    let values = waypoint_config_values(&ca_pem, 9000);
+    let values_file = dir.join("waypoint-config-values.yaml");
+    std::fs::write(&values_file, &values)?;
+    helm_output(&[
+        "lint",
+        "--strict",
+        "charts/mesh",
+        "-f",
+        &values_file.display().to_string(),
+    ])
+    .context("helm lint (waypoint.extensionProviders and waypoint.jwks)")?;
+
+    let docs = render_values(dir, "waypoint-config-values.yaml", &values)?;
+    let config = &find(&docs, "ConfigMap", "mesh-waypoint-config")?["data"];
+    let wanted: Value = serde_yaml::from_str(&values)?;
+    let providers: Value = serde_yaml::from_str(
+        config["extension-providers.yaml"]
+            .as_str()
+            .context("mesh-waypoint-config has no extension-providers.yaml")?,
+    )?;
+    ensure!(
+        providers["extensionProviders"] == wanted["waypoint"]["extensionProviders"],
+        "mesh-waypoint-config's extension-providers.yaml is {providers:?}, the values say {:?}",
+        wanted["waypoint"]["extensionProviders"]
+    );
+    ensure!(
+        config["jwks-ca.pem"].as_str() == Some(ca_pem.as_str()),
+        "mesh-waypoint-config's jwks-ca.pem is not waypoint.jwks.caBundle: {:?}",
+        config["jwks-ca.pem"]
+    );
+
+    let pod = &find(&docs, "Deployment", "mesh-ca")?["spec"]["template"];
+    let ca = &pod["spec"]["containers"][0];
+    let args = strings(&ca["args"]);
+    let mount = named(&ca["volumeMounts"], "waypoint-config")
+        .and_then(|m| m["mountPath"].as_str())
+        .context("the CA does not mount waypoint-config")?
+        .to_owned();
+    ensure!(
+        named(&pod["spec"]["volumes"], "waypoint-config")
+            .is_some_and(|v| v["configMap"]["name"] == "mesh-waypoint-config"),
+        "the CA's waypoint-config volume is not the ConfigMap mesh-waypoint-config: {:?}",
+        pod["spec"]["volumes"]
+    );
+    let mut local_args = Vec::new();
+    let ca_config = find(&docs, "ConfigMap", "mesh-ca")?["data"]["ca.yaml"]
+        .as_str()
+        .context("ConfigMap mesh-ca has no ca.yaml")?;
+    let ca_file = dir.join("waypoint-config-ca.yaml");
+    std::fs::write(&ca_file, ca_config)?;
+    for (flag, key) in [
+        (
+            "--waypoint-extension-providers-file",
+            "extension-providers.yaml",
+        ),
+        ("--waypoint-jwks-ca-file", "jwks-ca.pem"),
+    ] {
+        let got = flag_value(&args, flag);
+        let want = format!("{mount}/{key}");
+        ensure!(
+            got.as_deref() == Some(want.as_str()),
+            "the CA's {flag} is {got:?}, the mounted file is {want}"
+        );
+    }
+    let refresh = flag_value(&args, "--waypoint-jwks-refresh");
+    ensure!(
+        refresh.as_deref() == Some("5m"),
+        "the CA's --waypoint-jwks-refresh is {refresh:?}, the values say 5m"
+    );
+    // The CA itself reads and checks what the chart rendered.
+    for a in &args {
+        local_args.push(if a == "/etc/mesh-ca/ca.yaml" {
+            ca_file.display().to_string()
+        } else if let Some(key) = a.strip_prefix(&format!("{mount}/")) {
+            let file = dir.join(format!("waypoint-config-{key}"));
+            std::fs::write(
+                &file,
+                config[key]
+                    .as_str()
+                    .with_context(|| format!("mesh-waypoint-config has no {key}"))?,
+            )?;
+            file.display().to_string()
+        } else {
+            a.replace("$(POD_NAME)", "mesh-ca-0")
+                .replace("$(POD_NAMESPACE)", "mesh-system")
+        });
+    }
+    let out = Command::new(&agent)
+        .args(&local_args)
+        .arg("--check-config")
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && said.contains("extension providers: ext-authz, opa"),
+        "`mesh-agent {}` --check-config on the chart's waypoint config: {said}{}",
+        local_args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let checksum = |pod: &Value| pod["metadata"]["annotations"]["checksum/waypoint-config"].clone();
+    ensure!(
+        checksum(pod).is_string(),
+        "the CA's pod template has no checksum/waypoint-config: a change would not restart it"
+    );
+    let changed = render_values(
+        dir,
+        "waypoint-config-values-changed.yaml",
+        &waypoint_config_values(&ca_pem, 9001),
+    )?;
+    let changed_pod = &find(&changed, "Deployment", "mesh-ca")?["spec"]["template"];
+    ensure!(
+        checksum(changed_pod) != checksum(pod),
+        "a changed extension provider leaves the CA's checksum/waypoint-config as it was"
+    );
+
+    let defaults = render(&[])?;
+    let ca_default = &find(&defaults, "Deployment", "mesh-ca")?["spec"]["template"];
+    let default_args = strings(&ca_default["spec"]["containers"][0]["args"]);
+    ensure!(
+        !defaults
+            .iter()
+            .any(|d| d["metadata"]["name"] == "mesh-waypoint-config")
+            && checksum(ca_default).is_null()
+            && !default_args
+                .iter()
+                .any(|a| a.starts_with("--waypoint-extension") || a.starts_with("--waypoint-jwks")),
+        "by default the chart renders no waypoint config: {default_args:?}"
+    );
+    let bad = helm_output(&[
+        "template",
+        "mesh",
+        "charts/mesh",
+        "--set",
+        "waypoint.extensionProviders[0].envoyExtAuthzGrpc.port=9000",
+    ]);
+    ensure!(
+        bad.as_ref()
+            .is_err_and(|e| e.to_string().contains("extensionProviders")),
+        "a provider without a name must fail naming extensionProviders: {bad:?}"
+    );
+    println!(
+        "chart: waypoint.extensionProviders and waypoint.jwks render mesh-waypoint-config, the CA mounts it where its flags say and accepts it, a change restarts the CA; none by default; a nameless provider is refused"
+    );
+    Ok(3)
 }
 
 /// Rewrites templates/crds.yaml from `mesh-agent crd` and
