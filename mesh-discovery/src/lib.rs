@@ -4,6 +4,7 @@
 #[cfg(test)]
 mod chart_template;
 pub mod convert;
+pub mod crd_status;
 pub mod destination_rule;
 pub mod file;
 pub mod kubernetes;

@@ -25,6 +25,8 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
     version = "v1alpha1",
     kind = "HTTPLocalRateLimitPolicy",
     root = "HTTPLocalRateLimitPolicyResource",
+    // Written by the CA's policy status controller: Accepted, or why not.
+    status = "crate::crd_status::PolicyStatus",
     namespaced,
     schema = "derived",
     // Uninstalling mesh must not delete every policy with its CRD.

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "HTTPFaultInjection",
     root = "HTTPFaultInjectionResource",
+    // Written by the CA's policy status controller: Accepted, or why not.
+    status = "crate::crd_status::PolicyStatus",
     namespaced,
     schema = "derived",
     // Uninstalling mesh must not delete every object with its CRD.
