@@ -313,12 +313,18 @@ impl Open {
             AbortStatus::Http(status) => return self.local(status, ResponseFlag::FaultInjected),
             AbortStatus::Grpc(code) => code,
         };
-        let code = code.to_string();
-        self.record.response_code = Some(StatusCode::OK);
-        self.record.grpc_status = GrpcStatus::from_header(code.as_bytes());
         self.record
             .response_flags
             .insert(ResponseFlag::FaultInjected);
+        self.grpc_local(u32::from(code), b"fault injected")
+    }
+
+    /// A gRPC call answered here as Envoy answers one: 200, trailers-only,
+    /// with `grpc-status` and the text as `grpc-message` (percent-encoded
+    /// as gRPC specifies); its record written.
+    fn grpc_local(mut self, code: u32, text: &[u8]) -> Response<ResponseBody> {
+        self.record.response_code = Some(StatusCode::OK);
+        self.record.grpc_status = GrpcStatus::new(code);
         self.finish();
         let mut response = Response::new(
             http_body_util::Empty::new()
@@ -330,10 +336,10 @@ impl Open {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        if let Ok(v) = HeaderValue::from_str(&code) {
-            headers.insert("grpc-status", v);
+        headers.insert("grpc-status", HeaderValue::from(code));
+        if let Ok(message) = HeaderValue::from_str(&crate::authz::grpc_message(text)) {
+            headers.insert("grpc-message", message);
         }
-        headers.insert("grpc-message", HeaderValue::from_static("fault%20injected"));
         response
     }
 
@@ -353,24 +359,7 @@ impl Open {
             });
         if self.record.protocol == mesh_telemetry::request::Protocol::Grpc {
             let code = crate::authz::grpc_status(denial.status);
-            self.record.response_code = Some(StatusCode::OK);
-            self.record.grpc_status = GrpcStatus::new(code);
-            self.finish();
-            let mut response = Response::new(
-                http_body_util::Empty::new()
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            );
-            let headers = response.headers_mut();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            headers.insert("grpc-status", HeaderValue::from(code));
-            if let Ok(message) = HeaderValue::from_str(&crate::authz::grpc_message(&denial.body)) {
-                headers.insert("grpc-message", message);
-            }
-            return response;
+            return self.grpc_local(code, &denial.body);
         }
         self.record.response_code = Some(denial.status);
         self.finish();
@@ -387,13 +376,18 @@ impl Open {
     }
 
     /// A request refused by RequestAuthentication: 401 with Envoy's text
-    /// and challenge, its record written.
+    /// and challenge, its record written. A gRPC call gets 200 with
+    /// UNAUTHENTICATED (16) and the text as `grpc-message`, as Envoy
+    /// answers it.
     fn unauthenticated(
         mut self,
         why: &authn::Rejection,
         authority: &str,
         uri: &Uri,
     ) -> Response<ResponseBody> {
+        if self.record.protocol == mesh_telemetry::request::Protocol::Grpc {
+            return self.grpc_local(16, why.to_string().as_bytes());
+        }
         self.record.response_code = Some(StatusCode::UNAUTHORIZED);
         self.finish();
         let mut response = Response::new(

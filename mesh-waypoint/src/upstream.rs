@@ -526,7 +526,7 @@ impl Upstream {
         if let Some((mut sender, used)) = self.checkout_h1(&key, settings) {
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    self.checkin_h1(key, sender, used + 1, settings);
+                    self.checkin_h1(key, sender, used.saturating_add(1), settings);
                     return Ok(response);
                 }
                 Err(mut e) => match e.take_message() {

@@ -238,6 +238,31 @@ async fn bad_tokens_get_401_and_are_not_forwarded_while_no_token_passes() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // A gRPC call (web's grpc-api port) is answered as Envoy answers one:
+    // 200, trailers-only, UNAUTHENTICATED with the text.
+    let io = bed.stream(bed.vip(81)).await;
+    let (mut h2, conn) = within(
+        "HTTP/2 handshake",
+        hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(io),
+        ),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let call = Request::post("http://web.shop.svc:81/shop.Cart/Add")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", bearer(&key.token(&expired)))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let r = within("a gRPC answer", h2.send_request(call))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["grpc-status"], "16", "{:?}", r.headers());
+    assert_eq!(r.headers()["grpc-message"], "Jwt is expired");
 }
 
 #[tokio::test]
