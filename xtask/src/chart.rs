@@ -741,6 +741,65 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         got == want_routes,
         "ClusterRole mesh-ca-routes: {got:#?}, the route status controller needs {want_routes:#?}"
     );
+    // The policy status controller (mesh-ca/src/policy_status): lists and
+    // watches the policy kinds and their targets, patches the policies'
+    // status only.
+    let want_policy_status = vec![
+        rule(
+            &["mesh.io"],
+            &["httplocalratelimitpolicies", "httpfaultinjections"],
+            &[],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &["mesh.io"],
+            &[
+                "httplocalratelimitpolicies/status",
+                "httpfaultinjections/status",
+            ],
+            &[],
+            &["patch"],
+        ),
+        rule(
+            &["security.istio.io"],
+            &["authorizationpolicies", "requestauthentications"],
+            &[],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &["security.istio.io"],
+            &[
+                "authorizationpolicies/status",
+                "requestauthentications/status",
+            ],
+            &[],
+            &["patch"],
+        ),
+        rule(
+            &["networking.istio.io"],
+            &["destinationrules"],
+            &[],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &["networking.istio.io"],
+            &["destinationrules/status"],
+            &[],
+            &["patch"],
+        ),
+        rule(
+            &[""],
+            &["services", "namespaces"],
+            &[],
+            &["get", "list", "watch"],
+        ),
+        rule(&g, &["gateways"], &[], &["get", "list", "watch"]),
+    ];
+    let got = rules("ClusterRole", "mesh-ca-policy-status")?;
+    ensure!(
+        got == want_policy_status,
+        "ClusterRole mesh-ca-policy-status: {got:#?}, the policy status controller needs {want_policy_status:#?}"
+    );
     let c = ["coordination.k8s.io"];
     let want_lease = vec![
         rule(
@@ -841,6 +900,7 @@ fn waypoint_checks() -> anyhow::Result<usize> {
     for (kind, name) in [
         ("ClusterRoleBinding", "mesh-ca-waypoints"),
         ("ClusterRoleBinding", "mesh-ca-routes"),
+        ("ClusterRoleBinding", "mesh-ca-policy-status"),
         ("RoleBinding", "mesh-ca-leader-election"),
     ] {
         let b = find(&docs, kind, name)?;
@@ -850,7 +910,7 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         );
     }
     println!(
-        "chart: waypoint.enabled renders the GatewayClass, the waypoint and route status controllers' RBAC, the waypoints' reader role and binding, and the CA's flags"
+        "chart: waypoint.enabled renders the GatewayClass, the waypoint, route status and policy status controllers' RBAC, the waypoints' reader role and binding, and the CA's flags"
     );
 
     // Another release's objects and flag follow its name, so two
@@ -884,6 +944,7 @@ fn waypoint_checks() -> anyhow::Result<usize> {
             d["kind"] == "GatewayClass"
                 || d["metadata"]["name"] == "mesh-ca-waypoints"
                 || d["metadata"]["name"] == "mesh-ca-routes"
+                || d["metadata"]["name"] == "mesh-ca-policy-status"
                 || d["metadata"]["name"] == READER
                 || d["metadata"]["name"] == "mesh-ca-leader-election"
         })
