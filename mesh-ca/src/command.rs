@@ -39,7 +39,10 @@ pub struct WaypointArgs {
     /// Run the waypoint controller: each Gateway of --waypoint-class gets
     /// a mesh-waypoint Deployment, Service and ServiceAccount, and its
     /// status; each HTTPRoute and GRPCRoute whose parent is a Service gets
-    /// its status for that Service (Accepted, ResolvedRefs). Needs
+    /// its status for that Service (Accepted, ResolvedRefs); each
+    /// HTTPLocalRateLimitPolicy, HTTPFaultInjection, AuthorizationPolicy
+    /// and RequestAuthentication with targetRefs, and DestinationRule gets
+    /// whether the waypoint can use it (Accepted, WaypointAccepted). Needs
     /// Kubernetes mode (CaConfig.kubernetes).
     #[arg(long)]
     pub waypoint_controller: bool,

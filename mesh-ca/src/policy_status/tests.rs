@@ -354,3 +354,35 @@ async fn a_write_that_lost_a_race_is_retried_soon() {
     assert!(err.is_conflict(), "{err}");
     assert_eq!(retry(o, &err, ctx), Action::requeue(CONFLICT_RETRY));
 }
+
+#[test]
+fn a_services_waypoint_is_its_own_label_over_its_namespaces() {
+    use super::targets::Target;
+    let svc = |name: &str| Target::Service {
+        namespace: "shop".into(),
+        name: name.into(),
+    };
+    let mut t = Targets::default();
+    assert!(t.set_namespace("shop", &labels(&[("istio.io/use-waypoint", "ns-wp")])));
+    assert!(!t.set_namespace("shop", &labels(&[("istio.io/use-waypoint", "ns-wp")])));
+    t.set_service("shop", "a", &labels(&[]));
+    t.set_service("shop", "b", &labels(&[("istio.io/use-waypoint", "none")]));
+    t.set_service(
+        "shop",
+        "c",
+        &labels(&[
+            ("istio.io/use-waypoint", "wp"),
+            ("istio.io/use-waypoint-namespace", "infra"),
+        ]),
+    );
+    assert_eq!(t.resolve(&svc("a")).message, "bound to shop/ns-wp");
+    assert_eq!(
+        t.resolve(&svc("b")).message,
+        "Service shop/b is not bound to a waypoint"
+    );
+    assert_eq!(t.resolve(&svc("c")).message, "bound to infra/wp");
+    // A re-list that drops a Service makes it missing.
+    assert!(t.replace_services(vec![("shop".into(), "a".into(), labels(&[]))]));
+    assert!(!t.resolve(&svc("c")).bound);
+    assert!(!t.replace_services(vec![("shop".into(), "a".into(), labels(&[]))]));
+}
