@@ -166,6 +166,17 @@ impl Datapath {
     /// attached, so a failed start leaves no half-attached datapath (maps
     /// may stay pinned; without programs they do nothing).
     pub fn open(agent: &AgentConfig, pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::open_beside(agent, pin_dir, false)
+    }
+
+    /// As `open`; `running`: another agent of this node still serves (a
+    /// hand-over, `crate::handover`), so the deliveries in
+    /// `MESH_DELIVERIES` are its own in flight, not stale, and stay.
+    pub fn open_beside(
+        agent: &AgentConfig,
+        pin_dir: &Path,
+        running: bool,
+    ) -> Result<Self, DatapathError> {
         let links_dir = pin_dir.join("links");
         for dir in [pin_dir, &links_dir, &pin_dir.join("pods")] {
             fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
@@ -289,7 +300,11 @@ impl Datapath {
             take_map(&mut ebpf, names::DELIVERIES)?;
         // A previous agent that stopped mid-delivery left its entries: each
         // would let a SYN with that 4-tuple past capture.
-        let stale: Vec<DeliveryKey> = deliveries.keys().filter_map(Result::ok).collect();
+        let stale: Vec<DeliveryKey> = if running {
+            Vec::new()
+        } else {
+            deliveries.keys().filter_map(Result::ok).collect()
+        };
         for key in &stale {
             remove_if_present(&mut deliveries, key, names::DELIVERIES)?;
         }

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     datapath::PodDatapath,
+    handover,
     netns::{Netns, SocketFactory},
     pod::{CurrentPod, PodContext},
     proxy,
@@ -104,6 +105,9 @@ pub struct PodRuntime {
     _cert: Option<CertLease>,
     /// The pod's delivery routing, taken back on drop.
     _source_ip: Option<PreservedSource>,
+    /// The listeners the accept tasks own, while they run: what a new
+    /// agent is offered at a hand-over (`crate::handover`).
+    listening: handover::Listening,
 }
 
 impl PodRuntime {
@@ -153,6 +157,9 @@ impl PodRuntime {
     /// `netns` is the pod's namespace when the caller holds it open already
     /// (found under /proc, or kept from an earlier enrollment); otherwise
     /// `spec.netns` is opened.
+    /// `inherited`: the pod's sockets taken over from the agent that ran
+    /// before (`crate::handover`), used instead of new ones when they are
+    /// in this netns, and served only once the hand-over opens its gate.
     pub fn enroll(
         spec: &LocalPod,
         netns: Option<Netns>,
@@ -160,6 +167,7 @@ impl PodRuntime {
         relay: proxy::RelayMode,
         source_ip: &source_ip::Settings,
         state: &Arc<ProxyState>,
+        inherited: Option<handover::Inherited>,
     ) -> Result<Self, PodError> {
         let key = spec.key();
         let datapath = &state.datapath;
@@ -215,14 +223,18 @@ impl PodRuntime {
             hbone_server,
         });
         let want_v6 = spec.ips.iter().any(IpAddr::is_ipv6);
-        let open = |port, local_only| {
-            listen_dual(&context.sockets, port, local_only, want_v6).map_err(|source| {
-                PodError::Listen {
+        let mut inherited = inherited.filter(|i| i.netns_cookie == context.netns_cookie);
+        let gate = inherited.as_ref().map(handover::Inherited::gate);
+        let mut open = |port, local_only| {
+            inherited
+                .as_mut()
+                .and_then(|i| i.take(port, want_v6))
+                .unwrap_or_else(|| listen_dual(&context.sockets, port, local_only, want_v6))
+                .map_err(|source| PodError::Listen {
                     pod: key.clone(),
                     port,
                     source,
-                }
-            })
+                })
         };
         let current = CurrentPod::new(context.clone());
         let runtime = PodRuntime {
@@ -232,6 +244,7 @@ impl PodRuntime {
             tasks: Vec::new(),
             _cert: lease,
             _source_ip: preserved,
+            listening: Vec::new(),
         };
         // Bound as narrowly as the datapath allows. 15001 receives only
         // connect()s that connect4/6 rewrote to loopback. 15006 receives
@@ -267,25 +280,28 @@ impl PodRuntime {
         }
 
         let mut runtime = runtime;
+        runtime.listening = [
+            handover::labelled(&outbound, OUTBOUND_PORT),
+            handover::labelled(&inbound, INBOUND_PORT),
+            handover::labelled(&hbone, HBONE_PORT),
+        ]
+        .concat();
         for l in outbound {
-            runtime.tasks.push(tokio::spawn(proxy::outbound::serve(
-                l,
-                current.clone(),
-                state.clone(),
+            runtime.tasks.push(tokio::spawn(handover::after_gate(
+                gate.clone(),
+                proxy::outbound::serve(l, current.clone(), state.clone()),
             )));
         }
         for l in inbound {
-            runtime.tasks.push(tokio::spawn(proxy::inbound::serve(
-                l,
-                current.clone(),
-                state.clone(),
+            runtime.tasks.push(tokio::spawn(handover::after_gate(
+                gate.clone(),
+                proxy::inbound::serve(l, current.clone(), state.clone()),
             )));
         }
         for l in hbone {
-            runtime.tasks.push(tokio::spawn(proxy::hbone_inbound::serve(
-                l,
-                current.clone(),
-                state.clone(),
+            runtime.tasks.push(tokio::spawn(handover::after_gate(
+                gate.clone(),
+                proxy::hbone_inbound::serve(l, current.clone(), state.clone()),
             )));
         }
         Ok(runtime)
@@ -295,8 +311,48 @@ impl PodRuntime {
 impl PodRuntime {
     /// Closes the pod's listeners; connections already accepted go on.
     pub fn stop_accepting(&mut self) {
+        self.listening.clear();
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+    }
+
+    /// As `stop_accepting`, and returns once no accept task of this agent
+    /// is left on the pod's listeners (so a new agent may start on them).
+    pub async fn stopped_accepting(&mut self) {
+        self.listening.clear();
+        let tasks: Vec<_> = self.tasks.drain(..).collect();
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Copies of the pod's listening sockets for a new agent; `None` once
+    /// it has stopped accepting.
+    pub fn offer(&self) -> Option<std::io::Result<handover::PodOffer>> {
+        if self.listening.is_empty() {
+            return None;
+        }
+        let context = self.context();
+        Some(
+            handover::duplicate(&self.listening).map(|sockets| handover::PodOffer {
+                uid: self.spec.uid.clone(),
+                key: context.key.clone(),
+                netns_cookie: context.netns_cookie,
+                sockets,
+            }),
+        )
+    }
+
+    /// The pod is served by another agent now (or again): the delivery
+    /// routing in its netns, which that agent relies on as well, is left
+    /// in place when this runtime is dropped.
+    pub fn leave_routing(&mut self) {
+        if let Some(preserved) = self._source_ip.take() {
+            std::mem::forget(preserved);
         }
     }
 }

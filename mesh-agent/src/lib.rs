@@ -7,6 +7,7 @@ pub mod cni;
 pub mod datapath;
 pub mod enrollment;
 pub mod flows;
+pub mod handover;
 pub mod health;
 pub mod local_pods;
 pub mod memory;

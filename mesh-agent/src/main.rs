@@ -46,6 +46,21 @@ enum Command {
         /// heavy bulk traffic.
         #[arg(long, default_value_t = 1)]
         worker_threads: usize,
+        /// Directory of the hand-over socket (`handover.sock`): a new
+        /// agent takes over the running one's pod listeners through it
+        /// instead of refusing and resetting connections (see README
+        /// "Upgrading"). Unset: no hand-over; a new agent starts afresh.
+        #[arg(long)]
+        handover_dir: Option<PathBuf>,
+        /// How long an agent that handed over serves its established
+        /// connections before resetting what remains and exiting.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        handover_drain: std::time::Duration,
+        /// How long a new agent may take to be ready once the running one
+        /// offered its listeners; past it, it exits and the running one
+        /// keeps serving.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        handover_ready_timeout: std::time::Duration,
     },
     /// Run the mesh's certificate authority (Istio-compatible gRPC), or
     /// create its root with `ca init`. The same as the `mesh-ca` binary.
@@ -160,7 +175,15 @@ fn run(command: Command, log: LogControl) -> anyhow::Result<()> {
             check_config,
             config_only,
             worker_threads,
+            handover_dir,
+            handover_drain,
+            handover_ready_timeout,
         } => {
+            let handover = handover_dir.map(|dir| mesh_agent::handover::Settings {
+                dir,
+                drain: handover_drain,
+                ready_timeout: handover_ready_timeout,
+            });
             if check_config && config_only {
                 let cfg = NodeConfig::load(&config, node_name.as_deref())?;
                 println!(
@@ -204,7 +227,8 @@ fn run(command: Command, log: LogControl) -> anyhow::Result<()> {
                     .build()?
             };
             runtime.block_on(async {
-                let node = node::Node::start(&config, node_name.as_deref(), log).await?;
+                let node =
+                    node::Node::start_with(&config, node_name.as_deref(), log, handover).await?;
                 node.run().await
             })
         }

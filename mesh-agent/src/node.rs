@@ -24,6 +24,7 @@ use crate::{
     datapath::Datapath,
     enrollment::PodRuntime,
     flows,
+    handover::{self, Predecessor},
     health::NodeHealth,
     netns::Netns,
     netns_finder, preflight,
@@ -93,7 +94,16 @@ pub struct Node {
     /// retried on a timer, reported in `mesh status` and the log.
     pending: BTreeMap<String, String>,
     health: Arc<NodeHealth>,
-    endpoints: Option<(Listeners, LogControl)>,
+    /// The admin, status and metrics listeners (bound at start, or, when
+    /// taking over, once the running agent has closed its own).
+    endpoints: Option<(Option<Listeners>, LogControl)>,
+    /// `--handover-dir`: this agent hands over to a successor, and asked
+    /// a running agent at start.
+    handover: Option<handover::Settings>,
+    /// The running agent this one takes over from, until it has.
+    predecessor: Option<Predecessor>,
+    /// Serves successors once this agent is the node's.
+    successors: Option<handover::Server>,
     /// CNI: what pods' sandboxes announced, and their requests (crate::cni).
     cni: crate::cni::NodeCni,
 }
@@ -208,10 +218,29 @@ impl Node {
         node_name: Option<&str>,
         log: LogControl,
     ) -> anyhow::Result<Self> {
+        Self::start_with(config_path, node_name, log, None).await
+    }
+
+    /// As `start`; with `handover`, first takes over from the agent
+    /// running on this node, if one answers (see `crate::handover`).
+    pub async fn start_with(
+        config_path: &Path,
+        node_name: Option<&str>,
+        log: LogControl,
+        handover: Option<handover::Settings>,
+    ) -> anyhow::Result<Self> {
         let text = mesh_discovery::file::read(config_path)?;
         let config = NodeConfig::parse(config_path, &text, node_name)?;
         check(&config)?;
-        let listeners = Listeners::bind(&config.agent.telemetry).await?;
+        let predecessor = match &handover {
+            Some(settings) => Predecessor::ask(settings).await?,
+            None => None,
+        };
+        // The running agent holds them until it stops accepting.
+        let listeners = match predecessor {
+            None => Some(Listeners::bind(&config.agent.telemetry).await?),
+            Some(_) => None,
+        };
         let (discovery, publisher, views) = match config.agent.discovery {
             DiscoveryMode::Local => {
                 let first = Published {
@@ -245,7 +274,7 @@ impl Node {
         };
         let pin_dir = config.pin_dir();
         let datapath = Arc::new(
-            Datapath::open(&config.agent, &pin_dir)
+            Datapath::open_beside(&config.agent, &pin_dir, predecessor.is_some())
                 .with_context(|| format!("datapath for node {}", config.agent.node_name))?,
         );
         info!(
@@ -291,9 +320,17 @@ impl Node {
             pending: BTreeMap::new(),
             health,
             endpoints: Some((listeners, log)),
+            successors: match (&handover, &predecessor) {
+                (Some(settings), None) => Some(handover::Server::start(settings, false)?),
+                _ => None,
+            },
+            handover,
+            predecessor,
         };
         node.reconcile();
-        if node.views.borrow().synced {
+        // Pods the running agent serves that this one has not enrolled
+        // (yet) keep their datapath entries until it has taken over.
+        if node.views.borrow().synced && node.predecessor.is_none() {
             node.sweep_stale()?;
         }
         Ok(node)
@@ -437,6 +474,16 @@ impl Node {
                 continue;
             }
             let netns = handles.remove(&uid);
+            let inherited = match (&mut self.predecessor, &netns) {
+                (Some(p), Some(n)) => crate::netns::SocketFactory::new(n)
+                    .ok()
+                    .and_then(|f| p.take(&uid, f.cookie())),
+                (Some(p), None) => Netns::open(&spec.netns)
+                    .ok()
+                    .and_then(|n| crate::netns::SocketFactory::new(&n).ok())
+                    .and_then(|f| p.take(&uid, f.cookie())),
+                (None, _) => None,
+            };
             match PodRuntime::enroll(
                 &spec,
                 netns,
@@ -444,6 +491,7 @@ impl Node {
                 relay,
                 &source_ip,
                 &self.state,
+                inherited,
             ) {
                 Ok(rt) => {
                     info!(pod = %spec.key(), netns = %spec.netns.display(), netns_cookie = rt.context().netns_cookie, "pod enrolled");
@@ -515,6 +563,7 @@ impl Node {
                 Ok(Ok(())) => {
                     self.reconcile();
                     if self.views.borrow().synced
+                        && self.predecessor.is_none()
                         && let Err(e) = self.sweep_stale()
                     {
                         error!(
@@ -548,8 +597,10 @@ impl Node {
                 "flow events"
             });
         }
-        if let Some((listeners, log)) = self.endpoints.take() {
-            listeners.spawn(self.health.clone(), log, &mut tasks);
+        match self.endpoints.take() {
+            Some((Some(listeners), log)) => listeners.spawn(self.health.clone(), log, &mut tasks),
+            // Taking over: bound once the running agent has closed them.
+            waiting => self.endpoints = waiting,
         }
         {
             let telemetry = self.state.telemetry.clone();
@@ -626,6 +677,13 @@ impl Node {
             Err(e) => warn!(error = %e, "startup code left mapped"),
         }
         let mut ready = self.ready_if_policies_synced();
+        if self.predecessor.is_some() {
+            tokio::select! {
+                taken = self.take_over(&mut ready, &mut tasks) => taken?,
+                _ = term.recv() => return self.drain().await,
+                _ = int.recv() => return self.drain().await,
+            }
+        }
         let mut retry = tokio::time::interval(RETRY_PENDING);
         let mut not_ready_log = tokio::time::interval(NOT_READY_LOG);
         not_ready_log.reset();
@@ -649,6 +707,17 @@ impl Node {
                 }
                 _ = retry.tick(), if !self.pending.is_empty() => self.reconcile(),
                 request = self.cni.next() => self.on_cni(request)?,
+                request = next_successor(&mut self.successors) => match request {
+                    handover::Request::Offer(answer) => {
+                        let _ = answer.send(self.offer());
+                    }
+                    handover::Request::Stop(answer) => {
+                        self.hand_over(&mut tasks).await;
+                        let _ = answer.send(());
+                        let grace = self.handover.as_ref().map_or(self.agent.limits.drain_grace, |h| h.drain);
+                        return self.drain_for(grace).await;
+                    }
+                },
                 Some(done) = tasks.join_next() => return Err(task_ended(done)),
             }
         }
@@ -680,7 +749,17 @@ impl Node {
     /// Readiness off at once; listeners closed; HBONE peers told GOAWAY;
     /// open connections given `drainGrace` to finish; the rest reset, so
     /// their peers see a failure and not a clean end of stream.
-    async fn drain(mut self) -> anyhow::Result<()> {
+    async fn drain(self) -> anyhow::Result<()> {
+        let grace = self.agent.limits.drain_grace;
+        self.drain_for(grace).await
+    }
+
+    async fn drain_for(mut self, grace: Duration) -> anyhow::Result<()> {
+        if self.predecessor.is_some() {
+            // Stopped before taking over: the running agent keeps serving.
+            self.abandon();
+            return Ok(());
+        }
         self.state.telemetry.set_not_ready();
         for pod in self.pods.values_mut() {
             pod.stop_accepting();
@@ -689,7 +768,6 @@ impl Node {
         if let Some(mtls) = &self.state.mtls {
             mtls.client.pool.close_idle();
         }
-        let grace = self.agent.limits.drain_grace;
         let open = self.state.admission.held();
         info!(node = %self.agent.node_name, open, grace_s = grace.as_secs_f32(), "agent draining: not ready, listeners closed");
         let deadline = tokio::time::Instant::now() + grace;
@@ -733,6 +811,132 @@ impl Node {
         let pending = request.key().and_then(|key| self.pending.get(key));
         request.answer(enrolled.map(|rt| &rt.spec), pending);
         Ok(())
+    }
+}
+
+// Hand-over (crate::handover): taking over from a running agent, and
+// handing over to a successor.
+impl Node {
+    /// Waits until this agent is ready and holds every pod the running
+    /// agent offered that the view still wants, then has it stop accepting
+    /// and starts on its sockets. Not ready within the hand-over's ready
+    /// timeout: gives up, and the running agent keeps serving.
+    async fn take_over(
+        &mut self,
+        ready: &mut bool,
+        tasks: &mut tokio::task::JoinSet<&'static str>,
+    ) -> anyhow::Result<()> {
+        let Some(settings) = self.handover.clone() else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + settings.ready_timeout;
+        let mut retry = tokio::time::interval(RETRY_PENDING);
+        loop {
+            let missing = self.offered_not_held();
+            if *ready && missing.is_empty() {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    self.abandon();
+                    anyhow::bail!(
+                        "not ready to take over within --handover-ready-timeout {:?} (ready: {ready}; the running agent's pods not enrolled here: {}); exiting, the running agent keeps serving",
+                        settings.ready_timeout,
+                        if missing.is_empty() { "none".to_owned() } else { missing.join(", ") }
+                    );
+                }
+                changed = self.views.changed() => {
+                    if changed.is_err() {
+                        self.abandon();
+                        anyhow::bail!("discovery stopped publishing before the hand-over; exiting, the running agent keeps serving");
+                    }
+                    self.reconcile();
+                    if !*ready {
+                        *ready = self.ready_if_policies_synced();
+                    }
+                }
+                _ = retry.tick(), if !self.pending.is_empty() => self.reconcile(),
+                Some(done) = tasks.join_next() => {
+                    self.abandon();
+                    return Err(task_ended(done));
+                }
+            }
+        }
+        let Some(predecessor) = self.predecessor.take() else {
+            return Ok(());
+        };
+        if let Err(e) = predecessor.commit().await {
+            self.abandon();
+            return Err(e.into());
+        }
+        // The running agent closed its endpoints before it answered.
+        if let Some((_, log)) = self.endpoints.take() {
+            let listeners = Listeners::bind(&self.agent.telemetry).await?;
+            listeners.spawn(self.health.clone(), log, tasks);
+        }
+        self.successors = Some(handover::Server::start(&settings, true)?);
+        if self.views.borrow().synced {
+            self.sweep_stale()?;
+        }
+        info!(node = %self.agent.node_name, enrolled = self.pods.len(), "agent took over from the running agent");
+        Ok(())
+    }
+
+    /// Pods the running agent offered whose enrollment here is pending.
+    fn offered_not_held(&self) -> Vec<String> {
+        let Some(p) = &self.predecessor else {
+            return Vec::new();
+        };
+        p.not_adopted()
+            .filter(|key| self.pending.contains_key(*key))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Leaves the node to the running agent: its pods' delivery routing
+    /// stays when this agent's runtimes are dropped, and the sockets it
+    /// was given close with the conversation.
+    fn abandon(&mut self) {
+        for rt in self.pods.values_mut() {
+            rt.leave_routing();
+        }
+        self.predecessor = None;
+    }
+
+    /// Copies of every enrolled pod's listening sockets.
+    fn offer(&self) -> Vec<handover::PodOffer> {
+        self.pods
+            .values()
+            .filter_map(|rt| match rt.offer()? {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    warn!(pod = %rt.spec.key(), error = %e, "cannot copy the pod's listeners for a new agent; it enrolls the pod itself once this agent has stopped");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// A successor is ready: stop accepting on every pod (returning once
+    /// no accept task is left), and stop what only a serving agent does
+    /// (endpoints, discovery, flow records), so the successor can bind the
+    /// endpoints. Established connections go on and are drained.
+    async fn hand_over(&mut self, tasks: &mut tokio::task::JoinSet<&'static str>) {
+        self.state.telemetry.set_not_ready();
+        for rt in self.pods.values_mut() {
+            rt.stopped_accepting().await;
+            rt.leave_routing();
+        }
+        tasks.shutdown().await;
+        info!(node = %self.agent.node_name, pods = self.pods.len(), "handed over: a new agent accepts on this node's pods; draining what this one holds");
+    }
+}
+
+/// The next request of a successor, if this agent serves the socket.
+async fn next_successor(server: &mut Option<handover::Server>) -> handover::Request {
+    match server {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 

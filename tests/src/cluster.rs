@@ -55,6 +55,9 @@ pub struct ClusterSpec {
     pub agent: AgentConfig,
     /// Waypoints: a Gateway each, and a pod running `mesh-waypoint`.
     pub waypoints: Vec<WaypointSpec>,
+    /// Agents run with `--handover-dir` (a directory per node) and this
+    /// `--handover-drain` (see `crate::handover`).
+    pub handover_drain: Option<Duration>,
 }
 
 impl ClusterSpec {
@@ -82,6 +85,7 @@ impl ClusterSpec {
             probes: Vec::new(),
             agent: AgentConfig::new(""),
             waypoints: Vec::new(),
+            handover_drain: None,
         }
     }
 
@@ -241,7 +245,7 @@ pub struct Node {
 }
 
 impl Node {
-    fn agent_place(&self) -> Place {
+    pub(crate) fn agent_place(&self) -> Place {
         Place {
             netns: PathBuf::from("/run/netns").join(&self.netns),
             cgroup: self.cgroup.join("agent"),
@@ -314,7 +318,8 @@ pub struct Cluster {
     agent: AgentConfig,
     ca_netns: Option<String>,
     ca: Option<Proc>,
-    agents: Vec<Option<Proc>>,
+    pub(crate) agents: Vec<Option<Proc>>,
+    pub(crate) handover_drain: Option<Duration>,
     pub(crate) waypoints: Vec<Waypoint>,
     pub(crate) res: Resources,
     keep: bool,
@@ -352,6 +357,7 @@ impl Cluster {
             ca_netns: None,
             ca: None,
             agents: Vec::new(),
+            handover_drain: spec.handover_drain,
             waypoints: spec.waypoints.iter().cloned().map(Waypoint::new).collect(),
             res: Resources {
                 cgroup_base: Some(cg_root.join(format!("mesh-tb-{id}"))),
@@ -892,6 +898,7 @@ impl Cluster {
         let node = self.nodes[n].clone();
         let mut cmd = node.agent_place().command(&self.bins.agent)?;
         cmd.args(["node", "--config"]).arg(&node.config);
+        cmd.args(self.handover_args(n));
         cmd.env(
             "MESH_LOG",
             std::env::var("MESH_LOG").unwrap_or_else(|_| "info".into()),

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod echo;
 pub mod fixtures;
+pub mod handover;
 pub mod harness;
 pub mod http;
 pub mod proc;

@@ -1,0 +1,90 @@
+//! Agents that hand over to a successor on their node (`mesh-agent node
+//! --handover-dir`): a second agent started beside the running one.
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context;
+
+use crate::{Cluster, ClusterSpec, Proc};
+
+/// How long a successor may take to say it took over.
+const TAKE_OVER: Duration = Duration::from_secs(60);
+
+impl ClusterSpec {
+    /// Agents run with a hand-over directory per node and `drain` as their
+    /// hand-over drain deadline.
+    pub fn handover(mut self, drain: Duration) -> Self {
+        self.handover_drain = Some(drain);
+        self
+    }
+}
+
+impl Cluster {
+    /// Node n's hand-over directory.
+    pub fn handover_dir(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("handover-{}", self.nodes[n].name))
+    }
+
+    /// The agent's hand-over flags, when the bed was built with them.
+    pub(crate) fn handover_args(&self, n: usize) -> Vec<OsString> {
+        let Some(drain) = self.handover_drain else {
+            return Vec::new();
+        };
+        vec![
+            "--handover-dir".into(),
+            self.handover_dir(n).into(),
+            "--handover-drain".into(),
+            humantime::format_duration(drain).to_string().into(),
+        ]
+    }
+
+    /// Starts another agent on node n beside the running one, reading
+    /// `config` (default: the node's), with `args` after the usual ones (a
+    /// later flag wins), without waiting for it. It is not node n's agent
+    /// until `adopt_successor`.
+    pub fn spawn_successor(
+        &mut self,
+        n: usize,
+        config: Option<&Path>,
+        args: &[&str],
+    ) -> anyhow::Result<Proc> {
+        let node = self.nodes[n].clone();
+        let mut cmd = node.agent_place().command(&self.bins.agent)?;
+        cmd.args(["node", "--config"])
+            .arg(config.unwrap_or(&node.config));
+        cmd.args(self.handover_args(n));
+        cmd.args(args);
+        cmd.env(
+            "MESH_LOG",
+            std::env::var("MESH_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let log = node
+            .log
+            .with_extension(format!("successor-{}.log", self.res.agent_pids.len()));
+        let proc = Proc::spawn(&format!("successor on {}", node.name), cmd, Some(&log))?;
+        self.res.agent_pids.push(proc.pid());
+        Ok(proc)
+    }
+
+    /// Starts a successor on node n and waits until it has taken over;
+    /// it is node n's agent from then on. Returns the agent it replaced,
+    /// which drains and exits on its own.
+    pub fn hand_over(&mut self, n: usize) -> anyhow::Result<Proc> {
+        let mut new = self.spawn_successor(n, None, &[])?;
+        new.wait_json("took over", TAKE_OVER, |v| {
+            v["message"] == "agent took over from the running agent"
+        })?;
+        self.adopt_successor(n, new)
+    }
+
+    /// Makes `new` node n's agent; returns the one it replaces.
+    pub fn adopt_successor(&mut self, n: usize, new: Proc) -> anyhow::Result<Proc> {
+        self.agents
+            .get_mut(n)
+            .and_then(|slot| slot.replace(new))
+            .context("node has no running agent to replace")
+    }
+}

@@ -1,0 +1,329 @@
+//! A new agent taking over from the running one on its node
+//! (`--handover-dir`): under load nothing is refused or reset; a drain
+//! deadline resets only what outlives it; a crashed agent is replaced as
+//! on a first start; a new agent that is never ready leaves the running
+//! one serving; two new agents take over one after the other.
+use std::{
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use mesh_testbed::{Cluster, ClusterSpec, Proc};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+/// Node 1, where the hand-overs happen, runs the servers.
+const DEST: usize = 1;
+
+fn reached(v: &Value, server: &str) -> bool {
+    v["server"] == server && v["echoed"] == true
+}
+
+fn ident(c: &Cluster, from: &str, to: &str) -> Value {
+    c.client(from, &["ident", "--to", to, "--timeout-s", "5"], T)
+        .unwrap_or_else(|e| serde_json::json!({"error": format!("{e:#}")}))
+}
+
+/// New connections at a steady rate: `count` idents from `pod`, one every
+/// `every`, each a fresh connection (and a fresh process), one JSON line
+/// each.
+fn steady_idents(c: &Cluster, pod: &str, to: &str, count: u32, every: Duration) -> Proc {
+    let script = format!(
+        "i=0; while [ $i -lt {count} ]; do \"$0\" ident --to {to} --timeout-s 5; i=$((i+1)); sleep {}; done",
+        every.as_secs_f32()
+    );
+    let mut cmd = c.pod_command(pod, "/bin/sh").unwrap();
+    cmd.arg("-c").arg(script).arg(&c.bins.meshtb);
+    Proc::spawn(&format!("idents from {pod}"), cmd, None).unwrap()
+}
+
+/// Every ident line of a finished `steady_idents`, checked: each reached
+/// `server` and echoed.
+fn all_reached(mut p: Proc, server: &str, count: u32) {
+    p.wait_exit(Duration::from_secs(90)).unwrap();
+    let lines = p.json_lines();
+    let failed: Vec<&Value> = lines.iter().filter(|v| !reached(v, server)).collect();
+    assert!(failed.is_empty(), "connections that failed: {failed:?}");
+    assert_eq!(lines.len(), count as usize, "{lines:?}");
+}
+
+/// `hold` clients: one connection each, a line every 100 ms, each line
+/// checked as it comes back.
+fn holds(c: &Cluster, pod: &str, to: &str, n: usize, seconds: u64) -> Vec<Proc> {
+    (0..n)
+        .map(|_| {
+            c.spawn_client(
+                pod,
+                &[
+                    "hold",
+                    "--to",
+                    to,
+                    "--seconds",
+                    &seconds.to_string(),
+                    "--interval-ms",
+                    "100",
+                ],
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn held_to_the_end(ps: Vec<Proc>) {
+    for mut p in ps {
+        p.wait_exit(T).unwrap();
+        let done = p.json_lines().pop().unwrap();
+        assert_eq!(done["ok"], true, "a long-lived stream broke: {done}");
+        assert!(done["rounds"].as_u64().unwrap() > 10, "{done}");
+    }
+}
+
+/// `bulk` clients: `bytes` each way, checksummed on both ends.
+fn bulks(c: &Cluster, pod: &str, to: &str, n: usize, bytes: u64) -> Vec<Proc> {
+    (0..n)
+        .map(|_| {
+            c.spawn_client(pod, &["bulk", "--to", to, "--bytes", &bytes.to_string()])
+                .unwrap()
+        })
+        .collect()
+}
+
+fn checksums_match(ps: Vec<Proc>, bytes: u64) {
+    for mut p in ps {
+        p.wait_exit(Duration::from_secs(90)).unwrap();
+        let v = p.json_lines().pop().unwrap();
+        assert!(v.get("error").is_none_or(Value::is_null), "{v}");
+        assert_eq!(v["sent"], bytes, "{v}");
+        assert_eq!(v["received"], bytes, "{v}");
+        assert_eq!(v["sent_fnv"], v["received_fnv"], "{v}");
+    }
+}
+
+fn log_has(p: &Proc, message: &str) -> bool {
+    p.json_lines().iter().any(|l| l["message"] == message)
+}
+
+#[test]
+fn a_new_agent_takes_over_under_load_refusing_and_resetting_nothing() {
+    mesh_testbed::require_root!();
+    // Node 1 runs the server `b` and a same-node client `c`; `a` on node 0
+    // reaches `b` over HBONE (mTLS).
+    let spec = ClusterSpec::new(&[&["a"], &["b", "c"]]).handover(Duration::from_secs(60));
+    let mut c = Cluster::start(spec).unwrap();
+    let _echo = c.serve("b", "8080", "echo").unwrap();
+    let _ident = c.serve("b", "8081", "ident").unwrap();
+    let b = c.pod("b").ip;
+    let (echo, idents) = (format!("{b}:8080"), format!("{b}:8081"));
+
+    let count = 60;
+    let every = Duration::from_millis(100);
+    let new_cross = steady_idents(&c, "a", &idents, count, every);
+    let new_same = steady_idents(&c, "c", &idents, count, every);
+    let long_cross = holds(&c, "a", &echo, 10, 8);
+    let long_same = holds(&c, "c", &echo, 10, 8);
+    let bytes = 64 << 20;
+    let bulk_cross = bulks(&c, "a", &echo, 2, bytes);
+    let bulk_same = bulks(&c, "c", &echo, 2, bytes);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let old_pid = c.agent_pids()[DEST];
+    let mut old = c.hand_over(DEST).unwrap();
+    assert!(
+        log_has(&old, "handed over to the new agent"),
+        "{:?}",
+        old.output()
+    );
+    assert_ne!(c.agent_pids()[DEST], old_pid);
+
+    all_reached(new_cross, "b", count);
+    all_reached(new_same, "b", count);
+    held_to_the_end(long_cross);
+    held_to_the_end(long_same);
+    checksums_match(bulk_cross, bytes);
+    checksums_match(bulk_same, bytes);
+
+    // Its connections gone, the old agent exits long before its deadline.
+    let status = old.wait_exit(Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "old agent: {status}");
+    let out = old.output().join("\n");
+    assert!(!out.contains("drain grace over"), "{out}");
+
+    // The new agent is the node's: it serves, and its endpoints answer.
+    assert!(reached(&ident(&c, "a", &idents), "b"));
+    assert!(reached(&ident(&c, "c", &idents), "b"));
+    let status = SocketAddr::new(c.nodes[DEST].ip.into(), 15021);
+    assert_eq!(c.node_get(DEST, status, "/healthz/ready").unwrap().0, 200);
+}
+
+#[test]
+fn past_the_hand_over_drain_deadline_only_the_older_connections_are_reset() {
+    mesh_testbed::require_root!();
+    let spec = ClusterSpec::new(&[&["a"], &["b"]]).handover(Duration::from_secs(2));
+    let mut c = Cluster::start(spec).unwrap();
+    let _echo = c.serve("b", "8080", "echo").unwrap();
+    let to = format!("{}:8080", c.pod("b").ip);
+    let within = holds(&c, "a", &to, 1, 2);
+    let past = holds(&c, "a", &to, 1, 15);
+    std::thread::sleep(Duration::from_millis(700));
+
+    let mut old = c.hand_over(DEST).unwrap();
+    let handed = Instant::now();
+    // Opened after the hand-over: on the new agent, untouched by the old
+    // one's deadline.
+    let after = holds(&c, "a", &to, 1, 5);
+    let status = old.wait_exit(Duration::from_secs(10)).unwrap();
+    let took = handed.elapsed();
+    assert!(status.success(), "old agent: {status}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "the old agent stops at its 2 s deadline: {took:?}"
+    );
+    assert!(old.output().join("\n").contains("drain grace over"));
+
+    held_to_the_end(within);
+    held_to_the_end(after);
+    for mut p in past {
+        p.wait_exit(T).unwrap();
+        let cut = p.json_lines().pop().unwrap();
+        let error = cut["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("reset"),
+            "a connection past the deadline is reset, not ended: {cut}"
+        );
+    }
+}
+
+#[test]
+fn with_the_running_agent_crashed_a_new_agent_starts_as_a_first_one() {
+    mesh_testbed::require_root!();
+    let spec = ClusterSpec::new(&[&["a"], &["b"]]).handover(Duration::from_secs(60));
+    let mut c = Cluster::start(spec).unwrap();
+    let _ident = c.serve("b", "8081", "ident").unwrap();
+    let to = format!("{}:8081", c.pod("b").ip);
+    assert!(reached(&ident(&c, "a", &to), "b"));
+    c.kill_agent(DEST);
+    // Its socket file is left; nobody answers it.
+    assert!(c.handover_dir(DEST).join("handover.sock").exists());
+
+    c.start_agent(DEST).unwrap();
+    assert!(
+        c.agent_log(DEST)
+            .iter()
+            .any(|l| l["message"]
+                == "no running agent answers the hand-over socket; starting afresh"),
+        "{:?}",
+        c.agents_raw_output(DEST)
+    );
+    assert!(reached(&ident(&c, "a", &to), "b"));
+    // And it serves the socket for the next one.
+    let old = c.hand_over(DEST).unwrap();
+    drop(old);
+    assert!(reached(&ident(&c, "a", &to), "b"));
+}
+
+#[test]
+fn a_new_agent_never_ready_exits_and_the_running_one_keeps_serving() {
+    mesh_testbed::require_root!();
+    let spec = ClusterSpec::new(&[&["a"], &["b", "c"]]).handover(Duration::from_secs(60));
+    let mut c = Cluster::start(spec).unwrap();
+    let _ident = c.serve("b", "8081", "ident").unwrap();
+    let to = format!("{}:8081", c.pod("b").ip);
+    // The new agent's config puts `b` in `c`'s netns: it cannot enroll
+    // `b`, which the running agent serves, so it never takes over.
+    let (b_ns, c_ns) = (c.pod("b").netns.clone(), c.pod("c").netns.clone());
+    let text = c.config_text(DEST);
+    assert!(text.contains(&format!("/run/netns/{b_ns}")));
+    let wrong = text.replace(&format!("/run/netns/{b_ns}"), &format!("/run/netns/{c_ns}"));
+    let config = c.dir.join("wrong-netns.yaml");
+    std::fs::write(&config, wrong).unwrap();
+
+    let load = steady_idents(&c, "a", &to, 40, Duration::from_millis(100));
+    let load_same = steady_idents(&c, "c", &to, 40, Duration::from_millis(100));
+    let mut new = c
+        .spawn_successor(
+            DEST,
+            Some(Path::new(&config)),
+            &["--handover-ready-timeout", "2s"],
+        )
+        .unwrap();
+    let status = new.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(!status.success(), "the new agent must fail: {status}");
+    let out = new.output().join("\n");
+    assert!(
+        out.contains("not ready to take over within") && out.contains("default/b"),
+        "{out}"
+    );
+    // The running agent never stopped: every connection during and after.
+    all_reached(load, "b", 40);
+    all_reached(load_same, "b", 40);
+    assert!(reached(&ident(&c, "a", &to), "b"));
+    assert!(reached(&ident(&c, "c", &to), "b"));
+    let running = c.agent_log(DEST);
+    assert!(
+        running
+            .iter()
+            .any(|l| l["message"] == "the new agent left before it was ready; still serving"),
+        "{running:?}"
+    );
+    assert!(
+        !running
+            .iter()
+            .any(|l| l["message"] == "handed over to the new agent")
+    );
+    // A good one still can take over afterwards.
+    c.hand_over(DEST).unwrap();
+    assert!(reached(&ident(&c, "a", &to), "b"));
+}
+
+#[test]
+fn two_new_agents_at_once_take_over_one_after_the_other() {
+    mesh_testbed::require_root!();
+    let spec = ClusterSpec::new(&[&["a"], &["b"]]).handover(Duration::from_secs(60));
+    let mut c = Cluster::start(spec).unwrap();
+    let _ident = c.serve("b", "8081", "ident").unwrap();
+    let to = format!("{}:8081", c.pod("b").ip);
+    let load = steady_idents(&c, "a", &to, 60, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut first = c.spawn_successor(DEST, None, &[]).unwrap();
+    let mut second = c.spawn_successor(DEST, None, &[]).unwrap();
+    let took = |p: &mut Proc| {
+        p.wait_json("took over", Duration::from_secs(60), |v| {
+            v["message"] == "agent took over from the running agent"
+        })
+        .unwrap()
+    };
+    let t1 = took(&mut first);
+    let t2 = took(&mut second);
+    // One took over from the original agent, the other from it: the one
+    // that went second was offered the sockets only once the other had
+    // them, and then handed over itself.
+    let handed = |p: &Proc| log_has(p, "handed over to the new agent");
+    let first_earlier = t1["timestamp"].as_str() <= t2["timestamp"].as_str();
+    let (mut earlier, later) = if first_earlier {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert!(handed(&earlier), "{:?}", earlier.output());
+    assert!(!handed(&later), "{:?}", later.output());
+    all_reached(load, "b", 60);
+
+    // The original agent drains too; the later one is the node's.
+    let mut original = c.adopt_successor(DEST, later).unwrap();
+    assert!(log_has(&original, "handed over to the new agent"));
+    assert!(
+        earlier
+            .wait_exit(Duration::from_secs(20))
+            .unwrap()
+            .success()
+    );
+    assert!(
+        original
+            .wait_exit(Duration::from_secs(20))
+            .unwrap()
+            .success()
+    );
+    assert!(reached(&ident(&c, "a", &to), "b"));
+}
