@@ -223,6 +223,44 @@ fn evaluate<'p>(
     l7::evaluate(policies, &facts.request(authority, &h, auth))
 }
 
+/// Fails closed, as node agents do, until the policies have been read
+/// whole: a policy not read yet could be one that refuses. The denial, if
+/// any, is logged (`what` says what was refused) and counted.
+fn unsynced(wp: &Waypoint, view: &MeshView, authority: &str, what: &str) -> Option<Denial> {
+    let why = view.policies.sync.check().err()?;
+    let d = unsynced_denial();
+    if wp.should_log() {
+        warn!(authority, reason = %why, "{what}: the authorization policies have not been read whole");
+    }
+    wp.telemetry
+        .authorization_denied(&d.policy, d.action, false);
+    Some(d)
+}
+
+/// The class of this waypoint's Gateway, which policies in the root
+/// namespace may bind.
+fn own_class(wp: &Waypoint, view: &MeshView) -> String {
+    view.waypoint(&wp.gateway.to_string())
+        .map(|w| w.gateway.class.clone())
+        .unwrap_or_default()
+}
+
+/// What the stream says of its client and destination, with the request's
+/// method and path (empty for a TCP stream).
+fn facts(ctx: &StreamContext, method: String, path: String) -> Facts {
+    Facts {
+        source: ctx
+            .source
+            .principal
+            .as_deref()
+            .and_then(|p| Identity::parse(p).ok()),
+        source_ip: ctx.carries.ip(),
+        dst: ctx.dst,
+        method,
+        path,
+    }
+}
+
 /// Checks a request against the policies that govern it; on the way, an
 /// external authorizer's `ok_response` headers are applied to it. `Err`:
 /// answer the client with the denial.
@@ -235,43 +273,26 @@ pub async fn check<B>(
     authority: &str,
     request_auth: Option<&RequestAuth>,
 ) -> Result<(), Denial> {
-    if let Err(why) = view.policies.sync.check() {
-        // Fail closed, as node agents do: a policy not read yet could be
-        // one that denies this request.
-        let d = unsynced_denial();
-        if wp.should_log() {
-            warn!(authority, reason = %why, "request denied (403): the authorization policies have not been read whole");
-        }
-        wp.telemetry
-            .authorization_denied(&d.policy, d.action, false);
+    if let Some(d) = unsynced(wp, view, authority, "request denied (403)") {
         return Err(d);
     }
     if view.waypoint_policies.is_empty() {
         return Ok(());
     }
-    let class = view
-        .waypoint(&wp.gateway.to_string())
-        .map(|w| w.gateway.class.clone())
-        .unwrap_or_default();
+    let class = own_class(wp, view);
     let scope = scope(view, wp, &class, &ctx.target);
     let policies = applicable(&view.waypoint_policies, &scope);
     if policies.clone().next().is_none() {
         return Ok(());
     }
-    let facts = Facts {
-        source: ctx
-            .source
-            .principal
-            .as_deref()
-            .and_then(|p| Identity::parse(p).ok()),
-        source_ip: ctx.carries.ip(),
-        dst: ctx.dst,
-        method: request.method().as_str().to_owned(),
-        path: request
+    let facts = facts(
+        ctx,
+        request.method().as_str().to_owned(),
+        request
             .uri()
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-    };
+    );
     let mut evaluation = evaluate(
         policies.clone(),
         &facts,
@@ -478,38 +499,19 @@ pub async fn check_stream(
     ctx: &StreamContext,
 ) -> Result<(), Denial> {
     let authority = ctx.dst.to_string();
-    if let Err(why) = view.policies.sync.check() {
-        let d = unsynced_denial();
-        if wp.should_log() {
-            warn!(authority, reason = %why, "TCP stream refused: the authorization policies have not been read whole");
-        }
-        wp.telemetry
-            .authorization_denied(&d.policy, d.action, false);
+    if let Some(d) = unsynced(wp, view, &authority, "TCP stream refused") {
         return Err(d);
     }
     if view.waypoint_policies.is_empty() {
         return Ok(());
     }
-    let class = view
-        .waypoint(&wp.gateway.to_string())
-        .map(|w| w.gateway.class.clone())
-        .unwrap_or_default();
+    let class = own_class(wp, view);
     let scope = scope(view, wp, &class, &ctx.target);
     let policies = applicable(&view.waypoint_policies, &scope);
     if policies.clone().next().is_none() {
         return Ok(());
     }
-    let facts = Facts {
-        source: ctx
-            .source
-            .principal
-            .as_deref()
-            .and_then(|p| Identity::parse(p).ok()),
-        source_ip: ctx.carries.ip(),
-        dst: ctx.dst,
-        method: String::new(),
-        path: String::new(),
-    };
+    let facts = facts(ctx, String::new(), String::new());
     let no_headers = HeaderMap::new();
     let h = HeaderFacts(&no_headers);
     let evaluation = l7::evaluate_tcp(policies, &facts.request("", &h, None));
