@@ -27,17 +27,24 @@ pub fn judge(kind: PolicyKind, o: &DynamicObject, targets: &Targets) -> Option<V
     let name = o.metadata.name.as_deref().unwrap_or_default();
     match kind {
         PolicyKind::RateLimit => Some(match rate_limit(namespace, name, o) {
-            Err(e) => invalid(&e),
+            Err(e) => invalid(
+                &e,
+                "waypoints keep its last good version, or refuse its scope's requests with 429 when it never was valid",
+            ),
             Ok(p) => match p.target {
                 RateLimitTarget::Service(key) => targets.verdict(&[service(&key)]),
                 RateLimitTarget::Gateway(key) => targets.verdict(&[gateway(&key)]),
                 // Only a stand-in's scope, which `compile` never gives.
-                #[allow(unreachable_patterns)]
-                _ => Verdict::refused(Reason::Invalid, "spec.targetRef: cannot be read"),
+                RateLimitTarget::Namespace(_) => {
+                    Verdict::refused(Reason::Invalid, "spec.targetRef: cannot be read")
+                }
             },
         }),
         PolicyKind::Fault => Some(match kubernetes::convert_fault(o) {
-            Err(e) => invalid(&e),
+            Err(e) => invalid(
+                &e,
+                "waypoints keep its last good version, or answer 500 to the rules that name it when it never was valid",
+            ),
             Ok(_) => Verdict::accepted("routes' ExtensionRef filters may name it"),
         }),
         PolicyKind::Authorization => {
@@ -82,10 +89,13 @@ pub fn judge(kind: PolicyKind, o: &DynamicObject, targets: &Targets) -> Option<V
         }
         PolicyKind::RequestAuthentication => {
             match kubernetes::request_authentication_or_last_good(o, None) {
-                Err(e) => Some(invalid(&Invalid {
-                    field: in_spec(&e.field),
-                    problem: e.problem,
-                })),
+                Err(e) => Some(invalid(
+                    &Invalid {
+                        field: in_spec(&e.field),
+                        problem: e.problem,
+                    },
+                    LAST_GOOD_OR_LEFT_OUT,
+                )),
                 Ok(p) if p.targets.is_empty() => None,
                 Ok(p) => {
                     let bound: Vec<Target> = p
@@ -101,7 +111,7 @@ pub fn judge(kind: PolicyKind, o: &DynamicObject, targets: &Targets) -> Option<V
             }
         }
         PolicyKind::DestinationRule => Some(match destination_rule::from_api(o, None) {
-            Err(e) => invalid(&e),
+            Err(e) => invalid(&e, LAST_GOOD_OR_LEFT_OUT),
             Ok(rule) => {
                 let (ns, svc) = (&rule.host.namespace, &rule.host.name);
                 if targets.has_service(ns, svc) {
@@ -137,8 +147,16 @@ fn rate_limit(
     })
 }
 
-fn invalid(e: &Invalid) -> Verdict {
-    Verdict::refused(Reason::Invalid, format!("{}: {}", e.field, e.problem))
+/// What waypoints do with an object of Istio's kinds that does not check.
+const LAST_GOOD_OR_LEFT_OUT: &str =
+    "waypoints keep its last good version, or leave it out when it never was valid";
+
+/// The field and the problem first, then what the waypoints do instead.
+fn invalid(e: &Invalid, instead: &str) -> Verdict {
+    Verdict::refused(
+        Reason::Invalid,
+        format!("{}: {} ({instead})", e.field, e.problem),
+    )
 }
 
 /// RequestAuthentication's checks name fields under `spec` without it.

@@ -141,6 +141,11 @@ async fn an_invalid_rate_limit_is_refused_naming_the_field() {
         message.starts_with("spec.total.requestsPerSecond: "),
         "{message}"
     );
+    // And what the waypoints do instead.
+    assert!(
+        message.ends_with("with 429 when it never was valid)"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
