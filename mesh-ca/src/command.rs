@@ -296,7 +296,11 @@ pub fn run(args: CaArgs, invoked_as: &str) -> anyhow::Result<()> {
                         plan.settings.controller_name.clone(),
                         leading.clone(),
                     ));
-                    tokio::spawn(policy_status::run(client.clone(), leading.clone()));
+                    tokio::spawn(policy_status::run(
+                        client.clone(),
+                        plan.settings.class_name.clone(),
+                        leading.clone(),
+                    ));
                     tokio::spawn(waypoints::run(client, plan.settings, plan.ca, leading));
                 }
                 server::run(&config).await

@@ -44,8 +44,9 @@ const RECHECK: Duration = Duration::from_secs(60);
 const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Runs the controller whenever `leading` says this replica leads, until
-/// the channel closes.
-pub async fn run(client: Client, leading: watch::Receiver<bool>) {
+/// the channel closes. `waypoint_class` is the gatewayClassName of
+/// waypoints: a Gateway of another class is no waypoint.
+pub async fn run(client: Client, waypoint_class: String, leading: watch::Receiver<bool>) {
     loop {
         let mut wait = leading.clone();
         if wait.wait_for(|l| *l).await.is_err() {
@@ -53,7 +54,7 @@ pub async fn run(client: Client, leading: watch::Receiver<bool>) {
         }
         let mut lost = leading.clone();
         tokio::select! {
-            () = lead(&client) => {}
+            () = lead(&client, &waypoint_class) => {}
             _ = lost.wait_for(|l| !*l) => {}
         }
         info!("policy status: stopped, this replica no longer leads");
@@ -62,7 +63,7 @@ pub async fn run(client: Client, leading: watch::Receiver<bool>) {
 
 /// While leading: reports on the served kinds, starting over whenever
 /// the set of served kinds changes.
-async fn lead(client: &Client) {
+async fn lead(client: &Client, waypoint_class: &str) {
     let mut said_absent = false;
     loop {
         let served = match Served::probe(client).await {
@@ -88,7 +89,7 @@ async fn lead(client: &Client) {
         info!(kinds = ?served.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
             gateways = served.gateways, "policy status: reporting on policies");
         tokio::select! {
-            () = report(client, &served) => {}
+            () = report(client, waypoint_class, &served) => {}
             () = until_changed(client, &served) => {
                 info!("policy status: the served kinds changed; starting over");
             }
@@ -109,8 +110,8 @@ async fn until_changed(client: &Client, served: &Served) {
 
 /// Follows the targets and, once they are listed, runs one controller per
 /// served kind. Never returns on its own.
-async fn report(client: &Client, served: &Served) {
-    let targets = Arc::new(RwLock::new(Targets::default()));
+async fn report(client: &Client, waypoint_class: &str, served: &Served) {
+    let targets = Arc::new(RwLock::new(Targets::new(waypoint_class)));
     let (changed_tx, changed) = watch::channel(());
     let (synced_tx, mut synced) = watch::channel(false);
     let follow = facts::follow(

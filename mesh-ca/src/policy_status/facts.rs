@@ -1,6 +1,6 @@
 //! Keeps `Targets` from watches of Services, Namespaces and (when the
-//! kind is served) Gateways. Only what targets need is kept (names, and
-//! the labels that choose a waypoint); a change that alters none of it
+//! kind is served) Gateways. Only what targets need is kept (names, the
+//! labels that choose a waypoint, a Gateway's class); a change that alters none of it
 //! wakes nobody. A (re-)list is applied whole once complete
 //! (`routes::facts::Relist`), so a re-list never shows a half-empty
 //! cluster.
@@ -49,15 +49,23 @@ pub fn apply_namespace(t: &mut Targets, change: Change<Labels>) -> bool {
     }
 }
 
-pub fn apply_gateway(t: &mut Targets, change: Change<()>) -> bool {
+/// A Gateway's fact is its gatewayClassName.
+pub fn apply_gateway(t: &mut Targets, change: Change<String>) -> bool {
     match change {
-        Change::Set(ns, name, ()) => t.set_gateway(&ns, &name),
+        Change::Set(ns, name, class) => t.set_gateway(&ns, &name, &class),
         Change::Remove(ns, name) => t.remove_gateway(&ns, &name),
-        Change::Replace(all) => {
-            t.replace_gateways(all.into_iter().map(|(ns, n, ())| (ns, n)).collect())
-        }
+        Change::Replace(all) => t.replace_gateways(all),
         Change::None => false,
     }
+}
+
+fn gateway_class(g: &DynamicObject) -> String {
+    g.data
+        .get("spec")
+        .and_then(|s| s.get("gatewayClassName"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 enum Event {
@@ -141,7 +149,9 @@ pub async fn follow(
                 Ok(e) => {
                     let change = gw_list.follow(
                         e,
-                        |g: &DynamicObject| key(&g.metadata).map(|(ns, n)| (ns, n, ())),
+                        |g: &DynamicObject| {
+                            key(&g.metadata).map(|(ns, n)| (ns, n, gateway_class(g)))
+                        },
                         |g: &DynamicObject| key(&g.metadata),
                     );
                     apply_gateway(&mut now(), change)

@@ -1,8 +1,11 @@
 //! What a policy's targets are checked against (pure): the Services (and
 //! which waypoint each uses, by its own label or its namespace's, as
-//! `mesh_discovery::waypoint` decides it) and the Gateways that exist.
-//! Each target resolves as Istio resolves a waypoint policy's targetRef:
-//! bound to a waypoint, not found, or found but served by no waypoint.
+//! `mesh_discovery::waypoint` decides it) and the Gateways of the
+//! waypoint class that exist. Each target resolves as Istio resolves a
+//! waypoint policy's targetRef: bound to a waypoint, not found (a Gateway
+//! of another class is no waypoint, and is not found either), or found but
+//! served by no waypoint (a Service whose label names no waypoint that
+//! exists).
 use std::collections::{BTreeMap, BTreeSet};
 
 use mesh_discovery::{model::Labels, waypoint::UseWaypoint};
@@ -50,16 +53,26 @@ pub struct Resolved {
     pub message: String,
 }
 
-/// The Services, namespaces and Gateways of the cluster, as far as
+/// The Services, namespaces and waypoints of the cluster, as far as
 /// targets need them.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Targets {
+    /// The gatewayClassName of waypoints.
+    waypoint_class: String,
     services: BTreeMap<(String, String), UseWaypoint>,
     namespaces: BTreeMap<String, UseWaypoint>,
-    gateways: BTreeSet<(String, String)>,
+    /// Gateways of the waypoint class.
+    waypoints: BTreeSet<(String, String)>,
 }
 
 impl Targets {
+    pub fn new(waypoint_class: &str) -> Self {
+        Self {
+            waypoint_class: waypoint_class.to_owned(),
+            ..Self::default()
+        }
+    }
+
     /// Returns whether anything changed.
     pub fn set_service(&mut self, namespace: &str, name: &str, labels: &Labels) -> bool {
         let use_ = UseWaypoint::from_labels(labels, namespace);
@@ -105,17 +118,32 @@ impl Targets {
         std::mem::replace(&mut self.namespaces, next) != self.namespaces
     }
 
-    pub fn set_gateway(&mut self, namespace: &str, name: &str) -> bool {
-        self.gateways.insert((namespace.into(), name.into()))
+    /// A Gateway and its gatewayClassName: a waypoint when of the class.
+    pub fn set_gateway(&mut self, namespace: &str, name: &str, class: &str) -> bool {
+        let key = (namespace.to_owned(), name.to_owned());
+        if class == self.waypoint_class {
+            self.waypoints.insert(key)
+        } else {
+            self.waypoints.remove(&key)
+        }
     }
 
     pub fn remove_gateway(&mut self, namespace: &str, name: &str) -> bool {
-        self.gateways.remove(&(namespace.into(), name.into()))
+        self.waypoints.remove(&(namespace.into(), name.into()))
     }
 
-    pub fn replace_gateways(&mut self, all: Vec<(String, String)>) -> bool {
-        let next: BTreeSet<_> = all.into_iter().collect();
-        std::mem::replace(&mut self.gateways, next) != self.gateways
+    pub fn replace_gateways(&mut self, all: Vec<(String, String, String)>) -> bool {
+        let next: BTreeSet<_> = all
+            .into_iter()
+            .filter(|(_, _, class)| *class == self.waypoint_class)
+            .map(|(ns, name, _)| (ns, name))
+            .collect();
+        std::mem::replace(&mut self.waypoints, next) != self.waypoints
+    }
+
+    fn is_waypoint(&self, namespace: &str, name: &str) -> bool {
+        self.waypoints
+            .contains(&(namespace.to_owned(), name.to_owned()))
     }
 
     pub fn has_service(&self, namespace: &str, name: &str) -> bool {
@@ -123,7 +151,8 @@ impl Targets {
             .contains_key(&(namespace.to_owned(), name.to_owned()))
     }
 
-    /// The waypoint (`<namespace>/<name>`) that serves a Service, if any.
+    /// The waypoint (`<namespace>/<name>`) that serves a Service, if any:
+    /// the one its labels name, if it exists.
     fn waypoint_of(&self, namespace: &str, name: &str) -> Option<String> {
         let own = self
             .services
@@ -135,7 +164,10 @@ impl Targets {
             .cloned()
             .unwrap_or(UseWaypoint::Unset);
         match own.or_namespace(of_namespace) {
-            UseWaypoint::Named { namespace, name } => Some(format!("{namespace}/{name}")),
+            UseWaypoint::Named { namespace, name } if self.is_waypoint(&namespace, &name) => {
+                Some(format!("{namespace}/{name}"))
+            }
+            UseWaypoint::Named { .. } => None,
             UseWaypoint::Unset | UseWaypoint::OptOut => None,
         }
     }
@@ -145,7 +177,7 @@ impl Targets {
         let ancestor = target.ancestor();
         let (bound, reason, message) = match target {
             Target::Gateway { namespace, name } => {
-                if self.gateways.contains(&(namespace.clone(), name.clone())) {
+                if self.is_waypoint(namespace, name) {
                     (
                         true,
                         Reason::Accepted,
@@ -155,7 +187,10 @@ impl Targets {
                     (
                         false,
                         Reason::TargetNotFound,
-                        format!("Gateway {namespace}/{name} was not found"),
+                        format!(
+                            "Gateway {namespace}/{name} of class {} was not found",
+                            self.waypoint_class
+                        ),
                     )
                 }
             }

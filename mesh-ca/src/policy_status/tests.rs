@@ -30,13 +30,22 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+const CLASS: &str = "mesh-waypoint";
+
 /// shop/web (through waypoint shop/wp), shop/plain (no waypoint),
-/// Gateway shop/wp.
+/// shop/lost (naming a waypoint that does not exist); Gateway shop/wp of
+/// the waypoint class, shop/edge of another.
 fn targets() -> Targets {
-    let mut t = Targets::default();
+    let mut t = Targets::new(CLASS);
     t.set_service("shop", "web", &labels(&[("istio.io/use-waypoint", "wp")]));
     t.set_service("shop", "plain", &labels(&[]));
-    t.set_gateway("shop", "wp");
+    t.set_service(
+        "shop",
+        "lost",
+        &labels(&[("istio.io/use-waypoint", "gone")]),
+    );
+    t.set_gateway("shop", "wp", CLASS);
+    t.set_gateway("shop", "edge", "istio");
     t
 }
 
@@ -237,6 +246,26 @@ async fn authorization_policy_targets_resolve_as_istio_resolves_them() {
     assert_eq!((s.as_str(), r.as_str()), ("False", "AncestorNotBound"));
     assert_eq!(m, "Service shop/plain is not bound to a waypoint");
 
+    let (s, r, m) = verdict(reconcile(PolicyKind::Authorization, one(json!([svc("lost")]))).await);
+    assert_eq!((s.as_str(), r.as_str()), ("False", "AncestorNotBound"));
+    assert_eq!(m, "Service shop/lost is not bound to a waypoint");
+
+    // A Gateway of another class is no waypoint.
+    let gw =
+        |name: &str| json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": name});
+    let (s, r, m) = verdict(reconcile(PolicyKind::Authorization, one(json!([gw("edge")]))).await);
+    assert_eq!((s.as_str(), r.as_str()), ("False", "TargetNotFound"));
+    assert_eq!(m, "Gateway shop/edge of class mesh-waypoint was not found");
+
+    let (s, r, m) = verdict(
+        reconcile(
+            PolicyKind::Authorization,
+            one(json!([svc("gone"), gw("edge")])),
+        )
+        .await,
+    );
+    assert_eq!((s.as_str(), r.as_str()), ("False", "Invalid"));
+    assert!(m.starts_with("Invalid targetRefs: "), "{m}");
     let (s, r, m) = verdict(
         reconcile(
             PolicyKind::Authorization,
@@ -367,7 +396,9 @@ fn a_services_waypoint_is_its_own_label_over_its_namespaces() {
         namespace: "shop".into(),
         name: name.into(),
     };
-    let mut t = Targets::default();
+    let mut t = Targets::new(CLASS);
+    t.set_gateway("shop", "ns-wp", CLASS);
+    t.set_gateway("infra", "wp", CLASS);
     assert!(t.set_namespace("shop", &labels(&[("istio.io/use-waypoint", "ns-wp")])));
     assert!(!t.set_namespace("shop", &labels(&[("istio.io/use-waypoint", "ns-wp")])));
     t.set_service("shop", "a", &labels(&[]));
