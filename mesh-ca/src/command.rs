@@ -102,6 +102,11 @@ pub struct WaypointArgs {
     /// The name of the leader Lease.
     #[arg(long, default_value = "mesh-waypoint-controller")]
     pub leader_election_lease: String,
+    /// The mesh's root namespace (the agents' and waypoints'
+    /// rootNamespace): only its AuthorizationPolicies may bind the waypoint
+    /// class, which the policy status says of the others.
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
 }
 
 /// What the controller runs with, once the flags and the CA's file agree.
@@ -278,6 +283,7 @@ pub fn run(args: CaArgs, invoked_as: &str) -> anyhow::Result<()> {
         } => {
             let file = CaFile::load(&config)?;
             let plan = waypoints.plan(&file, |k| std::env::var(k).ok())?;
+            let root_namespace = waypoints.root_namespace.clone();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -298,7 +304,10 @@ pub fn run(args: CaArgs, invoked_as: &str) -> anyhow::Result<()> {
                     ));
                     tokio::spawn(policy_status::run(
                         client.clone(),
-                        plan.settings.class_name.clone(),
+                        policy_status::Scope {
+                            waypoint_class: plan.settings.class_name.clone(),
+                            root_namespace,
+                        },
                         leading.clone(),
                     ));
                     tokio::spawn(waypoints::run(client, plan.settings, plan.ca, leading));

@@ -38,15 +38,25 @@ use kinds::{PolicyKind, Served};
 use reconcile::{Context, reconcile_policy, retry};
 use targets::Targets;
 
+/// What decides whether a target is a waypoint.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The gatewayClassName of waypoints: a Gateway of another class is
+    /// no waypoint.
+    pub waypoint_class: String,
+    /// The namespace whose AuthorizationPolicies may bind the waypoint
+    /// class (the agents' and waypoints' `rootNamespace`).
+    pub root_namespace: String,
+}
+
 /// How often the served kinds are checked again.
 const RECHECK: Duration = Duration::from_secs(60);
 /// Changes of targets that come together are reconciled together.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Runs the controller whenever `leading` says this replica leads, until
-/// the channel closes. `waypoint_class` is the gatewayClassName of
-/// waypoints: a Gateway of another class is no waypoint.
-pub async fn run(client: Client, waypoint_class: String, leading: watch::Receiver<bool>) {
+/// the channel closes.
+pub async fn run(client: Client, scope: Scope, leading: watch::Receiver<bool>) {
     loop {
         let mut wait = leading.clone();
         if wait.wait_for(|l| *l).await.is_err() {
@@ -54,7 +64,7 @@ pub async fn run(client: Client, waypoint_class: String, leading: watch::Receive
         }
         let mut lost = leading.clone();
         tokio::select! {
-            () = lead(&client, &waypoint_class) => {}
+            () = lead(&client, &scope) => {}
             _ = lost.wait_for(|l| !*l) => {}
         }
         info!("policy status: stopped, this replica no longer leads");
@@ -63,7 +73,7 @@ pub async fn run(client: Client, waypoint_class: String, leading: watch::Receive
 
 /// While leading: reports on the served kinds, starting over whenever
 /// the set of served kinds changes.
-async fn lead(client: &Client, waypoint_class: &str) {
+async fn lead(client: &Client, scope: &Scope) {
     let mut said_absent = false;
     loop {
         let served = match Served::probe(client).await {
@@ -89,7 +99,7 @@ async fn lead(client: &Client, waypoint_class: &str) {
         info!(kinds = ?served.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
             gateways = served.gateways, "policy status: reporting on policies");
         tokio::select! {
-            () = report(client, waypoint_class, &served) => {}
+            () = report(client, scope, &served) => {}
             () = until_changed(client, &served) => {
                 info!("policy status: the served kinds changed; starting over");
             }
@@ -110,8 +120,11 @@ async fn until_changed(client: &Client, served: &Served) {
 
 /// Follows the targets and, once they are listed, runs one controller per
 /// served kind. Never returns on its own.
-async fn report(client: &Client, waypoint_class: &str, served: &Served) {
-    let targets = Arc::new(RwLock::new(Targets::new(waypoint_class)));
+async fn report(client: &Client, scope: &Scope, served: &Served) {
+    let targets = Arc::new(RwLock::new(Targets::new(
+        &scope.waypoint_class,
+        &scope.root_namespace,
+    )));
     let (changed_tx, changed) = watch::channel(());
     let (synced_tx, mut synced) = watch::channel(false);
     let follow = facts::follow(

@@ -572,6 +572,7 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         "waypoint.className=shop-waypoints",
         "waypoint.otlpEndpoint=http://otel:4318",
         "image.pullPolicy=Always",
+        "rootNamespace=mesh-root",
     ])?;
     let class = find(&docs, "GatewayClass", "shop-waypoints")?;
     ensure!(
@@ -608,6 +609,8 @@ fn waypoint_checks() -> anyhow::Result<usize> {
         ("--waypoint-otlp-endpoint", "http://otel:4318"),
         ("--leader-election-namespace", "$(POD_NAMESPACE)"),
         ("--leader-election-identity", "$(POD_NAME)"),
+        // The policy status tells which policies may bind the class.
+        ("--root-namespace", "mesh-root"),
     ] {
         let got = flag_value(&args, flag);
         ensure!(

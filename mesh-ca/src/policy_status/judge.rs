@@ -76,8 +76,11 @@ pub fn judge(kind: PolicyKind, o: &DynamicObject, targets: &Targets) -> Option<V
                                 namespace: namespace.clone(),
                                 name: name.clone(),
                             }),
-                            Binding::GatewayClass { name, .. } => {
-                                Some(Target::GatewayClass { name: name.clone() })
+                            Binding::GatewayClass { namespace, name } => {
+                                Some(Target::GatewayClass {
+                                    namespace: namespace.clone(),
+                                    name: name.clone(),
+                                })
                             }
                             // Only a stand-in's, which has a failure.
                             Binding::Namespace(_) => None,

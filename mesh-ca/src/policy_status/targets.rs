@@ -23,8 +23,10 @@ pub enum Target {
         namespace: String,
         name: String,
     },
-    /// Every waypoint of the class (cluster-scoped).
+    /// Every waypoint of the class, from a policy of `namespace` (only the
+    /// root namespace's bind a class).
     GatewayClass {
+        namespace: String,
         name: String,
     },
 }
@@ -37,8 +39,8 @@ impl Target {
             Target::Gateway { namespace, name } => {
                 format!("Gateway.gateway.networking.k8s.io:{namespace}/{name}")
             }
-            Target::GatewayClass { name } => {
-                format!("GatewayClass.gateway.networking.k8s.io:{name}")
+            Target::GatewayClass { namespace, name } => {
+                format!("GatewayClass.gateway.networking.k8s.io:{namespace}/{name}")
             }
         }
     }
@@ -59,6 +61,8 @@ pub struct Resolved {
 pub struct Targets {
     /// The gatewayClassName of waypoints.
     waypoint_class: String,
+    /// The namespace whose policies may bind the waypoint class.
+    root_namespace: String,
     services: BTreeMap<(String, String), UseWaypoint>,
     namespaces: BTreeMap<String, UseWaypoint>,
     /// Gateways of the waypoint class.
@@ -66,9 +70,10 @@ pub struct Targets {
 }
 
 impl Targets {
-    pub fn new(waypoint_class: &str) -> Self {
+    pub fn new(waypoint_class: &str, root_namespace: &str) -> Self {
         Self {
             waypoint_class: waypoint_class.to_owned(),
+            root_namespace: root_namespace.to_owned(),
             ..Self::default()
         }
     }
@@ -211,7 +216,29 @@ impl Targets {
                     )
                 }
             }
-            Target::GatewayClass { name } => (true, Reason::Accepted, format!("bound to {name}")),
+            Target::GatewayClass { namespace, name } => {
+                if *namespace != self.root_namespace {
+                    (
+                        false,
+                        Reason::Invalid,
+                        format!(
+                            "AuthorizationPolicy must be in the root namespace `{}` when referencing a GatewayClass",
+                            self.root_namespace
+                        ),
+                    )
+                } else if *name != self.waypoint_class {
+                    (
+                        false,
+                        Reason::TargetNotFound,
+                        format!(
+                            "GatewayClass {name} is not the waypoint class ({})",
+                            self.waypoint_class
+                        ),
+                    )
+                } else {
+                    (true, Reason::Accepted, format!("bound to {name}"))
+                }
+            }
         };
         Resolved {
             ancestor,

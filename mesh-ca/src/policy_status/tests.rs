@@ -36,7 +36,7 @@ const CLASS: &str = "mesh-waypoint";
 /// shop/lost (naming a waypoint that does not exist); Gateway shop/wp of
 /// the waypoint class, shop/edge of another.
 fn targets() -> Targets {
-    let mut t = Targets::new(CLASS);
+    let mut t = Targets::new(CLASS, "istio-system");
     t.set_service("shop", "web", &labels(&[("istio.io/use-waypoint", "wp")]));
     t.set_service("shop", "plain", &labels(&[]));
     t.set_service(
@@ -246,6 +246,13 @@ async fn authorization_policy_targets_resolve_as_istio_resolves_them() {
     assert_eq!((s.as_str(), r.as_str()), ("False", "AncestorNotBound"));
     assert_eq!(m, "Service shop/plain is not bound to a waypoint");
 
+    // Only the root namespace's policies bind the class.
+    let class =
+        json!([{"group": "gateway.networking.k8s.io", "kind": "GatewayClass", "name": CLASS}]);
+    let (s, r, m) = verdict(reconcile(PolicyKind::Authorization, one(class)).await);
+    assert_eq!((s.as_str(), r.as_str()), ("False", "Invalid"));
+    assert!(m.contains("root namespace `istio-system`"), "{m}");
+
     let (s, r, m) = verdict(reconcile(PolicyKind::Authorization, one(json!([svc("lost")]))).await);
     assert_eq!((s.as_str(), r.as_str()), ("False", "AncestorNotBound"));
     assert_eq!(m, "Service shop/lost is not bound to a waypoint");
@@ -396,7 +403,7 @@ fn a_services_waypoint_is_its_own_label_over_its_namespaces() {
         namespace: "shop".into(),
         name: name.into(),
     };
-    let mut t = Targets::new(CLASS);
+    let mut t = Targets::new(CLASS, "istio-system");
     t.set_gateway("shop", "ns-wp", CLASS);
     t.set_gateway("infra", "wp", CLASS);
     assert!(t.set_namespace("shop", &labels(&[("istio.io/use-waypoint", "ns-wp")])));
@@ -417,6 +424,16 @@ fn a_services_waypoint_is_its_own_label_over_its_namespaces() {
         "Service shop/b is not bound to a waypoint"
     );
     assert_eq!(t.resolve(&svc("c")).message, "bound to infra/wp");
+    let class = |namespace: &str, name: &str| Target::GatewayClass {
+        namespace: namespace.into(),
+        name: name.into(),
+    };
+    assert!(t.resolve(&class("istio-system", CLASS)).bound);
+    assert_eq!(
+        t.resolve(&class("istio-system", "other")).reason,
+        super::condition::Reason::TargetNotFound
+    );
+    assert!(!t.resolve(&class("shop", CLASS)).bound);
     // A re-list that drops a Service makes it missing.
     assert!(t.replace_services(vec![("shop".into(), "a".into(), labels(&[]))]));
     assert!(!t.resolve(&svc("c")).bound);
