@@ -297,18 +297,37 @@ pub struct NodeCni {
     /// `&self`; the node's loop is its only user.
     announced: Mutex<BTreeMap<String, Announced>>,
     requests: Option<mpsc::Receiver<NodeRequest>>,
+    /// The task serving the socket, stopped at a hand-over.
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl NodeCni {
+    /// Serving no socket yet: an agent taking over from one that serves
+    /// it starts serving it once that one has stopped (`crate::handover`).
+    pub fn idle() -> Self {
+        Self {
+            announced: Mutex::default(),
+            requests: None,
+            server: None,
+        }
+    }
+
+    /// Stops serving the socket, returning once its listener is closed, so
+    /// a successor can bind it. Requests in flight get no answer; the
+    /// plugin fails them and the runtime retries the sandbox.
+    pub async fn stop_serving(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+    }
+
     /// Binds `AgentConfig.cniSocket` and serves it, when set.
     pub async fn start(
         agent: &AgentConfig,
         views: watch::Receiver<Published>,
     ) -> anyhow::Result<Self> {
-        let mut cni = Self {
-            announced: Mutex::default(),
-            requests: None,
-        };
+        let mut cni = Self::idle();
         let Some(path) = &agent.cni_socket else {
             return Ok(cni);
         };
@@ -321,7 +340,7 @@ impl NodeCni {
             pod_wait: POD_WAIT,
         });
         info!(socket = %path.display(), "CNI socket listening");
-        tokio::spawn(serve(listener, enroller, Limits::default()));
+        cni.server = Some(tokio::spawn(serve(listener, enroller, Limits::default())));
         cni.requests = Some(rx);
         Ok(cni)
     }
@@ -817,10 +836,7 @@ mod tests {
 
     #[test]
     fn a_del_forgets_only_its_own_sandbox() {
-        let cni = NodeCni {
-            announced: Mutex::default(),
-            requests: None,
-        };
+        let cni = NodeCni::idle();
         let (mut add, _) = ask(NodeAsk::Enroll {
             uid: "a".into(),
             key: "shop/a".into(),

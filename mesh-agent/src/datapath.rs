@@ -158,6 +158,9 @@ pub struct Datapath {
     flow_events: Mutex<Option<RingBuf<MapData>>>,
     logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     _cgroup_links: Vec<PinnedLink>,
+    /// This agent's `MESH_CONFIG`, not yet written because another agent
+    /// still serves (`open_beside`); written by `claim`.
+    deferred_config: Mutex<Option<DatapathConfig>>,
 }
 
 impl Datapath {
@@ -266,19 +269,24 @@ impl Datapath {
             links.push(pinned);
         }
 
-        config
-            .set(
-                0,
-                DatapathConfig {
-                    redirect: 1,
-                    splice: u32::from(agent.datapath.splice),
-                    flows: u32::from(agent.datapath.flows),
-                    _pad: 0,
-                    agent_cgroup: own.id,
-                },
-                0,
-            )
-            .map_err(map_err(names::CONFIG))?;
+        let own_config = DatapathConfig {
+            redirect: 1,
+            splice: u32::from(agent.datapath.splice),
+            flows: u32::from(agent.datapath.flows),
+            _pad: 0,
+            agent_cgroup: own.id,
+        };
+        // The running agent's cgroup stays the exempt one until it has
+        // stopped accepting: its own connects from pods' netns would
+        // otherwise be captured and sent back to the pods' listeners.
+        let deferred_config = if running {
+            Some(own_config)
+        } else {
+            config
+                .set(0, own_config, 0)
+                .map_err(map_err(names::CONFIG))?;
+            None
+        };
 
         drop(config);
         let maps = Maps {
@@ -320,7 +328,19 @@ impl Datapath {
             flow_events: Mutex::new(Some(flow_events)),
             logger: Mutex::new(logger),
             _cgroup_links: links,
+            deferred_config: Mutex::new(deferred_config),
         })
+    }
+
+    /// Writes the `MESH_CONFIG` that `open_beside` held back (this agent's
+    /// cgroup the exempt one), once the agent it takes over from has
+    /// stopped accepting. Nothing to do after `open`.
+    pub fn claim(&self) -> Result<(), DatapathError> {
+        let Some(own) = self.deferred_config.lock().unwrap().take() else {
+            return Ok(());
+        };
+        let mut config: Array<MapData, DatapathConfig> = pinned_map(&self.pin_dir, names::CONFIG)?;
+        config.set(0, own, 0).map_err(map_err(names::CONFIG))
     }
 
     /// Whether this agent found a previous agent's pinned links and kept them.

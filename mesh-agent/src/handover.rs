@@ -238,9 +238,9 @@ impl Predecessor {
         self.adopted.len()
     }
 
-    /// Tells the running agent to stop accepting, waits until it has, then
-    /// opens the gate: the adopted sockets are served from here on.
-    pub async fn commit(self) -> Result<(), HandoverError> {
+    /// Tells the running agent to stop accepting and waits until it has;
+    /// the adopted sockets are served once the returned gate is opened.
+    pub async fn commit(self) -> Result<Taken, HandoverError> {
         let Predecessor {
             socket,
             channel,
@@ -275,13 +275,24 @@ impl Predecessor {
         })
         .await
         .expect("the hand-over commit does not panic")?;
-        let _ = gate.send(true);
         info!(
             pods = adopted.len(),
             answered = answer,
-            "took over from the running agent: it stopped accepting and drains; accepting on its sockets"
+            "the running agent stopped accepting and drains"
         );
-        Ok(())
+        Ok(Taken { gate })
+    }
+}
+
+/// The running agent has stopped accepting on the adopted sockets.
+pub struct Taken {
+    gate: watch::Sender<bool>,
+}
+
+impl Taken {
+    /// This agent's accept tasks on the adopted sockets start.
+    pub fn open(self) {
+        let _ = self.gate.send(true);
     }
 }
 

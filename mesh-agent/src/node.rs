@@ -310,7 +310,11 @@ impl Node {
             state.clone(),
         );
         let mut node = Node {
-            cni: crate::cni::NodeCni::start(&config.agent, views.clone()).await?,
+            // Taking over: bound once the running agent has stopped serving it.
+            cni: match predecessor {
+                None => crate::cni::NodeCni::start(&config.agent, views.clone()).await?,
+                Some(_) => crate::cni::NodeCni::idle(),
+            },
             agent: config.agent,
             datapath,
             state,
@@ -865,15 +869,25 @@ impl Node {
         let Some(predecessor) = self.predecessor.take() else {
             return Ok(());
         };
-        if let Err(e) = predecessor.commit().await {
-            self.abandon();
-            return Err(e.into());
-        }
+        let taken = match predecessor.commit().await {
+            Ok(taken) => taken,
+            Err(e) => {
+                self.abandon();
+                return Err(e.into());
+            }
+        };
+        // Its connects from pods' netns are exempt until now, this agent's
+        // from now on; then this agent accepts.
+        self.datapath
+            .claim()
+            .context("writing this agent's datapath config after the hand-over")?;
+        taken.open();
         // The running agent closed its endpoints before it answered.
         if let Some((_, log)) = self.endpoints.take() {
             let listeners = Listeners::bind(&self.agent.telemetry).await?;
             listeners.spawn(self.health.clone(), log, tasks);
         }
+        self.cni = crate::cni::NodeCni::start(&self.agent, self.views.clone()).await?;
         self.successors = Some(handover::Server::start(&settings, true)?);
         if self.views.borrow().synced {
             self.sweep_stale()?;
@@ -919,14 +933,15 @@ impl Node {
 
     /// A successor is ready: stop accepting on every pod (returning once
     /// no accept task is left), and stop what only a serving agent does
-    /// (endpoints, discovery, flow records), so the successor can bind the
-    /// endpoints. Established connections go on and are drained.
+    /// (endpoints, the CNI socket, discovery, flow records), so the
+    /// successor can bind the endpoints and the CNI socket. Established connections go on and are drained.
     async fn hand_over(&mut self, tasks: &mut tokio::task::JoinSet<&'static str>) {
         self.state.telemetry.set_not_ready();
         for rt in self.pods.values_mut() {
             rt.stopped_accepting().await;
             rt.leave_routing();
         }
+        self.cni.stop_serving().await;
         tasks.shutdown().await;
         info!(node = %self.agent.node_name, pods = self.pods.len(), "handed over: a new agent accepts on this node's pods; draining what this one holds");
     }

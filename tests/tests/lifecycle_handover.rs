@@ -327,3 +327,41 @@ fn two_new_agents_at_once_take_over_one_after_the_other() {
     );
     assert!(reached(&ident(&c, "a", &to), "b"));
 }
+
+#[test]
+fn the_cni_socket_passes_to_the_new_agent_with_the_node() {
+    mesh_testbed::require_root!();
+    const PLACEHOLDER: &str = "/nonexistent/mesh-cni-placeholder.sock";
+    let spec = ClusterSpec::new(&[&["a"], &["b"]])
+        .handover(Duration::from_secs(60))
+        .configure(|a| a.cni_socket = Some(PLACEHOLDER.into()))
+        .without_agents();
+    let mut c = Cluster::start(spec).unwrap();
+    c.start_ca().unwrap();
+    let sockets: Vec<_> = (0..c.nodes.len())
+        .map(|n| c.log_dir().join(format!("cni-{n}.sock")))
+        .collect();
+    for (n, socket) in sockets.iter().enumerate() {
+        let text = c
+            .config_text(n)
+            .replace(PLACEHOLDER, &socket.display().to_string());
+        std::fs::write(&c.nodes[n].config, text).unwrap();
+    }
+    for n in 0..c.nodes.len() {
+        c.start_agent(n).unwrap();
+    }
+    let _ident = c.serve("b", "8081", "ident").unwrap();
+    let to = format!("{}:8081", c.pod("b").ip);
+    let load = steady_idents(&c, "a", &to, 30, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let old = c.hand_over(DEST).unwrap();
+    assert!(log_has(&old, "handed over to the new agent"));
+    let new = c.agent_log(DEST);
+    assert!(
+        new.iter().any(|l| l["message"] == "CNI socket listening"),
+        "{new:?}"
+    );
+    std::os::unix::net::UnixStream::connect(&sockets[DEST]).unwrap();
+    all_reached(load, "b", 30);
+}
