@@ -113,7 +113,7 @@ pub fn judge(kind: PolicyKind, o: &DynamicObject, targets: &Targets) -> Option<V
                 }
             }
         }
-        PolicyKind::DestinationRule => Some(match destination_rule::from_api(o, None) {
+        PolicyKind::DestinationRule => Some(match destination_rule_of(namespace, name, o) {
             Err(e) => invalid(&e, LAST_GOOD_OR_LEFT_OUT),
             Ok(rule) => {
                 let (ns, svc) = (&rule.host.namespace, &rule.host.name);
@@ -145,6 +145,25 @@ fn rate_limit(
             problem: e.to_string(),
         })?;
     ratelimit::compile(namespace, name, &spec).map_err(|e| Invalid {
+        field: e.field,
+        problem: e.problem,
+    })
+}
+
+/// As discovery reads it (`destination_rule::from_api`, without its log
+/// of ignored subsets, which is the waypoints' to say).
+fn destination_rule_of(
+    namespace: &str,
+    name: &str,
+    o: &DynamicObject,
+) -> Result<destination_rule::DestinationRule, Invalid> {
+    let spec = o.data.get("spec").cloned().unwrap_or_default();
+    let spec: destination_rule::DestinationRuleSpec =
+        serde_json::from_value(spec).map_err(|e| Invalid {
+            field: "spec".into(),
+            problem: e.to_string(),
+        })?;
+    destination_rule::compile(namespace, name, None, &spec).map_err(|e| Invalid {
         field: e.field,
         problem: e.problem,
     })
