@@ -37,7 +37,6 @@ pub fn apply_service(t: &mut Targets, change: Change<Labels>) -> bool {
     }
 }
 
-/// Namespaces are keyed ("", name): `Relist` keys by two parts.
 pub fn apply_namespace(t: &mut Targets, change: Change<Labels>) -> bool {
     match change {
         Change::Set(_, name, l) => t.set_namespace(&name, &l),
@@ -59,13 +58,31 @@ pub fn apply_gateway(t: &mut Targets, change: Change<String>) -> bool {
     }
 }
 
-fn gateway_class(g: &DynamicObject) -> String {
-    g.data
+/// A Gateway's facts: its gatewayClassName.
+pub fn gateway_facts(g: &DynamicObject) -> Option<(String, String, String)> {
+    let class = g
+        .data
         .get("spec")
         .and_then(|s| s.get("gatewayClassName"))
         .and_then(serde_json::Value::as_str)
         .unwrap_or_default()
-        .to_owned()
+        .to_owned();
+    key(&g.metadata).map(|(ns, n)| (ns, n, class))
+}
+
+/// A Service's facts: its labels (the waypoint it uses).
+pub fn service_facts(s: &Service) -> Option<(String, String, Labels)> {
+    key(&s.metadata).map(|(ns, n)| (ns, n, labels(&s.metadata)))
+}
+
+/// Namespaces are keyed ("", name): `Relist` keys by two parts.
+fn namespace_key(n: &Namespace) -> Option<(String, String)> {
+    n.metadata.name.clone().map(|name| (String::new(), name))
+}
+
+/// A Namespace's facts: its labels (the waypoint its objects use).
+pub fn namespace_facts(n: &Namespace) -> Option<(String, String, Labels)> {
+    namespace_key(n).map(|(ns, name)| (ns, name, labels(&n.metadata)))
 }
 
 enum Event {
@@ -117,11 +134,7 @@ pub async fn follow(
         let moved = match event {
             Event::Service(e) => match *e {
                 Ok(e) => {
-                    let change = svc_list.follow(
-                        e,
-                        |s: &Service| key(&s.metadata).map(|(ns, n)| (ns, n, labels(&s.metadata))),
-                        |s: &Service| key(&s.metadata),
-                    );
+                    let change = svc_list.follow(e, service_facts, |s: &Service| key(&s.metadata));
                     apply_service(&mut now(), change)
                 }
                 Err(e) => {
@@ -147,13 +160,8 @@ pub async fn follow(
             },
             Event::Gateway(e) => match *e {
                 Ok(e) => {
-                    let change = gw_list.follow(
-                        e,
-                        |g: &DynamicObject| {
-                            key(&g.metadata).map(|(ns, n)| (ns, n, gateway_class(g)))
-                        },
-                        |g: &DynamicObject| key(&g.metadata),
-                    );
+                    let change =
+                        gw_list.follow(e, gateway_facts, |g: &DynamicObject| key(&g.metadata));
                     apply_gateway(&mut now(), change)
                 }
                 Err(e) => {

@@ -439,3 +439,74 @@ fn a_services_waypoint_is_its_own_label_over_its_namespaces() {
     assert!(!t.resolve(&svc("c")).bound);
     assert!(!t.replace_services(vec![("shop".into(), "a".into(), labels(&[]))]));
 }
+
+/// The watches' events, followed into the targets: a (re-)list applied
+/// whole, a Gateway's class read from its spec, a Namespace's label.
+#[test]
+fn watch_events_become_targets() {
+    use k8s_openapi::api::core::v1::{Namespace, Service};
+    use kube::runtime::watcher::Event;
+
+    use super::facts::{
+        apply_gateway, apply_namespace, apply_service, gateway_facts, namespace_facts,
+        service_facts,
+    };
+    use crate::routes::facts::Relist;
+
+    let gw = |name: &str, class: &str| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"gatewayClassName": class, "listeners": []},
+        }))
+        .unwrap()
+    };
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+    }))
+    .unwrap();
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": "shop", "labels": {"istio.io/use-waypoint": "wp"}},
+    }))
+    .unwrap();
+    let key = |g: &DynamicObject| Some((g.metadata.namespace.clone()?, g.metadata.name.clone()?));
+
+    let mut t = Targets::new(CLASS, "istio-system");
+    let mut gws = Relist::default();
+    for e in [
+        Event::Init,
+        Event::InitApply(gw("wp", CLASS)),
+        Event::InitApply(gw("edge", "other")),
+    ] {
+        assert!(!apply_gateway(&mut t, gws.follow(e, gateway_facts, key)));
+    }
+    assert!(apply_gateway(
+        &mut t,
+        gws.follow(Event::InitDone, gateway_facts, key)
+    ));
+    let mut services = Relist::default();
+    for e in [Event::Init, Event::InitApply(svc), Event::InitDone] {
+        apply_service(
+            &mut t,
+            services.follow(e, service_facts, |s: &Service| {
+                Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?))
+            }),
+        );
+    }
+    let mut namespaces = Relist::default();
+    let ns_key = |n: &Namespace| n.metadata.name.clone().map(|name| (String::new(), name));
+    for e in [Event::Init, Event::InitApply(ns), Event::InitDone] {
+        apply_namespace(&mut t, namespaces.follow(e, namespace_facts, ns_key));
+    }
+    let web = super::targets::Target::Service {
+        namespace: "shop".into(),
+        name: "web".into(),
+    };
+    assert_eq!(t.resolve(&web).message, "bound to shop/wp");
+    // The waypoint's Gateway changes class: the Service has no waypoint.
+    assert!(apply_gateway(
+        &mut t,
+        gws.follow(Event::Apply(gw("wp", "other")), gateway_facts, key)
+    ));
+    assert!(!t.resolve(&web).bound);
+}
