@@ -18,6 +18,10 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd},
     path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -439,6 +443,9 @@ pub enum Request {
 /// a time, asking the node's loop through `next`.
 pub struct Server {
     requests: mpsc::Receiver<Request>,
+    /// Set while a successor holds an offer and has not yet said `Ready`
+    /// or left.
+    offering: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -479,11 +486,19 @@ impl Server {
         };
         let (tx, requests) = mpsc::channel(1);
         let ready_wait = settings.ready_timeout + STOP;
+        let offering = Arc::new(AtomicBool::new(false));
+        let flag = offering.clone();
         std::thread::Builder::new()
             .name("handover".into())
-            .spawn(move || serve(listener, path, tx, ready_wait))
+            .spawn(move || serve(listener, path, tx, ready_wait, &flag))
             .map_err(dir_err)?;
-        Ok(Self { requests })
+        Ok(Self { requests, offering })
+    }
+
+    /// Whether a successor holds this agent's sockets and may yet say
+    /// `Ready`: stopping now would leave it to take over a stopped node.
+    pub fn offering(&self) -> bool {
+        self.offering.load(Ordering::SeqCst)
     }
 
     /// The next request; never resolves once the serving thread is gone.
@@ -495,7 +510,13 @@ impl Server {
     }
 }
 
-fn serve(listener: Listener, path: PathBuf, node: mpsc::Sender<Request>, ready_wait: Duration) {
+fn serve(
+    listener: Listener,
+    path: PathBuf,
+    node: mpsc::Sender<Request>,
+    ready_wait: Duration,
+    offering: &AtomicBool,
+) {
     let mut handed = false;
     loop {
         let channel = match listener.accept() {
@@ -512,7 +533,9 @@ fn serve(listener: Listener, path: PathBuf, node: mpsc::Sender<Request>, ready_w
             let _ = channel.send(&Message::Moved, &[]);
             continue;
         }
-        match session(&channel, &node, ready_wait) {
+        let outcome = session(&channel, &node, ready_wait, offering);
+        offering.store(false, Ordering::SeqCst);
+        match outcome {
             Ok(true) => {
                 handed = true;
                 info!(socket = %path.display(), "handed over to the new agent");
@@ -539,6 +562,7 @@ fn session(
     channel: &Channel,
     node: &mpsc::Sender<Request>,
     ready_wait: Duration,
+    offering: &AtomicBool,
 ) -> Result<bool, ChannelError> {
     channel.check_peer()?;
     channel.set_deadline(HELLO)?;
@@ -573,6 +597,7 @@ fn session(
         )?;
     }
     channel.send(&Message::Offered { pods }, &[])?;
+    offering.store(true, Ordering::SeqCst);
     info!(
         pods,
         "offered the pods' sockets to a new agent; serving until it is ready"

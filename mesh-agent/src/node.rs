@@ -725,6 +725,9 @@ impl Node {
                 Some(done) = tasks.join_next() => return Err(task_ended(done)),
             }
         }
+        if let Some(grace) = self.finish_hand_over(&mut tasks).await {
+            return self.drain_for(grace).await;
+        }
         self.drain().await
     }
 
@@ -764,6 +767,10 @@ impl Node {
             self.abandon();
             return Ok(());
         }
+        // A new agent asking from now on is refused at once (and starts
+        // afresh once this one is gone) instead of waiting on a loop that
+        // no longer answers.
+        self.successors = None;
         self.state.telemetry.set_not_ready();
         for pod in self.pods.values_mut() {
             pod.stop_accepting();
@@ -894,6 +901,37 @@ impl Node {
         }
         info!(node = %self.agent.node_name, enrolled = self.pods.len(), "agent took over from the running agent");
         Ok(())
+    }
+
+    /// Stopping while a new agent holds this agent's sockets and is not
+    /// ready yet (a rolling update deletes the old pod once the new one
+    /// looks ready, and the old agent answers its probes until the hand-
+    /// over): waits, bounded, for it to take over, and if it does, hands
+    /// over; the drain deadline then applies. `None`: no hand-over.
+    async fn finish_hand_over(
+        &mut self,
+        tasks: &mut tokio::task::JoinSet<&'static str>,
+    ) -> Option<Duration> {
+        let settings = self.handover.clone()?;
+        if !self.successors.as_ref()?.offering() {
+            return None;
+        }
+        info!(node = %self.agent.node_name, wait_s = settings.ready_timeout.as_secs(), "stopping while a new agent takes over; serving until it has, or until the ready timeout");
+        let deadline = tokio::time::Instant::now() + settings.ready_timeout;
+        loop {
+            let request = tokio::time::timeout_at(deadline, next_successor(&mut self.successors));
+            match request.await {
+                Ok(handover::Request::Offer(answer)) => {
+                    let _ = answer.send(self.offer());
+                }
+                Ok(handover::Request::Stop(answer)) => {
+                    self.hand_over(tasks).await;
+                    let _ = answer.send(());
+                    return Some(settings.drain);
+                }
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Pods the running agent offered whose enrollment here is pending.

@@ -365,3 +365,36 @@ fn the_cni_socket_passes_to_the_new_agent_with_the_node() {
     std::os::unix::net::UnixStream::connect(&sockets[DEST]).unwrap();
     all_reached(load, "b", 30);
 }
+
+#[test]
+fn stopped_while_a_new_agent_takes_over_the_old_one_hands_over_first() {
+    mesh_testbed::require_root!();
+    let spec = ClusterSpec::new(&[&["a"], &["b"]]).handover(Duration::from_secs(60));
+    let mut c = Cluster::start(spec).unwrap();
+    let _ident = c.serve("b", "8081", "ident").unwrap();
+    let to = format!("{}:8081", c.pod("b").ip);
+    let load = steady_idents(&c, "a", &to, 40, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut new = c.spawn_successor(DEST, None, &[]).unwrap();
+    new.wait_json("offered", T, |v| {
+        v["message"] == "the running agent offered its pods' sockets"
+    })
+    .unwrap();
+    // As a rolling update does once the new pod looks ready.
+    c.sigterm_agent(DEST).unwrap();
+    new.wait_json("took over", Duration::from_secs(60), |v| {
+        v["message"] == "agent took over from the running agent"
+    })
+    .unwrap();
+    let mut old = c.adopt_successor(DEST, new).unwrap();
+    assert!(old.wait_exit(Duration::from_secs(20)).unwrap().success());
+    let out = old.output().join("\n");
+    assert!(
+        out.contains("stopping while a new agent takes over")
+            && out.contains("handed over to the new agent"),
+        "{out}"
+    );
+    all_reached(load, "b", 40);
+    assert!(reached(&ident(&c, "a", &to), "b"));
+}
