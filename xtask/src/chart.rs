@@ -522,8 +522,85 @@ pub fn check() -> anyhow::Result<usize> {
         "chart: cni.enabled=false renders no installer; cni.enabled without agent.cniSocket is refused"
     );
     checks += 4;
+    checks += handover_checks()?;
     checks += waypoint_checks()?;
     checks += waypoint_config_checks(&dir)?;
+    Ok(checks)
+}
+
+/// An upgrade hands each node over from the old agent pod to the new one
+/// (README, "Upgrading"): the new pod surges beside the old one, so the
+/// DaemonSet surges one node at a time with none unavailable, and no
+/// container declares a port (in a hostNetwork pod every one is a hostPort,
+/// which keeps a second agent pod off the node); both meet at the
+/// hand-over directory, mounted from the host at the path the agent is
+/// given; and the old pod is not killed before its drain deadline.
+fn handover_checks() -> anyhow::Result<usize> {
+    let mut checks = 0;
+    for (sets, drain) in [
+        (&[][..], 3600u64),
+        (&["agent.handover.drainSeconds=90"][..], 90),
+    ] {
+        let docs = render(sets)?;
+        let ds = find(&docs, "DaemonSet", "mesh-agent")?;
+        let rolling = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+        ensure!(
+            rolling["maxSurge"].as_u64() == Some(1)
+                && rolling["maxUnavailable"].as_u64() == Some(0),
+            "the agent DaemonSet must surge (maxSurge 1, maxUnavailable 0) so the new agent takes over beside the old one: {rolling:?}"
+        );
+        let pod = &ds["spec"]["template"]["spec"];
+        ensure!(
+            pod["hostNetwork"].as_bool() == Some(true),
+            "the agent pod is not hostNetwork"
+        );
+        for list in ["containers", "initContainers"] {
+            for c in pod[list].as_sequence().into_iter().flatten() {
+                ensure!(
+                    c["ports"].is_null(),
+                    "{list} {:?} declares ports {:?}: in a hostNetwork pod they are hostPorts, and a second agent pod could not run on the node during an upgrade",
+                    c["name"],
+                    c["ports"]
+                );
+            }
+        }
+        let agent = &pod["containers"][0];
+        let args = strings(&agent["args"]);
+        let dir = flag_value(&args, "--handover-dir")
+            .with_context(|| format!("the agent runs without --handover-dir: {args:?}"))?;
+        let mount = agent["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|m| m["mountPath"].as_str() == Some(dir.as_str()))
+            .with_context(|| {
+                format!("--handover-dir {dir} is not a mount of the agent container")
+            })?;
+        let volume = pod["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount["name"])
+            .with_context(|| format!("no volume {:?}", mount["name"]))?;
+        ensure!(
+            volume["hostPath"]["path"].as_str() == Some(dir.as_str()),
+            "--handover-dir {dir} must be the host's directory at the same path (hostPath), or the two agent pods of a node do not meet: {volume:?}"
+        );
+        let flag = flag_value(&args, "--handover-drain");
+        ensure!(
+            flag.as_deref() == Some(format!("{drain}s").as_str()),
+            "--handover-drain is {flag:?}, the values say {drain}s"
+        );
+        let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+        ensure!(
+            grace > drain,
+            "terminationGracePeriodSeconds {grace} must exceed the hand-over drain ({drain} s), or the old agent is killed with connections open"
+        );
+        checks += 1;
+    }
+    println!(
+        "chart: the agent DaemonSet surges one node at a time with no hostPorts, both agents of a node share the hostPath hand-over directory, and the old one outlives its drain"
+    );
     Ok(checks)
 }
 
