@@ -233,9 +233,13 @@ impl Predecessor {
         })
     }
 
-    /// Pods offered and not adopted.
-    pub fn not_adopted(&self) -> impl Iterator<Item = &str> {
-        self.offered.values().map(|o| o.key.as_str())
+    /// Every pod offered, adopted or not (by key): the running agent
+    /// serves each of them until this one takes over.
+    pub fn offered(&self) -> impl Iterator<Item = &str> {
+        self.offered
+            .values()
+            .map(|o| o.key.as_str())
+            .chain(self.adopted.values().map(String::as_str))
     }
 
     pub fn adopted(&self) -> usize {

@@ -934,12 +934,14 @@ impl Node {
         }
     }
 
-    /// Pods the running agent offered whose enrollment here is pending.
+    /// Pods the running agent offered whose enrollment here is pending
+    /// (not yet tried, or failed even with its sockets): taking over now
+    /// would close their listeners.
     fn offered_not_held(&self) -> Vec<String> {
         let Some(p) = &self.predecessor else {
             return Vec::new();
         };
-        p.not_adopted()
+        p.offered()
             .filter(|key| self.pending.contains_key(*key))
             .map(str::to_owned)
             .collect()
@@ -982,6 +984,16 @@ impl Node {
         self.cni.stop_serving().await;
         tasks.shutdown().await;
         info!(node = %self.agent.node_name, pods = self.pods.len(), "handed over: a new agent accepts on this node's pods; draining what this one holds");
+    }
+}
+
+/// An agent that stops for any reason before it took over leaves the node
+/// to the running one, whose pods' delivery routing its runtimes share.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.predecessor.is_some() {
+            self.abandon();
+        }
     }
 }
 
