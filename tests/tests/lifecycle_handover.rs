@@ -89,10 +89,16 @@ fn bulks(c: &Cluster, pod: &str, to: &str, n: usize, bytes: u64) -> Vec<Proc> {
         .collect()
 }
 
-fn checksums_match(ps: Vec<Proc>, bytes: u64) {
+/// Each bulk's checksums match both ways, and it was still moving bytes
+/// `busy_until` after it started (so it spanned what happened then).
+fn checksums_match(ps: Vec<Proc>, bytes: u64, busy_until: Duration) {
     for mut p in ps {
         p.wait_exit(Duration::from_secs(90)).unwrap();
         let v = p.json_lines().pop().unwrap();
+        assert!(
+            v["secs"].as_f64().unwrap() > busy_until.as_secs_f64(),
+            "the transfer ended before the hand-over did; make it longer: {v}"
+        );
         assert!(v.get("error").is_none_or(Value::is_null), "{v}");
         assert_eq!(v["sent"], bytes, "{v}");
         assert_eq!(v["received"], bytes, "{v}");
@@ -122,13 +128,15 @@ fn a_new_agent_takes_over_under_load_refusing_and_resetting_nothing() {
     let new_same = steady_idents(&c, "c", &idents, count, every);
     let long_cross = holds(&c, "a", &echo, 10, 8);
     let long_same = holds(&c, "c", &echo, 10, 8);
-    let bytes = 64 << 20;
+    let bytes = 512 << 20;
+    let bulks_started = Instant::now();
     let bulk_cross = bulks(&c, "a", &echo, 2, bytes);
     let bulk_same = bulks(&c, "c", &echo, 2, bytes);
     std::thread::sleep(Duration::from_millis(1500));
 
     let old_pid = c.agent_pids()[DEST];
     let mut old = c.hand_over(DEST).unwrap();
+    let handed = bulks_started.elapsed();
     assert!(
         log_has(&old, "handed over to the new agent"),
         "{:?}",
@@ -140,8 +148,8 @@ fn a_new_agent_takes_over_under_load_refusing_and_resetting_nothing() {
     all_reached(new_same, "b", count);
     held_to_the_end(long_cross);
     held_to_the_end(long_same);
-    checksums_match(bulk_cross, bytes);
-    checksums_match(bulk_same, bytes);
+    checksums_match(bulk_cross, bytes, handed);
+    checksums_match(bulk_same, bytes, handed);
 
     // Its connections gone, the old agent exits long before its deadline.
     let status = old.wait_exit(Duration::from_secs(20)).unwrap();
