@@ -181,6 +181,41 @@ impl Inherited {
     }
 }
 
+/// Whether a new agent may have the running one stop now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TakeOver {
+    Now,
+    /// Not yet: this agent is not ready, or these pods the running agent
+    /// serves are pending here (taking over would close their listeners).
+    Wait {
+        ready: bool,
+        pending: Vec<String>,
+    },
+}
+
+impl TakeOver {
+    /// `offered`: every pod the running agent offered, by key; `pending`:
+    /// this agent's pods that should be enrolled and are not, by key. A pod
+    /// offered and no longer wanted here (gone from the view) holds
+    /// nothing back.
+    pub fn decide<'a>(
+        ready: bool,
+        offered: impl IntoIterator<Item = &'a str>,
+        pending: &BTreeMap<String, String>,
+    ) -> Self {
+        let pending: Vec<String> = offered
+            .into_iter()
+            .filter(|key| pending.contains_key(*key))
+            .map(str::to_owned)
+            .collect();
+        if ready && pending.is_empty() {
+            TakeOver::Now
+        } else {
+            TakeOver::Wait { ready, pending }
+        }
+    }
+}
+
 /// Runs `serve` once `gate` opens; drops it unrun when the hand-over is
 /// abandoned. Serving futures are lazy, so nothing accepts before.
 pub async fn after_gate(gate: Option<watch::Receiver<bool>>, serve: impl Future<Output = ()>) {
@@ -631,4 +666,35 @@ fn session(
     }
     channel.send(&Message::Stopped, &[])?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_agent_takes_over_only_ready_and_holding_every_offered_pod_still_wanted() {
+        let none = BTreeMap::new();
+        let pending = BTreeMap::from([("shop/web".to_owned(), "netns".to_owned())]);
+        assert_eq!(
+            TakeOver::decide(true, ["shop/web", "shop/db"], &none),
+            TakeOver::Now
+        );
+        assert_eq!(
+            TakeOver::decide(false, ["shop/db"], &none),
+            TakeOver::Wait {
+                ready: false,
+                pending: vec![]
+            }
+        );
+        assert_eq!(
+            TakeOver::decide(true, ["shop/web", "shop/db"], &pending),
+            TakeOver::Wait {
+                ready: true,
+                pending: vec!["shop/web".into()]
+            }
+        );
+        // Pending here but not the running agent's: nothing of it closes.
+        assert_eq!(TakeOver::decide(true, ["shop/db"], &pending), TakeOver::Now);
+    }
 }

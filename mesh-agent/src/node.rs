@@ -843,10 +843,10 @@ impl Node {
         let deadline = tokio::time::Instant::now() + settings.ready_timeout;
         let mut retry = tokio::time::interval(RETRY_PENDING);
         loop {
-            let missing = self.offered_not_held();
-            if *ready && missing.is_empty() {
-                break;
-            }
+            let missing = match self.take_over_now(*ready) {
+                handover::TakeOver::Now => break,
+                handover::TakeOver::Wait { pending, .. } => pending,
+            };
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {
                     self.abandon();
@@ -934,17 +934,12 @@ impl Node {
         }
     }
 
-    /// Pods the running agent offered whose enrollment here is pending
-    /// (not yet tried, or failed even with its sockets): taking over now
-    /// would close their listeners.
-    fn offered_not_held(&self) -> Vec<String> {
-        let Some(p) = &self.predecessor else {
-            return Vec::new();
-        };
-        p.offered()
-            .filter(|key| self.pending.contains_key(*key))
-            .map(str::to_owned)
-            .collect()
+    /// Whether to have the running agent stop now (`TakeOver::decide`
+    /// over every pod it offered, adopted or not: one whose enrollment
+    /// failed even with its sockets is still pending).
+    fn take_over_now(&self, ready: bool) -> handover::TakeOver {
+        let offered = self.predecessor.iter().flat_map(Predecessor::offered);
+        handover::TakeOver::decide(ready, offered, &self.pending)
     }
 
     /// Leaves the node to the running agent: its pods' delivery routing
