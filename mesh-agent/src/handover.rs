@@ -235,6 +235,9 @@ pub struct Predecessor {
     /// Pods whose sockets were taken (uid → key).
     adopted: BTreeMap<String, String>,
     gate: watch::Sender<bool>,
+    /// When the offer was complete: the ready timeout counts from here on
+    /// both sides, so the running agent never gives up first.
+    offered_at: Instant,
 }
 
 impl Predecessor {
@@ -281,6 +284,11 @@ impl Predecessor {
         self.adopted.len()
     }
 
+    /// When this agent must be ready by, or give up.
+    pub fn ready_by(&self, ready_timeout: Duration) -> Instant {
+        self.offered_at + ready_timeout
+    }
+
     /// Tells the running agent to stop accepting and waits until it has;
     /// the adopted sockets are served once the returned gate is opened.
     pub async fn commit(self) -> Result<Taken, HandoverError> {
@@ -290,6 +298,7 @@ impl Predecessor {
             offered,
             adopted,
             gate,
+            offered_at: _,
         } = self;
         // Sockets of pods this agent does not enroll close here; the
         // running agent's copies close when it stops accepting.
@@ -303,9 +312,17 @@ impl Predecessor {
             channel.send(&Message::Ready, &[]).map_err(err)?;
             match channel.recv().map_err(err)? {
                 Some((Message::Stopped, _)) => Ok(true),
-                // Gone (crashed, or exited) after `Ready`: it accepts on
-                // nothing any more either.
-                None => Ok(false),
+                // Closed without an answer: gone (crashed, or exited), so
+                // it accepts on nothing any more either, if its socket no
+                // longer answers; alive (it gave up on this agent), then
+                // starting would make two agents accept.
+                None => match Channel::connect(&socket) {
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(false),
+                    _ => Err(HandoverError::Refused {
+                        socket,
+                        reason: "it closed the hand-over without stopping, and still runs".into(),
+                    }),
+                },
                 Some((Message::Refused { reason }, _)) => {
                     Err(HandoverError::Refused { socket, reason })
                 }
@@ -439,6 +456,7 @@ fn ask_blocking(socket: PathBuf, waited: Duration) -> Result<Option<Predecessor>
             offered,
             adopted: BTreeMap::new(),
             gate,
+            offered_at: Instant::now(),
         }));
     }
 }

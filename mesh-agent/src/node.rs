@@ -840,7 +840,11 @@ impl Node {
         let Some(settings) = self.handover.clone() else {
             return Ok(());
         };
-        let deadline = tokio::time::Instant::now() + settings.ready_timeout;
+        // From the offer, as the running agent counts it.
+        let deadline = match &self.predecessor {
+            Some(p) => tokio::time::Instant::from_std(p.ready_by(settings.ready_timeout)),
+            None => return Ok(()),
+        };
         let mut retry = tokio::time::interval(RETRY_PENDING);
         loop {
             let missing = match self.take_over_now(*ready) {
