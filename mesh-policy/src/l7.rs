@@ -216,6 +216,26 @@ fn principal_of(r: &Request<'_>) -> String {
         .unwrap_or_default()
 }
 
+/// What clauses compare that is made from the request rather than read
+/// from it: made once per policy, not once per clause (a policy of a
+/// hundred principal rules would otherwise format the client's identity a
+/// hundred times per request).
+struct Derived {
+    /// The path without its query, dot segments resolved.
+    path: String,
+    /// `principal_of` the request.
+    principal: String,
+}
+
+impl Derived {
+    fn of(r: &Request<'_>, path: String) -> Self {
+        Self {
+            path,
+            principal: principal_of(r),
+        }
+    }
+}
+
 /// Istio's host match: case-insensitive; an exact host matches with or
 /// without a port; `*` any host; `prefix*` and `*suffix` the authority
 /// as sent.
@@ -445,20 +465,18 @@ impl Clause {
         )
     }
 
-    fn matches(&self, r: &Request<'_>, path: &str) -> bool {
+    fn matches(&self, r: &Request<'_>, d: &Derived) -> bool {
         let hit = match &self.what {
-            Match::Principal(p) => {
-                let principal = principal_of(r);
-                p.iter()
-                    .any(|p| string_match(p.strip_prefix("spiffe://").unwrap_or(p), &principal))
-            }
+            Match::Principal(p) => p
+                .iter()
+                .any(|p| string_match(p.strip_prefix("spiffe://").unwrap_or(p), &d.principal)),
             Match::Namespace(n) => any(n, r.source.map(|id| id.namespace()).unwrap_or_default()),
             Match::SourceIp(b) => b.iter().any(|b| b.contains(r.source_ip)),
             Match::RemoteIp(b) => b.iter().any(|b| b.contains(r.remote_ip)),
             Match::RequestPrincipal(p) => any(p, r.auth.map_or("", |a| a.principal.as_str())),
             Match::Host(h) => h.iter().any(|h| host_match(h, r.host)),
             Match::Method(m) => any(m, r.method),
-            Match::Path(p) => p.iter().any(|p| p.matches(path)),
+            Match::Path(p) => p.iter().any(|p| p.matches(&d.path)),
             Match::DestinationIp(b) => b.iter().any(|b| b.contains(r.destination_ip)),
             Match::DestinationPort(p) => p.contains(&r.destination_port),
             Match::Header(name, v) => r.headers.get(name).is_some_and(|h| any(v, &h)),
@@ -487,17 +505,17 @@ struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, r: &Request<'_>, path: &str) -> bool {
-        let all = |cl: &Vec<Clause>| cl.iter().all(|x| x.matches(r, path));
+    fn matches(&self, r: &Request<'_>, d: &Derived) -> bool {
+        let all = |cl: &Vec<Clause>| cl.iter().all(|x| x.matches(r, d));
         (self.from.is_empty() || self.from.iter().any(all))
             && (self.to.is_empty() || self.to.iter().any(all))
-            && self.when.iter().all(|x| x.matches(r, path))
+            && self.when.iter().all(|x| x.matches(r, d))
     }
 
     /// For a TCP stream, which has no HTTP facts, as Istio translates a
     /// rule for TCP: one with HTTP fields never matches unless it denies;
     /// a DENY rule is applied without them (it denies at least as much).
-    fn matches_tcp(&self, r: &Request<'_>, action: Action) -> bool {
+    fn matches_tcp(&self, r: &Request<'_>, d: &Derived, action: Action) -> bool {
         let clauses = || {
             self.from
                 .iter()
@@ -508,7 +526,7 @@ impl Rule {
         if action != Action::Deny && clauses().any(Clause::is_http) {
             return false;
         }
-        let holds = |x: &Clause| x.is_http() || x.matches(r, "");
+        let holds = |x: &Clause| x.is_http() || x.matches(r, d);
         let all = |cl: &Vec<Clause>| cl.iter().all(holds);
         (self.from.is_empty() || self.from.iter().any(all))
             && (self.to.is_empty() || self.to.iter().any(all))
@@ -783,16 +801,17 @@ impl WaypointPolicy {
 
     /// Whether a rule matches (no rule: none does).
     pub fn matches(&self, r: &Request<'_>) -> bool {
-        let path = normalized_path(r.path);
-        self.rules.iter().any(|rule| rule.matches(r, &path))
+        let d = Derived::of(r, normalized_path(r.path));
+        self.rules.iter().any(|rule| rule.matches(r, &d))
     }
 
     /// Whether a rule matches a TCP stream (`r` without HTTP facts): see
     /// `Rule::matches_tcp`.
     pub fn matches_tcp(&self, r: &Request<'_>) -> bool {
+        let d = Derived::of(r, String::new());
         self.rules
             .iter()
-            .any(|rule| rule.matches_tcp(r, self.action))
+            .any(|rule| rule.matches_tcp(r, &d, self.action))
     }
 }
 
