@@ -57,7 +57,7 @@ pub struct Args {
     only: Option<Part>,
     /// Measure only these modes (repeatable); direct is always measured,
     /// since every ratio is to it. The datapath part's: the waypoint part
-    /// always measures its five routes, which its ratios compare.
+    /// always measures its six routes, which its ratios compare.
     #[arg(long, value_enum)]
     mode: Vec<Mode>,
     /// Run only these tools (repeatable): iperf3, sockperf, wrk, hey,

@@ -1,16 +1,17 @@
-//! The L7 test bed: one cluster carrying all five routes at once, so that
+//! The L7 test bed: one cluster carrying all six routes at once, so that
 //! each load runs over every route moments apart on the same nodes.
 //!
 //! ```text
 //! node 0: client (enrolled), plain (not enrolled)
-//! node 1: b1 b2 (enrolled, Services web-wp, web-routes and web-l4), d1 d2 (not enrolled)
+//! node 1: b1 b2 (enrolled, Services web-wp, web-routes, web-policy and web-l4), d1 d2 (not enrolled)
 //! node 2: wp-0 (the waypoint of web-wp, web-routes and routed-NN), haproxy (not enrolled)
 //! ```
 //! Every backend runs the same server (`meshtb serve --mode web`); the
 //! mesh's routes reach b1/b2, the mesh-free ones d1/d2, so no agent sits on
 //! a path that is meant to be without one. The view holds 1,000 HTTPRoutes
 //! ([`routes`]), ten on web-routes and ten on each of 99 Services without
-//! endpoints; web-wp has none.
+//! endpoints; web-wp has none. web-policy has an AuthorizationPolicy, a
+//! rate limit and a DestinationRule ([`policies`]) and no route.
 use std::{
     net::{Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
@@ -24,7 +25,7 @@ use super::{
     load::{self, Inputs},
     metric::{Figures, Row},
     observed::{self, RuleCount, ViewBuilt, ViewHeld, Views},
-    routes,
+    policies, routes,
 };
 use crate::bench::{
     metering::{AgentMeter, Metered},
@@ -39,6 +40,7 @@ const WAYPOINT: &str = "wp";
 const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 const L4_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 41);
 const ROUTES_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 42);
+const POLICY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 43);
 /// The backends' web server, behind the Services' ports 80 (HTTP/1.1) and
 /// 81 (h2c).
 const SERVER_PORT: u16 = 8080;
@@ -65,16 +67,21 @@ pub enum Route {
     /// The same through the same waypoint to a Service with ten routes of
     /// its own, 1,000 in the view ([`routes`]).
     WaypointRoutes,
+    /// The same through the same waypoint to a Service with an
+    /// AuthorizationPolicy of 100 rules, a rate limit and a
+    /// DestinationRule in force ([`policies`]).
+    WaypointPolicies,
     /// HAProxy on node 2 as the same L7 hop in plaintext, no mesh.
     Haproxy,
 }
 
 impl Route {
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 6] = [
         Route::Direct,
         Route::L4Mesh,
         Route::Waypoint,
         Route::WaypointRoutes,
+        Route::WaypointPolicies,
         Route::Haproxy,
     ];
 
@@ -84,6 +91,7 @@ impl Route {
             Route::L4Mesh => "L4 mesh (HBONE mTLS)",
             Route::Waypoint => "through the waypoint",
             Route::WaypointRoutes => "through the waypoint, 1,000 routes",
+            Route::WaypointPolicies => "through the waypoint, policies in force",
             Route::Haproxy => "HAProxy (plaintext L7 hop)",
         }
     }
@@ -91,7 +99,9 @@ impl Route {
     /// The pod the load runs in: an enrolled one where the mesh carries it.
     fn client(self) -> &'static str {
         match self {
-            Route::L4Mesh | Route::Waypoint | Route::WaypointRoutes => "client",
+            Route::L4Mesh | Route::Waypoint | Route::WaypointRoutes | Route::WaypointPolicies => {
+                "client"
+            }
             Route::Direct | Route::Haproxy => "plain",
         }
     }
@@ -129,13 +139,15 @@ fn uses_waypoint() -> String {
 }
 
 /// The Services the loads go to: the same backends and ports through the
-/// waypoint without routes (web-wp), with them (web-routes), and without
-/// the waypoint (web-l4).
+/// waypoint without routes (web-wp), with them (web-routes), with policies
+/// (web-policy, whose policies follow), and without the waypoint (web-l4).
 fn services() -> String {
     [
         service("web-wp", WAYPOINT_VIP, &uses_waypoint(), true),
         service(routes::ROUTED, ROUTES_VIP, &uses_waypoint(), true),
+        service(policies::SERVICE, POLICY_VIP, &uses_waypoint(), true),
         service("web-l4", L4_VIP, "", true),
+        policies::docs(),
     ]
     .join("---\n")
 }
@@ -236,6 +248,8 @@ impl L7Bed {
             (Route::Waypoint, true) => (WAYPOINT_VIP, haproxy::H2C_PORT),
             (Route::WaypointRoutes, false) => (ROUTES_VIP, haproxy::H1_PORT),
             (Route::WaypointRoutes, true) => (ROUTES_VIP, haproxy::H2C_PORT),
+            (Route::WaypointPolicies, false) => (POLICY_VIP, haproxy::H1_PORT),
+            (Route::WaypointPolicies, true) => (POLICY_VIP, haproxy::H2C_PORT),
             (Route::Haproxy, false) => (self.haproxy_ip, haproxy::H1_PORT),
             (Route::Haproxy, true) => (self.haproxy_ip, haproxy::H2C_PORT),
         };
@@ -245,7 +259,9 @@ impl L7Bed {
     /// The L7 hop whose CPU and memory are reported, if the route has one.
     fn hop(&self, route: Route) -> Option<u32> {
         match route {
-            Route::Waypoint | Route::WaypointRoutes => Some(self.waypoint_pid),
+            Route::Waypoint | Route::WaypointRoutes | Route::WaypointPolicies => {
+                Some(self.waypoint_pid)
+            }
             Route::Haproxy => Some(self.haproxy_pid),
             Route::Direct | Route::L4Mesh => None,
         }
@@ -444,15 +460,20 @@ mod tests {
             .iter()
             .map(|d| d["metadata"]["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["web-wp", routes::ROUTED, "web-l4"]);
+        assert_eq!(
+            names[..4],
+            ["web-wp", routes::ROUTED, policies::SERVICE, "web-l4"]
+        );
         assert_eq!(docs[0]["spec"]["clusterIP"], "10.96.0.40");
         assert_eq!(docs[1]["spec"]["clusterIP"], "10.96.0.42");
-        assert_eq!(docs[2]["spec"]["clusterIP"], "10.96.0.41");
+        assert_eq!(docs[2]["spec"]["clusterIP"], "10.96.0.43");
+        assert_eq!(docs[3]["spec"]["clusterIP"], "10.96.0.41");
         let waypoint = serde_yaml::Value::from(WAYPOINT);
         assert_eq!(label(&docs[0]), waypoint);
         assert_eq!(label(&docs[1]), waypoint);
-        assert!(label(&docs[2]).is_null());
-        for d in &docs {
+        assert_eq!(label(&docs[2]), waypoint);
+        assert!(label(&docs[3]).is_null());
+        for d in &docs[..4] {
             assert_eq!(d["spec"]["selector"]["tier"], "web");
             assert_eq!(d["spec"]["ports"][0]["port"], haproxy::H1_PORT);
             assert_eq!(d["spec"]["ports"][1]["port"], haproxy::H2C_PORT);
@@ -473,10 +494,22 @@ mod tests {
                 .map(|d| d["kind"].as_str().unwrap().to_owned())
                 .collect()
         };
-        assert_eq!(kinds(&steps[0]), ["Service"; 3]);
+        assert_eq!(
+            kinds(&steps[0]),
+            [
+                "Service",
+                "Service",
+                "Service",
+                "Service",
+                "AuthorizationPolicy",
+                "HTTPLocalRateLimitPolicy",
+                "DestinationRule"
+            ]
+        );
+        let first = docs(&steps[0]).len();
         let holders = docs(&steps[1]);
-        assert_eq!(holders.len(), 3 + routes::SERVICES - 1);
-        for (d, (name, vip)) in holders[3..].iter().zip(routes::other_services()) {
+        assert_eq!(holders.len(), first + routes::SERVICES - 1);
+        for (d, (name, vip)) in holders[first..].iter().zip(routes::other_services()) {
             assert_eq!(d["kind"], "Service");
             assert_eq!(d["metadata"]["name"].as_str(), Some(name.as_str()));
             assert_eq!(

@@ -1,12 +1,16 @@
 //! The L7 part of `cargo xtask bench` (`--only waypoint`): HTTP through
 //! the waypoint, to a Service without HTTPRoutes and to one with ten of
-//! 1,000, against direct, the L4 mesh and HAProxy as the same hop, on one
+//! 1,000, and to one with an AuthorizationPolicy, a rate limit and a
+//! DestinationRule in force, against direct, the L4 mesh and HAProxy as
+//! the same hop, on one
 //! bed, in one run; the waypoint's CPU, memory and added latency against
 //! its goals, and what the routes cost it per request and to build. A
 //! benchmark: it reports and fails on no number.
 //! - [`bed`]: the cluster, the paths requests take (`Route`, the table's
 //!   columns) and what each stage records;
 //! - [`routes`]: the 1,000 HTTPRoutes of the "1,000 routes" column;
+//! - [`policies`]: the AuthorizationPolicy, rate limit and DestinationRule
+//!   of the "policies in force" column;
 //! - [`observed`]: what the waypoint logs and counts of its routes;
 //! - [`load`]: wrk and h2load, and their outputs;
 //! - [`haproxy`]: HAProxy's configuration;
@@ -16,6 +20,7 @@ mod haproxy;
 mod load;
 mod metric;
 mod observed;
+mod policies;
 mod render;
 mod routes;
 

@@ -1,13 +1,14 @@
 //! The L7 table: a row per figure, a column per route with its ratio to
 //! direct; then the waypoint's figures against its goals, the waypoint
-//! with 1,000 routes against without, its view's build time, and the steal.
+//! with 1,000 routes against without, its view's build time, the waypoint
+//! with policies in force against without, and the steal.
 use std::fmt::Write;
 
 use super::{
     bed::{FIXED_RATE, Route},
     metric::{Figures, Row},
     observed::{RuleCount, ViewBuilt, Views},
-    routes,
+    policies, routes,
 };
 
 /// One route's medians over the rounds, what each measurement (one stage
@@ -70,6 +71,9 @@ pub fn goals(by_route: &[(Route, &Figures)]) -> Vec<Goal> {
     let versus_haproxy = waypoint_per_request
         .zip(per_request(Route::Haproxy).filter(|h| *h > 0.0))
         .map(|(wp, h)| wp / h);
+    let with_policies = per_request(Route::WaypointPolicies)
+        .zip(waypoint_per_request.filter(|b| *b > 0.0))
+        .map(|(p, bare)| p / bare);
     vec![
         Goal {
             label: "waypoint CPU per 1000 req/s",
@@ -93,6 +97,12 @@ pub fn goals(by_route: &[(Route, &Figures)]) -> Vec<Goal> {
             label: "CPU per request, waypoint / HAProxy",
             value: versus_haproxy,
             limit: 1.5,
+            unit: "×",
+        },
+        Goal {
+            label: "CPU per request, policies in force / none",
+            value: with_policies,
+            limit: 1.1,
             unit: "×",
         },
     ]
@@ -168,12 +178,18 @@ impl RouteCost {
 /// CPU per 1000 req/s and p99 at the fixed rate, through the waypoint with
 /// 1,000 routes and without.
 pub fn route_cost(results: &[(Route, RouteResult)]) -> Vec<RouteCost> {
+    cost_over_bare(results, Route::WaypointRoutes)
+}
+
+/// CPU per 1000 req/s and p99 at the fixed rate, through the waypoint to
+/// `with` and to web-wp (nothing in force), in the same rounds.
+fn cost_over_bare(results: &[(Route, RouteResult)], with: Route) -> Vec<RouteCost> {
     let result = |route: Route| results.iter().find(|(r, _)| *r == route).map(|(_, r)| r);
     let cost = |label, decimals, figure: fn(&Figures) -> Option<f64>| RouteCost {
         label,
         decimals,
         without: Spread::of(result(Route::Waypoint), figure),
-        with: Spread::of(result(Route::WaypointRoutes), figure),
+        with: Spread::of(result(with), figure),
     };
     vec![
         cost("waypoint CPU per 1000 req/s (vCPU)", 3, |f| {
@@ -217,19 +233,10 @@ fn view_sizes(v: &ViewBuilt) -> String {
     )
 }
 
-/// The waypoint with 1,000 routes against without, the build time of its
-/// view with them, and which rules took web-routes' requests.
-fn routing_section(out: &mut String, results: &[(Route, RouteResult)], routing: &Routing) {
-    let (route, rule) = routes::taken(routes::ROUTED);
-    let total = thousands(routes::SERVICES * routes::ROUTES_PER_SERVICE);
-    let _ = write!(
-        out,
-        "\nThe waypoint with {total} routes against without (same run, same waypoint): requests to {routed} ({per} routes of its own, {total} in the view; they take {route} rule {rule}, which the precedence tries after {before} others) beside requests to web-wp (no route). Each figure is the median, with the lowest and highest round in brackets; \"rounds overlap\" is whether the two figures' rounds overlap. No threshold is applied:\n\n| figure | without routes | with {total} routes | with / without | rounds overlap |\n|---|---|---|---|---|\n",
-        routed = routes::ROUTED,
-        per = routes::ROUTES_PER_SERVICE,
-        before = routes::TRIED_BEFORE_TAKEN,
-    );
-    for c in route_cost(results) {
+/// One table row per figure: without, with, their ratio, and whether their
+/// rounds overlap.
+fn cost_rows(out: &mut String, costs: &[RouteCost]) {
+    for c in costs {
         let ratio = c
             .ratio()
             .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"));
@@ -246,6 +253,33 @@ fn routing_section(out: &mut String, results: &[(Route, RouteResult)], routing: 
             spread_cell(&c.with, c.decimals),
         );
     }
+}
+
+/// The waypoint with its policies in force against without, in the same
+/// run and rounds.
+fn policies_section(out: &mut String, results: &[(Route, RouteResult)]) {
+    let _ = write!(
+        out,
+        "\nThe waypoint with policies in force against without (same run, same waypoint): requests to {service} (an AuthorizationPolicy of {rules} ALLOW rules of which the last admits them, a local rate limit above any rate reached, a DestinationRule with connection-pool limits, outlier detection and LEAST_REQUEST) beside requests to web-wp (nothing in force). Median, with the lowest and highest round in brackets; the goal is at most 1.10× CPU per request (above, among the goals):\n\n| figure | nothing in force | policies in force | with / without | rounds overlap |\n|---|---|---|---|---|\n",
+        service = policies::SERVICE,
+        rules = policies::RULES,
+    );
+    cost_rows(out, &cost_over_bare(results, Route::WaypointPolicies));
+}
+
+/// The waypoint with 1,000 routes against without, the build time of its
+/// view with them, and which rules took web-routes' requests.
+fn routing_section(out: &mut String, results: &[(Route, RouteResult)], routing: &Routing) {
+    let (route, rule) = routes::taken(routes::ROUTED);
+    let total = thousands(routes::SERVICES * routes::ROUTES_PER_SERVICE);
+    let _ = write!(
+        out,
+        "\nThe waypoint with {total} routes against without (same run, same waypoint): requests to {routed} ({per} routes of its own, {total} in the view; they take {route} rule {rule}, which the precedence tries after {before} others) beside requests to web-wp (no route). Each figure is the median, with the lowest and highest round in brackets; \"rounds overlap\" is whether the two figures' rounds overlap. No threshold is applied:\n\n| figure | without routes | with {total} routes | with / without | rounds overlap |\n|---|---|---|---|---|\n",
+        routed = routes::ROUTED,
+        per = routes::ROUTES_PER_SERVICE,
+        before = routes::TRIED_BEFORE_TAKEN,
+    );
+    cost_rows(out, &route_cost(results));
     let (with, without) = (&routing.views.with_routes, &routing.views.without_routes);
     let _ = writeln!(
         out,
@@ -369,6 +403,7 @@ pub fn table(
         );
     }
     routing_section(&mut out, results, routing);
+    policies_section(&mut out, results);
     let steal: Vec<String> = results
         .iter()
         .filter_map(|(route, r)| r.steal.map(|v| format!("{} {v:.1} %", route.label())))
@@ -605,9 +640,11 @@ mod tests {
             (Row::HopRss64Conns, 14.0),
         ]);
         let hap = figures(&[(Row::FixedAchieved, 800.0), (Row::HopCpuFixed, 3.2)]);
+        let policed = figures(&[(Row::FixedAchieved, 1000.0), (Row::HopCpuFixed, 6.3)]);
         let g = goals(&[
             (Route::L4Mesh, &l4),
             (Route::Waypoint, &wp),
+            (Route::WaypointPolicies, &policed),
             (Route::Haproxy, &hap),
         ]);
         let values: Vec<Option<f64>> = g.iter().map(|g| g.value).collect();
@@ -618,9 +655,11 @@ mod tests {
         assert!(close(values[2], 0.4), "{values:?}");
         // 0.06/1000 per request against HAProxy's 0.032/800 = 0.04/1000.
         assert!(close(values[3], 1.5), "{values:?}");
+        // 6.3 % against 6 % of a CPU at the same rate.
+        assert!(close(values[4], 1.05), "{values:?}");
         assert_eq!(
             g.iter().map(|g| g.limit).collect::<Vec<_>>(),
-            [0.08, 20.0, 0.5, 1.5]
+            [0.08, 20.0, 0.5, 1.5, 1.1]
         );
     }
 
@@ -632,6 +671,46 @@ mod tests {
         assert_eq!(g[1].value, Some(9.0));
         assert_eq!(g[2].value, None);
         assert_eq!(g[3].value, None);
+        assert_eq!(g[4].value, None);
+    }
+
+    #[test]
+    fn the_policies_section_sets_policies_in_force_beside_none() {
+        let results = vec![
+            (
+                Route::Waypoint,
+                result(vec![
+                    fixed(10.0, 1000.0, 2000.0),
+                    fixed(12.0, 1000.0, 2600.0),
+                ]),
+            ),
+            (
+                Route::WaypointPolicies,
+                result(vec![
+                    fixed(10.5, 1000.0, 2100.0),
+                    fixed(12.5, 1000.0, 2500.0),
+                ]),
+            ),
+        ];
+        let out = table(&results, 2, 2, &routing(Vec::new()));
+        assert!(
+            out.contains("requests to web-policy (an AuthorizationPolicy of 100 ALLOW rules"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| figure | nothing in force | policies in force | with / without | rounds overlap |\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| waypoint CPU per 1000 req/s (vCPU) | 0.110 (0.100–0.120) | 0.115 (0.105–0.125) | 1.05× | yes |\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "| CPU per request, policies in force / none (×) | 1.045 × | ≤ 1.1 × | yes |\n"
+            ),
+            "{out}"
+        );
     }
 
     #[test]
