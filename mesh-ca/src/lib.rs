@@ -13,6 +13,7 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub mod signer;
+pub mod status_controller;
 pub mod waypoints;
 
 #[cfg(test)]

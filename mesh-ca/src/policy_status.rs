@@ -13,6 +13,8 @@
 //! Lease (`crate::lease`): only the leader writes. Each kind is optional
 //! (its CRD may not be installed): the served kinds are checked now and
 //! then, and the controller starts over when they change.
+//! That skeleton, and the status write, it shares with the route status
+//! controller (`crate::status_controller`).
 pub mod condition;
 pub mod facts;
 pub mod judge;
@@ -20,21 +22,15 @@ pub mod kinds;
 pub mod reconcile;
 pub mod targets;
 
-use std::{
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::sync::{Arc, RwLock};
 
-use futures::{Stream, StreamExt};
-use kube::{
-    Api, Client,
-    api::DynamicObject,
-    runtime::{Controller, controller, watcher},
-};
+use futures::StreamExt;
+use kube::Client;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
-use kinds::{PolicyKind, Served};
+use crate::status_controller::{self, Objects, ServedKinds, control, follow_served, triggers};
+use kinds::Served;
 use reconcile::{Context, reconcile_policy, retry};
 use targets::Targets;
 
@@ -49,78 +45,39 @@ pub struct Scope {
     pub root_namespace: String,
 }
 
-/// How often the served kinds are checked again.
-const RECHECK: Duration = Duration::from_secs(60);
-/// Changes of targets that come together are reconciled together.
-const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Names this controller in its logs.
+const CONTROLLER: &str = "policy status";
 
 /// Runs the controller whenever `leading` says this replica leads, until
 /// the channel closes.
 pub async fn run(client: Client, scope: Scope, leading: watch::Receiver<bool>) {
-    loop {
-        let mut wait = leading.clone();
-        if wait.wait_for(|l| *l).await.is_err() {
-            return;
-        }
-        let mut lost = leading.clone();
-        tokio::select! {
-            () = lead(&client, &scope) => {}
-            _ = lost.wait_for(|l| !*l) => {}
-        }
-        info!("policy status: stopped, this replica no longer leads");
-    }
+    status_controller::while_leading(CONTROLLER, leading, || {
+        follow_served(&client, |served: Served| report(&client, &scope, served))
+    })
+    .await;
 }
 
-/// While leading: reports on the served kinds, starting over whenever
-/// the set of served kinds changes.
-async fn lead(client: &Client, scope: &Scope) {
-    let mut said_absent = false;
-    loop {
-        let served = match Served::probe(client).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, retry_s = RECHECK.as_secs(),
-                    "policy status: cannot tell which policy kinds are served");
-                tokio::time::sleep(RECHECK).await;
-                continue;
-            }
-        };
-        if served.kinds.is_empty() {
-            if !said_absent {
-                info!(
-                    "policy status: the API server serves none of the policy kinds the waypoint reads; nothing to report"
-                );
-                said_absent = true;
-            }
-            tokio::time::sleep(RECHECK).await;
-            continue;
-        }
-        said_absent = false;
-        info!(kinds = ?served.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
-            gateways = served.gateways, "policy status: reporting on policies");
-        tokio::select! {
-            () = report(client, scope, &served) => {}
-            () = until_changed(client, &served) => {
-                info!("policy status: the served kinds changed; starting over");
-            }
-        }
-    }
-}
+impl ServedKinds for Served {
+    const CONTROLLER: &'static str = CONTROLLER;
+    const CANNOT_PROBE: &'static str = "cannot tell which policy kinds are served";
+    const NONE_SERVED: &'static str =
+        "the API server serves none of the policy kinds the waypoint reads; nothing to report";
+    const CHANGED: &'static str = "the served kinds changed; starting over";
 
-async fn until_changed(client: &Client, served: &Served) {
-    loop {
-        tokio::time::sleep(RECHECK).await;
-        match Served::probe(client).await {
-            Ok(now) if now != *served => return,
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "policy status: checking the served kinds failed"),
-        }
+    fn probe(client: &Client) -> impl Future<Output = Result<Self, kube::Error>> + Send {
+        Served::probe(client)
+    }
+
+    fn any(&self) -> bool {
+        !self.kinds.is_empty()
     }
 }
 
 /// Follows the targets and, once they are listed, runs one controller per
 /// served kind. Never returns on its own.
-async fn report(client: &Client, scope: &Scope, served: &Served) {
+async fn report(client: &Client, scope: &Scope, served: Served) {
+    info!(kinds = ?served.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        gateways = served.gateways, "policy status: reporting on policies");
     let targets = Arc::new(RwLock::new(Targets::new(
         &scope.waypoint_class,
         &scope.root_namespace,
@@ -140,10 +97,11 @@ async fn report(client: &Client, scope: &Scope, served: &Served) {
             return;
         }
         let runs = served.kinds.iter().map(|&kind| {
+            let resource = kind.resource();
             let ctx = Arc::new(Context {
                 client: client.clone(),
                 kind,
-                resource: kind.resource(),
+                resource: resource.clone(),
                 targets: targets.clone(),
             });
             let on = if kind.has_targets() {
@@ -151,40 +109,22 @@ async fn report(client: &Client, scope: &Scope, served: &Served) {
             } else {
                 futures::stream::pending().boxed()
             };
-            control(ctx, on)
+            control(
+                Objects {
+                    controller: CONTROLLER,
+                    kind: kind.name(),
+                    client: client.clone(),
+                    resource,
+                },
+                on,
+                reconcile_policy,
+                retry,
+                ctx,
+            )
         });
         futures::future::join_all(runs).await;
     };
     tokio::join!(follow, controllers);
-}
-
-/// Every change of the targets, as a trigger to reconcile every object of
-/// a kind.
-fn triggers(changes: watch::Receiver<()>) -> impl Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold(changes, |mut rx| async move {
-        rx.changed().await.ok()?;
-        Some(((), rx))
-    })
-}
-
-async fn control(ctx: Arc<Context>, on: impl Stream<Item = ()> + Send + 'static) {
-    let kind: PolicyKind = ctx.kind;
-    Controller::new_with(
-        Api::<DynamicObject>::all_with(ctx.client.clone(), &ctx.resource),
-        watcher::Config::default(),
-        ctx.resource.clone(),
-    )
-    .with_config(controller::Config::default().debounce(DEBOUNCE))
-    .reconcile_all_on(on)
-    .run(reconcile_policy, retry, ctx)
-    .for_each(|result| async move {
-        match result {
-            // Said by `retry` already (or a lost race, which is not news).
-            Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
-            Err(e) => warn!(kind = kind.name(), error = %e, "policy status controller"),
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]

@@ -13,105 +13,62 @@
 //! (`crate::lease`): only the leader writes. Without Gateway API's route
 //! CRDs there is nothing to do: it checks now and then whether they have
 //! been installed, and starts (or restarts) when the served kinds change.
+//! That skeleton, and the status write, it shares with the policy status
+//! controller (`crate::status_controller`).
 pub mod facts;
 pub mod kinds;
 pub mod merge;
 pub mod reconcile;
 
-use std::{
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::sync::{Arc, RwLock};
 
-use futures::{Stream, StreamExt};
-use kube::{
-    Api, Client,
-    api::DynamicObject,
-    runtime::{Controller, controller, watcher},
-};
+use futures::StreamExt;
+use kube::Client;
 use mesh_route::{compile::RouteKind, status::Cluster};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
+use crate::status_controller::{self, Objects, ServedKinds, control, follow_served, triggers};
 use kinds::Served;
 use reconcile::{Context, reconcile_route, retry};
 
-/// How often the served kinds are checked again.
-const RECHECK: Duration = Duration::from_secs(60);
-/// Changes of facts that come together (a namespace of Services applied
-/// at once) are reconciled together.
-const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Names this controller in its logs.
+const CONTROLLER: &str = "route status";
 
 /// Runs the controller whenever `leading` says this replica leads, until
 /// the channel closes.
 pub async fn run(client: Client, controller_name: String, leading: watch::Receiver<bool>) {
-    loop {
-        let mut wait = leading.clone();
-        if wait.wait_for(|l| *l).await.is_err() {
-            return;
-        }
-        let mut lost = leading.clone();
-        tokio::select! {
-            () = lead(&client, &controller_name) => {}
-            _ = lost.wait_for(|l| !*l) => {}
-        }
-        info!("route status: stopped, this replica no longer leads");
-    }
+    status_controller::while_leading(CONTROLLER, leading, || {
+        follow_served(&client, |served: Served| {
+            report(&client, &controller_name, served)
+        })
+    })
+    .await;
 }
 
-/// While leading: waits for a route kind to be served, then reports on
-/// the routes, starting over whenever the set of served kinds changes.
-async fn lead(client: &Client, controller_name: &str) {
-    let mut said_absent = false;
-    loop {
-        let served = match Served::probe(client).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, retry_s = RECHECK.as_secs(),
-                    "route status: cannot tell whether HTTPRoute and GRPCRoute are served");
-                tokio::time::sleep(RECHECK).await;
-                continue;
-            }
-        };
-        if !served.any_route() {
-            if !said_absent {
-                info!(
-                    "route status: the API server serves neither HTTPRoute nor GRPCRoute (Gateway API CRDs not installed); nothing to report"
-                );
-                said_absent = true;
-            }
-            tokio::time::sleep(RECHECK).await;
-            continue;
-        }
-        said_absent = false;
-        info!(
-            http_routes = served.http_routes,
-            grpc_routes = served.grpc_routes,
-            "route status: reporting on routes"
-        );
-        tokio::select! {
-            () = report(client, controller_name, served) => {}
-            () = until_changed(client, served) => {
-                info!("route status: the served Gateway API kinds changed; starting over");
-            }
-        }
-    }
-}
+impl ServedKinds for Served {
+    const CONTROLLER: &'static str = CONTROLLER;
+    const CANNOT_PROBE: &'static str = "cannot tell whether HTTPRoute and GRPCRoute are served";
+    const NONE_SERVED: &'static str = "the API server serves neither HTTPRoute nor GRPCRoute (Gateway API CRDs not installed); nothing to report";
+    const CHANGED: &'static str = "the served Gateway API kinds changed; starting over";
 
-async fn until_changed(client: &Client, served: Served) {
-    loop {
-        tokio::time::sleep(RECHECK).await;
-        match Served::probe(client).await {
-            Ok(now) if now != served => return,
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "route status: checking the served kinds failed"),
-        }
+    fn probe(client: &Client) -> impl Future<Output = Result<Self, kube::Error>> + Send {
+        Served::probe(client)
+    }
+
+    fn any(&self) -> bool {
+        self.any_route()
     }
 }
 
 /// Follows the facts and, once they are listed, runs one controller per
 /// served route kind. Never returns on its own.
 async fn report(client: &Client, controller_name: &str, served: Served) {
+    info!(
+        http_routes = served.http_routes,
+        grpc_routes = served.grpc_routes,
+        "route status: reporting on routes"
+    );
     let cluster = Arc::new(RwLock::new(Cluster::default()));
     let (services, services_changed) = watch::channel(());
     let (grpc_routes, grpc_routes_changed) = watch::channel(());
@@ -133,11 +90,12 @@ async fn report(client: &Client, controller_name: &str, served: Served) {
             return;
         }
         let runs = served.routes().map(|kind| {
+            let resource = kinds::route_resource(kind);
             let ctx = Arc::new(Context {
                 client: client.clone(),
                 controller_name: controller_name.to_owned(),
                 kind,
-                resource: kinds::route_resource(kind),
+                resource: resource.clone(),
                 cluster: cluster.clone(),
             });
             // An HTTPRoute's status depends on the GRPCRoutes too; a
@@ -150,40 +108,22 @@ async fn report(client: &Client, controller_name: &str, served: Served) {
                 .boxed(),
                 RouteKind::Grpc => triggers(services_changed.clone()).boxed(),
             };
-            control(ctx, on)
+            control(
+                Objects {
+                    controller: CONTROLLER,
+                    kind: kind.kind_name(),
+                    client: client.clone(),
+                    resource,
+                },
+                on,
+                reconcile_route,
+                retry,
+                ctx,
+            )
         });
         futures::future::join_all(runs).await;
     };
     tokio::join!(follow, controllers);
-}
-
-/// Every change of some facts, as a trigger to reconcile every route of
-/// a kind.
-fn triggers(changes: watch::Receiver<()>) -> impl Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold(changes, |mut rx| async move {
-        rx.changed().await.ok()?;
-        Some(((), rx))
-    })
-}
-
-async fn control(ctx: Arc<Context>, on: impl Stream<Item = ()> + Send + 'static) {
-    let kind = ctx.kind;
-    Controller::new_with(
-        Api::<DynamicObject>::all_with(ctx.client.clone(), &ctx.resource),
-        watcher::Config::default(),
-        ctx.resource.clone(),
-    )
-    .with_config(controller::Config::default().debounce(DEBOUNCE))
-    .reconcile_all_on(on)
-    .run(reconcile_route, retry, ctx)
-    .for_each(|result| async move {
-        match result {
-            // Said by `retry` already (or a lost race, which is not news).
-            Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
-            Err(e) => warn!(kind = kind.kind_name(), error = %e, "route status controller"),
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]

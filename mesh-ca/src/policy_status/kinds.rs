@@ -5,10 +5,9 @@
 //! `DestinationRule`, condition `WaypointAccepted`, as istiod writes it
 //! on waypoint-bound AuthorizationPolicies). Each is optional: a kind
 //! whose CRD is not installed has nothing to report on.
-use kube::{
-    Api, Client,
-    api::{ApiResource, DynamicObject, ListParams},
-};
+use kube::{Client, api::ApiResource};
+
+use crate::status_controller::served;
 
 /// The condition type on the mesh's own kinds.
 pub const ACCEPTED: &str = "Accepted";
@@ -96,14 +95,5 @@ impl Served {
         }
         let gateways = served(client, &mesh_discovery::kubernetes::gateway_resource()).await?;
         Ok(Served { kinds, gateways })
-    }
-}
-
-async fn served(client: &Client, resource: &ApiResource) -> Result<bool, kube::Error> {
-    let api = Api::<DynamicObject>::all_with(client.clone(), resource);
-    match api.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
-        Err(e) => Err(e),
     }
 }

@@ -1,21 +1,14 @@
 //! The policy status controller's I/O for one object: judge it
 //! (`judge`) against the targets of the moment, put our condition into
 //! its `status.conditions` (`condition`), and write only when the list
-//! changed.
-//!
-//! The write is a JSON merge patch of the status subresource carrying the
-//! resourceVersion that was read: the list is shared with other
-//! controllers (istiod writes `ZtunnelAccepted` on the same
-//! AuthorizationPolicies), so a write based on a stale read must fail
-//! (409) and be redone rather than drop what another wrote since.
-use std::{
-    sync::{Arc, PoisonError, RwLock},
-    time::Duration,
-};
+//! changed (`status_controller::Written::write`: a merge patch that fails
+//! on a stale read, since the list is shared with other controllers:
+//! istiod writes `ZtunnelAccepted` on the same AuthorizationPolicies).
+use std::sync::{Arc, PoisonError, RwLock};
 
 use kube::{
-    Api, Client,
-    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    Client,
+    api::{ApiResource, DynamicObject},
     runtime::controller::Action,
 };
 use serde_json::{Value, json};
@@ -27,40 +20,16 @@ use super::{
     kinds::PolicyKind,
     targets::Targets,
 };
+use crate::status_controller::{self, StatusError, Written, now};
 
 /// The field manager of the status writes.
 pub const FIELD_MANAGER: &str = "mesh-policy-status";
-/// A failed write is tried again after this.
-pub const RETRY: Duration = Duration::from_secs(10);
-/// After a write lost a race with another writer: soon, on a fresh read.
-pub const CONFLICT_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Context {
     pub client: Client,
     pub kind: PolicyKind,
     pub resource: ApiResource,
     pub targets: Arc<RwLock<Targets>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyStatusError {
-    #[error("writing the status of {kind} {namespace}/{name}: {source}")]
-    Write {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("{0} without metadata.namespace, metadata.name or metadata.resourceVersion")]
-    Incomplete(&'static str),
-}
-
-impl PolicyStatusError {
-    /// Another writer changed the object between our read and our write.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, PolicyStatusError::Write { source: kube::Error::Api(s), .. } if s.code == 409)
-    }
 }
 
 /// The conditions `o` should carry, from the ones it carries; `None` when
@@ -96,20 +65,13 @@ pub fn new_conditions(
 pub async fn reconcile_policy(
     o: Arc<DynamicObject>,
     ctx: Arc<Context>,
-) -> Result<Action, PolicyStatusError> {
+) -> Result<Action, StatusError> {
     let kind = ctx.kind.name();
-    let meta = &o.metadata;
-    let (Some(namespace), Some(name), Some(version)) = (
-        meta.namespace.as_deref(),
-        meta.name.as_deref(),
-        meta.resource_version.as_deref(),
-    ) else {
-        return Err(PolicyStatusError::Incomplete(kind));
-    };
-    if meta.deletion_timestamp.is_some() {
+    let Some(written) = Written::of(kind, &o)? else {
         return Ok(Action::await_change());
-    }
-    let now = crate::routes::reconcile::now();
+    };
+    let (namespace, name) = (written.namespace, written.name);
+    let now = now();
     let conditions = {
         let targets = ctx.targets.read().unwrap_or_else(PoisonError::into_inner);
         new_conditions(ctx.kind, &o, &targets, &now)
@@ -118,25 +80,14 @@ pub async fn reconcile_policy(
         debug!(%namespace, object = %name, kind, "policy status unchanged");
         return Ok(Action::await_change());
     };
-    Api::<DynamicObject>::namespaced_with(ctx.client.clone(), namespace, &ctx.resource)
-        .patch_status(
-            name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(json!({
-                "metadata": {"resourceVersion": version},
-                "status": {"conditions": conditions},
-            })),
+    written
+        .write(
+            &ctx.client,
+            &ctx.resource,
+            FIELD_MANAGER,
+            json!({"conditions": conditions}),
         )
-        .await
-        .map_err(|source| PolicyStatusError::Write {
-            kind,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            source,
-        })?;
+        .await?;
     if let Some(c) = previous(&conditions, ctx.kind.condition_type())
         && c.get("status").and_then(Value::as_str) != Some("True")
     {
@@ -149,11 +100,6 @@ pub async fn reconcile_policy(
     Ok(Action::await_change())
 }
 
-pub fn retry(_: Arc<DynamicObject>, error: &PolicyStatusError, ctx: Arc<Context>) -> Action {
-    if error.is_conflict() {
-        return Action::requeue(CONFLICT_RETRY);
-    }
-    tracing::warn!(kind = ctx.kind.name(), error = %error, retry_s = RETRY.as_secs(),
-        "policy status: reconcile failed");
-    Action::requeue(RETRY)
+pub fn retry(_: Arc<DynamicObject>, error: &StatusError, ctx: Arc<Context>) -> Action {
+    status_controller::retry_after(super::CONTROLLER, ctx.kind.name(), error)
 }

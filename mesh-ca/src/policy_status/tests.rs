@@ -11,10 +11,13 @@ use serde_json::{Value, json};
 
 use super::{
     kinds::PolicyKind,
-    reconcile::{CONFLICT_RETRY, Context, FIELD_MANAGER, reconcile_policy, retry},
+    reconcile::{Context, FIELD_MANAGER, reconcile_policy, retry},
     targets::Targets,
 };
-use crate::api_mock::{self, Seen};
+use crate::{
+    api_mock::{self, Seen},
+    status_controller::CONFLICT_RETRY,
+};
 
 const RATE_LIMIT: &str =
     "/apis/mesh.io/v1alpha1/namespaces/shop/httplocalratelimitpolicies/p/status";

@@ -4,11 +4,13 @@
 //! serves them: Gateway API's CRDs are optional, and without them there
 //! is nothing to report on.
 use kube::{
-    Api, Client,
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
+    Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
 };
 use mesh_route::{compile::RouteKind, spec::GROUP};
 use serde_json::{Value, json};
+
+use crate::status_controller::served;
 
 pub fn http_route() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -72,14 +74,5 @@ impl Served {
             http_routes: served(client, &http_route()).await?,
             grpc_routes: served(client, &grpc_route()).await?,
         })
-    }
-}
-
-async fn served(client: &Client, resource: &ApiResource) -> Result<bool, kube::Error> {
-    let api = Api::<DynamicObject>::all_with(client.clone(), resource);
-    match api.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
-        Err(e) => Err(e),
     }
 }

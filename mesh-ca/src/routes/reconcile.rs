@@ -1,23 +1,14 @@
 //! The route status controller's I/O for one route: decode it, compute
 //! our `status.parents` entries (`mesh_route::status`) against the facts
 //! of the moment, merge them into the list (`merge`) and write the list
-//! only when it changed.
-//!
-//! The write is a JSON merge patch of the status subresource carrying the
-//! resourceVersion that was read: `parents` is an atomic list shared with
-//! other controllers, so a write based on a stale read must fail (409)
-//! and be redone rather than drop what another controller wrote since.
-//! (Server-side apply would make this controller the owner of the whole
-//! list and, forced, overwrite theirs.)
-use std::{
-    sync::{Arc, PoisonError, RwLock},
-    time::Duration,
-};
+//! only when it changed (`status_controller::Written::write`: a merge
+//! patch that fails on a stale read, since `parents` is an atomic list
+//! shared with other controllers).
+use std::sync::{Arc, PoisonError, RwLock};
 
-use k8s_openapi::jiff::Timestamp;
 use kube::{
-    Api, Client,
-    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    Client,
+    api::{ApiResource, DynamicObject},
     runtime::controller::Action,
 };
 use mesh_route::{
@@ -35,13 +26,10 @@ use super::{
     kinds::route_object,
     merge::{merge_parents, previous_ours},
 };
+use crate::status_controller::{self, StatusError, Written, now};
 
 /// The field manager of the status writes.
 pub const FIELD_MANAGER: &str = "mesh-route-status";
-/// A failed write is tried again after this.
-pub const RETRY: Duration = Duration::from_secs(10);
-/// After a write lost a race with another writer: soon, on a fresh read.
-pub const CONFLICT_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Context {
     pub client: Client,
@@ -51,34 +39,6 @@ pub struct Context {
     pub kind: RouteKind,
     pub resource: ApiResource,
     pub cluster: Arc<RwLock<Cluster>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RouteStatusError {
-    #[error("writing the status of {kind} {namespace}/{name}: {source}")]
-    Write {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("{0} without metadata.namespace, metadata.name or metadata.resourceVersion")]
-    Incomplete(&'static str),
-}
-
-impl RouteStatusError {
-    /// Another writer changed the route between our read and our write.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, RouteStatusError::Write { source: kube::Error::Api(s), .. } if s.code == 409)
-    }
-}
-
-/// A time for conditions, to the second as metav1.Time writes it.
-pub fn now() -> String {
-    Timestamp::from_second(Timestamp::now().as_second())
-        .unwrap_or(Timestamp::UNIX_EPOCH)
-        .to_string()
 }
 
 /// The entries this controller writes for `route`, of `kind`.
@@ -118,19 +78,12 @@ pub fn our_entries(
 pub async fn reconcile_route(
     route: Arc<DynamicObject>,
     ctx: Arc<Context>,
-) -> Result<Action, RouteStatusError> {
+) -> Result<Action, StatusError> {
     let kind = ctx.kind.kind_name();
-    let meta = &route.metadata;
-    let (Some(namespace), Some(name), Some(version)) = (
-        meta.namespace.as_deref(),
-        meta.name.as_deref(),
-        meta.resource_version.as_deref(),
-    ) else {
-        return Err(RouteStatusError::Incomplete(kind));
-    };
-    if meta.deletion_timestamp.is_some() {
+    let Some(written) = Written::of(kind, &route)? else {
         return Ok(Action::await_change());
-    }
+    };
+    let (namespace, name) = (written.namespace, written.name);
     let previous: Vec<Value> = route
         .data
         .get("status")
@@ -142,7 +95,7 @@ pub async fn reconcile_route(
     let now = now();
     let observed = Observed {
         controller_name: &ctx.controller_name,
-        generation: meta.generation,
+        generation: route.metadata.generation,
         previous: &before,
         now: &now,
     };
@@ -159,25 +112,14 @@ pub async fn reconcile_route(
         debug!(%namespace, route = %name, kind, "route status unchanged");
         return Ok(Action::await_change());
     }
-    Api::<DynamicObject>::namespaced_with(ctx.client.clone(), namespace, &ctx.resource)
-        .patch_status(
-            name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(json!({
-                "metadata": {"resourceVersion": version},
-                "status": {"parents": merged.parents},
-            })),
+    written
+        .write(
+            &ctx.client,
+            &ctx.resource,
+            FIELD_MANAGER,
+            json!({"parents": merged.parents}),
         )
-        .await
-        .map_err(|source| RouteStatusError::Write {
-            kind,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            source,
-        })?;
+        .await?;
     for entry in &ours {
         for c in entry.conditions.iter().filter(|c| c.status != "True") {
             info!(%namespace, route = %name, kind, parent = %entry.parent_ref.name,
@@ -188,10 +130,6 @@ pub async fn reconcile_route(
     Ok(Action::await_change())
 }
 
-pub fn retry(_: Arc<DynamicObject>, error: &RouteStatusError, _: Arc<Context>) -> Action {
-    if error.is_conflict() {
-        return Action::requeue(CONFLICT_RETRY);
-    }
-    warn!(error = %error, retry_s = RETRY.as_secs(), "route status: reconcile failed");
-    Action::requeue(RETRY)
+pub fn retry(_: Arc<DynamicObject>, error: &StatusError, ctx: Arc<Context>) -> Action {
+    status_controller::retry_after(super::CONTROLLER, ctx.kind.kind_name(), error)
 }

@@ -31,9 +31,12 @@ use super::{
         service_facts,
     },
     kinds::{self, Served},
-    reconcile::{CONFLICT_RETRY, Context, FIELD_MANAGER, RETRY, reconcile_route, retry},
+    reconcile::{Context, FIELD_MANAGER, reconcile_route, retry},
 };
-use crate::api_mock::{self, Seen};
+use crate::{
+    api_mock::{self, Seen},
+    status_controller::{CONFLICT_RETRY, RETRY},
+};
 
 const ME: &str = "mesh.io/waypoint-controller";
 const HTTP_STATUS: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/r/status";
