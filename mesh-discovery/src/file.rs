@@ -524,21 +524,18 @@ pub fn parse_with(
             "DestinationRule" => {
                 let rule: crate::destination_rule::Document = doc.typed(value, file, &what)?;
                 let compiled =
-                    crate::destination_rule::compile(&namespace, &name, None, &rule.spec)
-                        .map_err(|e| {
-                            invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
-                        })?;
+                    crate::destination_rule::compile(&namespace, &name, None, &rule.spec).map_err(
+                        |e| invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem),
+                    )?;
                 crate::destination_rule::log_ignored_subsets(&what, &compiled);
                 store.destination_rules.apply(key, compiled);
             }
             "RequestAuthentication" => {
-                let policy: mesh_policy::request_authn::Document =
-                    doc.typed(value, file, &what)?;
-                let compiled =
-                    mesh_policy::request_authn::compile(&namespace, &name, &policy.spec)
-                        .map_err(|e| {
-                            invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
-                        })?;
+                let policy: mesh_policy::request_authn::Document = doc.typed(value, file, &what)?;
+                let compiled = mesh_policy::request_authn::compile(&namespace, &name, &policy.spec)
+                    .map_err(|e| {
+                        invalid_at(file, doc.line, format!("{what}: {}", e.field), e.problem)
+                    })?;
                 store.request_authentications.apply(key, compiled);
             }
             "HTTPFaultInjection" => {

@@ -127,8 +127,7 @@ pub struct Store {
     /// Istio RequestAuthentications, checked (inline JWKS parsed), by
     /// `<namespace>/<name>`; one that does not validate is ignored here
     /// (absent, counted).
-    pub request_authentications:
-        Collection<mesh_policy::request_authn::RequestAuthentication>,
+    pub request_authentications: Collection<mesh_policy::request_authn::RequestAuthentication>,
     /// Node name → addresses. Local files only: they tell `mesh status`
     /// where the other nodes' agents are (the agent itself needs no Nodes).
     pub nodes: Collection<Vec<std::net::IpAddr>>,
