@@ -15,13 +15,12 @@ use std::{net::SocketAddr, time::Duration};
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_telemetry::request::Party;
 use mesh_waypoint::{
     authz::check_stream, ext_authz::providers::Providers, handler::StreamContext, target,
 };
-use support::{Bed, Svid, http_backend, tcp_backend, within};
+use support::{Bed, Http1, Svid, http_backend, tcp_backend, within};
 use test_authorizer::Verdict;
 
 fn policy(name: &str, target: &str, body: &str) -> String {
@@ -45,25 +44,13 @@ async fn bed(n: u8) -> Bed {
     bed
 }
 
-type Sender = http1::SendRequest<Empty<Bytes>>;
-
-/// An HTTP/1.1 client of `svid`'s identity on one tunnel to `dst`.
-async fn client(bed: &Bed, svid: &Svid, dst: SocketAddr) -> Sender {
-    let io = bed.stream_as(svid, dst).await;
-    let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
 struct Answer {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
 }
 
-async fn send(c: &mut Sender, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+async fn send(c: &mut Http1, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut request = Request::builder()
         .method(method)
         .uri(path)
@@ -90,7 +77,7 @@ async fn send(c: &mut Sender, method: &str, path: &str, headers: &[(&str, &str)]
     }
 }
 
-async fn status(c: &mut Sender, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+async fn status(c: &mut Http1, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
     send(c, method, path, headers).await.status.as_u16()
 }
 
@@ -102,7 +89,7 @@ fn denied_total(bed: &Bed, labels: &[&str]) -> Option<f64> {
 async fn allow_and_deny_on_method_path_and_header() {
     let bed = bed(150).await;
     let svid = bed.ca.svid("shop", "client");
-    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    let mut c = bed.http1_as(&svid, bed.vip(80)).await;
     assert_eq!(
         status(&mut c, "POST", "/private", &[]).await,
         200,
@@ -197,9 +184,9 @@ async fn allow_and_deny_on_the_source_principal() {
     let client_svid = bed.ca.svid("shop", "client");
     let batch_svid = bed.ca.svid("shop", "batch");
     let ops_svid = bed.ca.svid("ops", "admin");
-    let mut a = client(&bed, &client_svid, bed.vip(80)).await;
-    let mut b = client(&bed, &batch_svid, bed.vip(80)).await;
-    let mut o = client(&bed, &ops_svid, bed.vip(80)).await;
+    let mut a = bed.http1_as(&client_svid, bed.vip(80)).await;
+    let mut b = bed.http1_as(&batch_svid, bed.vip(80)).await;
+    let mut o = bed.http1_as(&ops_svid, bed.vip(80)).await;
     bed.reconfigure(&format!(
         "{}{}",
         policy(
@@ -317,7 +304,7 @@ fn stream(bed: &Bed, svid: &Svid, dst: SocketAddr) -> StreamContext {
 async fn dry_run_is_counted_and_not_enforced() {
     let bed = bed(152).await;
     let svid = bed.ca.svid("shop", "client");
-    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    let mut c = bed.http1_as(&svid, bed.vip(80)).await;
     bed.reconfigure(&annotated(
         "deny-all",
         WEB,
@@ -344,7 +331,7 @@ async fn dry_run_is_counted_and_not_enforced() {
 async fn audit_only_reports() {
     let bed = bed(153).await;
     let svid = bed.ca.svid("shop", "client");
-    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    let mut c = bed.http1_as(&svid, bed.vip(80)).await;
     bed.reconfigure(&policy("audit", WEB, "  action: AUDIT\n  rules: [{}]\n"));
     // An AUDIT policy is no ALLOW policy: requests are not denied for
     // matching none.
@@ -357,8 +344,10 @@ async fn a_policy_that_does_not_compile_denies_in_its_scope() {
     let bed = bed(154).await;
     http_backend(bed.pod(3, 8080), "web-3", false).await;
     let svid = bed.ca.svid("shop", "client");
-    let mut web = client(&bed, &svid, bed.vip(80)).await;
-    let mut v2 = client(&bed, &svid, SocketAddr::from(([10, 96, 154, 3], 80))).await;
+    let mut web = bed.http1_as(&svid, bed.vip(80)).await;
+    let mut v2 = bed
+        .http1_as(&svid, SocketAddr::from(([10, 96, 154, 3], 80)))
+        .await;
     bed.reconfigure_lenient(&policy(
         "broken",
         WEB,
@@ -384,8 +373,10 @@ async fn a_service_policy_covers_its_service_and_a_gateway_policy_everything() {
     let bed = bed(155).await;
     http_backend(bed.pod(3, 8080), "web-3", false).await;
     let svid = bed.ca.svid("shop", "client");
-    let mut web = client(&bed, &svid, bed.vip(80)).await;
-    let mut v2 = client(&bed, &svid, SocketAddr::from(([10, 96, 155, 3], 80))).await;
+    let mut web = bed.http1_as(&svid, bed.vip(80)).await;
+    let mut v2 = bed
+        .http1_as(&svid, SocketAddr::from(([10, 96, 155, 3], 80)))
+        .await;
     bed.reconfigure(&policy(
         "v2-only-get",
         WEB_V2,
@@ -447,7 +438,7 @@ async fn an_external_authorizer_allows_and_its_headers_reach_the_backend() {
     bed.waypoint.ext_authz.set_providers(providers(""));
     bed.reconfigure(&custom(156));
     let svid = bed.ca.svid("shop", "client");
-    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    let mut c = bed.http1_as(&svid, bed.vip(80)).await;
     let ok = send(&mut c, "GET", "/api/items?q=1", &[("x-user", "u1")]).await;
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.headers["x-seen-authz"], "alice", "{:?}", ok.headers);
@@ -481,7 +472,7 @@ async fn an_external_authorizer_denies_with_its_status_headers_and_body() {
     bed.waypoint.ext_authz.set_providers(providers(""));
     bed.reconfigure(&custom(157));
     let svid = bed.ca.svid("shop", "client");
-    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    let mut c = bed.http1_as(&svid, bed.vip(80)).await;
     let denied = send(&mut c, "GET", "/api/x", &[]).await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
     assert_eq!(denied.headers["www-authenticate"], "Bearer realm=\"shop\"");
@@ -536,7 +527,7 @@ async fn an_authorizer_that_does_not_answer_in_time_denies_unless_fail_open() {
         .set_providers(providers("    timeout: 0.3s\n"));
     bed.reconfigure(&custom(158));
     let svid = bed.ca.svid("shop", "client");
-    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    let mut c = bed.http1_as(&svid, bed.vip(80)).await;
     let started = std::time::Instant::now();
     let denied = send(&mut c, "GET", "/api/x", &[]).await;
     assert_eq!(
@@ -562,7 +553,7 @@ async fn an_authorizer_that_does_not_answer_in_time_allows_with_fail_open() {
         .set_providers(providers("    timeout: 0.3s\n    failOpen: true\n"));
     bed.reconfigure(&custom(159));
     let svid = bed.ca.svid("shop", "client");
-    let mut c = client(&bed, &svid, bed.vip(80)).await;
+    let mut c = bed.http1_as(&svid, bed.vip(80)).await;
     assert_eq!(status(&mut c, "GET", "/api/x", &[]).await, 200);
     // An authorizer nobody can reach is an error too.
     bed.waypoint.ext_authz.set_providers(

@@ -11,12 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use support::{Bed, Options, Script, http_backend, scripted_backend, within};
+use support::{Bed, Http1, Options, Script, http_backend, scripted_backend, within};
 
 fn rule(policy: &str) -> String {
     format!(
@@ -43,16 +40,6 @@ async fn bed_with(n: u8, extra: String) -> Bed {
     .await
 }
 
-/// An HTTP/1.1 client on its own tunnel to web:`port`.
-async fn client(bed: &Bed, port: u16) -> http1::SendRequest<Empty<Bytes>> {
-    let io = bed.stream(bed.vip(port)).await;
-    let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
 /// What one request got: its status, the backend that answered (if one
 /// did), and the body.
 #[derive(Debug, Clone)]
@@ -62,11 +49,7 @@ struct Answer {
     body: String,
 }
 
-async fn get_with(
-    sender: &mut http1::SendRequest<Empty<Bytes>>,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Answer {
+async fn get_with(sender: &mut Http1, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut request = Request::get(path).header("host", "web.shop.svc");
     for (k, v) in headers {
         request = request.header(*k, *v);
@@ -93,7 +76,7 @@ async fn get_with(
     }
 }
 
-async fn get(sender: &mut http1::SendRequest<Empty<Bytes>>, path: &str) -> Answer {
+async fn get(sender: &mut Http1, path: &str) -> Answer {
     get_with(sender, path, &[]).await
 }
 
@@ -110,7 +93,7 @@ async fn a_failing_endpoint_is_ejected_after_consecutive_5xx_and_let_back_after_
     failing.answer(&[500, 500, 500]);
     scripted_backend(bed.pod(1, 8080), "web-1", failing.clone()).await;
     http_backend(bed.pod(2, 8080), "web-2", false).await;
-    let mut c = client(&bed, 80).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     // Round robin: web-1 gets every other request until its third 500.
     let mut sent = 0;
     while failing.seen().len() < 3 {
@@ -159,9 +142,9 @@ async fn held_pair_then_one(bed: &Bed, hold: Duration) -> (Answer, Answer, Answe
     script.always_wait(hold);
     scripted_backend(bed.pod(1, 8080), "web-1", script.clone()).await;
     scripted_backend(bed.pod(2, 8080), "web-2", script.clone()).await;
-    let mut a = client(bed, 80).await;
-    let mut b = client(bed, 80).await;
-    let mut c = client(bed, 80).await;
+    let mut a = bed.http1(bed.vip(80)).await;
+    let mut b = bed.http1(bed.vip(80)).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let first = tokio::spawn(async move { get(&mut a, "/first").await });
     script.wait_seen(1).await;
     let second = tokio::spawn(async move { get(&mut b, "/second").await });
@@ -243,7 +226,7 @@ async fn requests_over_http2_max_requests_get_503_uo_and_pass_once_it_frees() {
         Some(2.0)
     );
     // Nothing in flight any more: the next one passes.
-    let mut c = client(&bed, 80).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     assert_eq!(get(&mut c, "/after").await.status, 200);
 }
 
@@ -273,8 +256,8 @@ async fn max_retries_caps_the_retries_in_flight_to_the_service() {
     script.wait(&[Duration::ZERO, Duration::from_millis(800), Duration::ZERO]);
     scripted_backend(bed.pod(1, 8080), "web-1", script.clone()).await;
     scripted_backend(bed.pod(2, 8080), "web-2", script.clone()).await;
-    let mut a = client(&bed, 80).await;
-    let mut b = client(&bed, 80).await;
+    let mut a = bed.http1(bed.vip(80)).await;
+    let mut b = bed.http1(bed.vip(80)).await;
     let first = tokio::spawn(async move { get(&mut a, "/a").await });
     script.wait_seen(2).await;
     let started = Instant::now();
@@ -311,7 +294,7 @@ async fn a_consistent_hash_on_a_header_keeps_a_value_on_one_endpoint_and_spreads
     .await;
     http_backend(bed.pod(1, 8080), "web-1", false).await;
     http_backend(bed.pod(2, 8080), "web-2", false).await;
-    let mut c = client(&bed, 80).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     for user in ["ann", "bob", "cy"] {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..8 {
@@ -333,7 +316,7 @@ async fn round_robin_alternates_and_random_reaches_every_endpoint() {
     let bed = bed_with(135, rule("    loadBalancer: {simple: ROUND_ROBIN}\n")).await;
     http_backend(bed.pod(1, 8080), "web-1", false).await;
     http_backend(bed.pod(2, 8080), "web-2", false).await;
-    let mut c = client(&bed, 80).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let mut order = Vec::new();
     for _ in 0..8 {
         order.push(get(&mut c, "/").await.backend.unwrap());
@@ -364,14 +347,14 @@ async fn port_level_settings_override_the_services_policy_for_their_port() {
     http_backend(bed.pod(1, 8080), "web-1", false).await;
     http_backend(bed.pod(2, 8080), "web-2", false).await;
     // Port 80: hashed, so one user stays on one endpoint.
-    let mut c80 = client(&bed, 80).await;
+    let mut c80 = bed.http1(bed.vip(80)).await;
     let mut on_80 = std::collections::BTreeSet::new();
     for _ in 0..6 {
         on_80.insert(get_with(&mut c80, "/", &[("x-user", "ann")]).await.backend);
     }
     assert_eq!(on_80.len(), 1, "{on_80:?}");
     // Port 83 (the same pods' 8080): the Service's round robin.
-    let mut c83 = client(&bed, 83).await;
+    let mut c83 = bed.http1(bed.vip(83)).await;
     let mut order = Vec::new();
     for _ in 0..6 {
         order.push(get_with(&mut c83, "/", &[("x-user", "ann")]).await.backend);
@@ -413,7 +396,7 @@ async fn a_rule_that_does_not_validate_is_refused_naming_line_and_field() {
     let bed = bed_with(137, rule("    loadBalancer: {simple: RANDOM}\n")).await;
     http_backend(bed.pod(1, 8080), "web-1", false).await;
     http_backend(bed.pod(2, 8080), "web-2", false).await;
-    let mut c = client(&bed, 80).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     assert_eq!(get(&mut c, "/").await.status, 200);
     assert_eq!(bed.waypoint.destinations.tracked(), 1);
 }
@@ -433,7 +416,7 @@ fn connections(bed: &Bed) -> usize {
 /// `n` requests one after the other, all hashed to one endpoint, a pause
 /// after each so that its connection is back in the pool.
 async fn in_turn(bed: &Bed, n: usize, pause: Duration) {
-    let mut c = client(bed, 80).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     for _ in 0..n {
         let a = get_with(&mut c, "/", &[("x-user", "ann")]).await;
         assert_eq!(a.status, 200, "{a:?}");

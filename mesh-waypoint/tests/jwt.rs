@@ -19,11 +19,10 @@ use std::{sync::atomic::Ordering, time::Duration};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use jwt_fixtures::{JwksServer, Signer, echo_backend, jwks, now};
 use serde_json::{Value, json};
-use support::{Bed, Options, within};
+use support::{Bed, Http1, Options, within};
 
 const ISSUER: &str = "https://issuer.example";
 
@@ -65,22 +64,8 @@ async fn bed_with(n: u8, options: Options) -> Bed {
     bed
 }
 
-/// An HTTP/1.1 client on one tunnel to `vip`'s port 80.
-async fn client(bed: &Bed, vip: std::net::SocketAddr) -> http1::SendRequest<Empty<Bytes>> {
-    let io = bed.stream(vip).await;
-    let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
 /// A GET of `path` with `headers`; the response and its body.
-async fn get(
-    sender: &mut http1::SendRequest<Empty<Bytes>>,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (Response<()>, String) {
+async fn get(sender: &mut Http1, path: &str, headers: &[(&str, &str)]) -> (Response<()>, String) {
     let mut request = Request::get(path).header("host", "web.shop.svc:80");
     for (k, v) in headers {
         request = request.header(*k, *v);
@@ -120,7 +105,7 @@ async fn a_valid_token_reaches_the_backend_as_its_claims_and_payload_without_the
             inline(&[&key])
         ),
     ));
-    let mut c = client(&bed, bed.vip(80)).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let token = key.token(&claims());
     let (r, _) = get(
         &mut c,
@@ -181,7 +166,7 @@ async fn bad_tokens_get_401_and_are_not_forwarded_while_no_token_passes() {
         WEB,
         &format!("{}    audiences: [web]\n", inline(&[&key])),
     ));
-    let mut c = client(&bed, bed.vip(80)).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let (r, _) = get(&mut c, "/", &[]).await;
     assert_eq!(
         r.status(),
@@ -270,8 +255,10 @@ async fn a_gateway_policy_covers_every_service_and_a_service_policy_only_its_own
     let bed = bed_with(142, Options::default()).await;
     let key = Signer::new("k1");
     let forged = Signer::new("k1").token(&claims());
-    let mut web = client(&bed, bed.vip(80)).await;
-    let mut v2 = client(&bed, std::net::SocketAddr::from(([10, 96, 142, 3], 80))).await;
+    let mut web = bed.http1(bed.vip(80)).await;
+    let mut v2 = bed
+        .http1(std::net::SocketAddr::from(([10, 96, 142, 3], 80)))
+        .await;
     bed.reconfigure(&policy(WEB, &inline(&[&key])));
     let auth = [("authorization", bearer(&forged))];
     let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -299,12 +286,7 @@ async fn a_gateway_policy_covers_every_service_and_a_service_policy_only_its_own
 
 /// Sends `token` to web until the answer is `want` (the fetcher works on
 /// its own clock); panics after `within`.
-async fn until_status(
-    c: &mut http1::SendRequest<Empty<Bytes>>,
-    token: &str,
-    want: StatusCode,
-    within: Duration,
-) -> String {
+async fn until_status(c: &mut Http1, token: &str, want: StatusCode, within: Duration) -> String {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let (r, body) = get(c, "/", &[("authorization", &bearer(token))]).await;
@@ -359,7 +341,7 @@ async fn remote_keys_are_fetched_rotated_and_kept_when_the_server_goes_away() {
     let server = JwksServer::start("rotate", jwks(&[&old])).await;
     let bed = bed_with(143, fast_jwks(&server)).await;
     bed.reconfigure(&policy(WEB, &format!("    jwksUri: {}\n", server.uri)));
-    let mut c = client(&bed, bed.vip(80)).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     until_status(
         &mut c,
         &old.token(&claims()),
@@ -419,7 +401,7 @@ async fn before_a_first_fetch_succeeds_tokens_are_refused() {
     let server = JwksServer::start("never", "not a jwks".to_owned()).await;
     let bed = bed_with(144, fast_jwks(&server)).await;
     bed.reconfigure(&policy(WEB, &format!("    jwksUri: {}\n", server.uri)));
-    let mut c = client(&bed, bed.vip(80)).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     // The server answers, with something that is not a JWKS: no keys.
     until_fetches_failed(&bed, &server.uri, 1.0).await;
     let (r, body) = get(
@@ -451,7 +433,7 @@ async fn a_server_outside_the_trusted_cas_gives_no_keys() {
     // Told to trust another server's CA only.
     let bed = bed_with(145, fast_jwks(&other)).await;
     bed.reconfigure(&policy(WEB, &format!("    jwksUri: {}\n", server.uri)));
-    let mut c = client(&bed, bed.vip(80)).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     // The fetch fails at the TLS handshake.
     until_fetches_failed(&bed, &server.uri, 1.0).await;
     let (r, body) = get(
@@ -476,7 +458,7 @@ async fn authorization_reads_the_verified_token() {
     // A principal required: requests without a verified token are denied.
     let authz = "\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: need-jwt, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, group: \"\", name: web}]\n  rules:\n  - from: [{source: {requestPrincipals: [\"https://issuer.example/alice\"]}}]\n    when: [{key: \"request.auth.claims[group]\", values: [dev]}]\n";
     bed.reconfigure(&format!("{}{authz}", policy(WEB, &inline(&[&key]))));
-    let mut c = client(&bed, bed.vip(80)).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let (r, body) = get(&mut c, "/", &[]).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "no token, no principal");
     assert_eq!(body, "RBAC: access denied");
@@ -517,7 +499,7 @@ async fn a_jwks_over_the_size_limit_gives_no_keys() {
     options.jwks.max_bytes = 64;
     let bed = bed_with(147, options).await;
     bed.reconfigure(&policy(WEB, &format!("    jwksUri: {}\n", server.uri)));
-    let mut c = client(&bed, bed.vip(80)).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while server.hits.load(Ordering::SeqCst) < 2 {
         assert!(
@@ -557,7 +539,7 @@ async fn a_jwks_server_that_never_answers_is_given_up_on_at_the_deadline() {
     let uri = format!("https://localhost:{port}/jwks");
     let bed = bed_with(148, fast_jwks(&trusted)).await;
     bed.reconfigure(&policy(WEB, &format!("    jwksUri: {uri}\n")));
-    let mut c = client(&bed, bed.vip(80)).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     // Given up at the fetch deadline (500 ms) and counted.
     until_fetches_failed(&bed, &uri, 1.0).await;
     assert!(!held.lock().unwrap().is_empty(), "the waypoint did connect");
@@ -582,7 +564,7 @@ async fn authorization_reads_output_headers_as_the_verified_token_sets_them() {
         inline(&[&key])
     );
     bed.reconfigure(&format!("{}{authz}", policy(WEB, &fields)));
-    let mut c = client(&bed, bed.vip(80)).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let forged = [("x-group", "admin")];
     let (r, _) = get(&mut c, "/", &forged).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "no token: forged header");

@@ -24,8 +24,8 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
-use hyper::{body::Incoming, service::service_fn};
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use hyper::{body::Incoming, client::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_discovery::{NodeConfig, Published};
 use mesh_hbone::{
@@ -832,4 +832,26 @@ impl Bed {
     pub async fn stream_as(&self, svid: &Svid, dst: SocketAddr) -> H2Io<Tunnel> {
         H2Io::new(self.tunnel_as(svid, self.pod(5, 40001), dst).await.unwrap())
     }
+
+    /// An HTTP/1.1 client on its own tunnel to `dst`.
+    pub async fn http1(&self, dst: SocketAddr) -> Http1 {
+        http1_over(self.stream(dst).await).await
+    }
+
+    /// An HTTP/1.1 client of `svid`'s identity on its own tunnel to `dst`.
+    pub async fn http1_as(&self, svid: &Svid, dst: SocketAddr) -> Http1 {
+        http1_over(self.stream_as(svid, dst).await).await
+    }
+}
+
+/// The sending half of an HTTP/1.1 client connection.
+pub type Http1 = http1::SendRequest<Empty<Bytes>>;
+
+/// The handshake on `io`; the connection is driven by a task of its own.
+async fn http1_over(io: H2Io<Tunnel>) -> Http1 {
+    let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
 }
