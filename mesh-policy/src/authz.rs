@@ -14,6 +14,13 @@ use super::model::{self, Action};
 /// Pod annotations (mesh's and Istio's) that make a policy log only.
 pub const DRY_RUN_ANNOTATIONS: [&str; 2] = ["mesh.io/dry-run", "istio.io/dry-run"];
 
+/// Whether a policy's `annotations` make it log only.
+pub fn dry_run(annotations: &BTreeMap<String, String>) -> bool {
+    DRY_RUN_ANNOTATIONS
+        .iter()
+        .any(|a| annotations.get(*a).map(String::as_str) == Some("true"))
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{field}: {problem}")]
 pub struct PolicyError {
@@ -385,15 +392,12 @@ impl AuthorizationPolicy {
             .enumerate()
             .map(|(i, r)| compile_rule(&format!("spec.rules[{i}]"), r, spec.action))
             .collect::<Result<_, _>>()?;
-        let dry_run = DRY_RUN_ANNOTATIONS
-            .iter()
-            .any(|a| annotations.get(*a).map(String::as_str) == Some("true"));
         Ok(Some(Self {
             name: format!("{namespace}/{name}"),
             namespace: namespace.to_owned(),
             selector: spec.selector.clone(),
             action: spec.action,
-            dry_run,
+            dry_run: dry_run(annotations),
             rules,
             rules_source: Some(spec.rules.clone().unwrap_or_default()),
         }))

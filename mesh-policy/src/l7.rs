@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::{
     RequestAuth,
-    authz::{Cidr, DRY_RUN_ANNOTATIONS, PolicyError, Verdict, cidrs, err, ports, string_match},
+    authz::{Cidr, PolicyError, Verdict, cidrs, dry_run, err, ports, string_match},
     load::{Failure, Loaded, decode_authorization},
     model::{self, Action},
 };
@@ -779,14 +779,11 @@ impl WaypointPolicy {
             .enumerate()
             .map(|(i, r)| compile_rule(&format!("spec.rules[{i}]"), r))
             .collect::<Result<_, _>>()?;
-        let dry_run = DRY_RUN_ANNOTATIONS
-            .iter()
-            .any(|a| annotations.get(*a).map(String::as_str) == Some("true"));
         Ok(Some(Self {
             name: format!("{namespace}/{name}"),
             namespace: namespace.to_owned(),
             action: spec.action,
-            dry_run,
+            dry_run: dry_run(annotations),
             bindings,
             provider,
             rules,

@@ -4,6 +4,7 @@ use mesh_identity::Identity;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::authz::DRY_RUN_ANNOTATIONS;
 
 const ROOT: &str = "istio-system";
 const BIND: &str = "targetRefs: [{kind: Service, group: \"\", name: web}]\n";
