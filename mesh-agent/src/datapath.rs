@@ -8,7 +8,7 @@ use std::{
     fs::{self, File},
     io,
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -28,7 +28,8 @@ use mesh_common::{
 use mesh_config::AgentConfig;
 
 /// The programs, built by `cargo xtask build-ebpf` (or mesh-agent's build.rs).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf.o"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf.o"));
 
 const CGROUP_PROGRAMS: [&str; 3] = [
     names::PROG_CONNECT4,
@@ -60,6 +61,8 @@ pub enum DatapathError {
     MapMissing(&'static str),
     #[error(transparent)]
     AgentCgroup(#[from] crate::preflight::PreflightError),
+    #[error(transparent)]
+    LinkUpdate(#[from] crate::link_update::LinkUpdateError),
     #[error(
         "map {path}: pinned by an agent whose kernel/user layout differs ({found}-byte values, this agent's are {expected}); its programs cannot be adopted: run `mesh-agent uninstall --config <file>` on this node, then start the agent (enrolled pods fail closed meanwhile)"
     )]
@@ -161,6 +164,9 @@ pub struct Datapath {
     /// This agent's `MESH_CONFIG`, not yet written because another agent
     /// still serves (`open_beside`); written by `claim`.
     deferred_config: Mutex<Option<DatapathConfig>>,
+    /// Pinned maps of another layout than this agent's programs read:
+    /// while there are any, adopted links keep the programs they run.
+    mismatched_maps: Vec<crate::link_update::MapMismatch>,
 }
 
 impl Datapath {
@@ -196,6 +202,15 @@ impl Datapath {
             "agent cgroup: connects from it are not redirected"
         );
         check_pinned_config(pin_dir)?;
+        // Read before the loader reuses the pinned maps as they are.
+        let mismatched_maps = crate::link_update::pinned_mismatches(pin_dir)?;
+        if !mismatched_maps.is_empty() {
+            let maps: Vec<String> = mismatched_maps.iter().map(ToString::to_string).collect();
+            tracing::error!(
+                maps = %maps.join("; "),
+                "the pinned maps are not laid out as this agent's programs read them: the attached programs are kept, none is replaced by this agent's; to run this agent's programs, run `mesh-agent uninstall --config <file>` on this node, then start the agent (enrolled pods fail closed meanwhile)"
+            );
+        }
         let log_level: u8 = if agent.datapath.bpf_log { 5 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
@@ -317,7 +332,7 @@ impl Datapath {
             remove_if_present(&mut deliveries, key, names::DELIVERIES)?;
         }
         let flow_events = take_map(&mut ebpf, names::FLOW_EVENTS)?;
-        Ok(Self {
+        let datapath = Self {
             pin_dir: pin_dir.to_owned(),
             adopted,
             ebpf: Mutex::new(ebpf),
@@ -329,7 +344,14 @@ impl Datapath {
             logger: Mutex::new(logger),
             _cgroup_links: links,
             deferred_config: Mutex::new(deferred_config),
-        })
+            mismatched_maps,
+        };
+        // Beside a running agent, its programs stay until it has stopped
+        // accepting (`claim`).
+        if !running {
+            datapath.upgrade_links();
+        }
+        Ok(datapath)
     }
 
     /// Writes the `MESH_CONFIG` that `open_beside` held back (this agent's
@@ -340,7 +362,67 @@ impl Datapath {
             return Ok(());
         };
         let mut config: Array<MapData, DatapathConfig> = pinned_map(&self.pin_dir, names::CONFIG)?;
-        config.set(0, own, 0).map_err(map_err(names::CONFIG))
+        config.set(0, own, 0).map_err(map_err(names::CONFIG))?;
+        // The programs come with the agent that drives the maps.
+        self.upgrade_links();
+        Ok(())
+    }
+
+    /// Pinned maps whose layout is not the one this agent's programs
+    /// read; while there are any, the attached programs are kept.
+    pub fn mismatched_maps(&self) -> &[crate::link_update::MapMismatch] {
+        &self.mismatched_maps
+    }
+
+    /// Moves every pinned link (the node's cgroup programs, each pod's
+    /// sk_lookup) to this agent's program where it runs another one
+    /// (`link_update`). A link that cannot be moved keeps the program it
+    /// runs, which works on maps of this layout, and is named in the log;
+    /// the next agent start tries again. Failing the start instead would
+    /// leave the node with no agent at all.
+    fn upgrade_links(&self) {
+        use crate::link_update::{Decision, LinkUpdateError, update};
+        let links_dir = self.pin_dir.join("links");
+        let mut links: Vec<(PathBuf, &'static str)> = CGROUP_PROGRAMS
+            .iter()
+            .map(|name| (links_dir.join(name), *name))
+            .collect();
+        links.extend(
+            fs::read_dir(self.pin_dir.join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| (e.path().join("sk_lookup"), names::PROG_INBOUND)),
+        );
+        let ebpf = self.ebpf.lock().unwrap();
+        let (mut replaced, mut kept_old, mut failed) = (0usize, 0usize, 0usize);
+        for (path, name) in links.into_iter().filter(|(p, _)| p.exists()) {
+            let Some(fd) = ebpf.program(name).and_then(|p| p.fd().ok()) else {
+                tracing::error!(program = name, "program not loaded; its links keep theirs");
+                failed += 1;
+                continue;
+            };
+            match update(&path, name, fd.as_fd(), &self.mismatched_maps) {
+                Ok(Decision::Keep) => {}
+                Ok(Decision::Replace { .. }) => replaced += 1,
+                Ok(Decision::KeepOld { .. }) => kept_old += 1,
+                // A pod unenrolled meanwhile: nothing left to move.
+                Err(LinkUpdateError::Read { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "link keeps the program it runs");
+                    failed += 1;
+                }
+            }
+        }
+        if replaced + kept_old + failed > 0 {
+            tracing::info!(
+                replaced,
+                kept_old,
+                failed,
+                "pinned links checked against this agent's programs"
+            );
+        }
     }
 
     /// Whether this agent found a previous agent's pinned links and kept them.

@@ -9,6 +9,7 @@ pub mod enrollment;
 pub mod flows;
 pub mod handover;
 pub mod health;
+pub mod link_update;
 pub mod local_pods;
 pub mod memory;
 pub mod netlink_route;
