@@ -14,13 +14,13 @@ use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_telemetry::request::Party;
 use mesh_waypoint::{
     authz::check_stream, ext_authz::providers::Providers, handler::StreamContext, target,
 };
-use support::{Bed, Http1, Svid, http_backend, tcp_backend, within};
+use support::{Bed, Http1, Svid, exchange, http_backend, tcp_backend, within};
 use test_authorizer::Verdict;
 
 fn policy(name: &str, target: &str, body: &str) -> String {
@@ -58,21 +58,10 @@ async fn send(c: &mut Http1, method: &str, path: &str, headers: &[(&str, &str)])
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let response = within(
-        "a response",
-        c.send_request(request.body(Empty::new()).unwrap()),
-    )
-    .await
-    .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = within("the body", response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
+    let (response, body) = exchange(c, request.body(Empty::new()).unwrap()).await;
     Answer {
-        status,
-        headers,
+        status: response.status(),
+        headers: response.headers().clone(),
         body,
     }
 }

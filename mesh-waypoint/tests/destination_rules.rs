@@ -12,8 +12,8 @@ use std::{
 };
 
 use http::Request;
-use http_body_util::{BodyExt, Empty};
-use support::{Bed, Http1, Options, Script, http_backend, scripted_backend, within};
+use http_body_util::Empty;
+use support::{Bed, Http1, Options, Script, exchange, http_backend, scripted_backend};
 
 fn rule(policy: &str) -> String {
     format!(
@@ -54,24 +54,13 @@ async fn get_with(sender: &mut Http1, path: &str, headers: &[(&str, &str)]) -> A
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let response = within(
-        "a response",
-        sender.send_request(request.body(Empty::new()).unwrap()),
-    )
-    .await
-    .unwrap();
-    let status = response.status().as_u16();
-    let backend = response
-        .headers()
-        .get("x-backend")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = within("the body", response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
+    let (response, body) = exchange(sender, request.body(Empty::new()).unwrap()).await;
     Answer {
-        status,
-        backend,
+        status: response.status().as_u16(),
+        backend: response
+            .headers()
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap().to_owned()),
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }

@@ -18,11 +18,11 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use jwt_fixtures::{JwksServer, Signer, echo_backend, jwks, now};
 use serde_json::{Value, json};
-use support::{Bed, Http1, Options, within};
+use support::{Bed, Http1, Options, exchange, within};
 
 const ISSUER: &str = "https://issuer.example";
 
@@ -70,18 +70,8 @@ async fn get(sender: &mut Http1, path: &str, headers: &[(&str, &str)]) -> (Respo
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
-    let response = within(
-        "a response",
-        sender.send_request(request.body(Empty::new()).unwrap()),
-    )
-    .await
-    .unwrap();
-    let (parts, body) = response.into_parts();
-    let body = within("the body", body.collect()).await.unwrap().to_bytes();
-    (
-        Response::from_parts(parts, ()),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    let (response, body) = exchange(sender, request.body(Empty::new()).unwrap()).await;
+    (response, String::from_utf8_lossy(&body).into_owned())
 }
 
 fn echoed<'a>(r: &'a Response<()>, header: &str) -> Option<&'a str> {

@@ -847,6 +847,14 @@ impl Bed {
 /// The sending half of an HTTP/1.1 client connection.
 pub type Http1 = http1::SendRequest<Empty<Bytes>>;
 
+/// Sends `request` and reads the whole answer, each within `WAIT`.
+pub async fn exchange(c: &mut Http1, request: Request<Empty<Bytes>>) -> (Response<()>, Bytes) {
+    let response = within("a response", c.send_request(request)).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = within("the body", body.collect()).await.unwrap().to_bytes();
+    (Response::from_parts(parts, ()), body)
+}
+
 /// The handshake on `io`; the connection is driven by a task of its own.
 async fn http1_over(io: H2Io<Tunnel>) -> Http1 {
     let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
