@@ -74,6 +74,11 @@ async fn get(sender: &mut Http1, path: &str, headers: &[(&str, &str)]) -> (Respo
     (response, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A GET of `/` carrying `token` as a bearer token.
+async fn get_with_token(c: &mut Http1, token: &str) -> (Response<()>, String) {
+    get(c, "/", &[("authorization", &bearer(token))]).await
+}
+
 fn echoed<'a>(r: &'a Response<()>, header: &str) -> Option<&'a str> {
     r.headers()
         .get(format!("x-echo-{header}"))
@@ -128,7 +133,7 @@ async fn a_valid_token_reaches_the_backend_as_its_claims_and_payload_without_the
         WEB,
         &format!("{}    forwardOriginalToken: true\n", inline(&[&key])),
     ));
-    let (r, _) = get(&mut c, "/", &[("authorization", &bearer(&token))]).await;
+    let (r, _) = get_with_token(&mut c, &token).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(echoed(&r, "authorization"), Some(bearer(&token).as_str()));
 
@@ -182,7 +187,7 @@ async fn bad_tokens_get_401_and_are_not_forwarded_while_no_token_passes() {
         ),
         (huge, "Jwt verification fails"),
     ] {
-        let (r, body) = get(&mut c, "/", &[("authorization", &bearer(&token))]).await;
+        let (r, body) = get_with_token(&mut c, &token).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{text}");
         assert_eq!(body, text);
         assert_eq!(
@@ -198,12 +203,7 @@ async fn bad_tokens_get_401_and_are_not_forwarded_while_no_token_passes() {
     let lines = bed.wait_access(6, |l| l["status"] == 401).await;
     assert_eq!(lines.len(), 6);
     // A good token still passes.
-    let (r, _) = get(
-        &mut c,
-        "/",
-        &[("authorization", &bearer(&key.token(&claims())))],
-    )
-    .await;
+    let (r, _) = get_with_token(&mut c, &key.token(&claims())).await;
     assert_eq!(r.status(), StatusCode::OK);
     // The default query parameter is read too.
     let (r, _) = get(
@@ -279,7 +279,7 @@ async fn a_gateway_policy_covers_every_service_and_a_service_policy_only_its_own
 async fn until_status(c: &mut Http1, token: &str, want: StatusCode, within: Duration) -> String {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let (r, body) = get(c, "/", &[("authorization", &bearer(token))]).await;
+        let (r, body) = get_with_token(c, token).await;
         if r.status() == want {
             return body;
         }
@@ -340,12 +340,7 @@ async fn remote_keys_are_fetched_rotated_and_kept_when_the_server_goes_away() {
     )
     .await;
     // Not yet known: refused until the next refresh brings it.
-    let (r, body) = get(
-        &mut c,
-        "/",
-        &[("authorization", &bearer(&new.token(&claims())))],
-    )
-    .await;
+    let (r, body) = get_with_token(&mut c, &new.token(&claims())).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(body, "Jwks doesn't have key to match kid or alg from Jwt");
     server.set(jwks(&[&new]));
@@ -372,12 +367,7 @@ async fn remote_keys_are_fetched_rotated_and_kept_when_the_server_goes_away() {
         fetches,
         "the server is gone"
     );
-    let (r, _) = get(
-        &mut c,
-        "/",
-        &[("authorization", &bearer(&new.token(&claims())))],
-    )
-    .await;
+    let (r, _) = get_with_token(&mut c, &new.token(&claims())).await;
     assert_eq!(
         r.status(),
         StatusCode::OK,
@@ -394,12 +384,7 @@ async fn before_a_first_fetch_succeeds_tokens_are_refused() {
     let mut c = bed.http1(bed.vip(80)).await;
     // The server answers, with something that is not a JWKS: no keys.
     until_fetches_failed(&bed, &server.uri, 1.0).await;
-    let (r, body) = get(
-        &mut c,
-        "/",
-        &[("authorization", &bearer(&key.token(&claims())))],
-    )
-    .await;
+    let (r, body) = get_with_token(&mut c, &key.token(&claims())).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(body, "Jwks remote fetch is failed");
     let (r, _) = get(&mut c, "/", &[]).await;
@@ -426,12 +411,7 @@ async fn a_server_outside_the_trusted_cas_gives_no_keys() {
     let mut c = bed.http1(bed.vip(80)).await;
     // The fetch fails at the TLS handshake.
     until_fetches_failed(&bed, &server.uri, 1.0).await;
-    let (r, body) = get(
-        &mut c,
-        "/",
-        &[("authorization", &bearer(&key.token(&claims())))],
-    )
-    .await;
+    let (r, body) = get_with_token(&mut c, &key.token(&claims())).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(body, "Jwks remote fetch is failed");
     assert_eq!(
@@ -452,16 +432,11 @@ async fn authorization_reads_the_verified_token() {
     let (r, body) = get(&mut c, "/", &[]).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "no token, no principal");
     assert_eq!(body, "RBAC: access denied");
-    let (r, _) = get(
-        &mut c,
-        "/",
-        &[("authorization", &bearer(&key.token(&claims())))],
-    )
-    .await;
+    let (r, _) = get_with_token(&mut c, &key.token(&claims())).await;
     assert_eq!(r.status(), StatusCode::OK, "alice of group dev");
     let mut ops = claims();
     ops["group"] = json!("ops");
-    let (r, _) = get(&mut c, "/", &[("authorization", &bearer(&key.token(&ops)))]).await;
+    let (r, _) = get_with_token(&mut c, &key.token(&ops)).await;
     assert_eq!(
         r.status(),
         StatusCode::FORBIDDEN,
@@ -469,11 +444,11 @@ async fn authorization_reads_the_verified_token() {
     );
     let mut bob = claims();
     bob["sub"] = json!("bob");
-    let (r, _) = get(&mut c, "/", &[("authorization", &bearer(&key.token(&bob)))]).await;
+    let (r, _) = get_with_token(&mut c, &key.token(&bob)).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "another principal");
     // A bad token is refused by authentication before authorization.
     let forged = Signer::new("k1").token(&claims());
-    let (r, body) = get(&mut c, "/", &[("authorization", &bearer(&forged))]).await;
+    let (r, body) = get_with_token(&mut c, &forged).await;
     assert_eq!(
         (r.status(), body.as_str()),
         (StatusCode::UNAUTHORIZED, "Jwt verification fails")
@@ -498,12 +473,7 @@ async fn a_jwks_over_the_size_limit_gives_no_keys() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let (r, body) = get(
-        &mut c,
-        "/",
-        &[("authorization", &bearer(&key.token(&claims())))],
-    )
-    .await;
+    let (r, body) = get_with_token(&mut c, &key.token(&claims())).await;
     assert_eq!(
         (r.status(), body.as_str()),
         (StatusCode::UNAUTHORIZED, "Jwks remote fetch is failed")
@@ -533,12 +503,7 @@ async fn a_jwks_server_that_never_answers_is_given_up_on_at_the_deadline() {
     // Given up at the fetch deadline (500 ms) and counted.
     until_fetches_failed(&bed, &uri, 1.0).await;
     assert!(!held.lock().unwrap().is_empty(), "the waypoint did connect");
-    let (r, _) = get(
-        &mut c,
-        "/",
-        &[("authorization", &bearer(&key.token(&claims())))],
-    )
-    .await;
+    let (r, _) = get_with_token(&mut c, &key.token(&claims())).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -567,12 +532,7 @@ async fn authorization_reads_output_headers_as_the_verified_token_sets_them() {
     );
     let mut admin = claims();
     admin["group"] = json!("admin");
-    let (r, _) = get(
-        &mut c,
-        "/",
-        &[("authorization", &bearer(&key.token(&admin)))],
-    )
-    .await;
+    let (r, _) = get_with_token(&mut c, &key.token(&admin)).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(echoed(&r, "x-group"), Some("admin"));
 }
