@@ -121,6 +121,10 @@ pub struct DatapathInfo {
     pub pod_links: usize,
     pub maps: Vec<MapFill>,
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// Pinned maps whose layout differs from this agent's programs' (the
+    /// old programs then stay attached), each said in full.
+    #[serde(default)]
+    pub mismatched_maps: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -712,6 +716,11 @@ impl Datapath {
                 .counters()
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            mismatched_maps: self
+                .mismatched_maps
+                .iter()
+                .map(ToString::to_string)
                 .collect(),
         }
     }

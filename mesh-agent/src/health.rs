@@ -122,6 +122,13 @@ impl NodeHealth {
                 for p in d.info.programs.iter().filter(|p| !p.attached) {
                     problems.push(format!("program {} is not attached", p.name));
                 }
+                // The programs this agent embeds were not put in place:
+                // the pinned ones (an older agent's) keep running.
+                for m in &d.info.mismatched_maps {
+                    problems.push(format!(
+                        "{m}: the attached programs were kept, not upgraded"
+                    ));
+                }
             }
             None => problems.push("no datapath reading yet".to_owned()),
         }

@@ -161,6 +161,7 @@ mod tests {
             pod_links,
             maps: Vec::new(),
             counters: Default::default(),
+            mismatched_maps: Vec::new(),
         }
     }
 
