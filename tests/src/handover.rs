@@ -88,3 +88,33 @@ impl Cluster {
             .context("node has no running agent to replace")
     }
 }
+
+/// Whether an `ident` answer came from `server` and echoed.
+pub fn reached(v: &serde_json::Value, server: &str) -> bool {
+    v["server"] == server && v["echoed"] == true
+}
+
+impl Cluster {
+    /// New connections at a steady rate while something changes on the
+    /// node: `count` idents from `pod` to `to`, one every `every`, each a
+    /// fresh connection (and a fresh process), one JSON line each.
+    pub fn steady_idents(&self, pod: &str, to: &str, count: u32, every: Duration) -> Proc {
+        let script = format!(
+            "i=0; while [ $i -lt {count} ]; do \"$0\" ident --to {to} --timeout-s 5; i=$((i+1)); sleep {}; done",
+            every.as_secs_f32()
+        );
+        let mut cmd = self.pod_command(pod, "/bin/sh").unwrap();
+        cmd.arg("-c").arg(script).arg(&self.bins.meshtb);
+        Proc::spawn(&format!("idents from {pod}"), cmd, None).unwrap()
+    }
+}
+
+/// Every ident line of a finished `Cluster::steady_idents`, checked: each
+/// reached `server` and echoed, and none is missing.
+pub fn all_reached(mut p: Proc, server: &str, count: u32) {
+    p.wait_exit(Duration::from_secs(90)).unwrap();
+    let lines = p.json_lines();
+    let failed: Vec<&serde_json::Value> = lines.iter().filter(|v| !reached(v, server)).collect();
+    assert!(failed.is_empty(), "connections that failed: {failed:?}");
+    assert_eq!(lines.len(), count as usize, "{lines:?}");
+}

@@ -9,43 +9,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh_testbed::{Cluster, ClusterSpec, Proc};
+use mesh_testbed::{
+    Cluster, ClusterSpec, Proc,
+    handover::{all_reached, reached},
+};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 /// Node 1, where the hand-overs happen, runs the servers.
 const DEST: usize = 1;
 
-fn reached(v: &Value, server: &str) -> bool {
-    v["server"] == server && v["echoed"] == true
-}
-
 fn ident(c: &Cluster, from: &str, to: &str) -> Value {
     c.client(from, &["ident", "--to", to, "--timeout-s", "5"], T)
         .unwrap_or_else(|e| serde_json::json!({"error": format!("{e:#}")}))
-}
-
-/// New connections at a steady rate: `count` idents from `pod`, one every
-/// `every`, each a fresh connection (and a fresh process), one JSON line
-/// each.
-fn steady_idents(c: &Cluster, pod: &str, to: &str, count: u32, every: Duration) -> Proc {
-    let script = format!(
-        "i=0; while [ $i -lt {count} ]; do \"$0\" ident --to {to} --timeout-s 5; i=$((i+1)); sleep {}; done",
-        every.as_secs_f32()
-    );
-    let mut cmd = c.pod_command(pod, "/bin/sh").unwrap();
-    cmd.arg("-c").arg(script).arg(&c.bins.meshtb);
-    Proc::spawn(&format!("idents from {pod}"), cmd, None).unwrap()
-}
-
-/// Every ident line of a finished `steady_idents`, checked: each reached
-/// `server` and echoed.
-fn all_reached(mut p: Proc, server: &str, count: u32) {
-    p.wait_exit(Duration::from_secs(90)).unwrap();
-    let lines = p.json_lines();
-    let failed: Vec<&Value> = lines.iter().filter(|v| !reached(v, server)).collect();
-    assert!(failed.is_empty(), "connections that failed: {failed:?}");
-    assert_eq!(lines.len(), count as usize, "{lines:?}");
 }
 
 /// `hold` clients: one connection each, a line every 100 ms, each line
@@ -124,8 +100,8 @@ fn a_new_agent_takes_over_under_load_refusing_and_resetting_nothing() {
 
     let count = 60;
     let every = Duration::from_millis(100);
-    let new_cross = steady_idents(&c, "a", &idents, count, every);
-    let new_same = steady_idents(&c, "c", &idents, count, every);
+    let new_cross = c.steady_idents("a", &idents, count, every);
+    let new_same = c.steady_idents("c", &idents, count, every);
     let long_cross = holds(&c, "a", &echo, 10, 8);
     let long_same = holds(&c, "c", &echo, 10, 8);
     let bytes = 512 << 20;
@@ -246,8 +222,8 @@ fn a_new_agent_never_ready_exits_and_the_running_one_keeps_serving() {
     let config = c.dir.join("wrong-netns.yaml");
     std::fs::write(&config, wrong).unwrap();
 
-    let load = steady_idents(&c, "a", &to, 40, Duration::from_millis(100));
-    let load_same = steady_idents(&c, "c", &to, 40, Duration::from_millis(100));
+    let load = c.steady_idents("a", &to, 40, Duration::from_millis(100));
+    let load_same = c.steady_idents("c", &to, 40, Duration::from_millis(100));
     let mut new = c
         .spawn_successor(
             DEST,
@@ -291,7 +267,7 @@ fn two_new_agents_at_once_take_over_one_after_the_other() {
     let mut c = Cluster::start(spec).unwrap();
     let _ident = c.serve("b", "8081", "ident").unwrap();
     let to = format!("{}:8081", c.pod("b").ip);
-    let load = steady_idents(&c, "a", &to, 60, Duration::from_millis(100));
+    let load = c.steady_idents("a", &to, 60, Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(500));
 
     let mut first = c.spawn_successor(DEST, None, &[]).unwrap();
@@ -360,7 +336,7 @@ fn the_cni_socket_passes_to_the_new_agent_with_the_node() {
     }
     let _ident = c.serve("b", "8081", "ident").unwrap();
     let to = format!("{}:8081", c.pod("b").ip);
-    let load = steady_idents(&c, "a", &to, 30, Duration::from_millis(100));
+    let load = c.steady_idents("a", &to, 30, Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(500));
 
     let old = c.hand_over(DEST).unwrap();
@@ -381,7 +357,7 @@ fn stopped_while_a_new_agent_takes_over_the_old_one_hands_over_first() {
     let mut c = Cluster::start(spec).unwrap();
     let _ident = c.serve("b", "8081", "ident").unwrap();
     let to = format!("{}:8081", c.pod("b").ip);
-    let load = steady_idents(&c, "a", &to, 40, Duration::from_millis(100));
+    let load = c.steady_idents("a", &to, 40, Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(300));
 
     let mut new = c.spawn_successor(DEST, None, &[]).unwrap();

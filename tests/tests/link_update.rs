@@ -19,7 +19,11 @@ use std::{
     time::Duration,
 };
 
-use mesh_testbed::{Cluster, ClusterSpec, Proc, sys};
+use mesh_testbed::{
+    Cluster, ClusterSpec,
+    handover::{all_reached, reached},
+    sys,
+};
 use serde_json::Value;
 
 /// Node 1 is handed over; it runs the server `b` and a same-node client `c`.
@@ -158,29 +162,6 @@ fn links(pins: &Path) -> BTreeMap<PathBuf, (u64, String)> {
     all.into_iter().map(|p| (p.clone(), linked(&p))).collect()
 }
 
-fn reached(v: &Value, server: &str) -> bool {
-    v["server"] == server && v["echoed"] == true
-}
-
-/// New connections at a steady rate, each a fresh connection and process.
-fn steady_idents(c: &Cluster, pod: &str, to: &str, count: u32, every: Duration) -> Proc {
-    let script = format!(
-        "i=0; while [ $i -lt {count} ]; do \"$0\" ident --to {to} --timeout-s 5; i=$((i+1)); sleep {}; done",
-        every.as_secs_f32()
-    );
-    let mut cmd = c.pod_command(pod, "/bin/sh").unwrap();
-    cmd.arg("-c").arg(script).arg(&c.bins.meshtb);
-    Proc::spawn(&format!("idents from {pod}"), cmd, None).unwrap()
-}
-
-fn all_reached(mut p: Proc, server: &str, count: u32) {
-    p.wait_exit(Duration::from_secs(90)).unwrap();
-    let lines = p.json_lines();
-    let failed: Vec<&Value> = lines.iter().filter(|v| !reached(v, server)).collect();
-    assert!(failed.is_empty(), "connections that failed: {failed:?}");
-    assert_eq!(lines.len(), count as usize, "{lines:?}");
-}
-
 fn replaced_lines(c: &Cluster, n: usize) -> Vec<Value> {
     c.agent_log(n)
         .into_iter()
@@ -240,8 +221,8 @@ fn a_new_agent_replaces_other_programs_in_place_refusing_nothing() {
 
     let count = 40;
     let every = Duration::from_millis(100);
-    let cross = steady_idents(&c, "a", &to, count, every);
-    let same = steady_idents(&c, "c", &to, count, every);
+    let cross = c.steady_idents("a", &to, count, every);
+    let same = c.steady_idents("c", &to, count, every);
     std::thread::sleep(Duration::from_millis(1000));
     let _old = c.hand_over(DEST).unwrap();
 
