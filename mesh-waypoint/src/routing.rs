@@ -270,26 +270,28 @@ mod tests {
 
     use super::*;
 
+    /// Service shop/web: VIP 10.96.0.1, port 80 to 8080.
+    fn web() -> Service {
+        Service {
+            name: "web".into(),
+            namespace: "shop".into(),
+            kind: ServiceKind::ClusterIp(vec!["10.96.0.1".parse::<IpAddr>().unwrap()]),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                target: TargetPort::Number(8080),
+                app_protocol: None,
+            }],
+            selector: None,
+            labels: Default::default(),
+        }
+    }
+
     /// Service shop/web (port 80) with one route from the API whose first
     /// rule cannot be applied (RequestRedirect with URLRewrite).
     fn view() -> MeshView {
         let mut store = Store::default();
-        store.services.apply(
-            "shop/web".into(),
-            Service {
-                name: "web".into(),
-                namespace: "shop".into(),
-                kind: ServiceKind::ClusterIp(vec!["10.96.0.1".parse::<IpAddr>().unwrap()]),
-                ports: vec![ServicePort {
-                    name: "http".into(),
-                    port: 80,
-                    target: TargetPort::Number(8080),
-                    app_protocol: None,
-                }],
-                selector: None,
-                labels: Default::default(),
-            },
-        );
+        store.services.apply("shop/web".into(), web());
         let route: HttpRoute = serde_json::from_str(
             r#"{"metadata":{"name":"r","namespace":"shop"},"spec":{
               "parentRefs":[{"group":"","kind":"Service","name":"web"}],
@@ -345,22 +347,7 @@ mod tests {
     /// `shop/slow` the only one in the store.
     fn fault_decision(name: &str) -> Decision {
         let mut store = Store::default();
-        store.services.apply(
-            "shop/web".into(),
-            Service {
-                name: "web".into(),
-                namespace: "shop".into(),
-                kind: ServiceKind::ClusterIp(vec!["10.96.0.1".parse::<IpAddr>().unwrap()]),
-                ports: vec![ServicePort {
-                    name: "http".into(),
-                    port: 80,
-                    target: TargetPort::Number(8080),
-                    app_protocol: None,
-                }],
-                selector: None,
-                labels: Default::default(),
-            },
-        );
+        store.services.apply("shop/web".into(), web());
         let route: HttpRoute = serde_json::from_str(&format!(
             r#"{{"metadata":{{"name":"r","namespace":"shop"}},"spec":{{
               "parentRefs":[{{"group":"","kind":"Service","name":"web"}}],
