@@ -15,7 +15,6 @@ use std::{net::SocketAddr, time::Duration};
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_telemetry::request::Party;
 use mesh_waypoint::{
     authz::check_stream, ext_authz::providers::Providers, handler::StreamContext, target,
@@ -141,14 +140,7 @@ async fn allow_and_deny_on_method_path_and_header() {
     );
     // A gRPC client (web's grpc-api port) is answered as Envoy answers
     // one: 200, trailers-only, PERMISSION_DENIED.
-    let io = bed.stream_as(&svid, bed.vip(81)).await;
-    let (mut h2, conn) = within(
-        "HTTP/2 handshake",
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = bed.http2_as(&svid, bed.vip(81)).await;
     let call = Request::post("http://web.shop.svc:81/shop.Cart/Add")
         .header("content-type", "application/grpc")
         .header("te", "trailers")

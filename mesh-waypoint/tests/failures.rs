@@ -9,8 +9,6 @@ use std::{net::SocketAddr, time::Duration};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use support::{Bed, Ca, Options, http_backend, within};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -69,11 +67,7 @@ async fn misbehaving_backend(addr: SocketAddr, how: Misbehave) {
 /// Sends one GET to `dst` through the waypoint; its status, and whether
 /// its body arrived whole.
 async fn get(bed: &Bed, dst: SocketAddr) -> (StatusCode, bool) {
-    let io = bed.stream(dst).await;
-    let (mut sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = bed.http1(dst).await;
     let request = Request::get("/")
         .header("host", "web.shop.svc")
         .body(Empty::<Bytes>::new())

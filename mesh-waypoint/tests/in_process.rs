@@ -9,8 +9,8 @@ use std::{collections::BTreeMap, sync::atomic::Ordering};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use mesh_hbone::HboneError;
 use support::{Bed, http_backend, tcp_backend, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,11 +26,7 @@ async fn http1_requests_on_one_connection_are_balanced_over_both_endpoints() {
     let bed = Bed::start(41).await;
     let one = http_backend(bed.pod(1, 8080), "web-1", false).await;
     let two = http_backend(bed.pod(2, 8080), "web-2", false).await;
-    let io = bed.stream(bed.vip(83)).await;
-    let (mut sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = bed.http1(bed.vip(83)).await;
     let mut answered: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..20 {
         let request = Request::get("/hello")
@@ -83,14 +79,7 @@ async fn h2_requests_on_one_connection_are_balanced_over_both_endpoints() {
     let bed = Bed::start(42).await;
     let one = http_backend(bed.pod(1, 8081), "web-1", true).await;
     let two = http_backend(bed.pod(2, 8081), "web-2", true).await;
-    let io = bed.stream(bed.vip(81)).await;
-    let (sender, conn) = within(
-        "HTTP/2 handshake",
-        http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let sender = bed.http2(bed.vip(81)).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let mut sender = sender.clone();
@@ -119,14 +108,7 @@ async fn grpc_trailers_pass_through() {
     let bed = Bed::start(43).await;
     http_backend(bed.pod(1, 8081), "web-1", true).await;
     http_backend(bed.pod(2, 8081), "web-2", true).await;
-    let io = bed.stream(bed.vip(81)).await;
-    let (mut sender, conn) = within(
-        "HTTP/2 handshake",
-        http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = bed.http2(bed.vip(81)).await;
     let message = Bytes::from_static(b"\x00\x00\x00\x00\x05hello");
     let request = Request::post("http://web.shop.svc:81/grpc")
         .header("content-type", "application/grpc")
@@ -291,14 +273,7 @@ async fn an_h2c_client_on_a_declared_http_port_is_served_http2() {
     let bed = Bed::start(60).await;
     let one = http_backend(bed.pod(1, 8080), "web-1", true).await;
     let two = http_backend(bed.pod(2, 8080), "web-2", true).await;
-    let io = bed.stream(bed.vip(80)).await;
-    let (mut sender, conn) = within(
-        "HTTP/2 handshake",
-        http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = bed.http2(bed.vip(80)).await;
     let request = Request::get("http://web.shop.svc/hello")
         .body(Empty::<Bytes>::new())
         .unwrap();

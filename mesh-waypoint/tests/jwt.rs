@@ -19,7 +19,6 @@ use std::{sync::atomic::Ordering, time::Duration};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use jwt_fixtures::{JwksServer, Signer, echo_backend, jwks, now};
 use serde_json::{Value, json};
 use support::{Bed, Http1, Options, exchange, within};
@@ -215,17 +214,7 @@ async fn bad_tokens_get_401_and_are_not_forwarded_while_no_token_passes() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // A gRPC call (web's grpc-api port) is answered as Envoy answers one:
     // 200, trailers-only, UNAUTHENTICATED with the text.
-    let io = bed.stream(bed.vip(81)).await;
-    let (mut h2, conn) = within(
-        "HTTP/2 handshake",
-        hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            TokioIo::new(io),
-        ),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = bed.http2(bed.vip(81)).await;
     let call = Request::post("http://web.shop.svc:81/shop.Cart/Add")
         .header("content-type", "application/grpc")
         .header("te", "trailers")

@@ -30,11 +30,7 @@ async fn silent_backend(addr: std::net::SocketAddr) {
 }
 
 async fn get(bed: &Bed) -> StatusCode {
-    let io = bed.stream(bed.vip(80)).await;
-    let (mut sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = bed.http1(bed.vip(80)).await;
     let request = Request::get("/")
         .header("host", "web.shop.svc")
         .body(Empty::<Bytes>::new())

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::{body::Incoming, client::conn::http1};
-use hyper_util::rt::TokioIo;
 use support::{Bed, Svid, http_backend, within};
 
 fn policy(target: &str, limits: &str) -> String {
@@ -41,12 +40,7 @@ async fn bed(n: u8) -> Bed {
 
 /// An HTTP/1.1 client of `svid`'s identity on one tunnel to web:80.
 async fn client(bed: &Bed, svid: &Svid) -> http1::SendRequest<Empty<Bytes>> {
-    let io = bed.stream_as(svid, bed.vip(80)).await;
-    let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
+    bed.http1_as(svid, bed.vip(80)).await
 }
 
 async fn get(sender: &mut http1::SendRequest<Empty<Bytes>>) -> Response<Incoming> {

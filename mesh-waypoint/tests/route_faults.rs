@@ -10,12 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2},
-};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Bed, Options, http_backend, within};
+use hyper::body::Incoming;
+use support::{Bed, Http1, Options, http_backend, within};
 
 /// An HTTPFaultInjection `name` with `spec`, and a route on web:80 (and a
 /// GRPCRoute on web:81) whose only rule names `fault`.
@@ -68,16 +64,7 @@ async fn bed(n: u8, extra: String) -> Bed {
     bed
 }
 
-async fn client(bed: &Bed) -> http1::SendRequest<Empty<Bytes>> {
-    let io = bed.stream(bed.vip(80)).await;
-    let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-async fn get(sender: &mut http1::SendRequest<Empty<Bytes>>, path: &str) -> Response<Incoming> {
+async fn get(sender: &mut Http1, path: &str) -> Response<Incoming> {
     let request = Request::get(path)
         .header("host", "web.shop.svc:80")
         .body(Empty::new())
@@ -101,7 +88,7 @@ async fn drain(r: Response<Incoming>) {
 async fn an_abort_at_100_percent_answers_its_status_flagged_fi() {
     let spec = "{abort: {httpStatus: 503, percentage: {value: 100}}}";
     let bed = bed(100, config("broken", spec, "broken")).await;
-    let mut c = client(&bed).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let r = get(&mut c, "/a").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(header(&r, "x-backend"), "", "no backend was asked");
@@ -121,7 +108,7 @@ async fn an_abort_at_100_percent_answers_its_status_flagged_fi() {
 async fn an_abort_at_50_percent_hits_about_half_of_the_requests() {
     let spec = "{abort: {httpStatus: 503, percentage: {value: 50}}}";
     let bed = bed(101, config("flaky", spec, "flaky")).await;
-    let mut c = client(&bed).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let (mut aborted, mut served) = (0, 0);
     for _ in 0..400 {
         let r = get(&mut c, "/half").await;
@@ -146,7 +133,7 @@ async fn an_abort_at_50_percent_hits_about_half_of_the_requests() {
 async fn a_delay_at_100_percent_holds_the_request_flagged_di() {
     let spec = "{delay: {fixedDelay: 200ms, percentage: {value: 100}}}";
     let bed = bed(102, config("slow", spec, "slow")).await;
-    let mut c = client(&bed).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let started = Instant::now();
     let r = get(&mut c, "/slow").await;
     let took = started.elapsed();
@@ -163,7 +150,7 @@ async fn a_delay_at_100_percent_holds_the_request_flagged_di() {
 async fn a_filter_naming_a_missing_object_answers_500() {
     let spec = "{abort: {httpStatus: 503}}";
     let bed = bed(103, config("present", spec, "absent")).await;
-    let mut c = client(&bed).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let r = get(&mut c, "/m").await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(header(&r, "x-backend"), "");
@@ -183,14 +170,7 @@ async fn a_filter_naming_a_missing_object_answers_500() {
 async fn a_grpc_abort_answers_a_trailers_only_status() {
     let spec = "{abort: {grpcStatus: UNAVAILABLE}}";
     let bed = bed(104, config("down", spec, "down")).await;
-    let io = bed.stream(bed.vip(81)).await;
-    let (mut sender, conn) = within(
-        "HTTP/2 handshake",
-        http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = bed.http2(bed.vip(81)).await;
     let request = Request::post("http://web.shop.svc:81/svc.Echo/Call")
         .header("content-type", "application/grpc")
         .header("te", "trailers")

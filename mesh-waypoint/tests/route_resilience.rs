@@ -21,7 +21,6 @@ use hyper::{
     body::{Body, Frame},
     client::conn::http1,
 };
-use hyper_util::rt::TokioIo;
 use support::{Bed, Options, Script, scripted_backend, within};
 use tokio::sync::mpsc;
 
@@ -113,12 +112,7 @@ fn body(b: impl Into<Bytes>) -> ClientBody {
 
 /// An HTTP/1.1 client on one tunnel to web:80 through the waypoint.
 async fn client(bed: &Bed) -> http1::SendRequest<ClientBody> {
-    let io = bed.stream(bed.vip(80)).await;
-    let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
+    bed.http1(bed.vip(80)).await
 }
 
 struct Answer {

@@ -17,12 +17,8 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2},
-};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Bed, Options, http_backend, within};
+use hyper::body::Incoming;
+use support::{Bed, Http1, Options, http_backend, within};
 
 /// The routes of the tests: attached to Service web's port 80.
 const ROUTES: &str = r#"
@@ -85,21 +81,7 @@ async fn bed(n: u8, extra: String) -> Bed {
     .await
 }
 
-/// An HTTP/1.1 client on one tunnel to web:80 through the waypoint.
-async fn client(bed: &Bed) -> http1::SendRequest<Empty<Bytes>> {
-    let io = bed.stream(bed.vip(80)).await;
-    let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-async fn get(
-    sender: &mut http1::SendRequest<Empty<Bytes>>,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Response<Incoming> {
+async fn get(sender: &mut Http1, path: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
     let mut request = Request::get(path).header("host", "web.shop.svc:80");
     for (k, v) in headers {
         request = request.header(*k, *v);
@@ -128,7 +110,7 @@ async fn matches_choose_the_backend_service_and_unmatched_requests_get_404() {
     http_backend(bed.pod(1, 8080), "web-1", false).await;
     http_backend(bed.pod(2, 8080), "web-2", false).await;
     http_backend(bed.pod(3, 8080), "web-3", false).await;
-    let mut c = client(&bed).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     for _ in 0..4 {
         let r = get(&mut c, "/", &[("x-version", "2")]).await;
         assert_eq!(r.status(), StatusCode::OK);
@@ -189,7 +171,7 @@ async fn filters_redirect_rewrite_and_change_headers() {
     let bed = bed(81, ROUTES.into()).await;
     http_backend(bed.pod(1, 8080), "web-1", false).await;
     http_backend(bed.pod(2, 8080), "web-2", false).await;
-    let mut c = client(&bed).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let r = get(&mut c, "/old/page?q=1", &[]).await;
     assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
     assert_eq!(header(&r, "location"), "http://new.example/new/page?q=1");
@@ -213,7 +195,7 @@ async fn filters_redirect_rewrite_and_change_headers() {
 #[tokio::test]
 async fn unusable_backends_get_the_specs_500_and_no_endpoint_503() {
     let bed = bed(82, ROUTES.into()).await;
-    let mut c = client(&bed).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     for path in ["/nowhere", "/zero"] {
         let r = get(&mut c, path, &[]).await;
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR, "{path}");
@@ -263,7 +245,7 @@ spec:
     let bed = bed(83, consumer.into()).await;
     http_backend(bed.pod(1, 8080), "web-1", false).await;
     http_backend(bed.pod(2, 8080), "web-2", false).await;
-    let mut c = client(&bed).await;
+    let mut c = bed.http1(bed.vip(80)).await;
     let r = get(&mut c, "/", &[]).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
@@ -273,11 +255,7 @@ spec:
     );
     drain(r).await;
     let other = bed.ca.svid("client-ns", "app");
-    let io = bed.stream_as(&other, bed.vip(80)).await;
-    let (mut c2, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut c2 = bed.http1_as(&other, bed.vip(80)).await;
     let r = get(&mut c2, "/", &[]).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "x-seen-consumer"), "yes");
@@ -300,7 +278,7 @@ async fn a_split_changed_under_load_fails_no_request() {
     for _ in 0..4 {
         let (bed, stop, failed, done) = (bed.clone(), stop.clone(), failed.clone(), done.clone());
         load.spawn(async move {
-            let mut c = client(&bed).await;
+            let mut c = bed.http1(bed.vip(80)).await;
             while !stop.load(Ordering::SeqCst) {
                 let r = get(&mut c, "/", &[]).await;
                 if r.status() != StatusCode::OK {
@@ -357,14 +335,7 @@ spec:
     http_backend(bed.pod(1, 8081), "web-1", true).await;
     http_backend(bed.pod(2, 8081), "web-2", true).await;
     http_backend(bed.pod(3, 8081), "web-3", true).await;
-    let io = bed.stream(bed.vip(81)).await;
-    let (mut sender, conn) = within(
-        "HTTP/2 handshake",
-        http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = bed.http2(bed.vip(81)).await;
     let mut call = async |path: &str| {
         let request = Request::post(format!("http://web.shop.svc:81{path}"))
             .header("content-type", "application/grpc")

@@ -25,7 +25,11 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
-use hyper::{body::Incoming, client::conn::http1, service::service_fn};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+    service::service_fn,
+};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_discovery::{NodeConfig, Published};
 use mesh_hbone::{
@@ -834,14 +838,50 @@ impl Bed {
     }
 
     /// An HTTP/1.1 client on its own tunnel to `dst`.
-    pub async fn http1(&self, dst: SocketAddr) -> Http1 {
+    pub async fn http1<B: SendBody>(&self, dst: SocketAddr) -> http1::SendRequest<B> {
         http1_over(self.stream(dst).await).await
     }
 
     /// An HTTP/1.1 client of `svid`'s identity on its own tunnel to `dst`.
-    pub async fn http1_as(&self, svid: &Svid, dst: SocketAddr) -> Http1 {
+    pub async fn http1_as<B: SendBody>(
+        &self,
+        svid: &Svid,
+        dst: SocketAddr,
+    ) -> http1::SendRequest<B> {
         http1_over(self.stream_as(svid, dst).await).await
     }
+
+    /// An HTTP/2 (prior knowledge) client on its own tunnel to `dst`,
+    /// sending bodies of type `B`.
+    pub async fn http2<B: SendBody>(&self, dst: SocketAddr) -> http2::SendRequest<B> {
+        http2_over(self.stream(dst).await).await
+    }
+
+    /// An HTTP/2 client of `svid`'s identity on its own tunnel to `dst`.
+    pub async fn http2_as<B: SendBody>(
+        &self,
+        svid: &Svid,
+        dst: SocketAddr,
+    ) -> http2::SendRequest<B> {
+        http2_over(self.stream_as(svid, dst).await).await
+    }
+}
+
+/// A request body a client connection (HTTP/1.1 or HTTP/2) can send.
+pub trait SendBody:
+    hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> SendBody for B where
+    B: hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
 }
 
 /// The sending half of an HTTP/1.1 client connection.
@@ -855,8 +895,21 @@ pub async fn exchange(c: &mut Http1, request: Request<Empty<Bytes>>) -> (Respons
     (Response::from_parts(parts, ()), body)
 }
 
+/// The HTTP/2 handshake on `io`; the connection is driven by a task of
+/// its own.
+async fn http2_over<B: SendBody>(io: H2Io<Tunnel>) -> http2::SendRequest<B> {
+    let (sender, conn) = within(
+        "HTTP/2 handshake",
+        http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// The handshake on `io`; the connection is driven by a task of its own.
-async fn http1_over(io: H2Io<Tunnel>) -> Http1 {
+async fn http1_over<B: SendBody>(io: H2Io<Tunnel>) -> http1::SendRequest<B> {
     let (sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(io)))
         .await
         .unwrap();
