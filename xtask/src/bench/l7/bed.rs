@@ -4,8 +4,13 @@
 //! ```text
 //! node 0: client (enrolled), plain (not enrolled)
 //! node 1: b1 b2 (enrolled, Services web-wp, web-routes, web-policy and web-l4), d1 d2 (not enrolled)
-//! node 2: wp-0 (the waypoint of web-wp, web-routes and routed-NN), haproxy (not enrolled)
+//! node 2: wp-bare-0 (the waypoint of web-wp only),
+//!         wp-0 (the waypoint of web-routes, routed-NN and web-policy), haproxy (not enrolled)
 //! ```
+//! The bare column has a waypoint of its own, so its CPU and memory are
+//! those of a waypoint serving one Service (the case its goals are stated
+//! for), not of one that also carries the other columns' loads, routes
+//! and policy.
 //! Every backend runs the same server (`meshtb serve --mode web`); the
 //! mesh's routes reach b1/b2, the mesh-free ones d1/d2, so no agent sits on
 //! a path that is meant to be without one. The view holds 1,000 HTTPRoutes
@@ -36,7 +41,6 @@ use crate::bench::{
 /// compared.
 pub const FIXED_RATE: u32 = 1000;
 
-const WAYPOINT: &str = "wp";
 const WAYPOINT_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 const L4_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 41);
 const ROUTES_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 42);
@@ -54,6 +58,48 @@ const VIEW_APPLIED: Duration = Duration::from_secs(30);
 /// the new view and dropped the old one.
 const VIEW_SETTLED: Duration = Duration::from_secs(1);
 
+/// The bed's two waypoints (Gateways of namespace `default`, both on node
+/// 2).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Waypoint {
+    /// Bound to web-wp only: the bare column's.
+    Bare,
+    /// Bound to web-routes, the 99 routed-NN Services and web-policy: the
+    /// columns with routes and with policies.
+    Shared,
+}
+
+impl Waypoint {
+    pub const ALL: [Waypoint; 2] = [Waypoint::Bare, Waypoint::Shared];
+
+    /// Its Gateway's name (its pod is `<name>-0`).
+    pub fn gateway(self) -> &'static str {
+        match self {
+            Waypoint::Bare => "wp-bare",
+            Waypoint::Shared => "wp",
+        }
+    }
+
+    /// The Services bound to it (`istio.io/use-waypoint`), as the table
+    /// says them.
+    pub fn serves(self) -> String {
+        match self {
+            Waypoint::Bare => "web-wp".to_owned(),
+            Waypoint::Shared => format!(
+                "{}, {} routed-NN, {}",
+                routes::ROUTED,
+                routes::SERVICES - 1,
+                policies::SERVICE
+            ),
+        }
+    }
+
+    /// The label that binds a Service to it.
+    fn use_label(self) -> String {
+        format!("istio.io/use-waypoint: {}", self.gateway())
+    }
+}
+
 /// The table's columns: how a request gets from the client to a backend.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Route {
@@ -61,13 +107,14 @@ pub enum Route {
     Direct,
     /// The agents over HBONE mTLS to the Service's backends, no waypoint.
     L4Mesh,
-    /// The Service uses the waypoint on node 2: client → waypoint →
-    /// backend, both hops HBONE mTLS. The Service has no route.
+    /// The Service uses its own waypoint on node 2 (`Waypoint::Bare`):
+    /// client → waypoint → backend, both hops HBONE mTLS. The Service has
+    /// no route.
     Waypoint,
-    /// The same through the same waypoint to a Service with ten routes of
-    /// its own, 1,000 in the view ([`routes`]).
+    /// The same through the other waypoint (`Waypoint::Shared`) to a
+    /// Service with ten routes of its own, 1,000 in the view ([`routes`]).
     WaypointRoutes,
-    /// The same through the same waypoint to a Service with an
+    /// The same through `Waypoint::Shared` to a Service with an
     /// AuthorizationPolicy of 100 rules, a rate limit and a
     /// DestinationRule in force ([`policies`]).
     WaypointPolicies,
@@ -93,6 +140,15 @@ impl Route {
             Route::WaypointRoutes => "through the waypoint, 1,000 routes",
             Route::WaypointPolicies => "through the waypoint, policies in force",
             Route::Haproxy => "HAProxy (plaintext L7 hop)",
+        }
+    }
+
+    /// The waypoint the route goes through, if any.
+    pub fn waypoint(self) -> Option<Waypoint> {
+        match self {
+            Route::Waypoint => Some(Waypoint::Bare),
+            Route::WaypointRoutes | Route::WaypointPolicies => Some(Waypoint::Shared),
+            Route::Direct | Route::L4Mesh | Route::Haproxy => None,
         }
     }
 
@@ -134,18 +190,16 @@ spec:
     )
 }
 
-fn uses_waypoint() -> String {
-    format!("istio.io/use-waypoint: {WAYPOINT}")
-}
-
 /// The Services the loads go to: the same backends and ports through the
-/// waypoint without routes (web-wp), with them (web-routes), with policies
-/// (web-policy, whose policies follow), and without the waypoint (web-l4).
+/// bare waypoint without routes (web-wp), through the other with them
+/// (web-routes) and with policies (web-policy, whose policies follow), and
+/// without a waypoint (web-l4).
 fn services() -> String {
+    let shared = Waypoint::Shared.use_label();
     [
-        service("web-wp", WAYPOINT_VIP, &uses_waypoint(), true),
-        service(routes::ROUTED, ROUTES_VIP, &uses_waypoint(), true),
-        service(policies::SERVICE, POLICY_VIP, &uses_waypoint(), true),
+        service("web-wp", WAYPOINT_VIP, &Waypoint::Bare.use_label(), true),
+        service(routes::ROUTED, ROUTES_VIP, &shared, true),
+        service(policies::SERVICE, POLICY_VIP, &shared, true),
         service("web-l4", L4_VIP, "", true),
         policies::docs(),
     ]
@@ -153,8 +207,8 @@ fn services() -> String {
 }
 
 /// The file's documents at each step of the bed's start: the Services the
-/// loads go to; then the 99 other Services with routes (through the
-/// waypoint, no endpoints); then the 1,000 routes.
+/// loads go to; then the 99 other Services with routes (through
+/// `Waypoint::Shared`, no endpoints); then the 1,000 routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Docs {
     Services,
@@ -169,7 +223,7 @@ impl Docs {
             docs.extend(
                 routes::other_services()
                     .iter()
-                    .map(|(name, vip)| service(name, *vip, &uses_waypoint(), false)),
+                    .map(|(name, vip)| service(name, *vip, &Waypoint::Shared.use_label(), false)),
             );
         }
         if self == Docs::Routes {
@@ -181,11 +235,13 @@ impl Docs {
 
 pub struct L7Bed {
     pub cluster: Cluster,
-    /// The waypoint's view before the routes and with them.
-    pub views: Views,
+    /// Each waypoint's view before the routes and with them (the latter:
+    /// before any load).
+    pub views: Vec<(Waypoint, Views)>,
     inputs: Inputs,
     haproxy_ip: Ipv4Addr,
-    waypoint_pid: u32,
+    /// Each waypoint's process, in `Waypoint::ALL`'s order.
+    waypoint_pids: Vec<(Waypoint, u32)>,
     haproxy_pid: u32,
     /// The servers and HAProxy: killed when the bed is dropped, before the
     /// cluster removes the pods.
@@ -194,7 +250,7 @@ pub struct L7Bed {
 
 impl L7Bed {
     pub fn start() -> anyhow::Result<Self> {
-        eprintln!("bench: starting the L7 bed (waypoint, HAProxy)");
+        eprintln!("bench: starting the L7 bed (two waypoints, HAProxy)");
         let mut spec = ClusterSpec::new(&[
             &["client", "plain"],
             &[
@@ -204,8 +260,10 @@ impl L7Bed {
                 PLAIN_BACKENDS[1],
             ],
             &["haproxy"],
-        ])
-        .waypoint(WAYPOINT, "default", 2);
+        ]);
+        for w in Waypoint::ALL {
+            spec = spec.waypoint(w.gateway(), "default", 2);
+        }
         for b in MESH_BACKENDS {
             spec = spec.label(b, "tier", "web");
         }
@@ -217,9 +275,15 @@ impl L7Bed {
         for b in MESH_BACKENDS.into_iter().chain(PLAIN_BACKENDS) {
             procs.push(cluster.serve(b, &SERVER_PORT.to_string(), "web")?);
         }
-        let waypoint_pid = only_process(&cluster.waypoint_pod(WAYPOINT).cgroup)
-            .context("the waypoint's process")?;
-        let views = add_routes(&mut cluster, waypoint_pid)?;
+        let waypoint_pids = Waypoint::ALL
+            .into_iter()
+            .map(|w| {
+                only_process(&cluster.waypoint_pod(w.gateway()).cgroup)
+                    .map(|pid| (w, pid))
+                    .with_context(|| format!("waypoint {}'s process", w.gateway()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let views = add_routes(&mut cluster, &waypoint_pids)?;
         let servers: Vec<(Ipv4Addr, u16)> = PLAIN_BACKENDS
             .iter()
             .map(|b| (cluster.pod(b).ip, SERVER_PORT))
@@ -232,7 +296,7 @@ impl L7Bed {
             inputs: Inputs::write(cluster.log_dir())?,
             haproxy_ip: cluster.pod("haproxy").ip,
             cluster,
-            waypoint_pid,
+            waypoint_pids,
             haproxy_pid,
             _procs: procs,
         })
@@ -258,19 +322,20 @@ impl L7Bed {
 
     /// The L7 hop whose CPU and memory are reported, if the route has one.
     fn hop(&self, route: Route) -> Option<u32> {
-        match route {
-            Route::Waypoint | Route::WaypointRoutes | Route::WaypointPolicies => {
-                Some(self.waypoint_pid)
-            }
-            Route::Haproxy => Some(self.haproxy_pid),
-            Route::Direct | Route::L4Mesh => None,
+        match route.waypoint() {
+            Some(w) => self
+                .waypoint_pids
+                .iter()
+                .find(|(x, _)| *x == w)
+                .map(|(_, pid)| *pid),
+            None => (route == Route::Haproxy).then_some(self.haproxy_pid),
         }
     }
 
     /// The requests to web-routes so far, by the route rule that took
-    /// them, from the waypoint's metrics.
+    /// them, from the metrics of the waypoint it is bound to.
     pub fn routed_requests(&self) -> anyhow::Result<Vec<RuleCount>> {
-        let text = self.cluster.waypoint_metrics(WAYPOINT)?;
+        let text = self.cluster.waypoint_metrics(Waypoint::Shared.gateway())?;
         Ok(observed::requests_by_rule(&text, routes::ROUTED))
     }
 
@@ -341,39 +406,79 @@ impl L7Bed {
 }
 
 /// Adds the other Services with routes to every node's file, then the
-/// routes, and waits for the waypoint's view after each: the same
-/// Services without routes and with them. (Its first view, built as it
-/// starts, is not logged.)
-fn add_routes(c: &mut Cluster, waypoint_pid: u32) -> anyhow::Result<Views> {
-    let without_routes = next_view(c, waypoint_pid, Docs::RouteHolders)
-        .context("the waypoint's view with the Services that hold routes")?;
+/// routes, and waits for each waypoint's view after each: the same
+/// Services without routes and with them, per waypoint in `pids`' order.
+/// (Their first views, built as they start, are not logged.)
+fn add_routes(c: &mut Cluster, pids: &[(Waypoint, u32)]) -> anyhow::Result<Vec<(Waypoint, Views)>> {
+    let without_routes = next_views(c, pids, Docs::RouteHolders)
+        .context("the waypoints' views with the Services that hold routes")?;
     let with_routes =
-        next_view(c, waypoint_pid, Docs::Routes).context("the waypoint's view with the routes")?;
-    Ok(Views {
-        without_routes,
-        with_routes,
-    })
+        next_views(c, pids, Docs::Routes).context("the waypoints' views with the routes")?;
+    Ok(pids
+        .iter()
+        .zip(without_routes.into_iter().zip(with_routes))
+        .map(|((w, _), (without_routes, with_routes))| {
+            (
+                *w,
+                Views {
+                    without_routes,
+                    with_routes,
+                },
+            )
+        })
+        .collect())
 }
 
-/// Writes `docs` to every node's file and waits (bounded) for the
-/// waypoint's next view: its log line, and the waypoint's memory a moment
-/// later, once the view it replaced is dropped.
-fn next_view(c: &mut Cluster, waypoint_pid: u32, docs: Docs) -> anyhow::Result<ViewHeld> {
-    let built = observed::views_built(&c.waypoint_log(WAYPOINT));
+/// Writes `docs` to every node's file and waits (bounded) for each
+/// waypoint's next view: its log line, and its memory a moment after the
+/// last of them, once the view each replaced is dropped.
+fn next_views(
+    c: &mut Cluster,
+    pids: &[(Waypoint, u32)],
+    docs: Docs,
+) -> anyhow::Result<Vec<ViewHeld>> {
+    let built: Vec<usize> = pids
+        .iter()
+        .map(|(w, _)| observed::views_built(&c.waypoint_log(w.gateway())))
+        .collect();
     c.set_docs(&docs.text())?;
     let deadline = Instant::now() + VIEW_APPLIED;
-    loop {
-        let log = c.waypoint_log(WAYPOINT);
-        if observed::views_built(&log) > built {
-            let view = ViewBuilt::last(&log)
-                .context("the waypoint's \"discovery view built\" line has no build_us or sizes")?;
-            std::thread::sleep(VIEW_SETTLED);
+    let mut views = Vec::with_capacity(pids.len());
+    for ((w, _), before) in pids.iter().zip(built) {
+        views.push(next_view(c, *w, before, deadline)?);
+    }
+    std::thread::sleep(VIEW_SETTLED);
+    Ok(pids
+        .iter()
+        .zip(views)
+        .map(|((_, pid), view)| {
             // An instant's reading: only the memory figures are used.
-            let memory = AgentMeter::start(&[waypoint_pid]).stop();
-            return Ok(ViewHeld {
+            let memory = AgentMeter::start(&[*pid]).stop();
+            ViewHeld {
                 view,
                 rss_mib: memory.rss_mib,
                 anon_mib: memory.anon_mib,
+            }
+        })
+        .collect())
+}
+
+/// Waits until waypoint `w` has logged more than `before` views, or
+/// `deadline`; the last view's sizes.
+fn next_view(
+    c: &Cluster,
+    w: Waypoint,
+    before: usize,
+    deadline: Instant,
+) -> anyhow::Result<ViewBuilt> {
+    let gateway = w.gateway();
+    loop {
+        let log = c.waypoint_log(gateway);
+        if observed::views_built(&log) > before {
+            return ViewBuilt::last(&log).with_context(|| {
+                format!(
+                    "waypoint {gateway}'s \"discovery view built\" line has no build_us or sizes"
+                )
             });
         }
         if Instant::now() >= deadline {
@@ -383,7 +488,7 @@ fn next_view(c: &mut Cluster, waypoint_pid: u32, docs: Docs) -> anyhow::Result<V
                 .map(|l| l.to_string())
                 .collect();
             bail!(
-                "no new view in {VIEW_APPLIED:?}; the waypoint's warnings and errors:\n{}",
+                "waypoint {gateway}: no new view in {VIEW_APPLIED:?}; its warnings and errors:\n{}",
                 warnings.join("\n")
             );
         }
@@ -468,10 +573,11 @@ mod tests {
         assert_eq!(docs[1]["spec"]["clusterIP"], "10.96.0.42");
         assert_eq!(docs[2]["spec"]["clusterIP"], "10.96.0.43");
         assert_eq!(docs[3]["spec"]["clusterIP"], "10.96.0.41");
-        let waypoint = serde_yaml::Value::from(WAYPOINT);
-        assert_eq!(label(&docs[0]), waypoint);
-        assert_eq!(label(&docs[1]), waypoint);
-        assert_eq!(label(&docs[2]), waypoint);
+        let bare = serde_yaml::Value::from(Waypoint::Bare.gateway());
+        let shared = serde_yaml::Value::from(Waypoint::Shared.gateway());
+        assert_eq!(label(&docs[0]), bare, "web-wp has a waypoint of its own");
+        assert_eq!(label(&docs[1]), shared);
+        assert_eq!(label(&docs[2]), shared);
         assert!(label(&docs[3]).is_null());
         for d in &docs[..4] {
             assert_eq!(d["spec"]["selector"]["tier"], "web");
@@ -516,13 +622,63 @@ mod tests {
                 d["spec"]["clusterIP"].as_str(),
                 Some(vip.to_string().as_str())
             );
-            assert_eq!(label(d), serde_yaml::Value::from(WAYPOINT));
+            assert_eq!(
+                label(d),
+                serde_yaml::Value::from(Waypoint::Shared.gateway())
+            );
             assert!(d["spec"]["selector"].is_null(), "{name} has no endpoints");
         }
         let all = kinds(&steps[2]);
         let routes = all.iter().filter(|k| *k == "HTTPRoute").count();
         assert_eq!(routes, routes::SERVICES * routes::ROUTES_PER_SERVICE);
         assert_eq!(all.len() - routes, holders.len());
+    }
+
+    /// The bare column alone goes through `Bare`, which no other Service
+    /// of the file names; the routes and policies columns share `Shared`.
+    #[test]
+    fn each_waypoint_column_names_its_waypoint_and_only_web_wp_uses_the_bare_one() {
+        let by_route: Vec<Option<Waypoint>> = Route::ALL.iter().map(|r| r.waypoint()).collect();
+        assert_eq!(
+            by_route,
+            [
+                None,
+                None,
+                Some(Waypoint::Bare),
+                Some(Waypoint::Shared),
+                Some(Waypoint::Shared),
+                None
+            ]
+        );
+        assert_ne!(Waypoint::Bare.gateway(), Waypoint::Shared.gateway());
+        let all = docs(&Docs::Routes.text());
+        let bare: Vec<&str> = all
+            .iter()
+            .filter(|d| label(d) == serde_yaml::Value::from(Waypoint::Bare.gateway()))
+            .map(|d| d["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(bare, ["web-wp"]);
+        let shared = all
+            .iter()
+            .filter(|d| label(d) == serde_yaml::Value::from(Waypoint::Shared.gateway()))
+            .count();
+        assert_eq!(
+            shared,
+            routes::SERVICES + 1,
+            "web-routes, routed-NN, web-policy"
+        );
+        assert!(Waypoint::Shared.serves().contains("99 routed-NN"));
+        for d in &all {
+            let targets = [
+                &d["spec"]["parentRefs"][0]["name"],
+                &d["spec"]["targetRefs"][0]["name"],
+                &d["spec"]["targetRef"]["name"],
+            ];
+            assert!(
+                targets.iter().all(|t| t.as_str() != Some("web-wp")),
+                "nothing is attached to web-wp: {d:?}"
+            );
+        }
     }
 
     #[test]

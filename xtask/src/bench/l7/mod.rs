@@ -1,8 +1,8 @@
 //! The L7 part of `cargo xtask bench` (`--only waypoint`): HTTP through
-//! the waypoint, to a Service without HTTPRoutes and to one with ten of
-//! 1,000, and to one with an AuthorizationPolicy, a rate limit and a
-//! DestinationRule in force, against direct, the L4 mesh and HAProxy as
-//! the same hop, on one
+//! a waypoint of its own to a Service without HTTPRoutes, and through
+//! another to one with ten of 1,000 and to one with an
+//! AuthorizationPolicy, a rate limit and a DestinationRule in force,
+//! against direct, the L4 mesh and HAProxy as the same hop, on one
 //! bed, in one run; the waypoint's CPU, memory and added latency against
 //! its goals, and what the routes cost it per request and to build. A
 //! benchmark: it reports and fails on no number.
@@ -74,7 +74,7 @@ pub fn run(secs: u32, rounds: u32, stages: &[Stage]) -> anyhow::Result<String> {
         Vec::new()
     });
     let routing = Routing {
-        views: bed.views,
+        views: bed.views.clone(),
         taken,
     };
     drop(bed);

@@ -1,11 +1,12 @@
 //! The L7 table: a row per figure, a column per route with its ratio to
-//! direct; then the waypoint's figures against its goals, the waypoint
+//! direct; which waypoint each column went through and its memory before
+//! any load; then the waypoint's figures against its goals, the waypoint
 //! with 1,000 routes against without, its view's build time, the waypoint
 //! with policies in force against without, and the steal.
 use std::fmt::Write;
 
 use super::{
-    bed::{FIXED_RATE, Route},
+    bed::{FIXED_RATE, Route, Waypoint},
     metric::{Figures, Row},
     observed::{RuleCount, ViewBuilt, Views},
     policies, routes,
@@ -19,12 +20,19 @@ pub struct RouteResult {
     pub steal: Option<f64>,
 }
 
-/// What the waypoint said of its routes: the views it built before and
-/// with them (its log), and the rules that took the requests to
-/// web-routes (its metrics, after the last load).
+/// What the waypoints said of their routes: the views each built before
+/// and with them (their logs; the latter is the one each held before any
+/// load), and the rules that took the requests to web-routes
+/// (`Waypoint::Shared`'s metrics, after the last load).
 pub struct Routing {
-    pub views: Views,
+    pub views: Vec<(Waypoint, Views)>,
     pub taken: Vec<RuleCount>,
+}
+
+impl Routing {
+    fn views_of(&self, w: Waypoint) -> Option<&Views> {
+        self.views.iter().find(|(x, _)| *x == w).map(|(_, v)| v)
+    }
 }
 
 /// A figure the waypoint is held to, with its goal. Reported, never
@@ -260,11 +268,62 @@ fn cost_rows(out: &mut String, costs: &[RouteCost]) {
 fn policies_section(out: &mut String, results: &[(Route, RouteResult)]) {
     let _ = write!(
         out,
-        "\nThe waypoint with policies in force against without (same run, same waypoint): requests to {service} (an AuthorizationPolicy of {rules} ALLOW rules of which the last admits them, a local rate limit above any rate reached, a DestinationRule with connection-pool limits, outlier detection and LEAST_REQUEST) beside requests to web-wp (nothing in force). Median, with the lowest and highest round in brackets; the goal is at most 1.10× CPU per request (above, among the goals):\n\n| figure | nothing in force | policies in force | with / without | rounds overlap |\n|---|---|---|---|---|\n",
+        "\nThe waypoint with policies in force against without (same run; {service} through {shared}, web-wp through {bare}, each waypoint's own CPU): requests to {service} (an AuthorizationPolicy of {rules} ALLOW rules of which the last admits them, a local rate limit above any rate reached, a DestinationRule with connection-pool limits, outlier detection and LEAST_REQUEST) beside requests to web-wp (nothing in force). Median, with the lowest and highest round in brackets; the goal is at most 1.10× CPU per request (above, among the goals):\n\n| figure | nothing in force | policies in force | with / without | rounds overlap |\n|---|---|---|---|---|\n",
         service = policies::SERVICE,
         rules = policies::RULES,
+        shared = Waypoint::Shared.gateway(),
+        bare = Waypoint::Bare.gateway(),
     );
     cost_rows(out, &cost_over_bare(results, Route::WaypointPolicies));
+}
+
+/// How long `Waypoint::Shared` took to build its view with the routes and
+/// without, and its memory a second after each.
+fn build_line(out: &mut String, views: &Views, total: &str) {
+    let (with, without) = (&views.with_routes, &views.without_routes);
+    let _ = writeln!(
+        out,
+        "\nRoute table build: waypoint {shared} built its view with the {total} routes in {} ({}), and the same view without them in {} ({}). One build each, as the waypoint logs it (\"discovery view built\", build_us): the whole view, route tables included. Its memory a second after each, RSS (RssAnon): {:.1} MiB ({:.1} MiB) with the routes, {:.1} MiB ({:.1} MiB) without.",
+        ms(with.view.build_us),
+        view_sizes(&with.view),
+        ms(without.view.build_us),
+        view_sizes(&without.view),
+        with.rss_mib,
+        with.anon_mib,
+        without.rss_mib,
+        without.anon_mib,
+        shared = Waypoint::Shared.gateway(),
+    );
+}
+
+/// Which waypoint each waypoint column went through, what is bound to it,
+/// the view it held and its memory before any load (a second after its
+/// view with the routes): the figures a column's hop rows start from.
+fn waypoints_section(out: &mut String, results: &[(Route, RouteResult)], routing: &Routing) {
+    let _ = write!(
+        out,
+        "\nThe waypoints (both on node 2, one process each; a column's L7 hop CPU and RSS are its own waypoint's). Before any load, a second after each built its view with the routes, RSS (RssAnon):\n\n| column | waypoint | Services bound to it | its view | RSS before load (MiB) | RssAnon before load (MiB) |\n|---|---|---|---|---|---|\n"
+    );
+    for (route, _) in results {
+        let Some(w) = route.waypoint() else {
+            continue;
+        };
+        let (view, rss, anon) = match routing.views_of(w) {
+            Some(v) => (
+                view_sizes(&v.with_routes.view),
+                format!("{:.1}", v.with_routes.rss_mib),
+                format!("{:.1}", v.with_routes.anon_mib),
+            ),
+            None => ("–".to_owned(), "–".to_owned(), "–".to_owned()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {view} | {rss} | {anon} |",
+            route.label(),
+            w.gateway(),
+            w.serves(),
+        );
+    }
 }
 
 /// The waypoint with 1,000 routes against without, the build time of its
@@ -274,25 +333,17 @@ fn routing_section(out: &mut String, results: &[(Route, RouteResult)], routing: 
     let total = thousands(routes::SERVICES * routes::ROUTES_PER_SERVICE);
     let _ = write!(
         out,
-        "\nThe waypoint with {total} routes against without (same run, same waypoint): requests to {routed} ({per} routes of its own, {total} in the view; they take {route} rule {rule}, which the precedence tries after {before} others) beside requests to web-wp (no route). Each figure is the median, with the lowest and highest round in brackets; \"rounds overlap\" is whether the two figures' rounds overlap. No threshold is applied:\n\n| figure | without routes | with {total} routes | with / without | rounds overlap |\n|---|---|---|---|---|\n",
+        "\nThe waypoint with {total} routes against without (same run; {routed} through {shared}, web-wp through {bare}, each waypoint's own CPU): requests to {routed} ({per} routes of its own, {total} in the view; they take {route} rule {rule}, which the precedence tries after {before} others) beside requests to web-wp (no route). Each figure is the median, with the lowest and highest round in brackets; \"rounds overlap\" is whether the two figures' rounds overlap. No threshold is applied:\n\n| figure | without routes | with {total} routes | with / without | rounds overlap |\n|---|---|---|---|---|\n",
         routed = routes::ROUTED,
         per = routes::ROUTES_PER_SERVICE,
         before = routes::TRIED_BEFORE_TAKEN,
+        shared = Waypoint::Shared.gateway(),
+        bare = Waypoint::Bare.gateway(),
     );
     cost_rows(out, &route_cost(results));
-    let (with, without) = (&routing.views.with_routes, &routing.views.without_routes);
-    let _ = writeln!(
-        out,
-        "\nRoute table build: the waypoint built its view with the {total} routes in {} ({}), and the same view without them in {} ({}). One build each, as the waypoint logs it (\"discovery view built\", build_us): the whole view, route tables included. Its memory a second after each, RSS (RssAnon): {:.1} MiB ({:.1} MiB) with the routes, {:.1} MiB ({:.1} MiB) without.",
-        ms(with.view.build_us),
-        view_sizes(&with.view),
-        ms(without.view.build_us),
-        view_sizes(&without.view),
-        with.rss_mib,
-        with.anon_mib,
-        without.rss_mib,
-        without.anon_mib,
-    );
+    if let Some(views) = routing.views_of(Waypoint::Shared) {
+        build_line(out, views, &total);
+    }
     let counted: f64 = routing.taken.iter().map(|c| c.requests).sum();
     if counted > 0.0 {
         let by_rule: Vec<String> = routing
@@ -338,7 +389,7 @@ pub fn table(
     routing: &Routing,
 ) -> String {
     let mut out = format!(
-        "L7 hop: client (node 0) → backends b1/b2 (node 1), through the waypoint or HAProxy on node 2; {secs} s per measurement, median of {rounds} rounds (each round runs every load over every route, round-robin); ratio = route / direct\n\n| metric |"
+        "L7 hop: client (node 0) → backends b1/b2 (node 1), through a waypoint or HAProxy on node 2; {secs} s per measurement, median of {rounds} rounds (each round runs every load over every route, round-robin); ratio = route / direct\n\n| metric |"
     );
     for (route, _) in results {
         let _ = write!(out, " {} |", route.label());
@@ -383,10 +434,12 @@ pub fn table(
         }
         out += "\n";
     }
+    waypoints_section(&mut out, results, routing);
     let figures: Vec<(Route, &Figures)> = results.iter().map(|(r, x)| (*r, &x.figures)).collect();
     let _ = write!(
         out,
-        "\nThe waypoint against its goals (same run; CPU at the fixed {FIXED_RATE} req/s, from /proc/<pid>/stat over the interval; RSS the larger of the fixed-rate and 64-connection loads). Reported, not enforced:\n\n| figure | this run | goal | within goal |\n|---|---|---|---|\n"
+        "\nThe waypoint against its goals, from the column through {bare} (same run; CPU at the fixed {FIXED_RATE} req/s, from /proc/<pid>/stat over the interval; RSS the larger of the fixed-rate and 64-connection loads). Reported, not enforced:\n\n| figure | this run | goal | within goal |\n|---|---|---|---|\n",
+        bare = Waypoint::Bare.gateway(),
     );
     for g in goals(&figures) {
         let (value, within) = match g.value {
@@ -453,19 +506,23 @@ mod tests {
     }
 
     fn routing(taken: Vec<RuleCount>) -> Routing {
-        Routing {
-            views: Views {
-                without_routes: ViewHeld {
-                    view: view(850, 102),
-                    rss_mib: 19.2,
-                    anon_mib: 6.5,
-                },
-                with_routes: ViewHeld {
-                    view: view(4321, 102),
-                    rss_mib: 24.0,
-                    anon_mib: 11.3,
-                },
+        let views = |rss: f64| Views {
+            without_routes: ViewHeld {
+                view: view(850, 102),
+                rss_mib: rss - 4.8,
+                anon_mib: 6.5,
             },
+            with_routes: ViewHeld {
+                view: view(4321, 102),
+                rss_mib: rss,
+                anon_mib: 11.3,
+            },
+        };
+        Routing {
+            views: vec![
+                (Waypoint::Bare, views(18.5)),
+                (Waypoint::Shared, views(24.0)),
+            ],
             taken,
         }
     }
@@ -477,6 +534,46 @@ mod tests {
             (Row::FixedAchieved, rate),
             (Row::FixedP99, p99),
         ])
+    }
+
+    #[test]
+    fn each_waypoint_column_names_its_waypoint_and_its_memory_before_load() {
+        let results: Vec<(Route, RouteResult)> = Route::ALL
+            .iter()
+            .map(|r| (*r, result(vec![fixed(10.0, 1000.0, 2000.0)])))
+            .collect();
+        let out = table(&results, 2, 1, &routing(Vec::new()));
+        let section = out
+            .split_once("\nThe waypoints (both on node 2")
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("{out}"));
+        let rows: Vec<&str> = section
+            .lines()
+            .filter(|l| l.starts_with("| through"))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "| through the waypoint | wp-bare | web-wp | 102 Services, 11 pods, 3 EndpointSlices, 1 namespaces, 0 AuthorizationPolicies | 18.5 | 11.3 |",
+                "| through the waypoint, 1,000 routes | wp | web-routes, 99 routed-NN, web-policy | 102 Services, 11 pods, 3 EndpointSlices, 1 namespaces, 0 AuthorizationPolicies | 24.0 | 11.3 |",
+                "| through the waypoint, policies in force | wp | web-routes, 99 routed-NN, web-policy | 102 Services, 11 pods, 3 EndpointSlices, 1 namespaces, 0 AuthorizationPolicies | 24.0 | 11.3 |",
+            ],
+            "{out}"
+        );
+        assert!(
+            out.contains("The waypoint against its goals, from the column through wp-bare"),
+            "{out}"
+        );
+        // A waypoint whose views were not read has dashes, not figures.
+        let only_shared = Routing {
+            views: vec![(Waypoint::Shared, routing(Vec::new()).views.remove(1).1)],
+            taken: Vec::new(),
+        };
+        let out = table(&results, 2, 1, &only_shared);
+        assert!(
+            out.contains("| through the waypoint | wp-bare | web-wp | – | – | – |\n"),
+            "{out}"
+        );
     }
 
     #[test]
