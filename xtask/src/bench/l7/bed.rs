@@ -654,13 +654,13 @@ mod tests {
         let all = docs(&Docs::Routes.text());
         let bare: Vec<&str> = all
             .iter()
-            .filter(|d| label(d) == serde_yaml::Value::from(Waypoint::Bare.gateway()))
+            .filter(|d| label(d) == Waypoint::Bare.gateway())
             .map(|d| d["metadata"]["name"].as_str().unwrap())
             .collect();
         assert_eq!(bare, ["web-wp"]);
         let shared = all
             .iter()
-            .filter(|d| label(d) == serde_yaml::Value::from(Waypoint::Shared.gateway()))
+            .filter(|d| label(d) == Waypoint::Shared.gateway())
             .count();
         assert_eq!(
             shared,
