@@ -18,6 +18,7 @@ pub mod handover;
 pub mod harness;
 pub mod http;
 pub mod proc;
+pub mod source_ip;
 pub mod sys;
 pub mod waypoint;
 

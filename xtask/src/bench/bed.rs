@@ -1,14 +1,16 @@
 //! One mode's test bed, up for the whole run with its servers listening,
 //! and what each stage run on it records: the tool's figures, and the
 //! CPU and memory of whatever carries the traffic.
-use std::{path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
+use anyhow::Context;
 use mesh_testbed::{Cluster, Proc};
 
 use super::{
     metering::{AgentMeter, Metered, Steal, idle_working_set_mib},
     metric::{Figures, Metric},
     mode::{Mode, Stage},
+    source_ip::Delivery,
     stats::Samples,
     tools::{self, HTTP_PORT, IPERF3_PORT, SOCKPERF_PORT},
 };
@@ -30,6 +32,10 @@ pub fn use_release_binaries(agent: &Path) {
 /// Where the server pod's relay listens for a server port (the port plus
 /// this), so the relay and the server each have their own.
 const RELAY_PORT_OFFSET: u16 = 10000;
+
+/// Where the server pod answers the one ident that checks which address
+/// its agent delivers from; no tool uses it.
+const IDENT_PORT: u16 = 8081;
 
 pub struct Bed {
     pub mode: Mode,
@@ -56,6 +62,9 @@ impl Bed {
         let cluster = Cluster::start(mode.spec())?;
         let server = cluster.pod("server").ip.to_string();
         let agents = cluster.agent_pids();
+        if let Some(delivery) = mode.delivery() {
+            check_delivery(&cluster, delivery)?;
+        }
         let mut samples = Samples::default();
         samples.add(idle_memory(&agents));
         let mut forwarders = agents.clone();
@@ -193,6 +202,28 @@ impl Bed {
         r.insert(Metric::FixedRateAchieved, load.req_per_sec);
         Ok(())
     }
+}
+
+/// Whether the server pod sees its client from the address the mode
+/// delivers from: a pod whose preserved-source routing could not be set up
+/// gets 127.0.0.6 (with a warning in the agent's log), and its column would
+/// then compare loopback with loopback.
+fn check_delivery(c: &Cluster, delivery: Delivery) -> anyhow::Result<()> {
+    let _server = c.serve("server", &IDENT_PORT.to_string(), "ident")?;
+    let to = format!("{}:{IDENT_PORT}", c.pod("server").ip);
+    let v = c.client(
+        "client",
+        &["ident", "--to", &to, "--timeout-s", "5"],
+        Duration::from_secs(20),
+    )?;
+    let peer: SocketAddr = v["peer"]
+        .as_str()
+        .with_context(|| format!("the ident server named no peer: {v}"))?
+        .parse()
+        .with_context(|| format!("the ident server's peer: {v}"))?;
+    delivery
+        .check(peer.ip(), c.pod("client").ip)
+        .map_err(anyhow::Error::msg)
 }
 
 /// The agents' memory once they are up and before any traffic: RSS and

@@ -1,12 +1,15 @@
 //! The datapath run: every mode's bed up at once, every stage against each
 //! of them in turn, for a number of rounds.
+use std::collections::BTreeMap;
+
 use anyhow::Context;
 
 use super::{
     bed::Bed,
     metering::Steal,
-    metric::Figures,
+    metric::{Figures, Metric},
     mode::{Mode, Stage},
+    stats::Range,
 };
 
 /// One mode's outcome: each figure's median over the rounds, and the host
@@ -14,6 +17,9 @@ use super::{
 /// describes the machine, not the mesh).
 pub struct ModeResult {
     pub figures: Figures,
+    /// Each figure's spread over the rounds, to read a difference between
+    /// two modes against.
+    pub ranges: BTreeMap<Metric, Range>,
     pub steal: Option<f64>,
 }
 
@@ -68,6 +74,7 @@ pub fn measure(
         .into_iter()
         .map(|bed| ModeResult {
             figures: bed.samples.medians(),
+            ranges: bed.samples.ranges(),
             steal: bed.steal.percent(),
         })
         .collect();

@@ -130,11 +130,10 @@ impl Metric {
         }
     }
 
-    /// Throughput: more is better; latency, CPU and memory: less is.
-    // The table shows one ratio per row whichever way the row points (its
-    // heading says how to read it), so only the tests read units and
-    // directions: they keep them and the labels in agreement.
-    #[cfg_attr(not(test), expect(dead_code))]
+    /// Throughput: more is better; latency, CPU and memory: less is. The
+    /// main table shows one ratio per row whichever way the row points (its
+    /// heading says how to read it); the source-IP comparison reads it to
+    /// tell a cost from a gain.
     pub fn higher_is_better(self) -> bool {
         matches!(self.unit(), Unit::GbitPerSec | Unit::ReqPerSec)
     }

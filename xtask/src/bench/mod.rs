@@ -23,6 +23,7 @@ mod metering;
 mod metric;
 mod mode;
 mod render;
+mod source_ip;
 mod stats;
 mod tools;
 pub mod train;

@@ -2,6 +2,8 @@
 //! runs in each (the stages, one per tool).
 use mesh_testbed::ClusterSpec;
 
+use super::source_ip::Delivery;
+
 #[derive(Clone, Copy, PartialEq, Debug, clap::ValueEnum)]
 pub enum Mode {
     Direct,
@@ -14,8 +16,14 @@ pub enum Mode {
     /// agent splices).
     Relays,
     Mesh,
+    /// The plaintext agents delivering to the server from 127.0.0.6
+    /// (`datapath.sourceIp: loopback`): beside `mesh`, which delivers from
+    /// the client's own address, what preserving the source costs.
+    MeshLoopback,
     MeshSplice,
     Mtls,
+    /// The mTLS agents delivering from 127.0.0.6, beside `mtls`.
+    MtlsLoopback,
 }
 
 impl Mode {
@@ -25,8 +33,30 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::Relays => "two minimal relays",
             Mode::Mesh => "mesh plaintext",
+            Mode::MeshLoopback => "mesh plaintext, 127.0.0.6 delivery",
             Mode::MeshSplice => "mesh plaintext + sk_msg splice",
             Mode::Mtls => "mesh HBONE mTLS",
+            Mode::MtlsLoopback => "mesh HBONE mTLS, 127.0.0.6 delivery",
+        }
+    }
+
+    /// Where the server pod's agent delivers from; None where no agent
+    /// delivers (direct, relays).
+    pub fn delivery(self) -> Option<Delivery> {
+        match self {
+            Mode::Direct | Mode::Relays => None,
+            Mode::Mesh | Mode::MeshSplice | Mode::Mtls => Some(Delivery::ClientAddress),
+            Mode::MeshLoopback | Mode::MtlsLoopback => Some(Delivery::Loopback),
+        }
+    }
+
+    /// The mode that differs from this one only in delivering from
+    /// 127.0.0.6 (this one delivering from the client's address).
+    pub fn with_loopback_delivery(self) -> Option<Mode> {
+        match self {
+            Mode::Mesh => Some(Mode::MeshLoopback),
+            Mode::Mtls => Some(Mode::MtlsLoopback),
+            _ => None,
         }
     }
 
@@ -37,8 +67,10 @@ impl Mode {
         match self {
             Mode::Direct | Mode::Relays => s.without_agents(),
             Mode::Mesh => s.plaintext().splice(false),
+            Mode::MeshLoopback => s.plaintext().splice(false).loopback_delivery(),
             Mode::MeshSplice => s.plaintext().splice(true),
             Mode::Mtls => s,
+            Mode::MtlsLoopback => s.loopback_delivery(),
         }
     }
 }

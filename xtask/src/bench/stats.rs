@@ -29,6 +29,51 @@ impl<M: Ord + Copy> Samples<M> {
             .map(|(metric, values)| (*metric, median(values)))
             .collect()
     }
+
+    /// Each metric's lowest and highest value and how many it took: the
+    /// rounds' spread, which a difference between two modes is read
+    /// against.
+    pub fn ranges(&self) -> BTreeMap<M, Range> {
+        self.0
+            .iter()
+            .filter_map(|(metric, values)| Some((*metric, Range::of(values)?)))
+            .collect()
+    }
+}
+
+/// The spread of one figure over its rounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Range {
+    pub lowest: f64,
+    pub highest: f64,
+    /// How many values it was taken over (one: no spread to speak of).
+    pub count: usize,
+}
+
+impl Range {
+    /// None for no values.
+    pub fn of(values: &[f64]) -> Option<Range> {
+        let (first, rest) = values.split_first()?;
+        Some(rest.iter().fold(
+            Range {
+                lowest: *first,
+                highest: *first,
+                count: 1,
+            },
+            |r, v| Range {
+                lowest: r.lowest.min(*v),
+                highest: r.highest.max(*v),
+                count: r.count + 1,
+            },
+        ))
+    }
+
+    /// Whether the two ranges share a value; None unless both were taken
+    /// over at least two values, as one value has no spread.
+    pub fn overlaps(&self, other: &Range) -> Option<bool> {
+        (self.count >= 2 && other.count >= 2)
+            .then_some(self.lowest <= other.highest && other.lowest <= self.highest)
+    }
 }
 
 /// The middle value; the mean of the middle two for an even count.
@@ -68,5 +113,28 @@ mod tests {
         assert_eq!(m.len(), 3);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(median(&[]).is_nan());
+        let r = samples.ranges();
+        assert_eq!(
+            r[&Metric::HeyRate],
+            Range {
+                lowest: 8913.0,
+                highest: 14484.0,
+                count: 3
+            }
+        );
+        assert_eq!(r[&Metric::RssIdle].count, 1);
+    }
+
+    #[test]
+    fn ranges_overlap_only_with_a_spread_on_both_sides() {
+        let a = Range::of(&[10.0, 12.0, 11.0]).unwrap();
+        let touching = Range::of(&[12.0, 14.0]).unwrap();
+        let apart = Range::of(&[12.5, 14.0]).unwrap();
+        let once = Range::of(&[11.0]).unwrap();
+        assert_eq!(a.overlaps(&touching), Some(true));
+        assert_eq!(touching.overlaps(&a), Some(true));
+        assert_eq!(a.overlaps(&apart), Some(false));
+        assert_eq!(a.overlaps(&once), None, "one value has no spread");
+        assert_eq!(Range::of(&[]), None);
     }
 }
