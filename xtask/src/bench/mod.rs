@@ -10,9 +10,14 @@
 //! - [`tools`]: running iperf3, sockperf, wrk, hey and `meshtb load`, and
 //!   reading their outputs;
 //! - [`metering`]: CPU and memory of processes, and host steal;
-//! - [`metric`]: the rows; [`stats`]: medians; [`render`]: the table;
+//! - [`metric`]: the rows; [`stats`]: medians and the rounds' spread;
+//!   [`render`]: the table;
+//! - [`source_ip`]: which address each mesh column delivers from, and the
+//!   columns that preserve the client's beside their 127.0.0.6 twins;
 //! - [`l7`]: the waypoint part (`--only waypoint`): HTTP through the
 //!   waypoint beside direct, the L4 mesh and HAProxy, on a bed of its own;
+//! - [`upgrade`]: the upgrade part (`--only upgrade`): each node's agent
+//!   replaced by the hand-over path under load, on a bed of its own;
 //! - [`train`]: the profile-gathering run `xtask pgo` uses. It is its own
 //!   module so that pgo and this one do not import each other: this one
 //!   builds the agent through pgo, pgo trains through `train`.
@@ -27,6 +32,7 @@ mod source_ip;
 mod stats;
 mod tools;
 pub mod train;
+mod upgrade;
 
 use anyhow::Context;
 
@@ -48,12 +54,14 @@ pub struct Args {
     rounds: u32,
     /// Where to write the markdown table (also printed); by default
     /// target/bench/datapath.md, or target/bench/waypoint.md with `--only
-    /// waypoint`, so that the waypoint's table leaves the datapath's alone.
+    /// waypoint` and target/bench/upgrade.md with `--only upgrade`, so that
+    /// one part's table leaves the datapath's alone.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
     /// Run only one part: `datapath` (traffic through the agents),
-    /// `waypoint` (HTTP through the waypoint, the L4 mesh and HAProxy) or
-    /// `discovery` (store scale).
+    /// `waypoint` (HTTP through the waypoint, the L4 mesh and HAProxy),
+    /// `upgrade` (each node's agent replaced by hand-over under load,
+    /// `--rounds` times) or `discovery` (store scale).
     #[arg(long, value_enum)]
     only: Option<Part>,
     /// Measure only these modes (repeatable); direct is always measured,
@@ -86,6 +94,7 @@ pub struct Args {
 enum Part {
     Datapath,
     Waypoint,
+    Upgrade,
     Discovery,
 }
 
@@ -94,6 +103,7 @@ impl Args {
         self.out.clone().unwrap_or_else(|| {
             let name = match self.only {
                 Some(Part::Waypoint) => "waypoint.md",
+                Some(Part::Upgrade) => "upgrade.md",
                 _ => "datapath.md",
             };
             std::path::Path::new("target/bench").join(name)
@@ -139,6 +149,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             table += "\n";
         }
         table += &l7::run(args.secs, args.rounds, &l7_stages).context("waypoint (L7) part")?;
+    }
+    // It runs no tool: a run narrowed to some tools leaves it out.
+    if runs(Part::Upgrade) && args.stage.is_empty() {
+        eprintln!("bench: agent upgrade");
+        if !table.is_empty() {
+            table += "\n";
+        }
+        table += &upgrade::run(args.rounds).context("agent upgrade")?;
     }
     if runs(Part::Discovery) {
         eprintln!("bench: discovery scale");
@@ -228,6 +246,24 @@ mod tests {
             .unwrap()
             .args;
         assert_eq!(elsewhere.out_path(), std::path::Path::new("/tmp/w.md"));
+        let upgrade = Cli::try_parse_from(["bench", "--only", "upgrade", "--rounds", "1"])
+            .unwrap()
+            .args;
+        assert_eq!(upgrade.only, Some(Part::Upgrade));
+        assert_eq!(
+            upgrade.out_path(),
+            std::path::Path::new("target/bench/upgrade.md")
+        );
+        let both = Cli::try_parse_from([
+            "bench",
+            "--mode",
+            "mtls-loopback",
+            "--mode",
+            "mesh-loopback",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(both.mode, [Mode::MtlsLoopback, Mode::MeshLoopback]);
         assert_eq!(l7::stages(&waypoint.stage), [Stage::H2load]);
         assert_eq!(
             l7::stages(&[]),
