@@ -5,6 +5,7 @@
 //! nobody listening a redirected connect is refused and an inbound SYN dropped.
 use std::{
     borrow::BorrowMut,
+    collections::BTreeSet,
     fs::{self, File},
     io,
     net::{IpAddr, SocketAddr},
@@ -90,6 +91,7 @@ fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> D
 
 struct Maps {
     counters: PerCpuArray<MapData, u64>,
+    agent_cgroups: HashMap<MapData, u64, u8>,
     enrolled: HashMap<MapData, u64, u8>,
     pod_addrs: HashMap<MapData, PodAddrKey, u8>,
     listeners: SockHash<MapData, ListenerKey>,
@@ -107,6 +109,7 @@ struct Fill {
     orig: HashMap<MapData, SockKey, OrigDst>,
     splice: SockHash<MapData, SockKey>,
     flows_live: HashMap<MapData, u64, FlowRecord>,
+    agent_cgroups: HashMap<MapData, u64, u8>,
 }
 
 /// What the admin API and `mesh status` show of the kernel side.
@@ -171,6 +174,11 @@ pub struct Datapath {
     /// Pinned maps of another layout than this agent's programs read:
     /// while there are any, adopted links keep the programs they run.
     mismatched_maps: Vec<crate::link_update::MapMismatch>,
+    /// This agent's cgroup id: its connects are exempt from capture.
+    own_cgroup: u64,
+    /// The cgroup id of the agent this one takes over from (`open_beside`),
+    /// as it wrote it in `MESH_CONFIG`; 0 when none.
+    predecessor_cgroup: u64,
 }
 
 impl Datapath {
@@ -254,6 +262,15 @@ impl Datapath {
             .map_err(prog_err(names::PROG_INBOUND))?;
 
         let mut config: Array<MapData, DatapathConfig> = take_map(&mut ebpf, names::CONFIG)?;
+        // The running agent's cgroup, as it wrote it: still exempt once this
+        // agent claims, while it drains.
+        let predecessor_cgroup = if running {
+            config.get(&0, 0).map_or(0, |c| c.agent_cgroup)
+        } else {
+            0
+        };
+        let mut agent_cgroups: HashMap<MapData, u64, u8> =
+            take_map(&mut ebpf, names::AGENT_CGROUPS)?;
         // Splicing needs the sk_msg program on the sockhash before any socket
         // enters it. The attachment lives with the pinned map, so it outlasts
         // this agent; a later agent's attach replaces it.
@@ -297,10 +314,15 @@ impl Datapath {
         };
         // The running agent's cgroup stays the exempt one until it has
         // stopped accepting: its own connects from pods' netns would
-        // otherwise be captured and sent back to the pods' listeners.
+        // otherwise be captured and sent back to the pods' listeners. This
+        // agent joins the set only then (`claim`): it connects from no pod
+        // before, and one that never takes over leaves nothing behind.
         let deferred_config = if running {
             Some(own_config)
         } else {
+            // No agent serves: ids left by agents that crashed go.
+            let current = exempt_cgroups(&agent_cgroups);
+            apply_exemption(&mut agent_cgroups, &exempt_only(&current, own.id))?;
             config
                 .set(0, own_config, 0)
                 .map_err(map_err(names::CONFIG))?;
@@ -310,6 +332,7 @@ impl Datapath {
         drop(config);
         let maps = Maps {
             counters: take_map(&mut ebpf, names::COUNTERS)?,
+            agent_cgroups,
             enrolled: take_map(&mut ebpf, names::ENROLLED)?,
             pod_addrs: take_map(&mut ebpf, names::POD_ADDRS)?,
             listeners: take_map(&mut ebpf, names::INBOUND_LISTENERS)?,
@@ -321,6 +344,7 @@ impl Datapath {
             orig: pinned_map(pin_dir, names::ORIG_DST_BY_TUPLE)?,
             splice,
             flows_live: take_map(&mut ebpf, names::FLOWS_LIVE)?,
+            agent_cgroups: pinned_map(pin_dir, names::AGENT_CGROUPS)?,
         };
         let orig = take_map(&mut ebpf, names::ORIG_DST_BY_TUPLE)?;
         let mut deliveries: HashMap<MapData, DeliveryKey, u8> =
@@ -349,6 +373,8 @@ impl Datapath {
             _cgroup_links: links,
             deferred_config: Mutex::new(deferred_config),
             mismatched_maps,
+            own_cgroup: own.id,
+            predecessor_cgroup,
         };
         // Beside a running agent, its programs stay until it has stopped
         // accepting (`claim`).
@@ -358,17 +384,79 @@ impl Datapath {
         Ok(datapath)
     }
 
-    /// Writes the `MESH_CONFIG` that `open_beside` held back (this agent's
-    /// cgroup the exempt one), once the agent it takes over from has
-    /// stopped accepting. Nothing to do after `open`.
+    /// Once the agent it takes over from has stopped accepting: adds this
+    /// agent's cgroup to the exempt set beside that agent's (which drains,
+    /// and may still connect from a pod's netns), moves the links to this
+    /// agent's programs, and writes the `MESH_CONFIG` that `open_beside`
+    /// held back. Nothing to do after `open`.
     pub fn claim(&self) -> Result<(), DatapathError> {
         let Some(own) = self.deferred_config.lock().unwrap().take() else {
             return Ok(());
         };
+        {
+            let mut maps = self.maps.lock().unwrap();
+            let current = exempt_cgroups(&maps.agent_cgroups);
+            let change = exempt_joined(
+                &current,
+                self.own_cgroup,
+                self.predecessor_cgroup,
+                limits::AGENT_CGROUPS as usize,
+            );
+            if !change.evicted.is_empty() {
+                tracing::warn!(
+                    evicted = ?change.evicted,
+                    "more agents drain on this node than the exempt set holds: the oldest ones' connects from pods are captured from now on"
+                );
+            }
+            apply_exemption(&mut maps.agent_cgroups, &change)?;
+        }
+        // The set holds both agents before any program reads it; then the
+        // config, which programs of an older agent (kept when a pinned
+        // map's layout differs) still read alone.
+        self.upgrade_links();
         let mut config: Array<MapData, DatapathConfig> = pinned_map(&self.pin_dir, names::CONFIG)?;
         config.set(0, own, 0).map_err(map_err(names::CONFIG))?;
-        // The programs come with the agent that drives the maps.
-        self.upgrade_links();
+        tracing::info!(
+            own = self.own_cgroup,
+            predecessor = self.predecessor_cgroup,
+            "connects from this agent's and the draining agent's cgroups are not redirected"
+        );
+        Ok(())
+    }
+
+    /// The agent this one took over from has exited: its cgroup is exempt
+    /// no longer (unless it is this agent's, or the serving agent's).
+    pub fn predecessor_exited(&self) -> Result<(), DatapathError> {
+        self.forget_cgroup(
+            self.predecessor_cgroup,
+            "the agent this one took over from exited",
+        )
+    }
+
+    /// This agent stops (after its drain): its cgroup is exempt no longer,
+    /// unless it is the serving agent's (no successor took over, or one
+    /// runs in the same cgroup).
+    pub fn leave_exemption(&self) -> Result<(), DatapathError> {
+        self.forget_cgroup(self.own_cgroup, "this agent exits")
+    }
+
+    fn forget_cgroup(&self, gone: u64, why: &'static str) -> Result<(), DatapathError> {
+        let config: Array<MapData, DatapathConfig> = pinned_map(&self.pin_dir, names::CONFIG)?;
+        let serving = config
+            .get(&0, 0)
+            .map_err(map_err(names::CONFIG))?
+            .agent_cgroup;
+        let mut maps = self.maps.lock().unwrap();
+        let change = exempt_without(gone, &[self.own_cgroup, serving]);
+        if change.remove.is_empty() {
+            return Ok(());
+        }
+        apply_exemption(&mut maps.agent_cgroups, &change)?;
+        tracing::info!(
+            cgroup = gone,
+            reason = why,
+            "cgroup no longer exempt from redirection"
+        );
         Ok(())
     }
 
@@ -702,6 +790,11 @@ impl Datapath {
                     m.flows_live.keys().count(),
                     limits::FLOWS_LIVE,
                 ),
+                fill(
+                    names::AGENT_CGROUPS,
+                    m.agent_cgroups.keys().count(),
+                    limits::AGENT_CGROUPS,
+                ),
             ]
         };
         let attached = programs.iter().filter(|p| p.attached).count();
@@ -734,6 +827,97 @@ impl Datapath {
     pub fn take_logger(&self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         self.logger.lock().unwrap().take()
     }
+}
+
+/// How the set of exempt agent cgroups (`MESH_AGENT_CGROUPS`) changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExemptChange {
+    pub insert: Vec<u64>,
+    pub remove: Vec<u64>,
+    /// Of `remove`, the draining agents pushed out because the set is full.
+    pub evicted: Vec<u64>,
+}
+
+/// A first agent (no agent runs): the set becomes exactly this agent's
+/// cgroup. Ids of agents that crashed go: their cgroups are gone, or hold
+/// no agent any more.
+pub fn exempt_only(current: &BTreeSet<u64>, own: u64) -> ExemptChange {
+    ExemptChange {
+        insert: (!current.contains(&own))
+            .then_some(own)
+            .into_iter()
+            .collect(),
+        remove: current.iter().copied().filter(|id| *id != own).collect(),
+        evicted: Vec::new(),
+    }
+}
+
+/// A successor claims: its cgroup and its predecessor's are in the set
+/// (the predecessor's may be missing: an older agent kept no set), beside
+/// any agent still draining from before. Past `capacity`, the lowest ids
+/// (the oldest cgroups: the kernel hands ids out in increasing order) of
+/// the others go.
+pub fn exempt_joined(
+    current: &BTreeSet<u64>,
+    own: u64,
+    predecessor: u64,
+    capacity: usize,
+) -> ExemptChange {
+    let wanted: Vec<u64> = [predecessor, own]
+        .into_iter()
+        .filter(|id| *id != 0)
+        .collect::<BTreeSet<u64>>()
+        .into_iter()
+        .collect();
+    let insert: Vec<u64> = wanted
+        .iter()
+        .copied()
+        .filter(|id| !current.contains(id))
+        .collect();
+    let over = (current.len() + insert.len()).saturating_sub(capacity);
+    let evicted: Vec<u64> = current
+        .iter()
+        .copied()
+        .filter(|id| !wanted.contains(id))
+        .take(over)
+        .collect();
+    ExemptChange {
+        insert,
+        remove: evicted.clone(),
+        evicted,
+    }
+}
+
+/// An agent's cgroup that is exempt no longer, unless it is one of
+/// `keep` (this agent's, the serving agent's: on the test bed, and after a
+/// restart in place, successive agents share one cgroup).
+pub fn exempt_without(gone: u64, keep: &[u64]) -> ExemptChange {
+    ExemptChange {
+        remove: (gone != 0 && !keep.contains(&gone))
+            .then_some(gone)
+            .into_iter()
+            .collect(),
+        ..ExemptChange::default()
+    }
+}
+
+fn exempt_cgroups(map: &HashMap<MapData, u64, u8>) -> BTreeSet<u64> {
+    map.keys().filter_map(Result::ok).collect()
+}
+
+/// Removes first, so a full set has room for what is inserted.
+fn apply_exemption(
+    map: &mut HashMap<MapData, u64, u8>,
+    change: &ExemptChange,
+) -> Result<(), DatapathError> {
+    for id in &change.remove {
+        remove_if_present(map, id, names::AGENT_CGROUPS)?;
+    }
+    for id in &change.insert {
+        map.insert(id, 1, 0)
+            .map_err(map_err(names::AGENT_CGROUPS))?;
+    }
+    Ok(())
 }
 
 fn delivery_key(from: SocketAddr, to: SocketAddr) -> DeliveryKey {
@@ -966,6 +1150,62 @@ mod tests {
         // Only that connection's entry went.
         let left: Vec<SockKey> = map.keys().filter_map(Result::ok).collect();
         assert_eq!(left, vec![other]);
+    }
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_first_agent_is_the_only_exempt_one() {
+        // Crashed agents' ids go, whether or not this one's was there.
+        let c = exempt_only(&set(&[3, 7]), 9);
+        assert_eq!((c.insert, c.remove), (vec![9], vec![3, 7]));
+        let c = exempt_only(&set(&[9, 3]), 9);
+        assert_eq!((c.insert, c.remove), (vec![], vec![3]));
+        assert_eq!(exempt_only(&set(&[]), 9).insert, vec![9]);
+    }
+
+    #[test]
+    fn a_successor_joins_its_draining_predecessor() {
+        let c = exempt_joined(&set(&[5]), 9, 5, 8);
+        assert_eq!(
+            c,
+            ExemptChange {
+                insert: vec![9],
+                ..Default::default()
+            }
+        );
+        // An older predecessor kept no set: its id comes from its config.
+        let c = exempt_joined(&set(&[]), 9, 5, 8);
+        assert_eq!(c.insert, vec![5, 9]);
+        // Sharing one cgroup (the same id twice), or none to join.
+        assert_eq!(exempt_joined(&set(&[5]), 5, 5, 8), ExemptChange::default());
+        assert_eq!(exempt_joined(&set(&[]), 9, 0, 8).insert, vec![9]);
+        // A third agent while the first still drains: all three.
+        let c = exempt_joined(&set(&[5, 9]), 12, 9, 8);
+        assert_eq!((c.insert, c.remove), (vec![12], vec![]));
+    }
+
+    #[test]
+    fn a_full_set_loses_its_oldest_draining_agents_never_the_two_at_hand() {
+        let c = exempt_joined(&set(&[2, 3, 4, 5]), 9, 5, 4);
+        assert_eq!(c.insert, vec![9]);
+        assert_eq!(c.remove, vec![2]);
+        assert_eq!(c.evicted, vec![2]);
+        let c = exempt_joined(&set(&[2, 3, 4, 6]), 9, 5, 4);
+        assert_eq!(c.insert, vec![5, 9]);
+        assert_eq!(c.remove, vec![2, 3]);
+    }
+
+    #[test]
+    fn an_exited_agent_is_forgotten_unless_it_shares_a_kept_cgroup() {
+        assert_eq!(exempt_without(5, &[9, 9]).remove, vec![5]);
+        // The same cgroup as this agent's, or the serving agent's.
+        assert!(exempt_without(9, &[9, 12]).remove.is_empty());
+        assert!(exempt_without(12, &[9, 12]).remove.is_empty());
+        // No predecessor.
+        assert!(exempt_without(0, &[9, 9]).remove.is_empty());
     }
 
     #[test]

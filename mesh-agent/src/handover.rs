@@ -9,6 +9,9 @@
 //! on the shared sockets. The old agent then drains what it holds (until
 //! the hand-over drain deadline) and exits. Until `Ready`, nothing the old
 //! agent does changes: a successor that fails, or dies, leaves it serving.
+//! After `Stopped` the old agent keeps its end of the conversation open
+//! until its process ends, so the new one learns when it has exited
+//! (`Taken::exited`): until then its cgroup stays exempt from capture.
 pub mod channel;
 pub mod wire;
 
@@ -311,13 +314,13 @@ impl Predecessor {
             channel.set_deadline(STOP).map_err(|e| err(e.into()))?;
             channel.send(&Message::Ready, &[]).map_err(err)?;
             match channel.recv().map_err(err)? {
-                Some((Message::Stopped, _)) => Ok(true),
+                Some((Message::Stopped, _)) => Ok(Some(channel)),
                 // Closed without an answer: gone (crashed, or exited), so
                 // it accepts on nothing any more either, if its socket no
                 // longer answers; alive (it gave up on this agent), then
                 // starting would make two agents accept.
                 None => match Channel::connect(&socket) {
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(false),
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(None),
                     _ => Err(HandoverError::Refused {
                         socket,
                         reason: "it closed the hand-over without stopping, and still runs".into(),
@@ -337,22 +340,83 @@ impl Predecessor {
         .expect("the hand-over commit does not panic")?;
         info!(
             pods = adopted.len(),
-            answered = answer,
+            answered = answer.is_some(),
             "the running agent stopped accepting and drains"
         );
-        Ok(Taken { gate })
+        Ok(Taken {
+            gate,
+            predecessor: answer,
+        })
     }
 }
 
 /// The running agent has stopped accepting on the adopted sockets.
 pub struct Taken {
     gate: watch::Sender<bool>,
+    /// The conversation, which the old agent holds open until it exits;
+    /// `None` when it had gone before it answered.
+    predecessor: Option<Channel>,
 }
 
 impl Taken {
+    /// Resolves once the agent taken over from has exited (at once when it
+    /// was gone already): its end of the conversation closes with its
+    /// process, whatever way it ends. An agent from before it held the
+    /// conversation open closes it at once, and so counts as exited.
+    /// Waits on a thread of its own, as long as the old agent drains.
+    pub fn exited(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let Some(channel) = self.predecessor.take() else {
+            let _ = tx.send(());
+            return rx;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("handover-exit".into())
+            .spawn(move || {
+                if wait_for_close(&channel) {
+                    let _ = tx.send(());
+                }
+            });
+        if let Err(e) = spawned {
+            // The sender went with the closure: the receiver never resolves,
+            // and the old agent stays exempt (the safe side).
+            warn!(error = %e, "cannot watch the old agent's exit; its cgroup stays exempt");
+        }
+        rx
+    }
+
     /// This agent's accept tasks on the adopted sockets start.
     pub fn open(self) {
         let _ = self.gate.send(true);
+    }
+}
+
+/// Blocks until the peer closes `channel`: `true`. `false` when that cannot
+/// be told (the socket fails otherwise): the caller keeps assuming it runs.
+fn wait_for_close(channel: &Channel) -> bool {
+    // No deadline: it drains for as long as `--handover-drain` lets it.
+    if let Err(e) = channel.set_deadline(Duration::ZERO) {
+        warn!(error = %e, "hand-over socket: cannot wait for the old agent's exit");
+        return false;
+    }
+    loop {
+        match channel.recv() {
+            Ok(None) => return true,
+            Err(ChannelError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => return true,
+            Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            // It says nothing after `Stopped`; whatever it sends is not
+            // an exit.
+            Ok(Some((message, _))) => {
+                warn!(
+                    kind = message.kind(),
+                    "the old agent spoke after stopping; ignored"
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "hand-over socket: cannot wait for the old agent's exit");
+                return false;
+            }
+        }
     }
 }
 
@@ -575,6 +639,9 @@ fn serve(
     offering: &AtomicBool,
 ) {
     let mut handed = false;
+    // The successor's end of the conversation: held until this process
+    // exits, which closes it and tells the successor (`Taken::exited`).
+    let mut _successor = None;
     loop {
         let channel = match listener.accept() {
             Ok(c) => c,
@@ -595,6 +662,7 @@ fn serve(
         match outcome {
             Ok(true) => {
                 handed = true;
+                _successor = Some(channel);
                 info!(socket = %path.display(), "handed over to the new agent");
             }
             Ok(false) => {
@@ -689,6 +757,31 @@ fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_old_agent_counts_as_exited_once_its_end_closes_and_not_before() {
+        let (old, new) = Channel::pair().unwrap();
+        let (gate, _) = watch::channel(false);
+        let mut taken = Taken {
+            gate,
+            predecessor: Some(new),
+        };
+        let mut exited = taken.exited();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(exited.try_recv().is_err(), "still running");
+        drop(old);
+        tokio::time::timeout(Duration::from_secs(5), exited)
+            .await
+            .expect("seen within 5 s")
+            .expect("said so");
+        // Gone before it answered: at once.
+        let (gate, _) = watch::channel(false);
+        let mut gone = Taken {
+            gate,
+            predecessor: None,
+        };
+        gone.exited().await.unwrap();
+    }
 
     #[test]
     fn a_new_agent_takes_over_only_ready_and_holding_every_offered_pod_still_wanted() {

@@ -49,11 +49,15 @@ impl fmt::Display for MapLayout {
 /// user side read it (`mesh-ebpf/src/maps.rs`; a test checks the two
 /// agree). Socket maps hold a socket per key, a 4-byte value; a ring
 /// buffer has neither keys nor values.
-pub fn expected_layouts() -> [(&'static str, MapLayout); 11] {
+pub fn expected_layouts() -> [(&'static str, MapLayout); 12] {
     [
         (
             names::CONFIG,
             MapLayout::of::<u32, DatapathConfig>(MapType::Array),
+        ),
+        (
+            names::AGENT_CGROUPS,
+            MapLayout::of::<u64, u8>(MapType::Hash),
         ),
         (
             names::COUNTERS,

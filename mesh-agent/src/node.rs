@@ -798,6 +798,11 @@ impl Node {
                 "drain grace over; resetting what is still open"
             );
         }
+        // After a hand-over this agent's connects are no longer exempt once
+        // it is gone (the successor's, in the same cgroup, stay).
+        if let Err(e) = self.datapath.leave_exemption() {
+            warn!(error = %e, "this agent's cgroup stays exempt from redirection");
+        }
         info!(
             node = %self.agent.node_name,
             "agent stopping; the datapath stays pinned and enrolled pods fail closed until an agent returns"
@@ -880,18 +885,27 @@ impl Node {
         let Some(predecessor) = self.predecessor.take() else {
             return Ok(());
         };
-        let taken = match predecessor.commit().await {
+        let mut taken = match predecessor.commit().await {
             Ok(taken) => taken,
             Err(e) => {
                 self.abandon();
                 return Err(e.into());
             }
         };
-        // Its connects from pods' netns are exempt until now, this agent's
-        // from now on; then this agent accepts.
+        // Its connects from pods' netns are exempt until it has exited,
+        // this agent's from now on; then this agent accepts.
         self.datapath
             .claim()
             .context("writing this agent's datapath config after the hand-over")?;
+        let exited = taken.exited();
+        let datapath = self.datapath.clone();
+        tokio::spawn(async move {
+            if exited.await.is_ok()
+                && let Err(e) = datapath.predecessor_exited()
+            {
+                warn!(error = %e, "the exited agent's cgroup is still exempt from redirection");
+            }
+        });
         taken.open();
         // The running agent closed its endpoints before it answered.
         if let Some((_, log)) = self.endpoints.take() {

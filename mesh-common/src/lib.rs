@@ -41,6 +41,7 @@ pub mod names {
     pub const FLOWS_LIVE: &str = "MESH_FLOWS_LIVE";
     pub const FLOW_EVENTS: &str = "MESH_FLOW_EVENTS";
     pub const CONFIG: &str = "MESH_CONFIG";
+    pub const AGENT_CGROUPS: &str = "MESH_AGENT_CGROUPS";
     pub const COUNTERS: &str = "MESH_COUNTERS";
 
     pub const PROG_CONNECT4: &str = "mesh_connect4";
@@ -65,6 +66,10 @@ pub mod limits {
     /// agent's memory; the agent drains it as records arrive, and a full
     /// ring is counted, not blocking.
     pub const FLOW_EVENTS_BYTES: u32 = 1 << 18;
+    /// Agents of one node exempt at once: the serving one and those still
+    /// draining after handing over (one, or a few after quick successive
+    /// upgrades).
+    pub const AGENT_CGROUPS: u32 = 8;
 }
 
 /// A pod's own address within its netns; connections to it are not redirected.
@@ -147,6 +152,12 @@ pub struct DatapathConfig {
     /// write access to its `cgroup.procs`), unlike SO_MARK, which any pod
     /// with CAP_NET_RAW may set since Linux 5.17. 0 (no cgroup has it)
     /// exempts nobody.
+    ///
+    /// The programs of this version read `MESH_AGENT_CGROUPS` instead,
+    /// which also holds the agents still draining after a hand-over (each
+    /// in a cgroup of its own in Kubernetes). The agent keeps writing this
+    /// field: programs of an older agent that stay attached (a pinned map
+    /// of another layout keeps them) read only it.
     pub agent_cgroup: u64,
 }
 

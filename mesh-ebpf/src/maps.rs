@@ -11,6 +11,12 @@ use mesh_common::{
 #[map(name = "MESH_CONFIG")]
 pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 
+/// The cgroup ids of the node's agents whose connects are left alone: the
+/// serving agent's, and those of agents still draining after a hand-over
+/// (the agent keeps the set exact; the value is unused).
+#[map(name = "MESH_AGENT_CGROUPS")]
+pub static AGENT_CGROUPS: HashMap<u64, u8> = HashMap::pinned(limits::AGENT_CGROUPS, 0);
+
 #[map(name = "MESH_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 
@@ -63,6 +69,11 @@ pub fn config() -> DatapathConfig {
         Some(c) => *c,
         None => DatapathConfig::default(),
     }
+}
+
+#[inline(always)]
+pub fn is_agent_cgroup(id: u64) -> bool {
+    AGENT_CGROUPS.get_ptr(id).is_some()
 }
 
 #[inline(always)]

@@ -23,7 +23,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use mesh_common::{OUTBOUND_PORT, OrigDst, PodAddrKey, counter, v4_mapped, v6_bytes};
 
-use crate::maps::{ORIG_BY_COOKIE, POD_ADDRS, config, count, ctx_ip6, is_enrolled, is_loopback};
+use crate::maps::{
+    ORIG_BY_COOKIE, POD_ADDRS, config, count, ctx_ip6, is_agent_cgroup, is_enrolled, is_loopback,
+};
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -130,10 +132,13 @@ fn wanted(ctx: &SockAddrContext, dst: [u8; 16]) -> Option<u64> {
     }
     // The caller's cgroup, not the socket's: connect() runs in the calling
     // task, and a socket could have been created elsewhere and handed over.
-    // The agent writes its cgroup's id before it makes any connect; until
-    // then the map holds 0, which no cgroup has, or a previous agent's id
-    // (cgroup ids are not reused while the node runs).
-    if unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup {
+    // A set, not one id: after a hand-over the old agent drains from its
+    // own cgroup (another pod's, in Kubernetes) and may still connect from
+    // a pod's netns; until it has exited both agents are exempt. The agent
+    // adds its id before it makes any connect and keeps the set exact
+    // (cgroup ids are not reused while the node runs). `agent_cgroup` in
+    // the config is only for older programs.
+    if is_agent_cgroup(unsafe { bpf_get_current_cgroup_id() }) {
         count(counter::CONNECT_SKIPPED_AGENT);
         return None;
     }

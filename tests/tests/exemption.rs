@@ -4,7 +4,17 @@
 //! mark; any pod holding CAP_NET_RAW (granted by default) can set a mark,
 //! so here an app sets exactly that one and must still be carried by the
 //! mesh, encrypted between nodes.
-use mesh_testbed::{Cluster, ClusterSpec};
+//!
+//! The exemption is a set: after a hand-over the old agent drains from its
+//! own cgroup (another pod's, in Kubernetes) while the new one serves, and
+//! both are left alone until the old one has exited.
+use std::{collections::BTreeSet, path::Path, time::Duration};
+
+use mesh_testbed::{
+    Cluster, ClusterSpec,
+    handover::{cgroup_id, cgroup_of},
+    proc::Place,
+};
 use serde_json::Value;
 
 const MARKER: &[u8] = b"marker-through-mesh";
@@ -43,11 +53,19 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Runs the app in pod `from` against `to`:`port` with `mark` on its socket.
 fn marked_ident(c: &Cluster, from: &str, to: &str, port: u16, mark: u32) -> Value {
-    let out = c
-        .pod_command(from, "python3")
-        .unwrap()
+    let cmd = c.pod_command(from, "python3").unwrap();
+    run_ident(cmd, &c.pod(to).ip.to_string(), port, mark)
+}
+
+/// The same app, unmarked, run in `place` (a pod's netns, any cgroup).
+fn ident_from(place: &Place, to: &str, port: u16) -> Value {
+    run_ident(place.command("python3").unwrap(), to, port, 0)
+}
+
+fn run_ident(mut cmd: std::process::Command, to: &str, port: u16, mark: u32) -> Value {
+    let out = cmd
         .args(["-c", MARKED_CLIENT, &mark.to_string()])
-        .arg(c.pod(to).ip.to_string())
+        .arg(to)
         .arg(port.to_string())
         .output()
         .unwrap();
@@ -117,4 +135,156 @@ fn a_pod_setting_the_old_agent_mark_is_still_carried_by_the_mesh() {
     let counters = c.counters(0).unwrap();
     assert!(counters["connect_redirected"] >= 2, "{counters:?}");
     assert!(counters["connect_skipped_agent"] >= 1, "{counters:?}");
+}
+
+/// What a probe run from `place` to `to` (b's ident server) must show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Left alone: it reached b itself, and b saw the probe's own socket.
+    Exempt,
+    /// Sent to the agent's outbound listener in the pod's netns.
+    Captured,
+}
+
+/// Runs one probe and checks it against `expect` and the counters; the
+/// probe's own address (`app_local`) for the access log checks.
+fn probe(c: &Cluster, who: &str, place: &Place, to: &str, expect: Expect) -> String {
+    let before = c.counters(0).unwrap();
+    let v = ident_from(place, to, 8081);
+    let after = c.counters(0).unwrap();
+    let rose = |name: &str| after[name] - before[name];
+    assert_eq!(v["server"], "b", "{who}: {v}");
+    assert_eq!(v["echoed"], true, "{who}: {v}");
+    match expect {
+        Expect::Exempt => {
+            assert_eq!(
+                v["app_peer"],
+                format!("{to}:8081"),
+                "{who}: not redirected: {v}"
+            );
+            assert_eq!(
+                v["peer"], v["app_local"],
+                "{who}: b saw the probe's own socket: {v}"
+            );
+            assert!(
+                rose("connect_skipped_agent") >= 1,
+                "{who}: {before:?} -> {after:?}"
+            );
+            assert_eq!(
+                rose("connect_redirected"),
+                0,
+                "{who}: {before:?} -> {after:?}"
+            );
+        }
+        Expect::Captured => {
+            assert_eq!(v["app_peer"], "127.0.0.1:15001", "{who}: redirected: {v}");
+            assert!(
+                rose("connect_redirected") >= 1,
+                "{who}: {before:?} -> {after:?}"
+            );
+        }
+    }
+    v["app_local"].as_str().unwrap().to_owned()
+}
+
+fn access_lines_from(log: &[Value], src: &str) -> Vec<Value> {
+    log.iter()
+        .filter(|l| l["message"] == "connection closed" && l["src"] == src)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn both_agents_of_a_hand_over_are_exempt_until_the_old_one_has_exited() {
+    mesh_testbed::require_root!();
+    // `b` is outside the mesh, so whoever connects to it, b sees that
+    // socket itself; a redirected connect reaches it from the agent's.
+    let spec = ClusterSpec::new(&[&["a"], &["b"]])
+        .unenrolled("b")
+        .handover(Duration::from_secs(60));
+    let mut c = Cluster::start(spec).unwrap();
+    let _echo = c.serve("b", "8080", "echo").unwrap();
+    let _ident = c.serve("b", "8081", "ident").unwrap();
+    let b = c.pod("b").ip.to_string();
+    let netns = c.pod("a").netns_path();
+    let in_a = |cgroup: &Path| Place {
+        netns: netns.clone(),
+        cgroup: cgroup.to_owned(),
+    };
+
+    let old_cg = cgroup_of(c.agent_pids()[0]).unwrap();
+    let old_id = cgroup_id(&old_cg).unwrap();
+    assert_eq!(c.exempt_cgroups(0).unwrap(), BTreeSet::from([old_id]));
+
+    // Held through the old agent: it drains until this ends.
+    let mut hold = c
+        .spawn_client(
+            "a",
+            &[
+                "hold",
+                "--to",
+                &format!("{b}:8080"),
+                "--seconds",
+                "12",
+                "--interval-ms",
+                "100",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let mut old = c.hand_over(0).unwrap();
+    let new_cg = cgroup_of(c.agent_pids()[0]).unwrap();
+    let new_id = cgroup_id(&new_cg).unwrap();
+    assert_ne!(old_cg, new_cg, "the successor runs in a cgroup of its own");
+    assert!(old.exited().is_none(), "the old agent drains");
+
+    // During the old agent's drain both agents are exempt, a pod is not.
+    assert_eq!(
+        c.exempt_cgroups(0).unwrap(),
+        BTreeSet::from([old_id, new_id])
+    );
+    let from_old = probe(&c, "old agent's cgroup", &in_a(&old_cg), &b, Expect::Exempt);
+    let from_new = probe(&c, "new agent's cgroup", &in_a(&new_cg), &b, Expect::Exempt);
+    probe(
+        &c,
+        "the pod's cgroup",
+        &in_a(&c.pod("a").cgroup),
+        &b,
+        Expect::Captured,
+    );
+
+    hold.wait_exit(Duration::from_secs(30)).unwrap();
+    let held = hold.json_lines().pop().unwrap();
+    assert_eq!(
+        held["ok"], true,
+        "the held connection through the old agent: {held}"
+    );
+    assert!(old.wait_exit(Duration::from_secs(30)).unwrap().success());
+    // Once it has exited, its cgroup is exempt no more.
+    c.wait_exempt(0, &[new_id], Duration::from_secs(5)).unwrap();
+    probe(
+        &c,
+        "old cgroup, old agent gone",
+        &in_a(&old_cg),
+        &b,
+        Expect::Captured,
+    );
+    probe(
+        &c,
+        "new agent's cgroup, later",
+        &in_a(&new_cg),
+        &b,
+        Expect::Exempt,
+    );
+
+    // Neither agent carried an exempt probe.
+    for (who, src) in [("old", &from_old), ("new", &from_new)] {
+        for (agent, log) in [("old", old.json_lines()), ("new", c.agent_log(0))] {
+            let lines = access_lines_from(&log, src);
+            assert!(
+                lines.is_empty(),
+                "probe from the {who} agent's cgroup in the {agent} agent's access log: {lines:?}"
+            );
+        }
+    }
 }

@@ -111,7 +111,16 @@ fn a_new_agent_takes_over_under_load_refusing_and_resetting_nothing() {
     std::thread::sleep(Duration::from_millis(1500));
 
     let old_pid = c.agent_pids()[DEST];
+    let old_id = c.agent_cgroup_id(DEST).unwrap();
     let mut old = c.hand_over(DEST).unwrap();
+    let new_id = c.agent_cgroup_id(DEST).unwrap();
+    // Both exempt from capture while the old one drains, each in its own
+    // cgroup (as each agent has its pod in Kubernetes).
+    assert_ne!(old_id, new_id);
+    assert_eq!(
+        c.exempt_cgroups(DEST).unwrap(),
+        [old_id, new_id].into_iter().collect()
+    );
     let handed = bulks_started.elapsed();
     assert!(
         log_has(&old, "handed over to the new agent"),
@@ -132,6 +141,8 @@ fn a_new_agent_takes_over_under_load_refusing_and_resetting_nothing() {
     assert!(status.success(), "old agent: {status}");
     let out = old.output().join("\n");
     assert!(!out.contains("drain grace over"), "{out}");
+    c.wait_exempt(DEST, &[new_id], Duration::from_secs(5))
+        .unwrap();
 
     // The new agent is the node's: it serves, and its endpoints answer.
     assert!(reached(&ident(&c, "a", &idents), "b"));
@@ -191,6 +202,9 @@ fn with_the_running_agent_crashed_a_new_agent_starts_as_a_first_one() {
     assert!(c.handover_dir(DEST).join("handover.sock").exists());
 
     c.start_agent(DEST).unwrap();
+    // As on a first start: this agent alone is exempt.
+    let id = c.agent_cgroup_id(DEST).unwrap();
+    assert_eq!(c.exempt_cgroups(DEST).unwrap(), [id].into_iter().collect());
     assert!(
         c.agent_log(DEST)
             .iter()
@@ -213,6 +227,7 @@ fn a_new_agent_never_ready_exits_and_the_running_one_keeps_serving() {
     let mut c = Cluster::start(spec).unwrap();
     let _ident = c.serve("b", "8081", "ident").unwrap();
     let to = format!("{}:8081", c.pod("b").ip);
+    let running_id = c.agent_cgroup_id(DEST).unwrap();
     // The new agent's config puts `b` in `c`'s netns: it cannot enroll
     // `b`, which the running agent serves, so it never takes over.
     let (b_ns, c_ns) = (c.pod("b").netns.clone(), c.pod("c").netns.clone());
@@ -254,6 +269,11 @@ fn a_new_agent_never_ready_exits_and_the_running_one_keeps_serving() {
         !running
             .iter()
             .any(|l| l["message"] == "handed over to the new agent")
+    );
+    // It never took over, so it never joined the exempt set.
+    assert_eq!(
+        c.exempt_cgroups(DEST).unwrap(),
+        [running_id].into_iter().collect()
     );
     // A good one still can take over afterwards.
     c.hand_over(DEST).unwrap();
@@ -309,6 +329,9 @@ fn two_new_agents_at_once_take_over_one_after_the_other() {
             .unwrap()
             .success()
     );
+    // Both gone: only the node's agent is exempt.
+    let id = c.agent_cgroup_id(DEST).unwrap();
+    c.wait_exempt(DEST, &[id], Duration::from_secs(5)).unwrap();
     assert!(reached(&ident(&c, "a", &to), "b"));
 }
 
