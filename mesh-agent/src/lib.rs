@@ -11,7 +11,6 @@ pub mod handover;
 pub mod health;
 pub mod link_update;
 pub mod local_pods;
-pub mod memory;
 pub mod netlink_route;
 pub mod netns;
 pub mod netns_finder;

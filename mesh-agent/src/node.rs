@@ -613,7 +613,7 @@ impl Node {
                 loop {
                     tick.tick().await;
                     telemetry.sample();
-                    crate::memory::release_free_heap();
+                    mesh_memory::release_free_heap();
                     let expired = telemetry.flows.expire();
                     if expired > 0 {
                         info!(expired, "idle flow series dropped");
@@ -673,10 +673,10 @@ impl Node {
             _ = int.recv() => return self.drain().await,
             Some(done) = tasks.join_next() => return Err(task_ended(done)),
         }
-        crate::memory::release_free_heap();
+        mesh_memory::release_free_heap();
         // Before readiness, so that whoever waits for it sees the agent as
         // it stays.
-        match crate::memory::release_startup_code() {
+        match mesh_memory::release_startup_code() {
             Ok(kib) => info!(kib, "startup code unmapped"),
             Err(e) => warn!(error = %e, "startup code left mapped"),
         }

@@ -56,7 +56,8 @@ pub struct Settings {
     pub extension_providers: Option<PathBuf>,
 }
 
-/// How often idle upstream connections and balancer entries are swept.
+/// How often idle upstream connections and balancer entries are swept, and
+/// the heap they and closed connections freed is given back.
 const SWEEP: Duration = Duration::from_secs(5);
 /// How often the drain looks whether every connection has ended.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
@@ -246,6 +247,10 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
                 tick.tick().await;
                 wp.upstream.sweep();
                 wp.balancer.sweep();
+                // The buffers of connections that have closed (a burst of
+                // clients, evicted upstream connections) would otherwise
+                // stay in glibc's heap for good.
+                mesh_memory::release_free_heap();
             }
         });
     }
@@ -264,6 +269,13 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         if !wp.telemetry.is_ready() && wp.has_certificate() && wp.synced() {
             wp.telemetry.set_ready(true);
             info!(gateway = %settings.gateway, %identity, "waypoint ready");
+            // Code that only starting ran (configuration, discovery's first
+            // sync, the certificate request) stays mapped otherwise.
+            mesh_memory::release_free_heap();
+            match mesh_memory::release_startup_code() {
+                Ok(kib) => info!(kib, "startup code unmapped"),
+                Err(e) => warn!(error = %e, "startup code left mapped"),
+            }
         }
         tokio::select! {
             _ = term.recv() => break,

@@ -1,8 +1,12 @@
-//! Giving freed heap memory back to the kernel. Loading the datapath parses
-//! the kernel's BTF and the programs' ELF into many small allocations; once
-//! they are freed, glibc keeps the holes they leave inside its heap, so the
-//! agent would carry several MiB it no longer uses. `malloc_trim` returns
-//! whole free pages in those holes as well as at the top of the heap.
+//! Giving a long-running process's unused memory back to the kernel, for
+//! the node agent and the waypoint alike.
+//!
+//! - Freed heap: glibc keeps the holes that freed allocations leave inside
+//!   its heap (the agent's BTF and ELF parsing at start, the buffers of a
+//!   burst of connections the waypoint has since closed), so a process
+//!   would carry several MiB it no longer uses. `malloc_trim` returns whole
+//!   free pages in those holes as well as at the top of the heap.
+//! - Startup code: the pages of the executable that only starting touched.
 
 /// Returns the heap's free pages to the kernel (glibc only; elsewhere the
 /// allocator is left to its own policy).
@@ -89,7 +93,7 @@ fn releasable<'a>(maps: &'a [Mapping<'a>], exe: &str) -> impl Iterator<Item = &'
 /// startup faulted in: loading the eBPF object, parsing the configuration,
 /// the first TLS handshakes run once, and the kernel maps 64 KiB of the
 /// binary around every page touched, so several MiB of code stay mapped
-/// that an idle or busy agent never runs again. Mapped executable pages are
+/// that an idle or busy process never runs again. Mapped executable pages are
 /// the last the kernel reclaims; once unmapped they are ordinary page
 /// cache, and the code that runs again maps them back with a minor fault.
 /// Returns the KiB that were resident.
