@@ -429,6 +429,7 @@ impl Datapath {
     pub fn predecessor_exited(&self) -> Result<(), DatapathError> {
         self.forget_cgroup(
             self.predecessor_cgroup,
+            Some(self.own_cgroup),
             "the agent this one took over from exited",
         )
     }
@@ -437,17 +438,25 @@ impl Datapath {
     /// unless it is the serving agent's (no successor took over, or one
     /// runs in the same cgroup).
     pub fn leave_exemption(&self) -> Result<(), DatapathError> {
-        self.forget_cgroup(self.own_cgroup, "this agent exits")
+        self.forget_cgroup(self.own_cgroup, None, "this agent exits")
     }
 
-    fn forget_cgroup(&self, gone: u64, why: &'static str) -> Result<(), DatapathError> {
+    /// Removes `gone` from the exempt set, unless it is `also_keep` or the
+    /// serving agent's (as `MESH_CONFIG` names it now).
+    fn forget_cgroup(
+        &self,
+        gone: u64,
+        also_keep: Option<u64>,
+        why: &'static str,
+    ) -> Result<(), DatapathError> {
         let config: Array<MapData, DatapathConfig> = pinned_map(&self.pin_dir, names::CONFIG)?;
         let serving = config
             .get(&0, 0)
             .map_err(map_err(names::CONFIG))?
             .agent_cgroup;
         let mut maps = self.maps.lock().unwrap();
-        let change = exempt_without(gone, &[self.own_cgroup, serving]);
+        let keep: Vec<u64> = std::iter::once(serving).chain(also_keep).collect();
+        let change = exempt_without(gone, &keep);
         if change.remove.is_empty() {
             return Ok(());
         }

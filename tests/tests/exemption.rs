@@ -288,3 +288,78 @@ fn both_agents_of_a_hand_over_are_exempt_until_the_old_one_has_exited() {
         }
     }
 }
+
+#[test]
+fn in_a_chain_of_hand_overs_each_agent_is_exempt_until_it_has_exited() {
+    mesh_testbed::require_root!();
+    let spec = ClusterSpec::new(&[&["a"], &["b"]])
+        .unenrolled("b")
+        .handover(Duration::from_secs(60));
+    let mut c = Cluster::start(spec).unwrap();
+    let _echo = c.serve("b", "8080", "echo").unwrap();
+    let _ident = c.serve("b", "8081", "ident").unwrap();
+    let b = c.pod("b").ip.to_string();
+    let first_cg = cgroup_of(c.agent_pids()[0]).unwrap();
+    let first_id = cgroup_id(&first_cg).unwrap();
+
+    // The first agent drains for as long as this is held.
+    let mut hold = c
+        .spawn_client(
+            "a",
+            &[
+                "hold",
+                "--to",
+                &format!("{b}:8080"),
+                "--seconds",
+                "10",
+                "--interval-ms",
+                "100",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let mut first = c.hand_over(0).unwrap();
+    let second_id = c.agent_cgroup_id(0).unwrap();
+    // The second agent holds nothing: handing over, it exits at once, and
+    // nobody is left to watch the first one's exit but the first one.
+    let mut second = c.hand_over(0).unwrap();
+    let third_id = c.agent_cgroup_id(0).unwrap();
+    assert!(second.wait_exit(Duration::from_secs(20)).unwrap().success());
+    c.wait_exempt(0, &[first_id, third_id], Duration::from_secs(5))
+        .unwrap();
+    assert!(first.exited().is_none(), "the first agent drains");
+    assert!(!BTreeSet::from([first_id, third_id]).contains(&second_id));
+    let netns = c.pod("a").netns_path();
+    let in_a = Place {
+        netns,
+        cgroup: first_cg,
+    };
+    probe(
+        &c,
+        "the first agent's cgroup, while it drains",
+        &in_a,
+        &b,
+        Expect::Exempt,
+    );
+
+    hold.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(first.wait_exit(Duration::from_secs(30)).unwrap().success());
+    c.wait_exempt(0, &[third_id], Duration::from_secs(5))
+        .unwrap();
+    // Taken out by the first agent itself, its successor being gone.
+    assert!(
+        first.json_lines().iter().any(|l| l["message"]
+            == "cgroup no longer exempt from redirection"
+            && l["reason"] == "this agent exits"
+            && l["cgroup"] == first_id),
+        "{:?}",
+        first.output()
+    );
+    probe(
+        &c,
+        "the first agent's cgroup, once it has exited",
+        &in_a,
+        &b,
+        Expect::Captured,
+    );
+}
