@@ -16,7 +16,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray, RingBuf, SockHash},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SkLookup, SkMsg, SockOps,
         links::{FdLink, LinkError, PinnedLink},
@@ -27,6 +27,8 @@ use mesh_common::{
     limits, names,
 };
 use mesh_config::AgentConfig;
+
+use crate::preflight::CgroupCensus;
 
 /// The programs, built by `cargo xtask build-ebpf` (or mesh-agent's build.rs).
 pub(crate) static EBPF_OBJECT: &[u8] =
@@ -179,6 +181,8 @@ pub struct Datapath {
     /// The cgroup id of the agent this one takes over from (`open_beside`),
     /// as it wrote it in `MESH_CONFIG`; 0 when none.
     predecessor_cgroup: u64,
+    /// `MESH_AGENT_CGROUPS`'s size, as the pinned map has it.
+    agent_cgroups_capacity: u32,
 }
 
 impl Datapath {
@@ -265,12 +269,23 @@ impl Datapath {
         // The running agent's cgroup, as it wrote it: still exempt once this
         // agent claims, while it drains.
         let predecessor_cgroup = if running {
-            config.get(&0, 0).map_or(0, |c| c.agent_cgroup)
+            config
+                .get(&0, 0)
+                .map_err(map_err(names::CONFIG))?
+                .agent_cgroup
         } else {
             0
         };
         let mut agent_cgroups: HashMap<MapData, u64, u8> =
             take_map(&mut ebpf, names::AGENT_CGROUPS)?;
+        // The pinned map's own size, not this build's constant: the loader
+        // reuses a pinned map whatever its size, and a set of another
+        // size is read by the programs all the same.
+        let agent_cgroups_capacity = agent_cgroups
+            .map()
+            .info()
+            .map_err(map_err(names::AGENT_CGROUPS))?
+            .max_entries();
         // Splicing needs the sk_msg program on the sockhash before any socket
         // enters it. The attachment lives with the pinned map, so it outlasts
         // this agent; a later agent's attach replaces it.
@@ -312,17 +327,26 @@ impl Datapath {
             _pad: 0,
             agent_cgroup: own.id,
         };
-        // The running agent's cgroup stays the exempt one until it has
-        // stopped accepting: its own connects from pods' netns would
-        // otherwise be captured and sent back to the pods' listeners. This
-        // agent joins the set only then (`claim`): it connects from no pod
-        // before, and one that never takes over leaves nothing behind.
+        // The running agent's cgroup stays in `MESH_CONFIG` until it has
+        // stopped accepting (`claim`). This agent joins the exempt set just
+        // before it asks it to stop (`join_exemption`): it connects from no
+        // pod before, and one that never gets that far leaves nothing behind.
         let deferred_config = if running {
             Some(own_config)
         } else {
-            // No agent serves: ids left by agents that crashed go.
-            let current = exempt_cgroups(&agent_cgroups);
-            apply_exemption(&mut agent_cgroups, &exempt_only(&current, own.id))?;
+            let change = fresh_exemption(
+                &mut agent_cgroups,
+                &agent.cgroup_root,
+                own.id,
+                agent_cgroups_capacity,
+            )?;
+            if !change.remove.is_empty() {
+                tracing::info!(
+                    removed = ?change.remove,
+                    evicted = ?change.evicted,
+                    "cgroups no longer exempt from redirection: agents that are gone (and, the set being full, the oldest draining ones)"
+                );
+            }
             config
                 .set(0, own_config, 0)
                 .map_err(map_err(names::CONFIG))?;
@@ -375,6 +399,7 @@ impl Datapath {
             mismatched_maps,
             own_cgroup: own.id,
             predecessor_cgroup,
+            agent_cgroups_capacity,
         };
         // Beside a running agent, its programs stay until it has stopped
         // accepting (`claim`).
@@ -384,43 +409,64 @@ impl Datapath {
         Ok(datapath)
     }
 
-    /// Once the agent it takes over from has stopped accepting: adds this
-    /// agent's cgroup to the exempt set beside that agent's (which drains,
-    /// and may still connect from a pod's netns), moves the links to this
-    /// agent's programs, and writes the `MESH_CONFIG` that `open_beside`
-    /// held back. Nothing to do after `open`.
+    /// Before the agent it takes over from is asked to stop: adds this
+    /// agent's cgroup to the exempt set beside that agent's (there
+    /// already, unless an older agent kept no set), which stays while it
+    /// drains. Done before, so that nothing of it can fail once that agent
+    /// has stopped accepting; early exemption exempts nothing else, as
+    /// only this agent runs in its cgroup. `withdraw_exemption` undoes it
+    /// when the take-over is abandoned. Nothing to do after `open`.
+    pub fn join_exemption(&self) -> Result<(), DatapathError> {
+        if self.deferred_config.lock().unwrap().is_none() {
+            return Ok(());
+        }
+        let mut maps = self.maps.lock().unwrap();
+        let current = exempt_cgroups(&maps.agent_cgroups)?;
+        let change = exempt_joined(
+            &current,
+            self.own_cgroup,
+            self.predecessor_cgroup,
+            self.agent_cgroups_capacity as usize,
+        );
+        if !change.evicted.is_empty() {
+            tracing::warn!(
+                evicted = ?change.evicted,
+                capacity = self.agent_cgroups_capacity,
+                "more agents drain on this node than the exempt set holds: the oldest ones' connects from pods are captured from now on"
+            );
+        }
+        apply_exemption(&mut maps.agent_cgroups, &change)?;
+        tracing::info!(
+            own = self.own_cgroup,
+            predecessor = self.predecessor_cgroup,
+            "connects from this agent's and the running agent's cgroups are not redirected"
+        );
+        Ok(())
+    }
+
+    /// The take-over is abandoned: this agent's cgroup leaves the exempt
+    /// set it joined (`join_exemption`), unless it is the running agent's
+    /// too. Nothing to do once it has claimed, or after `open`.
+    pub fn withdraw_exemption(&self) -> Result<(), DatapathError> {
+        if self.deferred_config.lock().unwrap().is_none() {
+            return Ok(());
+        }
+        self.forget_cgroup(self.own_cgroup, None, "this agent never took over")
+    }
+
+    /// Once the agent it takes over from has stopped accepting: moves the
+    /// links to this agent's programs and writes the `MESH_CONFIG` that
+    /// `open_beside` held back. The exempt set already holds both agents
+    /// (`join_exemption`). Nothing to do after `open`.
     pub fn claim(&self) -> Result<(), DatapathError> {
         let Some(own) = self.deferred_config.lock().unwrap().take() else {
             return Ok(());
         };
-        {
-            let mut maps = self.maps.lock().unwrap();
-            let current = exempt_cgroups(&maps.agent_cgroups);
-            let change = exempt_joined(
-                &current,
-                self.own_cgroup,
-                self.predecessor_cgroup,
-                limits::AGENT_CGROUPS as usize,
-            );
-            if !change.evicted.is_empty() {
-                tracing::warn!(
-                    evicted = ?change.evicted,
-                    "more agents drain on this node than the exempt set holds: the oldest ones' connects from pods are captured from now on"
-                );
-            }
-            apply_exemption(&mut maps.agent_cgroups, &change)?;
-        }
-        // The set holds both agents before any program reads it; then the
-        // config, which programs of an older agent (kept when a pinned
-        // map's layout differs) still read alone.
         self.upgrade_links();
+        // Programs of an older agent (kept when a pinned map's layout
+        // differs) read the exempt cgroup from here alone.
         let mut config: Array<MapData, DatapathConfig> = pinned_map(&self.pin_dir, names::CONFIG)?;
         config.set(0, own, 0).map_err(map_err(names::CONFIG))?;
-        tracing::info!(
-            own = self.own_cgroup,
-            predecessor = self.predecessor_cgroup,
-            "connects from this agent's and the draining agent's cgroups are not redirected"
-        );
         Ok(())
     }
 
@@ -456,7 +502,8 @@ impl Datapath {
             .agent_cgroup;
         let mut maps = self.maps.lock().unwrap();
         let keep: Vec<u64> = std::iter::once(serving).chain(also_keep).collect();
-        let change = exempt_without(gone, &keep);
+        let current = exempt_cgroups(&maps.agent_cgroups)?;
+        let change = exempt_without(&current, gone, &keep);
         if change.remove.is_empty() {
             return Ok(());
         }
@@ -802,7 +849,7 @@ impl Datapath {
                 fill(
                     names::AGENT_CGROUPS,
                     m.agent_cgroups.keys().count(),
-                    limits::AGENT_CGROUPS,
+                    self.agent_cgroups_capacity,
                 ),
             ]
         };
@@ -847,17 +894,35 @@ pub struct ExemptChange {
     pub evicted: Vec<u64>,
 }
 
-/// A first agent (no agent runs): the set becomes exactly this agent's
-/// cgroup. Ids of agents that crashed go: their cgroups are gone, or hold
-/// no agent any more.
-pub fn exempt_only(current: &BTreeSet<u64>, own: u64) -> ExemptChange {
+/// A fresh start (no agent answered the hand-over): this agent's cgroup
+/// joins the set, and the ids whose cgroups `census` found gone or empty
+/// (agents that crashed) leave it. Any other id stays: an agent that
+/// handed over may still drain while its successor has crashed, and its
+/// connects from pods' netns must not be captured. Keeping an id in
+/// doubt is safe, as a cgroup id is not reused before the node reboots:
+/// the id of a cgroup that is gone exempts nothing. Past `capacity`, the
+/// lowest of the others go, as in `exempt_joined`.
+pub fn exempt_fresh(
+    current: &BTreeSet<u64>,
+    own: u64,
+    census: &CgroupCensus,
+    capacity: usize,
+) -> ExemptChange {
+    let gone: Vec<u64> = current
+        .iter()
+        .copied()
+        .filter(|id| *id != own && census.is_gone(*id))
+        .collect();
+    let kept: BTreeSet<u64> = current
+        .iter()
+        .copied()
+        .filter(|id| !gone.contains(id))
+        .collect();
+    let joined = exempt_joined(&kept, own, 0, capacity);
     ExemptChange {
-        insert: (!current.contains(&own))
-            .then_some(own)
-            .into_iter()
-            .collect(),
-        remove: current.iter().copied().filter(|id| *id != own).collect(),
-        evicted: Vec::new(),
+        insert: joined.insert,
+        remove: gone.into_iter().chain(joined.remove).collect(),
+        evicted: joined.evicted,
     }
 }
 
@@ -897,12 +962,13 @@ pub fn exempt_joined(
     }
 }
 
-/// An agent's cgroup that is exempt no longer, unless it is one of
-/// `keep` (this agent's, the serving agent's: on the test bed, and after a
-/// restart in place, successive agents share one cgroup).
-pub fn exempt_without(gone: u64, keep: &[u64]) -> ExemptChange {
+/// An agent's cgroup in the set (`current`) that is exempt no longer,
+/// unless it is one of `keep` (this agent's, the serving agent's: two
+/// agents share one cgroup when one is restarted in place, as the test
+/// bed's `start_agent` does).
+pub fn exempt_without(current: &BTreeSet<u64>, gone: u64, keep: &[u64]) -> ExemptChange {
     ExemptChange {
-        remove: (gone != 0 && !keep.contains(&gone))
+        remove: (current.contains(&gone) && !keep.contains(&gone))
             .then_some(gone)
             .into_iter()
             .collect(),
@@ -910,8 +976,46 @@ pub fn exempt_without(gone: u64, keep: &[u64]) -> ExemptChange {
     }
 }
 
-fn exempt_cgroups(map: &HashMap<MapData, u64, u8>) -> BTreeSet<u64> {
-    map.keys().filter_map(Result::ok).collect()
+fn exempt_cgroups(map: &HashMap<MapData, u64, u8>) -> Result<BTreeSet<u64>, DatapathError> {
+    map.keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(names::AGENT_CGROUPS))
+}
+
+/// A fresh start's change of the exempt set (`exempt_fresh`), applied;
+/// which agents' cgroups are still alive comes from a walk of the cgroup
+/// tree under `cgroup_root`. An agent's cgroup outside it is not found,
+/// and rightly taken out: the programs attached there never see its
+/// connects. When the walk fails, every id stays.
+fn fresh_exemption(
+    map: &mut HashMap<MapData, u64, u8>,
+    cgroup_root: &Path,
+    own: u64,
+    capacity: u32,
+) -> Result<ExemptChange, DatapathError> {
+    let current = exempt_cgroups(map)?;
+    let others: BTreeSet<u64> = current.iter().copied().filter(|id| *id != own).collect();
+    let census = match crate::preflight::cgroup_census(cgroup_root, &others) {
+        Ok(census) => census,
+        Err(e) => {
+            tracing::warn!(
+                root = %cgroup_root.display(),
+                error = %e,
+                kept = ?others,
+                "cannot tell which agents' cgroups still hold processes; every exempt cgroup stays so (a cgroup that is gone exempts nothing)"
+            );
+            CgroupCensus::unknown()
+        }
+    };
+    if !census.complete {
+        tracing::info!(
+            root = %cgroup_root.display(),
+            "the cgroup tree is larger than the walk looks at: exempt cgroups it did not find stay so"
+        );
+    }
+    let change = exempt_fresh(&current, own, &census, capacity as usize);
+    apply_exemption(map, &change)?;
+    Ok(change)
 }
 
 /// Removes first, so a full set has room for what is inserted.
@@ -1165,14 +1269,48 @@ mod tests {
         ids.iter().copied().collect()
     }
 
+    fn census(populated: &[u64], empty: &[u64], complete: bool) -> CgroupCensus {
+        CgroupCensus {
+            populated: set(populated),
+            empty: set(empty),
+            complete,
+        }
+    }
+
     #[test]
-    fn a_first_agent_is_the_only_exempt_one() {
-        // Crashed agents' ids go, whether or not this one's was there.
-        let c = exempt_only(&set(&[3, 7]), 9);
-        assert_eq!((c.insert, c.remove), (vec![9], vec![3, 7]));
-        let c = exempt_only(&set(&[9, 3]), 9);
-        assert_eq!((c.insert, c.remove), (vec![], vec![3]));
-        assert_eq!(exempt_only(&set(&[]), 9).insert, vec![9]);
+    fn a_fresh_start_keeps_the_agents_still_running_and_drops_the_gone() {
+        // A handed over to B and drains (3); B crashed (7); a cgroup
+        // removed since (5). This agent (9) starts afresh.
+        let c = exempt_fresh(&set(&[3, 5, 7]), 9, &census(&[3], &[7], true), 8);
+        assert_eq!((c.insert, c.remove), (vec![9], vec![5, 7]));
+        assert!(c.evicted.is_empty());
+        // Restarted in its own cgroup (shared cgroup, restart in place):
+        // it stays, whatever the census says of it.
+        let c = exempt_fresh(&set(&[9, 7]), 9, &census(&[], &[7], true), 8);
+        assert_eq!((c.insert, c.remove), (vec![], vec![7]));
+        assert_eq!(
+            exempt_fresh(&set(&[]), 9, &census(&[], &[], true), 8).insert,
+            vec![9]
+        );
+    }
+
+    #[test]
+    fn a_fresh_start_keeps_what_the_census_could_not_tell() {
+        // The walk failed: every id stays.
+        let c = exempt_fresh(&set(&[3, 7]), 9, &CgroupCensus::unknown(), 8);
+        assert_eq!((c.insert, c.remove), (vec![9], vec![]));
+        // The walk stopped at its bounds: only what it found empty goes.
+        let c = exempt_fresh(&set(&[3, 5, 7]), 9, &census(&[3], &[7], false), 8);
+        assert_eq!((c.insert, c.remove), (vec![9], vec![7]));
+    }
+
+    #[test]
+    fn a_fresh_start_into_a_full_set_evicts_the_oldest_living() {
+        let c = exempt_fresh(&set(&[2, 3, 4]), 9, &census(&[2, 3, 4], &[], true), 3);
+        assert_eq!((c.insert, c.remove, c.evicted), (vec![9], vec![2], vec![2]));
+        // Room made by the gone first.
+        let c = exempt_fresh(&set(&[2, 3, 4]), 9, &census(&[2, 3], &[4], true), 3);
+        assert_eq!((c.insert, c.remove, c.evicted), (vec![9], vec![4], vec![]));
     }
 
     #[test]
@@ -1209,12 +1347,15 @@ mod tests {
 
     #[test]
     fn an_exited_agent_is_forgotten_unless_it_shares_a_kept_cgroup() {
-        assert_eq!(exempt_without(5, &[9, 9]).remove, vec![5]);
+        let current = set(&[5, 9, 12]);
+        assert_eq!(exempt_without(&current, 5, &[9, 9]).remove, vec![5]);
         // The same cgroup as this agent's, or the serving agent's.
-        assert!(exempt_without(9, &[9, 12]).remove.is_empty());
-        assert!(exempt_without(12, &[9, 12]).remove.is_empty());
-        // No predecessor.
-        assert!(exempt_without(0, &[9, 9]).remove.is_empty());
+        assert!(exempt_without(&current, 9, &[9, 12]).remove.is_empty());
+        assert!(exempt_without(&current, 12, &[9, 12]).remove.is_empty());
+        // No predecessor, or one not in the set (a successor that never
+        // joined it withdraws).
+        assert!(exempt_without(&current, 0, &[9, 9]).remove.is_empty());
+        assert!(exempt_without(&current, 7, &[12]).remove.is_empty());
     }
 
     #[test]

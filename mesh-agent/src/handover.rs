@@ -364,6 +364,8 @@ impl Taken {
     /// process, whatever way it ends. An agent from before it held the
     /// conversation open closes it at once, and so counts as exited.
     /// Waits on a thread of its own, as long as the old agent drains.
+    /// Resolves with an error when the exit cannot be watched (no thread,
+    /// or the socket fails otherwise): the old agent may still run.
     pub fn exited(&mut self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         let Some(channel) = self.predecessor.take() else {
@@ -378,8 +380,9 @@ impl Taken {
                 }
             });
         if let Err(e) = spawned {
-            // The sender went with the closure: the receiver never resolves,
-            // and the old agent stays exempt (the safe side).
+            // The sender is dropped with the closure: the receiver resolves
+            // with an error, which is not an exit, and the old agent stays
+            // exempt (the safe side).
             warn!(error = %e, "cannot watch the old agent's exit; its cgroup stays exempt");
         }
         rx
@@ -768,7 +771,10 @@ mod tests {
         };
         let mut exited = taken.exited();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(exited.try_recv().is_err(), "still running");
+        assert!(
+            matches!(exited.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            "still running, and still watched"
+        );
         drop(old);
         tokio::time::timeout(Duration::from_secs(5), exited)
             .await

@@ -882,6 +882,16 @@ impl Node {
                 }
             }
         }
+        // Exempt from capture before the running agent stops, so that
+        // nothing on the exempt set can fail once it has: its connects
+        // from pods' netns stay exempt until it has exited, this agent's
+        // are from now on.
+        if let Err(e) = self.datapath.join_exemption() {
+            self.abandon();
+            return Err(anyhow::Error::new(e).context(
+                "adding this agent's cgroup to the exempt set before the hand-over; exiting, the running agent keeps serving",
+            ));
+        }
         let Some(predecessor) = self.predecessor.take() else {
             return Ok(());
         };
@@ -892,8 +902,7 @@ impl Node {
                 return Err(e.into());
             }
         };
-        // Its connects from pods' netns are exempt until it has exited,
-        // this agent's from now on; then this agent accepts.
+        // Then this agent accepts.
         self.datapath
             .claim()
             .context("writing this agent's datapath config after the hand-over")?;
@@ -961,13 +970,17 @@ impl Node {
     }
 
     /// Leaves the node to the running agent: its pods' delivery routing
-    /// stays when this agent's runtimes are dropped, and the sockets it
-    /// was given close with the conversation.
+    /// stays when this agent's runtimes are dropped, the sockets it was
+    /// given close with the conversation, and this agent's cgroup leaves
+    /// the exempt set if it had joined it.
     fn abandon(&mut self) {
         for rt in self.pods.values_mut() {
             rt.leave_routing();
         }
         self.predecessor = None;
+        if let Err(e) = self.datapath.withdraw_exemption() {
+            warn!(error = %e, "this agent's cgroup stays exempt from redirection although it never took over (harmless once it has exited: a cgroup id is not reused)");
+        }
     }
 
     /// Copies of every enrolled pod's listening sockets.

@@ -1,7 +1,9 @@
 //! Checks that run before anything is loaded or attached, so a node that
 //! cannot run the datapath says why in one line and changes nothing.
 use std::{
-    os::unix::fs::MetadataExt,
+    collections::{BTreeSet, VecDeque},
+    io,
+    os::unix::fs::{DirEntryExt, MetadataExt},
     path::{Component, Path, PathBuf},
 };
 
@@ -236,6 +238,131 @@ fn lists_pid(dir: &Path, pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// How far `cgroup_census` walks. A node has a few hundred cgroups
+/// (systemd's units, the kubepods slices, a pod's and its containers'),
+/// an agent's four to six below the root; past these bounds the walk stops
+/// and what it has not found counts as unknown, not gone.
+const CENSUS_DEPTH: usize = 8;
+const CENSUS_DIRS: usize = 8192;
+
+/// What a walk of the cgroup tree learnt of some cgroup ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupCensus {
+    /// Found, with a process in it or below it (`populated 1`).
+    pub populated: BTreeSet<u64>,
+    /// Found without any process, or removed while the walk read it.
+    pub empty: BTreeSet<u64>,
+    /// The whole tree under the root was seen, or every id asked for was
+    /// found: an id in neither set has no cgroup under the root.
+    pub complete: bool,
+}
+
+impl CgroupCensus {
+    /// Nothing known (the walk failed): every id may still hold an agent.
+    pub fn unknown() -> Self {
+        Self::default()
+    }
+
+    /// Whether no process runs in cgroup `id` under the root, for certain.
+    pub fn is_gone(&self, id: u64) -> bool {
+        self.empty.contains(&id) || (self.complete && !self.populated.contains(&id))
+    }
+}
+
+/// Which of `ids` (cgroup ids: a cgroup2 directory's inode number) still
+/// have a directory under `root` with processes in it, read from their
+/// `cgroup.events`. Bounded (`CENSUS_DEPTH`, `CENSUS_DIRS`); stops once
+/// every id is found. A subtree that cannot be read leaves the census
+/// incomplete; only an unreadable `root` is an error.
+pub fn cgroup_census(root: &Path, ids: &BTreeSet<u64>) -> io::Result<CgroupCensus> {
+    census_within(root, ids, CENSUS_DEPTH, CENSUS_DIRS)
+}
+
+fn census_within(
+    root: &Path,
+    ids: &BTreeSet<u64>,
+    max_depth: usize,
+    max_dirs: usize,
+) -> io::Result<CgroupCensus> {
+    let mut census = CgroupCensus {
+        complete: true,
+        ..CgroupCensus::default()
+    };
+    if ids.is_empty() {
+        return Ok(census);
+    }
+    let mut queue = VecDeque::from([(root.to_owned(), std::fs::metadata(root)?.ino(), 0)]);
+    let mut dirs = 1;
+    let mut first = true;
+    while let Some((dir, id, depth)) = queue.pop_front() {
+        if ids.contains(&id) {
+            match std::fs::read_to_string(dir.join("cgroup.events")) {
+                Ok(events) => match populated(&events) {
+                    Some(true) => census.populated.insert(id),
+                    Some(false) => census.empty.insert(id),
+                    None => {
+                        census.complete = false;
+                        false
+                    }
+                },
+                // The hierarchy's root cgroup has no `cgroup.events`, and
+                // always holds processes.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && dir.is_dir() => {
+                    census.populated.insert(id)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => census.empty.insert(id),
+                Err(_) => {
+                    census.complete = false;
+                    false
+                }
+            };
+            if census.populated.len() + census.empty.len() == ids.len() {
+                census.complete = true;
+                return Ok(census);
+            }
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if first => return Err(e),
+            // Removed meanwhile: nothing below it either.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => {
+                census.complete = false;
+                continue;
+            }
+        };
+        first = false;
+        for entry in entries {
+            let Ok(entry) = entry else {
+                census.complete = false;
+                break;
+            };
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if depth + 1 > max_depth || dirs >= max_dirs {
+                census.complete = false;
+                break;
+            }
+            dirs += 1;
+            queue.push_back((entry.path(), entry.ino(), depth + 1));
+        }
+    }
+    Ok(census)
+}
+
+/// `populated` in a `cgroup.events`: whether a process runs in the cgroup
+/// or below it. `None` when the line is missing (not a cgroup directory).
+fn populated(events: &str) -> Option<bool> {
+    events
+        .lines()
+        .find_map(|l| match l.trim().strip_prefix("populated ")? {
+            "1" => Some(true),
+            "0" => Some(false),
+            _ => None,
+        })
+}
+
 pub fn check_bpffs(path: &Path) -> Result<(), PreflightError> {
     match fs_magic(path) {
         Some(BPF_FS_MAGIC) => Ok(()),
@@ -256,6 +383,84 @@ mod tests {
         );
         let err = check_bpffs(dir.path()).unwrap_err().to_string();
         assert!(err.contains("mount -t bpf bpf"), "{err}");
+    }
+
+    /// A cgroup-like directory: `events` as its `cgroup.events`, if any;
+    /// its id (inode number).
+    fn cgroup(dir: &Path, events: Option<&str>) -> u64 {
+        std::fs::create_dir_all(dir).unwrap();
+        if let Some(events) = events {
+            std::fs::write(dir.join("cgroup.events"), events).unwrap();
+        }
+        std::fs::metadata(dir).unwrap().ino()
+    }
+
+    #[test]
+    fn the_census_tells_populated_from_empty_and_gone_cgroups() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let top = cgroup(root, None);
+        let draining = cgroup(
+            &root.join("kubepods/pod-a/agent"),
+            Some("populated 1\nfrozen 0\n"),
+        );
+        let crashed = cgroup(
+            &root.join("kubepods/pod-b/agent"),
+            Some("populated 0\nfrozen 0\n"),
+        );
+        cgroup(&root.join("system.slice"), Some("populated 1\n"));
+        let removed = cgroup(&root.join("gone"), Some("populated 1\n"));
+        std::fs::remove_dir_all(root.join("gone")).unwrap();
+
+        let ids = BTreeSet::from([draining, crashed, removed]);
+        let census = cgroup_census(root, &ids).unwrap();
+        assert_eq!(census.populated, BTreeSet::from([draining]));
+        assert_eq!(census.empty, BTreeSet::from([crashed]));
+        assert!(census.complete);
+        assert!(!census.is_gone(draining));
+        assert!(census.is_gone(crashed) && census.is_gone(removed));
+
+        // The root cgroup has no `cgroup.events`, and is never empty.
+        let census = cgroup_census(root, &BTreeSet::from([top])).unwrap();
+        assert_eq!(census.populated, BTreeSet::from([top]));
+
+        // An unreadable root is an error, for the caller to keep every id.
+        assert!(cgroup_census(&root.join("nonexistent"), &ids).is_err());
+        // Nothing known: nothing is gone.
+        assert!(!CgroupCensus::unknown().is_gone(crashed));
+    }
+
+    #[test]
+    fn past_its_bounds_the_census_knows_only_what_it_found() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let shallow = cgroup(&root.join("a"), Some("populated 0\n"));
+        let deep = cgroup(&root.join("a/b/c"), Some("populated 1\n"));
+        let absent = shallow + deep + 1;
+        let ids = BTreeSet::from([shallow, deep, absent]);
+
+        // Too shallow to reach `deep`: `absent` might be down there.
+        let census = census_within(root, &ids, 1, 100).unwrap();
+        assert!(!census.complete);
+        assert!(census.is_gone(shallow));
+        assert!(!census.is_gone(deep) && !census.is_gone(absent));
+
+        // Too few directories allowed: the same.
+        let census = census_within(root, &ids, 8, 2).unwrap();
+        assert!(!census.complete && !census.is_gone(deep));
+
+        // The whole tree seen: `absent` has no cgroup under the root.
+        let census = census_within(root, &ids, 8, 100).unwrap();
+        assert!(census.complete);
+        assert!(census.is_gone(absent) && !census.is_gone(deep));
+    }
+
+    #[test]
+    fn populated_is_read_from_cgroup_events() {
+        assert_eq!(populated("populated 1\nfrozen 0\n"), Some(true));
+        assert_eq!(populated("frozen 0\npopulated 0\n"), Some(false));
+        assert_eq!(populated("frozen 0\n"), None);
+        assert_eq!(populated("populated x\n"), None);
     }
 
     #[test]
