@@ -3,7 +3,12 @@
 //! other log lines (`timestamp`, `level`, `target: "access"`, `message`)
 //! so that one log pipeline reads them all. `MESH_LOG`'s filter for
 //! target `access` (e.g. `info,access=off`) turns it off.
-use std::{io::Write, net::SocketAddr, time::SystemTime};
+use std::{
+    io::Write,
+    net::SocketAddr,
+    sync::Mutex,
+    time::{Duration, SystemTime},
+};
 
 use mesh_telemetry::request::{Party, ResponseFlags, rfc3339};
 use serde::Serialize;
@@ -17,8 +22,53 @@ pub trait AccessLog: Send + Sync {
 }
 
 /// Standard error, beside the process's other lines, as the log filter
-/// allows.
-pub struct Stderr;
+/// allows. Lines are gathered in memory and written out together every
+/// `FLUSH_EVERY` (or once `FLUSH_AT` bytes wait), as Envoy's file access
+/// log does: a write per request would be a system call per request, a
+/// cost no other part of serving it has at a low rate. A line reaches the
+/// log at most `FLUSH_EVERY` after its request ended; a process killed
+/// outright loses what waits, as Envoy's does.
+pub struct Stderr {
+    waiting: Mutex<Vec<u8>>,
+    out: Sink,
+}
+
+/// Where batches of lines are written.
+type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+impl Default for Stderr {
+    fn default() -> Self {
+        Self {
+            waiting: Mutex::default(),
+            // Lines of other threads do not interleave with these: each
+            // write holds stderr's lock and whole lines. A closed stderr
+            // loses the lines, as it would lose any other.
+            out: Box::new(|lines| {
+                let _ = std::io::stderr().lock().write_all(lines);
+            }),
+        }
+    }
+}
+
+/// How long a line may wait in memory.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How much may wait before it is written at once.
+const FLUSH_AT: usize = 64 * 1024;
+
+impl Stderr {
+    /// Writes out whatever waits.
+    pub fn flush(&self) {
+        let lines = std::mem::take(&mut *self.lock());
+        if !lines.is_empty() {
+            (self.out)(&lines);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        // A panic while appending leaves whole lines at worst.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 impl AccessLog for Stderr {
     fn enabled(&self) -> bool {
@@ -26,13 +76,15 @@ impl AccessLog for Stderr {
     }
 
     fn write(&self, line: &str) {
-        // One write of the whole line: lines of other threads do not
-        // interleave with it. A closed stderr loses the line, as it would
-        // lose any other.
-        let mut out = Vec::with_capacity(line.len() + 1);
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-        let _ = std::io::stderr().lock().write_all(&out);
+        let full = {
+            let mut waiting = self.lock();
+            waiting.extend_from_slice(line.as_bytes());
+            waiting.push(b'\n');
+            waiting.len() >= FLUSH_AT
+        };
+        if full {
+            self.flush();
+        }
     }
 }
 
@@ -146,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_stamped_line_is_one_object_with_the_stamp_and_the_fields() {
-        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let fields = serde_json::json!({"status": 200, "path": "/a"});
         let line = stamped(at, "request", &fields);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -159,5 +211,45 @@ mod tests {
         let empty: serde_json::Value =
             serde_json::from_str(&stamped(at, "request", &serde_json::json!({}))).unwrap();
         assert_eq!(empty["message"], "request");
+    }
+
+    fn capture() -> (Stderr, std::sync::Arc<Mutex<Vec<Vec<u8>>>>) {
+        let written = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = written.clone();
+        let log = Stderr {
+            waiting: Mutex::default(),
+            out: Box::new(move |lines| sink.lock().unwrap().push(lines.to_vec())),
+        };
+        (log, written)
+    }
+
+    #[test]
+    fn lines_wait_for_the_flush_and_go_out_whole_in_one_write() {
+        let (log, written) = capture();
+        log.write(r#"{"a":1}"#);
+        log.write(r#"{"b":2}"#);
+        assert!(
+            written.lock().unwrap().is_empty(),
+            "nothing before the flush"
+        );
+        log.flush();
+        log.flush();
+        let w = written.lock().unwrap();
+        assert_eq!(w.len(), 1, "one write, and none for nothing waiting");
+        assert_eq!(w[0], b"{\"a\":1}\n{\"b\":2}\n");
+    }
+
+    #[test]
+    fn a_full_buffer_is_written_at_once() {
+        let (log, written) = capture();
+        let line = "x".repeat(1023);
+        for _ in 0..FLUSH_AT / 1024 - 1 {
+            log.write(&line);
+        }
+        assert!(written.lock().unwrap().is_empty());
+        log.write(&line);
+        let w = written.lock().unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].len(), FLUSH_AT);
     }
 }

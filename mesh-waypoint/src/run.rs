@@ -20,7 +20,7 @@ use mesh_telemetry::otlp::ExporterConfig;
 
 use crate::{
     Gateway,
-    access::Stderr,
+    access::{self, Stderr},
     telemetry::Telemetry,
     upstream::DirectDial,
     waypoint::{Limits, Parts, Waypoint},
@@ -181,7 +181,10 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         })
         .transpose()
         .context("--otlp-endpoint")?;
-    let (telemetry, export) = Telemetry::new(Arc::new(Stderr), otlp).context("--otlp-endpoint")?;
+    let access = Arc::new(Stderr::default());
+    // Whatever way this function ends, the lines that wait are written.
+    let _flush_at_exit = FlushAtExit(access.clone());
+    let (telemetry, export) = Telemetry::new(access.clone(), otlp).context("--otlp-endpoint")?;
     let jwks = crate::jwks::Jwks::new(settings.jwks.clone()).context("--jwks-ca-file")?;
     let wp = Waypoint::new(Parts {
         gateway: settings.gateway.clone(),
@@ -237,6 +240,16 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
                 warn!(error = %e, "admin endpoint stopped");
             }
             "admin"
+        });
+    }
+    {
+        let access = access.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(access::FLUSH_EVERY);
+            loop {
+                tick.tick().await;
+                access.flush();
+            }
         });
     }
     {
@@ -297,6 +310,15 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     }
     drain(&wp, serving).await;
     Ok(())
+}
+
+/// Writes out the access lines that wait when dropped.
+struct FlushAtExit(Arc<Stderr>);
+
+impl Drop for FlushAtExit {
+    fn drop(&mut self) {
+        self.0.flush();
+    }
 }
 
 /// Not ready, listener closed, GOAWAY on every HBONE connection, open
