@@ -12,7 +12,8 @@ use anyhow::Context;
 
 use crate::{Cluster, ClusterSpec, Proc, proc::Place};
 
-/// How long a successor may take to say it took over.
+/// How long a successor may take to say it took over (or, starting
+/// afresh, that it is ready).
 const TAKE_OVER: Duration = Duration::from_secs(60);
 
 impl ClusterSpec {
@@ -90,6 +91,24 @@ impl Cluster {
             v["message"] == "agent took over from the running agent"
         })?;
         self.adopt_successor(n, new)
+    }
+
+    /// Starts node n's agent afresh, its last one gone (`kill_agent`), in
+    /// a cgroup of its own below the node's, as a crashed agent's
+    /// replacement pod runs in Kubernetes (`start_agent` starts it in the
+    /// node's agent cgroup); waits for its "agent ready" line.
+    pub fn start_agent_apart(&mut self, n: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.agents.get(n).is_none_or(Option::is_none),
+            "node {n} still has an agent"
+        );
+        let mut new = self.spawn_successor(n, None, &[])?;
+        new.wait_json("agent ready", TAKE_OVER, |v| v["message"] == "agent ready")?;
+        while self.agents.len() <= n {
+            self.agents.push(None);
+        }
+        self.agents[n] = Some(new);
+        Ok(())
     }
 
     /// Makes `new` node n's agent; returns the one it replaces.

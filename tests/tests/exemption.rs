@@ -11,7 +11,7 @@
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use mesh_testbed::{
-    Cluster, ClusterSpec,
+    Cluster, ClusterSpec, Proc,
     handover::{cgroup_id, cgroup_of},
     proc::Place,
 };
@@ -187,6 +187,41 @@ fn probe(c: &Cluster, who: &str, place: &Place, to: &str, expect: Expect) -> Str
     v["app_local"].as_str().unwrap().to_owned()
 }
 
+/// A connection from pod `a` to `to` held open through node 0's agent:
+/// that agent drains, after handing over, until the test ends it
+/// (`end_hold`). Far longer than any test waits, so that a slow machine
+/// cannot end it first.
+fn hold(c: &Cluster, to: &str) -> Proc {
+    let p = c
+        .spawn_client(
+            "a",
+            &[
+                "hold",
+                "--to",
+                to,
+                "--seconds",
+                "120",
+                "--interval-ms",
+                "100",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    p
+}
+
+/// Ends a `hold`, so the agent it held drains no more. Still running, it
+/// still echoed: a round waits 5 s at most for its echo, and the client
+/// exits at the first that fails.
+fn end_hold(mut p: Proc) {
+    assert!(
+        p.exited().is_none(),
+        "the held connection broke: {:?}",
+        p.output()
+    );
+    p.kill();
+}
+
 fn access_lines_from(log: &[Value], src: &str) -> Vec<Value> {
     log.iter()
         .filter(|l| l["message"] == "connection closed" && l["src"] == src)
@@ -217,21 +252,7 @@ fn both_agents_of_a_hand_over_are_exempt_until_the_old_one_has_exited() {
     assert_eq!(c.exempt_cgroups(0).unwrap(), BTreeSet::from([old_id]));
 
     // Held through the old agent: it drains until this ends.
-    let mut hold = c
-        .spawn_client(
-            "a",
-            &[
-                "hold",
-                "--to",
-                &format!("{b}:8080"),
-                "--seconds",
-                "12",
-                "--interval-ms",
-                "100",
-            ],
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    let held = hold(&c, &format!("{b}:8080"));
     let mut old = c.hand_over(0).unwrap();
     let new_cg = cgroup_of(c.agent_pids()[0]).unwrap();
     let new_id = cgroup_id(&new_cg).unwrap();
@@ -253,12 +274,7 @@ fn both_agents_of_a_hand_over_are_exempt_until_the_old_one_has_exited() {
         Expect::Captured,
     );
 
-    hold.wait_exit(Duration::from_secs(30)).unwrap();
-    let held = hold.json_lines().pop().unwrap();
-    assert_eq!(
-        held["ok"], true,
-        "the held connection through the old agent: {held}"
-    );
+    end_hold(held);
     assert!(old.wait_exit(Duration::from_secs(30)).unwrap().success());
     // Once it has exited, its cgroup is exempt no more.
     c.wait_exempt(0, &[new_id], Duration::from_secs(5)).unwrap();
@@ -303,21 +319,7 @@ fn in_a_chain_of_hand_overs_each_agent_is_exempt_until_it_has_exited() {
     let first_id = cgroup_id(&first_cg).unwrap();
 
     // The first agent drains for as long as this is held.
-    let mut hold = c
-        .spawn_client(
-            "a",
-            &[
-                "hold",
-                "--to",
-                &format!("{b}:8080"),
-                "--seconds",
-                "10",
-                "--interval-ms",
-                "100",
-            ],
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    let held = hold(&c, &format!("{b}:8080"));
     let mut first = c.hand_over(0).unwrap();
     let second_id = c.agent_cgroup_id(0).unwrap();
     // The second agent holds nothing: handing over, it exits at once, and
@@ -342,7 +344,7 @@ fn in_a_chain_of_hand_overs_each_agent_is_exempt_until_it_has_exited() {
         Expect::Exempt,
     );
 
-    hold.wait_exit(Duration::from_secs(30)).unwrap();
+    end_hold(held);
     assert!(first.wait_exit(Duration::from_secs(30)).unwrap().success());
     c.wait_exempt(0, &[third_id], Duration::from_secs(5))
         .unwrap();
@@ -355,6 +357,77 @@ fn in_a_chain_of_hand_overs_each_agent_is_exempt_until_it_has_exited() {
         "{:?}",
         first.output()
     );
+    probe(
+        &c,
+        "the first agent's cgroup, once it has exited",
+        &in_a,
+        &b,
+        Expect::Captured,
+    );
+}
+
+#[test]
+fn an_agent_starting_afresh_keeps_an_agent_still_draining_exempt() {
+    mesh_testbed::require_root!();
+    let spec = ClusterSpec::new(&[&["a"], &["b"]])
+        .unenrolled("b")
+        .handover(Duration::from_secs(60));
+    let mut c = Cluster::start(spec).unwrap();
+    let _echo = c.serve("b", "8080", "echo").unwrap();
+    let _ident = c.serve("b", "8081", "ident").unwrap();
+    let b = c.pod("b").ip.to_string();
+    let first_cg = cgroup_of(c.agent_pids()[0]).unwrap();
+    let first_id = cgroup_id(&first_cg).unwrap();
+
+    let held = hold(&c, &format!("{b}:8080"));
+    let mut first = c.hand_over(0).unwrap();
+    let second_cg = cgroup_of(c.agent_pids()[0]).unwrap();
+    let second_id = cgroup_id(&second_cg).unwrap();
+    assert_eq!(
+        c.exempt_cgroups(0).unwrap(),
+        BTreeSet::from([first_id, second_id])
+    );
+    // The second agent crashes while the first drains; the next one finds
+    // nobody serving and starts afresh, in a cgroup of its own.
+    c.kill_agent(0);
+    c.start_agent_apart(0).unwrap();
+    assert!(
+        c.agent_log(0)
+            .iter()
+            .any(|l| l["message"]
+                == "no running agent answers the hand-over socket; starting afresh"),
+        "{:?}",
+        c.agents_raw_output(0)
+    );
+    let third_id = c.agent_cgroup_id(0).unwrap();
+    assert!(
+        second_cg.exists(),
+        "the crashed agent's cgroup is left, empty"
+    );
+    assert!(first.exited().is_none(), "the first agent drains");
+    // The first agent's cgroup still holds it: it stays. The crashed
+    // one's holds nobody: it goes.
+    assert_eq!(
+        c.exempt_cgroups(0).unwrap(),
+        BTreeSet::from([first_id, third_id])
+    );
+    assert!(!BTreeSet::from([first_id, third_id]).contains(&second_id));
+    let in_a = Place {
+        netns: c.pod("a").netns_path(),
+        cgroup: first_cg,
+    };
+    probe(
+        &c,
+        "the first agent's cgroup, while it drains",
+        &in_a,
+        &b,
+        Expect::Exempt,
+    );
+
+    end_hold(held);
+    assert!(first.wait_exit(Duration::from_secs(30)).unwrap().success());
+    c.wait_exempt(0, &[third_id], Duration::from_secs(5))
+        .unwrap();
     probe(
         &c,
         "the first agent's cgroup, once it has exited",
