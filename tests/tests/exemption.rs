@@ -8,7 +8,11 @@
 //! The exemption is a set: after a hand-over the old agent drains from its
 //! own cgroup (another pod's, in Kubernetes) while the new one serves, and
 //! both are left alone until the old one has exited.
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use mesh_testbed::{
     Cluster, ClusterSpec, Proc,
@@ -229,30 +233,77 @@ fn access_lines_from(log: &[Value], src: &str) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn both_agents_of_a_hand_over_are_exempt_until_the_old_one_has_exited() {
-    mesh_testbed::require_root!();
-    // `b` is outside the mesh, so whoever connects to it, b sees that
-    // socket itself; a redirected connect reaches it from the agent's.
+/// Pod a (enrolled) on node 0 and b on node 1, outside the mesh, so that
+/// whoever connects to b, b sees that socket itself (a redirected connect
+/// reaches it from the agent's); agents that hand over. Node 0's first
+/// agent, its cgroup, and a connection held through it, so that it drains
+/// once it has handed over.
+struct Bed {
+    c: Cluster,
+    b: String,
+    first_cg: PathBuf,
+    first_id: u64,
+    held: Proc,
+    _servers: [Proc; 2],
+}
+
+fn bed() -> Bed {
     let spec = ClusterSpec::new(&[&["a"], &["b"]])
         .unenrolled("b")
         .handover(Duration::from_secs(60));
-    let mut c = Cluster::start(spec).unwrap();
-    let _echo = c.serve("b", "8080", "echo").unwrap();
-    let _ident = c.serve("b", "8081", "ident").unwrap();
+    let c = Cluster::start(spec).unwrap();
+    let servers = [
+        c.serve("b", "8080", "echo").unwrap(),
+        c.serve("b", "8081", "ident").unwrap(),
+    ];
     let b = c.pod("b").ip.to_string();
+    let first_cg = cgroup_of(c.agent_pids()[0]).unwrap();
+    let first_id = cgroup_id(&first_cg).unwrap();
+    let held = hold(&c, &format!("{b}:8080"));
+    Bed {
+        c,
+        b,
+        first_cg,
+        first_id,
+        held,
+        _servers: servers,
+    }
+}
+
+/// Ends the held connection; the draining agent `first` exits, the set is
+/// `left`, and a probe from `place` (its cgroup) is captured again.
+fn drained(c: &Cluster, held: Proc, first: &mut Proc, left: &[u64], place: &Place, b: &str) {
+    end_hold(held);
+    assert!(first.wait_exit(Duration::from_secs(30)).unwrap().success());
+    c.wait_exempt(0, left, Duration::from_secs(5)).unwrap();
+    probe(
+        c,
+        "the first agent's cgroup, once it has exited",
+        place,
+        b,
+        Expect::Captured,
+    );
+}
+
+#[test]
+fn both_agents_of_a_hand_over_are_exempt_until_the_old_one_has_exited() {
+    mesh_testbed::require_root!();
+    let Bed {
+        mut c,
+        b,
+        first_cg: old_cg,
+        first_id: old_id,
+        held,
+        _servers,
+    } = bed();
     let netns = c.pod("a").netns_path();
     let in_a = |cgroup: &Path| Place {
         netns: netns.clone(),
         cgroup: cgroup.to_owned(),
     };
-
-    let old_cg = cgroup_of(c.agent_pids()[0]).unwrap();
-    let old_id = cgroup_id(&old_cg).unwrap();
     assert_eq!(c.exempt_cgroups(0).unwrap(), BTreeSet::from([old_id]));
 
-    // Held through the old agent: it drains until this ends.
-    let held = hold(&c, &format!("{b}:8080"));
+    // The old agent drains until `held` ends.
     let mut old = c.hand_over(0).unwrap();
     let new_cg = cgroup_of(c.agent_pids()[0]).unwrap();
     let new_id = cgroup_id(&new_cg).unwrap();
@@ -274,17 +325,8 @@ fn both_agents_of_a_hand_over_are_exempt_until_the_old_one_has_exited() {
         Expect::Captured,
     );
 
-    end_hold(held);
-    assert!(old.wait_exit(Duration::from_secs(30)).unwrap().success());
     // Once it has exited, its cgroup is exempt no more.
-    c.wait_exempt(0, &[new_id], Duration::from_secs(5)).unwrap();
-    probe(
-        &c,
-        "old cgroup, old agent gone",
-        &in_a(&old_cg),
-        &b,
-        Expect::Captured,
-    );
+    drained(&c, held, &mut old, &[new_id], &in_a(&old_cg), &b);
     probe(
         &c,
         "new agent's cgroup, later",
@@ -308,18 +350,15 @@ fn both_agents_of_a_hand_over_are_exempt_until_the_old_one_has_exited() {
 #[test]
 fn in_a_chain_of_hand_overs_each_agent_is_exempt_until_it_has_exited() {
     mesh_testbed::require_root!();
-    let spec = ClusterSpec::new(&[&["a"], &["b"]])
-        .unenrolled("b")
-        .handover(Duration::from_secs(60));
-    let mut c = Cluster::start(spec).unwrap();
-    let _echo = c.serve("b", "8080", "echo").unwrap();
-    let _ident = c.serve("b", "8081", "ident").unwrap();
-    let b = c.pod("b").ip.to_string();
-    let first_cg = cgroup_of(c.agent_pids()[0]).unwrap();
-    let first_id = cgroup_id(&first_cg).unwrap();
-
-    // The first agent drains for as long as this is held.
-    let held = hold(&c, &format!("{b}:8080"));
+    let Bed {
+        mut c,
+        b,
+        first_cg,
+        first_id,
+        held,
+        _servers,
+    } = bed();
+    // The first agent drains for as long as `held` runs.
     let mut first = c.hand_over(0).unwrap();
     let second_id = c.agent_cgroup_id(0).unwrap();
     // The second agent holds nothing: handing over, it exits at once, and
@@ -344,10 +383,7 @@ fn in_a_chain_of_hand_overs_each_agent_is_exempt_until_it_has_exited() {
         Expect::Exempt,
     );
 
-    end_hold(held);
-    assert!(first.wait_exit(Duration::from_secs(30)).unwrap().success());
-    c.wait_exempt(0, &[third_id], Duration::from_secs(5))
-        .unwrap();
+    drained(&c, held, &mut first, &[third_id], &in_a, &b);
     // Taken out by the first agent itself, its successor being gone.
     assert!(
         first.json_lines().iter().any(|l| l["message"]
@@ -357,29 +393,19 @@ fn in_a_chain_of_hand_overs_each_agent_is_exempt_until_it_has_exited() {
         "{:?}",
         first.output()
     );
-    probe(
-        &c,
-        "the first agent's cgroup, once it has exited",
-        &in_a,
-        &b,
-        Expect::Captured,
-    );
 }
 
 #[test]
 fn an_agent_starting_afresh_keeps_an_agent_still_draining_exempt() {
     mesh_testbed::require_root!();
-    let spec = ClusterSpec::new(&[&["a"], &["b"]])
-        .unenrolled("b")
-        .handover(Duration::from_secs(60));
-    let mut c = Cluster::start(spec).unwrap();
-    let _echo = c.serve("b", "8080", "echo").unwrap();
-    let _ident = c.serve("b", "8081", "ident").unwrap();
-    let b = c.pod("b").ip.to_string();
-    let first_cg = cgroup_of(c.agent_pids()[0]).unwrap();
-    let first_id = cgroup_id(&first_cg).unwrap();
-
-    let held = hold(&c, &format!("{b}:8080"));
+    let Bed {
+        mut c,
+        b,
+        first_cg,
+        first_id,
+        held,
+        _servers,
+    } = bed();
     let mut first = c.hand_over(0).unwrap();
     let second_cg = cgroup_of(c.agent_pids()[0]).unwrap();
     let second_id = cgroup_id(&second_cg).unwrap();
@@ -424,15 +450,5 @@ fn an_agent_starting_afresh_keeps_an_agent_still_draining_exempt() {
         Expect::Exempt,
     );
 
-    end_hold(held);
-    assert!(first.wait_exit(Duration::from_secs(30)).unwrap().success());
-    c.wait_exempt(0, &[third_id], Duration::from_secs(5))
-        .unwrap();
-    probe(
-        &c,
-        "the first agent's cgroup, once it has exited",
-        &in_a,
-        &b,
-        Expect::Captured,
-    );
+    drained(&c, held, &mut first, &[third_id], &in_a, &b);
 }
