@@ -141,9 +141,7 @@ async fn allow_and_deny_on_method_path_and_header() {
     // A gRPC client (web's grpc-api port) is answered as Envoy answers
     // one: 200, trailers-only, PERMISSION_DENIED.
     let mut h2 = bed.http2_as(&svid, bed.vip(81)).await;
-    let call = Request::post("http://web.shop.svc:81/shop.Cart/Add")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
+    let call = support::grpc_post("http://web.shop.svc:81/shop.Cart/Add")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let r = within("a gRPC answer", h2.send_request(call))

@@ -110,9 +110,7 @@ async fn grpc_trailers_pass_through() {
     http_backend(bed.pod(2, 8081), "web-2", true).await;
     let mut sender = bed.http2(bed.vip(81)).await;
     let message = Bytes::from_static(b"\x00\x00\x00\x00\x05hello");
-    let request = Request::post("http://web.shop.svc:81/grpc")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
+    let request = support::grpc_post("http://web.shop.svc:81/grpc")
         .body(Full::new(message.clone()))
         .unwrap();
     let response = within("the response", sender.send_request(request))

@@ -215,9 +215,7 @@ async fn bad_tokens_get_401_and_are_not_forwarded_while_no_token_passes() {
     // A gRPC call (web's grpc-api port) is answered as Envoy answers one:
     // 200, trailers-only, UNAUTHENTICATED with the text.
     let mut h2 = bed.http2(bed.vip(81)).await;
-    let call = Request::post("http://web.shop.svc:81/shop.Cart/Add")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
+    let call = support::grpc_post("http://web.shop.svc:81/shop.Cart/Add")
         .header("authorization", bearer(&key.token(&expired)))
         .body(Empty::<Bytes>::new())
         .unwrap();

@@ -171,9 +171,7 @@ async fn a_grpc_abort_answers_a_trailers_only_status() {
     let spec = "{abort: {grpcStatus: UNAVAILABLE}}";
     let bed = bed(104, config("down", spec, "down")).await;
     let mut sender = bed.http2(bed.vip(81)).await;
-    let request = Request::post("http://web.shop.svc:81/svc.Echo/Call")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
+    let request = support::grpc_post("http://web.shop.svc:81/svc.Echo/Call")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let r = within("a response", sender.send_request(request))

@@ -337,9 +337,7 @@ spec:
     http_backend(bed.pod(3, 8081), "web-3", true).await;
     let mut sender = bed.http2(bed.vip(81)).await;
     let mut call = async |path: &str| {
-        let request = Request::post(format!("http://web.shop.svc:81{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
+        let request = support::grpc_post(format!("http://web.shop.svc:81{path}"))
             .body(Empty::<Bytes>::new())
             .unwrap();
         within("a response", sender.send_request(request))

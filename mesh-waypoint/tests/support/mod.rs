@@ -884,6 +884,14 @@ impl<B> SendBody for B where
 {
 }
 
+/// A gRPC call's request to `uri`, as a gRPC client sends it: POST,
+/// `content-type: application/grpc`, `te: trailers`.
+pub fn grpc_post(uri: impl AsRef<str>) -> http::request::Builder {
+    Request::post(uri.as_ref())
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+}
+
 /// The sending half of an HTTP/1.1 client connection.
 pub type Http1 = http1::SendRequest<Empty<Bytes>>;
 
