@@ -270,6 +270,23 @@ fn bed() -> Bed {
     }
 }
 
+/// A probe from the draining agent's cgroup `first_cg`, in pod a's netns,
+/// is left alone; where it ran.
+fn exempt_while_draining(c: &Cluster, first_cg: PathBuf, b: &str) -> Place {
+    let place = Place {
+        netns: c.pod("a").netns_path(),
+        cgroup: first_cg,
+    };
+    probe(
+        c,
+        "the first agent's cgroup, while it drains",
+        &place,
+        b,
+        Expect::Exempt,
+    );
+    place
+}
+
 /// Ends the held connection; the draining agent `first` exits, the set is
 /// `left`, and a probe from `place` (its cgroup) is captured again.
 fn drained(c: &Cluster, held: Proc, first: &mut Proc, left: &[u64], place: &Place, b: &str) {
@@ -370,18 +387,7 @@ fn in_a_chain_of_hand_overs_each_agent_is_exempt_until_it_has_exited() {
         .unwrap();
     assert!(first.exited().is_none(), "the first agent drains");
     assert!(!BTreeSet::from([first_id, third_id]).contains(&second_id));
-    let netns = c.pod("a").netns_path();
-    let in_a = Place {
-        netns,
-        cgroup: first_cg,
-    };
-    probe(
-        &c,
-        "the first agent's cgroup, while it drains",
-        &in_a,
-        &b,
-        Expect::Exempt,
-    );
+    let in_a = exempt_while_draining(&c, first_cg, &b);
 
     drained(&c, held, &mut first, &[third_id], &in_a, &b);
     // Taken out by the first agent itself, its successor being gone.
@@ -438,17 +444,7 @@ fn an_agent_starting_afresh_keeps_an_agent_still_draining_exempt() {
         BTreeSet::from([first_id, third_id])
     );
     assert!(!BTreeSet::from([first_id, third_id]).contains(&second_id));
-    let in_a = Place {
-        netns: c.pod("a").netns_path(),
-        cgroup: first_cg,
-    };
-    probe(
-        &c,
-        "the first agent's cgroup, while it drains",
-        &in_a,
-        &b,
-        Expect::Exempt,
-    );
+    let in_a = exempt_while_draining(&c, first_cg, &b);
 
     drained(&c, held, &mut first, &[third_id], &in_a, &b);
 }
