@@ -15,10 +15,10 @@ RUN rustup toolchain install nightly --profile minimal --component rust-src \
 WORKDIR /src
 COPY . .
 # mesh-agent's build.rs builds mesh-ebpf and embeds the object. With the
-# profile `cargo xtask image` stages from `cargo xtask build-release`, the
-# agent is the profiled (PGO) build the benchmarks measure; without it, a
-# plain release build. mesh-waypoint is a plain release build either way
-# (the training never runs it; see UNPROFILED in xtask/src/pgo.rs).
+# profile `cargo xtask image` stages from `cargo xtask build-release` (the
+# agent's and the waypoint's training runs merged into one file), the
+# agent, CLI, CA and waypoint are the profiled (PGO) builds the benchmarks
+# measure; without it, plain release builds.
 # mesh-cni is linked statically either way: the node's runtime runs it with
 # the host's glibc, which may be older than this one (see PLUGIN there).
 RUN cargo xtask build-ebpf \

@@ -1,6 +1,7 @@
-//! `cargo xtask build-release`: the agent as it ships, optimised with a
-//! profile of its own run (PGO). An instrumented agent carries the
-//! benchmark's traffic on the test bed for a few seconds per tool; the
+//! `cargo xtask build-release`: the agent and the waypoint as they ship,
+//! optimised with a profile of their own run (PGO). An instrumented agent
+//! carries the benchmark's traffic on the test bed for a few seconds per
+//! tool, and instrumented waypoints the waypoint bench's loads; the
 //! release build then uses what ran and how often.
 //!
 //! Why: besides inlining and branch layout for the paths that carry
@@ -32,16 +33,17 @@ const USE_FLAGS: [&str; 3] = [
 ];
 
 /// The binaries the image carries built with the profile: the agent (node
-/// and CA) and the CLI. Beside them, the waypoint ([`UNPROFILED`]) and the
-/// CNI plugin ([`PLUGIN`]), built apart.
-const PROFILED: [&str; 3] = ["mesh-agent", "mesh", "mesh-ca"];
+/// and CA), the CLI and the waypoint. Beside them, the CNI plugin
+/// ([`PLUGIN`]), built apart.
+const PROFILED: [&str; 4] = ["mesh-agent", "mesh", "mesh-ca", "mesh-waypoint"];
 
-/// The waypoint. The training runs only the agent, so the agent's profile
-/// has no counts for the waypoint's own code: with it, all of that code
-/// would count as never run, be optimised as cold (for size) and be moved
-/// out among the never-run functions. A plain release build until the
-/// training carries traffic through a waypoint.
-const UNPROFILED: &str = "mesh-waypoint";
+/// The instrumented binaries the training runs: the agent, and the
+/// waypoint, whose own code (HTTP, routing, policies) the agent's run
+/// never reaches; without its counts all of that code would count as
+/// never run, be optimised for size and be moved out among the never-run
+/// functions. The CLI and the CA share the agent's crates and take its
+/// counts.
+const TRAINED: [&str; 2] = ["mesh-agent", "mesh-waypoint"];
 
 /// The CNI plugin. `mesh-cni install` copies it onto the node, where the
 /// container runtime execs it with the host's libraries, not the image's:
@@ -123,8 +125,54 @@ pub fn dist() -> PathBuf {
     workspace().join("target").join("dist")
 }
 
-/// Trains and builds the profiled agent; returns the agent's path in
-/// [`dist`].
+/// Where each instrumented process writes its profile (`LLVM_PROFILE_FILE`):
+/// its own file, named by its process id (`%p`) and the binary's
+/// signature (`%m`), so that concurrent agents and waypoints never share
+/// one and a process's profile can be found by its id.
+fn profile_pattern(raw: &Path) -> PathBuf {
+    raw.join("%p-%m.profraw")
+}
+
+/// Whether `name` is the profile [`profile_pattern`] names for process
+/// `pid`.
+fn is_profile_of(name: &str, pid: u32) -> bool {
+    name.strip_suffix(".profraw")
+        .and_then(|n| n.split_once('-'))
+        .is_some_and(|(p, _)| p == pid.to_string())
+}
+
+/// Each waypoint's profile in `raw`, or why the training did not make
+/// one: a waypoint without a profile means its code would be built as
+/// never run.
+fn check_waypoint_profiles(raw: &Path, pids: &[u32]) -> anyhow::Result<()> {
+    if pids.is_empty() {
+        bail!("the training ran no waypoint");
+    }
+    let files: Vec<(String, u64)> = std::fs::read_dir(raw)?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let size = e.metadata().ok()?.len();
+            Some((e.file_name().to_string_lossy().into_owned(), size))
+        })
+        .collect();
+    for pid in pids {
+        match files.iter().find(|(name, _)| is_profile_of(name, *pid)) {
+            Some((_, size)) if *size > 0 => {}
+            Some((name, _)) => {
+                bail!("the instrumented waypoint {pid} wrote an empty profile {name}")
+            }
+            None => bail!(
+                "the instrumented waypoint {pid} wrote no profile in {} (it must return from main on SIGTERM within the test bed's 10 s)",
+                raw.display()
+            ),
+        }
+    }
+    eprintln!("pgo: profiles of the waypoints {pids:?} written");
+    Ok(())
+}
+
+/// Trains and builds the profiled agent and waypoint; returns the agent's
+/// path in [`dist`].
 pub fn build() -> anyhow::Result<PathBuf> {
     crate::setup::run()?;
     let host = host()?;
@@ -138,12 +186,17 @@ pub fn build() -> anyhow::Result<PathBuf> {
         &host,
         &dir.join("generate"),
         &format!("-Cprofile-generate={}", raw.display()),
-        &["mesh-agent"],
+        &TRAINED,
     )?;
     build_helpers()?;
-    eprintln!("pgo: training the instrumented agent on the test bed");
-    train(&instrumented).context("training run of the instrumented agent")?;
+    eprintln!("pgo: training the instrumented agent and waypoint on the test bed");
+    let waypoints = train(&instrumented, &profile_pattern(&raw))
+        .context("training run of the instrumented agent and waypoint")?;
+    check_waypoint_profiles(&raw, &waypoints)?;
 
+    // One profile for every profiled binary: the agent's and the
+    // waypoints' runs merged (their shared crates' counts add up). The
+    // name stays the one `cargo xtask image` and `--profile` know.
     let merged = dir.join("mesh-agent.profdata");
     let profiles: Vec<PathBuf> = std::fs::read_dir(&raw)?
         .filter_map(Result::ok)
@@ -152,7 +205,7 @@ pub fn build() -> anyhow::Result<PathBuf> {
         .collect();
     if profiles.is_empty() {
         bail!(
-            "the instrumented agents wrote no profile in {} (they must exit on SIGTERM)",
+            "the instrumented agents and waypoints wrote no profile in {} (they must exit on SIGTERM)",
             raw.display()
         );
     }
@@ -191,15 +244,11 @@ fn build_for(host: &str, profile: &Path) -> anyhow::Result<PathBuf> {
     let agent = cargo_build(host, &dir().join("use"), &flags, &PROFILED)?;
     let dist = dist();
     std::fs::create_dir_all(&dist)?;
-    let plain = cargo_build(host, &dir().join("plain"), "", &[UNPROFILED])?;
     let plugin = cargo_build(host, &dir().join("plugin"), PLUGIN_FLAGS, &[PLUGIN])?;
     for (bin, from) in PROFILED
         .iter()
         .map(|b| (*b, agent.with_file_name(b)))
-        .chain([
-            (UNPROFILED, plain.with_file_name(UNPROFILED)),
-            (PLUGIN, plugin.with_file_name(PLUGIN)),
-        ])
+        .chain([(PLUGIN, plugin.with_file_name(PLUGIN))])
     {
         std::fs::copy(&from, dist.join(bin))
             .with_context(|| format!("copying {}", from.display()))?;
@@ -244,7 +293,7 @@ mod tests {
 
     #[test]
     fn the_image_carries_what_build_release_puts_in_dist_and_builds_the_same_without_a_profile() {
-        let dist: Vec<&str> = sorted(PROFILED.into_iter().chain([UNPROFILED, PLUGIN]));
+        let dist: Vec<&str> = sorted(PROFILED.into_iter().chain([PLUGIN]));
         let lines = dockerfile();
         let copy = lines
             .iter()
@@ -278,7 +327,7 @@ mod tests {
         };
         assert_eq!(
             cargo_bins("cargo build --release --bin mesh-agent"),
-            sorted(PROFILED.into_iter().chain([UNPROFILED])),
+            sorted(PROFILED),
             "{build}"
         );
         assert_eq!(cargo_bins("cargo build --release --bin mesh-cni"), [PLUGIN]);
@@ -292,6 +341,50 @@ mod tests {
                 })),
         );
         assert_eq!(into_dist, dist, "{build}");
+    }
+
+    #[test]
+    fn every_trained_binary_is_shipped_profiled() {
+        for b in TRAINED {
+            assert!(PROFILED.contains(&b), "{b}");
+        }
+        assert!(!PROFILED.contains(&PLUGIN));
+    }
+
+    #[test]
+    fn a_process_profile_is_found_by_its_id() {
+        let pattern = profile_pattern(Path::new("/t/raw"));
+        assert_eq!(pattern, Path::new("/t/raw/%p-%m.profraw"));
+        let name = pattern.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("%p-"), "the process id comes first");
+        // As the runtime expands it.
+        assert!(is_profile_of("4242-1234567890abcdef.profraw", 4242));
+        assert!(!is_profile_of("14242-1234567890abcdef.profraw", 4242));
+        assert!(!is_profile_of("4242-1234567890abcdef.profdata", 4242));
+        assert!(!is_profile_of("4242.profraw", 4242));
+    }
+
+    #[test]
+    fn a_waypoint_without_a_profile_or_with_an_empty_one_stops_the_build() {
+        let raw = std::env::temp_dir().join(format!("pgo-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&raw);
+        std::fs::create_dir_all(&raw).unwrap();
+        std::fs::write(raw.join("100-abc.profraw"), b"counts").unwrap();
+        std::fs::write(raw.join("200-abc.profraw"), b"").unwrap();
+        assert!(check_waypoint_profiles(&raw, &[100]).is_ok());
+        let empty = check_waypoint_profiles(&raw, &[100, 200])
+            .unwrap_err()
+            .to_string();
+        assert!(empty.contains("200") && empty.contains("empty"), "{empty}");
+        let missing = check_waypoint_profiles(&raw, &[300])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("300") && missing.contains("SIGTERM"),
+            "{missing}"
+        );
+        assert!(check_waypoint_profiles(&raw, &[]).is_err());
+        std::fs::remove_dir_all(&raw).unwrap();
     }
 
     #[test]

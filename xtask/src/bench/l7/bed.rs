@@ -249,7 +249,15 @@ pub struct L7Bed {
 }
 
 impl L7Bed {
+    /// The bed as the benchmark measures it.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_drain(None)
+    }
+
+    /// The bed with the agents' and waypoints' drain on SIGTERM bounded
+    /// by `drain_grace` (the file's AgentConfig, which both read) when
+    /// given: only how they stop differs, not what they do under load.
+    pub fn start_with_drain(drain_grace: Option<Duration>) -> anyhow::Result<Self> {
         eprintln!("bench: starting the L7 bed (two waypoints, HAProxy)");
         let mut spec = ClusterSpec::new(&[
             &["client", "plain"],
@@ -269,6 +277,9 @@ impl L7Bed {
         }
         for p in ["plain", "haproxy", PLAIN_BACKENDS[0], PLAIN_BACKENDS[1]] {
             spec = spec.unenrolled(p);
+        }
+        if let Some(grace) = drain_grace {
+            spec = spec.configure(|a| a.limits.drain_grace = grace);
         }
         let mut cluster = Cluster::start(spec.with_docs(&Docs::Services.text()))?;
         let mut procs = Vec::new();
@@ -330,6 +341,17 @@ impl L7Bed {
                 .map(|(_, pid)| *pid),
             None => (route == Route::Haproxy).then_some(self.haproxy_pid),
         }
+    }
+
+    /// Stops each waypoint, then each node's agent, with SIGTERM (SIGKILL
+    /// after 10 s), as a rollout does: a profiled build writes its profile
+    /// on that exit path. Returns the waypoints' process ids.
+    pub fn stop(&mut self) -> anyhow::Result<Vec<u32>> {
+        for w in Waypoint::ALL {
+            self.cluster.stop_waypoint(w.gateway())?;
+        }
+        self.cluster.stop_agents();
+        Ok(self.waypoint_pids.iter().map(|(_, pid)| *pid).collect())
     }
 
     /// The requests to web-routes so far, by the route rule that took

@@ -14,7 +14,9 @@
 //! - [`observed`]: what the waypoint logs and counts of its routes;
 //! - [`load`]: wrk and h2load, and their outputs;
 //! - [`haproxy`]: HAProxy's configuration;
-//! - [`metric`]: the rows; [`render`]: the table and the goals.
+//! - [`metric`]: the rows; [`render`]: the table and the goals;
+//! - [`train`]: the same bed and loads, briefly, through instrumented
+//!   waypoints: their part of `xtask build-release`'s profile.
 mod bed;
 mod haproxy;
 mod load;
@@ -23,6 +25,7 @@ mod observed;
 mod policies;
 mod render;
 mod routes;
+pub mod train;
 
 use self::{
     bed::{L7Bed, Route},
