@@ -329,6 +329,8 @@ async fn view(cli: &Cli, cluster: &Cluster) -> anyhow::Result<Arc<MeshView>> {
                 trust_domain: cli.trust_domain.clone(),
                 root_namespace: cli.root_namespace.clone(),
                 waypoint_class: kube_waypoint_class(cli),
+                // The cluster as the node agents see it, whole.
+                scope: mesh_discovery::scope::Scope::Node,
             };
             let (publisher, mut views) = Publisher::new(
                 settings,

@@ -13,6 +13,7 @@ pub mod model;
 pub mod node_config;
 pub mod ratelimit;
 pub mod routes;
+pub mod scope;
 pub mod store;
 pub mod view;
 pub mod waypoint;
@@ -74,6 +75,7 @@ impl Publisher {
             endpoint_slices = sizes.endpoint_slices,
             namespaces = sizes.namespaces,
             authorization_policies = sizes.authorization_policies,
+            routes = sizes.routes,
             synced,
             "discovery view built"
         );

@@ -146,6 +146,7 @@ impl NodeConfig {
             trust_domain: self.agent.trust_domain.clone(),
             root_namespace: self.agent.root_namespace.clone(),
             waypoint_class: self.agent.waypoint_class.clone(),
+            scope: crate::scope::Scope::Node,
         }
     }
 

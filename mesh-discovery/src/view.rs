@@ -13,6 +13,7 @@ use mesh_policy::PolicySet;
 use super::{
     model::{EndpointSlice, Gateway, Labels, Service, ServiceKind, TargetPort, Workload},
     routes::Routes,
+    scope::{self, Kept, Scope},
     store::{Store, StoreSizes},
     waypoint::{
         self, DestinationKind, UseWaypoint, Waypoint, WaypointBinding, WaypointEndpoint,
@@ -27,6 +28,9 @@ pub struct ViewSettings {
     pub root_namespace: String,
     /// `AgentConfig.waypointClass`.
     pub waypoint_class: String,
+    /// Whose view it is: a node agent's holds the whole cluster, a
+    /// waypoint's only what it serves (`scope`).
+    pub scope: Scope,
 }
 
 /// One port of a Service and the ready endpoints behind it.
@@ -90,14 +94,33 @@ pub struct MeshView {
     /// The DestinationRule that applies to each Service, by the Service's
     /// `<namespace>/<name>` (of several, the oldest: `destination_rule::by_service`).
     destination_rules: HashMap<String, Arc<crate::destination_rule::DestinationRule>>,
+    /// A waypoint's view holds no node policies (`authorization`,
+    /// `peer_authentication`): node agents enforce them, not waypoints.
     pub policies: PolicySet,
     /// AuthorizationPolicies bound by `targetRefs` (enforced by waypoints).
     pub waypoint_policies: Vec<Arc<mesh_policy::l7::WaypointPolicy>>,
+    /// How many objects of each kind the view holds: a node's view holds
+    /// the store's; a waypoint's, what its scope kept (`ignored` is the
+    /// store's either way: objects that exist and could not be used).
     pub sizes: StoreSizes,
 }
 
 impl MeshView {
     pub fn build(store: &Store, settings: &ViewSettings) -> Self {
+        let kept = match &settings.scope {
+            Scope::Node => None,
+            Scope::Waypoint(w) => Some(scope::waypoint_keeps(
+                store,
+                w,
+                &settings.root_namespace,
+                &settings.waypoint_class,
+            )),
+        };
+        // Whether the scope keeps the object of `key` in the set `which`
+        // names (a node's view keeps everything).
+        let keeps = |which: fn(&Kept) -> &BTreeSet<String>, key: &str| {
+            kept.as_ref().is_none_or(|k| which(k).contains(key))
+        };
         let mut by_ip = HashMap::new();
         let mut by_uid = HashMap::with_capacity(store.pods.len());
         let mut pods_by_ns: HashMap<&str, Vec<&Arc<Workload>>> = HashMap::new();
@@ -128,7 +151,20 @@ impl MeshView {
         let mut services_by_vip = HashMap::new();
         let mut services_by_name = HashMap::with_capacity(store.services.len());
         let mut required: HashMap<IpAddr, WaypointRequirement> = HashMap::new();
-        for svc in store.services.values() {
+        let services: HashMap<String, Arc<Service>> = store
+            .services
+            .iter()
+            .filter(|(k, _)| keeps(|k| &k.services, k))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        // In the store's order, as before: of two Services claiming one
+        // virtual IP, the same one wins at every build.
+        for svc in store
+            .services
+            .iter()
+            .filter(|(k, _)| keeps(|k| &k.services, k))
+            .map(|(_, s)| s)
+        {
             let own_slices = slices
                 .get(&(svc.namespace.as_str(), svc.name.as_str()))
                 .map(Vec::as_slice)
@@ -159,7 +195,8 @@ impl MeshView {
                 ports: route_ports(svc, own_slices, pods),
                 waypoint: binding,
             });
-            if requires_waypoint(&svc.labels, ns_labels) {
+            // Only node agents ask which addresses require a waypoint.
+            if kept.is_none() && requires_waypoint(&svc.labels, ns_labels) {
                 // Every address behind it, ready or not: a pod that is
                 // starting or failing its probe is still reachable.
                 require(
@@ -181,7 +218,7 @@ impl MeshView {
             .map(|(name, labels)| (name.clone(), labels.clone()))
             .collect();
         // Pods that use a workload waypoint in a namespace that requires it.
-        for w in by_uid.values() {
+        for w in by_uid.values().filter(|_| kept.is_none()) {
             let ns_labels = namespaces.get(&w.namespace).map(|l| l.as_ref());
             if w.finished
                 || !requires_waypoint(&w.labels, ns_labels)
@@ -201,15 +238,42 @@ impl MeshView {
             }
             require(&mut required, &binding, w.ips.iter().copied());
         }
-        let services: HashMap<String, Arc<Service>> = store
-            .services
+        let http_routes = store
+            .http_routes
             .iter()
-            .map(|(k, s)| (k.clone(), s.clone()))
+            .filter(|(k, _)| keeps(|k| &k.http_routes, k));
+        let grpc_routes = store
+            .grpc_routes
+            .iter()
+            .filter(|(k, _)| keeps(|k| &k.grpc_routes, k));
+        let routes = Routes::build(http_routes.chain(grpc_routes).map(|(_, r)| r), &services);
+        let waypoint_policies: Vec<_> = store
+            .authorization
+            .iter()
+            .filter(|(k, _)| keeps(|k| &k.authorization, k))
+            .filter_map(|(_, p)| p.waypoint.clone())
             .collect();
-        let routes = Routes::build(
-            store.http_routes.values().chain(store.grpc_routes.values()),
-            &services,
-        );
+        let sizes = match &kept {
+            None => store.sizes(),
+            Some(k) => StoreSizes {
+                pods: store.pods.len(),
+                services: services.len(),
+                endpoint_slices: store
+                    .slices
+                    .values()
+                    .filter(|s| {
+                        k.services
+                            .contains(&format!("{}/{}", s.namespace, s.service))
+                    })
+                    .count(),
+                namespaces: store.namespaces.len(),
+                authorization_policies: waypoint_policies.len(),
+                peer_authentications: 0,
+                gateways: store.gateways.len(),
+                routes: k.http_routes.len() + k.grpc_routes.len(),
+                ignored: store.sizes().ignored,
+            },
+        };
         Self {
             trust_domain: settings.trust_domain.clone(),
             by_ip,
@@ -227,34 +291,47 @@ impl MeshView {
             faults: store
                 .faults
                 .iter()
+                .filter(|(k, _)| keeps(|k| &k.faults, k))
                 .map(|(k, f)| (k.clone(), f.clone()))
                 .collect(),
             routes,
-            rate_limits: store.rate_limits.values().cloned().collect(),
-            request_authentications: store.request_authentications.values().cloned().collect(),
+            rate_limits: store
+                .rate_limits
+                .iter()
+                .filter(|(k, _)| keeps(|k| &k.rate_limits, k))
+                .map(|(_, p)| p.clone())
+                .collect(),
+            request_authentications: store
+                .request_authentications
+                .iter()
+                .filter(|(k, _)| keeps(|k| &k.request_authentications, k))
+                .map(|(_, p)| p.clone())
+                .collect(),
             destination_rules: crate::destination_rule::by_service(
-                store.destination_rules.values(),
+                store
+                    .destination_rules
+                    .iter()
+                    .filter(|(k, _)| keeps(|k| &k.destination_rules, k))
+                    .map(|(_, r)| r),
             ),
             policies: PolicySet {
                 root_namespace: settings.root_namespace.clone(),
                 authorization: store
                     .authorization
                     .values()
+                    .filter(|_| kept.is_none())
                     .filter_map(|p| p.node.clone())
                     .collect(),
                 peer_authentication: store
                     .peer_authentication
                     .values()
+                    .filter(|_| kept.is_none())
                     .map(|p| p.as_ref().clone())
                     .collect(),
                 sync: store.policy_sync.clone(),
             },
-            waypoint_policies: store
-                .authorization
-                .values()
-                .filter_map(|p| p.waypoint.clone())
-                .collect(),
-            sizes: store.sizes(),
+            waypoint_policies,
+            sizes,
         }
     }
 

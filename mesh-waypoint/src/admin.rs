@@ -102,6 +102,11 @@ async fn config_dump(State(s): State<AppState>) -> Response {
 
 /// What the waypoint serves now: its identity and certificate, and per
 /// Service port the protocol and ready endpoints requests would go to.
+/// All of it is read from the waypoint's own discovery view, which is
+/// scoped to its Gateway (`mesh_discovery::scope`): the Services bound to
+/// it, their routes' backends and the policies that can apply here, not
+/// the whole cluster; `view` counts what that view holds (`mesh inspect`
+/// shows the cluster as the node agents see it).
 pub fn dump(wp: &Waypoint) -> serde_json::Value {
     let view = wp.view();
     let cert = wp.cert.borrow().as_ref().map(|c| {
@@ -155,6 +160,7 @@ pub fn dump(wp: &Waypoint) -> serde_json::Value {
         "draining": wp.is_draining(),
         "open_connections": wp.open_connections(),
         "limits": wp.limits,
+        "view": view.sizes,
         "services": services,
     })
 }

@@ -4,6 +4,7 @@ use std::{fmt, str::FromStr};
 
 use mesh_discovery::{
     model::Workload,
+    scope::{Scope, WaypointScope},
     view::{MeshView, ServiceRoute},
     waypoint::WaypointBinding,
 };
@@ -37,6 +38,18 @@ impl FromStr for Gateway {
             }),
             _ => Err(BadGateway(s.to_owned())),
         }
+    }
+}
+
+impl Gateway {
+    /// The discovery view this waypoint builds: what its Gateway can need
+    /// (`mesh_discovery::scope`), and the Services of its external
+    /// authorizers (`also`, `<namespace>/<name>`), which only its providers
+    /// file names.
+    pub fn view_scope(&self, also: impl IntoIterator<Item = String>) -> Scope {
+        let mut scope = WaypointScope::new(&self.namespace, &self.name);
+        scope.also.extend(also);
+        Scope::Waypoint(scope)
     }
 }
 
@@ -80,5 +93,15 @@ mod tests {
             assert_eq!(e, BadGateway(bad.to_owned()));
             assert!(e.to_string().contains("<namespace>/<name>"));
         }
+    }
+
+    #[test]
+    fn the_view_scope_is_the_gateways_with_its_authorizers() {
+        let g: Gateway = "shop/waypoint".parse().unwrap();
+        let Scope::Waypoint(s) = g.view_scope(["auth/ext-authz".to_owned()]) else {
+            panic!("a waypoint's view is scoped to its Gateway");
+        };
+        assert_eq!(s.gateway_key(), "shop/waypoint");
+        assert_eq!(s.also.into_iter().collect::<Vec<_>>(), ["auth/ext-authz"]);
     }
 }

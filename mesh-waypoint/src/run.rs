@@ -6,8 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use mesh_config::CaSettings;
 use mesh_discovery::{
-    NodeConfig, Published, Publisher, Source, kubernetes::KubernetesSource, local::LocalFile,
-    view::ViewSettings,
+    NodeConfig, Published, Publisher, Source,
+    kubernetes::KubernetesSource,
+    local::LocalFile,
+    view::{MeshView, ViewSettings},
 };
 use mesh_identity::{Identity, client::CaClient, manager::CertManager, tls::TrustBundle};
 use tokio::{
@@ -96,6 +98,24 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         response_timeout: settings.request_timeout,
         ..Limits::default()
     };
+    // Read before discovery starts: the view keeps their Services.
+    let providers = match &settings.extension_providers {
+        Some(path) => {
+            let what = || format!("--extension-providers {}", path.display());
+            let text = std::fs::read_to_string(path).with_context(what)?;
+            let providers =
+                crate::ext_authz::providers::Providers::parse(&text, &settings.gateway.namespace)
+                    .with_context(what)?;
+            info!(file = %path.display(), "extension providers read");
+            Some(providers)
+        }
+        None => None,
+    };
+    // Only what this Gateway serves: the other waypoints' routes and
+    // policies would cost memory and view builds here for nothing.
+    let scope = settings
+        .gateway
+        .view_scope(providers.iter().flat_map(|p| p.services()).map(|s| s.key()));
     let (discovery, publisher, views) = match &settings.discovery {
         DiscoveryFrom::Local(path) => {
             let text = mesh_discovery::file::read(path)?;
@@ -112,11 +132,15 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
             limits.drain_grace = agent.drain_grace;
             limits.max_connections = agent.max_connections;
             limits.buffer_budget_bytes = agent.buffer_budget_bytes;
+            let view_settings = ViewSettings {
+                scope: scope.clone(),
+                ..config.view_settings()
+            };
             let first = Published {
-                view: Arc::new(config.view()),
+                view: Arc::new(MeshView::build(&config.store, &view_settings)),
                 synced: true,
             };
-            let (publisher, views) = Publisher::new(config.view_settings(), first);
+            let (publisher, views) = Publisher::new(view_settings, first);
             let source = LocalFile::new(path.clone(), None, config.agent.clone(), text);
             (Discovery::Local(Box::new(source)), publisher, views)
         }
@@ -134,6 +158,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
                 trust_domain: settings.trust_domain.clone(),
                 root_namespace: defaults.root_namespace,
                 waypoint_class: defaults.waypoint_class,
+                scope,
             };
             let (publisher, views) = Publisher::new(view_settings, first);
             (
@@ -204,13 +229,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         jwks,
     })
     .context("the waypoint's TLS configuration")?;
-    if let Some(path) = &settings.extension_providers {
-        let what = || format!("--extension-providers {}", path.display());
-        let text = std::fs::read_to_string(path).with_context(what)?;
-        let providers =
-            crate::ext_authz::providers::Providers::parse(&text, &settings.gateway.namespace)
-                .with_context(what)?;
-        info!(file = %path.display(), "extension providers read");
+    if let Some(providers) = providers {
         wp.ext_authz.set_providers(providers);
     }
     info!(gateway = %settings.gateway, %identity, hbone = %settings.hbone_listen, admin = %settings.admin_listen, "waypoint starting");

@@ -137,6 +137,7 @@ async fn run_until(script: Script, until: impl Fn(&Published) -> bool) -> (Publi
             trust_domain: "cluster.local".into(),
             root_namespace: "istio-system".into(),
             waypoint_class: "mesh-waypoint".into(),
+            scope: crate::scope::Scope::Node,
         },
         Published {
             view: Arc::default(),

@@ -118,6 +118,14 @@ impl Providers {
         self.by_name.is_empty()
     }
 
+    /// The Services the usable providers are reached at.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRef> {
+        self.by_name
+            .values()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|p| &p.service)
+    }
+
     /// Reads and checks a file's text; `default_namespace` completes a bare
     /// service name.
     pub fn parse(text: &str, default_namespace: &str) -> Result<Self, ProviderError> {
