@@ -7,7 +7,10 @@
 //!
 //! Pure: decided from the store at every build, so a label that binds or
 //! unbinds a Service changes the next view, with no restart.
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashSet},
+    sync::Arc,
+};
 
 use mesh_policy::l7;
 use mesh_route::{CompiledRoute, compile::Filter};
@@ -117,17 +120,18 @@ pub fn waypoint_keeps(
             .map(|(k, _)| k.clone())
             .collect(),
     };
-    let mut kept = Kept {
-        services: served.clone(),
-        ..Kept::default()
-    };
-    kept.services.extend(scope.also.iter().cloned());
+    // (namespace, name): looked up for every route's parents and
+    // backends, without building a key for each.
+    let served_names: HashSet<(&str, &str)> =
+        served.iter().filter_map(|k| k.split_once('/')).collect();
+    let mut kept = Kept::default();
+    let mut backends: HashSet<(&str, &str)> = HashSet::new();
     for (routes, into) in [
         (&store.http_routes, &mut kept.http_routes),
         (&store.grpc_routes, &mut kept.grpc_routes),
     ] {
         for (key, route) in routes.iter() {
-            if !has_served_parent(route, &served) {
+            if !has_served_parent(route, &served_names) {
                 continue;
             }
             into.insert(key.clone());
@@ -142,18 +146,25 @@ pub fn waypoint_keeps(
                     Filter::Mirror(m) => Some(&m.backend),
                     _ => None,
                 });
-                let backends = rule.backends.iter().map(|b| &b.target);
-                kept.services.extend(
-                    backends
+                let targets = rule.backends.iter().map(|b| &b.target);
+                backends.extend(
+                    targets
                         .chain(mirrors)
-                        .map(|b| format!("{}/{}", b.namespace, b.name)),
+                        .map(|b| (b.namespace.as_str(), b.name.as_str())),
                 );
             }
         }
     }
+    kept.services = served.clone();
+    kept.services.extend(scope.also.iter().cloned());
+    kept.services.extend(
+        backends
+            .into_iter()
+            .filter(|b| !served_names.contains(b))
+            .map(|(namespace, name)| format!("{namespace}/{name}")),
+    );
     // As `mesh_waypoint::authz` reads its class: the Gateway's own.
     let class = gateway.map_or("", |g| g.class.as_str());
-    let served_names: Vec<(&str, &str)> = served.iter().filter_map(|k| k.split_once('/')).collect();
     // A request is for one served Service, or for a workload (no Service).
     let scopes: Vec<l7::Scope<'_>> = std::iter::once(None)
         .chain(served_names.iter().copied().map(Some))
@@ -235,14 +246,13 @@ fn is_served(
 /// Whether one of the route's parents is a served Service (the port and
 /// section are left to the route table: a route kept for a port it does
 /// not attach to is inert).
-fn has_served_parent(route: &CompiledRoute, served: &BTreeSet<String>) -> bool {
+fn has_served_parent(route: &CompiledRoute, served: &HashSet<(&str, &str)>) -> bool {
     route.parents.iter().any(|p| {
         (p.group.is_empty() || p.group == "core")
             && p.kind == "Service"
-            && served.contains(&format!(
-                "{}/{}",
+            && served.contains(&(
                 p.namespace.as_deref().unwrap_or(&route.id.namespace),
-                p.name
+                p.name.as_str(),
             ))
     })
 }
