@@ -224,11 +224,7 @@ fn is_served(
     waypoint_class: &str,
 ) -> bool {
     let ns_labels = store.namespaces.get(&svc.namespace).map(|l| l.as_ref());
-    let wanted = UseWaypoint::from_labels(&svc.labels, &svc.namespace).or_namespace(
-        ns_labels
-            .map(|l| UseWaypoint::from_labels(l, &svc.namespace))
-            .unwrap_or(UseWaypoint::Unset),
-    );
+    let wanted = UseWaypoint::of_object(&svc.labels, &svc.namespace, ns_labels);
     let binding = waypoint::bind(
         wanted,
         DestinationKind::Service,

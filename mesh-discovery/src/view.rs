@@ -174,11 +174,7 @@ impl MeshView {
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let ns_labels = store.namespaces.get(&svc.namespace).map(|l| l.as_ref());
-            let wanted = UseWaypoint::from_labels(&svc.labels, &svc.namespace).or_namespace(
-                ns_labels
-                    .map(|l| UseWaypoint::from_labels(l, &svc.namespace))
-                    .unwrap_or(UseWaypoint::Unset),
-            );
+            let wanted = UseWaypoint::of_object(&svc.labels, &svc.namespace, ns_labels);
             let binding = waypoint::bind(
                 wanted,
                 DestinationKind::Service,
@@ -488,11 +484,7 @@ fn workload_binding(
     gateways: &HashMap<String, Arc<Gateway>>,
     waypoints: &BTreeMap<String, Arc<Waypoint>>,
 ) -> WaypointBinding {
-    let wanted = UseWaypoint::from_labels(&w.labels, &w.namespace).or_namespace(
-        ns_labels
-            .map(|l| UseWaypoint::from_labels(l, &w.namespace))
-            .unwrap_or(UseWaypoint::Unset),
-    );
+    let wanted = UseWaypoint::of_object(&w.labels, &w.namespace, ns_labels);
     waypoint::bind(
         wanted,
         DestinationKind::Workload,

@@ -49,6 +49,16 @@ impl UseWaypoint {
             own => own,
         }
     }
+
+    /// What an object in `namespace` asks for: its own labels, else those
+    /// of its namespace (`namespace_labels`, when the namespace is known).
+    pub fn of_object(labels: &Labels, namespace: &str, namespace_labels: Option<&Labels>) -> Self {
+        Self::from_labels(labels, namespace).or_namespace(
+            namespace_labels
+                .map(|l| Self::from_labels(l, namespace))
+                .unwrap_or(Self::Unset),
+        )
+    }
 }
 
 /// Whether a destination must be reached through its waypoint only
